@@ -1,0 +1,101 @@
+# SPDX-License-Identifier: GPL-2.0
+# bgswitch: build the BPF object, its skeleton and the bgswitch command (libbpf-bootstrap style).
+
+OUTPUT := .output
+CLANG ?= clang
+BPFTOOL ?= bpftool
+CC ?= cc
+PKG_CONFIG ?= pkg-config
+ARCH := x86
+PYTEST ?= /usr/bin/pytest
+PREFIX ?= /usr/local
+
+VMLINUX := vmlinux/$(ARCH)/vmlinux.h
+INCLUDES := -Iinclude -I$(OUTPUT)
+BPF_CFLAGS := -g -O2 -target bpf -mcpu=v3 -D__TARGET_ARCH_$(ARCH) -Wall -Wextra \
+	-Wno-unused-parameter -Iinclude -Ivmlinux/$(ARCH) $(BPF_EXTRA_CFLAGS)
+CFLAGS ?= -g -O2
+CFLAGS += -Wall -Wextra -Wno-unused-parameter -std=gnu11 $(INCLUDES)
+LIBBPF_CFLAGS := $(shell $(PKG_CONFIG) --cflags libbpf 2>/dev/null)
+LIBBPF_LIBS := $(shell $(PKG_CONFIG) --libs libbpf 2>/dev/null)
+LDLIBS += $(LIBBPF_LIBS)
+
+# make SANITIZE=1 builds the command with AddressSanitizer and UBSan into .output/san/.
+ifeq ($(SANITIZE),1)
+OBJDIR := $(OUTPUT)/san
+CFLAGS += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+LDFLAGS += -fsanitize=address,undefined
+else
+OBJDIR := $(OUTPUT)
+endif
+
+USER_SRCS := $(wildcard user/*.c)
+USER_OBJS := $(patsubst user/%.c,$(OBJDIR)/%.o,$(USER_SRCS))
+BPF_HDRS := $(wildcard bpf/*.bpf.h) include/bgswitch.h
+USER_HDRS := $(wildcard user/*.h) include/bgswitch.h
+
+ifeq ($(V),1)
+	Q =
+	msg =
+else
+	Q = @
+	msg = @printf '  %-8s %s\n' "$(1)" "$(2)";
+endif
+
+.DELETE_ON_ERROR:
+.PHONY: all deps clean test test-unit test-e2e demo format format-check sanitize install vmlinux
+
+all: $(OBJDIR)/bgswitch
+
+deps:
+	$(Q)scripts/install-deps.sh
+
+$(OUTPUT) $(OBJDIR):
+	$(Q)mkdir -p $@
+
+$(OUTPUT)/bgswitch.bpf.o: bpf/bgswitch.bpf.c $(BPF_HDRS) $(VMLINUX) | $(OUTPUT)
+	$(call msg,BPF,$@)
+	$(Q)$(CLANG) $(BPF_CFLAGS) -c $< -o $@
+
+$(OUTPUT)/bgswitch.skel.h: $(OUTPUT)/bgswitch.bpf.o
+	$(call msg,GEN-SKEL,$@)
+	$(Q)$(BPFTOOL) gen skeleton $< name bgswitch_bpf > $@
+
+$(OBJDIR)/%.o: user/%.c $(USER_HDRS) $(OUTPUT)/bgswitch.skel.h | $(OBJDIR)
+	$(call msg,CC,$@)
+	$(Q)$(CC) $(CFLAGS) $(LIBBPF_CFLAGS) -c $< -o $@
+
+$(OBJDIR)/bgswitch: $(USER_OBJS)
+	$(call msg,LINK,$@)
+	$(Q)$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
+
+sanitize:
+	$(Q)$(MAKE) --no-print-directory SANITIZE=1
+
+# The README's two commands: each installs what is missing and builds first.
+test: deps
+	$(Q)$(MAKE) --no-print-directory all sanitize
+	$(Q)$(MAKE) --no-print-directory format-check
+	$(Q)$(PYTEST) -q tests
+
+demo: deps
+	$(Q)$(MAKE) --no-print-directory all
+	$(Q)scripts/demo.sh
+
+FORMAT_SRCS := $(wildcard bpf/*.c bpf/*.h user/*.c user/*.h include/*.h)
+format:
+	$(Q)clang-format -i $(FORMAT_SRCS)
+
+format-check:
+	$(call msg,FORMAT,check)
+	$(Q)clang-format --dry-run --Werror $(FORMAT_SRCS)
+
+vmlinux:
+	$(Q)scripts/gen-vmlinux.sh
+
+install: all
+	$(Q)install -D -m 0755 $(OUTPUT)/bgswitch $(DESTDIR)$(PREFIX)/sbin/bgswitch
+
+clean:
+	$(call msg,CLEAN,$(OUTPUT))
+	$(Q)rm -rf $(OUTPUT)

@@ -1,0 +1,212 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/* flow.bpf.h: service lookup, the flow table, and the choice of a backend for a new flow. */
+#ifndef BGS_FLOW_BPF_H
+#define BGS_FLOW_BPF_H
+
+#include "common.bpf.h"
+#include "maps.bpf.h"
+#include "parse.bpf.h"
+
+static __always_inline __u32 flow_rotl(__u32 x, int r)
+{
+	return (x << r) | (x >> (32 - r));
+}
+
+static __always_inline __u32 flow_mix(__u32 h, __u32 w)
+{
+	w *= 0xcc9e2d51;
+	w = flow_rotl(w, 15);
+	w *= 0x1b873593;
+	h ^= w;
+	h = flow_rotl(h, 13);
+	return h * 5 + 0xe6546b64;
+}
+
+/* Hash of the client-to-VIP 5-tuple (murmur3-style); tests/model.py mirrors it. */
+static __always_inline __u32 flow_hash(const struct bgs_flow_key *k)
+{
+	__u32 h = 0x62677377; /* "bgsw" */
+	int i;
+
+#pragma unroll
+	for (i = 0; i < 4; i++) {
+		h = flow_mix(h, k->saddr[i]);
+		h = flow_mix(h, k->daddr[i]);
+	}
+	h = flow_mix(h, ((__u32)k->sport << 16) | k->dport);
+	h = flow_mix(h, k->proto);
+	h ^= h >> 16;
+	h *= 0x85ebca6b;
+	h ^= h >> 13;
+	h *= 0xc2b2ae35;
+	h ^= h >> 16;
+	return h;
+}
+
+/* The service a packet is addressed to, or NULL when it is not ours. */
+static __always_inline struct bgs_vip *flow_service(const struct bgs_pkt *pkt)
+{
+	struct bgs_vip_key vk = {
+		.addr = { pkt->key.daddr[0], pkt->key.daddr[1], pkt->key.daddr[2],
+			  pkt->key.daddr[3] },
+		.port = pkt->key.dport,
+		.proto = pkt->key.proto,
+		.family = pkt->key.family,
+	};
+
+	return bpf_map_lookup_elem(&bgs_vips, &vk);
+}
+
+static __always_inline bool flow_is_syn(const struct bgs_pkt *pkt)
+{
+	return (pkt->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN;
+}
+
+/* A flow that a new first packet may replace: closed, or idle past its protocol's timeout. */
+static __always_inline bool flow_is_dead(const struct bgs_flow *f, __u8 proto, __u64 now)
+{
+	__u32 zero = 0;
+	struct bgs_config *cfg;
+	__u64 idle;
+
+	if (proto == IPPROTO_TCP &&
+	    ((f->state & BGS_FLOW_RST) || (f->state & BGS_FLOW_BOTH_FIN) == BGS_FLOW_BOTH_FIN))
+		return true;
+	cfg = bpf_map_lookup_elem(&bgs_config, &zero);
+	if (!cfg)
+		return false;
+	idle = proto == IPPROTO_TCP ? cfg->tcp_idle_ns : cfg->udp_idle_ns;
+	return now - f->last_seen > idle;
+}
+
+/* Record a client packet on an existing flow: time, and FIN or RST. */
+static __always_inline void flow_touch(const struct bgs_pkt *pkt, struct bgs_flow *f, __u64 now)
+{
+	if (now - f->last_seen > BGS_TOUCH_NS)
+		f->last_seen = now;
+	if (pkt->key.proto != IPPROTO_TCP)
+		return;
+	if ((pkt->tcp_flags & TCP_FLAG_RST) && !(f->state & BGS_FLOW_RST))
+		__sync_fetch_and_or(&f->state, BGS_FLOW_RST);
+	if ((pkt->tcp_flags & TCP_FLAG_FIN) && !(f->state & BGS_FLOW_FIN_CLIENT))
+		__sync_fetch_and_or(&f->state, BGS_FLOW_FIN_CLIENT);
+}
+
+/* Pick a backend of the active color by the flow's hash, and record the flow both ways.
+ * Returns BGS_CONTINUE with *out filled, or XDP_DROP with the reason counted.
+ */
+static __always_inline int flow_create(const struct bgs_pkt *pkt, __u32 svc, __u64 now,
+				       struct bgs_flow *out)
+{
+	struct bgs_backend_stats *bs;
+	struct bgs_flow_key rkey = {};
+	struct bgs_reverse rev = {};
+	struct bgs_backend *be;
+	struct bgs_switch sw;
+	struct bgs_set *set;
+	__u32 idx, slot, count, pos;
+	__u64 *word;
+
+	word = bpf_map_lookup_elem(&bgs_switch, &svc);
+	if (!word)
+		return stat_drop(BGS_DROP_NO_BACKEND);
+	/* One 8-byte load: color and set buffer always come from the same write. */
+	*(__u64 *)&sw = *(volatile __u64 *)word;
+
+	idx = bgs_set_index(svc, sw.active, sw.set_sel >> (sw.active & 1));
+	set = bpf_map_lookup_elem(&bgs_sets, &idx);
+	if (!set || !set->count)
+		return stat_drop(BGS_DROP_NO_BACKEND);
+	count = set->count;
+	if (count > BGS_MAX_BACKENDS)
+		return stat_drop(BGS_DROP_BAD_BACKEND);
+	pos = flow_hash(&pkt->key) % count;
+	/* Hide the modulo's range from the compiler so that it keeps the mask the verifier needs. */
+	asm volatile("" : "+r"(pos));
+	slot = set->slot[pos & (BGS_MAX_BACKENDS - 1)];
+	be = bpf_map_lookup_elem(&bgs_backends, &slot);
+	if (!be || be->state != BGS_BACKEND_ACTIVE)
+		return stat_drop(BGS_DROP_BAD_BACKEND);
+
+	__builtin_memcpy(out->daddr, be->addr, sizeof(out->daddr));
+	out->dport = be->port;
+	out->color = sw.active;
+	out->pad = 0;
+	out->slot = slot;
+	out->state = pkt->key.proto == IPPROTO_TCP ? BGS_FLOW_SYN : 0;
+	out->last_seen = now;
+
+	__builtin_memcpy(rkey.saddr, be->addr, sizeof(rkey.saddr));
+	__builtin_memcpy(rkey.daddr, pkt->key.saddr, sizeof(rkey.daddr));
+	rkey.sport = be->port;
+	rkey.dport = pkt->key.sport;
+	rkey.proto = pkt->key.proto;
+	rkey.family = pkt->key.family;
+	__builtin_memcpy(rev.vaddr, pkt->key.daddr, sizeof(rev.vaddr));
+	rev.vport = pkt->key.dport;
+	rev.slot = slot;
+
+	/* Reverse first: a forward entry must never exist without its way back. */
+	if (bpf_map_update_elem(&bgs_reverse, &rkey, &rev, BPF_ANY) ||
+	    bpf_map_update_elem(&bgs_flows, &pkt->key, out, BPF_ANY))
+		return stat_drop(BGS_DROP_FLOW_INSERT);
+
+	stat_inc(BGS_STAT_FLOW_NEW);
+	bs = stat_backend(slot);
+	if (bs)
+		bs->new_flows++;
+	return BGS_CONTINUE;
+}
+
+/* Find the flow of a client packet, or start one. Returns BGS_CONTINUE with *out set to where
+ * the packet goes, or a verdict. A TCP segment without SYN never starts a flow: it would land
+ * on whichever color is active now, not on the one its connection began on.
+ */
+static __always_inline int flow_steer(const struct bgs_pkt *pkt, __u32 svc, struct bgs_flow *out)
+{
+	__u64 now = bpf_ktime_get_coarse_ns();
+	bool tcp = pkt->key.proto == IPPROTO_TCP;
+	bool first = tcp ? flow_is_syn(pkt) : true;
+	struct bgs_flow *f;
+
+	f = bpf_map_lookup_elem(&bgs_flows, &pkt->key);
+	if (f && !(first && flow_is_dead(f, pkt->key.proto, now))) {
+		stat_inc(BGS_STAT_FLOW_HIT);
+		flow_touch(pkt, f, now);
+		__builtin_memcpy(out, f, sizeof(*out));
+		return BGS_CONTINUE;
+	}
+	if (!first) {
+		stat_inc(BGS_STAT_NOSYN_MISS);
+		return stat_drop(BGS_DROP_NOSYN_MISS);
+	}
+	if (f)
+		stat_inc(BGS_STAT_FLOW_REOPEN);
+	else if (tcp)
+		stat_inc(BGS_STAT_SYN_MISS);
+	return flow_create(pkt, svc, now, out);
+}
+
+/* Mark the backend's FIN or RST on the flow the reply belongs to. */
+static __always_inline void flow_mark_server(const struct bgs_pkt *pkt,
+					     const struct bgs_reverse *rev)
+{
+	struct bgs_flow_key k = {};
+	struct bgs_flow *f;
+
+	__builtin_memcpy(k.saddr, pkt->key.daddr, sizeof(k.saddr));
+	__builtin_memcpy(k.daddr, rev->vaddr, sizeof(k.daddr));
+	k.sport = pkt->key.dport;
+	k.dport = rev->vport;
+	k.proto = pkt->key.proto;
+	k.family = pkt->key.family;
+	f = bpf_map_lookup_elem(&bgs_flows, &k);
+	if (!f)
+		return;
+	if (pkt->tcp_flags & TCP_FLAG_RST)
+		__sync_fetch_and_or(&f->state, BGS_FLOW_RST);
+	if (pkt->tcp_flags & TCP_FLAG_FIN)
+		__sync_fetch_and_or(&f->state, BGS_FLOW_FIN_SERVER);
+}
+
+#endif /* BGS_FLOW_BPF_H */

@@ -1,0 +1,152 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/* maps.bpf.h: every map of the data plane, pinned by name, plus the counter helpers. */
+#ifndef BGS_MAPS_BPF_H
+#define BGS_MAPS_BPF_H
+
+#include "common.bpf.h"
+
+/* Run-time settings (timeouts, layout version): one entry, written by `attach`. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct bgs_config);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} bgs_config SEC(".maps");
+
+/* Service lookup: (VIP, port, protocol) to service id. A miss means "not ours". */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, BGS_MAX_SERVICES);
+	__type(key, struct bgs_vip_key);
+	__type(value, struct bgs_vip);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} bgs_vips SEC(".maps");
+
+/* Control-plane record of each service (name, VIP), indexed by service id. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, BGS_MAX_SERVICES);
+	__type(key, __u32);
+	__type(value, struct bgs_service);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} bgs_services SEC(".maps");
+
+/* The switch: active color, generation and set buffers of each service, one 8-byte word. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, BGS_MAX_SERVICES);
+	__type(key, __u32);
+	__type(value, struct bgs_switch);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} bgs_switch SEC(".maps");
+
+/* Backend sets: two buffers per service and color, selected by bgs_switch.set_sel. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, BGS_MAX_SERVICES * 4);
+	__type(key, __u32);
+	__type(value, struct bgs_set);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} bgs_sets SEC(".maps");
+
+/* Backends by slot, the identity that flow entries and counters refer to. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, BGS_MAX_SLOTS);
+	__type(key, __u32);
+	__type(value, struct bgs_backend);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} bgs_backends SEC(".maps");
+
+/* Backend (address, port, protocol) to reference count: the egress program's first filter. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, BGS_MAX_SLOTS);
+	__type(key, struct bgs_backend_addr);
+	__type(value, __u32);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} bgs_backend_addrs SEC(".maps");
+
+/* Flow table: client-to-VIP 5-tuple to the backend that took the flow's first packet. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, BGS_DEFAULT_FLOWS);
+	__type(key, struct bgs_flow_key);
+	__type(value, struct bgs_flow);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} bgs_flows SEC(".maps");
+
+/* Reverse NAT: backend-to-client 5-tuple to the VIP the reply must come from. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, BGS_DEFAULT_FLOWS);
+	__type(key, struct bgs_flow_key);
+	__type(value, struct bgs_reverse);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} bgs_reverse SEC(".maps");
+
+/* Interfaces this state is attached to, by ifindex (control plane only). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, BGS_MAX_IFACES);
+	__type(key, __u32);
+	__type(value, struct bgs_iface);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} bgs_ifaces SEC(".maps");
+
+/* Node-wide counters by enum bgs_stat, per CPU. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, BGS_STAT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} bgs_stats SEC(".maps");
+
+/* Dropped packets by enum bgs_drop_reason, per CPU. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, BGS_DROP_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} bgs_drops SEC(".maps");
+
+/* Traffic and new flows per backend slot, per CPU. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, BGS_MAX_SLOTS);
+	__type(key, __u32);
+	__type(value, struct bgs_backend_stats);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} bgs_backend_stats SEC(".maps");
+
+static __always_inline void stat_inc(__u32 id)
+{
+	__u64 *v = bpf_map_lookup_elem(&bgs_stats, &id);
+
+	if (v)
+		*v += 1;
+}
+
+/* Count a drop by its reason and return the XDP verdict that carries it out. */
+static __always_inline int stat_drop(__u32 reason)
+{
+	__u64 *v = bpf_map_lookup_elem(&bgs_drops, &reason);
+
+	if (v)
+		*v += 1;
+	return XDP_DROP;
+}
+
+static __always_inline struct bgs_backend_stats *stat_backend(__u32 slot)
+{
+	return bpf_map_lookup_elem(&bgs_backend_stats, &slot);
+}
+
+#endif /* BGS_MAPS_BPF_H */

@@ -1,0 +1,225 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/* bgswitch.h: the one definition shared by the BPF programs and the bgswitch command.
+ *
+ * It holds only fixed-width __u* types, BGS_* constants, map keys and values, colors, and
+ * counter and drop-reason ids. It includes neither libc nor vmlinux.h: the includer provides
+ * the __u8/__u16/__u32/__u64 types (vmlinux.h on the BPF side, <linux/types.h> in user space).
+ */
+#ifndef BGSWITCH_H
+#define BGSWITCH_H
+
+/* Version of the pinned map layout. Bump it whenever a key, a value or a map changes shape, so
+ * that a build never misreads state pinned by another one.
+ */
+#define BGS_LAYOUT_VERSION 1
+
+/* Map sizes. Each is a default that a build can override with -D. */
+#ifndef BGS_MAX_SERVICES
+#define BGS_MAX_SERVICES 1024 /* services (VIP:port:proto) per node */
+#endif
+#ifndef BGS_MAX_BACKENDS
+#define BGS_MAX_BACKENDS 256 /* backends in one color of one service; a power of two */
+#endif
+#ifndef BGS_MAX_SLOTS
+#define BGS_MAX_SLOTS 8192 /* backend identities on the node, live or draining */
+#endif
+#ifndef BGS_DEFAULT_FLOWS
+#define BGS_DEFAULT_FLOWS (1 << 20) /* flow-table entries; `attach --flows N` overrides */
+#endif
+#ifndef BGS_MAX_IFACES
+#define BGS_MAX_IFACES 64 /* interfaces one pinned state can be attached to */
+#endif
+
+#define BGS_NAME_LEN 32 /* service name, NUL included */
+#define BGS_IFNAME_LEN 16
+
+/* Default timeouts, in seconds; `attach` writes them to bgs_config. */
+#define BGS_TCP_IDLE_SEC 900 /* an established TCP flow with no packet is dead after this */
+#define BGS_UDP_IDLE_SEC 30 /* a UDP flow with no packet is dead after this */
+#define BGS_CLOSING_SEC 10 /* a TCP flow after RST or FIN from both sides */
+
+/* Fixed identifiers of the TC egress filter, so that detach removes only ours. */
+#define BGS_TC_HANDLE 0xb65
+#define BGS_TC_PRIORITY 0xb65
+
+enum bgs_color {
+	BGS_BLUE = 0,
+	BGS_GREEN = 1,
+	BGS_NCOLORS = 2,
+	BGS_COLOR_NONE = 0xff, /* bgs_switch.previous before the first flip */
+};
+
+/* bgs_vips key: what a packet must match to be touched at all. Addresses are in network byte
+ * order; an IPv4 address sits in addr[0] with addr[1..3] zero.
+ */
+struct bgs_vip_key {
+	__u32 addr[4];
+	__u16 port; /* network byte order */
+	__u8 proto; /* IPPROTO_TCP or IPPROTO_UDP */
+	__u8 family; /* BGS_AF_INET or BGS_AF_INET6 */
+};
+
+#define BGS_AF_INET 4
+#define BGS_AF_INET6 6
+
+/* bgs_vips value */
+struct bgs_vip {
+	__u32 svc; /* service id: index into bgs_switch, bgs_services and bgs_sets */
+};
+
+/* bgs_switch value, one per service, 8 bytes, written by user space with one aligned 64-bit
+ * store (the map is mmapable). A flip, a rollback and a backend-set change are each exactly one
+ * such store; the data plane reads the word once per new flow.
+ */
+struct bgs_switch {
+	__u32 generation; /* bumped by every change to the service */
+	__u8 active; /* enum bgs_color that new flows go to */
+	__u8 previous; /* color before the last flip, or BGS_COLOR_NONE */
+	__u8 set_sel; /* bit c selects which of the two bgs_sets buffers color c uses */
+	__u8 pad;
+};
+
+/* bgs_sets key: (svc << 2) | (color << 1) | buffer. Two buffers per color let user space write
+ * a whole new set while packets read the other, then switch with one bgs_switch store.
+ */
+static inline __u32 bgs_set_index(__u32 svc, __u32 color, __u32 buf)
+{
+	return (svc << 2) | ((color & 1) << 1) | (buf & 1);
+}
+
+/* bgs_sets value: the backends new flows of one color of one service are spread over. */
+struct bgs_set {
+	__u32 count;
+	__u32 slot[BGS_MAX_BACKENDS]; /* indexes into bgs_backends */
+};
+
+/* bgs_backends value, indexed by slot. A slot is the backend's identity: it is not reused while
+ * any flow points at it (user space frees it only when no live flow references it).
+ */
+struct bgs_backend {
+	__u32 addr[4];
+	__u16 port; /* network byte order */
+	__u8 family;
+	__u8 state; /* BGS_BACKEND_* */
+	__u32 svc;
+	__u8 color;
+	__u8 proto;
+	__u16 pad;
+};
+
+enum bgs_backend_state {
+	BGS_BACKEND_FREE = 0,
+	BGS_BACKEND_ACTIVE = 1, /* in its color's set: takes new flows */
+	BGS_BACKEND_DRAINING = 2, /* removed from the set; existing flows still go there */
+};
+
+/* bgs_flows key (client to VIP) and bgs_reverse key (backend to client): a 5-tuple. */
+struct bgs_flow_key {
+	__u32 saddr[4];
+	__u32 daddr[4];
+	__u16 sport;
+	__u16 dport;
+	__u8 proto;
+	__u8 family;
+	__u16 pad;
+};
+
+/* bgs_flows value: where a flow goes. The rewrite target is held in the entry itself, so an
+ * established packet needs this one lookup and nothing else to be forwarded.
+ */
+struct bgs_flow {
+	__u32 daddr[4]; /* backend address */
+	__u16 dport; /* backend port, network byte order */
+	__u8 color;
+	__u8 pad;
+	__u32 slot; /* backend identity, for counters and drain */
+	__u32 state; /* BGS_FLOW_* bits, set atomically by either direction */
+	__u64 last_seen; /* bpf_ktime_get_coarse_ns() of the client's last packet */
+};
+
+#define BGS_FLOW_SYN 0x01 /* opened by a SYN (TCP) */
+#define BGS_FLOW_FIN_CLIENT 0x02 /* client sent FIN */
+#define BGS_FLOW_FIN_SERVER 0x04 /* backend sent FIN */
+#define BGS_FLOW_RST 0x08 /* either side sent RST */
+#define BGS_FLOW_CLOSED_MASK (BGS_FLOW_RST)
+#define BGS_FLOW_BOTH_FIN (BGS_FLOW_FIN_CLIENT | BGS_FLOW_FIN_SERVER)
+
+/* bgs_reverse value: what a reply's source is rewritten to, and whose reply it is. */
+struct bgs_reverse {
+	__u32 vaddr[4];
+	__u16 vport; /* network byte order */
+	__u16 pad;
+	__u32 slot; /* backend identity, for counters */
+};
+
+/* bgs_backend_addrs key: a backend address the egress program must look at. */
+struct bgs_backend_addr {
+	__u32 addr[4];
+	__u16 port;
+	__u8 proto;
+	__u8 family;
+};
+
+/* bgs_services value, indexed by service id: the control plane's record of a service. */
+struct bgs_service {
+	char name[BGS_NAME_LEN];
+	struct bgs_vip_key vip;
+};
+
+/* bgs_config value (one entry): run-time settings read by the data plane. */
+struct bgs_config {
+	__u32 layout_version; /* BGS_LAYOUT_VERSION of the build that created the maps */
+	__u32 flow_entries;
+	__u64 tcp_idle_ns;
+	__u64 udp_idle_ns;
+	__u64 closing_ns;
+};
+
+/* bgs_ifaces value, keyed by ifindex: where this pinned state is attached. */
+struct bgs_iface {
+	char name[BGS_IFNAME_LEN];
+	__u32 xdp_prog_id;
+	__u32 tc_prog_id;
+	__u32 xdp_flags; /* XDP_FLAGS_* used at attach */
+	__u32 pad;
+};
+
+/* bgs_backend_stats value (per CPU), indexed by slot. */
+struct bgs_backend_stats {
+	__u64 rx_packets; /* client to backend */
+	__u64 rx_bytes;
+	__u64 tx_packets; /* backend to client */
+	__u64 tx_bytes;
+	__u64 new_flows;
+	__u64 resets; /* RST sent by the backend */
+};
+
+/* bgs_stats index (per CPU): node-wide counters. */
+enum bgs_stat {
+	BGS_STAT_RX = 0, /* packets seen by the ingress program */
+	BGS_STAT_NOT_VIP, /* passed untouched: not addressed to a service */
+	BGS_STAT_NOT_IP, /* passed untouched: not IPv4 (or not parsed) */
+	BGS_STAT_PARSE_ERR, /* passed untouched: truncated or malformed header */
+	BGS_STAT_FRAGMENT, /* passed untouched: IP fragment */
+	BGS_STAT_VIP, /* addressed to a service */
+	BGS_STAT_FLOW_HIT, /* followed an existing flow entry */
+	BGS_STAT_FLOW_NEW, /* created a flow entry */
+	BGS_STAT_FLOW_REOPEN, /* SYN on a closed or idle entry: new flow on the active color */
+	BGS_STAT_SYN_MISS, /* SYN that missed the table (a new TCP flow) */
+	BGS_STAT_NOSYN_MISS, /* non-SYN TCP segment that missed the table (dropped) */
+	BGS_STAT_TX, /* packets seen by the egress program */
+	BGS_STAT_REPLY_NAT, /* replies whose source was rewritten to the VIP */
+	BGS_STAT_REPLY_NO_FLOW, /* from a backend address, but no reverse entry: untouched */
+	BGS_STAT_MAX,
+};
+
+/* bgs_drops index (per CPU): why the data plane dropped a packet. */
+enum bgs_drop_reason {
+	BGS_DROP_NOSYN_MISS = 0, /* TCP segment without SYN and without a flow entry */
+	BGS_DROP_NO_BACKEND, /* the active color of the service has no backend */
+	BGS_DROP_BAD_BACKEND, /* a set names a slot that is not a usable backend */
+	BGS_DROP_FLOW_INSERT, /* the flow table refused the new entry */
+	BGS_DROP_MAX,
+};
+
+#endif /* BGSWITCH_H */

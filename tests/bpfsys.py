@@ -1,0 +1,387 @@
+"""The bpf(2) system call through ctypes: just what the data-plane unit tests need.
+
+Everything works on raw bytes: keys and values are ``bytes`` exactly as the kernel stores them
+(tests/model.py packs and unpacks bgswitch's structures). No third-party dependency.
+
+    fd = obj_get("/sys/fs/bpf/bgswitch/progs/bgs_ingress")
+    res = prog_test_run(fd, frame)          # -> TestRun(retval, data, duration)
+
+    flows = Map.open("/sys/fs/bpf/bgswitch/bgs_flows")
+    value = flows.lookup(key)               # -> bytes, or None when absent
+    per_cpu = Map.open(".../bgs_stats").lookup_percpu(key)   # -> [bytes] one per possible CPU
+
+Errors raise ``BPFError`` (an ``OSError`` carrying errno and the command's name).
+"""
+
+import ctypes
+import errno as _errno
+import os
+import platform
+from typing import Iterator, List, NamedTuple, Optional
+
+# bpf(2) syscall number per machine (only x86_64 is needed today; the others are cheap to list).
+_SYSCALL_NR = {"x86_64": 321, "aarch64": 280, "riscv64": 280}
+
+# enum bpf_cmd
+BPF_MAP_LOOKUP_ELEM = 1
+BPF_MAP_UPDATE_ELEM = 2
+BPF_MAP_DELETE_ELEM = 3
+BPF_MAP_GET_NEXT_KEY = 4
+BPF_OBJ_GET = 7
+BPF_PROG_TEST_RUN = 10
+BPF_OBJ_GET_INFO_BY_FD = 15
+
+_CMD_NAMES = {
+    BPF_MAP_LOOKUP_ELEM: "BPF_MAP_LOOKUP_ELEM",
+    BPF_MAP_UPDATE_ELEM: "BPF_MAP_UPDATE_ELEM",
+    BPF_MAP_DELETE_ELEM: "BPF_MAP_DELETE_ELEM",
+    BPF_MAP_GET_NEXT_KEY: "BPF_MAP_GET_NEXT_KEY",
+    BPF_OBJ_GET: "BPF_OBJ_GET",
+    BPF_PROG_TEST_RUN: "BPF_PROG_TEST_RUN",
+    BPF_OBJ_GET_INFO_BY_FD: "BPF_OBJ_GET_INFO_BY_FD",
+}
+
+# Map update flags.
+BPF_ANY = 0
+BPF_NOEXIST = 1
+BPF_EXIST = 2
+
+# Map types whose values are per CPU (enum bpf_map_type).
+BPF_MAP_TYPE_PERCPU_HASH = 5
+BPF_MAP_TYPE_PERCPU_ARRAY = 6
+BPF_MAP_TYPE_LRU_PERCPU_HASH = 10
+PERCPU_MAP_TYPES = {BPF_MAP_TYPE_PERCPU_HASH, BPF_MAP_TYPE_PERCPU_ARRAY,
+                    BPF_MAP_TYPE_LRU_PERCPU_HASH}
+
+# Verdicts, for readable assertions.
+XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX, XDP_REDIRECT = range(5)
+TC_ACT_OK = 0
+TC_ACT_SHOT = 2
+
+
+class BPFError(OSError):
+    """A failed bpf(2) command: ``errno`` is set, ``cmd`` names the command."""
+
+    def __init__(self, err: int, cmd: int, what: str = ""):
+        self.cmd = _CMD_NAMES.get(cmd, str(cmd))
+        msg = f"{self.cmd}{' ' + what if what else ''}: {os.strerror(err)}"
+        super().__init__(err, msg)
+
+
+# --- bpf_attr layouts, one per command (each a prefix of union bpf_attr) ------------------------
+
+class _MapElemAttr(ctypes.Structure):
+    _fields_ = [
+        ("map_fd", ctypes.c_uint32),
+        ("_pad", ctypes.c_uint32),
+        ("key", ctypes.c_uint64),
+        ("value", ctypes.c_uint64),  # also next_key
+        ("flags", ctypes.c_uint64),
+    ]
+
+
+class _ObjGetAttr(ctypes.Structure):
+    _fields_ = [
+        ("pathname", ctypes.c_uint64),
+        ("bpf_fd", ctypes.c_uint32),
+        ("file_flags", ctypes.c_uint32),
+        ("path_fd", ctypes.c_int32),
+    ]
+
+
+class _TestRunAttr(ctypes.Structure):
+    _fields_ = [
+        ("prog_fd", ctypes.c_uint32),
+        ("retval", ctypes.c_uint32),
+        ("data_size_in", ctypes.c_uint32),
+        ("data_size_out", ctypes.c_uint32),
+        ("data_in", ctypes.c_uint64),
+        ("data_out", ctypes.c_uint64),
+        ("repeat", ctypes.c_uint32),
+        ("duration", ctypes.c_uint32),
+        ("ctx_size_in", ctypes.c_uint32),
+        ("ctx_size_out", ctypes.c_uint32),
+        ("ctx_in", ctypes.c_uint64),
+        ("ctx_out", ctypes.c_uint64),
+        ("flags", ctypes.c_uint32),
+        ("cpu", ctypes.c_uint32),
+        ("batch_size", ctypes.c_uint32),
+    ]
+
+
+class _InfoAttr(ctypes.Structure):
+    _fields_ = [
+        ("bpf_fd", ctypes.c_uint32),
+        ("info_len", ctypes.c_uint32),
+        ("info", ctypes.c_uint64),
+    ]
+
+
+class _MapInfo(ctypes.Structure):
+    """The leading fields of struct bpf_map_info (the kernel fills what fits)."""
+
+    _fields_ = [
+        ("type", ctypes.c_uint32),
+        ("id", ctypes.c_uint32),
+        ("key_size", ctypes.c_uint32),
+        ("value_size", ctypes.c_uint32),
+        ("max_entries", ctypes.c_uint32),
+        ("map_flags", ctypes.c_uint32),
+        ("name", ctypes.c_char * 16),
+    ]
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+
+
+def _nr() -> int:
+    try:
+        return _SYSCALL_NR[platform.machine()]
+    except KeyError:
+        raise RuntimeError(f"bpfsys: no bpf(2) syscall number for {platform.machine()}") from None
+
+
+def bpf(cmd: int, attr: ctypes.Structure, what: str = "") -> int:
+    """Issue bpf(cmd, &attr, sizeof(attr)); return the result or raise BPFError."""
+    ret = _libc.syscall(ctypes.c_long(_nr()), ctypes.c_int(cmd), ctypes.byref(attr),
+                        ctypes.c_uint(ctypes.sizeof(attr)))
+    if ret < 0:
+        raise BPFError(ctypes.get_errno(), cmd, what)
+    return ret
+
+
+def _buf(data: bytes, size: Optional[int] = None):
+    """A C buffer holding ``data`` (zero-padded to ``size``); keep it alive while in use."""
+    size = len(data) if size is None else size
+    b = ctypes.create_string_buffer(size)
+    ctypes.memmove(b, data, min(len(data), size))
+    return b
+
+
+# --- objects --------------------------------------------------------------------------------------
+
+def obj_get(path: str, flags: int = 0) -> int:
+    """BPF_OBJ_GET: open a pinned map or program; returns a new fd (close it with os.close)."""
+    p = ctypes.create_string_buffer(os.fsencode(path))
+    attr = _ObjGetAttr(pathname=ctypes.addressof(p), file_flags=flags)
+    return bpf(BPF_OBJ_GET, attr, path)
+
+
+class MapInfo(NamedTuple):
+    """What BPF_OBJ_GET_INFO_BY_FD says of a map."""
+
+    type: int
+    id: int
+    key_size: int
+    value_size: int
+    max_entries: int
+    map_flags: int
+    name: str
+
+
+def map_info(fd: int) -> MapInfo:
+    """BPF_OBJ_GET_INFO_BY_FD on a map fd."""
+    info = _MapInfo()
+    attr = _InfoAttr(bpf_fd=fd, info_len=ctypes.sizeof(info), info=ctypes.addressof(info))
+    bpf(BPF_OBJ_GET_INFO_BY_FD, attr)
+    return MapInfo(info.type, info.id, info.key_size, info.value_size, info.max_entries,
+                   info.map_flags, info.name.decode(errors="replace"))
+
+
+# --- programs -------------------------------------------------------------------------------------
+
+class TestRun(NamedTuple):
+    """Result of BPF_PROG_TEST_RUN: the program's return value, the packet after it, the
+    average run time in ns."""
+
+    retval: int
+    data: bytes
+    duration: int
+
+
+def prog_test_run(prog_fd: int, data_in: bytes, data_size_out: Optional[int] = None,
+                  repeat: int = 1) -> TestRun:
+    """BPF_PROG_TEST_RUN: run a program once (or ``repeat`` times) on ``data_in``.
+
+    ``data_in`` is a whole frame, Ethernet header first (the kernel wants at least 14 bytes).
+    ``data_size_out`` is the output buffer size, by default the input size plus 256.
+    """
+    if data_size_out is None:
+        data_size_out = len(data_in) + 256
+    inb = _buf(data_in)
+    outb = ctypes.create_string_buffer(max(data_size_out, 1))
+    attr = _TestRunAttr(prog_fd=prog_fd, data_size_in=len(data_in),
+                        data_size_out=data_size_out, data_in=ctypes.addressof(inb),
+                        data_out=ctypes.addressof(outb), repeat=repeat)
+    bpf(BPF_PROG_TEST_RUN, attr)
+    return TestRun(attr.retval, outb.raw[:attr.data_size_out], attr.duration)
+
+
+# --- maps -----------------------------------------------------------------------------------------
+
+def map_lookup(fd: int, key: bytes, value_size: int) -> Optional[bytes]:
+    """BPF_MAP_LOOKUP_ELEM: the value under ``key``, or None when there is none.
+
+    For a per-CPU map ``value_size`` must be the whole per-CPU buffer (see percpu_lookup)."""
+    k = _buf(key)
+    v = ctypes.create_string_buffer(value_size)
+    attr = _MapElemAttr(map_fd=fd, key=ctypes.addressof(k), value=ctypes.addressof(v))
+    try:
+        bpf(BPF_MAP_LOOKUP_ELEM, attr)
+    except BPFError as e:
+        if e.errno == _errno.ENOENT:
+            return None
+        raise
+    return v.raw
+
+
+def map_update(fd: int, key: bytes, value: bytes, flags: int = BPF_ANY) -> None:
+    """BPF_MAP_UPDATE_ELEM: store ``value`` under ``key`` (flags BPF_ANY/NOEXIST/EXIST)."""
+    k, v = _buf(key), _buf(value)
+    attr = _MapElemAttr(map_fd=fd, key=ctypes.addressof(k), value=ctypes.addressof(v),
+                        flags=flags)
+    bpf(BPF_MAP_UPDATE_ELEM, attr)
+
+
+def map_delete(fd: int, key: bytes) -> bool:
+    """BPF_MAP_DELETE_ELEM: returns False when the key was not there."""
+    k = _buf(key)
+    attr = _MapElemAttr(map_fd=fd, key=ctypes.addressof(k))
+    try:
+        bpf(BPF_MAP_DELETE_ELEM, attr)
+    except BPFError as e:
+        if e.errno == _errno.ENOENT:
+            return False
+        raise
+    return True
+
+
+def map_get_next_key(fd: int, key: Optional[bytes], key_size: int) -> Optional[bytes]:
+    """BPF_MAP_GET_NEXT_KEY: the key after ``key`` (the first key when ``key`` is None), or
+    None at the end."""
+    k = _buf(key) if key is not None else None
+    nk = ctypes.create_string_buffer(key_size)
+    attr = _MapElemAttr(map_fd=fd, key=ctypes.addressof(k) if k is not None else 0,
+                        value=ctypes.addressof(nk))
+    try:
+        bpf(BPF_MAP_GET_NEXT_KEY, attr)
+    except BPFError as e:
+        if e.errno == _errno.ENOENT:
+            return None
+        raise
+    return nk.raw
+
+
+def map_keys(fd: int, key_size: int) -> Iterator[bytes]:
+    """Every key of a map, by BPF_MAP_GET_NEXT_KEY (do not delete while iterating a hash)."""
+    key = map_get_next_key(fd, None, key_size)
+    while key is not None:
+        yield key
+        key = map_get_next_key(fd, key, key_size)
+
+
+def possible_cpus() -> int:
+    """Number of possible CPUs, from /sys/devices/system/cpu/possible (e.g. "0-3,5")."""
+    with open("/sys/devices/system/cpu/possible") as f:
+        text = f.read().strip()
+    n = 0
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        n = max(n, (int(hi) if hi else int(lo)) + 1)
+    return n
+
+
+def percpu_value_size(value_size: int) -> int:
+    """Size of one CPU's value in a per-CPU buffer: rounded up to 8."""
+    return (value_size + 7) & ~7
+
+
+def percpu_lookup(fd: int, key: bytes, value_size: int) -> Optional[List[bytes]]:
+    """BPF_MAP_LOOKUP_ELEM on a per-CPU map: one ``value_size`` bytes value per possible CPU,
+    or None when the key is absent."""
+    stride = percpu_value_size(value_size)
+    ncpu = possible_cpus()
+    raw = map_lookup(fd, key, stride * ncpu)
+    if raw is None:
+        return None
+    return [raw[i * stride:i * stride + value_size] for i in range(ncpu)]
+
+
+class Map:
+    """A map fd with its sizes, so that callers pass keys and values only.
+
+    Use ``Map.open(path)`` for a pinned map; ``close()`` or a ``with`` block releases the fd.
+    """
+
+    def __init__(self, fd: int):
+        self.fd = fd
+        self.info = map_info(fd)
+        self.key_size = self.info.key_size
+        self.value_size = self.info.value_size
+        self.percpu = self.info.type in PERCPU_MAP_TYPES
+
+    @classmethod
+    def open(cls, path: str) -> "Map":
+        """Open a pinned map by path."""
+        fd = obj_get(path)
+        try:
+            return cls(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def close(self) -> None:
+        """Release the fd (idempotent)."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self) -> "Map":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _check_key(self, key: bytes) -> None:
+        if len(key) != self.key_size:
+            raise ValueError(f"map {self.info.name}: key is {len(key)} bytes, "
+                             f"want {self.key_size}")
+
+    def lookup(self, key: bytes) -> Optional[bytes]:
+        """The value under ``key`` or None (for a per-CPU map: use lookup_percpu)."""
+        self._check_key(key)
+        if self.percpu:
+            raise TypeError(f"map {self.info.name} is per CPU: use lookup_percpu")
+        return map_lookup(self.fd, key, self.value_size)
+
+    def lookup_percpu(self, key: bytes) -> Optional[List[bytes]]:
+        """One value per possible CPU, or None."""
+        self._check_key(key)
+        return percpu_lookup(self.fd, key, self.value_size)
+
+    def update(self, key: bytes, value: bytes, flags: int = BPF_ANY) -> None:
+        """Store a value (for a per-CPU map, ``value`` is every CPU's value, rounded to 8
+        and concatenated)."""
+        self._check_key(key)
+        want = (percpu_value_size(self.value_size) * possible_cpus() if self.percpu
+                else self.value_size)
+        if len(value) != want:
+            raise ValueError(f"map {self.info.name}: value is {len(value)} bytes, want {want}")
+        map_update(self.fd, key, value, flags)
+
+    def delete(self, key: bytes) -> bool:
+        """Delete ``key``; False when it was not there."""
+        self._check_key(key)
+        return map_delete(self.fd, key)
+
+    def keys(self) -> Iterator[bytes]:
+        """Every key."""
+        return map_keys(self.fd, self.key_size)
+
+    def items(self) -> Iterator[tuple]:
+        """(key, value) pairs of a map that is not per CPU, skipping keys deleted meanwhile."""
+        for k in list(self.keys()):
+            v = self.lookup(k)
+            if v is not None:
+                yield k, v

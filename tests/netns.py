@@ -1,0 +1,515 @@
+#!/usr/bin/python3
+"""Network-namespace topology for bgswitch's end-to-end tests and demo.
+
+Four namespaces, named PREFIX-client, PREFIX-node, PREFIX-blue and PREFIX-green, where PREFIX is
+unique per run ("bgse" and 4 random hex digits unless given):
+
+    client                 node                          blue  (10.77.2.11, 10.77.2.12 :8081)
+    c-node 10.77.1.2 ----- n-client 10.77.1.1   n-blue 10.77.2.1 ----- b-node
+                           (bgswitch attaches   n-green 10.77.3.1 ----- g-node
+                            here: XDP + TC)                         green (10.77.3.11, 10.77.3.12 :8082)
+
+The VIP (10.77.100.1) lives nowhere: only bgswitch's XDP program on n-client turns it into a
+backend address. The client routes 10.77.0.0/16 (VIP and backends) via the node; the backends
+default-route via the node; the node forwards. The node has no route to the VIP, so without
+bgswitch a packet for the VIP gets an ICMP "network unreachable" back and a connect() fails at
+once (the detach test relies on that).
+
+Everything uses addresses of 10.77.0.0/16, only inside these namespaces; every process is
+started by this module, recorded, and ended by its PID; teardown deletes the namespaces and
+bgswitch pin roots this module created, and nothing else.
+
+Client TX checksum offload: the client's veth (c-node) gets `ethtool -K c-node tx off`. With
+offload on, the client's TCP segments cross the veth as CHECKSUM_PARTIAL: the checksum field
+holds only the pseudo-header sum, and XDP, which sees no ip_summed, cannot update it correctly,
+so the node forwards segments whose checksum the backend rejects. A real NIC receives full
+checksums from the wire, which "tx off" reproduces. Checked empirically on kernel 6.18 by
+`/usr/bin/python3 tests/netns.py csum-check` (see csum_check() below): with tx on, no TCP
+connection through the VIP completes in either generic or native mode (backends drop the SYN
+for its bad checksum); with tx off, all do.
+
+Also usable from the shell (the demo does):
+    netns.py up --prefix bgsdemo --state FILE     build, start servers, write state, exit
+    netns.py down --state FILE                    stop recorded PIDs, delete recorded namespaces
+    netns.py down --prefix bgsdemo                same, for a state file that was lost
+"""
+
+import argparse
+import json
+import os
+import re
+import secrets
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+PY = "/usr/bin/python3"  # Debian's python3; never the pyenv one on PATH
+BGSWITCH = os.environ.get("BGSWITCH", os.path.join(REPO, ".output", "bgswitch"))
+BPFFS = "/sys/fs/bpf"
+
+ROLES = ("client", "node", "blue", "green")
+NET = "10.77.0.0/16"
+CLIENT_IP = "10.77.1.2"
+NODE_CLIENT_IP = "10.77.1.1"
+NODE_IFACE = "n-client"  # where bgswitch attaches
+CLIENT_IFACE = "c-node"
+VIP = "10.77.100.1"
+VIP_PORT = 80
+COLOR_NET = {"blue": ("10.77.2", "n-blue", "b-node", 8081),
+             "green": ("10.77.3", "n-green", "g-node", 8082)}
+
+
+def backend_addrs(color, per_color=2):
+    """[(ip, port)] of the backends of a color."""
+    base, _, _, port = COLOR_NET[color]
+    return [(f"{base}.{11 + i}", port) for i in range(per_color)]
+
+
+class CmdError(RuntimeError):
+    pass
+
+
+def run(argv, check=True, timeout=30, input=None):
+    """Run argv, return CompletedProcess (text). check: raise CmdError on non-zero exit."""
+    p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, input=input,
+                       stdin=None if input is not None else subprocess.DEVNULL)
+    if check and p.returncode != 0:
+        raise CmdError(f"{' '.join(argv)}: exit {p.returncode}: {p.stderr.strip()}")
+    return p
+
+
+def read_line(proc, timeout):
+    """One line from proc.stdout within timeout seconds, or None (stdout is a text pipe)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return None
+        r, _, _ = select.select([proc.stdout], [], [], left)
+        if r:
+            line = proc.stdout.readline()
+            return line if line else None
+
+
+def proc_starttime(pid):
+    """Start time (clock ticks since boot) of a process, or None: with the PID, an identity."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+        return int(stat[stat.rindex(")") + 2:].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def end_pid(pid, starttime, timeout=5.0):
+    """SIGTERM, then SIGKILL, the process with this PID if it is still the one recorded."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        if proc_starttime(pid) != starttime:
+            return
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if proc_starttime(pid) != starttime:
+                return
+            try:  # reap it if it is our child
+                if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                    return
+            except ChildProcessError:
+                pass
+            time.sleep(0.05)
+
+
+class Topology:
+    """The four namespaces, their links and the backend servers. Use as a context manager:
+    teardown runs on every exit, failures included.
+    """
+
+    def __init__(self, prefix=None, per_color=2, client_tx_csum=False, servers=True):
+        self.prefix = prefix or "bgse" + secrets.token_hex(2)
+        if not re.fullmatch(r"[a-z][a-z0-9]{2,9}", self.prefix):
+            raise ValueError(f"bad prefix {self.prefix!r}")
+        self.ns = {role: f"{self.prefix}-{role}" for role in ROLES}
+        self.per_color = per_color
+        self.client_tx_csum = client_tx_csum
+        self.want_servers = servers
+        self.created_ns = []
+        self.procs = []  # Popen objects we started and have not ended
+        self.switches = []  # Bgswitch handles whose pin roots we own
+        self.backends = {c: backend_addrs(c, per_color) for c in COLOR_NET}
+        self._pin_seq = 0
+
+    # -- commands in a namespace ------------------------------------------------------------
+    def nsargv(self, role, argv):
+        """argv run inside a namespace with nsenter (exec, so the PID is the command's)."""
+        return ["nsenter", f"--net=/run/netns/{self.ns[role]}", "--"] + list(argv)
+
+    def ns_run(self, role, argv, **kw):
+        return run(self.nsargv(role, argv), **kw)
+
+    def ip(self, role, *args, **kw):
+        return run(["ip", "-n", self.ns[role]] + list(args), **kw)
+
+    def sysctl(self, role, key, value):
+        path = "/proc/sys/" + key.replace(".", "/")
+        self.ns_run(role, ["sh", "-c", f"echo {value} > {path}"])
+
+    # -- build / teardown -------------------------------------------------------------------
+    def up(self):
+        try:
+            self._build()
+            if self.want_servers:
+                self.start_servers()
+        except BaseException:
+            self.down()
+            raise
+        return self
+
+    def _build(self):
+        existing = set(run(["ip", "netns", "list"]).stdout.split())
+        clash = [n for n in self.ns.values() if n in existing]
+        if clash:
+            raise CmdError(f"namespaces already exist: {clash}")
+        for role in ROLES:
+            run(["ip", "netns", "add", self.ns[role]])
+            self.created_ns.append(self.ns[role])
+            self.ip(role, "link", "set", "lo", "up")
+
+        self.ip("node", "link", "add", NODE_IFACE, "type", "veth", "peer", "name", CLIENT_IFACE,
+                "netns", self.ns["client"])
+        self.ip("node", "addr", "add", f"{NODE_CLIENT_IP}/24", "dev", NODE_IFACE)
+        self.ip("client", "addr", "add", f"{CLIENT_IP}/24", "dev", CLIENT_IFACE)
+        for color, (base, node_if, be_if, _) in COLOR_NET.items():
+            self.ip("node", "link", "add", node_if, "type", "veth", "peer", "name", be_if,
+                    "netns", self.ns[color])
+            self.ip("node", "addr", "add", f"{base}.1/24", "dev", node_if)
+            for addr, _ in self.backends[color]:
+                self.ip(color, "addr", "add", f"{addr}/24", "dev", be_if)
+            self.ip(color, "link", "set", be_if, "up")
+            self.ip("node", "link", "set", node_if, "up")
+            self.ip(color, "route", "add", "default", "via", f"{base}.1")
+        self.ip("node", "link", "set", NODE_IFACE, "up")
+        self.ip("client", "link", "set", CLIENT_IFACE, "up")
+        self.ip("client", "route", "add", NET, "via", NODE_CLIENT_IP)
+
+        self.sysctl("node", "net.ipv4.ip_forward", 1)
+        self.sysctl("node", "net.ipv4.conf.all.forwarding", 1)
+        # See the module docstring: XDP cannot fix up a CHECKSUM_PARTIAL checksum.
+        if not self.client_tx_csum:
+            self.ns_run("client", ["ethtool", "-K", CLIENT_IFACE, "tx", "off"])
+        self._wait_links()
+
+    def _wait_links(self, timeout=5.0):
+        deadline = time.monotonic() + timeout
+        checks = [("node", NODE_IFACE), ("client", CLIENT_IFACE)] + [
+            (c, COLOR_NET[c][2]) for c in COLOR_NET] + [("node", COLOR_NET[c][1]) for c in COLOR_NET]
+        for role, dev in checks:
+            while True:
+                out = self.ip(role, "-o", "link", "show", dev).stdout
+                if "LOWER_UP" in out:
+                    break
+                if time.monotonic() > deadline:
+                    raise CmdError(f"{self.ns[role]}/{dev} did not come up: {out}")
+                time.sleep(0.02)
+
+    def start_servers(self):
+        for color in COLOR_NET:
+            for addr, port in self.backends[color]:
+                self.spawn_server(color, addr, port)
+
+    def spawn_server(self, color, addr, port, detach=False):
+        argv = self.nsargv(color, [PY, os.path.join(HERE, "servers.py"), "--color", color,
+                                   "--addr", addr, "--port", str(port)])
+        p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True,
+                             start_new_session=detach)
+        self.procs.append(p)
+        line = read_line(p, 10)
+        if line != "ready\n":
+            raise CmdError(f"server {color} {addr}:{port} did not start: {line!r}")
+        return p
+
+    def spawn(self, role, argv, **popen_kw):
+        """Start argv in a namespace; the process is ended by PID at teardown if still alive."""
+        p = subprocess.Popen(self.nsargv(role, argv), **popen_kw)
+        self.procs.append(p)
+        return p
+
+    def end(self, p, timeout=5.0):
+        """End one of our processes by its PID: SIGTERM, then SIGKILL."""
+        if p.poll() is None:
+            try:
+                p.terminate()
+                p.wait(timeout)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(timeout)
+        if p in self.procs:
+            self.procs.remove(p)
+
+    def down(self):
+        """Remove everything this object created. Safe to call more than once."""
+        errors = []
+        for p in list(self.procs):
+            try:
+                self.end(p)
+            except Exception as e:  # keep going: the namespaces must still go
+                errors.append(f"pid {p.pid}: {e}")
+        for sw in list(self.switches):
+            try:
+                sw.purge()
+            except Exception as e:
+                errors.append(f"{sw.pin_root}: {e}")
+        for name in reversed(self.created_ns):
+            p = run(["ip", "netns", "del", name], check=False)
+            if p.returncode != 0:
+                errors.append(f"ip netns del {name}: {p.stderr.strip()}")
+        self.created_ns = []
+        return errors
+
+    def __enter__(self):
+        return self.up()
+
+    def __exit__(self, *exc):
+        self.down()
+        return False
+
+    # -- bgswitch ---------------------------------------------------------------------------
+    def bgswitch(self, pin_root=None):
+        """A handle on one bgswitch state with a pin root of our own, purged at teardown."""
+        if pin_root is None:
+            self._pin_seq += 1
+            pin_root = f"{BPFFS}/{self.prefix}-{self._pin_seq}"
+        sw = Bgswitch(self, pin_root)
+        self.switches.append(sw)
+        return sw
+
+    # -- traffic ----------------------------------------------------------------------------
+    def traffic(self, *args):
+        """Start tests/traffic.py in the client namespace; see TrafficRun."""
+        return TrafficRun(self, list(args))
+
+    def probe(self, addr, port, udp=False, count=1, timeout=1.0):
+        """Each of count fresh connections (or UDP sockets) to addr:port: one request. Returns
+        traffic.py's probe JSON: {"results": [{"ok", "color", "backend", "error", "elapsed"}]}.
+        """
+        argv = [PY, os.path.join(HERE, "traffic.py"), "probe", "--addr", addr, "--port",
+                str(port), "--count", str(count), "--timeout", str(timeout)]
+        if udp:
+            argv.append("--udp")
+        p = self.ns_run("client", argv, timeout=30 + count * timeout * 2)
+        return json.loads(p.stdout)
+
+    def colors_of(self, addr, port, udp=False, count=10, timeout=1.0):
+        """Colors (or "error:<kind>") that count fresh connections got, as a list."""
+        res = self.probe(addr, port, udp=udp, count=count, timeout=timeout)["results"]
+        return [r["color"] if r["ok"] else f"error:{r['error']}" for r in res]
+
+
+class Bgswitch:
+    """Runs the bgswitch command in the node namespace with one pin root."""
+
+    def __init__(self, topo, pin_root):
+        self.topo = topo
+        self.pin_root = pin_root
+        self.history = []  # (argv, rc, stdout, stderr), for failure messages
+
+    def argv(self, *args):
+        return ["nsenter", f"--net=/run/netns/{self.topo.ns['node']}", BGSWITCH,
+                "--pin-root", self.pin_root] + [str(a) for a in args]
+
+    def run(self, *args, timeout=30):
+        """CompletedProcess of `bgswitch --pin-root ROOT args...`, whatever its exit status."""
+        p = run(self.argv(*args), check=False, timeout=timeout)
+        self.history.append((args, p.returncode, p.stdout, p.stderr))
+        return p
+
+    def __call__(self, *args, timeout=30):
+        """Run, require success, return stdout."""
+        p = self.run(*args, timeout=timeout)
+        if p.returncode != 0:
+            raise CmdError(f"bgswitch {' '.join(map(str, args))}: exit {p.returncode}\n"
+                           f"stdout: {p.stdout}\nstderr: {p.stderr}")
+        return p.stdout
+
+    def status(self, name=None):
+        args = ["status"] + ([name] if name else []) + ["--json"]
+        return json.loads(self(*args))
+
+    def service(self, name):
+        """The service's record from status --json."""
+        for s in self.status(name)["services"]:
+            if s["name"] == name:
+                return s
+        raise KeyError(name)
+
+    def live_flows(self, name, color):
+        return self.service(name)["colors"][color]["live_flows"]
+
+    def setup_service(self, name, vip=VIP, port=VIP_PORT, proto="tcp", colors=("blue", "green")):
+        """service add, and backend add for every backend of the topology's colors."""
+        self("service", "add", name, f"{vip}:{port}", "--proto", proto)
+        for color in colors:
+            for addr, bport in self.topo.backends[color]:
+                self("backend", "add", name, color, f"{addr}:{bport}")
+
+    def purge(self):
+        """Detach from every interface and remove the pin root, if it is ours and still there."""
+        if not self.pin_root.startswith(f"{BPFFS}/{self.topo.prefix}"):
+            return  # not one we made up: leave it alone
+        if os.path.isdir(self.pin_root) and os.path.exists(BGSWITCH):
+            if self.topo.created_ns:  # the node namespace still exists
+                self.run("detach", NODE_IFACE, "--purge")
+        if os.path.isdir(self.pin_root):
+            shutil.rmtree(self.pin_root, ignore_errors=True)
+        if self in self.topo.switches:
+            self.topo.switches.remove(self)
+
+
+class TrafficRun:
+    """tests/traffic.py `load` running in the client namespace.
+
+    Its stdout carries "READY" once the long-lived connections are open, then the JSON summary
+    when it ends. close_long() asks it (SIGUSR1) to close the long-lived connections and keep
+    the rest going; finish() waits for the end (SIGINT first if early=True) and returns the
+    summary.
+    """
+
+    def __init__(self, topo, args):
+        self.topo = topo
+        argv = [PY, os.path.join(HERE, "traffic.py"), "load"] + [str(a) for a in args]
+        self.proc = topo.spawn("client", argv, stdin=subprocess.DEVNULL,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.summary = None
+
+    def wait_ready(self, timeout=15):
+        line = read_line(self.proc, timeout)
+        if line != "READY\n":
+            err = ""
+            if self.proc.poll() is not None:
+                err = self.proc.stderr.read()
+            raise CmdError(f"traffic did not get ready: {line!r} {err}")
+
+    def close_long(self):
+        self.proc.send_signal(signal.SIGUSR1)
+
+    def finish(self, early=False, timeout=60):
+        if early and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+        try:
+            out, err = self.proc.communicate(timeout=timeout)
+        finally:
+            self.topo.end(self.proc)
+        if self.proc.returncode != 0:
+            raise CmdError(f"traffic exited {self.proc.returncode}: {err}")
+        self.summary = json.loads(out)
+        return self.summary
+
+
+# -- checks and shell interface -------------------------------------------------------------
+
+def csum_check():
+    """Show whether the client's TX checksum offload must be off: TCP through the VIP with it
+    on and off, in generic and native mode. Needs the bgswitch binary.
+    """
+    results = {}
+    for tx_on in (True, False):
+        for mode in ("generic", "native"):
+            with Topology(client_tx_csum=tx_on) as t:
+                sw = t.bgswitch()
+                sw("attach", NODE_IFACE, "--mode", mode)
+                sw.setup_service("web", colors=("blue",))
+                tcp = t.colors_of(VIP, VIP_PORT, count=5, timeout=1.0)
+                direct = t.colors_of(*t.backends["blue"][0], count=2, timeout=1.0)
+                results[f"tx={'on' if tx_on else 'off'} {mode}"] = {"vip": tcp, "direct": direct}
+    print(json.dumps(results, indent=1))
+
+
+def _state_procs(topo, path):
+    procs = [{"pid": p.pid, "start": proc_starttime(p.pid)} for p in topo.procs]
+    with open(path, "w") as f:
+        json.dump({"prefix": topo.prefix, "namespaces": topo.created_ns, "procs": procs}, f)
+
+
+def cmd_up(args):
+    topo = Topology(prefix=args.prefix, per_color=args.per_color, servers=False)
+    try:
+        topo._build()
+        for color in COLOR_NET:
+            for addr, port in topo.backends[color]:
+                topo.spawn_server(color, addr, port, detach=True)
+        _state_procs(topo, args.state)
+    except BaseException:
+        topo.down()
+        raise
+    # The servers outlive us: forget them here; `down` ends them by their recorded PIDs.
+    for p in topo.procs:
+        p.stdout.close()
+        p.returncode = 0  # keep Popen.__del__ quiet
+    return 0
+
+
+def cmd_down(args):
+    state = None
+    if args.state and os.path.exists(args.state):
+        with open(args.state) as f:
+            state = json.load(f)
+    if state is None:
+        if not args.prefix:
+            return 0
+        # Lost state: the namespaces of this prefix are ours by name; so are their processes.
+        existing = set(run(["ip", "netns", "list"]).stdout.split())
+        names = [f"{args.prefix}-{r}" for r in ROLES if f"{args.prefix}-{r}" in existing]
+        procs = []
+        for n in names:
+            for pid in run(["ip", "netns", "pids", n], check=False).stdout.split():
+                procs.append({"pid": int(pid), "start": proc_starttime(int(pid))})
+        state = {"namespaces": names, "procs": procs}
+    for p in state["procs"]:
+        if p["start"] is not None:
+            end_pid(p["pid"], p["start"])
+    for n in reversed(state["namespaces"]):
+        run(["ip", "netns", "del", n], check=False)
+    if args.state and os.path.exists(args.state):
+        os.unlink(args.state)
+    return 0
+
+
+def main():
+    ap = argparse.ArgumentParser(description="bgswitch test topology")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    up = sub.add_parser("up", help="build the topology and start the servers")
+    up.add_argument("--prefix", required=True)
+    up.add_argument("--state", required=True)
+    up.add_argument("--per-color", type=int, default=2)
+    down = sub.add_parser("down", help="tear down what `up` built")
+    down.add_argument("--state")
+    down.add_argument("--prefix")
+    sub.add_parser("csum-check", help="is `ethtool -K tx off` on the client needed?")
+    env = sub.add_parser("env", help="print the topology's addresses as shell assignments")
+    env.add_argument("--prefix", required=True)
+    args = ap.parse_args()
+    if args.cmd == "up":
+        return cmd_up(args)
+    if args.cmd == "down":
+        return cmd_down(args)
+    if args.cmd == "csum-check":
+        csum_check()
+        return 0
+    if args.cmd == "env":
+        print(f"NODE_NS={args.prefix}-node CLIENT_NS={args.prefix}-client "
+              f"NODE_IFACE={NODE_IFACE} VIP={VIP} VIP_PORT={VIP_PORT}")
+        for c in COLOR_NET:
+            print(f"{c.upper()}_BACKENDS='{' '.join(f'{a}:{p}' for a, p in backend_addrs(c))}'")
+        return 0
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

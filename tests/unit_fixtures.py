@@ -1,0 +1,274 @@
+"""Fixtures of the data-plane unit tests: a private, attached, pinned bgswitch state.
+
+The ``bgs`` fixture gives each test its own state, made by the real command:
+
+1. a network namespace ``bgsu<hex>`` with a veth pair in it (both ends left down, IPv6 off,
+   so that no stray packet reaches the programs and moves a counter);
+2. ``nsenter --net=/run/netns/NS bgswitch --pin-root /sys/fs/bpf/bgsu<hex> attach <veth>``
+   (nsenter, not ``ip netns exec``: the latter remounts /sys and the pins would vanish);
+3. the pinned programs and maps opened with BPF_OBJ_GET (tests/bpfsys.py).
+
+Teardown always runs, on failure too: ``detach --purge``, delete the namespace, remove the pin
+root if it is left. Only what the fixture made is removed.
+
+The command is ``.output/bgswitch`` of the work tree, or the path in $BGSWITCH; when it is
+missing the tests fail (never skip) and say how to build it.
+"""
+
+import os
+import secrets
+import shutil
+import struct
+import subprocess
+import time
+from typing import Dict, List, Optional
+
+import pytest
+
+import bpfsys
+import model
+
+TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BGSWITCH = os.environ.get("BGSWITCH", os.path.join(TOP, ".output", "bgswitch"))
+BPFFS = "/sys/fs/bpf"
+PREFIX = "bgsu"  # namespaces, interfaces and pin roots of the unit tests
+CLI_TIMEOUT = 30
+
+MAP_NAMES = [
+    "bgs_config", "bgs_vips", "bgs_services", "bgs_switch", "bgs_sets", "bgs_backends",
+    "bgs_backend_addrs", "bgs_flows", "bgs_reverse", "bgs_ifaces", "bgs_stats", "bgs_drops",
+    "bgs_backend_stats",
+]
+
+
+class CLIError(AssertionError):
+    """The bgswitch command failed: the message holds the command line and its output."""
+
+
+def _run(argv: List[str], check: bool = True, timeout: int = CLI_TIMEOUT):
+    """Run a command, capture its output; raise CLIError (with the output) when it fails."""
+    p = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                       timeout=timeout)
+    if check and p.returncode != 0:
+        raise CLIError(f"command failed (exit {p.returncode}): {' '.join(argv)}\n"
+                       f"stdout: {p.stdout.strip()}\nstderr: {p.stderr.strip()}")
+    return p
+
+
+def monotonic_coarse_ns() -> int:
+    """What bpf_ktime_get_coarse_ns() returns now, give or take a tick."""
+    return time.clock_gettime_ns(time.CLOCK_MONOTONIC_COARSE)
+
+
+class BgsState:
+    """One private bgswitch state: its namespace, interface, pin root and open fds.
+
+    ``cli(...)`` runs the command on this state; ``ingress(frame)`` / ``egress(frame)`` run
+    the pinned programs on a packet with BPF_PROG_TEST_RUN; the other methods read or poke
+    the maps with model.py's codecs.
+    """
+
+    def __init__(self, tag: str):
+        self.tag = tag
+        self.netns = tag
+        self.iface = tag + "a"
+        self.peer = tag + "b"
+        self.pin_root = f"{BPFFS}/{tag}"
+        self.ingress_fd = -1
+        self.egress_fd = -1
+        self.maps: Dict[str, bpfsys.Map] = {}
+        self.services: Dict[str, int] = {}
+
+    # --- the command -----------------------------------------------------------------------
+
+    def cli(self, *args: str, check: bool = True):
+        """Run ``bgswitch --pin-root ROOT ARGS...`` inside the namespace."""
+        argv = ["nsenter", f"--net=/run/netns/{self.netns}", "--", BGSWITCH,
+                "--pin-root", self.pin_root, *args]
+        return _run(argv, check=check)
+
+    def add_service(self, name: str, vip: str, port: int, proto: str = "tcp") -> int:
+        """``service add``; returns the service id read back from bgs_vips."""
+        self.cli("service", "add", name, f"{vip}:{port}", "--proto", proto)
+        pnum = model.IPPROTO_TCP if proto == "tcp" else model.IPPROTO_UDP
+        raw = self.map("bgs_vips").lookup(model.pack_vip_key(vip, port, pnum))
+        assert raw is not None, f"service add {name}: no bgs_vips entry for {vip}:{port}/{proto}"
+        svc = struct.unpack("<I", raw)[0]
+        self.services[name] = svc
+        return svc
+
+    def add_backend(self, name: str, color: str, addr: str, port: int) -> int:
+        """``backend add``; returns the backend's slot, found in bgs_backends."""
+        self.cli("backend", "add", name, color, f"{addr}:{port}")
+        slot = self.find_slot(name, color, addr, port)
+        assert slot is not None, f"backend add {name} {color} {addr}:{port}: no active slot"
+        return slot
+
+    def find_slot(self, name: str, color: str, addr: str, port: int,
+                  state: int = model.BGS_BACKEND_ACTIVE) -> Optional[int]:
+        """The slot of a backend in bgs_backends (by service, color, address), or None."""
+        svc = self.services[name]
+        be = self.map("bgs_backends")
+        for slot in range(be.info.max_entries):
+            b = model.unpack_backend(be.lookup(model.u32(slot)))
+            if (b.state == state and b.svc == svc and b.color == model.COLORS[color]
+                    and b.addr == addr and b.port == port):
+                return slot
+        return None
+
+    # --- programs --------------------------------------------------------------------------
+
+    def ingress(self, frame: bytes) -> bpfsys.TestRun:
+        """Run bgs_ingress (XDP) on a frame."""
+        return bpfsys.prog_test_run(self.ingress_fd, frame)
+
+    def egress(self, frame: bytes) -> bpfsys.TestRun:
+        """Run bgs_egress (TC) on a frame."""
+        return bpfsys.prog_test_run(self.egress_fd, frame)
+
+    # --- maps ------------------------------------------------------------------------------
+
+    def map(self, name: str) -> bpfsys.Map:
+        """A pinned map of this state, opened once."""
+        if name not in self.maps:
+            self.maps[name] = bpfsys.Map.open(f"{self.pin_root}/{name}")
+        return self.maps[name]
+
+    def _percpu_u64(self, name: str, names: List[str]) -> Dict[str, int]:
+        m = self.map(name)
+        return {n: sum(model.unpack_u64(v) for v in m.lookup_percpu(model.u32(i)))
+                for i, n in enumerate(names)}
+
+    def stats(self) -> Dict[str, int]:
+        """bgs_stats summed over the CPUs, by enum bgs_stat name (e.g. "FLOW_NEW")."""
+        return self._percpu_u64("bgs_stats", model.STATS)
+
+    def drops(self) -> Dict[str, int]:
+        """bgs_drops summed over the CPUs, by enum bgs_drop_reason name (e.g. "NO_BACKEND")."""
+        return self._percpu_u64("bgs_drops", model.DROPS)
+
+    def backend_stats(self, slot: int) -> Dict[str, int]:
+        """bgs_backend_stats of one slot summed over the CPUs."""
+        total = dict.fromkeys(model.BACKEND_STATS, 0)
+        for raw in self.map("bgs_backend_stats").lookup_percpu(model.u32(slot)):
+            for k, v in model.unpack_backend_stats(raw).items():
+                total[k] += v
+        return total
+
+    def flow(self, saddr: str, daddr: str, sport: int, dport: int,
+             proto: int = model.IPPROTO_TCP) -> Optional[model.Flow]:
+        """The bgs_flows entry of a client-to-VIP 5-tuple, or None."""
+        raw = self.map("bgs_flows").lookup(model.pack_flow_key(saddr, daddr, sport, dport,
+                                                               proto))
+        return model.unpack_flow(raw) if raw is not None else None
+
+    def put_flow(self, saddr: str, daddr: str, sport: int, dport: int, proto: int,
+                 flow: model.Flow) -> None:
+        """Overwrite a bgs_flows entry (to age it, or close it, without waiting)."""
+        self.map("bgs_flows").update(model.pack_flow_key(saddr, daddr, sport, dport, proto),
+                                     model.pack_flow(flow))
+
+    def reverse(self, baddr: str, caddr: str, bport: int, cport: int,
+                proto: int = model.IPPROTO_TCP) -> Optional[model.Reverse]:
+        """The bgs_reverse entry of a backend-to-client 5-tuple, or None."""
+        raw = self.map("bgs_reverse").lookup(model.pack_flow_key(baddr, caddr, bport, cport,
+                                                                 proto))
+        return model.unpack_reverse(raw) if raw is not None else None
+
+    def count(self, name: str) -> int:
+        """Number of entries of a hash map."""
+        return sum(1 for _ in self.map(name).keys())
+
+    def switch(self, svc: int) -> model.Switch:
+        """bgs_switch of a service."""
+        return model.unpack_switch(self.map("bgs_switch").lookup(model.u32(svc)))
+
+    def active_set(self, svc: int, color: Optional[int] = None) -> List[int]:
+        """The slots of the set buffer a color (default: the active one) uses now."""
+        sw = self.switch(svc)
+        color = sw.active if color is None else color
+        raw = self.map("bgs_sets").lookup(model.u32(sw.set_index(svc, color)))
+        return model.unpack_set(raw)
+
+    def config(self) -> model.Config:
+        """bgs_config."""
+        return model.unpack_config(self.map("bgs_config").lookup(model.u32(0)))
+
+    def close(self) -> None:
+        """Close every fd this object opened."""
+        for m in self.maps.values():
+            m.close()
+        self.maps.clear()
+        for attr in ("ingress_fd", "egress_fd"):
+            fd = getattr(self, attr)
+            if fd >= 0:
+                os.close(fd)
+                setattr(self, attr, -1)
+
+
+def _require_environment() -> None:
+    """Fail (not skip) with a clear message when the suite cannot run here."""
+    if not os.path.isfile(BGSWITCH) or not os.access(BGSWITCH, os.X_OK):
+        pytest.fail(f"bgswitch command not found at {BGSWITCH}: build it with 'make' "
+                    f"(or point $BGSWITCH at it)", pytrace=False)
+    if os.geteuid() != 0:
+        pytest.fail("the data-plane unit tests need root (BPF, namespaces)", pytrace=False)
+    if not os.path.ismount(BPFFS):
+        _run(["mount", "-t", "bpf", "bpf", BPFFS])
+
+
+def _setup(st: BgsState) -> None:
+    """Namespace, veth pair, attach, open the programs."""
+    _run(["ip", "netns", "add", st.netns])
+    ns = ["ip", "-n", st.netns]
+    # No IPv6 (no router solicitations or DAD) and links left down: nothing but the tests'
+    # own BPF_PROG_TEST_RUN packets reaches the programs.
+    for conf in ("default", "all"):
+        _run(["nsenter", f"--net=/run/netns/{st.netns}", "--", "sysctl", "-q", "-w",
+              f"net.ipv6.conf.{conf}.disable_ipv6=1"])
+    _run(ns + ["link", "add", st.iface, "type", "veth", "peer", "name", st.peer])
+    st.cli("attach", st.iface, "--flows", "4096")
+    st.ingress_fd = bpfsys.obj_get(f"{st.pin_root}/progs/bgs_ingress")
+    st.egress_fd = bpfsys.obj_get(f"{st.pin_root}/progs/bgs_egress")
+
+
+def _teardown(st: BgsState) -> List[str]:
+    """Undo _setup as far as it got; returns what went wrong (never raises)."""
+    problems = []
+    st.close()
+    if os.path.exists(f"/run/netns/{st.netns}"):
+        if os.path.isdir(st.pin_root):
+            p = st.cli("detach", st.iface, "--purge", check=False)
+            if p.returncode != 0:
+                problems.append(f"detach {st.iface} --purge failed (exit {p.returncode}): "
+                                f"{p.stderr.strip()}")
+        p = _run(["ip", "netns", "del", st.netns], check=False)
+        if p.returncode != 0:
+            problems.append(f"ip netns del {st.netns}: {p.stderr.strip()}")
+    if os.path.lexists(st.pin_root):
+        # Only ever our own unique directory under the BPF filesystem.
+        assert os.path.basename(st.pin_root).startswith(PREFIX)
+        shutil.rmtree(st.pin_root, ignore_errors=True)
+        if os.path.lexists(st.pin_root):
+            problems.append(f"could not remove {st.pin_root}")
+    return problems
+
+
+@pytest.fixture
+def bgs():
+    """A fresh attached bgswitch state in a private namespace (see the module docstring).
+
+    The test configures services and backends through ``bgs.cli`` / ``bgs.add_service`` /
+    ``bgs.add_backend`` and runs packets through ``bgs.ingress`` / ``bgs.egress``.
+    A failed ``detach --purge`` at teardown is reported as an error of the test, after the
+    namespace and pin root are removed anyway.
+    """
+    _require_environment()
+    st = BgsState(PREFIX + secrets.token_hex(4))
+    try:
+        _setup(st)
+        yield st
+    finally:
+        problems = _teardown(st)
+    if problems:
+        pytest.fail("teardown: " + "; ".join(problems), pytrace=False)

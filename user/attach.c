@@ -1,0 +1,545 @@
+// SPDX-License-Identifier: GPL-2.0
+/* attach.c: `attach` and `detach`: the skeleton lifecycle, pins, XDP ingress and TC egress. */
+#include <errno.h>
+#include <getopt.h>
+#include <net/if.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <linux/if_link.h>
+#include <bpf/bpf.h>
+#include <bpf/libbpf.h>
+
+#include "bgswitch.skel.h"
+#include "commands.h"
+#include "log.h"
+#include "state.h"
+#include "util.h"
+
+enum attach_mode {
+	MODE_AUTO,
+	MODE_NATIVE,
+	MODE_GENERIC,
+};
+
+static const char *xdp_mode_name(__u8 attach_mode)
+{
+	switch (attach_mode) {
+	case XDP_ATTACHED_DRV:
+		return "native";
+	case XDP_ATTACHED_SKB:
+		return "generic";
+	case XDP_ATTACHED_HW:
+		return "offload";
+	default:
+		return "none";
+	}
+}
+
+static __u32 mode_flags(enum attach_mode mode)
+{
+	return mode == MODE_NATIVE  ? XDP_FLAGS_DRV_MODE :
+	       mode == MODE_GENERIC ? XDP_FLAGS_SKB_MODE :
+				      0;
+}
+
+static __u32 attached_flags(__u8 attach_mode)
+{
+	return attach_mode == XDP_ATTACHED_SKB ? XDP_FLAGS_SKB_MODE :
+	       attach_mode == XDP_ATTACHED_DRV ? XDP_FLAGS_DRV_MODE :
+						 0;
+}
+
+/* What runs on the interface now: the XDP program id, its mode, and whether it is ours. */
+struct iface_view {
+	__u32 xdp_id;
+	__u8 xdp_mode;
+	bool xdp_ours;
+	char xdp_name[BPF_OBJ_NAME_LEN];
+	__u32 tc_id;
+};
+
+static int prog_name_by_id(__u32 id, char *name, size_t len)
+{
+	struct bpf_prog_info info = { 0 };
+	__u32 info_len = sizeof(info);
+	int fd, err = 0;
+
+	fd = bpf_prog_get_fd_by_id(id);
+	if (fd < 0)
+		return -errno;
+	if (bpf_obj_get_info_by_fd(fd, &info, &info_len))
+		err = -errno;
+	else
+		snprintf(name, len, "%s", info.name);
+	close(fd);
+	return err;
+}
+
+static int iface_inspect(int ifindex, struct iface_view *v)
+{
+	LIBBPF_OPTS(bpf_xdp_query_opts, q);
+	DECLARE_LIBBPF_OPTS(bpf_tc_hook, hook, .ifindex = ifindex, .attach_point = BPF_TC_EGRESS);
+	DECLARE_LIBBPF_OPTS(bpf_tc_opts, tc, .handle = BGS_TC_HANDLE, .priority = BGS_TC_PRIORITY);
+	int err;
+
+	memset(v, 0, sizeof(*v));
+	err = bpf_xdp_query(ifindex, 0, &q);
+	if (err) {
+		pr_warn("cannot query XDP on ifindex %d: %s\n", ifindex, strerror(-err));
+		return err;
+	}
+	v->xdp_id = q.prog_id;
+	v->xdp_mode = q.attach_mode;
+	if (v->xdp_id && !prog_name_by_id(v->xdp_id, v->xdp_name, sizeof(v->xdp_name)))
+		v->xdp_ours = !strcmp(v->xdp_name, "bgs_ingress");
+	if (!bpf_tc_query(&hook, &tc))
+		v->tc_id = tc.prog_id;
+	return 0;
+}
+
+/* Read what the pinned state already says: its layout and its flow-table size. */
+static int pinned_flow_entries(__u32 *entries)
+{
+	struct bpf_map_info info = { 0 };
+	__u32 len = sizeof(info), zero = 0;
+	struct bgs_config cfg;
+	char path[PATH_MAX];
+	int fd, err = 0;
+
+	*entries = 0;
+	state_pin_path(path, sizeof(path), "bgs_config");
+	fd = bpf_obj_get(path);
+	if (fd >= 0) {
+		if (!bpf_map_lookup_elem(fd, &zero, &cfg) && cfg.layout_version)
+			err = state_check_layout(&cfg);
+		close(fd);
+		if (err)
+			return err;
+	}
+	state_pin_path(path, sizeof(path), "bgs_flows");
+	fd = bpf_obj_get(path);
+	if (fd < 0)
+		return 0;
+	if (!bpf_obj_get_info_by_fd(fd, &info, &len))
+		*entries = info.max_entries;
+	close(fd);
+	return 0;
+}
+
+static int pin_prog(struct bpf_program *prog, const char *name)
+{
+	char rel[64], path[PATH_MAX];
+	int err;
+
+	snprintf(rel, sizeof(rel), "%s/%s", BGS_PROG_DIR, name);
+	err = state_pin_path(path, sizeof(path), rel);
+	if (err)
+		return err;
+	unlink(path);
+	err = bpf_program__pin(prog, path);
+	if (err)
+		pr_warn("cannot pin %s: %s\n", path, strerror(-err));
+	return err;
+}
+
+static int config_init(struct bgswitch_bpf *skel, __u32 flows)
+{
+	int fd = bpf_map__fd(skel->maps.bgs_config);
+	struct bgs_config cfg = { 0 };
+	__u32 zero = 0;
+
+	if (!bpf_map_lookup_elem(fd, &zero, &cfg) && cfg.layout_version)
+		return 0;
+	cfg.layout_version = BGS_LAYOUT_VERSION;
+	cfg.flow_entries = flows;
+	cfg.tcp_idle_ns = BGS_TCP_IDLE_SEC * 1000000000ULL;
+	cfg.udp_idle_ns = BGS_UDP_IDLE_SEC * 1000000000ULL;
+	cfg.closing_ns = BGS_CLOSING_SEC * 1000000000ULL;
+	if (bpf_map_update_elem(fd, &zero, &cfg, BPF_ANY)) {
+		pr_warn("cannot write bgs_config: %s\n", strerror(errno));
+		return -errno;
+	}
+	return 0;
+}
+
+static int attach_xdp(int ifindex, const char *ifname, int prog_fd, enum attach_mode mode,
+		      const struct iface_view *v)
+{
+	LIBBPF_OPTS(bpf_xdp_attach_opts, opts);
+	__u32 flags = mode_flags(mode);
+	int old_fd = -1, err;
+
+	if (v->xdp_id && v->xdp_ours) {
+		bool same_mode = !flags || flags == attached_flags(v->xdp_mode);
+
+		if (same_mode) {
+			/* Atomic replacement of our older program: no packet sees neither. */
+			old_fd = bpf_prog_get_fd_by_id(v->xdp_id);
+			if (old_fd >= 0) {
+				opts.old_prog_fd = old_fd;
+				flags = attached_flags(v->xdp_mode) | XDP_FLAGS_REPLACE;
+			}
+		} else {
+			err = bpf_xdp_detach(ifindex, attached_flags(v->xdp_mode), NULL);
+			if (err) {
+				pr_warn("cannot detach the %s-mode program from %s: %s\n",
+					xdp_mode_name(v->xdp_mode), ifname, strerror(-err));
+				return err;
+			}
+		}
+	} else {
+		flags |= XDP_FLAGS_UPDATE_IF_NOEXIST;
+	}
+	err = bpf_xdp_attach(ifindex, prog_fd, flags, &opts);
+	if (old_fd >= 0)
+		close(old_fd);
+	if (err)
+		pr_warn("cannot attach XDP to %s in %s mode: %s\n", ifname,
+			mode == MODE_NATIVE  ? "native" :
+			mode == MODE_GENERIC ? "generic" :
+					       "auto",
+			strerror(-err));
+	return err;
+}
+
+static int attach_tc(int ifindex, const char *ifname, int prog_fd)
+{
+	DECLARE_LIBBPF_OPTS(bpf_tc_hook, hook, .ifindex = ifindex, .attach_point = BPF_TC_EGRESS);
+	DECLARE_LIBBPF_OPTS(bpf_tc_opts, opts, .handle = BGS_TC_HANDLE, .priority = BGS_TC_PRIORITY,
+			    .prog_fd = prog_fd, .flags = BPF_TC_F_REPLACE);
+	int err;
+
+	/* libbpf 1.1 has no tcx: a clsact qdisc with a direct-action cls_bpf filter. */
+	err = bpf_tc_hook_create(&hook);
+	if (err && err != -EEXIST) {
+		pr_warn("cannot create the clsact qdisc on %s: %s\n", ifname, strerror(-err));
+		return err;
+	}
+	err = bpf_tc_attach(&hook, &opts);
+	if (err)
+		pr_warn("cannot attach the TC egress program to %s: %s\n", ifname, strerror(-err));
+	return err;
+}
+
+static void detach_tc(int ifindex)
+{
+	DECLARE_LIBBPF_OPTS(bpf_tc_hook, hook, .ifindex = ifindex, .attach_point = BPF_TC_EGRESS);
+	DECLARE_LIBBPF_OPTS(bpf_tc_opts, opts, .handle = BGS_TC_HANDLE,
+			    .priority = BGS_TC_PRIORITY);
+
+	bpf_tc_detach(&hook, &opts);
+}
+
+static void attach_usage(void)
+{
+	printf("Usage: bgswitch attach IFACE [--mode auto|native|generic] [--flows N]\n"
+	       "\n"
+	       "Load the data plane, pin its maps and programs under the pin root, and attach\n"
+	       "XDP on IFACE's ingress and TC on its egress. Running it again changes nothing.\n"
+	       "\n"
+	       "  -m, --mode MODE   XDP mode: auto (default: native where the driver has it),\n"
+	       "                    native, or generic\n"
+	       "  -f, --flows N     flow-table entries (default %u); fixed once the state exists\n"
+	       "  -h, --help        this help\n",
+	       BGS_DEFAULT_FLOWS);
+}
+
+int do_attach(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "mode", required_argument, NULL, 'm' },
+		{ "flows", required_argument, NULL, 'f' },
+		{ "help", no_argument, NULL, 'h' },
+		{ 0 },
+	};
+	LIBBPF_OPTS(bpf_object_open_opts, open_opts, .pin_root_path = bgs_pin_root);
+	struct bgswitch_bpf *skel = NULL;
+	enum attach_mode mode = MODE_AUTO;
+	__u32 flows = 0, pinned_flows, zero_key;
+	struct bgs_iface rec = { 0 };
+	struct iface_view v, after;
+	const char *ifname;
+	bool xdp_done = false;
+	int ifindex, lock_fd = -1, c, err;
+
+	while ((c = getopt_long(argc, argv, "m:f:h", opts, NULL)) != -1) {
+		switch (c) {
+		case 'm':
+			if (!strcmp(optarg, "auto"))
+				mode = MODE_AUTO;
+			else if (!strcmp(optarg, "native"))
+				mode = MODE_NATIVE;
+			else if (!strcmp(optarg, "generic"))
+				mode = MODE_GENERIC;
+			else {
+				pr_warn("unknown mode '%s' (auto, native or generic)\n", optarg);
+				return -EINVAL;
+			}
+			break;
+		case 'f':
+			if (parse_u32(optarg, 1024, 1U << 28, &flows)) {
+				pr_warn("--flows must be a number from 1024 to %u\n", 1U << 28);
+				return -EINVAL;
+			}
+			break;
+		case 'h':
+			attach_usage();
+			return 0;
+		default:
+			return -EINVAL;
+		}
+	}
+	if (optind != argc - 1) {
+		pr_warn("attach takes one interface (see 'bgswitch attach --help')\n");
+		return -EINVAL;
+	}
+	ifname = argv[optind];
+	ifindex = if_nametoindex(ifname);
+	if (!ifindex) {
+		pr_warn("no interface '%s'\n", ifname);
+		return -ENODEV;
+	}
+	err = state_need_root();
+	if (err)
+		return err;
+	err = state_prepare_fs();
+	if (err)
+		return err;
+	err = state_lock(&lock_fd);
+	if (err)
+		return err;
+
+	err = pinned_flow_entries(&pinned_flows);
+	if (err)
+		goto out;
+	if (pinned_flows && flows && flows != pinned_flows) {
+		pr_warn("the pinned flow table has %u entries, not %u; it keeps its flows, so its "
+			"size is fixed ('detach --purge' to start over)\n",
+			pinned_flows, flows);
+		err = -EEXIST;
+		goto out;
+	}
+	if (!flows)
+		flows = pinned_flows ? pinned_flows : BGS_DEFAULT_FLOWS;
+
+	err = iface_inspect(ifindex, &v);
+	if (err)
+		goto out;
+	if (v.xdp_id && !v.xdp_ours) {
+		pr_warn("%s already runs XDP program '%s' (id %u); refusing to replace it\n",
+			ifname, v.xdp_name, v.xdp_id);
+		err = -EBUSY;
+		goto out;
+	}
+	if (v.xdp_ours && v.tc_id &&
+	    (!mode_flags(mode) || mode_flags(mode) == attached_flags(v.xdp_mode))) {
+		char path[PATH_MAX];
+		int fd;
+
+		state_pin_path(path, sizeof(path), "bgs_ifaces");
+		fd = bpf_obj_get(path);
+		zero_key = ifindex;
+		if (fd >= 0 && !bpf_map_lookup_elem(fd, &zero_key, &rec) &&
+		    rec.xdp_prog_id == v.xdp_id && rec.tc_prog_id == v.tc_id) {
+			close(fd);
+			pr_info("%s: already attached (%s XDP ingress, TC egress), state at %s\n",
+				ifname, xdp_mode_name(v.xdp_mode), bgs_pin_root);
+			err = 0;
+			goto out;
+		}
+		if (fd >= 0)
+			close(fd);
+	}
+
+	skel = bgswitch_bpf__open_opts(&open_opts);
+	if (!skel) {
+		err = -errno;
+		pr_warn("cannot open the BPF object: %s\n", strerror(errno));
+		goto out;
+	}
+	bpf_map__set_max_entries(skel->maps.bgs_flows, flows);
+	bpf_map__set_max_entries(skel->maps.bgs_reverse, flows);
+	err = bgswitch_bpf__load(skel);
+	if (err) {
+		pr_warn("cannot load the data plane: %s (run with -v for the verifier's log)\n",
+			strerror(-err));
+		goto out;
+	}
+	err = config_init(skel, flows);
+	if (err)
+		goto out;
+	err = pin_prog(skel->progs.bgs_ingress, "bgs_ingress");
+	if (!err)
+		err = pin_prog(skel->progs.bgs_egress, "bgs_egress");
+	if (err)
+		goto out;
+
+	err = attach_xdp(ifindex, ifname, bpf_program__fd(skel->progs.bgs_ingress), mode, &v);
+	if (err)
+		goto out;
+	xdp_done = true;
+	err = attach_tc(ifindex, ifname, bpf_program__fd(skel->progs.bgs_egress));
+	if (err)
+		goto out;
+
+	err = iface_inspect(ifindex, &after);
+	if (err)
+		goto out;
+	memset(&rec, 0, sizeof(rec));
+	snprintf(rec.name, sizeof(rec.name), "%s", ifname);
+	rec.xdp_prog_id = after.xdp_id;
+	rec.tc_prog_id = after.tc_id;
+	rec.xdp_flags = attached_flags(after.xdp_mode);
+	zero_key = ifindex;
+	if (bpf_map_update_elem(bpf_map__fd(skel->maps.bgs_ifaces), &zero_key, &rec, BPF_ANY)) {
+		err = -errno;
+		pr_warn("cannot record the attachment: %s\n", strerror(errno));
+		goto out;
+	}
+	pr_info("%s: attached (%s XDP ingress, TC egress), flow table %u entries, state at %s\n",
+		ifname, xdp_mode_name(after.xdp_mode), flows, bgs_pin_root);
+out:
+	if (err && xdp_done && !v.xdp_id) {
+		/* Leave the interface as it was: a half attachment would translate one way only. */
+		bpf_xdp_detach(ifindex, mode_flags(mode), NULL);
+		detach_tc(ifindex);
+	}
+	bgswitch_bpf__destroy(skel);
+	if (lock_fd >= 0)
+		close(lock_fd);
+	return err;
+}
+
+static void detach_usage(void)
+{
+	printf("Usage: bgswitch detach IFACE [--purge]\n"
+	       "\n"
+	       "Remove the XDP and TC programs from IFACE. Services, backends and flows stay\n"
+	       "pinned, so a later attach carries on where this one stopped.\n"
+	       "\n"
+	       "  -p, --purge   also remove the pinned state (refused while another interface\n"
+	       "                is still attached)\n"
+	       "  -h, --help    this help\n");
+}
+
+static int purge_pins(void)
+{
+	char path[PATH_MAX];
+	int i, err = 0;
+
+	for (i = 0; i < BGS_M_COUNT; i++) {
+		state_pin_path(path, sizeof(path), bgs_map_names[i]);
+		if (unlink(path) && errno != ENOENT)
+			err = -errno;
+	}
+	state_pin_path(path, sizeof(path), BGS_PROG_DIR "/bgs_ingress");
+	unlink(path);
+	state_pin_path(path, sizeof(path), BGS_PROG_DIR "/bgs_egress");
+	unlink(path);
+	state_pin_path(path, sizeof(path), BGS_PROG_DIR);
+	rmdir(path);
+	if (rmdir(bgs_pin_root) && errno != ENOENT)
+		err = -errno;
+	if (err)
+		pr_warn("could not remove all of %s: %s\n", bgs_pin_root, strerror(-err));
+	return err;
+}
+
+int do_detach(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "purge", no_argument, NULL, 'p' },
+		{ "help", no_argument, NULL, 'h' },
+		{ 0 },
+	};
+	struct bgs_state st;
+	struct iface_view v;
+	__u32 key, next, ifkey;
+	bool purge = false, had = false;
+	struct bgs_iface rec;
+	const char *ifname;
+	int ifindex, c, err;
+
+	while ((c = getopt_long(argc, argv, "ph", opts, NULL)) != -1) {
+		switch (c) {
+		case 'p':
+			purge = true;
+			break;
+		case 'h':
+			detach_usage();
+			return 0;
+		default:
+			return -EINVAL;
+		}
+	}
+	if (optind != argc - 1) {
+		pr_warn("detach takes one interface (see 'bgswitch detach --help')\n");
+		return -EINVAL;
+	}
+	ifname = argv[optind];
+	ifindex = if_nametoindex(ifname);
+	if (!ifindex) {
+		pr_warn("no interface '%s'\n", ifname);
+		return -ENODEV;
+	}
+	err = state_need_root();
+	if (err)
+		return err;
+	err = state_open(&st, true);
+	if (err)
+		return err;
+
+	if (purge) {
+		/* Check everything first: a refused purge must change nothing. */
+		for (err = bpf_map_get_next_key(st.fd[BGS_M_IFACES], NULL, &key); !err;
+		     err = bpf_map_get_next_key(st.fd[BGS_M_IFACES], &key, &next), key = next) {
+			if ((int)key != ifindex &&
+			    !bpf_map_lookup_elem(st.fd[BGS_M_IFACES], &key, &rec)) {
+				pr_warn("cannot purge: the state is still attached to %s; "
+					"detach it first\n",
+					rec.name);
+				err = -EBUSY;
+				goto out;
+			}
+		}
+	}
+
+	err = iface_inspect(ifindex, &v);
+	if (err)
+		goto out;
+	if (v.xdp_id && v.xdp_ours) {
+		err = bpf_xdp_detach(ifindex, attached_flags(v.xdp_mode), NULL);
+		if (err) {
+			pr_warn("cannot detach XDP from %s: %s\n", ifname, strerror(-err));
+			goto out;
+		}
+		had = true;
+	}
+	if (v.tc_id) {
+		detach_tc(ifindex);
+		had = true;
+	}
+	ifkey = ifindex;
+	if (!bpf_map_delete_elem(st.fd[BGS_M_IFACES], &ifkey))
+		had = true;
+	err = 0;
+	if (had)
+		pr_info("%s: detached\n", ifname);
+	else if (!purge) {
+		pr_warn("%s is not attached\n", ifname);
+		err = -ENOENT;
+		goto out;
+	}
+	if (purge) {
+		state_close(&st);
+		err = purge_pins();
+		if (!err)
+			pr_info("removed the pinned state at %s\n", bgs_pin_root);
+		return err;
+	}
+out:
+	state_close(&st);
+	return err;
+}

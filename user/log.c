@@ -1,0 +1,43 @@
+// SPDX-License-Identifier: GPL-2.0
+/* log.c: leveled logging to stderr (warnings) and stdout (info), libbpf's included with -v. */
+#include <stdarg.h>
+#include <stdio.h>
+#include <bpf/libbpf.h>
+
+#include "log.h"
+
+int bgs_verbosity = BGS_LOG_INFO;
+
+void bgs_log(enum bgs_log_level level, const char *fmt, ...)
+{
+	va_list ap;
+
+	if ((int)level > bgs_verbosity)
+		return;
+	va_start(ap, fmt);
+	if (level == BGS_LOG_WARN) {
+		fputs("bgswitch: ", stderr);
+		vfprintf(stderr, fmt, ap);
+	} else if (level == BGS_LOG_DEBUG) {
+		vfprintf(stderr, fmt, ap);
+	} else {
+		vfprintf(stdout, fmt, ap);
+	}
+	va_end(ap);
+}
+
+static int libbpf_print(enum libbpf_print_level level, const char *fmt, va_list ap)
+{
+	/* libbpf's own warnings are details of an error we report in one line; show them with -v. */
+	if (bgs_verbosity < BGS_LOG_DEBUG)
+		return 0;
+	if (level == LIBBPF_DEBUG && bgs_verbosity < BGS_LOG_DEBUG + 1)
+		return 0;
+	return vfprintf(stderr, fmt, ap);
+}
+
+void bgs_log_setup(int verbosity)
+{
+	bgs_verbosity = verbosity;
+	libbpf_set_print(libbpf_print);
+}

@@ -1,0 +1,108 @@
+// SPDX-License-Identifier: GPL-2.0
+/* main.c: global options and the command dispatch table of bgswitch. */
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <linux/types.h>
+
+#include "bgswitch.h"
+#include "commands.h"
+#include "log.h"
+#include "state.h"
+
+#ifndef BGS_VERSION
+#define BGS_VERSION "0.1.0"
+#endif
+
+struct command {
+	const char *name;
+	int (*func)(int argc, char **argv);
+	const char *summary;
+};
+
+static const struct command commands[] = {
+	{ "attach", do_attach, "attach IFACE [--mode auto|native|generic] [--flows N]" },
+	{ "detach", do_detach, "detach IFACE [--purge]" },
+	{ "service", do_service, "service add NAME VIP:PORT [--proto tcp|udp] | del NAME | list" },
+	{ "backend", do_backend, "backend add|del NAME blue|green IP:PORT" },
+	{ "flip", do_flip, "flip NAME [blue|green]" },
+	{ "rollback", do_rollback, "rollback NAME" },
+	{ "status", do_status, "status [NAME] [--json]" },
+};
+
+static void usage(FILE *f)
+{
+	size_t i;
+
+	fprintf(f, "Usage: bgswitch [-v] [--pin-root DIR] COMMAND [ARGS]\n"
+		   "\n"
+		   "A kernel-level blue-green traffic switch (XDP ingress, TC egress).\n"
+		   "\n"
+		   "Commands:\n");
+	for (i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
+		fprintf(f, "  %s\n", commands[i].summary);
+	fprintf(f,
+		"\n"
+		"Options:\n"
+		"  -r, --pin-root DIR   pinned state (default %s)\n"
+		"  -v, --verbose        more detail; twice for libbpf's debug output\n"
+		"  -V, --version        print the version and the map layout version\n"
+		"  -h, --help           this help; 'bgswitch COMMAND --help' for a command\n",
+		BGS_DEFAULT_PIN_ROOT);
+}
+
+int main(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "pin-root", required_argument, NULL, 'r' },
+		{ "verbose", no_argument, NULL, 'v' },
+		{ "version", no_argument, NULL, 'V' },
+		{ "help", no_argument, NULL, 'h' },
+		{ 0 },
+	};
+	int verbosity = BGS_LOG_INFO, c, err;
+	size_t i;
+
+	/* '+': stop at the command, whose own options follow it. */
+	while ((c = getopt_long(argc, argv, "+r:vVh", opts, NULL)) != -1) {
+		switch (c) {
+		case 'r':
+			bgs_pin_root = optarg;
+			break;
+		case 'v':
+			verbosity++;
+			break;
+		case 'V':
+			printf("bgswitch %s (map layout %d)\n", BGS_VERSION, BGS_LAYOUT_VERSION);
+			return 0;
+		case 'h':
+			usage(stdout);
+			return 0;
+		default:
+			usage(stderr);
+			return 2;
+		}
+	}
+	bgs_log_setup(verbosity);
+	if (optind >= argc) {
+		usage(stderr);
+		return 2;
+	}
+	if (bgs_pin_root[0] != '/' || strlen(bgs_pin_root) > 200) {
+		pr_warn("--pin-root must be an absolute path of at most 200 characters\n");
+		return 2;
+	}
+	for (i = 0; i < sizeof(commands) / sizeof(commands[0]); i++) {
+		if (strcmp(argv[optind], commands[i].name))
+			continue;
+		argc -= optind;
+		argv += optind;
+		optind = 0; /* 0: glibc re-initialises getopt for the command's own options */
+		err = commands[i].func(argc, argv);
+		return err ? 1 : 0;
+	}
+	pr_warn("unknown command '%s' (see 'bgswitch --help')\n", argv[optind]);
+	return 2;
+}

@@ -1,0 +1,668 @@
+// SPDX-License-Identifier: GPL-2.0
+/* service.c: `service`, `backend`, `flip` and `rollback`: every change to what new flows do. */
+#include <errno.h>
+#include <getopt.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <bpf/bpf.h>
+
+#include "commands.h"
+#include "log.h"
+#include "state.h"
+#include "util.h"
+
+/* Commands that take only --help share this parser. Returns 1 after printing help. */
+static int parse_help_only(int argc, char **argv, void (*usage)(void))
+{
+	static const struct option opts[] = {
+		{ "help", no_argument, NULL, 'h' },
+		{ 0 },
+	};
+	int c;
+
+	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+		if (c == 'h') {
+			usage();
+			return 1;
+		}
+		return -EINVAL;
+	}
+	return 0;
+}
+
+static int bad_args(const char *what)
+{
+	pr_warn("%s (see 'bgswitch %s --help')\n", "wrong number of arguments", what);
+	return -EINVAL;
+}
+
+/* ---- service ---- */
+
+static void service_usage(void)
+{
+	printf("Usage: bgswitch service add NAME VIP:PORT [--proto tcp|udp]\n"
+	       "       bgswitch service del NAME [--force]\n"
+	       "       bgswitch service list\n"
+	       "\n"
+	       "A service is what clients address: a VIP, a port and a protocol. It starts on\n"
+	       "blue with no backends; add them with 'bgswitch backend add'.\n"
+	       "\n"
+	       "  -p, --proto P   tcp (default) or udp\n"
+	       "  -f, --force     delete even though flows are live, cutting them\n"
+	       "  -h, --help      this help\n");
+}
+
+static int service_add(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "proto", required_argument, NULL, 'p' },
+		{ "help", no_argument, NULL, 'h' },
+		{ 0 },
+	};
+	struct bgs_service rec, other;
+	struct bgs_endpoint ep;
+	struct bgs_switch sw = { .generation = 1, .active = BGS_BLUE, .previous = BGS_COLOR_NONE };
+	struct bgs_set empty = { 0 };
+	__u8 proto = IPPROTO_TCP;
+	struct bgs_state st;
+	struct bgs_vip vip;
+	__u32 svc, i, found = BGS_MAX_SERVICES;
+	char ebuf[BGS_ADDRSTR_LEN];
+	int c, err;
+
+	while ((c = getopt_long(argc, argv, "p:h", opts, NULL)) != -1) {
+		switch (c) {
+		case 'p':
+			if (parse_proto(optarg, &proto))
+				return -EINVAL;
+			break;
+		case 'h':
+			service_usage();
+			return 0;
+		default:
+			return -EINVAL;
+		}
+	}
+	if (argc - optind != 2)
+		return bad_args("service");
+	if (check_name(argv[optind]) || parse_endpoint(argv[optind + 1], &ep))
+		return -EINVAL;
+	if (ep.family != BGS_AF_INET) {
+		pr_warn("'%s': this build's data plane handles IPv4 services only\n",
+			argv[optind + 1]);
+		return -EAFNOSUPPORT;
+	}
+	err = state_need_root();
+	if (err)
+		return err;
+	err = state_open(&st, true);
+	if (err)
+		return err;
+
+	memset(&rec, 0, sizeof(rec));
+	snprintf(rec.name, sizeof(rec.name), "%s", argv[optind]);
+	memcpy(rec.vip.addr, ep.addr, sizeof(ep.addr));
+	rec.vip.port = ep.port;
+	rec.vip.proto = proto;
+	rec.vip.family = ep.family;
+
+	for (i = 0; i < BGS_MAX_SERVICES; i++) {
+		if (!service_get(&st, i, &other)) {
+			if (found == BGS_MAX_SERVICES)
+				found = i;
+			continue;
+		}
+		if (!strncmp(other.name, rec.name, BGS_NAME_LEN)) {
+			pr_warn("service '%s' already exists\n", rec.name);
+			err = -EEXIST;
+			goto out;
+		}
+	}
+	if (!bpf_map_lookup_elem(st.fd[BGS_M_VIPS], &rec.vip, &vip) &&
+	    service_get(&st, vip.svc, &other)) {
+		pr_warn("%s/%s already belongs to service '%s'\n",
+			fmt_endpoint(ep.addr, ep.port, ep.family, ebuf, sizeof(ebuf)),
+			proto_name(proto), other.name);
+		err = -EEXIST;
+		goto out;
+	}
+	if (found == BGS_MAX_SERVICES) {
+		pr_warn("no room for another service (the build allows %d)\n", BGS_MAX_SERVICES);
+		err = -ENOSPC;
+		goto out;
+	}
+	svc = found;
+
+	/* Everything the data plane will read first, the VIP entry that makes it visible last. */
+	for (i = 0; i < 4; i++) {
+		__u32 idx = (svc << 2) | i;
+
+		if (bpf_map_update_elem(st.fd[BGS_M_SETS], &idx, &empty, BPF_ANY))
+			goto map_err;
+	}
+	switch_write(&st, svc, sw);
+	if (bpf_map_update_elem(st.fd[BGS_M_SERVICES], &svc, &rec, BPF_ANY))
+		goto map_err;
+	vip.svc = svc;
+	if (bpf_map_update_elem(st.fd[BGS_M_VIPS], &rec.vip, &vip, BPF_ANY))
+		goto map_err;
+	pr_info("service %s: %s/%s, active blue, generation 1\n", rec.name,
+		fmt_endpoint(ep.addr, ep.port, ep.family, ebuf, sizeof(ebuf)), proto_name(proto));
+	err = 0;
+	goto out;
+map_err:
+	err = -errno;
+	pr_warn("cannot write the service: %s\n", strerror(errno));
+out:
+	state_close(&st);
+	return err;
+}
+
+static int service_del(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "force", no_argument, NULL, 'f' },
+		{ "help", no_argument, NULL, 'h' },
+		{ 0 },
+	};
+	struct bgs_flow_census *census = NULL;
+	struct bgs_service rec, blank = { 0 };
+	struct bgs_switch zero_sw = { 0 };
+	struct bgs_backend be;
+	struct bgs_state st;
+	__u64 live = 0, cut = 0, n;
+	bool force = false;
+	__u32 svc, slot;
+	int c, err;
+
+	while ((c = getopt_long(argc, argv, "fh", opts, NULL)) != -1) {
+		switch (c) {
+		case 'f':
+			force = true;
+			break;
+		case 'h':
+			service_usage();
+			return 0;
+		default:
+			return -EINVAL;
+		}
+	}
+	if (argc - optind != 1)
+		return bad_args("service");
+	err = state_need_root();
+	if (err)
+		return err;
+	err = state_open(&st, true);
+	if (err)
+		return err;
+	err = service_find(&st, argv[optind], &svc, &rec);
+	if (err)
+		goto out;
+	census = malloc(sizeof(*census));
+	if (!census) {
+		err = -ENOMEM;
+		goto out;
+	}
+	err = flows_census(&st, census);
+	if (err)
+		goto out;
+	for (slot = 0; slot < BGS_MAX_SLOTS; slot++)
+		if (!bpf_map_lookup_elem(st.fd[BGS_M_BACKENDS], &slot, &be) &&
+		    be.state != BGS_BACKEND_FREE && be.svc == svc)
+			live += census->live[slot];
+	if (live && !force) {
+		pr_warn("service '%s' has %llu live flows; --force deletes it and cuts them\n",
+			rec.name, (unsigned long long)live);
+		err = -EBUSY;
+		goto out;
+	}
+
+	/* The VIP entry goes first: from then on the data plane no longer sees the service. */
+	if (bpf_map_delete_elem(st.fd[BGS_M_VIPS], &rec.vip)) {
+		err = -errno;
+		pr_warn("cannot delete the VIP entry: %s\n", strerror(errno));
+		goto out;
+	}
+	for (slot = 0; slot < BGS_MAX_SLOTS; slot++) {
+		if (bpf_map_lookup_elem(st.fd[BGS_M_BACKENDS], &slot, &be) ||
+		    be.state == BGS_BACKEND_FREE || be.svc != svc)
+			continue;
+		flows_delete_slot(&st, slot, true, &n);
+		cut += n;
+		err = slot_release(&st, slot);
+		if (err)
+			goto out;
+	}
+	switch_write(&st, svc, zero_sw);
+	bpf_map_update_elem(st.fd[BGS_M_SERVICES], &svc, &blank, BPF_ANY);
+	if (live)
+		pr_info("service %s deleted; %llu live flows cut\n", rec.name,
+			(unsigned long long)live);
+	else
+		pr_info("service %s deleted\n", rec.name);
+	(void)cut;
+out:
+	free(census);
+	state_close(&st);
+	return err;
+}
+
+static int service_list(int argc, char **argv)
+{
+	struct bgs_service rec;
+	struct bgs_set set;
+	struct bgs_state st;
+	char ebuf[BGS_ADDRSTR_LEN];
+	int err, n = 0;
+	__u32 svc;
+
+	err = parse_help_only(argc, argv, service_usage);
+	if (err)
+		return err < 0 ? err : 0;
+	if (argc - optind != 0)
+		return bad_args("service");
+	err = state_open(&st, false);
+	if (err)
+		return err;
+	for (svc = 0; svc < BGS_MAX_SERVICES; svc++) {
+		struct bgs_switch sw;
+		__u32 blue, green;
+
+		if (!service_get(&st, svc, &rec))
+			continue;
+		if (!n++)
+			printf("%-20s %-24s %-5s %-6s %10s %5s %5s\n", "NAME", "VIP", "PROTO",
+			       "ACTIVE", "GENERATION", "BLUE", "GREEN");
+		sw = switch_read(&st, svc);
+		blue = set_read(&st, svc, BGS_BLUE, &set) ? 0 : set.count;
+		green = set_read(&st, svc, BGS_GREEN, &set) ? 0 : set.count;
+		printf("%-20s %-24s %-5s %-6s %10u %5u %5u\n", rec.name,
+		       fmt_endpoint(rec.vip.addr, rec.vip.port, rec.vip.family, ebuf, sizeof(ebuf)),
+		       proto_name(rec.vip.proto), color_name(sw.active), sw.generation, blue,
+		       green);
+	}
+	if (!n)
+		printf("no services\n");
+	state_close(&st);
+	return 0;
+}
+
+int do_service(int argc, char **argv)
+{
+	if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
+		service_usage();
+		return argc < 2 ? -EINVAL : 0;
+	}
+	if (!strcmp(argv[1], "add"))
+		return service_add(argc - 1, argv + 1);
+	if (!strcmp(argv[1], "del"))
+		return service_del(argc - 1, argv + 1);
+	if (!strcmp(argv[1], "list"))
+		return service_list(argc - 1, argv + 1);
+	pr_warn("unknown service command '%s' (add, del or list)\n", argv[1]);
+	return -EINVAL;
+}
+
+/* ---- backend ---- */
+
+static void backend_usage(void)
+{
+	printf("Usage: bgswitch backend add NAME blue|green IP:PORT\n"
+	       "       bgswitch backend del NAME blue|green IP:PORT\n"
+	       "\n"
+	       "Add a backend to, or remove it from, one color of a service. The new set takes\n"
+	       "effect for new flows with one switch write. A removed backend keeps the flows it\n"
+	       "already has until they end (it is shown as draining).\n");
+}
+
+struct backend_args {
+	struct bgs_state st;
+	struct bgs_service rec;
+	struct bgs_endpoint ep;
+	struct bgs_set set;
+	__u32 svc;
+	__u8 color;
+	int pos; /* index of the backend in the color's current set, or -1 */
+};
+
+/* Parse NAME COLOR IP:PORT, open the state, and find the backend in the current set. */
+static int backend_prepare(int argc, char **argv, struct backend_args *a)
+{
+	struct bgs_backend be;
+	__u32 i;
+	int err;
+
+	err = parse_help_only(argc, argv, backend_usage);
+	if (err)
+		return err;
+	if (argc - optind != 3)
+		return bad_args("backend");
+	if (parse_color(argv[optind + 1], &a->color) || parse_endpoint(argv[optind + 2], &a->ep))
+		return -EINVAL;
+	err = state_need_root();
+	if (err)
+		return err;
+	err = state_open(&a->st, true);
+	if (err)
+		return err;
+	err = service_find(&a->st, argv[optind], &a->svc, &a->rec);
+	if (!err && a->ep.family != a->rec.vip.family) {
+		pr_warn("'%s' is not of the address family of service '%s'\n", argv[optind + 2],
+			a->rec.name);
+		err = -EAFNOSUPPORT;
+	}
+	if (!err)
+		err = set_read(&a->st, a->svc, a->color, &a->set);
+	if (!err)
+		err = slots_collect(&a->st);
+	if (err) {
+		state_close(&a->st);
+		return err;
+	}
+	a->pos = -1;
+	for (i = 0; i < a->set.count; i++) {
+		if (!bpf_map_lookup_elem(a->st.fd[BGS_M_BACKENDS], &a->set.slot[i], &be) &&
+		    !memcmp(be.addr, a->ep.addr, sizeof(be.addr)) && be.port == a->ep.port) {
+			a->pos = i;
+			break;
+		}
+	}
+	return 0;
+}
+
+/* A slot for the backend: its own draining slot if it is coming back, else a free one. */
+static int backend_slot(struct backend_args *a, __u32 *out, bool *reused)
+{
+	struct bgs_backend be;
+	__u32 slot, free_slot = BGS_MAX_SLOTS;
+
+	for (slot = 0; slot < BGS_MAX_SLOTS; slot++) {
+		if (bpf_map_lookup_elem(a->st.fd[BGS_M_BACKENDS], &slot, &be))
+			return -errno;
+		if (be.state == BGS_BACKEND_FREE) {
+			if (free_slot == BGS_MAX_SLOTS)
+				free_slot = slot;
+			continue;
+		}
+		if (be.state == BGS_BACKEND_DRAINING && be.svc == a->svc && be.color == a->color &&
+		    !memcmp(be.addr, a->ep.addr, sizeof(be.addr)) && be.port == a->ep.port) {
+			*out = slot;
+			*reused = true;
+			return 0;
+		}
+	}
+	if (free_slot == BGS_MAX_SLOTS) {
+		pr_warn("no free backend slot (the build allows %d)\n", BGS_MAX_SLOTS);
+		return -ENOSPC;
+	}
+	*out = free_slot;
+	*reused = false;
+	return 0;
+}
+
+static int backend_add(int argc, char **argv)
+{
+	struct backend_args a;
+	struct bgs_backend be = { 0 };
+	struct bgs_backend_addr ba = { 0 };
+	struct bgs_set other;
+	char ebuf[BGS_ADDRSTR_LEN];
+	__u8 ocolor;
+	bool reused = false;
+	__u32 slot, refs = 0, i;
+	int err;
+
+	err = backend_prepare(argc, argv, &a);
+	if (err)
+		return err > 0 ? 0 : err;
+	fmt_endpoint(a.ep.addr, a.ep.port, a.ep.family, ebuf, sizeof(ebuf));
+	if (a.pos >= 0) {
+		pr_warn("%s is already a %s backend of '%s'\n", ebuf, color_name(a.color),
+			a.rec.name);
+		err = -EEXIST;
+		goto out;
+	}
+	ocolor = !a.color;
+	err = set_read(&a.st, a.svc, ocolor, &other);
+	if (err)
+		goto out;
+	for (i = 0; i < other.count; i++) {
+		if (!bpf_map_lookup_elem(a.st.fd[BGS_M_BACKENDS], &other.slot[i], &be) &&
+		    !memcmp(be.addr, a.ep.addr, sizeof(be.addr)) && be.port == a.ep.port) {
+			pr_warn("%s is a %s backend of '%s'; a backend serves one color\n", ebuf,
+				color_name(ocolor), a.rec.name);
+			err = -EEXIST;
+			goto out;
+		}
+	}
+	if (a.set.count >= BGS_MAX_BACKENDS) {
+		pr_warn("%s of '%s' is full (%d backends)\n", color_name(a.color), a.rec.name,
+			BGS_MAX_BACKENDS);
+		err = -ENOSPC;
+		goto out;
+	}
+	err = backend_slot(&a, &slot, &reused);
+	if (err)
+		goto out;
+
+	memcpy(be.addr, a.ep.addr, sizeof(be.addr));
+	be.port = a.ep.port;
+	be.family = a.ep.family;
+	be.state = BGS_BACKEND_ACTIVE;
+	be.svc = a.svc;
+	be.color = a.color;
+	be.proto = a.rec.vip.proto;
+	be.pad = 0;
+	if (!reused) {
+		memcpy(ba.addr, be.addr, sizeof(ba.addr));
+		ba.port = be.port;
+		ba.proto = be.proto;
+		ba.family = be.family;
+		bpf_map_lookup_elem(a.st.fd[BGS_M_BACKEND_ADDRS], &ba, &refs);
+		refs++;
+		if (bpf_map_update_elem(a.st.fd[BGS_M_BACKEND_ADDRS], &ba, &refs, BPF_ANY))
+			goto map_err;
+	}
+	if (bpf_map_update_elem(a.st.fd[BGS_M_BACKENDS], &slot, &be, BPF_ANY))
+		goto map_err;
+
+	a.set.slot[a.set.count++] = slot;
+	err = set_commit(&a.st, a.svc, a.color, &a.set);
+	if (err)
+		goto out;
+	pr_info("%s: %s backend %s added (%u in %s), generation %u\n", a.rec.name,
+		color_name(a.color), ebuf, a.set.count, color_name(a.color),
+		switch_read(&a.st, a.svc).generation);
+	goto out;
+map_err:
+	err = -errno;
+	pr_warn("cannot write the backend: %s\n", strerror(errno));
+out:
+	state_close(&a.st);
+	return err;
+}
+
+static int backend_del(int argc, char **argv)
+{
+	struct bgs_flow_census *census = NULL;
+	struct backend_args a;
+	struct bgs_backend be;
+	char ebuf[BGS_ADDRSTR_LEN];
+	__u32 slot, live;
+	int err;
+
+	err = backend_prepare(argc, argv, &a);
+	if (err)
+		return err > 0 ? 0 : err;
+	fmt_endpoint(a.ep.addr, a.ep.port, a.ep.family, ebuf, sizeof(ebuf));
+	if (a.pos < 0) {
+		pr_warn("%s is not a %s backend of '%s'\n", ebuf, color_name(a.color), a.rec.name);
+		err = -ENOENT;
+		goto out;
+	}
+	slot = a.set.slot[a.pos];
+	if (bpf_map_lookup_elem(a.st.fd[BGS_M_BACKENDS], &slot, &be)) {
+		err = -errno;
+		goto out;
+	}
+	census = malloc(sizeof(*census));
+	if (!census) {
+		err = -ENOMEM;
+		goto out;
+	}
+	err = flows_census(&a.st, census);
+	if (err)
+		goto out;
+	live = census->live[slot];
+
+	a.set.slot[a.pos] = a.set.slot[--a.set.count];
+	a.set.slot[a.set.count] = 0;
+	err = set_commit(&a.st, a.svc, a.color, &a.set);
+	if (err)
+		goto out;
+	/* The slot outlives its place in the set while flows still point at it. */
+	if (live) {
+		be.state = BGS_BACKEND_DRAINING;
+		bpf_map_update_elem(a.st.fd[BGS_M_BACKENDS], &slot, &be, BPF_ANY);
+		pr_info("%s: %s backend %s removed from new flows; %u live flows drain to it\n",
+			a.rec.name, color_name(a.color), ebuf, live);
+	} else {
+		err = slot_release(&a.st, slot);
+		if (err)
+			goto out;
+		pr_info("%s: %s backend %s removed\n", a.rec.name, color_name(a.color), ebuf);
+	}
+out:
+	free(census);
+	state_close(&a.st);
+	return err;
+}
+
+int do_backend(int argc, char **argv)
+{
+	if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
+		backend_usage();
+		return argc < 2 ? -EINVAL : 0;
+	}
+	if (!strcmp(argv[1], "add"))
+		return backend_add(argc - 1, argv + 1);
+	if (!strcmp(argv[1], "del"))
+		return backend_del(argc - 1, argv + 1);
+	pr_warn("unknown backend command '%s' (add or del)\n", argv[1]);
+	return -EINVAL;
+}
+
+/* ---- flip and rollback ---- */
+
+static void flip_usage(void)
+{
+	printf("Usage: bgswitch flip NAME [blue|green]\n"
+	       "\n"
+	       "Send every new flow of NAME to the given color (by default the other one) with\n"
+	       "one 8-byte write. Flows already open keep draining to the color they began on.\n");
+}
+
+static void rollback_usage(void)
+{
+	printf("Usage: bgswitch rollback NAME\n"
+	       "\n"
+	       "Send new flows back to the color that was active before the last flip: the same\n"
+	       "one write as a flip.\n");
+}
+
+/* Make `to` the active color of a service: the one switch write. */
+static int switch_to(struct bgs_state *st, __u32 svc, const struct bgs_service *rec, __u8 to)
+{
+	struct bgs_switch sw = switch_read(st, svc);
+	struct bgs_set set;
+	__u8 from = sw.active;
+	int err;
+
+	if (to == from) {
+		pr_info("%s: already %s (generation %u)\n", rec->name, color_name(to),
+			sw.generation);
+		return 0;
+	}
+	err = set_read(st, svc, to, &set);
+	if (err)
+		return err;
+	if (!set.count) {
+		pr_warn("%s of '%s' has no backends; refusing to send new flows there\n",
+			color_name(to), rec->name);
+		return -ENOENT;
+	}
+	sw.previous = from;
+	sw.active = to;
+	sw.generation++;
+	switch_write(st, svc, sw);
+	pr_info("%s: %s -> %s (generation %u)\n", rec->name, color_name(from), color_name(to),
+		sw.generation);
+	return 0;
+}
+
+int do_flip(int argc, char **argv)
+{
+	struct bgs_service rec;
+	struct bgs_state st;
+	__u8 to = BGS_COLOR_NONE;
+	__u32 svc;
+	int err;
+
+	err = parse_help_only(argc, argv, flip_usage);
+	if (err)
+		return err < 0 ? err : 0;
+	if (argc - optind < 1 || argc - optind > 2)
+		return bad_args("flip");
+	if (argc - optind == 2 && parse_color(argv[optind + 1], &to))
+		return -EINVAL;
+	err = state_need_root();
+	if (err)
+		return err;
+	err = state_open(&st, true);
+	if (err)
+		return err;
+	err = service_find(&st, argv[optind], &svc, &rec);
+	if (!err) {
+		if (to == BGS_COLOR_NONE)
+			to = !switch_read(&st, svc).active;
+		err = switch_to(&st, svc, &rec, to);
+	}
+	state_close(&st);
+	return err;
+}
+
+int do_rollback(int argc, char **argv)
+{
+	struct bgs_service rec;
+	struct bgs_switch sw;
+	struct bgs_state st;
+	__u32 svc;
+	int err;
+
+	err = parse_help_only(argc, argv, rollback_usage);
+	if (err)
+		return err < 0 ? err : 0;
+	if (argc - optind != 1)
+		return bad_args("rollback");
+	err = state_need_root();
+	if (err)
+		return err;
+	err = state_open(&st, true);
+	if (err)
+		return err;
+	err = service_find(&st, argv[optind], &svc, &rec);
+	if (err)
+		goto out;
+	sw = switch_read(&st, svc);
+	if (sw.previous >= BGS_NCOLORS) {
+		pr_warn("'%s' has not been flipped: nothing to roll back\n", rec.name);
+		err = -ENOENT;
+		goto out;
+	}
+	err = switch_to(&st, svc, &rec, sw.previous);
+out:
+	state_close(&st);
+	return err;
+}

@@ -1,0 +1,538 @@
+// SPDX-License-Identifier: GPL-2.0
+/* state.c: the pinned state under the pin root: opening, locking, and typed access to its maps. */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/file.h>
+#include <sys/mman.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/statfs.h>
+#include <linux/magic.h>
+#include <netinet/in.h>
+#include <bpf/bpf.h>
+#include <bpf/libbpf.h>
+
+#include "log.h"
+#include "state.h"
+#include "util.h"
+
+const char *const bgs_map_names[BGS_M_COUNT] = {
+	[BGS_M_CONFIG] = "bgs_config",
+	[BGS_M_VIPS] = "bgs_vips",
+	[BGS_M_SERVICES] = "bgs_services",
+	[BGS_M_SWITCH] = "bgs_switch",
+	[BGS_M_SETS] = "bgs_sets",
+	[BGS_M_BACKENDS] = "bgs_backends",
+	[BGS_M_BACKEND_ADDRS] = "bgs_backend_addrs",
+	[BGS_M_FLOWS] = "bgs_flows",
+	[BGS_M_REVERSE] = "bgs_reverse",
+	[BGS_M_IFACES] = "bgs_ifaces",
+	[BGS_M_STATS] = "bgs_stats",
+	[BGS_M_DROPS] = "bgs_drops",
+	[BGS_M_BACKEND_STATS] = "bgs_backend_stats",
+};
+
+const char *bgs_pin_root = BGS_DEFAULT_PIN_ROOT;
+
+#define SWITCH_MMAP_LEN (BGS_MAX_SERVICES * sizeof(__u64))
+
+int state_need_root(void)
+{
+	if (geteuid() != 0) {
+		pr_warn("must be run as root (it changes BPF state)\n");
+		return -EPERM;
+	}
+	return 0;
+}
+
+int state_pin_path(char *buf, size_t len, const char *name)
+{
+	int n = snprintf(buf, len, "%s/%s", bgs_pin_root, name);
+
+	return n < 0 || (size_t)n >= len ? -ENAMETOOLONG : 0;
+}
+
+static bool is_bpffs(const char *path)
+{
+	struct statfs sfs;
+
+	return !statfs(path, &sfs) && sfs.f_type == BPF_FS_MAGIC;
+}
+
+/* The pin root's parent must be a BPF filesystem; /sys/fs/bpf is mounted when it is missing. */
+int state_prepare_fs(void)
+{
+	char parent[PATH_MAX], *slash;
+	char progs[PATH_MAX];
+
+	if (snprintf(parent, sizeof(parent), "%s", bgs_pin_root) >= (int)sizeof(parent))
+		return -ENAMETOOLONG;
+	slash = strrchr(parent, '/');
+	if (!slash || slash == parent) {
+		pr_warn("pin root '%s' must be a directory below a BPF filesystem\n", bgs_pin_root);
+		return -EINVAL;
+	}
+	*slash = '\0';
+	if (!is_bpffs(parent)) {
+		if (strcmp(parent, "/sys/fs/bpf")) {
+			pr_warn("%s is not a BPF filesystem (mount -t bpf bpf %s)\n", parent,
+				parent);
+			return -ENOENT;
+		}
+		if (mount("bpf", parent, "bpf", 0, "mode=0700")) {
+			pr_warn("cannot mount the BPF filesystem at %s: %s\n", parent,
+				strerror(errno));
+			return -errno;
+		}
+		pr_debug("mounted the BPF filesystem at %s\n", parent);
+	}
+	if (mkdir(bgs_pin_root, 0700) && errno != EEXIST) {
+		pr_warn("cannot create %s: %s\n", bgs_pin_root, strerror(errno));
+		return -errno;
+	}
+	if (state_pin_path(progs, sizeof(progs), BGS_PROG_DIR))
+		return -ENAMETOOLONG;
+	if (mkdir(progs, 0700) && errno != EEXIST) {
+		pr_warn("cannot create %s: %s\n", progs, strerror(errno));
+		return -errno;
+	}
+	return 0;
+}
+
+/* Serialise changes between processes: an exclusive flock on the pin root directory. */
+int state_lock(int *lock_fd)
+{
+	int fd = open(bgs_pin_root, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+
+	if (fd < 0) {
+		pr_warn("cannot open %s: %s\n", bgs_pin_root, strerror(errno));
+		return -errno;
+	}
+	if (flock(fd, LOCK_EX)) {
+		int err = -errno;
+
+		pr_warn("cannot lock %s: %s\n", bgs_pin_root, strerror(errno));
+		close(fd);
+		return err;
+	}
+	*lock_fd = fd;
+	return 0;
+}
+
+int state_check_layout(const struct bgs_config *cfg)
+{
+	if (cfg->layout_version != BGS_LAYOUT_VERSION) {
+		pr_warn("state at %s has map layout %u, this build uses %u; "
+			"detach it with the build that made it, or 'detach --purge' it\n",
+			bgs_pin_root, cfg->layout_version, BGS_LAYOUT_VERSION);
+		return -EPROTO;
+	}
+	return 0;
+}
+
+int state_open(struct bgs_state *st, bool lock)
+{
+	char path[PATH_MAX];
+	__u32 zero = 0;
+	int i, err;
+
+	memset(st, 0, sizeof(*st));
+	for (i = 0; i < BGS_M_COUNT; i++)
+		st->fd[i] = -1;
+	st->lock_fd = -1;
+	st->sw = MAP_FAILED;
+
+	if (!is_bpffs("/sys/fs/bpf") && !strncmp(bgs_pin_root, "/sys/fs/bpf/", 12)) {
+		pr_warn("no BPF filesystem at /sys/fs/bpf: nothing is attached (run 'attach' first)\n");
+		return -ENOENT;
+	}
+	if (access(bgs_pin_root, F_OK)) {
+		pr_warn("no bgswitch state at %s (run 'bgswitch attach IFACE' first)\n",
+			bgs_pin_root);
+		return -ENOENT;
+	}
+	if (lock) {
+		err = state_lock(&st->lock_fd);
+		if (err)
+			goto out;
+	}
+	for (i = 0; i < BGS_M_COUNT; i++) {
+		err = state_pin_path(path, sizeof(path), bgs_map_names[i]);
+		if (err)
+			goto out;
+		st->fd[i] = bpf_obj_get(path);
+		if (st->fd[i] < 0) {
+			err = -errno;
+			pr_warn("cannot open pinned map %s: %s (is the state complete? "
+				"'attach' recreates it)\n",
+				path, strerror(errno));
+			goto out;
+		}
+	}
+	if (bpf_map_lookup_elem(st->fd[BGS_M_CONFIG], &zero, &st->cfg)) {
+		err = -errno;
+		pr_warn("cannot read bgs_config: %s\n", strerror(errno));
+		goto out;
+	}
+	err = state_check_layout(&st->cfg);
+	if (err)
+		goto out;
+	st->sw = mmap(NULL, SWITCH_MMAP_LEN, PROT_READ | PROT_WRITE, MAP_SHARED,
+		      st->fd[BGS_M_SWITCH], 0);
+	if (st->sw == MAP_FAILED) {
+		err = -errno;
+		pr_warn("cannot map bgs_switch: %s\n", strerror(errno));
+		goto out;
+	}
+	st->ncpus = libbpf_num_possible_cpus();
+	if (st->ncpus <= 0) {
+		err = st->ncpus ? st->ncpus : -EINVAL;
+		pr_warn("cannot count possible CPUs\n");
+		goto out;
+	}
+	return 0;
+out:
+	state_close(st);
+	return err;
+}
+
+void state_close(struct bgs_state *st)
+{
+	int i;
+
+	if (st->sw != MAP_FAILED && st->sw)
+		munmap(st->sw, SWITCH_MMAP_LEN);
+	st->sw = MAP_FAILED;
+	for (i = 0; i < BGS_M_COUNT; i++) {
+		if (st->fd[i] >= 0)
+			close(st->fd[i]);
+		st->fd[i] = -1;
+	}
+	if (st->lock_fd >= 0)
+		close(st->lock_fd);
+	st->lock_fd = -1;
+}
+
+struct bgs_switch switch_read(const struct bgs_state *st, __u32 svc)
+{
+	__u64 word = __atomic_load_n(&st->sw[svc], __ATOMIC_ACQUIRE);
+	struct bgs_switch sw;
+
+	memcpy(&sw, &word, sizeof(sw));
+	return sw;
+}
+
+/* The one write that changes what new flows do: a single aligned 64-bit store. */
+void switch_write(struct bgs_state *st, __u32 svc, struct bgs_switch sw)
+{
+	__u64 word;
+
+	_Static_assert(sizeof(sw) == sizeof(word), "bgs_switch must be one 64-bit word");
+	memcpy(&word, &sw, sizeof(word));
+	__atomic_store_n(&st->sw[svc], word, __ATOMIC_RELEASE);
+}
+
+/* A service exists once its VIP entry points at its record: that entry is written last. */
+bool service_get(const struct bgs_state *st, __u32 svc, struct bgs_service *out)
+{
+	struct bgs_vip vip;
+
+	if (svc >= BGS_MAX_SERVICES || bpf_map_lookup_elem(st->fd[BGS_M_SERVICES], &svc, out) ||
+	    !out->name[0])
+		return false;
+	return !bpf_map_lookup_elem(st->fd[BGS_M_VIPS], &out->vip, &vip) && vip.svc == svc;
+}
+
+int service_find(const struct bgs_state *st, const char *name, __u32 *svc, struct bgs_service *out)
+{
+	__u32 i;
+
+	for (i = 0; i < BGS_MAX_SERVICES; i++) {
+		if (service_get(st, i, out) && !strncmp(out->name, name, BGS_NAME_LEN)) {
+			*svc = i;
+			return 0;
+		}
+	}
+	pr_warn("unknown service '%s'\n", name);
+	return -ENOENT;
+}
+
+int set_read(const struct bgs_state *st, __u32 svc, __u8 color, struct bgs_set *set)
+{
+	struct bgs_switch sw = switch_read(st, svc);
+	__u32 idx = bgs_set_index(svc, color, sw.set_sel >> color);
+
+	if (bpf_map_lookup_elem(st->fd[BGS_M_SETS], &idx, set)) {
+		pr_warn("cannot read the backend set: %s\n", strerror(errno));
+		return -errno;
+	}
+	if (set->count > BGS_MAX_BACKENDS)
+		set->count = 0;
+	return 0;
+}
+
+/* Write the color's idle buffer, then make it current with one switch store. */
+int set_commit(struct bgs_state *st, __u32 svc, __u8 color, const struct bgs_set *set)
+{
+	struct bgs_switch sw = switch_read(st, svc);
+	__u32 next = !((sw.set_sel >> color) & 1);
+	__u32 idx = bgs_set_index(svc, color, next);
+
+	if (bpf_map_update_elem(st->fd[BGS_M_SETS], &idx, set, BPF_ANY)) {
+		pr_warn("cannot write the backend set: %s\n", strerror(errno));
+		return -errno;
+	}
+	sw.set_sel ^= 1 << color;
+	sw.generation++;
+	switch_write(st, svc, sw);
+	return 0;
+}
+
+bool flow_live(const struct bgs_state *st, const struct bgs_flow_key *k, const struct bgs_flow *f,
+	       __u64 now)
+{
+	__u64 idle = k->proto == IPPROTO_TCP ? st->cfg.tcp_idle_ns : st->cfg.udp_idle_ns;
+
+	if (k->proto == IPPROTO_TCP &&
+	    ((f->state & BGS_FLOW_RST) || (f->state & BGS_FLOW_BOTH_FIN) == BGS_FLOW_BOTH_FIN))
+		return false;
+	return f->last_seen >= now || now - f->last_seen <= idle;
+}
+
+#define SCAN_BATCH 4096
+
+/* Call cb on every flow entry; a non-zero return from cb stops the walk and is returned. */
+int flows_scan(const struct bgs_state *st,
+	       int (*cb)(const struct bgs_flow_key *k, const struct bgs_flow *f, void *ctx),
+	       void *ctx)
+{
+	LIBBPF_OPTS(bpf_map_batch_opts, opts);
+	struct bgs_flow_key *keys = NULL;
+	struct bgs_flow *vals = NULL;
+	__u32 in = 0, out = 0, count, i;
+	bool first = true, last = false;
+	int err = 0, ret;
+
+	keys = calloc(SCAN_BATCH, sizeof(*keys));
+	vals = calloc(SCAN_BATCH, sizeof(*vals));
+	if (!keys || !vals) {
+		err = -ENOMEM;
+		goto out;
+	}
+	while (!last) {
+		count = SCAN_BATCH;
+		ret = bpf_map_lookup_batch(st->fd[BGS_M_FLOWS], first ? NULL : &in, &out, keys,
+					   vals, &count, &opts);
+		if (ret < 0) {
+			if (ret != -ENOENT) {
+				err = ret;
+				pr_warn("cannot read the flow table: %s\n", strerror(-ret));
+				goto out;
+			}
+			last = true;
+		}
+		for (i = 0; i < count; i++) {
+			err = cb(&keys[i], &vals[i], ctx);
+			if (err)
+				goto out;
+		}
+		in = out;
+		first = false;
+	}
+out:
+	free(keys);
+	free(vals);
+	return err;
+}
+
+struct census_ctx {
+	const struct bgs_state *st;
+	struct bgs_flow_census *c;
+	__u64 now;
+};
+
+static int census_cb(const struct bgs_flow_key *k, const struct bgs_flow *f, void *ctx)
+{
+	struct census_ctx *cc = ctx;
+
+	cc->c->entries++;
+	if (f->slot < BGS_MAX_SLOTS && flow_live(cc->st, k, f, cc->now)) {
+		cc->c->live[f->slot]++;
+		cc->c->live_total++;
+	}
+	return 0;
+}
+
+int flows_census(const struct bgs_state *st, struct bgs_flow_census *c)
+{
+	struct census_ctx cc = { .st = st, .c = c, .now = now_ns() };
+
+	memset(c, 0, sizeof(*c));
+	return flows_scan(st, census_cb, &cc);
+}
+
+struct slot_keys {
+	const struct bgs_state *st;
+	__u32 slot;
+	bool live_too;
+	__u64 now;
+	struct bgs_flow_key *keys;
+	size_t n, cap;
+};
+
+static int slot_keys_cb(const struct bgs_flow_key *k, const struct bgs_flow *f, void *ctx)
+{
+	struct slot_keys *sk = ctx;
+
+	if (f->slot != sk->slot || (!sk->live_too && flow_live(sk->st, k, f, sk->now)))
+		return 0;
+	if (sk->n == sk->cap) {
+		size_t cap = sk->cap ? sk->cap * 2 : 256;
+		struct bgs_flow_key *nk = realloc(sk->keys, cap * sizeof(*nk));
+
+		if (!nk)
+			return -ENOMEM;
+		sk->keys = nk;
+		sk->cap = cap;
+	}
+	sk->keys[sk->n++] = *k;
+	return 0;
+}
+
+/* Delete the flow entries (and their reverse entries) that point at a slot: the dead ones, or
+ * all of them with live_too. Collected first, deleted after, so the walk is not disturbed.
+ */
+int flows_delete_slot(struct bgs_state *st, __u32 slot, bool live_too, __u64 *deleted)
+{
+	struct slot_keys sk = { .st = st, .slot = slot, .live_too = live_too, .now = now_ns() };
+	struct bgs_backend be;
+	size_t i;
+	int err;
+
+	*deleted = 0;
+	if (bpf_map_lookup_elem(st->fd[BGS_M_BACKENDS], &slot, &be))
+		return -errno;
+	err = flows_scan(st, slot_keys_cb, &sk);
+	if (err)
+		goto out;
+	for (i = 0; i < sk.n; i++) {
+		struct bgs_flow_key *k = &sk.keys[i], rk = { 0 };
+
+		memcpy(rk.saddr, be.addr, sizeof(rk.saddr));
+		memcpy(rk.daddr, k->saddr, sizeof(rk.daddr));
+		rk.sport = be.port;
+		rk.dport = k->sport;
+		rk.proto = k->proto;
+		rk.family = k->family;
+		if (!bpf_map_delete_elem(st->fd[BGS_M_FLOWS], k))
+			(*deleted)++;
+		bpf_map_delete_elem(st->fd[BGS_M_REVERSE], &rk);
+	}
+out:
+	free(sk.keys);
+	return err;
+}
+
+/* Free a slot that no set names any more: forget its flows, its address, its counters. */
+int slot_release(struct bgs_state *st, __u32 slot)
+{
+	struct bgs_backend_addr ba = { 0 };
+	struct bgs_backend be;
+	__u64 deleted;
+	__u32 refs;
+	void *zero;
+	int err;
+
+	if (bpf_map_lookup_elem(st->fd[BGS_M_BACKENDS], &slot, &be))
+		return -errno;
+	if (be.state == BGS_BACKEND_FREE)
+		return 0;
+	err = flows_delete_slot(st, slot, true, &deleted);
+	if (err)
+		return err;
+
+	memcpy(ba.addr, be.addr, sizeof(ba.addr));
+	ba.port = be.port;
+	ba.proto = be.proto;
+	ba.family = be.family;
+	if (!bpf_map_lookup_elem(st->fd[BGS_M_BACKEND_ADDRS], &ba, &refs)) {
+		if (refs > 1) {
+			refs--;
+			bpf_map_update_elem(st->fd[BGS_M_BACKEND_ADDRS], &ba, &refs, BPF_EXIST);
+		} else {
+			bpf_map_delete_elem(st->fd[BGS_M_BACKEND_ADDRS], &ba);
+		}
+	}
+
+	zero = calloc(st->ncpus, sizeof(struct bgs_backend_stats));
+	if (!zero)
+		return -ENOMEM;
+	bpf_map_update_elem(st->fd[BGS_M_BACKEND_STATS], &slot, zero, BPF_ANY);
+	free(zero);
+
+	memset(&be, 0, sizeof(be));
+	if (bpf_map_update_elem(st->fd[BGS_M_BACKENDS], &slot, &be, BPF_ANY))
+		return -errno;
+	pr_debug("released backend slot %u\n", slot);
+	return 0;
+}
+
+/* Release every draining slot that no live flow points at any more. */
+int slots_collect(struct bgs_state *st)
+{
+	struct bgs_flow_census *c = NULL;
+	struct bgs_backend be;
+	bool any = false;
+	__u32 slot;
+	int err = 0;
+
+	for (slot = 0; slot < BGS_MAX_SLOTS && !any; slot++)
+		any = !bpf_map_lookup_elem(st->fd[BGS_M_BACKENDS], &slot, &be) &&
+		      be.state == BGS_BACKEND_DRAINING;
+	if (!any)
+		return 0;
+	c = malloc(sizeof(*c));
+	if (!c)
+		return -ENOMEM;
+	err = flows_census(st, c);
+	if (err)
+		goto out;
+	for (slot = 0; slot < BGS_MAX_SLOTS; slot++) {
+		if (bpf_map_lookup_elem(st->fd[BGS_M_BACKENDS], &slot, &be) ||
+		    be.state != BGS_BACKEND_DRAINING || c->live[slot])
+			continue;
+		err = slot_release(st, slot);
+		if (err)
+			goto out;
+	}
+out:
+	free(c);
+	return err;
+}
+
+/* Sum a per-CPU value made of nfields __u64 counters. */
+int percpu_sum(const struct bgs_state *st, enum bgs_map_id m, __u32 key, __u64 *out, size_t nfields)
+{
+	__u64 *vals = calloc((size_t)st->ncpus * nfields, sizeof(__u64));
+	size_t f;
+	int cpu;
+
+	if (!vals)
+		return -ENOMEM;
+	memset(out, 0, nfields * sizeof(*out));
+	if (bpf_map_lookup_elem(st->fd[m], &key, vals)) {
+		int err = -errno;
+
+		free(vals);
+		return err;
+	}
+	for (cpu = 0; cpu < st->ncpus; cpu++)
+		for (f = 0; f < nfields; f++)
+			out[f] += vals[cpu * nfields + f];
+	free(vals);
+	return 0;
+}

@@ -1,0 +1,79 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/* state.h: the pinned state under the pin root: opening, locking, and typed access to its maps. */
+#ifndef BGS_STATE_H
+#define BGS_STATE_H
+
+#include <limits.h>
+#include <stdbool.h>
+#include <linux/types.h>
+#include "bgswitch.h"
+
+#define BGS_DEFAULT_PIN_ROOT "/sys/fs/bpf/bgswitch"
+#define BGS_PROG_DIR "progs"
+
+enum bgs_map_id {
+	BGS_M_CONFIG,
+	BGS_M_VIPS,
+	BGS_M_SERVICES,
+	BGS_M_SWITCH,
+	BGS_M_SETS,
+	BGS_M_BACKENDS,
+	BGS_M_BACKEND_ADDRS,
+	BGS_M_FLOWS,
+	BGS_M_REVERSE,
+	BGS_M_IFACES,
+	BGS_M_STATS,
+	BGS_M_DROPS,
+	BGS_M_BACKEND_STATS,
+	BGS_M_COUNT,
+};
+
+extern const char *const bgs_map_names[BGS_M_COUNT];
+extern const char *bgs_pin_root;
+
+struct bgs_state {
+	int fd[BGS_M_COUNT];
+	__u64 *sw; /* bgs_switch, mmapped: one 64-bit word per service */
+	int lock_fd;
+	int ncpus;
+	struct bgs_config cfg;
+};
+
+/* Per-slot figures gathered in one pass over the flow table. */
+struct bgs_flow_census {
+	__u32 live[BGS_MAX_SLOTS];
+	__u64 entries;
+	__u64 live_total;
+};
+
+int state_need_root(void);
+int state_prepare_fs(void);
+int state_lock(int *lock_fd);
+int state_open(struct bgs_state *st, bool lock);
+void state_close(struct bgs_state *st);
+int state_check_layout(const struct bgs_config *cfg);
+int state_pin_path(char *buf, size_t len, const char *name);
+
+struct bgs_switch switch_read(const struct bgs_state *st, __u32 svc);
+void switch_write(struct bgs_state *st, __u32 svc, struct bgs_switch sw);
+
+bool service_get(const struct bgs_state *st, __u32 svc, struct bgs_service *out);
+int service_find(const struct bgs_state *st, const char *name, __u32 *svc, struct bgs_service *out);
+int set_read(const struct bgs_state *st, __u32 svc, __u8 color, struct bgs_set *set);
+int set_commit(struct bgs_state *st, __u32 svc, __u8 color, const struct bgs_set *set);
+
+bool flow_live(const struct bgs_state *st, const struct bgs_flow_key *k, const struct bgs_flow *f,
+	       __u64 now);
+int flows_scan(const struct bgs_state *st,
+	       int (*cb)(const struct bgs_flow_key *k, const struct bgs_flow *f, void *ctx),
+	       void *ctx);
+int flows_census(const struct bgs_state *st, struct bgs_flow_census *c);
+int flows_delete_slot(struct bgs_state *st, __u32 slot, bool live_too, __u64 *deleted);
+
+int slot_release(struct bgs_state *st, __u32 slot);
+int slots_collect(struct bgs_state *st);
+
+int percpu_sum(const struct bgs_state *st, enum bgs_map_id m, __u32 key, __u64 *out,
+	       size_t nfields);
+
+#endif /* BGS_STATE_H */

@@ -1,0 +1,165 @@
+// SPDX-License-Identifier: GPL-2.0
+/* util.c: parsing and printing of addresses, colors and names shared by the commands. */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <limits.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "log.h"
+#include "util.h"
+
+/* "A.B.C.D:PORT" or "[V6]:PORT" with a port from 1 to 65535. */
+int parse_endpoint(const char *s, struct bgs_endpoint *ep)
+{
+	char host[INET6_ADDRSTRLEN + 2];
+	const char *colon, *hs = s;
+	size_t hlen;
+	__u32 port;
+
+	memset(ep, 0, sizeof(*ep));
+	if (s[0] == '[') {
+		const char *end = strchr(s, ']');
+
+		if (!end || end[1] != ':')
+			goto bad;
+		hs = s + 1;
+		hlen = end - hs;
+		colon = end + 1;
+	} else {
+		colon = strrchr(s, ':');
+		if (!colon)
+			goto bad;
+		hlen = colon - s;
+	}
+	if (!hlen || hlen >= sizeof(host))
+		goto bad;
+	memcpy(host, hs, hlen);
+	host[hlen] = '\0';
+	if (parse_u32(colon + 1, 1, 65535, &port)) {
+		pr_warn("'%s': port must be a number from 1 to 65535\n", s);
+		return -EINVAL;
+	}
+	ep->port = htons(port);
+	if (s[0] != '[' && inet_pton(AF_INET, host, &ep->addr[0]) == 1) {
+		ep->family = BGS_AF_INET;
+		return 0;
+	}
+	if (s[0] == '[' && inet_pton(AF_INET6, host, ep->addr) == 1) {
+		ep->family = BGS_AF_INET6;
+		return 0;
+	}
+bad:
+	pr_warn("'%s' is not an address and port (A.B.C.D:PORT or [IPV6]:PORT)\n", s);
+	return -EINVAL;
+}
+
+int parse_color(const char *s, __u8 *color)
+{
+	if (!strcmp(s, "blue"))
+		*color = BGS_BLUE;
+	else if (!strcmp(s, "green"))
+		*color = BGS_GREEN;
+	else {
+		pr_warn("unknown color '%s' (blue or green)\n", s);
+		return -EINVAL;
+	}
+	return 0;
+}
+
+int parse_proto(const char *s, __u8 *proto)
+{
+	if (!strcmp(s, "tcp"))
+		*proto = IPPROTO_TCP;
+	else if (!strcmp(s, "udp"))
+		*proto = IPPROTO_UDP;
+	else {
+		pr_warn("unknown protocol '%s' (tcp or udp)\n", s);
+		return -EINVAL;
+	}
+	return 0;
+}
+
+int parse_u32(const char *s, __u32 min, __u32 max, __u32 *out)
+{
+	unsigned long long v;
+	char *end;
+
+	if (!s || !*s || *s == '-' || *s == '+')
+		return -EINVAL;
+	errno = 0;
+	v = strtoull(s, &end, 10);
+	if (errno || *end || v < min || v > max)
+		return -EINVAL;
+	*out = v;
+	return 0;
+}
+
+/* A service name: 1 to BGS_NAME_LEN-1 characters of [A-Za-z0-9._-], not starting with '-'. */
+int check_name(const char *name)
+{
+	size_t len = strlen(name), i;
+
+	if (!len || len >= BGS_NAME_LEN || name[0] == '-')
+		goto bad;
+	for (i = 0; i < len; i++) {
+		char c = name[i];
+
+		if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+		      c == '.' || c == '_' || c == '-'))
+			goto bad;
+	}
+	return 0;
+bad:
+	pr_warn("'%s' is not a valid service name (1-%d of A-Z a-z 0-9 . _ -)\n", name,
+		BGS_NAME_LEN - 1);
+	return -EINVAL;
+}
+
+const char *color_name(__u8 color)
+{
+	switch (color) {
+	case BGS_BLUE:
+		return "blue";
+	case BGS_GREEN:
+		return "green";
+	default:
+		return "none";
+	}
+}
+
+const char *proto_name(__u8 proto)
+{
+	return proto == IPPROTO_UDP ? "udp" : proto == IPPROTO_TCP ? "tcp" : "?";
+}
+
+const char *fmt_addr(const __u32 addr[4], __u8 family, char *buf, size_t len)
+{
+	if (!inet_ntop(family == BGS_AF_INET6 ? AF_INET6 : AF_INET, addr, buf, len))
+		snprintf(buf, len, "?");
+	return buf;
+}
+
+const char *fmt_endpoint(const __u32 addr[4], __u16 port, __u8 family, char *buf, size_t len)
+{
+	char a[INET6_ADDRSTRLEN];
+
+	fmt_addr(addr, family, a, sizeof(a));
+	if (family == BGS_AF_INET6)
+		snprintf(buf, len, "[%s]:%u", a, ntohs(port));
+	else
+		snprintf(buf, len, "%s:%u", a, ntohs(port));
+	return buf;
+}
+
+/* The clock bpf_ktime_get_coarse_ns() reads. */
+__u64 now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (__u64)ts.tv_sec * 1000000000ULL + ts.tv_nsec;
+}

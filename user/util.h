@@ -1,0 +1,32 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/* util.h: parsing and printing of addresses, colors and names shared by the commands. */
+#ifndef BGS_UTIL_H
+#define BGS_UTIL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <linux/types.h>
+#include "bgswitch.h"
+
+#define BGS_ADDRSTR_LEN 64 /* "[v6]:port" and NUL */
+
+struct bgs_endpoint {
+	__u32 addr[4]; /* network byte order, IPv4 in addr[0] */
+	__u16 port; /* network byte order */
+	__u8 family; /* BGS_AF_INET or BGS_AF_INET6 */
+};
+
+int parse_endpoint(const char *s, struct bgs_endpoint *ep);
+int parse_color(const char *s, __u8 *color);
+int parse_proto(const char *s, __u8 *proto);
+int parse_u32(const char *s, __u32 min, __u32 max, __u32 *out);
+int check_name(const char *name);
+
+const char *color_name(__u8 color);
+const char *proto_name(__u8 proto);
+const char *fmt_addr(const __u32 addr[4], __u8 family, char *buf, size_t len);
+const char *fmt_endpoint(const __u32 addr[4], __u16 port, __u8 family, char *buf, size_t len);
+
+__u64 now_ns(void);
+
+#endif /* BGS_UTIL_H */
