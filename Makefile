@@ -50,7 +50,7 @@ all: $(OBJDIR)/bgswitch
 deps:
 	$(Q)scripts/install-deps.sh
 
-$(OUTPUT) $(OBJDIR):
+$(sort $(OUTPUT) $(OBJDIR)):
 	$(Q)mkdir -p $@
 
 $(OUTPUT)/bgswitch.bpf.o: bpf/bgswitch.bpf.c $(BPF_HDRS) $(VMLINUX) | $(OUTPUT)
