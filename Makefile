@@ -13,9 +13,9 @@ PREFIX ?= /usr/local
 VMLINUX := vmlinux/$(ARCH)/vmlinux.h
 INCLUDES := -Iinclude -I$(OUTPUT)
 BPF_CFLAGS := -g -O2 -target bpf -mcpu=v3 -D__TARGET_ARCH_$(ARCH) -Wall -Wextra \
-	-Wno-unused-parameter -Iinclude -Ivmlinux/$(ARCH) $(BPF_EXTRA_CFLAGS)
+	-Iinclude -Ivmlinux/$(ARCH) $(BPF_EXTRA_CFLAGS)
 CFLAGS ?= -g -O2
-CFLAGS += -Wall -Wextra -Wno-unused-parameter -std=gnu11 $(INCLUDES)
+CFLAGS += -Wall -Wextra -std=gnu11 $(INCLUDES)
 LIBBPF_CFLAGS := $(shell $(PKG_CONFIG) --cflags libbpf 2>/dev/null)
 LIBBPF_LIBS := $(shell $(PKG_CONFIG) --libs libbpf 2>/dev/null)
 LDLIBS += $(LIBBPF_LIBS)

@@ -1,0 +1,453 @@
+"""End-to-end tests: bgswitch between real sockets in network namespaces.
+
+Topology (tests/netns.py): client -> node (bgswitch on n-client) -> blue / green backends, two
+servers per color. One topology serves the whole module; every test attaches bgswitch afresh
+with a pin root of its own and purges it afterwards, so flow tables never leak between tests.
+
+Run as root: /usr/bin/pytest -q tests/test_e2e.py   (BGSWITCH=path picks another binary)
+"""
+
+import os
+import sys
+import time
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import netns  # noqa: E402
+from netns import NODE_IFACE, VIP, VIP_PORT  # noqa: E402
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces, BPF)")
+
+UDP_PORT = 53  # the UDP service's VIP port; backends answer UDP on their TCP port
+COLORS = ("blue", "green")
+
+
+# -- fixtures ---------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def topo():
+    if not os.access(netns.BGSWITCH, os.X_OK):
+        pytest.fail(f"{netns.BGSWITCH} missing: run make first")
+    t = netns.Topology()
+    t.up()
+    try:
+        yield t
+    finally:
+        errors = t.down()
+        assert not errors, errors
+
+
+def _attach(topo, mode):
+    sw = topo.bgswitch()
+    args = ["attach", NODE_IFACE] + (["--mode", mode] if mode else [])
+    sw(*args)
+    return sw
+
+
+@pytest.fixture
+def sw(topo, request):
+    """bgswitch attached to the node's client-facing veth (mode auto), purged afterwards."""
+    mode = getattr(request, "param", None)
+    s = _attach(topo, mode)
+    try:
+        yield s
+    finally:
+        for args, rc, out, err in s.history:  # shown by pytest when the test failed
+            print(f"bgswitch {' '.join(map(str, args))} -> {rc}\n{out}{err}")
+        s.purge()
+        _assert_node_iface_clean(topo)
+
+
+def _assert_node_iface_clean(topo):
+    link = topo.ip("node", "-d", "link", "show", NODE_IFACE).stdout
+    assert "prog/xdp" not in link, f"XDP left on {NODE_IFACE} after detach --purge:\n{link}"
+    tc = netns.run(["tc", "-n", topo.ns["node"], "filter", "show", "dev", NODE_IFACE, "egress"],
+                   check=False).stdout
+    assert "bgs" not in tc, f"TC filter left on {NODE_IFACE} after detach --purge:\n{tc}"
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+def colors(topo, n=20, udp=False, port=None):
+    return topo.colors_of(VIP, port or (UDP_PORT if udp else VIP_PORT), udp=udp, count=n)
+
+
+def backends_seen(topo, n=20, udp=False, port=None):
+    res = topo.probe(VIP, port or (UDP_PORT if udp else VIP_PORT), udp=udp, count=n)["results"]
+    return {r["backend"] for r in res if r["ok"]}
+
+
+def wait_for(fn, timeout, interval=0.2):
+    """Poll fn() until it returns a true value or timeout; return the last value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = fn()
+        if v or time.monotonic() > deadline:
+            return v
+        time.sleep(interval)
+
+
+def timed(fn, *args):
+    t0 = time.time()
+    out = fn(*args)
+    return t0, time.time(), out
+
+
+def drops(sw):
+    return {k: v for k, v in sw.status()["drops"].items() if v}
+
+
+def assert_no_failures(part, what):
+    assert part["failed"] == 0, f"{what}: {part['failed']} failed: {part['failures'][:10]}"
+
+
+def assert_long_steady(conns, color, min_requests):
+    """Each long-lived connection answered by one backend of color, every time, no failure."""
+    assert conns
+    for c in conns:
+        assert c["failures"] == [], c
+        assert c["changes"] == [], c
+        assert c["color"] == color, c
+        assert c["ok"] >= min_requests, c
+
+
+def assert_split_at_flip(part, flip_start, flip_end, old="blue", new="green"):
+    """One-shot connections: all that began after the flip returned got the new color, and
+    none that ended before the flip began got it."""
+    times = part["times"]
+    assert times.get(old) and times.get(new), f"both colors expected: {part['by_color']}"
+    assert times[old]["last_start"] <= flip_end, (
+        f"a connection started {times[old]['last_start'] - flip_end:.3f}s after the flip "
+        f"returned still reached {old}")
+    assert times[new]["first_end"] >= flip_start, (
+        f"a connection reached {new} {flip_start - times[new]['first_end']:.3f}s before the "
+        f"flip began")
+
+
+# -- basic flip: both XDP modes ---------------------------------------------------------------
+
+@pytest.mark.parametrize("sw", ["native", "generic"], indirect=True)
+def test_flip_new_connections_reach_active_color(topo, sw, request):
+    mode = request.node.callspec.params["sw"]
+    st = sw.status()
+    assert [i["name"] for i in st["interfaces"]] == [NODE_IFACE]
+    assert mode in st["interfaces"][0]["mode"], st["interfaces"]
+
+    sw.setup_service("web")
+    svc = sw.service("web")
+    assert svc["active"] == "blue"
+    assert svc["vip"] == VIP and svc["port"] == VIP_PORT and svc["proto"] == "tcp"
+    assert colors(topo) == ["blue"] * 20
+    assert backends_seen(topo) == {f"{a}:{p}" for a, p in topo.backends["blue"]}
+
+    sw("flip", "web")
+    svc = sw.service("web")
+    assert (svc["active"], svc["previous"]) == ("green", "blue")
+    assert colors(topo) == ["green"] * 20
+    assert backends_seen(topo) == {f"{a}:{p}" for a, p in topo.backends["green"]}
+
+    sw("flip", "web", "blue")
+    assert sw.service("web")["active"] == "blue"
+    assert colors(topo) == ["blue"] * 20
+    assert drops(sw) == {}
+
+
+# -- flip under load --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("sw", ["native", "generic"], indirect=True)
+def test_flip_under_load_zero_failures(topo, sw):
+    sw.setup_service("web")
+    run = topo.traffic("--vip", VIP, "--port", VIP_PORT, "--duration", 7, "--new-rate", 150,
+                       "--long", 8, "--timeout", 2)
+    run.wait_ready()
+    time.sleep(2.5)
+    flip_start, flip_end, _ = timed(sw, "flip", "web", "green")
+    res = run.finish(timeout=30)
+
+    new = res["tcp_new"]
+    assert_no_failures(new, "new connections")
+    assert new["ok"] >= 700, new["attempts"]
+    assert new["slow"] == 0, f"{new['slow']} connections took over 0.5 s (a lost SYN?)"
+    assert_split_at_flip(new, flip_start, flip_end)
+    assert_long_steady(res["tcp_long"], "blue", min_requests=40)
+    assert drops(sw) == {}
+
+
+# -- draining: old connections stay on blue until they close ---------------------------------
+
+def test_drain_open_connections_stay_on_blue_until_closed(topo, sw):
+    sw.setup_service("web")
+    n = 6
+    run = topo.traffic("--vip", VIP, "--port", VIP_PORT, "--duration", 30, "--long", n,
+                       "--long-close-spread", 0.3)
+    run.wait_ready()
+    assert wait_for(lambda: sw.live_flows("web", "blue") == n, 3), sw.service("web")
+
+    sw("flip", "web")
+    assert colors(topo, 10) == ["green"] * 10
+    time.sleep(1.0)  # the long-lived connections keep talking after the flip
+    svc = sw.service("web")
+    assert svc["colors"]["blue"]["live_flows"] == n, svc
+    assert wait_for(lambda: sw.live_flows("web", "green") == 0, 3), sw.service("web")
+
+    run.close_long()
+    seen = []
+    assert wait_for(lambda: seen.append(sw.live_flows("web", "blue")) or seen[-1] == 0, 8), seen
+    assert seen == sorted(seen, reverse=True), f"blue's live flows must only fall: {seen}"
+    res = run.finish(timeout=30)
+    # Opened before the flip, these ran ~1.5 s after it and never left blue.
+    assert_long_steady(res["tcp_long"], "blue", min_requests=15)
+    for be in sw.service("web")["colors"]["blue"]["backends"]:
+        assert be["live_flows"] == 0, be
+    assert drops(sw) == {}
+
+
+# -- rollback ---------------------------------------------------------------------------------
+
+def test_rollback_returns_new_flows_to_previous_color(topo, sw):
+    sw.setup_service("web")
+    sw("flip", "web")
+    assert colors(topo, 10) == ["green"] * 10
+    gen = sw.service("web")["generation"]
+
+    run = topo.traffic("--vip", VIP, "--port", VIP_PORT, "--duration", 5, "--new-rate", 100,
+                       "--long", 4)
+    run.wait_ready()
+    time.sleep(2)
+    rb_start, rb_end, _ = timed(sw, "rollback", "web")
+    res = run.finish(timeout=30)
+
+    svc = sw.service("web")
+    assert (svc["active"], svc["previous"]) == ("blue", "green"), svc
+    assert svc["generation"] > gen
+    assert colors(topo, 10) == ["blue"] * 10
+    assert_no_failures(res["tcp_new"], "new connections")
+    assert_split_at_flip(res["tcp_new"], rb_start, rb_end, old="green", new="blue")
+    assert_long_steady(res["tcp_long"], "green", min_requests=25)
+
+    sw("rollback", "web")  # rollback of a rollback: green again
+    assert sw.service("web")["active"] == "green"
+    assert colors(topo, 10) == ["green"] * 10
+
+
+# -- the command coming and going does not touch traffic -------------------------------------
+
+def test_cli_rerun_does_not_disturb_traffic(topo, sw):
+    sw.setup_service("web")
+    sw.setup_service("echo", port=UDP_PORT, proto="udp")
+    before = sw.status()
+    run = topo.traffic("--vip", VIP, "--port", VIP_PORT, "--udp-port", UDP_PORT,
+                       "--duration", 6, "--new-rate", 100, "--long", 4, "--udp-long", 2,
+                       "--udp-new-rate", 20)
+    run.wait_ready()
+    time.sleep(1)
+    reattach = sw.run("attach", NODE_IFACE)
+    for _ in range(3):
+        sw("status")
+        sw("status", "web", "--json")
+        sw("service", "list")
+        time.sleep(0.3)
+    again = sw.run("attach", NODE_IFACE)
+    res = run.finish(timeout=30)
+
+    assert reattach.returncode == 0 and again.returncode == 0, (reattach, again)
+    assert_no_failures(res["tcp_new"], "new TCP connections")
+    assert_no_failures(res["udp_new"], "new UDP flows")
+    assert res["tcp_new"]["by_color"] == {"blue": res["tcp_new"]["ok"]}
+    assert_long_steady(res["tcp_long"], "blue", min_requests=40)
+    assert_long_steady(res["udp_long"], "blue", min_requests=40)
+    after = sw.status()
+    assert after["interfaces"] == before["interfaces"]
+    assert [s["name"] for s in after["services"]] == [s["name"] for s in before["services"]]
+    assert drops(sw) == {}
+
+
+# -- detach -----------------------------------------------------------------------------------
+
+def test_detach_restores_plain_forwarding(topo, sw):
+    sw.setup_service("web")
+    sw.setup_service("echo", port=UDP_PORT, proto="udp")
+    assert colors(topo, 5) == ["blue"] * 5
+
+    sw("detach", NODE_IFACE)
+    assert sw.status()["interfaces"] == []
+    link = topo.ip("node", "-d", "link", "show", NODE_IFACE).stdout
+    assert "prog/xdp" not in link, link
+
+    # Nothing translates the VIP any more and the node has no route to it: the client gets
+    # ICMP network unreachable, so connect() fails at once rather than timing out.
+    res = topo.probe(VIP, VIP_PORT, count=3)["results"]
+    assert [r["error"] for r in res] == ["unreachable"] * 3, res
+    assert all(r["elapsed"] < 0.5 for r in res), res
+    res = topo.probe(VIP, UDP_PORT, udp=True, count=3)["results"]
+    assert all(not r["ok"] for r in res), res
+    # Plain forwarding to the backends is untouched.
+    for color in COLORS:
+        for addr, port in topo.backends[color]:
+            assert topo.colors_of(addr, port, count=2) == [color] * 2
+            assert topo.colors_of(addr, port, udp=True, count=2) == [color] * 2
+
+    # The pinned state survived a plain detach: attaching again brings the services back.
+    sw("attach", NODE_IFACE)
+    assert colors(topo, 5) == ["blue"] * 5
+
+
+# -- UDP --------------------------------------------------------------------------------------
+
+def test_udp_flow_pinned_to_blue_after_flip(topo, sw):
+    sw.setup_service("echo", port=UDP_PORT, proto="udp")
+    assert colors(topo, 10, udp=True) == ["blue"] * 10
+    run = topo.traffic("--vip", VIP, "--udp-port", UDP_PORT, "--duration", 6, "--udp-long", 4,
+                       "--udp-new-rate", 50, "--udp-sport-range", "20000-29999")
+    run.wait_ready()
+    time.sleep(2.5)
+    flip_start, flip_end, _ = timed(sw, "flip", "echo")
+    time.sleep(0.5)
+    svc = sw.service("echo")
+    res = run.finish(timeout=30)
+
+    assert svc["active"] == "green"
+    assert svc["colors"]["blue"]["live_flows"] >= 4, svc  # idle timeout is 30 s: still live
+    assert_no_failures(res["udp_new"], "new UDP flows")
+    assert_split_at_flip(res["udp_new"], flip_start, flip_end)
+    assert_long_steady(res["udp_long"], "blue", min_requests=40)
+    assert colors(topo, 10, udp=True) == ["green"] * 10
+    assert drops(sw) == {}
+
+
+def test_udp_and_tcp_services_on_one_vip_are_independent(topo, sw):
+    sw.setup_service("web")
+    sw.setup_service("echo", port=UDP_PORT, proto="udp")
+    sw("flip", "echo")
+    assert colors(topo, 10) == ["blue"] * 10
+    assert colors(topo, 10, udp=True) == ["green"] * 10
+    # UDP to the TCP service's port is no service at all: not translated.
+    assert not any(r["ok"] for r in topo.probe(VIP, VIP_PORT, udp=True, count=2)["results"])
+
+
+# -- CLI error paths --------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def cli(topo):
+    """One attached state for the error-path tests: web (blue and green backends), half
+    (blue backends only), echo (UDP). Error paths must leave it exactly as it was."""
+    s = _attach(topo, None)
+    try:
+        s.setup_service("web")
+        s.setup_service("half", port=81, colors=("blue",))
+        s.setup_service("echo", port=UDP_PORT, proto="udp")
+        yield s
+    finally:
+        s.purge()
+
+
+def snapshot(s):
+    """The configuration as status --json and service list show it, without counters."""
+    st = s.status()
+    svcs = []
+    for svc in st["services"]:
+        cols = {c: [(b["address"], b["port"], b["slot"], b["state"])
+                    for b in svc["colors"][c]["backends"]] for c in COLORS}
+        svcs.append((svc["name"], svc["id"], svc["vip"], svc["port"], svc["proto"],
+                     svc["active"], svc["previous"], svc["generation"], cols))
+    return {"interfaces": st["interfaces"], "services": svcs,
+            "list": s("service", "list")}
+
+
+def assert_cli_error(s, *args):
+    before = snapshot(s)
+    p = s.run(*args)
+    after = snapshot(s)
+    cmd = "bgswitch " + " ".join(map(str, args))
+    assert p.returncode != 0, f"{cmd}: exit 0\n{p.stdout}{p.stderr}"
+    lines = p.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].strip(), f"{cmd}: stderr must be one line: {p.stderr!r}"
+    assert p.stdout == "", f"{cmd}: stdout {p.stdout!r}"
+    assert after == before, f"{cmd} changed the state"
+    return lines[0]
+
+
+BLUE1 = "10.77.2.11:8081"
+
+
+@pytest.mark.parametrize("vip", [
+    "10.77.100.300:80", "10.77.100.1", "10.77.100.1:", ":80", "10.77.100.1:0",
+    "10.77.100.1:65536", "10.77.100.1:http", "10.77.100.1:80x", "10.77.100:80", "",
+    "10.77.100.1:-1"])
+def test_cli_service_add_rejects_malformed_vip(cli, vip):
+    assert_cli_error(cli, "service", "add", "new", vip)
+
+
+@pytest.mark.parametrize("addr", [
+    "10.77.2.300:8081", "10.77.2.13", "10.77.2.13:0", "10.77.2.13:99999", "10.77.2.13:x",
+    "backend:8081"])
+def test_cli_backend_add_rejects_malformed_address(cli, addr):
+    assert_cli_error(cli, "backend", "add", "web", "blue", addr)
+
+
+@pytest.mark.parametrize("args", [
+    ("service", "add", "new", "10.77.100.9:80", "--proto", "sctp"),
+    ("service", "add", "x" * 40, "10.77.100.9:80"),
+    ("service", "add", "", "10.77.100.9:80"),
+], ids=["proto", "long-name", "empty-name"])
+def test_cli_service_add_rejects_bad_argument(cli, args):
+    assert_cli_error(cli, *args)
+
+
+@pytest.mark.parametrize("args", [
+    ("flip", "nosuch"), ("rollback", "nosuch"), ("service", "del", "nosuch"),
+    ("backend", "add", "nosuch", "blue", "10.77.2.13:8081"),
+    ("backend", "del", "nosuch", "blue", BLUE1), ("status", "nosuch")],
+    ids=lambda a: "-".join(a[:2]))
+def test_cli_rejects_unknown_service(cli, args):
+    assert_cli_error(cli, *args)
+
+
+@pytest.mark.parametrize("args", [
+    ("flip", "web", "purple"), ("backend", "add", "web", "red", "10.77.2.13:8081"),
+    ("backend", "del", "web", "Blue", BLUE1)], ids=lambda a: a[0])
+def test_cli_rejects_unknown_color(cli, args):
+    assert_cli_error(cli, *args)
+
+
+@pytest.mark.parametrize("args", [
+    ("service", "add", "web", "10.77.100.2:80"),       # same name
+    ("service", "add", "other", f"{VIP}:{VIP_PORT}"),  # same VIP:port/tcp as web
+    ("service", "add", "other", f"{VIP}:{UDP_PORT}", "--proto", "udp"),  # same as echo
+    ("backend", "add", "web", "blue", BLUE1),          # same backend again
+    ("backend", "add", "web", "green", BLUE1),         # one backend in both colors
+], ids=["service-name", "service-vip", "service-vip-udp", "backend", "backend-other-color"])
+def test_cli_rejects_duplicate(cli, args):
+    assert_cli_error(cli, *args)
+
+
+def test_cli_flip_to_color_without_backends_is_refused(cli):
+    assert_cli_error(cli, "flip", "half")
+    assert_cli_error(cli, "flip", "half", "green")
+    assert cli.service("half")["active"] == "blue"
+
+
+def test_cli_rollback_without_previous_flip_is_refused(cli):
+    assert_cli_error(cli, "rollback", "web")
+
+
+def test_cli_backend_del_unknown_backend_is_refused(cli):
+    assert_cli_error(cli, "backend", "del", "web", "blue", "10.77.2.99:8081")
+    assert_cli_error(cli, "backend", "del", "web", "green", BLUE1)
+
+
+@pytest.mark.parametrize("args", [
+    ("frobnicate",), ("attach", NODE_IFACE, "--mode", "turbo"), ("attach", "nosuchdev"),
+    ("detach", "nosuchdev"), ("flip",), ("service", "add", "new"), ("status", "--bogus")],
+    ids=["command", "mode", "attach-dev", "detach-dev", "flip-noargs", "service-add-short",
+         "option"])
+def test_cli_rejects_bad_usage(cli, args):
+    assert_cli_error(cli, *args)
+
+
+def test_cli_errors_leave_traffic_alone(topo, cli):
+    """After all the refused commands above, the state still steers traffic as configured."""
+    assert colors(topo, 5) == ["blue"] * 5
+    assert colors(topo, 5, udp=True) == ["blue"] * 5
+    assert colors(topo, 5, port=81) == ["blue"] * 5
