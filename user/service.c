@@ -172,7 +172,7 @@ static int service_del(int argc, char **argv)
 	struct bgs_switch zero_sw = { 0 };
 	struct bgs_backend be;
 	struct bgs_state st;
-	__u64 live = 0, cut = 0, n;
+	__u64 live = 0;
 	bool force = false;
 	__u32 svc, slot;
 	int c, err;
@@ -229,8 +229,6 @@ static int service_del(int argc, char **argv)
 		if (bpf_map_lookup_elem(st.fd[BGS_M_BACKENDS], &slot, &be) ||
 		    be.state == BGS_BACKEND_FREE || be.svc != svc)
 			continue;
-		flows_delete_slot(&st, slot, true, &n);
-		cut += n;
 		err = slot_release(&st, slot);
 		if (err)
 			goto out;
@@ -242,7 +240,6 @@ static int service_del(int argc, char **argv)
 			(unsigned long long)live);
 	else
 		pr_info("service %s deleted\n", rec.name);
-	(void)cut;
 out:
 	free(census);
 	state_close(&st);

@@ -146,6 +146,9 @@ int state_open(struct bgs_state *st, bool lock)
 	st->lock_fd = -1;
 	st->sw = MAP_FAILED;
 
+	err = state_need_root();
+	if (err)
+		return err;
 	if (!is_bpffs("/sys/fs/bpf") && !strncmp(bgs_pin_root, "/sys/fs/bpf/", 12)) {
 		pr_warn("no BPF filesystem at /sys/fs/bpf: nothing is attached (run 'attach' first)\n");
 		return -ENOENT;
