@@ -109,24 +109,24 @@ static __always_inline int flow_create(const struct bgs_pkt *pkt, __u32 svc, __u
 
 	word = bpf_map_lookup_elem(&bgs_switch, &svc);
 	if (!word)
-		return stat_drop(BGS_DROP_NO_BACKEND);
+		return stat_drop(svc, BGS_DROP_NO_BACKEND);
 	/* One 8-byte load: color and set buffer always come from the same write. */
 	*(__u64 *)&sw = *(volatile __u64 *)word;
 
 	idx = bgs_set_index(svc, sw.active, sw.set_sel >> (sw.active & 1));
 	set = bpf_map_lookup_elem(&bgs_sets, &idx);
 	if (!set || !set->count)
-		return stat_drop(BGS_DROP_NO_BACKEND);
+		return stat_drop(svc, BGS_DROP_NO_BACKEND);
 	count = set->count;
 	if (count > BGS_MAX_BACKENDS)
-		return stat_drop(BGS_DROP_BAD_BACKEND);
+		return stat_drop(svc, BGS_DROP_BAD_BACKEND);
 	pos = flow_hash(&pkt->key) % count;
 	/* Hide the modulo's range from the compiler so that it keeps the mask the verifier needs. */
 	asm volatile("" : "+r"(pos));
 	slot = set->slot[pos & (BGS_MAX_BACKENDS - 1)];
 	be = bpf_map_lookup_elem(&bgs_backends, &slot);
 	if (!be || be->state != BGS_BACKEND_ACTIVE)
-		return stat_drop(BGS_DROP_BAD_BACKEND);
+		return stat_drop(svc, BGS_DROP_BAD_BACKEND);
 
 	__builtin_memcpy(out->daddr, be->addr, sizeof(out->daddr));
 	out->dport = be->port;
@@ -149,7 +149,7 @@ static __always_inline int flow_create(const struct bgs_pkt *pkt, __u32 svc, __u
 	/* Reverse first: a forward entry must never exist without its way back. */
 	if (bpf_map_update_elem(&bgs_reverse, &rkey, &rev, BPF_ANY) ||
 	    bpf_map_update_elem(&bgs_flows, &pkt->key, out, BPF_ANY))
-		return stat_drop(BGS_DROP_FLOW_INSERT);
+		return stat_drop(svc, BGS_DROP_FLOW_INSERT);
 
 	stat_inc(BGS_STAT_FLOW_NEW);
 	bs = stat_backend(slot);
@@ -167,6 +167,7 @@ static __always_inline int flow_steer(const struct bgs_pkt *pkt, __u32 svc, stru
 	__u64 now = bpf_ktime_get_coarse_ns();
 	bool tcp = pkt->key.proto == IPPROTO_TCP;
 	bool first = tcp ? flow_is_syn(pkt) : true;
+	struct bgs_service_stats *ss;
 	struct bgs_flow *f;
 
 	f = bpf_map_lookup_elem(&bgs_flows, &pkt->key);
@@ -176,14 +177,22 @@ static __always_inline int flow_steer(const struct bgs_pkt *pkt, __u32 svc, stru
 		__builtin_memcpy(out, f, sizeof(*out));
 		return BGS_CONTINUE;
 	}
+	ss = stat_service(svc);
 	if (!first) {
 		stat_inc(BGS_STAT_NOSYN_MISS);
-		return stat_drop(BGS_DROP_NOSYN_MISS);
+		if (ss)
+			ss->nosyn_miss++;
+		return stat_drop(svc, BGS_DROP_NOSYN_MISS);
 	}
-	if (f)
+	if (f) {
 		stat_inc(BGS_STAT_FLOW_REOPEN);
-	else if (tcp)
+		if (ss)
+			ss->reopen++;
+	} else if (tcp) {
 		stat_inc(BGS_STAT_SYN_MISS);
+		if (ss)
+			ss->syn_miss++;
+	}
 	return flow_create(pkt, svc, now, out);
 }
 

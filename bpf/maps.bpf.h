@@ -126,6 +126,15 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } bgs_backend_stats SEC(".maps");
 
+/* Misses and drops per service, per CPU. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, BGS_MAX_SERVICES);
+	__type(key, __u32);
+	__type(value, struct bgs_service_stats);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} bgs_service_stats SEC(".maps");
+
 static __always_inline void stat_inc(__u32 id)
 {
 	__u64 *v = bpf_map_lookup_elem(&bgs_stats, &id);
@@ -134,13 +143,21 @@ static __always_inline void stat_inc(__u32 id)
 		*v += 1;
 }
 
-/* Count a drop by its reason and return the XDP verdict that carries it out. */
-static __always_inline int stat_drop(__u32 reason)
+static __always_inline struct bgs_service_stats *stat_service(__u32 svc)
 {
+	return bpf_map_lookup_elem(&bgs_service_stats, &svc);
+}
+
+/* Count a service's drop by its reason and return the XDP verdict that carries it out. */
+static __always_inline int stat_drop(__u32 svc, __u32 reason)
+{
+	struct bgs_service_stats *ss = stat_service(svc);
 	__u64 *v = bpf_map_lookup_elem(&bgs_drops, &reason);
 
 	if (v)
 		*v += 1;
+	if (ss && reason < BGS_DROP_MAX)
+		ss->drops[reason]++;
 	return XDP_DROP;
 }
 

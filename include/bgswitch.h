@@ -194,6 +194,14 @@ struct bgs_backend_stats {
 	__u64 resets; /* RST sent by the backend */
 };
 
+/* bgs_service_stats value (per CPU), indexed by service id: what happened to new flows. */
+struct bgs_service_stats {
+	__u64 syn_miss; /* SYN that missed the table: a new TCP flow */
+	__u64 nosyn_miss; /* TCP segment without SYN that missed the table (dropped) */
+	__u64 reopen; /* SYN on a closed or idle entry: a new flow on the active color */
+	__u64 drops[4]; /* by enum bgs_drop_reason; 4 == BGS_DROP_MAX, checked below */
+};
+
 /* bgs_stats index (per CPU): node-wide counters. */
 enum bgs_stat {
 	BGS_STAT_RX = 0, /* packets seen by the ingress program */
@@ -221,5 +229,8 @@ enum bgs_drop_reason {
 	BGS_DROP_FLOW_INSERT, /* the flow table refused the new entry */
 	BGS_DROP_MAX,
 };
+
+_Static_assert(BGS_DROP_MAX == sizeof(((struct bgs_service_stats *)0)->drops) / sizeof(__u64),
+	       "bgs_service_stats.drops must have one counter per drop reason");
 
 #endif /* BGSWITCH_H */

@@ -10,5 +10,7 @@ int do_backend(int argc, char **argv);
 int do_flip(int argc, char **argv);
 int do_rollback(int argc, char **argv);
 int do_status(int argc, char **argv);
+int do_exporter(int argc, char **argv);
+int do_watch(int argc, char **argv);
 
 #endif /* BGS_COMMANDS_H */

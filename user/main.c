@@ -29,7 +29,9 @@ static const struct command commands[] = {
 	{ "backend", do_backend, "backend add|del NAME blue|green IP:PORT" },
 	{ "flip", do_flip, "flip NAME [blue|green]" },
 	{ "rollback", do_rollback, "rollback NAME" },
-	{ "status", do_status, "status [NAME] [--json]" },
+	{ "status", do_status, "status [NAME] [--json] [--interval MS]" },
+	{ "watch", do_watch, "watch [NAME] [--interval MS]" },
+	{ "exporter", do_exporter, "exporter --listen ADDR:PORT" },
 };
 
 static void usage(FILE *f)

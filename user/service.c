@@ -143,6 +143,9 @@ static int service_add(int argc, char **argv)
 			goto map_err;
 	}
 	switch_write(&st, svc, sw);
+	err = percpu_zero(&st, BGS_M_SERVICE_STATS, svc, sizeof(struct bgs_service_stats));
+	if (err)
+		goto out;
 	if (bpf_map_update_elem(st.fd[BGS_M_SERVICES], &svc, &rec, BPF_ANY))
 		goto map_err;
 	vip.svc = svc;

@@ -34,6 +34,7 @@ const char *const bgs_map_names[BGS_M_COUNT] = {
 	[BGS_M_STATS] = "bgs_stats",
 	[BGS_M_DROPS] = "bgs_drops",
 	[BGS_M_BACKEND_STATS] = "bgs_backend_stats",
+	[BGS_M_SERVICE_STATS] = "bgs_service_stats",
 };
 
 const char *bgs_pin_root = BGS_DEFAULT_PIN_ROOT;
@@ -447,7 +448,6 @@ int slot_release(struct bgs_state *st, __u32 slot)
 	struct bgs_backend be;
 	__u64 deleted;
 	__u32 refs;
-	void *zero;
 	int err;
 
 	if (bpf_map_lookup_elem(st->fd[BGS_M_BACKENDS], &slot, &be))
@@ -471,11 +471,9 @@ int slot_release(struct bgs_state *st, __u32 slot)
 		}
 	}
 
-	zero = calloc(st->ncpus, sizeof(struct bgs_backend_stats));
-	if (!zero)
-		return -ENOMEM;
-	bpf_map_update_elem(st->fd[BGS_M_BACKEND_STATS], &slot, zero, BPF_ANY);
-	free(zero);
+	err = percpu_zero(st, BGS_M_BACKEND_STATS, slot, sizeof(struct bgs_backend_stats));
+	if (err)
+		return err;
 
 	memset(&be, 0, sizeof(be));
 	if (bpf_map_update_elem(st->fd[BGS_M_BACKENDS], &slot, &be, BPF_ANY))
@@ -538,4 +536,18 @@ int percpu_sum(const struct bgs_state *st, enum bgs_map_id m, __u32 key, __u64 *
 			out[f] += vals[cpu * nfields + f];
 	free(vals);
 	return 0;
+}
+
+/* Reset a per-CPU value (value_size bytes, a multiple of 8) on every CPU. */
+int percpu_zero(const struct bgs_state *st, enum bgs_map_id m, __u32 key, size_t value_size)
+{
+	void *zero = calloc(st->ncpus, value_size);
+	int err = 0;
+
+	if (!zero)
+		return -ENOMEM;
+	if (bpf_map_update_elem(st->fd[m], &key, zero, BPF_ANY))
+		err = -errno;
+	free(zero);
+	return err;
 }

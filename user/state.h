@@ -25,6 +25,7 @@ enum bgs_map_id {
 	BGS_M_STATS,
 	BGS_M_DROPS,
 	BGS_M_BACKEND_STATS,
+	BGS_M_SERVICE_STATS,
 	BGS_M_COUNT,
 };
 
@@ -75,5 +76,6 @@ int slots_collect(struct bgs_state *st);
 
 int percpu_sum(const struct bgs_state *st, enum bgs_map_id m, __u32 key, __u64 *out,
 	       size_t nfields);
+int percpu_zero(const struct bgs_state *st, enum bgs_map_id m, __u32 key, size_t value_size);
 
 #endif /* BGS_STATE_H */

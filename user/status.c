@@ -1,199 +1,171 @@
 // SPDX-License-Identifier: GPL-2.0
-/* status.c: `status`: services, colors, backends, live flows and counters, as text or JSON. */
+/* status.c: `status`: services, colors, backends, live flows, rates and counters, text or JSON. */
 #include <errno.h>
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <arpa/inet.h>
 #include <linux/if_link.h>
 #include <bpf/bpf.h>
 
 #include "commands.h"
 #include "log.h"
+#include "snapshot.h"
 #include "state.h"
 #include "util.h"
 
-static const char *const stat_names[BGS_STAT_MAX] = {
-	[BGS_STAT_RX] = "rx",
-	[BGS_STAT_NOT_VIP] = "not_vip",
-	[BGS_STAT_NOT_IP] = "not_ip",
-	[BGS_STAT_PARSE_ERR] = "parse_error",
-	[BGS_STAT_FRAGMENT] = "fragment",
-	[BGS_STAT_VIP] = "vip",
-	[BGS_STAT_FLOW_HIT] = "flow_hit",
-	[BGS_STAT_FLOW_NEW] = "flow_new",
-	[BGS_STAT_FLOW_REOPEN] = "flow_reopen",
-	[BGS_STAT_SYN_MISS] = "syn_miss",
-	[BGS_STAT_NOSYN_MISS] = "nosyn_miss",
-	[BGS_STAT_TX] = "tx",
-	[BGS_STAT_REPLY_NAT] = "reply_nat",
-	[BGS_STAT_REPLY_NO_FLOW] = "reply_no_flow",
-};
-
-static const char *const drop_names[BGS_DROP_MAX] = {
-	[BGS_DROP_NOSYN_MISS] = "nosyn_miss",
-	[BGS_DROP_NO_BACKEND] = "no_backend",
-	[BGS_DROP_BAD_BACKEND] = "bad_backend",
-	[BGS_DROP_FLOW_INSERT] = "flow_insert",
-};
-
-#define BACKEND_STAT_FIELDS (sizeof(struct bgs_backend_stats) / sizeof(__u64))
+#define DEFAULT_INTERVAL_MS 250
 
 struct status_ctx {
 	struct bgs_state st;
-	struct bgs_flow_census census;
-	bool json;
-	int nsvc;
+	struct bgs_snapshot prev, cur;
+	bool json, rates;
+	double secs; /* between the two snapshots, when rates */
 };
-
-static const char *state_name(__u8 state)
-{
-	return state == BGS_BACKEND_ACTIVE   ? "active" :
-	       state == BGS_BACKEND_DRAINING ? "draining" :
-					       "free";
-}
 
 static void status_usage(void)
 {
-	printf("Usage: bgswitch status [NAME] [--json]\n"
+	printf("Usage: bgswitch status [NAME] [--json] [--interval MS]\n"
 	       "\n"
 	       "Show each service (or NAME): its VIP, active color and generation, the backends\n"
-	       "of both colors with their live flows and counters, how many flows still drain to\n"
-	       "the inactive color, and the node's counters.\n"
+	       "of both colors with their live flows, counters and rates, how many flows still\n"
+	       "drain to the inactive color, and the node's counters.\n"
 	       "\n"
-	       "  -j, --json   machine-readable output (schema in README.md)\n"
-	       "  -h, --help   this help\n");
+	       "  -j, --json          machine-readable output (schema in README.md)\n"
+	       "  -i, --interval MS   sample counters twice, MS apart, for rates (default %d;\n"
+	       "                      0: no rates, no wait)\n"
+	       "  -h, --help          this help\n",
+	       DEFAULT_INTERVAL_MS);
 }
 
-/* Backends of one color: those in its current set, then its draining ones. */
-static void print_color(struct status_ctx *c, __u32 svc, __u8 color, __u64 *color_live)
+static double rate(const struct status_ctx *c, __u64 now, __u64 before)
 {
-	struct bgs_backend_stats bs;
-	struct bgs_backend be;
-	struct bgs_set set;
+	return c->rates && c->secs > 0 && now >= before ? (now - before) / c->secs : 0;
+}
+
+static void print_backend(struct status_ctx *c, const struct bgs_service_view *sv, __u8 color,
+			  const struct bgs_backend_view *bv, bool first)
+{
+	const struct bgs_backend_view *pv = snapshot_backend(&c->prev, sv->svc, bv->slot);
+	struct bgs_backend_stats z = { 0 };
+	const struct bgs_backend_stats *p = pv ? &pv->st : &z, *s = &bv->st;
 	char ebuf[BGS_ADDRSTR_LEN];
-	bool first = true;
-	__u32 slot;
-	int pass;
 
-	*color_live = 0;
-	if (set_read(&c->st, svc, color, &set))
-		set.count = 0;
-	for (pass = 0; pass < 2; pass++) {
-		__u32 i, n = pass ? BGS_MAX_SLOTS : set.count;
-
-		for (i = 0; i < n; i++) {
-			slot = pass ? i : set.slot[i];
-			if (bpf_map_lookup_elem(c->st.fd[BGS_M_BACKENDS], &slot, &be) ||
-			    be.state == BGS_BACKEND_FREE || be.svc != svc || be.color != color)
-				continue;
-			if (pass == 1 && be.state != BGS_BACKEND_DRAINING)
-				continue;
-			if (percpu_sum(&c->st, BGS_M_BACKEND_STATS, slot, (__u64 *)&bs,
-				       BACKEND_STAT_FIELDS))
-				memset(&bs, 0, sizeof(bs));
-			*color_live += c->census.live[slot];
-			fmt_endpoint(be.addr, be.port, be.family, ebuf, sizeof(ebuf));
-			if (c->json) {
-				printf("%s{\"address\":\"%s\",\"port\":%u,\"slot\":%u,"
-				       "\"state\":\"%s\",\"live_flows\":%u,\"rx_packets\":%llu,"
-				       "\"rx_bytes\":%llu,\"tx_packets\":%llu,\"tx_bytes\":%llu,"
-				       "\"new_flows\":%llu,\"resets\":%llu}",
-				       first ? "" : ",",
-				       fmt_addr(be.addr, be.family, ebuf, sizeof(ebuf)),
-				       ntohs(be.port), slot, state_name(be.state),
-				       c->census.live[slot], (unsigned long long)bs.rx_packets,
-				       (unsigned long long)bs.rx_bytes,
-				       (unsigned long long)bs.tx_packets,
-				       (unsigned long long)bs.tx_bytes,
-				       (unsigned long long)bs.new_flows,
-				       (unsigned long long)bs.resets);
-			} else {
-				printf("  %-6s %-24s %-8s %8u %10llu %12llu %12llu %8llu\n",
-				       color_name(color), ebuf, state_name(be.state),
-				       c->census.live[slot], (unsigned long long)bs.new_flows,
-				       (unsigned long long)bs.rx_packets,
-				       (unsigned long long)bs.tx_packets,
-				       (unsigned long long)bs.resets);
-			}
-			first = false;
-		}
+	if (c->json) {
+		printf("%s{\"address\":\"%s\",\"port\":%u,\"slot\":%u,\"state\":\"%s\","
+		       "\"live_flows\":%u,\"rx_packets\":%llu,\"rx_bytes\":%llu,"
+		       "\"tx_packets\":%llu,\"tx_bytes\":%llu,\"new_flows\":%llu,\"resets\":%llu",
+		       first ? "" : ",", fmt_addr(bv->be.addr, bv->be.family, ebuf, sizeof(ebuf)),
+		       ntohs(bv->be.port), bv->slot, backend_state_name(bv->be.state), bv->live,
+		       (unsigned long long)s->rx_packets, (unsigned long long)s->rx_bytes,
+		       (unsigned long long)s->tx_packets, (unsigned long long)s->tx_bytes,
+		       (unsigned long long)s->new_flows, (unsigned long long)s->resets);
+		if (c->rates)
+			printf(",\"rx_pps\":%.1f,\"tx_pps\":%.1f,\"new_flows_per_s\":%.1f}",
+			       rate(c, s->rx_packets, p->rx_packets),
+			       rate(c, s->tx_packets, p->tx_packets),
+			       rate(c, s->new_flows, p->new_flows));
+		else
+			printf(",\"rx_pps\":null,\"tx_pps\":null,\"new_flows_per_s\":null}");
+		return;
 	}
-	if (!c->json && first)
-		printf("  %-6s (no backends)\n", color_name(color));
+	fmt_endpoint(bv->be.addr, bv->be.port, bv->be.family, ebuf, sizeof(ebuf));
+	printf("  %-6s %-24s %-8s %7u %10llu %10llu %10llu %7llu", color_name(color), ebuf,
+	       backend_state_name(bv->be.state), bv->live, (unsigned long long)s->new_flows,
+	       (unsigned long long)s->rx_packets, (unsigned long long)s->tx_packets,
+	       (unsigned long long)s->resets);
+	if (c->rates)
+		printf(" %8.1f %9.1f", rate(c, s->new_flows, p->new_flows),
+		       rate(c, s->rx_packets, p->rx_packets));
+	printf("\n");
 }
 
-static void print_service(struct status_ctx *c, __u32 svc, const struct bgs_service *rec)
+static void print_service(struct status_ctx *c, const struct bgs_service_view *sv, bool first)
 {
-	struct bgs_switch sw = switch_read(&c->st, svc);
+	const struct bgs_switch *sw = &sv->sw;
 	char ebuf[BGS_ADDRSTR_LEN];
-	__u64 live[BGS_NCOLORS];
-	__u8 color;
+	size_t i;
+	__u8 col;
 
 	if (c->json) {
 		printf("%s{\"name\":\"%s\",\"id\":%u,\"vip\":\"%s\",\"port\":%u,\"proto\":\"%s\","
 		       "\"active\":\"%s\",",
-		       c->nsvc ? "," : "", rec->name, svc,
-		       fmt_addr(rec->vip.addr, rec->vip.family, ebuf, sizeof(ebuf)),
-		       ntohs(rec->vip.port), proto_name(rec->vip.proto), color_name(sw.active));
-		if (sw.previous < BGS_NCOLORS)
-			printf("\"previous\":\"%s\",", color_name(sw.previous));
+		       first ? "" : ",", sv->rec.name, sv->svc,
+		       fmt_addr(sv->rec.vip.addr, sv->rec.vip.family, ebuf, sizeof(ebuf)),
+		       ntohs(sv->rec.vip.port), proto_name(sv->rec.vip.proto),
+		       color_name(sw->active));
+		if (sw->previous < BGS_NCOLORS)
+			printf("\"previous\":\"%s\",", color_name(sw->previous));
 		else
 			printf("\"previous\":null,");
-		printf("\"generation\":%u,\"colors\":{", sw.generation);
-		for (color = 0; color < BGS_NCOLORS; color++) {
-			printf("%s\"%s\":{\"backends\":[", color ? "," : "", color_name(color));
-			print_color(c, svc, color, &live[color]);
-			printf("],\"live_flows\":%llu}", (unsigned long long)live[color]);
+		printf("\"generation\":%u,\"syn_miss\":%llu,\"nosyn_miss\":%llu,\"reopen\":%llu,"
+		       "\"drops\":{",
+		       sw->generation, (unsigned long long)sv->st.syn_miss,
+		       (unsigned long long)sv->st.nosyn_miss, (unsigned long long)sv->st.reopen);
+		for (i = 0; i < BGS_DROP_MAX; i++)
+			printf("%s\"%s\":%llu", i ? "," : "", bgs_drop_names[i],
+			       (unsigned long long)sv->st.drops[i]);
+		printf("},\"colors\":{");
+		for (col = 0; col < BGS_NCOLORS; col++) {
+			const struct bgs_color_view *cv = &sv->color[col];
+
+			printf("%s\"%s\":{\"backends\":[", col ? "," : "", color_name(col));
+			for (i = 0; i < cv->nbackends; i++)
+				print_backend(c, sv, col, &cv->backends[i], !i);
+			printf("],\"live_flows\":%llu}", (unsigned long long)cv->live);
 		}
 		printf("}}");
-	} else {
-		printf("%s%s  %s/%s  active %s  generation %u", c->nsvc ? "\n" : "", rec->name,
-		       fmt_endpoint(rec->vip.addr, rec->vip.port, rec->vip.family, ebuf,
-				    sizeof(ebuf)),
-		       proto_name(rec->vip.proto), color_name(sw.active), sw.generation);
-		if (sw.previous < BGS_NCOLORS)
-			printf("  (was %s)", color_name(sw.previous));
-		printf("\n  %-6s %-24s %-8s %8s %10s %12s %12s %8s\n", "COLOR", "BACKEND", "STATE",
-		       "LIVE", "NEW_FLOWS", "RX_PACKETS", "TX_PACKETS", "RESETS");
-		for (color = 0; color < BGS_NCOLORS; color++)
-			print_color(c, svc, color, &live[color]);
-		printf("  live flows: %s %llu, %s %llu", color_name(sw.active),
-		       (unsigned long long)live[sw.active], color_name(!sw.active),
-		       (unsigned long long)live[!sw.active]);
-		if (live[!sw.active])
-			printf(" (draining)");
-		printf("\n");
+		return;
 	}
-	c->nsvc++;
+
+	printf("%s%s  %s/%s  active %s  generation %u", first ? "" : "\n", sv->rec.name,
+	       fmt_endpoint(sv->rec.vip.addr, sv->rec.vip.port, sv->rec.vip.family, ebuf,
+			    sizeof(ebuf)),
+	       proto_name(sv->rec.vip.proto), color_name(sw->active), sw->generation);
+	if (sw->previous < BGS_NCOLORS)
+		printf("  (was %s)", color_name(sw->previous));
+	printf("\n  %-6s %-24s %-8s %7s %10s %10s %10s %7s", "COLOR", "BACKEND", "STATE", "LIVE",
+	       "NEW_FLOWS", "RX_PKTS", "TX_PKTS", "RESETS");
+	if (c->rates)
+		printf(" %8s %9s", "FLOWS/S", "RX_PPS");
+	printf("\n");
+	for (col = 0; col < BGS_NCOLORS; col++) {
+		const struct bgs_color_view *cv = &sv->color[col];
+
+		for (i = 0; i < cv->nbackends; i++)
+			print_backend(c, sv, col, &cv->backends[i], !i);
+		if (!cv->nbackends)
+			printf("  %-6s (no backends)\n", color_name(col));
+	}
+	printf("  live flows: %s %llu, %s %llu", color_name(sw->active),
+	       (unsigned long long)sv->color[sw->active & 1].live, color_name(!sw->active),
+	       (unsigned long long)sv->color[!sw->active].live);
+	if (sv->color[!sw->active].live)
+		printf(" (draining)");
+	printf("; misses: syn %llu, non-syn %llu (dropped)\n", (unsigned long long)sv->st.syn_miss,
+	       (unsigned long long)sv->st.nosyn_miss);
 }
 
 static void print_counters(struct status_ctx *c)
 {
-	__u64 v;
-	int i, n;
+	int i;
 
 	printf(c->json ? ",\"counters\":{" : "\ncounters:");
-	for (i = 0, n = 0; i < BGS_STAT_MAX; i++) {
-		if (percpu_sum(&c->st, BGS_M_STATS, i, &v, 1))
-			v = 0;
-		if (c->json)
-			printf("%s\"%s\":%llu", n++ ? "," : "", stat_names[i],
-			       (unsigned long long)v);
-		else
-			printf(" %s=%llu", stat_names[i], (unsigned long long)v);
-	}
+	for (i = 0; i < BGS_STAT_MAX; i++)
+		printf(c->json ? "%s\"%s\":%llu" : "%s%s=%llu",
+		       c->json && !i ? "" :
+		       c->json	     ? "," :
+				       " ",
+		       bgs_stat_names[i], (unsigned long long)c->cur.stats[i]);
 	printf(c->json ? "},\"drops\":{" : "\ndrops:");
-	for (i = 0, n = 0; i < BGS_DROP_MAX; i++) {
-		if (percpu_sum(&c->st, BGS_M_DROPS, i, &v, 1))
-			v = 0;
-		if (c->json)
-			printf("%s\"%s\":%llu", n++ ? "," : "", drop_names[i],
-			       (unsigned long long)v);
-		else
-			printf(" %s=%llu", drop_names[i], (unsigned long long)v);
-	}
+	for (i = 0; i < BGS_DROP_MAX; i++)
+		printf(c->json ? "%s\"%s\":%llu" : "%s%s=%llu",
+		       c->json && !i ? "" :
+		       c->json	     ? "," :
+				       " ",
+		       bgs_drop_names[i], (unsigned long long)c->cur.drops[i]);
 	printf(c->json ? "}" : "\n");
 }
 
@@ -225,35 +197,44 @@ static void print_header(struct status_ctx *c)
 	}
 	if (c->json)
 		printf("],\"flow_table\":{\"capacity\":%u,\"entries\":%llu,\"live\":%llu},"
-		       "\"timeouts\":{\"tcp_idle_s\":%llu,\"udp_idle_s\":%llu},\"services\":[",
-		       c->st.cfg.flow_entries, (unsigned long long)c->census.entries,
-		       (unsigned long long)c->census.live_total,
+		       "\"timeouts\":{\"tcp_idle_s\":%llu,\"udp_idle_s\":%llu},"
+		       "\"interval_ms\":%.0f,\"services\":[",
+		       c->st.cfg.flow_entries, (unsigned long long)c->cur.flow_entries,
+		       (unsigned long long)c->cur.live_total,
 		       (unsigned long long)(c->st.cfg.tcp_idle_ns / 1000000000ULL),
-		       (unsigned long long)(c->st.cfg.udp_idle_ns / 1000000000ULL));
+		       (unsigned long long)(c->st.cfg.udp_idle_ns / 1000000000ULL),
+		       c->rates ? c->secs * 1000 : 0);
 	else
 		printf("%s\nflow table: %llu entries of %u, %llu live\n\n", n ? "" : " nothing",
-		       (unsigned long long)c->census.entries, c->st.cfg.flow_entries,
-		       (unsigned long long)c->census.live_total);
+		       (unsigned long long)c->cur.flow_entries, c->st.cfg.flow_entries,
+		       (unsigned long long)c->cur.live_total);
 }
 
 int do_status(int argc, char **argv)
 {
 	static const struct option opts[] = {
 		{ "json", no_argument, NULL, 'j' },
+		{ "interval", required_argument, NULL, 'i' },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 },
 	};
+	__u32 interval = DEFAULT_INTERVAL_MS;
 	struct status_ctx *c;
-	struct bgs_service rec;
 	const char *name = NULL;
 	bool json = false;
-	__u32 svc;
 	int opt, err;
+	size_t i;
 
-	while ((opt = getopt_long(argc, argv, "jh", opts, NULL)) != -1) {
+	while ((opt = getopt_long(argc, argv, "ji:h", opts, NULL)) != -1) {
 		switch (opt) {
 		case 'j':
 			json = true;
+			break;
+		case 'i':
+			if (parse_u32(optarg, 0, 60000, &interval)) {
+				pr_warn("--interval must be a number of milliseconds, 0 to 60000\n");
+				return -EINVAL;
+			}
 			break;
 		case 'h':
 			status_usage();
@@ -276,31 +257,34 @@ int do_status(int argc, char **argv)
 	err = state_open(&c->st, false);
 	if (err)
 		goto out_free;
-	if (name) {
-		err = service_find(&c->st, name, &svc, &rec);
+	if (interval) {
+		struct timespec ts = { interval / 1000, (interval % 1000) * 1000000L };
+
+		err = snapshot_take(&c->st, name, &c->prev);
 		if (err)
 			goto out;
+		nanosleep(&ts, NULL);
 	}
-	err = flows_census(&c->st, &c->census);
+	err = snapshot_take(&c->st, name, &c->cur);
 	if (err)
 		goto out;
+	c->rates = interval != 0;
+	if (c->rates)
+		c->secs = (c->cur.taken_ns - c->prev.taken_ns) / 1e9;
 
 	print_header(c);
-	if (name) {
-		print_service(c, svc, &rec);
-	} else {
-		for (svc = 0; svc < BGS_MAX_SERVICES; svc++)
-			if (service_get(&c->st, svc, &rec))
-				print_service(c, svc, &rec);
-		if (!c->nsvc && !json)
-			printf("no services\n");
-	}
+	for (i = 0; i < c->cur.nsvcs; i++)
+		print_service(c, &c->cur.svcs[i], !i);
+	if (!c->cur.nsvcs && !json)
+		printf("no services\n");
 	if (json)
 		printf("]");
 	print_counters(c);
 	if (json)
 		printf("}\n");
 out:
+	snapshot_free(&c->prev);
+	snapshot_free(&c->cur);
 	state_close(&c->st);
 out_free:
 	free(c);

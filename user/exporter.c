@@ -1,0 +1,341 @@
+// SPDX-License-Identifier: GPL-2.0
+/* exporter.c: `exporter`: the Prometheus /metrics endpoint, served by libmicrohttpd. */
+#include <errno.h>
+#include <getopt.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <microhttpd.h>
+
+#include "commands.h"
+#include "log.h"
+#include "snapshot.h"
+#include "state.h"
+#include "util.h"
+
+#ifndef BGS_VERSION
+#define BGS_VERSION "0.1.0"
+#endif
+
+#define CONTENT_TYPE "text/plain; version=0.0.4; charset=utf-8"
+
+/* One scrape at a time reads the maps; concurrent scrapes wait their turn, never the data plane. */
+static pthread_mutex_t scrape_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static void metric_head(FILE *f, const char *name, const char *type, const char *help)
+{
+	fprintf(f, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+static void backend_label(const struct bgs_backend_view *bv, char *buf, size_t len)
+{
+	fmt_endpoint(bv->be.addr, bv->be.port, bv->be.family, buf, len);
+}
+
+/* Per-backend series: one line per backend of every color of every service. */
+static void backend_series(FILE *f, const struct bgs_snapshot *s, const char *name,
+			   const char *extra, size_t off)
+{
+	char b[BGS_ADDRSTR_LEN];
+	size_t i, j;
+	int c;
+
+	for (i = 0; i < s->nsvcs; i++)
+		for (c = 0; c < BGS_NCOLORS; c++)
+			for (j = 0; j < s->svcs[i].color[c].nbackends; j++) {
+				const struct bgs_backend_view *bv =
+					&s->svcs[i].color[c].backends[j];
+
+				backend_label(bv, b, sizeof(b));
+				fprintf(f,
+					"%s{service=\"%s\",color=\"%s\",backend=\"%s\"%s} %llu\n",
+					name, s->svcs[i].rec.name, color_name(c), b, extra,
+					(unsigned long long)*(const __u64 *)((const char *)&bv->st +
+									     off));
+			}
+}
+
+static void render(FILE *f, const struct bgs_state *st, const struct bgs_snapshot *s)
+{
+	static const struct {
+		enum bgs_stat id;
+		const char *reason;
+	} passed[] = {
+		{ BGS_STAT_NOT_VIP, "not_vip" },
+		{ BGS_STAT_NOT_IP, "not_ip" },
+		{ BGS_STAT_PARSE_ERR, "parse_error" },
+		{ BGS_STAT_FRAGMENT, "fragment" },
+	};
+	char b[BGS_ADDRSTR_LEN];
+	size_t i, j;
+	int c;
+
+	metric_head(f, "bgswitch_info", "gauge", "Version of bgswitch and of its map layout.");
+	fprintf(f, "bgswitch_info{version=\"%s\",layout=\"%u\"} 1\n", BGS_VERSION,
+		st->cfg.layout_version);
+	metric_head(f, "bgswitch_flow_table_capacity", "gauge", "Entries the flow table holds.");
+	fprintf(f, "bgswitch_flow_table_capacity %u\n", st->cfg.flow_entries);
+	metric_head(f, "bgswitch_flow_table_entries", "gauge",
+		    "Entries in the flow table, live or not.");
+	fprintf(f, "bgswitch_flow_table_entries %llu\n", (unsigned long long)s->flow_entries);
+
+	metric_head(f, "bgswitch_active_color", "gauge",
+		    "1 for the color new flows of a service go to, 0 for the other.");
+	for (i = 0; i < s->nsvcs; i++)
+		for (c = 0; c < BGS_NCOLORS; c++)
+			fprintf(f, "bgswitch_active_color{service=\"%s\",color=\"%s\"} %d\n",
+				s->svcs[i].rec.name, color_name(c), s->svcs[i].sw.active == c);
+	metric_head(f, "bgswitch_generation", "gauge", "Changes made to a service so far.");
+	for (i = 0; i < s->nsvcs; i++)
+		fprintf(f, "bgswitch_generation{service=\"%s\"} %u\n", s->svcs[i].rec.name,
+			s->svcs[i].sw.generation);
+	metric_head(f, "bgswitch_flows", "gauge",
+		    "Live flows per service and color (those of the inactive color are draining).");
+	for (i = 0; i < s->nsvcs; i++)
+		for (c = 0; c < BGS_NCOLORS; c++)
+			fprintf(f, "bgswitch_flows{service=\"%s\",color=\"%s\"} %llu\n",
+				s->svcs[i].rec.name, color_name(c),
+				(unsigned long long)s->svcs[i].color[c].live);
+	metric_head(f, "bgswitch_backend_flows", "gauge", "Live flows per backend.");
+	for (i = 0; i < s->nsvcs; i++)
+		for (c = 0; c < BGS_NCOLORS; c++)
+			for (j = 0; j < s->svcs[i].color[c].nbackends; j++) {
+				const struct bgs_backend_view *bv =
+					&s->svcs[i].color[c].backends[j];
+
+				backend_label(bv, b, sizeof(b));
+				fprintf(f,
+					"bgswitch_backend_flows{service=\"%s\",color=\"%s\","
+					"backend=\"%s\",state=\"%s\"} %u\n",
+					s->svcs[i].rec.name, color_name(c), b,
+					backend_state_name(bv->be.state), bv->live);
+			}
+
+	metric_head(f, "bgswitch_packets_total", "counter",
+		    "Packets per backend; direction in is client to backend, out is the reply.");
+	backend_series(f, s, "bgswitch_packets_total", ",direction=\"in\"",
+		       offsetof(struct bgs_backend_stats, rx_packets));
+	backend_series(f, s, "bgswitch_packets_total", ",direction=\"out\"",
+		       offsetof(struct bgs_backend_stats, tx_packets));
+	metric_head(f, "bgswitch_bytes_total", "counter", "IP bytes per backend and direction.");
+	backend_series(f, s, "bgswitch_bytes_total", ",direction=\"in\"",
+		       offsetof(struct bgs_backend_stats, rx_bytes));
+	backend_series(f, s, "bgswitch_bytes_total", ",direction=\"out\"",
+		       offsetof(struct bgs_backend_stats, tx_bytes));
+	metric_head(f, "bgswitch_new_flows_total", "counter", "Flows started on a backend.");
+	backend_series(f, s, "bgswitch_new_flows_total", "",
+		       offsetof(struct bgs_backend_stats, new_flows));
+	metric_head(f, "bgswitch_backend_resets_total", "counter", "TCP resets sent by a backend.");
+	backend_series(f, s, "bgswitch_backend_resets_total", "",
+		       offsetof(struct bgs_backend_stats, resets));
+
+	metric_head(f, "bgswitch_flow_misses_total", "counter",
+		    "Flow-table misses: kind syn starts a flow, kind nosyn is dropped.");
+	for (i = 0; i < s->nsvcs; i++)
+		fprintf(f,
+			"bgswitch_flow_misses_total{service=\"%s\",kind=\"syn\"} %llu\n"
+			"bgswitch_flow_misses_total{service=\"%s\",kind=\"nosyn\"} %llu\n",
+			s->svcs[i].rec.name, (unsigned long long)s->svcs[i].st.syn_miss,
+			s->svcs[i].rec.name, (unsigned long long)s->svcs[i].st.nosyn_miss);
+	metric_head(f, "bgswitch_flow_reopens_total", "counter",
+		    "SYNs on a closed or idle entry, started again on the active color.");
+	for (i = 0; i < s->nsvcs; i++)
+		fprintf(f, "bgswitch_flow_reopens_total{service=\"%s\"} %llu\n",
+			s->svcs[i].rec.name, (unsigned long long)s->svcs[i].st.reopen);
+	metric_head(f, "bgswitch_drops_total", "counter",
+		    "Packets of a service dropped, by reason.");
+	for (i = 0; i < s->nsvcs; i++)
+		for (j = 0; j < BGS_DROP_MAX; j++)
+			fprintf(f, "bgswitch_drops_total{service=\"%s\",reason=\"%s\"} %llu\n",
+				s->svcs[i].rec.name, bgs_drop_names[j],
+				(unsigned long long)s->svcs[i].st.drops[j]);
+
+	metric_head(f, "bgswitch_ingress_packets_total", "counter",
+		    "Packets seen by the XDP ingress program.");
+	fprintf(f, "bgswitch_ingress_packets_total %llu\n",
+		(unsigned long long)s->stats[BGS_STAT_RX]);
+	metric_head(f, "bgswitch_egress_packets_total", "counter",
+		    "Packets seen by the TC egress program.");
+	fprintf(f, "bgswitch_egress_packets_total %llu\n",
+		(unsigned long long)s->stats[BGS_STAT_TX]);
+	metric_head(f, "bgswitch_passed_packets_total", "counter",
+		    "Ingress packets passed untouched, by reason.");
+	for (i = 0; i < sizeof(passed) / sizeof(passed[0]); i++)
+		fprintf(f, "bgswitch_passed_packets_total{reason=\"%s\"} %llu\n", passed[i].reason,
+			(unsigned long long)s->stats[passed[i].id]);
+	metric_head(f, "bgswitch_reply_nat_total", "counter",
+		    "Replies whose source was rewritten from backend to VIP.");
+	fprintf(f, "bgswitch_reply_nat_total %llu\n",
+		(unsigned long long)s->stats[BGS_STAT_REPLY_NAT]);
+	metric_head(f, "bgswitch_reply_no_flow_total", "counter",
+		    "Packets from a backend address with no reverse entry, left untouched.");
+	fprintf(f, "bgswitch_reply_no_flow_total %llu\n",
+		(unsigned long long)s->stats[BGS_STAT_REPLY_NO_FLOW]);
+}
+
+static enum MHD_Result reply(struct MHD_Connection *conn, unsigned int code, const char *type,
+			     char *body, size_t len)
+{
+	struct MHD_Response *resp;
+	enum MHD_Result ret;
+
+	resp = MHD_create_response_from_buffer(len, body, MHD_RESPMEM_MUST_FREE);
+	if (!resp) {
+		free(body);
+		return MHD_NO;
+	}
+	MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, type);
+	ret = MHD_queue_response(conn, code, resp);
+	MHD_destroy_response(resp);
+	return ret;
+}
+
+static enum MHD_Result reply_text(struct MHD_Connection *conn, unsigned int code, const char *text)
+{
+	char *body = strdup(text);
+
+	return body ? reply(conn, code, "text/plain; charset=utf-8", body, strlen(body)) : MHD_NO;
+}
+
+static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char *url,
+			      const char *method, const char *version, const char *upload,
+			      size_t *upload_len, void **req_cls)
+{
+	struct bgs_snapshot snap;
+	struct bgs_state st;
+	char *body = NULL;
+	size_t len = 0;
+	FILE *f;
+	int err;
+
+	(void)cls;
+	(void)version;
+	(void)upload;
+	(void)upload_len;
+	(void)req_cls;
+	if (strcmp(method, "GET") && strcmp(method, "HEAD"))
+		return reply_text(conn, MHD_HTTP_METHOD_NOT_ALLOWED, "GET /metrics\n");
+	if (!strcmp(url, "/"))
+		return reply_text(conn, MHD_HTTP_OK, "bgswitch exporter: metrics at /metrics\n");
+	if (strcmp(url, "/metrics"))
+		return reply_text(conn, MHD_HTTP_NOT_FOUND, "not found; metrics at /metrics\n");
+
+	pthread_mutex_lock(&scrape_lock);
+	/* Open the pins afresh: a scrape always sees the state as it is now. */
+	err = state_open(&st, false);
+	if (!err) {
+		err = snapshot_take(&st, NULL, &snap);
+		if (!err) {
+			f = open_memstream(&body, &len);
+			if (f) {
+				render(f, &st, &snap);
+				fclose(f);
+			} else {
+				err = -ENOMEM;
+			}
+			snapshot_free(&snap);
+		}
+		state_close(&st);
+	}
+	pthread_mutex_unlock(&scrape_lock);
+	if (err || !body) {
+		free(body);
+		return reply_text(conn, MHD_HTTP_SERVICE_UNAVAILABLE,
+				  "bgswitch state unavailable (see the exporter's log)\n");
+	}
+	return reply(conn, MHD_HTTP_OK, CONTENT_TYPE, body, len);
+}
+
+static void exporter_usage(void)
+{
+	printf("Usage: bgswitch exporter --listen ADDR:PORT\n"
+	       "\n"
+	       "Serve the counters as Prometheus metrics at http://ADDR:PORT/metrics until\n"
+	       "SIGINT or SIGTERM. It binds only ADDR (an IPv4 address, or [IPv6]); scrapes are\n"
+	       "served concurrently and read the pinned maps, never blocking the data plane.\n"
+	       "\n"
+	       "  -l, --listen ADDR:PORT   where to listen, e.g. 127.0.0.1:9465\n"
+	       "  -h, --help               this help\n");
+}
+
+int do_exporter(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "listen", required_argument, NULL, 'l' },
+		{ "help", no_argument, NULL, 'h' },
+		{ 0 },
+	};
+	struct sockaddr_storage ss = { 0 };
+	struct bgs_endpoint ep;
+	struct MHD_Daemon *d;
+	const char *listen = NULL;
+	unsigned int flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION;
+	struct bgs_state st;
+	sigset_t set;
+	int c, sig, err;
+
+	while ((c = getopt_long(argc, argv, "l:h", opts, NULL)) != -1) {
+		switch (c) {
+		case 'l':
+			listen = optarg;
+			break;
+		case 'h':
+			exporter_usage();
+			return 0;
+		default:
+			return -EINVAL;
+		}
+	}
+	if (!listen || optind != argc) {
+		pr_warn("exporter needs --listen ADDR:PORT and nothing else\n");
+		return -EINVAL;
+	}
+	if (parse_endpoint(listen, &ep))
+		return -EINVAL;
+	if (ep.family == BGS_AF_INET6) {
+		struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)&ss;
+
+		a6->sin6_family = AF_INET6;
+		a6->sin6_port = ep.port;
+		memcpy(&a6->sin6_addr, ep.addr, sizeof(a6->sin6_addr));
+		flags |= MHD_USE_IPv6;
+	} else {
+		struct sockaddr_in *a4 = (struct sockaddr_in *)&ss;
+
+		a4->sin_family = AF_INET;
+		a4->sin_port = ep.port;
+		a4->sin_addr.s_addr = ep.addr[0];
+	}
+	/* Fail now, not at the first scrape, when there is no state to export. */
+	err = state_open(&st, false);
+	if (err)
+		return err;
+	state_close(&st);
+
+	/* Signals are taken by sigwait below; the server's threads inherit the mask. */
+	sigemptyset(&set);
+	sigaddset(&set, SIGINT);
+	sigaddset(&set, SIGTERM);
+	pthread_sigmask(SIG_BLOCK, &set, NULL);
+	signal(SIGPIPE, SIG_IGN);
+
+	d = MHD_start_daemon(flags, ntohs(ep.port), NULL, NULL, handle, NULL, MHD_OPTION_SOCK_ADDR,
+			     (struct sockaddr *)&ss, MHD_OPTION_CONNECTION_TIMEOUT,
+			     (unsigned int)10, MHD_OPTION_CONNECTION_LIMIT, (unsigned int)64,
+			     MHD_OPTION_END);
+	if (!d) {
+		pr_warn("cannot listen on %s: %s\n", listen, strerror(errno ? errno : EADDRINUSE));
+		return -EADDRINUSE;
+	}
+	pr_info("exporter: serving http://%s/metrics\n", listen);
+	fflush(stdout);
+	sigwait(&set, &sig);
+	MHD_stop_daemon(d);
+	pr_info("exporter: stopped\n");
+	return 0;
+}

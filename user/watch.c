@@ -1,0 +1,277 @@
+// SPDX-License-Identifier: GPL-2.0
+/* watch.c: `watch`: a live terminal view of new flows and live flows per color, with history. */
+#include <errno.h>
+#include <getopt.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <termios.h>
+#include <time.h>
+#include <unistd.h>
+#include <arpa/inet.h>
+#include <sys/ioctl.h>
+
+#include "commands.h"
+#include "log.h"
+#include "snapshot.h"
+#include "state.h"
+#include "util.h"
+
+#define HIST 240 /* samples kept per color; the screen shows as many as fit */
+
+/* History of one service, keyed by service id and name so a re-created service starts afresh. */
+struct watch_hist {
+	__u32 svc;
+	char name[BGS_NAME_LEN];
+	double rate[BGS_NCOLORS][HIST]; /* new flows per second */
+	double live[BGS_NCOLORS][HIST];
+	int n;
+};
+
+static volatile sig_atomic_t stop_sig, resized;
+
+static void on_signal(int sig)
+{
+	if (sig == SIGWINCH)
+		resized = 1;
+	else
+		stop_sig = sig;
+}
+
+static const char *const spark[] = { " ", "▁", "▂", "▃", "▄", "▅", "▆", "▇", "█" };
+
+static void sparkline(const double *v, int n, int width, double max)
+{
+	int i, start = n > width ? n - width : 0, lvl;
+
+	for (i = 0; i < width - (n - start); i++)
+		fputs(" ", stdout);
+	for (i = start; i < n; i++) {
+		lvl = max > 0 ? (int)(v[i] / max * 8 + 0.999) : 0;
+		if (v[i] > 0 && lvl < 1)
+			lvl = 1;
+		fputs(spark[lvl > 8 ? 8 : lvl], stdout);
+	}
+}
+
+static struct watch_hist *hist_for(struct watch_hist **h, size_t *nh, __u32 svc, const char *name)
+{
+	struct watch_hist *nhp;
+	size_t i;
+
+	for (i = 0; i < *nh; i++)
+		if ((*h)[i].svc == svc && !strncmp((*h)[i].name, name, BGS_NAME_LEN))
+			return &(*h)[i];
+	nhp = realloc(*h, (*nh + 1) * sizeof(**h));
+	if (!nhp)
+		return NULL;
+	*h = nhp;
+	memset(&nhp[*nh], 0, sizeof(nhp[*nh]));
+	nhp[*nh].svc = svc;
+	snprintf(nhp[*nh].name, sizeof(nhp[*nh].name), "%s", name);
+	return &nhp[(*nh)++];
+}
+
+static void hist_push(double *v, int n, double x)
+{
+	if (n == HIST)
+		memmove(v, v + 1, (HIST - 1) * sizeof(*v));
+	v[n == HIST ? HIST - 1 : n] = x;
+}
+
+static __u64 new_flows_of(const struct bgs_snapshot *s, __u32 svc, int c)
+{
+	size_t i;
+
+	for (i = 0; i < s->nsvcs; i++)
+		if (s->svcs[i].svc == svc)
+			return s->svcs[i].color[c].tot.new_flows;
+	return 0;
+}
+
+static void draw(const struct bgs_snapshot *prev, const struct bgs_snapshot *cur,
+		 struct watch_hist **h, size_t *nh, double secs, bool first)
+{
+	static const char *const ansi[BGS_NCOLORS] = { "\033[1;34m", "\033[1;32m" };
+	struct winsize ws = { 0 };
+	char ebuf[BGS_ADDRSTR_LEN], tbuf[16];
+	int width, spark_w, c;
+	time_t t = time(NULL);
+	size_t i;
+
+	if (ioctl(STDOUT_FILENO, TIOCGWINSZ, &ws) || ws.ws_col < 40)
+		ws.ws_col = 80;
+	width = ws.ws_col;
+	spark_w = (width - 46) / 2;
+	if (spark_w < 4)
+		spark_w = 4;
+	strftime(tbuf, sizeof(tbuf), "%H:%M:%S", localtime(&t));
+
+	fputs("\033[H\033[2J", stdout);
+	printf("bgswitch watch  %s  %s   flows %llu live / %llu entries   (q quits)\n\n",
+	       bgs_pin_root, tbuf, (unsigned long long)cur->live_total,
+	       (unsigned long long)cur->flow_entries);
+	if (!cur->nsvcs)
+		printf("no services\n");
+	for (i = 0; i < cur->nsvcs; i++) {
+		const struct bgs_service_view *sv = &cur->svcs[i];
+		struct watch_hist *wh = hist_for(h, nh, sv->svc, sv->rec.name);
+		double rmax = 0, lmax = 0;
+		int k;
+
+		if (!wh)
+			continue;
+		for (c = 0; c < BGS_NCOLORS; c++) {
+			__u64 now = sv->color[c].tot.new_flows,
+			      before = new_flows_of(prev, sv->svc, c);
+			double r = !first && secs > 0 && now >= before ? (now - before) / secs : 0;
+
+			hist_push(wh->rate[c], wh->n, r);
+			hist_push(wh->live[c], wh->n, sv->color[c].live);
+		}
+		if (wh->n < HIST)
+			wh->n++;
+		for (c = 0; c < BGS_NCOLORS; c++)
+			for (k = 0; k < wh->n; k++) {
+				rmax = wh->rate[c][k] > rmax ? wh->rate[c][k] : rmax;
+				lmax = wh->live[c][k] > lmax ? wh->live[c][k] : lmax;
+			}
+
+		printf("%s  %s/%s  active %s%s\033[0m  generation %u\n", sv->rec.name,
+		       fmt_endpoint(sv->rec.vip.addr, sv->rec.vip.port, sv->rec.vip.family, ebuf,
+				    sizeof(ebuf)),
+		       proto_name(sv->rec.vip.proto), ansi[sv->sw.active & 1],
+		       color_name(sv->sw.active), sv->sw.generation);
+		printf("  %-6s %9s %-*s %8s %-*s\n", "COLOR", "NEW/S", spark_w, "", "LIVE", spark_w,
+		       "");
+		for (c = 0; c < BGS_NCOLORS; c++) {
+			printf("  %s%-6s\033[0m %9.1f ", ansi[c], color_name(c),
+			       wh->rate[c][wh->n - 1]);
+			sparkline(wh->rate[c], wh->n, spark_w, rmax);
+			printf(" %8llu ", (unsigned long long)sv->color[c].live);
+			sparkline(wh->live[c], wh->n, spark_w, lmax);
+			if (c != sv->sw.active && sv->color[c].live)
+				printf(" draining");
+			printf("\n");
+		}
+		printf("\n");
+	}
+	fflush(stdout);
+}
+
+static void watch_usage(void)
+{
+	printf("Usage: bgswitch watch [NAME] [--interval MS]\n"
+	       "\n"
+	       "A live view, refreshed every second: new flows per second and live flows per\n"
+	       "color, with their history, for every service (or NAME). After a flip the new\n"
+	       "color rises and the old color's live flows drain away. q or Ctrl-C quits and\n"
+	       "restores the terminal.\n"
+	       "\n"
+	       "  -i, --interval MS   refresh period (default 1000, at least 100)\n"
+	       "  -h, --help          this help\n");
+}
+
+int do_watch(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "interval", required_argument, NULL, 'i' },
+		{ "help", no_argument, NULL, 'h' },
+		{ 0 },
+	};
+	struct bgs_snapshot prev = { 0 }, cur = { 0 };
+	struct termios saved, raw;
+	struct sigaction sa = { 0 };
+	struct watch_hist *hist = NULL;
+	const char *name = NULL;
+	bool tty_in, first = true;
+	__u32 interval = 1000;
+	struct bgs_state st;
+	size_t nhist = 0;
+	int c, err;
+
+	while ((c = getopt_long(argc, argv, "i:h", opts, NULL)) != -1) {
+		switch (c) {
+		case 'i':
+			if (parse_u32(optarg, 100, 60000, &interval)) {
+				pr_warn("--interval must be 100 to 60000 milliseconds\n");
+				return -EINVAL;
+			}
+			break;
+		case 'h':
+			watch_usage();
+			return 0;
+		default:
+			return -EINVAL;
+		}
+	}
+	if (argc - optind > 1) {
+		pr_warn("watch takes at most one service name\n");
+		return -EINVAL;
+	}
+	if (argc - optind == 1)
+		name = argv[optind];
+	if (!isatty(STDOUT_FILENO)) {
+		pr_warn("watch needs a terminal; use 'status' or 'status --json' in scripts\n");
+		return -ENOTTY;
+	}
+	err = state_open(&st, false);
+	if (err)
+		return err;
+	err = snapshot_take(&st, name, &prev);
+	if (err)
+		goto out_state;
+
+	sa.sa_handler = on_signal;
+	sigaction(SIGINT, &sa, NULL);
+	sigaction(SIGTERM, &sa, NULL);
+	sigaction(SIGHUP, &sa, NULL);
+	sigaction(SIGWINCH, &sa, NULL);
+	tty_in = isatty(STDIN_FILENO) && !tcgetattr(STDIN_FILENO, &saved);
+	if (tty_in) {
+		raw = saved;
+		raw.c_lflag &= ~(ICANON | ECHO);
+		raw.c_cc[VMIN] = 0;
+		raw.c_cc[VTIME] = 0;
+		tcsetattr(STDIN_FILENO, TCSANOW, &raw);
+	}
+	fputs("\033[?1049h\033[?25l", stdout); /* alternate screen, cursor hidden */
+
+	draw(&prev, &prev, &hist, &nhist, 0, true);
+	while (!stop_sig) {
+		struct pollfd pfd = { .fd = STDIN_FILENO, .events = POLLIN };
+		__u64 deadline = prev.taken_ns + (__u64)interval * 1000000ULL, now = now_ns();
+		int ms = deadline > now ? (int)((deadline - now) / 1000000ULL) : 0;
+		char ch;
+
+		if (poll(&pfd, tty_in ? 1 : 0, ms) > 0 && read(STDIN_FILENO, &ch, 1) == 1 &&
+		    (ch == 'q' || ch == 'Q'))
+			break;
+		if (stop_sig)
+			break;
+		if (now_ns() < deadline && !resized)
+			continue;
+		resized = 0;
+		err = snapshot_take(&st, name, &cur);
+		if (err)
+			break;
+		draw(&prev, &cur, &hist, &nhist, (cur.taken_ns - prev.taken_ns) / 1e9, first);
+		first = false;
+		snapshot_free(&prev);
+		prev = cur;
+		memset(&cur, 0, sizeof(cur));
+	}
+
+	fputs("\033[?25h\033[?1049l", stdout);
+	fflush(stdout);
+	if (tty_in)
+		tcsetattr(STDIN_FILENO, TCSANOW, &saved);
+	snapshot_free(&cur);
+	snapshot_free(&prev);
+	free(hist);
+out_state:
+	state_close(&st);
+	return err;
+}
