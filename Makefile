@@ -95,8 +95,30 @@ format-check:
 vmlinux:
 	$(Q)scripts/gen-vmlinux.sh
 
+# make install [PREFIX=/usr/local] [DESTDIR=staging]: the command (the BPF object is embedded in
+# it by the skeleton), its man page, its bash completion and the exporter's systemd unit.
+SBINDIR := $(PREFIX)/sbin
+MAN8DIR := $(PREFIX)/share/man/man8
+BASHCOMPDIR := $(PREFIX)/share/bash-completion/completions
+UNITDIR := $(PREFIX)/lib/systemd/system
+
 install: all
-	$(Q)install -D -m 0755 $(OUTPUT)/bgswitch $(DESTDIR)$(PREFIX)/sbin/bgswitch
+	$(call msg,INSTALL,$(DESTDIR)$(PREFIX))
+	$(Q)install -D -m 0755 $(OUTPUT)/bgswitch $(DESTDIR)$(SBINDIR)/bgswitch
+	$(Q)install -d -m 0755 $(DESTDIR)$(MAN8DIR)
+	$(Q)gzip -9n -c doc/bgswitch.8 > $(DESTDIR)$(MAN8DIR)/bgswitch.8.gz
+	$(Q)chmod 0644 $(DESTDIR)$(MAN8DIR)/bgswitch.8.gz
+	$(Q)install -D -m 0644 contrib/bash-completion/bgswitch $(DESTDIR)$(BASHCOMPDIR)/bgswitch
+	$(Q)install -d -m 0755 $(DESTDIR)$(UNITDIR)
+	$(Q)sed 's|@SBINDIR@|$(SBINDIR)|g' contrib/systemd/bgswitch-exporter.service \
+		> $(DESTDIR)$(UNITDIR)/bgswitch-exporter.service
+	$(Q)chmod 0644 $(DESTDIR)$(UNITDIR)/bgswitch-exporter.service
+
+.PHONY: uninstall
+uninstall:
+	$(call msg,UNINSTALL,$(DESTDIR)$(PREFIX))
+	$(Q)rm -f $(DESTDIR)$(SBINDIR)/bgswitch $(DESTDIR)$(MAN8DIR)/bgswitch.8.gz \
+		$(DESTDIR)$(BASHCOMPDIR)/bgswitch $(DESTDIR)$(UNITDIR)/bgswitch-exporter.service
 
 clean:
 	$(call msg,CLEAN,$(OUTPUT))

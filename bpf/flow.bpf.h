@@ -132,6 +132,7 @@ static __always_inline int flow_create(const struct bgs_pkt *pkt, __u32 svc, __u
 	out->dport = be->port;
 	out->color = sw.active;
 	out->pad = 0;
+	out->pad2 = 0;
 	out->slot = slot;
 	out->state = pkt->key.proto == IPPROTO_TCP ? BGS_FLOW_SYN : 0;
 	out->last_seen = now;
@@ -210,7 +211,8 @@ static __always_inline void flow_mark_server(const struct bgs_pkt *pkt,
 	k.proto = pkt->key.proto;
 	k.family = pkt->key.family;
 	f = bpf_map_lookup_elem(&bgs_flows, &k);
-	if (!f)
+	/* A late FIN or RST from the backend of an earlier flow on this 5-tuple is not ours. */
+	if (!f || f->slot != rev->slot)
 		return;
 	if (pkt->tcp_flags & TCP_FLAG_RST)
 		__sync_fetch_and_or(&f->state, BGS_FLOW_RST);

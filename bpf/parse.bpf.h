@@ -62,17 +62,21 @@ static __always_inline int parse_iphdr(struct hdr_cursor *nh, void *data_end, st
 	return iph->protocol;
 }
 
-/* Returns the TCP flags byte, or -BGS_STAT_PARSE_ERR. */
+/* Returns the TCP flags byte, or -BGS_STAT_PARSE_ERR. The whole header, options included,
+ * must be in the packet.
+ */
 static __always_inline int parse_tcphdr(struct hdr_cursor *nh, void *data_end,
 					struct tcphdr **tcphdr)
 {
 	struct tcphdr *th = nh->pos;
+	__u32 hdrsize;
 
 	if ((void *)(th + 1) > data_end)
 		return -BGS_STAT_PARSE_ERR;
-	if (th->doff < 5)
+	hdrsize = th->doff * 4;
+	if (hdrsize < sizeof(*th) || nh->pos + hdrsize > data_end)
 		return -BGS_STAT_PARSE_ERR;
-	nh->pos = th + 1;
+	nh->pos += hdrsize;
 	*tcphdr = th;
 	return ((__u8 *)th)[13];
 }
@@ -129,6 +133,9 @@ static __always_inline int parse_packet(void *data, void *data_end, struct bgs_p
 	} else {
 		return -BGS_STAT_NOT_VIP;
 	}
+	/* The IP total length must cover the transport header: no header read from padding. */
+	if (bpf_ntohs(iph->tot_len) < (__u32)(nh.pos - (void *)iph))
+		return -BGS_STAT_PARSE_ERR;
 
 	pkt->iph = iph;
 	pkt->len = bpf_ntohs(iph->tot_len);

@@ -134,6 +134,7 @@ struct bgs_flow {
 	__u8 pad;
 	__u32 slot; /* backend identity, for counters and drain */
 	__u32 state; /* BGS_FLOW_* bits, set atomically by either direction */
+	__u32 pad2;
 	__u64 last_seen; /* bpf_ktime_get_coarse_ns() of the client's last packet */
 };
 

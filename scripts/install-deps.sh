@@ -7,6 +7,7 @@ PKGS=(
 	iproute2 ethtool iptables nftables procps util-linux
 	python3 python3-pytest python3-scapy
 	clang-format
+	man-db groff-base
 )
 
 missing=()

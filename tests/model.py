@@ -10,7 +10,6 @@ The module is written from the C sources, not from the running program, so that 
 compare two independent implementations.
 """
 
-import ipaddress
 import socket
 import struct
 from typing import List, NamedTuple, Sequence
@@ -263,10 +262,3 @@ def unpack_backend_stats(raw: bytes) -> dict:
     """struct bgs_backend_stats as a dict of its fields."""
     return dict(zip(BACKEND_STATS, struct.unpack("<6Q", raw)))
 
-
-def is_ipv4(text: str) -> bool:
-    """True for a dotted-quad IPv4 address."""
-    try:
-        return isinstance(ipaddress.ip_address(text), ipaddress.IPv4Address)
-    except ValueError:
-        return False

@@ -55,9 +55,12 @@ def _run(argv: List[str], check: bool = True, timeout: int = CLI_TIMEOUT):
     return p
 
 
+CLOCK_MONOTONIC_COARSE = 6  # <linux/time.h>; Python's time module does not name it
+
+
 def monotonic_coarse_ns() -> int:
     """What bpf_ktime_get_coarse_ns() returns now, give or take a tick."""
-    return time.clock_gettime_ns(time.CLOCK_MONOTONIC_COARSE)
+    return time.clock_gettime_ns(CLOCK_MONOTONIC_COARSE)
 
 
 class BgsState:

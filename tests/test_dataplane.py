@@ -1,0 +1,1045 @@
+"""Data-plane unit tests: bgs_ingress (XDP) and bgs_egress (TC) run on crafted packets with
+BPF_PROG_TEST_RUN, on a private state attached and configured by the real bgswitch command.
+
+Table-driven, in the style of Katran's test fixtures: a Case is a description, an input frame,
+the expected verdict, the expected output frame, and the counters it must move. Input and
+expected frames are both built with scapy from the same field values, so every checksum of an
+expected frame is computed by scapy from scratch and the program's incremental updates are
+checked byte for byte. The cases of one table run in order, on one state, so a table can also
+be a sequence (SYN, then ACK, then FIN ...). Counter deltas are exact: a counter a case does not
+name must not move (RX, resp. TX, is implied for every ingress, resp. egress, case).
+
+Map entries (bgs_flows, bgs_reverse) are checked directly where a case is about them, and
+tests/model.py, a Python mirror of flow_hash(), predicts which backend a new flow gets.
+"""
+
+import random
+import struct
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+import pytest
+from scapy.layers.inet import ICMP, IP, TCP, UDP, IPOption_Router_Alert, IPOption_RR
+from scapy.layers.inet6 import IPv6
+from scapy.layers.l2 import ARP, Dot1AD, Dot1Q, Ether
+from scapy.packet import NoPayload, Raw
+from scapy.utils import hexdump
+
+import model
+from bpfsys import TC_ACT_OK, XDP_DROP, XDP_PASS
+from model import IPPROTO_TCP, IPPROTO_UDP
+from unit_fixtures import BgsState, monotonic_coarse_ns
+
+# --- addresses ------------------------------------------------------------------------------------
+
+VIP = "10.0.0.100"
+VIP_PORT = 80
+UDP_VIP = "10.0.0.101"
+UDP_PORT = 53
+OTHER_IP = "10.0.0.200"  # not a VIP
+CLIENT = "192.168.7.1"
+CLIENT2 = "192.168.7.2"
+CPORT = 40000
+
+BLUE = [("10.0.1.1", 8080), ("10.0.1.2", 8081), ("10.0.1.3", 8082), ("10.0.1.4", 8083),
+        ("10.0.1.5", 8084)]
+GREEN = [("10.0.2.1", 9090), ("10.0.2.2", 9091), ("10.0.2.3", 9092)]
+
+MAC_CLIENT = "02:00:00:00:00:01"
+MAC_NODE = "02:00:00:00:00:02"
+
+SEQ = 1000
+ACK = 5000
+
+
+# --- frames ---------------------------------------------------------------------------------------
+
+def _l2(vlan: Optional[int] = None, outer=Dot1Q):
+    eth = Ether(src=MAC_CLIENT, dst=MAC_NODE)
+    return eth / outer(vlan=vlan) if vlan is not None else eth
+
+
+def ip_frame(src: str, dst: str, l4, payload: bytes = b"", vlan: Optional[int] = None,
+             outer=Dot1Q, **ip_fields) -> bytes:
+    """Ethernet (+ one tag) / IPv4 / l4 / payload, every length and checksum by scapy."""
+    ip_fields.setdefault("id", 0x1234)
+    ip_fields.setdefault("ttl", 64)
+    pkt = _l2(vlan, outer) / IP(src=src, dst=dst, **ip_fields) / l4
+    if payload:
+        pkt = pkt / Raw(payload)
+    return bytes(pkt)
+
+
+def tcp(src: str, dst: str, sport: int, dport: int, flags: str = "S", payload: bytes = b"",
+        seq: int = SEQ, ack: int = 0, tcp_fields: Optional[dict] = None, **kw) -> bytes:
+    """A TCP frame (see ip_frame for the keyword arguments)."""
+    l4 = TCP(sport=sport, dport=dport, flags=flags, seq=seq, ack=ack, window=64240,
+             **(tcp_fields or {}))
+    return ip_frame(src, dst, l4, payload, **kw)
+
+
+def udp(src: str, dst: str, sport: int, dport: int, payload: bytes = b"q",
+        chksum: Optional[int] = None, **kw) -> bytes:
+    """A UDP frame; ``chksum=0`` sends it without a checksum."""
+    l4 = UDP(sport=sport, dport=dport) if chksum is None else UDP(sport=sport, dport=dport,
+                                                                   chksum=chksum)
+    return ip_frame(src, dst, l4, payload, **kw)
+
+
+# --- table runner ---------------------------------------------------------------------------------
+
+@dataclass
+class Case:
+    """One row of a table: a packet, what the program must answer, and what it must count.
+
+    ``out`` is the expected frame, None for "the input, untouched". ``stats`` and ``drops``
+    are the exact counter deltas (names of model.STATS / model.DROPS); RX (ingress) or TX
+    (egress) is added implicitly.
+    """
+
+    desc: str
+    pkt: bytes
+    verdict: int
+    out: Optional[bytes] = None
+    stats: Dict[str, int] = field(default_factory=dict)
+    drops: Dict[str, int] = field(default_factory=dict)
+
+
+def _delta(after: Dict[str, int], before: Dict[str, int]) -> Dict[str, int]:
+    return {k: after[k] - before[k] for k in after if after[k] != before[k]}
+
+
+def _fields(raw: bytes) -> Dict[str, str]:
+    """Every field of a frame as scapy decodes it, keyed "<n>.<Layer>.<field>"."""
+    out = {}
+    layer, n = Ether(raw), 0
+    while layer is not None and not isinstance(layer, NoPayload):
+        for f in layer.fields_desc:
+            out[f"{n}.{type(layer).__name__}.{f.name}"] = f.i2repr(layer,
+                                                                   layer.getfieldval(f.name))
+        layer, n = layer.payload, n + 1
+    return out
+
+
+def frame_diff(got: bytes, want: bytes) -> str:
+    """Readable difference of two frames: the fields that differ (as scapy decodes them), then
+    both hexdumps."""
+    first = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b),
+                 min(len(got), len(want)))
+    g, w = _fields(got), _fields(want)
+    lines = [f"  {k}: got {g.get(k, '-')}, want {w.get(k, '-')}"
+             for k in list(w) + [k for k in g if k not in w] if g.get(k) != w.get(k)]
+    return (f"first difference at byte {first} (got {len(got)} bytes, want {len(want)})\n"
+            + "\n".join(lines)
+            + f"\n  got:\n{hexdump(got, dump=True)}\n  want:\n{hexdump(want, dump=True)}")
+
+
+def run_case(bgs: BgsState, hook: str, case: Case) -> List[str]:
+    """Run one case; returns its failures (empty when it passed)."""
+    implied = "RX" if hook == "ingress" else "TX"
+    want_stats = dict(case.stats)
+    want_stats[implied] = want_stats.get(implied, 0) + 1
+    want_stats = {k: v for k, v in want_stats.items() if v}
+    for name in list(want_stats) + list(case.drops):
+        assert name in model.STAT or name in model.DROP, f"unknown counter {name}"
+
+    stats0, drops0 = bgs.stats(), bgs.drops()
+    res = bgs.ingress(case.pkt) if hook == "ingress" else bgs.egress(case.pkt)
+    got_stats = _delta(bgs.stats(), stats0)
+    got_drops = _delta(bgs.drops(), drops0)
+
+    fails = []
+    if res.retval != case.verdict:
+        fails.append(f"verdict {res.retval}, want {case.verdict}")
+    want = case.pkt if case.out is None else case.out
+    if res.data != want:
+        what = "packet changed, want untouched" if case.out is None else "wrong output"
+        fails.append(f"{what}: {frame_diff(res.data, want)}")
+    if got_stats != want_stats:
+        fails.append(f"stats moved by {got_stats}, want {want_stats}")
+    if got_drops != case.drops:
+        fails.append(f"drops moved by {got_drops}, want {case.drops}")
+    return [f"[{hook}] {case.desc}: {f}" for f in fails]
+
+
+def run_table(bgs: BgsState, hook: str, cases: List[Case]) -> None:
+    """Run the cases in order; fail with every failing case listed."""
+    fails = []
+    for case in cases:
+        fails += run_case(bgs, hook, case)
+    if fails:
+        raise AssertionError(f"{len(fails)} failure(s) in {len(cases)} case(s):\n"
+                             + "\n\n".join(fails))
+
+
+# --- common set-ups -------------------------------------------------------------------------------
+
+def web(bgs: BgsState, blue: int = 1, green: int = 1) -> Dict[str, List[int]]:
+    """Service "web" (TCP VIP:VIP_PORT) with the first ``blue`` and ``green`` backends;
+    returns their slots by color, in the order added."""
+    bgs.add_service("web", VIP, VIP_PORT, "tcp")
+    return {"blue": [bgs.add_backend("web", "blue", a, p) for a, p in BLUE[:blue]],
+            "green": [bgs.add_backend("web", "green", a, p) for a, p in GREEN[:green]]}
+
+
+def dns(bgs: BgsState, blue: int = 1, green: int = 1) -> Dict[str, List[int]]:
+    """Service "dns" (UDP UDP_VIP:UDP_PORT) with backends on port 5353."""
+    bgs.add_service("dns", UDP_VIP, UDP_PORT, "udp")
+    return {"blue": [bgs.add_backend("dns", "blue", a, 5353) for a, _ in BLUE[:blue]],
+            "green": [bgs.add_backend("dns", "green", a, 5353) for a, _ in GREEN[:green]]}
+
+
+NEW_SYN = {"VIP": 1, "SYN_MISS": 1, "FLOW_NEW": 1}
+HIT = {"VIP": 1, "FLOW_HIT": 1}
+NEW_UDP = {"VIP": 1, "FLOW_NEW": 1}
+REOPEN = {"VIP": 1, "FLOW_REOPEN": 1, "FLOW_NEW": 1}
+NOSYN = {"VIP": 1, "NOSYN_MISS": 1}
+NAT = {"REPLY_NAT": 1}
+
+
+def ones_add(a: int, b: int) -> int:
+    """16-bit one's complement addition."""
+    s = a + b
+    return (s & 0xFFFF) + (s >> 16)
+
+
+# === state as the command leaves it ===============================================================
+
+def test_state_maps_match_model(bgs):
+    """Every pinned map has the key and value sizes of include/bgswitch.h as model.py reads
+    them, attach --flows sized the flow tables, and bgs_config holds the defaults."""
+    want = {
+        "bgs_vips": ("bgs_vip_key", "bgs_vip"), "bgs_switch": (4, "bgs_switch"),
+        "bgs_sets": (4, "bgs_set"), "bgs_backends": (4, "bgs_backend"),
+        "bgs_backend_addrs": ("bgs_backend_addr", 4), "bgs_flows": ("bgs_flow_key", "bgs_flow"),
+        "bgs_reverse": ("bgs_flow_key", "bgs_reverse"), "bgs_config": (4, "bgs_config"),
+        "bgs_stats": (4, 8), "bgs_drops": (4, 8), "bgs_backend_stats": (4, "bgs_backend_stats"),
+    }
+    for name, (k, v) in want.items():
+        info = bgs.map(name).info
+        ks = model.SIZES[k] if isinstance(k, str) else k
+        vs = model.SIZES[v] if isinstance(v, str) else v
+        assert (info.key_size, info.value_size) == (ks, vs), name
+    assert bgs.map("bgs_stats").info.max_entries == len(model.STATS)
+    assert bgs.map("bgs_drops").info.max_entries == len(model.DROPS)
+    assert bgs.map("bgs_flows").info.max_entries == 4096
+    assert bgs.map("bgs_reverse").info.max_entries == 4096
+    cfg = bgs.config()
+    assert cfg.layout_version == 1
+    assert cfg.tcp_idle_ns == 900 * 10**9
+    assert cfg.udp_idle_ns == 30 * 10**9
+    assert cfg.closing_ns == 10 * 10**9
+
+
+def test_state_backend_slots_follow_add_order(bgs):
+    """Slots are handed out from 0 in the order backends are added, the service id from 0,
+    and the active set lists the color's slots in that order."""
+    slots = web(bgs, blue=3, green=2)
+    assert bgs.services["web"] == 0
+    assert slots == {"blue": [0, 1, 2], "green": [3, 4]}
+    assert bgs.active_set(0, model.BGS_BLUE) == [0, 1, 2]
+    assert bgs.active_set(0, model.BGS_GREEN) == [3, 4]
+    sw = bgs.switch(0)
+    assert (sw.active, sw.previous) == (model.BGS_BLUE, model.BGS_COLOR_NONE)
+
+
+# === ingress: packets that are not ours ===========================================================
+
+def test_ingress_non_vip_untouched(bgs):
+    """IPv4 TCP/UDP/ICMP that misses bgs_vips passes untouched, counted NOT_VIP."""
+    web(bgs)
+    dns(bgs)
+    pass_ = {"NOT_VIP": 1}
+    run_table(bgs, "ingress", [
+        Case("TCP SYN to a non-VIP address", tcp(CLIENT, OTHER_IP, CPORT, VIP_PORT), XDP_PASS,
+             stats=pass_),
+        Case("TCP SYN to the VIP, other port", tcp(CLIENT, VIP, CPORT, 81), XDP_PASS,
+             stats=pass_),
+        Case("UDP to the TCP VIP's port", udp(CLIENT, VIP, CPORT, VIP_PORT), XDP_PASS,
+             stats=pass_),
+        Case("TCP to the UDP VIP's port", tcp(CLIENT, UDP_VIP, CPORT, UDP_PORT), XDP_PASS,
+             stats=pass_),
+        Case("TCP from the VIP (source, not destination)", tcp(VIP, CLIENT, VIP_PORT, CPORT,
+                                                                "SA"), XDP_PASS, stats=pass_),
+        Case("ICMP echo to the VIP", bytes(_l2() / IP(src=CLIENT, dst=VIP) / ICMP()),
+             XDP_PASS, stats=pass_),
+        Case("GRE (proto 47) to the VIP", ip_frame(CLIENT, VIP, Raw(b"\x00" * 8), proto=47),
+             XDP_PASS, stats=pass_),
+        Case("TCP ACK to a non-VIP address", tcp(CLIENT, OTHER_IP, CPORT, 22, "A"), XDP_PASS,
+             stats=pass_),
+    ])
+    assert bgs.count("bgs_flows") == 0 and bgs.count("bgs_reverse") == 0
+
+
+def test_ingress_not_ipv4_untouched(bgs):
+    """Non-IPv4 frames (IPv6, ARP, a second VLAN tag) pass untouched, counted NOT_IP."""
+    web(bgs)
+    not_ip = {"NOT_IP": 1}
+    run_table(bgs, "ingress", [
+        Case("IPv6 TCP SYN", bytes(_l2() / IPv6(src="fd00::1", dst="fd00::100")
+                                   / TCP(dport=VIP_PORT, flags="S")), XDP_PASS, stats=not_ip),
+        Case("ARP who-has the VIP", bytes(Ether(src=MAC_CLIENT, dst="ff:ff:ff:ff:ff:ff")
+                                          / ARP(psrc=CLIENT, pdst=VIP)), XDP_PASS,
+             stats=not_ip),
+        Case("QinQ (two tags) TCP SYN to the VIP",
+             bytes(_l2() / Dot1AD(vlan=100) / Dot1Q(vlan=10) / IP(src=CLIENT, dst=VIP)
+                   / TCP(sport=CPORT, dport=VIP_PORT, flags="S")), XDP_PASS, stats=not_ip),
+        Case("tagged IPv6", bytes(_l2(vlan=5) / IPv6(src="fd00::1", dst="fd00::100")
+                                  / UDP(dport=53)), XDP_PASS, stats=not_ip),
+    ])
+
+
+def _cut(frame: bytes, n: int) -> bytes:
+    return frame[:n]
+
+
+def test_ingress_truncated_headers_pass_untouched(bgs):
+    """Truncated or malformed Ethernet/IPv4/TCP/UDP headers addressed to a VIP pass untouched,
+    counted PARSE_ERR; no flow is created."""
+    web(bgs)
+    dns(bgs)
+    syn = tcp(CLIENT, VIP, CPORT, VIP_PORT)
+    dgram = udp(CLIENT, UDP_VIP, CPORT, UDP_PORT)
+    err = {"PARSE_ERR": 1}
+    run_table(bgs, "ingress", [
+        Case("Ethernet header only, type IPv4", _cut(syn, 14), XDP_PASS, stats=err),
+        Case("802.1Q type with a cut tag", bytes(_l2(vlan=7))[:16], XDP_PASS, stats=err),
+        Case("IPv4 header cut at 19 bytes", _cut(syn, 14 + 19), XDP_PASS, stats=err),
+        Case("IPv4 ihl=4", tcp(CLIENT, VIP, CPORT, VIP_PORT, ihl=4), XDP_PASS, stats=err),
+        Case("IPv4 ihl=0", tcp(CLIENT, VIP, CPORT, VIP_PORT, ihl=0), XDP_PASS, stats=err),
+        Case("IPv4 ihl=15 beyond the frame", tcp(CLIENT, VIP, CPORT, VIP_PORT, ihl=15),
+             XDP_PASS, stats=err),
+        Case("IPv4 total length 19 < header", tcp(CLIENT, VIP, CPORT, VIP_PORT, len=19),
+             XDP_PASS, stats=err),
+        Case("version 6 in an IPv4 frame", tcp(CLIENT, VIP, CPORT, VIP_PORT, version=6),
+             XDP_PASS, stats=err),
+        Case("TCP header cut at 19 bytes", _cut(syn, 14 + 20 + 19), XDP_PASS, stats=err),
+        Case("TCP header absent", _cut(syn, 14 + 20), XDP_PASS, stats=err),
+        Case("TCP doff=4", tcp(CLIENT, VIP, CPORT, VIP_PORT, tcp_fields={"dataofs": 4}),
+             XDP_PASS, stats=err),
+        Case("tagged, TCP cut at 10 bytes", _cut(tcp(CLIENT, VIP, CPORT, VIP_PORT, vlan=3),
+                                                 18 + 20 + 10), XDP_PASS, stats=err),
+        Case("UDP header cut at 7 bytes", _cut(dgram, 14 + 20 + 7), XDP_PASS, stats=err),
+        Case("UDP length 7", bytes(_l2() / IP(src=CLIENT, dst=UDP_VIP)
+                                   / UDP(sport=CPORT, dport=UDP_PORT, len=7) / Raw(b"xx")),
+             XDP_PASS, stats=err),
+    ])
+    assert bgs.count("bgs_flows") == 0
+
+
+def test_ingress_fragments_pass_untouched(bgs):
+    """IPv4 fragments to a VIP (first, middle, last) pass untouched, counted FRAGMENT; DF alone
+    is not a fragment."""
+    web(bgs)
+    frag = {"FRAGMENT": 1}
+    run_table(bgs, "ingress", [
+        Case("first fragment (MF, offset 0) with a TCP SYN",
+             ip_frame(CLIENT, VIP, TCP(sport=CPORT, dport=VIP_PORT, flags="S"), b"x" * 16,
+                      flags="MF"), XDP_PASS, stats=frag),
+        Case("middle fragment (MF, offset 8)",
+             ip_frame(CLIENT, VIP, Raw(b"y" * 24), proto=6, flags="MF", frag=8), XDP_PASS,
+             stats=frag),
+        Case("last fragment (offset 185)",
+             ip_frame(CLIENT, VIP, Raw(b"z" * 24), proto=6, frag=185), XDP_PASS, stats=frag),
+        Case("DF set: not a fragment, rewritten",
+             ip_frame(CLIENT, VIP, TCP(sport=CPORT, dport=VIP_PORT, flags="S", seq=SEQ),
+                      flags="DF"), XDP_PASS,
+             out=ip_frame(CLIENT, BLUE[0][0], TCP(sport=CPORT, dport=BLUE[0][1], flags="S",
+                                                  seq=SEQ), flags="DF"),
+             stats=NEW_SYN),
+    ])
+
+
+# === ingress: new flows ===========================================================================
+
+def test_ingress_vip_syn_creates_flow(bgs):
+    """A SYN to the VIP is rewritten to the blue backend, and leaves a flow entry, a reverse
+    entry and the backend's counters behind."""
+    slots = web(bgs)
+    be, bport = BLUE[0]
+    syn = tcp(CLIENT, VIP, CPORT, VIP_PORT, "S", payload=b"hello")
+    run_table(bgs, "ingress", [
+        Case("SYN to the VIP", syn, XDP_PASS,
+             out=tcp(CLIENT, be, CPORT, bport, "S", payload=b"hello"), stats=NEW_SYN),
+    ])
+    f = bgs.flow(CLIENT, VIP, CPORT, VIP_PORT)
+    assert f is not None, "no bgs_flows entry after the SYN"
+    assert (f.daddr, f.dport, f.color, f.slot, f.state) == (
+        be, bport, model.BGS_BLUE, slots["blue"][0], model.BGS_FLOW_SYN)
+    assert abs(f.last_seen - monotonic_coarse_ns()) < 2 * 10**9
+    r = bgs.reverse(be, CLIENT, bport, CPORT)
+    assert r == model.Reverse(VIP, VIP_PORT, slots["blue"][0])
+    assert bgs.count("bgs_flows") == 1 and bgs.count("bgs_reverse") == 1
+    iplen = len(syn) - 14
+    assert bgs.backend_stats(slots["blue"][0]) == {
+        "rx_packets": 1, "rx_bytes": iplen, "tx_packets": 0, "tx_bytes": 0, "new_flows": 1,
+        "resets": 0}
+
+
+def test_ingress_syn_variants_create_flows(bgs):
+    """Any segment with SYN and without ACK starts a flow (ECE/CWR/PSH/URG too); checksums of
+    TCP options and payload are kept right."""
+    web(bgs)
+    be, bport = BLUE[0]
+    opts = {"options": [("MSS", 1460), ("SAckOK", b""), ("Timestamp", (1, 0)),
+                        ("WScale", 7)]}
+    cases = []
+    for i, (desc, flags, kw) in enumerate([
+        ("SYN", "S", {}),
+        ("SYN with ECE|CWR", "SEC", {}),
+        ("SYN with PSH and payload", "SP", {"payload": b"GET / HTTP/1.0\r\n\r\n"}),
+        ("SYN with options (doff 10)", "S", {"tcp_fields": opts}),
+        ("SYN with options and odd-length payload", "S", {"tcp_fields": opts,
+                                                          "payload": b"abc"}),
+        ("SYN|FIN (no ACK)", "SF", {}),
+    ]):
+        sport = CPORT + i
+        cases.append(Case(desc, tcp(CLIENT, VIP, sport, VIP_PORT, flags, **kw), XDP_PASS,
+                          out=tcp(CLIENT, be, sport, bport, flags, **kw), stats=NEW_SYN))
+    pad = b"\0" * 6  # a 54-byte SYN padded to the 60-byte Ethernet minimum
+    sport = CPORT + 100
+    cases.append(Case("SYN with Ethernet padding", tcp(CLIENT, VIP, sport, VIP_PORT) + pad,
+                      XDP_PASS, out=tcp(CLIENT, be, sport, bport) + pad, stats=NEW_SYN))
+    run_table(bgs, "ingress", cases)
+    assert bgs.count("bgs_flows") == len(cases)
+    # rx_bytes counts IP total lengths, not frame lengths (padding excluded)
+    assert bgs.backend_stats(0)["rx_bytes"] == sum(Ether(c.pkt)[IP].len for c in cases)
+
+
+def test_ingress_ip_options_rewritten(bgs):
+    """With IPv4 options (ihl 6 and 15) a VIP packet is still found and rewritten right."""
+    web(bgs)
+    be, bport = BLUE[0]
+    ra = [IPOption_Router_Alert()]
+    rr = [IPOption_RR(routers=["0.0.0.0"] * 9)]  # 39 bytes + 1 pad: ihl 15
+    run_table(bgs, "ingress", [
+        Case("router alert (ihl 6)", tcp(CLIENT, VIP, CPORT, VIP_PORT, options=ra), XDP_PASS,
+             out=tcp(CLIENT, be, CPORT, bport, options=ra), stats=NEW_SYN),
+        Case("record route (ihl 15) + payload",
+             tcp(CLIENT, VIP, CPORT + 1, VIP_PORT, payload=b"data", options=rr), XDP_PASS,
+             out=tcp(CLIENT, be, CPORT + 1, bport, payload=b"data", options=rr),
+             stats=NEW_SYN),
+        Case("record route, tagged, ACK on the flow",
+             tcp(CLIENT, VIP, CPORT + 1, VIP_PORT, "A", ack=ACK, options=rr, vlan=9),
+             XDP_PASS, out=tcp(CLIENT, be, CPORT + 1, bport, "A", ack=ACK, options=rr, vlan=9),
+             stats=HIT),
+    ])
+
+
+def test_ingress_vlan_tagged_rewrite(bgs):
+    """One 802.1Q or 802.1ad tag: the packet is rewritten behind it, the tag kept."""
+    web(bgs)
+    dns(bgs)
+    be, bport = BLUE[0]
+    run_table(bgs, "ingress", [
+        Case("802.1Q SYN", tcp(CLIENT, VIP, CPORT, VIP_PORT, vlan=100), XDP_PASS,
+             out=tcp(CLIENT, be, CPORT, bport, vlan=100), stats=NEW_SYN),
+        Case("802.1Q ACK on that flow", tcp(CLIENT, VIP, CPORT, VIP_PORT, "A", ack=ACK,
+                                            payload=b"x", vlan=100), XDP_PASS,
+             out=tcp(CLIENT, be, CPORT, bport, "A", ack=ACK, payload=b"x", vlan=100),
+             stats=HIT),
+        Case("802.1ad SYN", tcp(CLIENT, VIP, CPORT + 1, VIP_PORT, vlan=200, outer=Dot1AD),
+             XDP_PASS, out=tcp(CLIENT, be, CPORT + 1, bport, vlan=200, outer=Dot1AD),
+             stats=NEW_SYN),
+        Case("802.1Q UDP", udp(CLIENT, UDP_VIP, CPORT, UDP_PORT, vlan=4094), XDP_PASS,
+             out=udp(CLIENT, BLUE[0][0], CPORT, 5353, vlan=4094), stats=NEW_UDP),
+        Case("802.1Q non-VIP", tcp(CLIENT, OTHER_IP, CPORT, VIP_PORT, vlan=100), XDP_PASS,
+             stats={"NOT_VIP": 1}),
+    ])
+
+
+def test_ingress_udp_new_flow(bgs):
+    """A UDP datagram to a UDP VIP starts a flow (state 0) and later ones follow it."""
+    slots = dns(bgs)
+    be = BLUE[0][0]
+    run_table(bgs, "ingress", [
+        Case("first datagram", udp(CLIENT, UDP_VIP, CPORT, UDP_PORT, b"query1"), XDP_PASS,
+             out=udp(CLIENT, be, CPORT, 5353, b"query1"), stats=NEW_UDP),
+        Case("second datagram", udp(CLIENT, UDP_VIP, CPORT, UDP_PORT, b"query2!"), XDP_PASS,
+             out=udp(CLIENT, be, CPORT, 5353, b"query2!"), stats=HIT),
+        Case("empty datagram", udp(CLIENT, UDP_VIP, CPORT, UDP_PORT, b""), XDP_PASS,
+             out=udp(CLIENT, be, CPORT, 5353, b""), stats=HIT),
+    ])
+    f = bgs.flow(CLIENT, UDP_VIP, CPORT, UDP_PORT, IPPROTO_UDP)
+    assert (f.daddr, f.dport, f.color, f.slot, f.state) == (be, 5353, model.BGS_BLUE,
+                                                            slots["blue"][0], 0)
+    assert bgs.reverse(be, CLIENT, 5353, CPORT, IPPROTO_UDP) == model.Reverse(
+        UDP_VIP, UDP_PORT, slots["blue"][0])
+    assert bgs.backend_stats(slots["blue"][0])["rx_packets"] == 3
+
+
+def test_ingress_udp_zero_checksum_stays_zero(bgs):
+    """A UDP datagram without checksum (0) keeps 0: it is not "updated" into a wrong one."""
+    dns(bgs)
+    be = BLUE[0][0]
+    run_table(bgs, "ingress", [
+        Case("zero checksum, new flow", udp(CLIENT, UDP_VIP, CPORT, UDP_PORT, b"q", chksum=0),
+             XDP_PASS, out=udp(CLIENT, be, CPORT, 5353, b"q", chksum=0), stats=NEW_UDP),
+        Case("zero checksum, flow hit", udp(CLIENT, UDP_VIP, CPORT, UDP_PORT, b"q2", chksum=0),
+             XDP_PASS, out=udp(CLIENT, be, CPORT, 5353, b"q2", chksum=0), stats=HIT),
+    ])
+
+
+def _udp_payload_for_ffff(src: str, dst: str, sport: int, dport: int) -> bytes:
+    """A 2-byte payload that makes the UDP checksum of (src, dst, sport, dport) compute to 0,
+    i.e. be sent as 0xffff."""
+    c0 = UDP(bytes(IP(src=src, dst=dst) / UDP(sport=sport, dport=dport) / Raw(b"\0\0"))[20:])
+    word = c0.chksum  # the payload word that brings the one's complement sum to 0xffff
+    payload = struct.pack("!H", word)
+    check = IP(bytes(IP(src=src, dst=dst) / UDP(sport=sport, dport=dport) / Raw(payload)))
+    assert check[UDP].chksum == 0xFFFF, "test set-up: payload search failed"
+    return payload
+
+
+def test_ingress_udp_checksum_never_becomes_zero(bgs):
+    """When the rewritten datagram's checksum computes to 0 it must be sent as 0xffff (0 would
+    mean "no checksum")."""
+    dns(bgs)
+    be = BLUE[0][0]
+    payload = _udp_payload_for_ffff(CLIENT, be, CPORT, 5353)
+    want = udp(CLIENT, be, CPORT, 5353, payload)
+    assert UDP(want[34:]).chksum == 0xFFFF
+    run_table(bgs, "ingress", [
+        Case("rewrite makes the sum 0xffff", udp(CLIENT, UDP_VIP, CPORT, UDP_PORT, payload),
+             XDP_PASS, out=want, stats=NEW_UDP),
+    ])
+
+
+def test_ingress_bad_checksum_not_repaired(bgs):
+    """The rewrite updates checksums by difference: a wrong TCP checksum stays wrong by the
+    same amount (the program never recomputes, so it cannot launder corruption)."""
+    web(bgs)
+    be, bport = BLUE[0]
+    good_in = TCP(tcp(CLIENT, VIP, CPORT, VIP_PORT)[34:]).chksum
+    good_out = TCP(tcp(CLIENT, be, CPORT, bport)[34:]).chksum
+    run_table(bgs, "ingress", [
+        Case("TCP checksum off by one", tcp(CLIENT, VIP, CPORT, VIP_PORT,
+                                            tcp_fields={"chksum": ones_add(good_in, 1)}),
+             XDP_PASS, out=tcp(CLIENT, be, CPORT, bport,
+                               tcp_fields={"chksum": ones_add(good_out, 1)}),
+             stats=NEW_SYN),
+    ])
+
+
+# === ingress: existing flows ======================================================================
+
+def test_ingress_flow_hit_follows_entry(bgs):
+    """A whole connection from the client: SYN creates, every later segment hits and follows
+    the entry; a SYN retransmit hits the same entry."""
+    web(bgs, blue=2)
+    slot = model.choose_slot(bgs.active_set(0), CLIENT, VIP, CPORT, VIP_PORT, IPPROTO_TCP)
+    be, bport = BLUE[slot]
+
+    def pair(desc, flags, stats, **kw):
+        return Case(desc, tcp(CLIENT, VIP, CPORT, VIP_PORT, flags, **kw), XDP_PASS,
+                    out=tcp(CLIENT, be, CPORT, bport, flags, **kw), stats=stats)
+
+    run_table(bgs, "ingress", [
+        pair("SYN", "S", NEW_SYN),
+        pair("SYN retransmit", "S", HIT),
+        pair("ACK", "A", HIT, seq=SEQ + 1, ack=ACK),
+        pair("PSH|ACK with data", "PA", HIT, seq=SEQ + 1, ack=ACK, payload=b"GET / HTTP/1.1"),
+        pair("URG|ACK", "UA", HIT, seq=SEQ + 15, ack=ACK, tcp_fields={"urgptr": 1}),
+        pair("FIN|ACK", "FA", HIT, seq=SEQ + 16, ack=ACK + 1),
+    ])
+    f = bgs.flow(CLIENT, VIP, CPORT, VIP_PORT)
+    assert f.state == model.BGS_FLOW_SYN | model.BGS_FLOW_FIN_CLIENT
+    assert bgs.backend_stats(slot)["rx_packets"] == 6
+    assert bgs.backend_stats(slot)["new_flows"] == 1
+
+
+def test_ingress_flow_hit_follows_entry_after_flip(bgs):
+    """After a flip, established flows stay on the color they began on; new flows go to the
+    new active color; after a rollback new flows go back."""
+    web(bgs)
+    b, g = BLUE[0], GREEN[0]
+    c2 = CPORT + 1
+    c3 = CPORT + 2
+    run_table(bgs, "ingress", [
+        Case("SYN before the flip", tcp(CLIENT, VIP, CPORT, VIP_PORT), XDP_PASS,
+             out=tcp(CLIENT, b[0], CPORT, b[1]), stats=NEW_SYN),
+    ])
+    bgs.cli("flip", "web", "green")
+    assert bgs.switch(0).active == model.BGS_GREEN
+    run_table(bgs, "ingress", [
+        Case("ACK of the old flow after the flip", tcp(CLIENT, VIP, CPORT, VIP_PORT, "A",
+                                                       ack=ACK), XDP_PASS,
+             out=tcp(CLIENT, b[0], CPORT, b[1], "A", ack=ACK), stats=HIT),
+        Case("SYN retransmit of the old flow", tcp(CLIENT, VIP, CPORT, VIP_PORT), XDP_PASS,
+             out=tcp(CLIENT, b[0], CPORT, b[1]), stats=HIT),
+        Case("new SYN after the flip", tcp(CLIENT, VIP, c2, VIP_PORT), XDP_PASS,
+             out=tcp(CLIENT, g[0], c2, g[1]), stats=NEW_SYN),
+    ])
+    assert bgs.flow(CLIENT, VIP, c2, VIP_PORT).color == model.BGS_GREEN
+    bgs.cli("rollback", "web")
+    assert bgs.switch(0).active == model.BGS_BLUE
+    run_table(bgs, "ingress", [
+        Case("green flow after the rollback", tcp(CLIENT, VIP, c2, VIP_PORT, "PA", ack=ACK,
+                                                  payload=b"x"), XDP_PASS,
+             out=tcp(CLIENT, g[0], c2, g[1], "PA", ack=ACK, payload=b"x"), stats=HIT),
+        Case("new SYN after the rollback", tcp(CLIENT, VIP, c3, VIP_PORT), XDP_PASS,
+             out=tcp(CLIENT, b[0], c3, b[1]), stats=NEW_SYN),
+    ])
+
+
+def test_ingress_udp_live_flow_survives_flip(bgs):
+    """A live UDP flow stays on its color across a flip; a new one takes the new color."""
+    dns(bgs)
+    run_table(bgs, "ingress", [
+        Case("datagram before the flip", udp(CLIENT, UDP_VIP, CPORT, UDP_PORT), XDP_PASS,
+             out=udp(CLIENT, BLUE[0][0], CPORT, 5353), stats=NEW_UDP),
+    ])
+    bgs.cli("flip", "dns")
+    run_table(bgs, "ingress", [
+        Case("same flow after the flip", udp(CLIENT, UDP_VIP, CPORT, UDP_PORT), XDP_PASS,
+             out=udp(CLIENT, BLUE[0][0], CPORT, 5353), stats=HIT),
+        Case("new flow after the flip", udp(CLIENT2, UDP_VIP, CPORT, UDP_PORT), XDP_PASS,
+             out=udp(CLIENT2, GREEN[0][0], CPORT, 5353), stats=NEW_UDP),
+    ])
+
+
+def test_ingress_nosyn_miss_dropped_and_counted(bgs):
+    """A TCP segment without SYN (or with SYN|ACK) that misses the table is dropped, counted
+    NOSYN_MISS in both maps, and creates nothing."""
+    web(bgs)
+    cases = []
+    for i, (desc, flags) in enumerate([("ACK", "A"), ("PSH|ACK", "PA"), ("SYN|ACK", "SA"),
+                                       ("FIN|ACK", "FA"), ("RST", "R"), ("RST|ACK", "RA"),
+                                       ("FIN", "F"), ("no flags", "")]):
+        cases.append(Case(f"{desc} without a flow", tcp(CLIENT, VIP, CPORT + i, VIP_PORT,
+                                                        flags, ack=ACK, payload=b"p"),
+                          XDP_DROP, stats=NOSYN, drops={"NOSYN_MISS": 1}))
+    run_table(bgs, "ingress", cases)
+    assert bgs.count("bgs_flows") == 0 and bgs.count("bgs_reverse") == 0
+
+
+def test_ingress_no_backend_dropped(bgs):
+    """A new flow of a service whose active color has no backend is dropped, counted
+    NO_BACKEND, for TCP and UDP; nothing is created."""
+    bgs.add_service("web", VIP, VIP_PORT, "tcp")
+    bgs.add_service("dns", UDP_VIP, UDP_PORT, "udp")
+    bgs.add_backend("web", "green", *GREEN[0])  # green only: blue (active) is empty
+    run_table(bgs, "ingress", [
+        Case("SYN, active color empty", tcp(CLIENT, VIP, CPORT, VIP_PORT), XDP_DROP,
+             stats={"VIP": 1, "SYN_MISS": 1}, drops={"NO_BACKEND": 1}),
+        Case("UDP, no backend at all", udp(CLIENT, UDP_VIP, CPORT, UDP_PORT), XDP_DROP,
+             stats={"VIP": 1}, drops={"NO_BACKEND": 1}),
+    ])
+    assert bgs.count("bgs_flows") == 0 and bgs.count("bgs_reverse") == 0
+
+
+def test_ingress_last_backend_removed_drops_new_flows(bgs):
+    """After `backend del` of the only active backend, new flows are dropped (NO_BACKEND)
+    while the existing flow keeps going to the draining backend."""
+    slots = web(bgs, blue=1, green=0)
+    be, bport = BLUE[0]
+    run_table(bgs, "ingress", [
+        Case("SYN", tcp(CLIENT, VIP, CPORT, VIP_PORT), XDP_PASS,
+             out=tcp(CLIENT, be, CPORT, bport), stats=NEW_SYN),
+    ])
+    bgs.cli("backend", "del", "web", "blue", f"{be}:{bport}")
+    assert bgs.active_set(0) == []
+    run_table(bgs, "ingress", [
+        Case("ACK of the existing flow", tcp(CLIENT, VIP, CPORT, VIP_PORT, "A", ack=ACK),
+             XDP_PASS, out=tcp(CLIENT, be, CPORT, bport, "A", ack=ACK), stats=HIT),
+        Case("new SYN", tcp(CLIENT, VIP, CPORT + 1, VIP_PORT), XDP_DROP,
+             stats={"VIP": 1, "SYN_MISS": 1}, drops={"NO_BACKEND": 1}),
+    ])
+    b = model.unpack_backend(bgs.map("bgs_backends").lookup(model.u32(slots["blue"][0])))
+    assert b.state == model.BGS_BACKEND_DRAINING
+
+
+def test_ingress_draining_backend_keeps_flows(bgs):
+    """A removed (draining) backend keeps its flows; new flows only go to the rest."""
+    web(bgs, blue=2, green=0)
+    # Find a client port whose flow lands on slot 0, then remove slot 0's backend.
+    set0 = bgs.active_set(0)
+    port0 = next(p for p in range(CPORT, CPORT + 1000)
+                 if model.choose_slot(set0, CLIENT, VIP, p, VIP_PORT, IPPROTO_TCP) == 0)
+    run_table(bgs, "ingress", [
+        Case("SYN to slot 0", tcp(CLIENT, VIP, port0, VIP_PORT), XDP_PASS,
+             out=tcp(CLIENT, BLUE[0][0], port0, BLUE[0][1]), stats=NEW_SYN),
+    ])
+    bgs.cli("backend", "del", "web", "blue", "%s:%d" % BLUE[0])
+    assert bgs.active_set(0) == [1]
+    cases = [Case("data to the draining backend", tcp(CLIENT, VIP, port0, VIP_PORT, "PA",
+                                                      ack=ACK, payload=b"d"), XDP_PASS,
+                  out=tcp(CLIENT, BLUE[0][0], port0, BLUE[0][1], "PA", ack=ACK,
+                          payload=b"d"), stats=HIT)]
+    for p in range(port0 + 1, port0 + 21):
+        cases.append(Case(f"new SYN from port {p}", tcp(CLIENT, VIP, p, VIP_PORT), XDP_PASS,
+                          out=tcp(CLIENT, BLUE[1][0], p, BLUE[1][1]), stats=NEW_SYN))
+    run_table(bgs, "ingress", cases)
+
+
+def test_ingress_bad_backend_dropped(bgs):
+    """A set naming a slot that is not an active backend, or with a count beyond
+    BGS_MAX_BACKENDS, drops the new flow as BAD_BACKEND (sets poked directly)."""
+    web(bgs, blue=1, green=0)
+    sw = bgs.switch(0)
+    idx = model.u32(sw.set_index(0, model.BGS_BLUE))
+    sets = bgs.map("bgs_sets")
+    good = sets.lookup(idx)
+    new = {"VIP": 1, "SYN_MISS": 1}
+    sets.update(idx, model.pack_set([77]))  # a free slot
+    run_table(bgs, "ingress", [
+        Case("set names a free slot", tcp(CLIENT, VIP, CPORT, VIP_PORT), XDP_DROP,
+             stats=new, drops={"BAD_BACKEND": 1}),
+    ])
+    sets.update(idx, model.pack_set([0], count=model.BGS_MAX_BACKENDS + 1))
+    run_table(bgs, "ingress", [
+        Case("count beyond the maximum", tcp(CLIENT, VIP, CPORT, VIP_PORT), XDP_DROP,
+             stats=new, drops={"BAD_BACKEND": 1}),
+    ])
+    sets.update(idx, model.pack_set([model.BGS_MAX_BACKENDS * 1000]))  # beyond bgs_backends
+    run_table(bgs, "ingress", [
+        Case("slot beyond bgs_backends", tcp(CLIENT, VIP, CPORT, VIP_PORT), XDP_DROP,
+             stats=new, drops={"BAD_BACKEND": 1}),
+    ])
+    sets.update(idx, good)
+    run_table(bgs, "ingress", [
+        Case("set restored", tcp(CLIENT, VIP, CPORT, VIP_PORT), XDP_PASS,
+             out=tcp(CLIENT, BLUE[0][0], CPORT, BLUE[0][1]), stats=NEW_SYN),
+    ])
+
+
+# === egress: replies ==============================================================================
+
+def test_egress_reply_reverse_nat(bgs):
+    """A backend's replies leave with the VIP:port as their source, checksums right; TC_ACT_OK;
+    counted REPLY_NAT and in the backend's tx counters."""
+    slots = web(bgs)
+    be, bport = BLUE[0]
+    run_table(bgs, "ingress", [
+        Case("SYN", tcp(CLIENT, VIP, CPORT, VIP_PORT), XDP_PASS,
+             out=tcp(CLIENT, be, CPORT, bport), stats=NEW_SYN)])
+    body = b"HTTP/1.1 200 OK\r\n" * 20
+    cases = [
+        Case("SYN|ACK", tcp(be, CLIENT, bport, CPORT, "SA", seq=ACK, ack=SEQ + 1), TC_ACT_OK,
+             out=tcp(VIP, CLIENT, VIP_PORT, CPORT, "SA", seq=ACK, ack=SEQ + 1), stats=NAT),
+        Case("data", tcp(be, CLIENT, bport, CPORT, "PA", seq=ACK + 1, ack=SEQ + 1,
+                         payload=body), TC_ACT_OK,
+             out=tcp(VIP, CLIENT, VIP_PORT, CPORT, "PA", seq=ACK + 1, ack=SEQ + 1,
+                     payload=body), stats=NAT),
+        Case("tagged ACK", tcp(be, CLIENT, bport, CPORT, "A", seq=ACK, ack=SEQ + 1, vlan=42),
+             TC_ACT_OK, out=tcp(VIP, CLIENT, VIP_PORT, CPORT, "A", seq=ACK, ack=SEQ + 1,
+                                vlan=42), stats=NAT),
+        Case("with IP options", tcp(be, CLIENT, bport, CPORT, "A", seq=ACK,
+                                    options=[IPOption_Router_Alert()]), TC_ACT_OK,
+             out=tcp(VIP, CLIENT, VIP_PORT, CPORT, "A", seq=ACK,
+                     options=[IPOption_Router_Alert()]), stats=NAT),
+    ]
+    run_table(bgs, "egress", cases)
+    st = bgs.backend_stats(slots["blue"][0])
+    assert st["tx_packets"] == len(cases)
+    assert st["tx_bytes"] == sum(Ether(c.pkt)[IP].len for c in cases)
+    assert st["resets"] == 0
+
+
+def test_egress_udp_reply_reverse_nat(bgs):
+    """UDP replies are rewritten; a zero checksum stays zero, a sum of 0 is sent as 0xffff."""
+    dns(bgs)
+    be = BLUE[0][0]
+    run_table(bgs, "ingress", [
+        Case("query", udp(CLIENT, UDP_VIP, CPORT, UDP_PORT), XDP_PASS,
+             out=udp(CLIENT, be, CPORT, 5353), stats=NEW_UDP)])
+    ffff = _udp_payload_for_ffff(UDP_VIP, CLIENT, UDP_PORT, CPORT)
+    run_table(bgs, "egress", [
+        Case("answer", udp(be, CLIENT, 5353, CPORT, b"answer"), TC_ACT_OK,
+             out=udp(UDP_VIP, CLIENT, UDP_PORT, CPORT, b"answer"), stats=NAT),
+        Case("answer without checksum", udp(be, CLIENT, 5353, CPORT, b"a", chksum=0),
+             TC_ACT_OK, out=udp(UDP_VIP, CLIENT, UDP_PORT, CPORT, b"a", chksum=0), stats=NAT),
+        Case("answer whose sum becomes 0", udp(be, CLIENT, 5353, CPORT, ffff), TC_ACT_OK,
+             out=udp(UDP_VIP, CLIENT, UDP_PORT, CPORT, ffff), stats=NAT),
+    ])
+
+
+def test_egress_non_backend_untouched(bgs):
+    """Packets that do not come from a backend address:port/proto leave untouched and are
+    counted TX only."""
+    web(bgs)
+    be, bport = BLUE[0]
+    run_table(bgs, "ingress", [
+        Case("SYN", tcp(CLIENT, VIP, CPORT, VIP_PORT), XDP_PASS,
+             out=tcp(CLIENT, be, CPORT, bport), stats=NEW_SYN)])
+    run_table(bgs, "egress", [
+        Case("from another host", tcp(OTHER_IP, CLIENT, bport, CPORT, "SA"), TC_ACT_OK),
+        Case("from the backend address, other port", tcp(be, CLIENT, 22, CPORT, "SA"),
+             TC_ACT_OK),
+        Case("UDP from the backend's TCP address:port", udp(be, CLIENT, bport, CPORT),
+             TC_ACT_OK),
+        Case("from the VIP itself", tcp(VIP, CLIENT, VIP_PORT, CPORT, "SA"), TC_ACT_OK),
+        Case("ICMP from the backend", bytes(_l2() / IP(src=be, dst=CLIENT) / ICMP()),
+             TC_ACT_OK),
+        Case("IPv6", bytes(_l2() / IPv6(src="fd00::1", dst="fd00::2")
+                           / TCP(sport=bport, dport=CPORT)), TC_ACT_OK),
+        Case("truncated TCP from the backend", tcp(be, CLIENT, bport, CPORT, "SA")[:14 + 30],
+             TC_ACT_OK),
+        Case("fragment from the backend", ip_frame(be, CLIENT, TCP(sport=bport, dport=CPORT),
+                                                   flags="MF"), TC_ACT_OK),
+    ])
+
+
+def test_egress_backend_without_flow_untouched_and_counted(bgs):
+    """From a backend address:port but to a client with no reverse entry: untouched, counted
+    REPLY_NO_FLOW."""
+    web(bgs)
+    be, bport = BLUE[0]
+    run_table(bgs, "egress", [
+        Case("SYN|ACK to an unknown client", tcp(be, CLIENT, bport, CPORT, "SA"), TC_ACT_OK,
+             stats={"REPLY_NO_FLOW": 1}),
+        Case("RST to an unknown client", tcp(be, CLIENT2, bport, CPORT, "R"), TC_ACT_OK,
+             stats={"REPLY_NO_FLOW": 1}),
+    ])
+
+
+# === flow life cycle ==============================================================================
+
+def _open(bgs: BgsState, sport: int = CPORT, be=BLUE[0]) -> None:
+    run_table(bgs, "ingress", [
+        Case("SYN", tcp(CLIENT, VIP, sport, VIP_PORT), XDP_PASS,
+             out=tcp(CLIENT, be[0], sport, be[1]), stats=NEW_SYN)])
+
+
+def test_flow_fin_both_sides_closes(bgs):
+    """Client FIN (ingress) and backend FIN (egress) set FIN_CLIENT and FIN_SERVER; the last
+    ACK still follows the entry."""
+    web(bgs)
+    be, bport = BLUE[0]
+    _open(bgs)
+    run_table(bgs, "ingress", [
+        Case("client FIN", tcp(CLIENT, VIP, CPORT, VIP_PORT, "FA", ack=ACK), XDP_PASS,
+             out=tcp(CLIENT, be, CPORT, bport, "FA", ack=ACK), stats=HIT)])
+    assert bgs.flow(CLIENT, VIP, CPORT, VIP_PORT).state == (
+        model.BGS_FLOW_SYN | model.BGS_FLOW_FIN_CLIENT)
+    run_table(bgs, "egress", [
+        Case("backend FIN", tcp(be, CLIENT, bport, CPORT, "FA", seq=ACK), TC_ACT_OK,
+             out=tcp(VIP, CLIENT, VIP_PORT, CPORT, "FA", seq=ACK), stats=NAT)])
+    assert bgs.flow(CLIENT, VIP, CPORT, VIP_PORT).state == (
+        model.BGS_FLOW_SYN | model.BGS_FLOW_FIN_CLIENT | model.BGS_FLOW_FIN_SERVER)
+    run_table(bgs, "ingress", [
+        Case("last ACK after both FINs", tcp(CLIENT, VIP, CPORT, VIP_PORT, "A", ack=ACK + 1),
+             XDP_PASS, out=tcp(CLIENT, be, CPORT, bport, "A", ack=ACK + 1), stats=HIT)])
+
+
+def test_flow_backend_fin_first(bgs):
+    """The backend may close first: FIN_SERVER, then FIN_CLIENT."""
+    web(bgs)
+    be, bport = BLUE[0]
+    _open(bgs)
+    bgs.egress(tcp(be, CLIENT, bport, CPORT, "FA"))
+    assert bgs.flow(CLIENT, VIP, CPORT, VIP_PORT).state == (
+        model.BGS_FLOW_SYN | model.BGS_FLOW_FIN_SERVER)
+    bgs.ingress(tcp(CLIENT, VIP, CPORT, VIP_PORT, "FA"))
+    assert bgs.flow(CLIENT, VIP, CPORT, VIP_PORT).state == (
+        model.BGS_FLOW_SYN | model.BGS_FLOW_FIN_SERVER | model.BGS_FLOW_FIN_CLIENT)
+
+
+def test_flow_rst_from_backend_closes_and_counts_reset(bgs):
+    """A backend RST sets the RST bit, is rewritten, and counts in the backend's resets."""
+    slots = web(bgs)
+    be, bport = BLUE[0]
+    _open(bgs)
+    run_table(bgs, "egress", [
+        Case("backend RST", tcp(be, CLIENT, bport, CPORT, "RA", seq=ACK), TC_ACT_OK,
+             out=tcp(VIP, CLIENT, VIP_PORT, CPORT, "RA", seq=ACK), stats=NAT)])
+    assert bgs.flow(CLIENT, VIP, CPORT, VIP_PORT).state == (
+        model.BGS_FLOW_SYN | model.BGS_FLOW_RST)
+    assert bgs.backend_stats(slots["blue"][0])["resets"] == 1
+
+
+def test_flow_rst_from_client_closes(bgs):
+    """A client RST is forwarded on the flow and sets the RST bit."""
+    web(bgs)
+    be, bport = BLUE[0]
+    _open(bgs)
+    run_table(bgs, "ingress", [
+        Case("client RST", tcp(CLIENT, VIP, CPORT, VIP_PORT, "R", seq=SEQ + 1), XDP_PASS,
+             out=tcp(CLIENT, be, CPORT, bport, "R", seq=SEQ + 1), stats=HIT)])
+    assert bgs.flow(CLIENT, VIP, CPORT, VIP_PORT).state == (
+        model.BGS_FLOW_SYN | model.BGS_FLOW_RST)
+
+
+@pytest.mark.parametrize("close", ["fin_both", "rst_client", "rst_backend"])
+def test_ingress_syn_on_closed_flow_reopens_on_active_color(bgs, close):
+    """A SYN on a closed flow (both FINs, or RST from either side) starts a new flow on the
+    active color, counted FLOW_REOPEN; a non-SYN segment still follows the old entry."""
+    slots = web(bgs)
+    be, g = BLUE[0], GREEN[0]
+    _open(bgs)
+    bgs.cli("flip", "web", "green")
+    if close == "fin_both":
+        bgs.ingress(tcp(CLIENT, VIP, CPORT, VIP_PORT, "FA"))
+        bgs.egress(tcp(be[0], CLIENT, be[1], CPORT, "FA"))
+    elif close == "rst_client":
+        bgs.ingress(tcp(CLIENT, VIP, CPORT, VIP_PORT, "R"))
+    else:
+        bgs.egress(tcp(be[0], CLIENT, be[1], CPORT, "R"))
+    run_table(bgs, "ingress", [
+        Case("ACK on the closed flow", tcp(CLIENT, VIP, CPORT, VIP_PORT, "A", ack=ACK),
+             XDP_PASS, out=tcp(CLIENT, be[0], CPORT, be[1], "A", ack=ACK), stats=HIT),
+        Case("SYN on the closed flow", tcp(CLIENT, VIP, CPORT, VIP_PORT, seq=SEQ + 99),
+             XDP_PASS, out=tcp(CLIENT, g[0], CPORT, g[1], seq=SEQ + 99), stats=REOPEN),
+        Case("ACK on the reopened flow", tcp(CLIENT, VIP, CPORT, VIP_PORT, "A", ack=ACK),
+             XDP_PASS, out=tcp(CLIENT, g[0], CPORT, g[1], "A", ack=ACK), stats=HIT),
+    ])
+    f = bgs.flow(CLIENT, VIP, CPORT, VIP_PORT)
+    assert (f.daddr, f.color, f.slot, f.state) == (g[0], model.BGS_GREEN, slots["green"][0],
+                                                   model.BGS_FLOW_SYN)
+    assert bgs.reverse(g[0], CLIENT, g[1], CPORT) == model.Reverse(VIP, VIP_PORT,
+                                                                   slots["green"][0])
+
+
+def _age(bgs: BgsState, key: tuple, proto: int, idle_ns: int) -> None:
+    """Make a flow look idle for longer than ``idle_ns`` (u64 arithmetic, as in the kernel)."""
+    f = bgs.flow(*key, proto)
+    old = (monotonic_coarse_ns() - idle_ns - 10**9) % (1 << 64)
+    bgs.put_flow(*key, proto, f._replace(last_seen=old))
+
+
+def test_ingress_syn_on_idle_flow_reopens(bgs):
+    """A SYN on a TCP flow idle past tcp_idle reopens it on the active color; a non-SYN
+    segment on it still follows it (it may be a long-quiet connection)."""
+    web(bgs)
+    _open(bgs)
+    bgs.cli("flip", "web")
+    _age(bgs, (CLIENT, VIP, CPORT, VIP_PORT), IPPROTO_TCP, bgs.config().tcp_idle_ns)
+    b, g = BLUE[0], GREEN[0]
+    run_table(bgs, "ingress", [
+        Case("ACK on the idle flow", tcp(CLIENT, VIP, CPORT, VIP_PORT, "A", ack=ACK),
+             XDP_PASS, out=tcp(CLIENT, b[0], CPORT, b[1], "A", ack=ACK), stats=HIT),
+    ])
+    _age(bgs, (CLIENT, VIP, CPORT, VIP_PORT), IPPROTO_TCP, bgs.config().tcp_idle_ns)
+    run_table(bgs, "ingress", [
+        Case("SYN on the idle flow", tcp(CLIENT, VIP, CPORT, VIP_PORT), XDP_PASS,
+             out=tcp(CLIENT, g[0], CPORT, g[1]), stats=REOPEN),
+    ])
+
+
+def test_ingress_udp_idle_flow_reopens(bgs):
+    """A UDP flow idle past udp_idle is replaced by the next datagram, on the active color."""
+    dns(bgs)
+    run_table(bgs, "ingress", [
+        Case("first datagram", udp(CLIENT, UDP_VIP, CPORT, UDP_PORT), XDP_PASS,
+             out=udp(CLIENT, BLUE[0][0], CPORT, 5353), stats=NEW_UDP)])
+    bgs.cli("flip", "dns")
+    _age(bgs, (CLIENT, UDP_VIP, CPORT, UDP_PORT), IPPROTO_UDP, bgs.config().udp_idle_ns)
+    run_table(bgs, "ingress", [
+        Case("datagram after the idle time", udp(CLIENT, UDP_VIP, CPORT, UDP_PORT), XDP_PASS,
+             out=udp(CLIENT, GREEN[0][0], CPORT, 5353), stats=REOPEN),
+        Case("next datagram", udp(CLIENT, UDP_VIP, CPORT, UDP_PORT), XDP_PASS,
+             out=udp(CLIENT, GREEN[0][0], CPORT, 5353), stats=HIT),
+    ])
+
+
+def test_ingress_service_deleted_untouched(bgs):
+    """After `service del --force` the VIP is no longer ours: SYNs and segments of its old
+    flows pass untouched, counted NOT_VIP."""
+    web(bgs)
+    _open(bgs)
+    bgs.cli("service", "del", "web", "--force")
+    run_table(bgs, "ingress", [
+        Case("ACK of a flow of the deleted service",
+             tcp(CLIENT, VIP, CPORT, VIP_PORT, "A", ack=ACK), XDP_PASS, stats={"NOT_VIP": 1}),
+        Case("SYN to the deleted VIP", tcp(CLIENT, VIP, CPORT + 1, VIP_PORT), XDP_PASS,
+             stats={"NOT_VIP": 1}),
+    ])
+
+
+def test_flow_stale_reply_from_previous_backend_keeps_reopened_flow(bgs):
+    """After a client reuses a 5-tuple (RST, then SYN reopening it on green), a late FIN or RST
+    from the old blue backend must not mark the new green flow closed."""
+    web(bgs)
+    b, g = BLUE[0], GREEN[0]
+    _open(bgs)
+    bgs.cli("flip", "web", "green")
+    bgs.ingress(tcp(CLIENT, VIP, CPORT, VIP_PORT, "R"))
+    run_table(bgs, "ingress", [
+        Case("SYN reopening the 5-tuple on green", tcp(CLIENT, VIP, CPORT, VIP_PORT),
+             XDP_PASS, out=tcp(CLIENT, g[0], CPORT, g[1]), stats=REOPEN)])
+    bgs.egress(tcp(b[0], CLIENT, b[1], CPORT, "FA"))
+    bgs.egress(tcp(b[0], CLIENT, b[1], CPORT, "R"))
+    f = bgs.flow(CLIENT, VIP, CPORT, VIP_PORT)
+    assert (f.daddr, f.state) == (g[0], model.BGS_FLOW_SYN), (
+        f"green flow state {f.state:#x} after stale FIN+RST from blue {b[0]}:{b[1]}")
+
+
+def test_ingress_l4_header_beyond_packet_untouched(bgs):
+    """A TCP header whose options run past the frame, or that lies beyond the IP total length
+    (in Ethernet padding), is a truncated header: pass untouched, PARSE_ERR."""
+    web(bgs)
+    err = {"PARSE_ERR": 1}
+    run_table(bgs, "ingress", [
+        Case("TCP doff=15, no options present",
+             tcp(CLIENT, VIP, CPORT, VIP_PORT, tcp_fields={"dataofs": 15}), XDP_PASS,
+             stats=err),
+        Case("IP total length 20: the TCP header is padding",
+             tcp(CLIENT, VIP, CPORT + 1, VIP_PORT, len=20), XDP_PASS, stats=err),
+    ])
+
+
+# === backend choice ============================================================================
+
+def _random_tuples(rng: random.Random, n: int) -> List[tuple]:
+    seen, out = set(), []
+    while len(out) < n:
+        t = (f"{rng.randrange(1, 224)}.{rng.randrange(256)}.{rng.randrange(256)}."
+             f"{rng.randrange(1, 255)}", rng.randrange(1, 65536))
+        if t not in seen:
+            seen.add(t)
+            out.append(t)
+    return out
+
+
+def test_ingress_backend_choice_matches_model(bgs):
+    """For many client 5-tuples the backend chosen equals model.choose_slot (flow_hash mirror
+    and modulo), on a 5-backend blue set, then on a 3-backend green set after a flip, and for
+    UDP; every backend gets some flows."""
+    web(bgs, blue=5, green=3)
+    dns(bgs, blue=5, green=0)
+    rng = random.Random(0xB65)
+    by_slot = {}
+    addr_of = {}
+    for color, backends in (("blue", BLUE), ("green", GREEN)):
+        for a, p in backends:
+            addr_of[bgs.find_slot("web", color, a, p)] = (a, p)
+    for a, _ in BLUE:
+        addr_of[bgs.find_slot("dns", "blue", a, 5353)] = (a, 5353)
+
+    cases = []
+
+    def check(svc: int, vip: str, vport: int, proto: int, tuples: List[tuple]) -> None:
+        slots = bgs.active_set(svc)
+        for caddr, cport in tuples:
+            slot = model.choose_slot(slots, caddr, vip, cport, vport, proto)
+            by_slot[slot] = by_slot.get(slot, 0) + 1
+            a, p = addr_of[slot]
+            if proto == IPPROTO_TCP:
+                inp, out = tcp(caddr, vip, cport, vport), tcp(caddr, a, cport, p)
+                stats = NEW_SYN
+            else:
+                inp, out = udp(caddr, vip, cport, vport), udp(caddr, a, cport, p)
+                stats = NEW_UDP
+            cases.append(Case(f"{caddr}:{cport} -> {vip}:{vport}/{proto}: model says slot "
+                              f"{slot} ({a}:{p})", inp, XDP_PASS, out=out, stats=stats))
+
+    check(0, VIP, VIP_PORT, IPPROTO_TCP, _random_tuples(rng, 150))
+    check(1, UDP_VIP, UDP_PORT, IPPROTO_UDP, _random_tuples(rng, 60))
+    run_table(bgs, "ingress", cases)
+    bgs.cli("flip", "web", "green")
+    cases = []
+    check(0, VIP, VIP_PORT, IPPROTO_TCP, _random_tuples(rng, 90))
+    run_table(bgs, "ingress", cases)
+    assert sorted(by_slot) == sorted(addr_of), f"some backend never chosen: {by_slot}"
+
+
+def test_model_flow_hash_known_values():
+    """model.flow_hash is deterministic and sensitive to every field (no state needed)."""
+    base = ("192.168.7.1", "10.0.0.100", 40000, 80, IPPROTO_TCP)
+    h = model.flow_hash(*base)
+    assert h == model.flow_hash(*base)
+    for i, alt in enumerate(["192.168.7.2", "10.0.0.101", 40001, 81, IPPROTO_UDP]):
+        t = list(base)
+        t[i] = alt
+        assert model.flow_hash(*t) != h, f"field {i} does not change the hash"
+    assert 0 <= h < 1 << 32
