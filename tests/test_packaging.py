@@ -244,9 +244,10 @@ def test_packaging_completion_colors(stub):
     ("bgswitch backend del -", ["-h", "--help"]),
     ("bgswitch flip web -", ["-h", "--help"]),
     ("bgswitch rollback -", ["-h", "--help"]),
-    ("bgswitch status -", ["-j", "--json", "-h", "--help"]),
+    ("bgswitch status -", ["-j", "--json", "-i", "--interval", "-h", "--help"]),
     ("bgswitch status web --j", ["--json"]),
-    ("bgswitch exporter -", ["--listen"]),
+    ("bgswitch exporter -", ["-l", "--listen", "-h", "--help"]),
+    ("bgswitch watch web -", ["-i", "--interval", "-h", "--help"]),
 ])
 def test_packaging_completion_command_options(stub, line, want):
     assert complete(stub, line) == want
