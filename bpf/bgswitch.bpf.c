@@ -4,30 +4,59 @@
 #include "maps.bpf.h"
 #include "parse.bpf.h"
 #include "flow.bpf.h"
+#include "frag.bpf.h"
 #include "nat.bpf.h"
+#include "icmp.bpf.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
+static __always_inline void count_rx(__u32 slot, __u32 len)
+{
+	struct bgs_backend_stats *bs = stat_backend(slot);
+
+	if (bs) {
+		bs->rx_packets++;
+		bs->rx_bytes += len;
+	}
+}
+
 /* Ingress: a client packet for a VIP goes to its flow's backend, or starts a flow on the active
- * color. Everything else passes untouched.
+ * color; a later fragment follows its first fragment; an ICMP error about a reply goes to that
+ * reply's backend. Everything else passes untouched.
  */
 SEC("xdp")
 int bgs_ingress(struct xdp_md *ctx)
 {
 	void *data_end = (void *)(long)ctx->data_end;
 	void *data = (void *)(long)ctx->data;
-	struct bgs_backend_stats *bs;
 	struct bgs_pkt pkt = {};
 	struct bgs_flow flow;
+	struct bgs_frag *fr;
 	struct bgs_vip *vip;
 	int ret;
 
 	stat_inc(BGS_STAT_RX);
-	ret = parse_packet(data, data_end, &pkt);
+	ret = parse_packet(data, data_end, data_end - data, &pkt);
 	if (ret < 0) {
 		stat_inc(-ret);
 		return XDP_PASS;
 	}
+
+	if (pkt.frag == BGS_FRAG_LATER) {
+		fr = frag_lookup(&pkt);
+		if (!fr) {
+			if (frag_to_vip(&pkt))
+				return stat_drop_node(BGS_DROP_FRAG_MISS);
+			stat_inc(BGS_STAT_NOT_VIP);
+			return XDP_PASS;
+		}
+		stat_inc(BGS_STAT_FRAG_LATER);
+		count_rx(fr->slot, pkt.len);
+		nat_dnat_xdp(&pkt, fr->addr, 0, data_end);
+		return XDP_PASS;
+	}
+	if (parse_is_icmp(&pkt))
+		return icmp_ingress(&pkt, data_end);
 
 	vip = flow_service(&pkt);
 	if (!vip) {
@@ -40,16 +69,15 @@ int bgs_ingress(struct xdp_md *ctx)
 	if (ret != BGS_CONTINUE)
 		return ret;
 
-	nat_dnat_xdp(&pkt, &flow, data_end);
-	bs = stat_backend(flow.slot);
-	if (bs) {
-		bs->rx_packets++;
-		bs->rx_bytes += pkt.len;
-	}
+	frag_track(&pkt, flow.daddr, flow.slot);
+	nat_dnat_xdp(&pkt, flow.daddr, flow.dport, data_end);
+	count_rx(flow.slot, pkt.len);
 	return XDP_PASS;
 }
 
-/* Egress: a reply from a backend leaves with the VIP as its source. */
+/* Egress: a reply from a backend leaves with the VIP as its source (its later fragments too),
+ * and an ICMP error about a client's packet leaves quoting the VIP.
+ */
 SEC("tc")
 int bgs_egress(struct __sk_buff *skb)
 {
@@ -57,22 +85,39 @@ int bgs_egress(struct __sk_buff *skb)
 	struct bgs_reverse *rev;
 	struct bgs_pkt pkt = {};
 	void *data, *data_end;
-	__u32 slot;
+	struct bgs_frag *fr;
+	__u32 to[4], slot;
+	__u16 port;
 
 	stat_inc(BGS_STAT_TX);
 	nat_pull(skb);
 	data = (void *)(long)skb->data;
 	data_end = (void *)(long)skb->data_end;
-	if (parse_packet(data, data_end, &pkt) < 0)
+	if (parse_packet(data, data_end, skb->len, &pkt) < 0)
 		return TC_ACT_OK;
 
-	rev = nat_reverse_lookup(&pkt);
-	if (!rev)
+	if (pkt.frag == BGS_FRAG_LATER) {
+		fr = frag_lookup(&pkt);
+		if (!fr)
+			return TC_ACT_OK;
+		__builtin_memcpy(to, fr->addr, sizeof(to));
+		slot = fr->slot;
+		port = 0;
+	} else if (parse_is_icmp(&pkt)) {
+		icmp_egress(&pkt, data_end);
 		return TC_ACT_OK;
-	slot = rev->slot;
-	if (pkt.key.proto == IPPROTO_TCP && (pkt.tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST)))
-		flow_mark_server(&pkt, rev);
-	if (nat_snat_tc(skb, &pkt, rev))
+	} else {
+		rev = nat_reverse_lookup(&pkt);
+		if (!rev)
+			return TC_ACT_OK;
+		__builtin_memcpy(to, rev->vaddr, sizeof(to));
+		slot = rev->slot;
+		port = rev->vport;
+		if (pkt.key.proto == IPPROTO_TCP && (pkt.tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST)))
+			flow_mark_server(&pkt, rev);
+		frag_track(&pkt, to, slot);
+	}
+	if (nat_snat_tc(skb, &pkt, to, port))
 		return TC_ACT_OK;
 
 	stat_inc(BGS_STAT_REPLY_NAT);

@@ -5,6 +5,34 @@
 
 #include "common.bpf.h"
 
+/* A change is accumulated as a ones'-complement difference, then applied to each checksum
+ * that covers the changed bytes: HC' = ~(~HC + ~m + m').
+ */
+static __always_inline __u32 csum_diff4(__u32 diff, __u32 from, __u32 to)
+{
+	return diff + (~from & 0xffff) + (~from >> 16) + (to & 0xffff) + (to >> 16);
+}
+
+static __always_inline __u32 csum_diff2(__u32 diff, __u16 from, __u16 to)
+{
+	return diff + (__u16)~from + to;
+}
+
+/* The difference of an address change: one word for IPv4, four for IPv6. */
+static __always_inline __u32 csum_diff_addr(__u32 diff, const __u32 *from, const __u32 *to,
+					    __u8 family)
+{
+	int i;
+
+	diff = csum_diff4(diff, from[0], to[0]);
+	if (family == BGS_AF_INET6) {
+#pragma unroll
+		for (i = 1; i < 4; i++)
+			diff = csum_diff4(diff, from[i], to[i]);
+	}
+	return diff;
+}
+
 static __always_inline __u16 csum_fold(__u32 sum)
 {
 	sum = (sum & 0xffff) + (sum >> 16);
@@ -12,39 +40,20 @@ static __always_inline __u16 csum_fold(__u32 sum)
 	return (__u16)sum;
 }
 
-/* HC' = ~(~HC + ~m + m') for a 32-bit field changing from 'from' to 'to'. */
-static __always_inline void csum_replace4(__u16 *sum, __u32 from, __u32 to)
+/* Apply a difference to a checksum field. */
+static __always_inline void csum_apply(__u16 *sum, __u32 diff)
 {
-	__u32 s = (__u16) ~*sum;
-
-	s += (~from & 0xffff) + (~from >> 16) + (to & 0xffff) + (to >> 16);
-	*sum = ~csum_fold(s);
+	*sum = ~csum_fold((__u16)~*sum + csum_fold(diff));
 }
 
-/* The same for a 16-bit field. */
-static __always_inline void csum_replace2(__u16 *sum, __u16 from, __u16 to)
-{
-	__u32 s = (__u16) ~*sum;
-
-	s += (__u16)~from + to;
-	*sum = ~csum_fold(s);
-}
-
-/* A UDP checksum of zero means "none" (IPv4): leave it, and never produce zero. */
-static __always_inline void csum_udp_replace4(__u16 *sum, __u32 from, __u32 to)
+/* The same for a UDP checksum: zero means "none" (IPv4) and is left alone, and a result of
+ * zero is sent as 0xffff.
+ */
+static __always_inline void csum_apply_udp(__u16 *sum, __u32 diff)
 {
 	if (!*sum)
 		return;
-	csum_replace4(sum, from, to);
-	if (!*sum)
-		*sum = 0xffff;
-}
-
-static __always_inline void csum_udp_replace2(__u16 *sum, __u16 from, __u16 to)
-{
-	if (!*sum)
-		return;
-	csum_replace2(sum, from, to);
+	csum_apply(sum, diff);
 	if (!*sum)
 		*sum = 0xffff;
 }

@@ -89,6 +89,25 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } bgs_reverse SEC(".maps");
 
+/* Addresses services listen on, with a reference count: fragments carry no port. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, BGS_MAX_SERVICES);
+	__type(key, struct bgs_vip_addr);
+	__type(value, __u32);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} bgs_vip_addrs SEC(".maps");
+
+/* Fragmented datagrams: where the first fragment went, so the later ones follow it. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, BGS_FRAG_ENTRIES);
+	__type(key, struct bgs_frag_key);
+	__type(value, struct bgs_frag);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} bgs_frags SEC(".maps");
+
 /* Interfaces this state is attached to, by ifindex (control plane only). */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -148,17 +167,24 @@ static __always_inline struct bgs_service_stats *stat_service(__u32 svc)
 	return bpf_map_lookup_elem(&bgs_service_stats, &svc);
 }
 
-/* Count a service's drop by its reason and return the XDP verdict that carries it out. */
-static __always_inline int stat_drop(__u32 svc, __u32 reason)
+/* Count a drop that belongs to no service, and return XDP_DROP. */
+static __always_inline int stat_drop_node(__u32 reason)
 {
-	struct bgs_service_stats *ss = stat_service(svc);
 	__u64 *v = bpf_map_lookup_elem(&bgs_drops, &reason);
 
 	if (v)
 		*v += 1;
+	return XDP_DROP;
+}
+
+/* Count a service's drop by its reason, and return XDP_DROP. */
+static __always_inline int stat_drop(__u32 svc, __u32 reason)
+{
+	struct bgs_service_stats *ss = stat_service(svc);
+
 	if (ss && reason < BGS_DROP_MAX)
 		ss->drops[reason]++;
-	return XDP_DROP;
+	return stat_drop_node(reason);
 }
 
 static __always_inline struct bgs_backend_stats *stat_backend(__u32 slot)

@@ -8,38 +8,48 @@
 #include "maps.bpf.h"
 #include "parse.bpf.h"
 
-/* Headers the egress program must see in the linear area: Ethernet, a tag, IPv4, TCP. */
-#define NAT_PULL_LEN (14 + 4 + 60 + 20)
+/* Headers the egress program must see in the linear area: Ethernet, two tags, an IP header
+ * with options, and for an ICMP error the ICMP header, the quoted IP header and 8 bytes more.
+ */
+#define NAT_PULL_LEN (14 + 8 + 60 + 8 + 60 + 20)
 
-/* Rewrite a client packet's destination to the flow's backend, checksums by difference. */
-static __always_inline void nat_dnat_xdp(struct bgs_pkt *pkt, const struct bgs_flow *f,
+/* Rewrite a client packet's destination (and, unless it is a later fragment, its destination
+ * port) to its backend, checksums by difference.
+ */
+static __always_inline void nat_dnat_xdp(struct bgs_pkt *pkt, const __u32 *to, __u16 dport,
 					 void *data_end)
 {
-	struct iphdr *iph = pkt->iph;
-	__u32 from = pkt->key.daddr[0], to = f->daddr[0];
+	__u32 diff = csum_diff_addr(0, pkt->key.daddr, to, pkt->key.family);
 
-	/* The parser checked these bounds; the checks here keep the verifier's proof local. */
-	if ((void *)(iph + 1) > data_end)
-		return;
-	if (pkt->key.proto == IPPROTO_TCP) {
+	if (pkt->key.proto == IPPROTO_TCP && pkt->l4) {
 		struct tcphdr *th = pkt->l4;
 
 		if ((void *)(th + 1) > data_end)
 			return;
-		csum_replace4(&th->check, from, to);
-		csum_replace2(&th->check, th->dest, f->dport);
-		th->dest = f->dport;
-	} else {
+		csum_apply(&th->check, csum_diff2(diff, th->dest, dport));
+		th->dest = dport;
+	} else if (pkt->key.proto == IPPROTO_UDP && pkt->l4) {
 		struct udphdr *uh = pkt->l4;
 
 		if ((void *)(uh + 1) > data_end)
 			return;
-		csum_udp_replace4(&uh->check, from, to);
-		csum_udp_replace2(&uh->check, uh->dest, f->dport);
-		uh->dest = f->dport;
+		csum_apply_udp(&uh->check, csum_diff2(diff, uh->dest, dport));
+		uh->dest = dport;
 	}
-	csum_replace4(&iph->check, from, to);
-	iph->daddr = to;
+	if (pkt->key.family == BGS_AF_INET) {
+		struct iphdr *iph = pkt->l3;
+
+		if ((void *)(iph + 1) > data_end)
+			return;
+		csum_apply(&iph->check, diff);
+		iph->daddr = to[0];
+	} else {
+		struct ipv6hdr *ip6 = pkt->l3;
+
+		if ((void *)(ip6 + 1) > data_end)
+			return;
+		__builtin_memcpy(&ip6->daddr, to, 16);
+	}
 }
 
 /* Make sure the headers of an egress skb are in its linear area. A subprogram of its own, so
@@ -54,19 +64,26 @@ static __noinline int nat_pull(struct __sk_buff *skb)
 	return 0;
 }
 
+/* Is (address, port, protocol) a backend the egress program must look at? */
+static __always_inline bool nat_is_backend(const __u32 *addr, __u16 port, __u8 proto,
+					   __u8 family)
+{
+	struct bgs_backend_addr ba = {
+		.addr = { addr[0], addr[1], addr[2], addr[3] },
+		.port = port,
+		.proto = proto,
+		.family = family,
+	};
+
+	return bpf_map_lookup_elem(&bgs_backend_addrs, &ba);
+}
+
 /* The reverse entry of a reply from a backend, or NULL when the packet is not one. */
 static __always_inline struct bgs_reverse *nat_reverse_lookup(const struct bgs_pkt *pkt)
 {
-	struct bgs_backend_addr ba = {
-		.addr = { pkt->key.saddr[0], pkt->key.saddr[1], pkt->key.saddr[2],
-			  pkt->key.saddr[3] },
-		.port = pkt->key.sport,
-		.proto = pkt->key.proto,
-		.family = pkt->key.family,
-	};
 	struct bgs_reverse *rev;
 
-	if (!bpf_map_lookup_elem(&bgs_backend_addrs, &ba))
+	if (!nat_is_backend(pkt->key.saddr, pkt->key.sport, pkt->key.proto, pkt->key.family))
 		return NULL;
 	rev = bpf_map_lookup_elem(&bgs_reverse, &pkt->key);
 	if (!rev)
@@ -74,33 +91,45 @@ static __always_inline struct bgs_reverse *nat_reverse_lookup(const struct bgs_p
 	return rev;
 }
 
-/* Rewrite a reply's source from backend to VIP with the skb checksum helpers, which also keep
- * CHECKSUM_PARTIAL and GSO packets right. Packet pointers are invalid afterwards.
+/* Rewrite a reply's source (and, unless it is a later fragment, its source port) to the VIP
+ * with the skb checksum helpers, which also keep CHECKSUM_PARTIAL and GSO packets right.
+ * Packet pointers are invalid afterwards.
  */
 static __always_inline int nat_snat_tc(struct __sk_buff *skb, const struct bgs_pkt *pkt,
-				       const struct bgs_reverse *rev)
+				       const __u32 *to, __u16 sport)
 {
-	__u32 ip_csum = pkt->l3_off + offsetof(struct iphdr, check);
-	__u32 ip_saddr = pkt->l3_off + offsetof(struct iphdr, saddr);
-	__u32 from = pkt->key.saddr[0], to = rev->vaddr[0];
-	__u16 pfrom = pkt->key.sport, pto = rev->vport;
-	__u32 l4_csum, l4_port = pkt->l4_off; /* source port leads both headers */
-	__u64 mangled = 0;
+	bool v6 = pkt->key.family == BGS_AF_INET6;
+	__u32 saddr_off = pkt->l3_off + (v6 ? offsetof(struct ipv6hdr, saddr) :
+					      offsetof(struct iphdr, saddr));
+	__u16 pfrom = pkt->key.sport;
+	__u32 l4_csum = 0;
+	__u64 flags = 0;
+	__s64 diff;
 
-	if (pkt->key.proto == IPPROTO_TCP) {
-		l4_csum = pkt->l4_off + offsetof(struct tcphdr, check);
-	} else {
-		l4_csum = pkt->l4_off + offsetof(struct udphdr, check);
-		mangled = BPF_F_MARK_MANGLED_0;
+	if (pkt->frag != BGS_FRAG_LATER) {
+		if (pkt->key.proto == IPPROTO_TCP) {
+			l4_csum = pkt->l4_off + offsetof(struct tcphdr, check);
+		} else {
+			l4_csum = pkt->l4_off + offsetof(struct udphdr, check);
+			flags = BPF_F_MARK_MANGLED_0;
+		}
 	}
-
-	if (bpf_l4_csum_replace(skb, l4_csum, from, to, BPF_F_PSEUDO_HDR | mangled | 4) ||
-	    bpf_l4_csum_replace(skb, l4_csum, pfrom, pto, mangled | 2) ||
-	    bpf_l3_csum_replace(skb, ip_csum, from, to, 4) ||
-	    bpf_skb_store_bytes(skb, ip_saddr, &to, 4, 0) ||
-	    bpf_skb_store_bytes(skb, l4_port, &pto, 2, 0))
+	if (v6) {
+		diff = bpf_csum_diff((__be32 *)pkt->key.saddr, 16, (__be32 *)to, 16, 0);
+		if (l4_csum && bpf_l4_csum_replace(skb, l4_csum, 0, diff, BPF_F_PSEUDO_HDR | flags))
+			return -1;
+	} else {
+		if (l4_csum && bpf_l4_csum_replace(skb, l4_csum, pkt->key.saddr[0], to[0],
+						   BPF_F_PSEUDO_HDR | flags | 4))
+			return -1;
+		if (bpf_l3_csum_replace(skb, pkt->l3_off + offsetof(struct iphdr, check),
+					pkt->key.saddr[0], to[0], 4))
+			return -1;
+	}
+	if (l4_csum && (bpf_l4_csum_replace(skb, l4_csum, pfrom, sport, flags | 2) ||
+			bpf_skb_store_bytes(skb, pkt->l4_off, &sport, 2, 0)))
 		return -1;
-	return 0;
+	return bpf_skb_store_bytes(skb, saddr_off, to, v6 ? 16 : 4, 0);
 }
 
 #endif /* BGS_NAT_BPF_H */

@@ -26,6 +26,12 @@
 #ifndef BGS_DEFAULT_FLOWS
 #define BGS_DEFAULT_FLOWS (1 << 20) /* flow-table entries; `attach --flows N` overrides */
 #endif
+#ifndef BGS_FRAG_ENTRIES
+#define BGS_FRAG_ENTRIES 16384 /* fragmented datagrams tracked at once */
+#endif
+#ifndef BGS_MAX_EXTHDRS
+#define BGS_MAX_EXTHDRS 6 /* IPv6 extension headers walked before giving up */
+#endif
 #ifndef BGS_MAX_IFACES
 #define BGS_MAX_IFACES 64 /* interfaces one pinned state can be attached to */
 #endif
@@ -161,6 +167,29 @@ struct bgs_backend_addr {
 	__u8 family;
 };
 
+/* bgs_vip_addrs key: an address some service listens on (for fragments, which carry no port). */
+struct bgs_vip_addr {
+	__u32 addr[4];
+	__u8 family;
+	__u8 pad[3];
+};
+
+/* bgs_frags key: one fragmented datagram, as its later fragments identify it. */
+struct bgs_frag_key {
+	__u32 saddr[4];
+	__u32 daddr[4];
+	__u32 id; /* IPv4 identification, or the IPv6 fragment header's */
+	__u8 proto;
+	__u8 family;
+	__u16 pad;
+};
+
+/* bgs_frags value: the address that replaces the destination (ingress) or source (egress). */
+struct bgs_frag {
+	__u32 addr[4];
+	__u32 slot;
+};
+
 /* bgs_services value, indexed by service id: the control plane's record of a service. */
 struct bgs_service {
 	char name[BGS_NAME_LEN];
@@ -195,43 +224,50 @@ struct bgs_backend_stats {
 	__u64 resets; /* RST sent by the backend */
 };
 
-/* bgs_service_stats value (per CPU), indexed by service id: what happened to new flows. */
-struct bgs_service_stats {
-	__u64 syn_miss; /* SYN that missed the table: a new TCP flow */
-	__u64 nosyn_miss; /* TCP segment without SYN that missed the table (dropped) */
-	__u64 reopen; /* SYN on a closed or idle entry: a new flow on the active color */
-	__u64 drops[4]; /* by enum bgs_drop_reason; 4 == BGS_DROP_MAX, checked below */
-};
-
 /* bgs_stats index (per CPU): node-wide counters. */
 enum bgs_stat {
-	BGS_STAT_RX = 0, /* packets seen by the ingress program */
-	BGS_STAT_NOT_VIP, /* passed untouched: not addressed to a service */
-	BGS_STAT_NOT_IP, /* passed untouched: not IPv4 (or not parsed) */
-	BGS_STAT_PARSE_ERR, /* passed untouched: truncated or malformed header */
-	BGS_STAT_FRAGMENT, /* passed untouched: IP fragment */
-	BGS_STAT_VIP, /* addressed to a service */
-	BGS_STAT_FLOW_HIT, /* followed an existing flow entry */
-	BGS_STAT_FLOW_NEW, /* created a flow entry */
-	BGS_STAT_FLOW_REOPEN, /* SYN on a closed or idle entry: new flow on the active color */
-	BGS_STAT_SYN_MISS, /* SYN that missed the table (a new TCP flow) */
-	BGS_STAT_NOSYN_MISS, /* non-SYN TCP segment that missed the table (dropped) */
-	BGS_STAT_TX, /* packets seen by the egress program */
-	BGS_STAT_REPLY_NAT, /* replies whose source was rewritten to the VIP */
-	BGS_STAT_REPLY_NO_FLOW, /* from a backend address, but no reverse entry: untouched */
+	BGS_STAT_RX = 0,	   /* packets seen by the ingress program */
+	BGS_STAT_NOT_VIP,	   /* passed untouched: not addressed to a service */
+	BGS_STAT_NOT_IP,	   /* passed untouched: neither IPv4 nor IPv6 */
+	BGS_STAT_PARSE_L2,	   /* passed untouched: truncated Ethernet or VLAN header */
+	BGS_STAT_PARSE_IP_HDR,	   /* passed untouched: truncated IP header, bad version or IHL */
+	BGS_STAT_PARSE_IP_LEN,	   /* passed untouched: IP length longer than the frame, or short */
+	BGS_STAT_PARSE_L4,	   /* passed untouched: truncated TCP/UDP header, bad offset/length */
+	BGS_STAT_ZERO_PORT,	   /* passed untouched: source or destination port 0 */
+	BGS_STAT_EXTHDR_LIMIT,	   /* passed untouched: IPv6 extension chain longer than the bound */
+	BGS_STAT_FRAG_FIRST,	   /* first fragment of a VIP flow: steered and tracked */
+	BGS_STAT_FRAG_LATER,	   /* later fragment that followed its tracked first fragment */
+	BGS_STAT_VIP,		   /* addressed to a service */
+	BGS_STAT_FLOW_HIT,	   /* followed an existing flow entry */
+	BGS_STAT_FLOW_NEW,	   /* created a flow entry */
+	BGS_STAT_FLOW_REOPEN,	   /* SYN on a closed or idle entry: new flow on the active color */
+	BGS_STAT_SYN_MISS,	   /* SYN that missed the table (a new TCP flow) */
+	BGS_STAT_NOSYN_MISS,	   /* non-SYN TCP segment that missed the table (dropped) */
+	BGS_STAT_TX,		   /* packets seen by the egress program */
+	BGS_STAT_REPLY_NAT,	   /* replies whose source was rewritten to the VIP */
+	BGS_STAT_REPLY_NO_FLOW,	   /* from a backend address, but no reverse entry: untouched */
+	BGS_STAT_ICMP_IN,	   /* ICMP error about a reply, translated toward its backend */
+	BGS_STAT_ICMP_OUT,	   /* ICMP error about a client packet, translated toward the client */
+	BGS_STAT_ICMP_NO_FLOW,	   /* ICMP error quoting a VIP or backend but no flow: untouched */
 	BGS_STAT_MAX,
 };
 
 /* bgs_drops index (per CPU): why the data plane dropped a packet. */
 enum bgs_drop_reason {
 	BGS_DROP_NOSYN_MISS = 0, /* TCP segment without SYN and without a flow entry */
-	BGS_DROP_NO_BACKEND, /* the active color of the service has no backend */
-	BGS_DROP_BAD_BACKEND, /* a set names a slot that is not a usable backend */
-	BGS_DROP_FLOW_INSERT, /* the flow table refused the new entry */
+	BGS_DROP_NO_BACKEND,	 /* the active color of the service has no backend */
+	BGS_DROP_BAD_BACKEND,	 /* a set names a slot that is not a usable backend */
+	BGS_DROP_FLOW_INSERT,	 /* the flow table refused the new entry */
+	BGS_DROP_FRAG_MISS,	 /* later fragment to a VIP whose first fragment was not seen */
 	BGS_DROP_MAX,
 };
 
-_Static_assert(BGS_DROP_MAX == sizeof(((struct bgs_service_stats *)0)->drops) / sizeof(__u64),
-	       "bgs_service_stats.drops must have one counter per drop reason");
+/* bgs_service_stats value (per CPU), indexed by service id: what happened to new flows. */
+struct bgs_service_stats {
+	__u64 syn_miss; /* SYN that missed the table: a new TCP flow */
+	__u64 nosyn_miss; /* TCP segment without SYN that missed the table (dropped) */
+	__u64 reopen; /* SYN on a closed or idle entry: a new flow on the active color */
+	__u64 drops[BGS_DROP_MAX]; /* by enum bgs_drop_reason */
+};
 
 #endif /* BGSWITCH_H */

@@ -12,5 +12,7 @@ int do_rollback(int argc, char **argv);
 int do_status(int argc, char **argv);
 int do_exporter(int argc, char **argv);
 int do_watch(int argc, char **argv);
+int do_timeouts(int argc, char **argv);
+int do_gc(int argc, char **argv);
 
 #endif /* BGS_COMMANDS_H */

@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
@@ -68,8 +69,12 @@ static void render(FILE *f, const struct bgs_state *st, const struct bgs_snapsho
 	} passed[] = {
 		{ BGS_STAT_NOT_VIP, "not_vip" },
 		{ BGS_STAT_NOT_IP, "not_ip" },
-		{ BGS_STAT_PARSE_ERR, "parse_error" },
-		{ BGS_STAT_FRAGMENT, "fragment" },
+		{ BGS_STAT_PARSE_L2, "parse_l2" },
+		{ BGS_STAT_PARSE_IP_HDR, "parse_ip_header" },
+		{ BGS_STAT_PARSE_IP_LEN, "parse_ip_length" },
+		{ BGS_STAT_PARSE_L4, "parse_l4" },
+		{ BGS_STAT_ZERO_PORT, "zero_port" },
+		{ BGS_STAT_EXTHDR_LIMIT, "ipv6_exthdr_limit" },
 	};
 	char b[BGS_ADDRSTR_LEN];
 	size_t i, j;
@@ -251,6 +256,22 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char
 	return reply(conn, MHD_HTTP_OK, CONTENT_TYPE, body, len);
 }
 
+/* Collect expired flows, as `bgswitch gc` does, between scrapes. */
+static void exporter_gc(void)
+{
+	struct bgs_state st;
+	__u64 deleted = 0;
+
+	if (state_open(&st, true))
+		return;
+	if (!flows_collect(&st, &deleted))
+		slots_collect(&st);
+	if (deleted)
+		pr_debug("exporter: collected %llu expired flow entries\n",
+			 (unsigned long long)deleted);
+	state_close(&st);
+}
+
 static void exporter_usage(void)
 {
 	printf("Usage: bgswitch exporter --listen ADDR:PORT\n"
@@ -260,6 +281,7 @@ static void exporter_usage(void)
 	       "served concurrently and read the pinned maps, never blocking the data plane.\n"
 	       "\n"
 	       "  -l, --listen ADDR:PORT   where to listen, e.g. 127.0.0.1:9465\n"
+	       "  -g, --gc-interval D      collect expired flows every D (default 10s; 0: never)\n"
 	       "  -h, --help               this help\n");
 }
 
@@ -267,6 +289,7 @@ int do_exporter(int argc, char **argv)
 {
 	static const struct option opts[] = {
 		{ "listen", required_argument, NULL, 'l' },
+		{ "gc-interval", required_argument, NULL, 'g' },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 },
 	};
@@ -275,14 +298,21 @@ int do_exporter(int argc, char **argv)
 	struct MHD_Daemon *d;
 	const char *listen = NULL;
 	unsigned int flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION;
+	__u64 gc_ns = 10000000000ULL;
 	struct bgs_state st;
 	sigset_t set;
 	int c, sig, err;
 
-	while ((c = getopt_long(argc, argv, "l:h", opts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "l:g:h", opts, NULL)) != -1) {
 		switch (c) {
 		case 'l':
 			listen = optarg;
+			break;
+		case 'g':
+			if (!strcmp(optarg, "0"))
+				gc_ns = 0;
+			else if (parse_duration_ns(optarg, 1000000000ULL, 3600000000000ULL, &gc_ns))
+				return -EINVAL;
 			break;
 		case 'h':
 			exporter_usage();
@@ -334,7 +364,15 @@ int do_exporter(int argc, char **argv)
 	}
 	pr_info("exporter: serving http://%s/metrics\n", listen);
 	fflush(stdout);
-	sigwait(&set, &sig);
+	for (;;) {
+		struct timespec ts = { gc_ns / 1000000000ULL, gc_ns % 1000000000ULL };
+
+		sig = gc_ns ? sigtimedwait(&set, NULL, &ts) : sigwaitinfo(&set, NULL);
+		if (sig == SIGINT || sig == SIGTERM)
+			break;
+		if (sig < 0 && errno == EAGAIN)
+			exporter_gc();
+	}
 	MHD_stop_daemon(d);
 	pr_info("exporter: stopped\n");
 	return 0;

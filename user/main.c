@@ -30,6 +30,8 @@ static const struct command commands[] = {
 	{ "flip", do_flip, "flip NAME [blue|green]" },
 	{ "rollback", do_rollback, "rollback NAME" },
 	{ "status", do_status, "status [NAME] [--json] [--interval MS]" },
+	{ "timeouts", do_timeouts, "timeouts [--tcp-idle D] [--udp-idle D] [--closing D]" },
+	{ "gc", do_gc, "gc" },
 	{ "watch", do_watch, "watch [NAME] [--interval MS]" },
 	{ "exporter", do_exporter, "exporter --listen ADDR:PORT" },
 };

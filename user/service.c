@@ -62,6 +62,7 @@ static int service_add(int argc, char **argv)
 		{ 0 },
 	};
 	struct bgs_service rec, other;
+	struct bgs_vip_addr va = { 0 };
 	struct bgs_endpoint ep;
 	struct bgs_switch sw = { .generation = 1, .active = BGS_BLUE, .previous = BGS_COLOR_NONE };
 	struct bgs_set empty = { 0 };
@@ -89,11 +90,6 @@ static int service_add(int argc, char **argv)
 		return bad_args("service");
 	if (check_name(argv[optind]) || parse_endpoint(argv[optind + 1], &ep))
 		return -EINVAL;
-	if (ep.family != BGS_AF_INET) {
-		pr_warn("'%s': this build's data plane handles IPv4 services only\n",
-			argv[optind + 1]);
-		return -EAFNOSUPPORT;
-	}
 	err = state_need_root();
 	if (err)
 		return err;
@@ -148,9 +144,16 @@ static int service_add(int argc, char **argv)
 		goto out;
 	if (bpf_map_update_elem(st.fd[BGS_M_SERVICES], &svc, &rec, BPF_ANY))
 		goto map_err;
+	memcpy(va.addr, rec.vip.addr, sizeof(va.addr));
+	va.family = rec.vip.family;
+	err = refcount_add(&st, BGS_M_VIP_ADDRS, &va, 1);
+	if (err)
+		goto out;
 	vip.svc = svc;
-	if (bpf_map_update_elem(st.fd[BGS_M_VIPS], &rec.vip, &vip, BPF_ANY))
+	if (bpf_map_update_elem(st.fd[BGS_M_VIPS], &rec.vip, &vip, BPF_ANY)) {
+		refcount_add(&st, BGS_M_VIP_ADDRS, &va, -1);
 		goto map_err;
+	}
 	pr_info("service %s: %s/%s, active blue, generation 1\n", rec.name,
 		fmt_endpoint(ep.addr, ep.port, ep.family, ebuf, sizeof(ebuf)), proto_name(proto));
 	err = 0;
@@ -172,6 +175,7 @@ static int service_del(int argc, char **argv)
 	};
 	struct bgs_flow_census *census = NULL;
 	struct bgs_service rec, blank = { 0 };
+	struct bgs_vip_addr va = { 0 };
 	struct bgs_switch zero_sw = { 0 };
 	struct bgs_backend be;
 	struct bgs_state st;
@@ -228,6 +232,9 @@ static int service_del(int argc, char **argv)
 		pr_warn("cannot delete the VIP entry: %s\n", strerror(errno));
 		goto out;
 	}
+	memcpy(va.addr, rec.vip.addr, sizeof(va.addr));
+	va.family = rec.vip.family;
+	refcount_add(&st, BGS_M_VIP_ADDRS, &va, -1);
 	for (slot = 0; slot < BGS_MAX_SLOTS; slot++) {
 		if (bpf_map_lookup_elem(st.fd[BGS_M_BACKENDS], &slot, &be) ||
 		    be.state == BGS_BACKEND_FREE || be.svc != svc)
@@ -411,7 +418,7 @@ static int backend_add(int argc, char **argv)
 	char ebuf[BGS_ADDRSTR_LEN];
 	__u8 ocolor;
 	bool reused = false;
-	__u32 slot, refs = 0, i;
+	__u32 slot, i;
 	int err;
 
 	err = backend_prepare(argc, argv, &a);
@@ -460,10 +467,9 @@ static int backend_add(int argc, char **argv)
 		ba.port = be.port;
 		ba.proto = be.proto;
 		ba.family = be.family;
-		bpf_map_lookup_elem(a.st.fd[BGS_M_BACKEND_ADDRS], &ba, &refs);
-		refs++;
-		if (bpf_map_update_elem(a.st.fd[BGS_M_BACKEND_ADDRS], &ba, &refs, BPF_ANY))
-			goto map_err;
+		err = refcount_add(&a.st, BGS_M_BACKEND_ADDRS, &ba, 1);
+		if (err)
+			goto out;
 	}
 	if (bpf_map_update_elem(a.st.fd[BGS_M_BACKENDS], &slot, &be, BPF_ANY))
 		goto map_err;

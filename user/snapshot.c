@@ -13,8 +13,14 @@ const char *const bgs_stat_names[BGS_STAT_MAX] = {
 	[BGS_STAT_RX] = "rx",
 	[BGS_STAT_NOT_VIP] = "not_vip",
 	[BGS_STAT_NOT_IP] = "not_ip",
-	[BGS_STAT_PARSE_ERR] = "parse_error",
-	[BGS_STAT_FRAGMENT] = "fragment",
+	[BGS_STAT_PARSE_L2] = "parse_l2",
+	[BGS_STAT_PARSE_IP_HDR] = "parse_ip_header",
+	[BGS_STAT_PARSE_IP_LEN] = "parse_ip_length",
+	[BGS_STAT_PARSE_L4] = "parse_l4",
+	[BGS_STAT_ZERO_PORT] = "zero_port",
+	[BGS_STAT_EXTHDR_LIMIT] = "ipv6_exthdr_limit",
+	[BGS_STAT_FRAG_FIRST] = "frag_first",
+	[BGS_STAT_FRAG_LATER] = "frag_later",
 	[BGS_STAT_VIP] = "vip",
 	[BGS_STAT_FLOW_HIT] = "flow_hit",
 	[BGS_STAT_FLOW_NEW] = "flow_new",
@@ -24,6 +30,9 @@ const char *const bgs_stat_names[BGS_STAT_MAX] = {
 	[BGS_STAT_TX] = "tx",
 	[BGS_STAT_REPLY_NAT] = "reply_nat",
 	[BGS_STAT_REPLY_NO_FLOW] = "reply_no_flow",
+	[BGS_STAT_ICMP_IN] = "icmp_in",
+	[BGS_STAT_ICMP_OUT] = "icmp_out",
+	[BGS_STAT_ICMP_NO_FLOW] = "icmp_no_flow",
 };
 
 const char *const bgs_drop_names[BGS_DROP_MAX] = {
@@ -31,6 +40,7 @@ const char *const bgs_drop_names[BGS_DROP_MAX] = {
 	[BGS_DROP_NO_BACKEND] = "no_backend",
 	[BGS_DROP_BAD_BACKEND] = "bad_backend",
 	[BGS_DROP_FLOW_INSERT] = "flow_insert",
+	[BGS_DROP_FRAG_MISS] = "frag_miss",
 };
 
 #define FIELDS(t) (sizeof(t) / sizeof(__u64))

@@ -35,6 +35,8 @@ const char *const bgs_map_names[BGS_M_COUNT] = {
 	[BGS_M_DROPS] = "bgs_drops",
 	[BGS_M_BACKEND_STATS] = "bgs_backend_stats",
 	[BGS_M_SERVICE_STATS] = "bgs_service_stats",
+	[BGS_M_VIP_ADDRS] = "bgs_vip_addrs",
+	[BGS_M_FRAGS] = "bgs_frags",
 };
 
 const char *bgs_pin_root = BGS_DEFAULT_PIN_ROOT;
@@ -379,66 +381,108 @@ int flows_census(const struct bgs_state *st, struct bgs_flow_census *c)
 	return flows_scan(st, census_cb, &cc);
 }
 
-struct slot_keys {
+/* Flow keys gathered in a walk, to delete after it (deleting during a walk disturbs it). */
+struct doomed {
 	const struct bgs_state *st;
+	bool (*pick)(const struct doomed *d, const struct bgs_flow_key *k, const struct bgs_flow *f);
 	__u32 slot;
 	bool live_too;
 	__u64 now;
 	struct bgs_flow_key *keys;
+	struct bgs_flow_key *rkeys;
 	size_t n, cap;
 };
 
-static int slot_keys_cb(const struct bgs_flow_key *k, const struct bgs_flow *f, void *ctx)
+static int doomed_cb(const struct bgs_flow_key *k, const struct bgs_flow *f, void *ctx)
 {
-	struct slot_keys *sk = ctx;
+	struct doomed *d = ctx;
 
-	if (f->slot != sk->slot || (!sk->live_too && flow_live(sk->st, k, f, sk->now)))
+	if (!d->pick(d, k, f))
 		return 0;
-	if (sk->n == sk->cap) {
-		size_t cap = sk->cap ? sk->cap * 2 : 256;
-		struct bgs_flow_key *nk = realloc(sk->keys, cap * sizeof(*nk));
+	if (d->n == d->cap) {
+		size_t cap = d->cap ? d->cap * 2 : 256;
+		struct bgs_flow_key *nk = realloc(d->keys, cap * sizeof(*nk));
 
 		if (!nk)
 			return -ENOMEM;
-		sk->keys = nk;
-		sk->cap = cap;
+		d->keys = nk;
+		nk = realloc(d->rkeys, cap * sizeof(*nk));
+		if (!nk)
+			return -ENOMEM;
+		d->rkeys = nk;
+		d->cap = cap;
 	}
-	sk->keys[sk->n++] = *k;
+	d->keys[d->n] = *k;
+	/* The reverse entry: backend to client. */
+	memset(&d->rkeys[d->n], 0, sizeof(d->rkeys[d->n]));
+	memcpy(d->rkeys[d->n].saddr, f->daddr, sizeof(f->daddr));
+	memcpy(d->rkeys[d->n].daddr, k->saddr, sizeof(k->saddr));
+	d->rkeys[d->n].sport = f->dport;
+	d->rkeys[d->n].dport = k->sport;
+	d->rkeys[d->n].proto = k->proto;
+	d->rkeys[d->n].family = k->family;
+	d->n++;
 	return 0;
 }
 
-/* Delete the flow entries (and their reverse entries) that point at a slot: the dead ones, or
- * all of them with live_too. Collected first, deleted after, so the walk is not disturbed.
- */
-int flows_delete_slot(struct bgs_state *st, __u32 slot, bool live_too, __u64 *deleted)
+/* Walk the flow table, then delete the entries d->pick chose, with their reverse entries. */
+static int flows_delete(struct bgs_state *st, struct doomed *d, __u64 *deleted)
 {
-	struct slot_keys sk = { .st = st, .slot = slot, .live_too = live_too, .now = now_ns() };
-	struct bgs_backend be;
 	size_t i;
 	int err;
 
 	*deleted = 0;
-	if (bpf_map_lookup_elem(st->fd[BGS_M_BACKENDS], &slot, &be))
-		return -errno;
-	err = flows_scan(st, slot_keys_cb, &sk);
-	if (err)
-		goto out;
-	for (i = 0; i < sk.n; i++) {
-		struct bgs_flow_key *k = &sk.keys[i], rk = { 0 };
-
-		memcpy(rk.saddr, be.addr, sizeof(rk.saddr));
-		memcpy(rk.daddr, k->saddr, sizeof(rk.daddr));
-		rk.sport = be.port;
-		rk.dport = k->sport;
-		rk.proto = k->proto;
-		rk.family = k->family;
-		if (!bpf_map_delete_elem(st->fd[BGS_M_FLOWS], k))
+	d->st = st;
+	d->now = now_ns();
+	err = flows_scan(st, doomed_cb, d);
+	for (i = 0; !err && i < d->n; i++) {
+		if (!bpf_map_delete_elem(st->fd[BGS_M_FLOWS], &d->keys[i]))
 			(*deleted)++;
-		bpf_map_delete_elem(st->fd[BGS_M_REVERSE], &rk);
+		bpf_map_delete_elem(st->fd[BGS_M_REVERSE], &d->rkeys[i]);
 	}
-out:
-	free(sk.keys);
+	free(d->keys);
+	free(d->rkeys);
 	return err;
+}
+
+static bool pick_slot(const struct doomed *d, const struct bgs_flow_key *k, const struct bgs_flow *f)
+{
+	return f->slot == d->slot && (d->live_too || !flow_live(d->st, k, f, d->now));
+}
+
+/* Delete the flow entries (and their reverse entries) that point at a slot: the dead ones, or
+ * all of them with live_too.
+ */
+int flows_delete_slot(struct bgs_state *st, __u32 slot, bool live_too, __u64 *deleted)
+{
+	struct doomed d = { .pick = pick_slot, .slot = slot, .live_too = live_too };
+
+	return flows_delete(st, &d, deleted);
+}
+
+/* An entry past its time: closed for longer than the closing timeout, or idle past its
+ * protocol's idle timeout.
+ */
+static bool pick_expired(const struct doomed *d, const struct bgs_flow_key *k,
+			 const struct bgs_flow *f)
+{
+	const struct bgs_config *cfg = &d->st->cfg;
+	__u64 age = d->now > f->last_seen ? d->now - f->last_seen : 0;
+	bool closed = k->proto == IPPROTO_TCP &&
+		      ((f->state & BGS_FLOW_RST) ||
+		       (f->state & BGS_FLOW_BOTH_FIN) == BGS_FLOW_BOTH_FIN);
+
+	if (closed)
+		return age > cfg->closing_ns;
+	return age > (k->proto == IPPROTO_TCP ? cfg->tcp_idle_ns : cfg->udp_idle_ns);
+}
+
+/* Collect expired flow entries, so that the table holds what is alive or closing. */
+int flows_collect(struct bgs_state *st, __u64 *deleted)
+{
+	struct doomed d = { .pick = pick_expired };
+
+	return flows_delete(st, &d, deleted);
 }
 
 /* Free a slot that no set names any more: forget its flows, its address, its counters. */
@@ -447,7 +491,6 @@ int slot_release(struct bgs_state *st, __u32 slot)
 	struct bgs_backend_addr ba = { 0 };
 	struct bgs_backend be;
 	__u64 deleted;
-	__u32 refs;
 	int err;
 
 	if (bpf_map_lookup_elem(st->fd[BGS_M_BACKENDS], &slot, &be))
@@ -462,14 +505,7 @@ int slot_release(struct bgs_state *st, __u32 slot)
 	ba.port = be.port;
 	ba.proto = be.proto;
 	ba.family = be.family;
-	if (!bpf_map_lookup_elem(st->fd[BGS_M_BACKEND_ADDRS], &ba, &refs)) {
-		if (refs > 1) {
-			refs--;
-			bpf_map_update_elem(st->fd[BGS_M_BACKEND_ADDRS], &ba, &refs, BPF_EXIST);
-		} else {
-			bpf_map_delete_elem(st->fd[BGS_M_BACKEND_ADDRS], &ba);
-		}
-	}
+	refcount_add(st, BGS_M_BACKEND_ADDRS, &ba, -1);
 
 	err = percpu_zero(st, BGS_M_BACKEND_STATS, slot, sizeof(struct bgs_backend_stats));
 	if (err)
@@ -550,4 +586,16 @@ int percpu_zero(const struct bgs_state *st, enum bgs_map_id m, __u32 key, size_t
 		err = -errno;
 	free(zero);
 	return err;
+}
+
+/* Add delta to a reference-counted hash entry (a __u32 value), deleting it at zero. */
+int refcount_add(const struct bgs_state *st, enum bgs_map_id m, const void *key, int delta)
+{
+	__u32 refs = 0;
+
+	bpf_map_lookup_elem(st->fd[m], key, &refs);
+	if ((int)refs + delta <= 0)
+		return bpf_map_delete_elem(st->fd[m], key) && errno != ENOENT ? -errno : 0;
+	refs += delta;
+	return bpf_map_update_elem(st->fd[m], key, &refs, BPF_ANY) ? -errno : 0;
 }

@@ -26,6 +26,8 @@ enum bgs_map_id {
 	BGS_M_DROPS,
 	BGS_M_BACKEND_STATS,
 	BGS_M_SERVICE_STATS,
+	BGS_M_VIP_ADDRS,
+	BGS_M_FRAGS,
 	BGS_M_COUNT,
 };
 
@@ -70,12 +72,14 @@ int flows_scan(const struct bgs_state *st,
 	       void *ctx);
 int flows_census(const struct bgs_state *st, struct bgs_flow_census *c);
 int flows_delete_slot(struct bgs_state *st, __u32 slot, bool live_too, __u64 *deleted);
+int flows_collect(struct bgs_state *st, __u64 *deleted);
 
 int slot_release(struct bgs_state *st, __u32 slot);
 int slots_collect(struct bgs_state *st);
 
 int percpu_sum(const struct bgs_state *st, enum bgs_map_id m, __u32 key, __u64 *out,
 	       size_t nfields);
+int refcount_add(const struct bgs_state *st, enum bgs_map_id m, const void *key, int delta);
 int percpu_zero(const struct bgs_state *st, enum bgs_map_id m, __u32 key, size_t value_size);
 
 #endif /* BGS_STATE_H */

@@ -163,3 +163,36 @@ __u64 now_ns(void)
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (__u64)ts.tv_sec * 1000000000ULL + ts.tv_nsec;
 }
+
+/* A duration: a number with an optional unit, ms, s (the default), m or h. */
+int parse_duration_ns(const char *s, __u64 min_ns, __u64 max_ns, __u64 *out)
+{
+	static const struct {
+		const char *unit;
+		__u64 ns;
+	} units[] = { { "ms", 1000000ULL }, { "s", 1000000000ULL }, { "", 1000000000ULL },
+		      { "m", 60000000000ULL }, { "h", 3600000000000ULL } };
+	unsigned long long v;
+	char *end;
+	size_t i;
+
+	if (!s || *s < '0' || *s > '9')
+		goto bad;
+	errno = 0;
+	v = strtoull(s, &end, 10);
+	if (errno || v > 1000000000ULL)
+		goto bad;
+	for (i = 0; i < sizeof(units) / sizeof(units[0]); i++) {
+		if (strcmp(end, units[i].unit))
+			continue;
+		*out = v * units[i].ns;
+		if (*out < min_ns || *out > max_ns)
+			goto bad;
+		return 0;
+	}
+bad:
+	pr_warn("'%s' is not a duration from %llums to %llus (like 500ms, 30s, 15m, 1h)\n",
+		s ? s : "", (unsigned long long)(min_ns / 1000000ULL),
+		(unsigned long long)(max_ns / 1000000000ULL));
+	return -EINVAL;
+}

@@ -21,6 +21,7 @@ int parse_color(const char *s, __u8 *color);
 int parse_proto(const char *s, __u8 *proto);
 int parse_u32(const char *s, __u32 min, __u32 max, __u32 *out);
 int check_name(const char *name);
+int parse_duration_ns(const char *s, __u64 min_ns, __u64 max_ns, __u64 *out);
 
 const char *color_name(__u8 color);
 const char *proto_name(__u8 proto);

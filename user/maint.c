@@ -1,0 +1,136 @@
+// SPDX-License-Identifier: GPL-2.0
+/* maint.c: `timeouts` and `gc`: flow lifetimes, and collecting the flows past them. */
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <string.h>
+#include <bpf/bpf.h>
+
+#include "commands.h"
+#include "log.h"
+#include "state.h"
+#include "util.h"
+
+#define NS 1000000000ULL
+#define MAX_TIMEOUT_NS (7ULL * 24 * 3600 * NS)
+
+static void timeouts_usage(void)
+{
+	printf("Usage: bgswitch timeouts [--tcp-idle D] [--udp-idle D] [--closing D]\n"
+	       "\n"
+	       "Show, or set, how long flows live. A TCP flow is live until it closes (RST, or\n"
+	       "FIN from both sides) or sees no client packet for --tcp-idle (default %us); a\n"
+	       "UDP flow until it sees none for --udp-idle (default %us). A closed flow's entry\n"
+	       "stays --closing (default %us) for late packets, then 'gc' collects it. Durations\n"
+	       "take ms, s, m or h (default s). Live flows never move: only counting and\n"
+	       "collection use these.\n",
+	       BGS_TCP_IDLE_SEC, BGS_UDP_IDLE_SEC, BGS_CLOSING_SEC);
+}
+
+int do_timeouts(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "tcp-idle", required_argument, NULL, 't' },
+		{ "udp-idle", required_argument, NULL, 'u' },
+		{ "closing", required_argument, NULL, 'c' },
+		{ "help", no_argument, NULL, 'h' },
+		{ 0 },
+	};
+	__u64 tcp = 0, udp = 0, closing = 0;
+	struct bgs_config cfg;
+	struct bgs_state st;
+	__u32 zero = 0;
+	int c, err;
+
+	while ((c = getopt_long(argc, argv, "t:u:c:h", opts, NULL)) != -1) {
+		switch (c) {
+		case 't':
+			if (parse_duration_ns(optarg, NS, MAX_TIMEOUT_NS, &tcp))
+				return -EINVAL;
+			break;
+		case 'u':
+			if (parse_duration_ns(optarg, NS, MAX_TIMEOUT_NS, &udp))
+				return -EINVAL;
+			break;
+		case 'c':
+			if (parse_duration_ns(optarg, 100000000ULL, MAX_TIMEOUT_NS, &closing))
+				return -EINVAL;
+			break;
+		case 'h':
+			timeouts_usage();
+			return 0;
+		default:
+			return -EINVAL;
+		}
+	}
+	if (optind != argc) {
+		pr_warn("timeouts takes only options (see 'bgswitch timeouts --help')\n");
+		return -EINVAL;
+	}
+	err = state_open(&st, tcp || udp || closing);
+	if (err)
+		return err;
+	cfg = st.cfg;
+	if (tcp || udp || closing) {
+		if (tcp)
+			cfg.tcp_idle_ns = tcp;
+		if (udp)
+			cfg.udp_idle_ns = udp;
+		if (closing)
+			cfg.closing_ns = closing;
+		if (bpf_map_update_elem(st.fd[BGS_M_CONFIG], &zero, &cfg, BPF_EXIST)) {
+			err = -errno;
+			pr_warn("cannot write bgs_config: %s\n", strerror(errno));
+			goto out;
+		}
+	}
+	printf("tcp-idle %llus, udp-idle %llus, closing %llums\n",
+	       (unsigned long long)(cfg.tcp_idle_ns / NS), (unsigned long long)(cfg.udp_idle_ns / NS),
+	       (unsigned long long)(cfg.closing_ns / 1000000ULL));
+out:
+	state_close(&st);
+	return err;
+}
+
+static void gc_usage(void)
+{
+	printf("Usage: bgswitch gc\n"
+	       "\n"
+	       "Delete flow entries past their time (closed for longer than the closing timeout,\n"
+	       "or idle past their idle timeout) with their reverse entries, and free the slots of\n"
+	       "removed backends that no live flow needs any more. The exporter runs it\n"
+	       "periodically; run it from a timer where no exporter runs.\n");
+}
+
+int do_gc(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "help", no_argument, NULL, 'h' },
+		{ 0 },
+	};
+	struct bgs_state st;
+	__u64 deleted = 0;
+	int c, err;
+
+	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+		if (c == 'h') {
+			gc_usage();
+			return 0;
+		}
+		return -EINVAL;
+	}
+	if (optind != argc) {
+		pr_warn("gc takes no arguments\n");
+		return -EINVAL;
+	}
+	err = state_open(&st, true);
+	if (err)
+		return err;
+	err = flows_collect(&st, &deleted);
+	if (!err)
+		err = slots_collect(&st);
+	if (!err)
+		pr_info("collected %llu expired flow entries\n", (unsigned long long)deleted);
+	state_close(&st);
+	return err;
+}
