@@ -400,8 +400,6 @@ def test_attach_refuses_foreign_xdp_program(topo, foreign_xdp):
         s.purge()
 
 
-@pytest.mark.xfail(strict=True, reason="bgswitch bug: a refused attach leaves a partial pin root "
-                   "(only progs/) on which every command, detach --purge included, fails")
 def test_attach_refused_leaves_no_state(topo, foreign_xdp):
     s = topo.bgswitch()
     try:
@@ -411,9 +409,6 @@ def test_attach_refused_leaves_no_state(topo, foreign_xdp):
         s.purge()
 
 
-@pytest.mark.xfail(strict=True, reason="bgswitch bug: a program named bgs_ingress counts as "
-                   "'ours' whatever state it belongs to: a second state's attach replaces the "
-                   "first's programs, and the first's detach then removes the second's")
 def test_attach_second_state_does_not_take_over_interface(topo):
     a, b = topo.bgswitch(), topo.bgswitch()
     try:
@@ -513,14 +508,16 @@ BLUE1 = "10.77.2.11:8081"
 @pytest.mark.parametrize("vip", [
     "10.77.100.300:80", "10.77.100.1", "10.77.100.1:", ":80", "10.77.100.1:0",
     "10.77.100.1:65536", "10.77.100.1:http", "10.77.100.1:80x", "10.77.100:80", "",
-    "10.77.100.1:-1"])
+    "10.77.100.1:-1", "0.0.0.0:80", "224.0.0.1:80", "255.255.255.255:80", "127.0.0.1:80",
+    "[ff02::1]:80", "[::]:80"])
 def test_cli_service_add_rejects_malformed_vip(cli, vip):
     assert_cli_error(cli, "service", "add", "new", vip)
 
 
 @pytest.mark.parametrize("addr", [
     "10.77.2.300:8081", "10.77.2.13", "10.77.2.13:0", "10.77.2.13:99999", "10.77.2.13:x",
-    "backend:8081"])
+    "backend:8081", "0.0.0.0:8081", "239.1.1.1:8081", "10.77.100.1:8081", "[fd00::1]:8081",
+    "--bogus"])
 def test_cli_backend_add_rejects_malformed_address(cli, addr):
     assert_cli_error(cli, "backend", "add", "web", "blue", addr)
 

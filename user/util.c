@@ -163,3 +163,16 @@ __u64 now_ns(void)
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (__u64)ts.tv_sec * 1000000000ULL + ts.tv_nsec;
 }
+
+/* A unicast address a service or a backend can have: not unspecified, multicast, broadcast or
+ * loopback.
+ */
+bool endpoint_is_unicast(const struct bgs_endpoint *ep)
+{
+	const __u8 *b = (const __u8 *)ep->addr;
+	static const __u8 zero[16], loop6[16] = { [15] = 1 };
+
+	if (ep->family == BGS_AF_INET)
+		return b[0] != 0 && b[0] != 127 && b[0] < 224;
+	return memcmp(b, zero, 16) && memcmp(b, loop6, 16) && b[0] != 0xff;
+}
