@@ -79,6 +79,8 @@ test: deps
 	$(Q)$(MAKE) --no-print-directory all sanitize
 	$(Q)$(MAKE) --no-print-directory format-check
 	$(Q)$(PYTEST) -q tests
+	@echo "  SANITIZE command-line and attach tests with the ASan/UBSan build"
+	$(Q)BGSWITCH=$(CURDIR)/$(OUTPUT)/san/bgswitch $(PYTEST) -q tests/test_e2e.py -k "cli or attach"
 
 demo: deps
 	$(Q)$(MAKE) --no-print-directory all

@@ -4,29 +4,40 @@
 Four namespaces, named PREFIX-client, PREFIX-node, PREFIX-blue and PREFIX-green, where PREFIX is
 unique per run ("bgse" and 4 random hex digits unless given):
 
-    client                 node                          blue  (10.77.2.11, 10.77.2.12 :8081)
-    c-node 10.77.1.2 ----- n-client 10.77.1.1   n-blue 10.77.2.1 ----- b-node
-                           (bgswitch attaches   n-green 10.77.3.1 ----- g-node
-                            here: XDP + TC)                         green (10.77.3.11, 10.77.3.12 :8082)
+    client                 node                                   backends
+    c-node 10.77.1.2 ----- n-client 10.77.1.1   n-blue 10.77.2.1 -----  b-node: blue
+                           (bgswitch attaches                           10.77.2.11, .12 :8081
+                            here: XDP + TC)     n-green 10.77.3.1 ----  g-node: green
+                                                                        10.77.3.11, .12 :8082
 
 The VIP (10.77.100.1) lives nowhere: only bgswitch's XDP program on n-client turns it into a
 backend address. The client routes 10.77.0.0/16 (VIP and backends) via the node; the backends
 default-route via the node; the node forwards. The node has no route to the VIP, so without
-bgswitch a packet for the VIP gets an ICMP "network unreachable" back and a connect() fails at
-once (the detach test relies on that).
+bgswitch a packet for the VIP gets an ICMP "network unreachable" back (not rate-limited: the
+node's icmp_ratelimit is 0) and a connect() fails at once (the detach test relies on that).
 
 Everything uses addresses of 10.77.0.0/16, only inside these namespaces; every process is
 started by this module, recorded, and ended by its PID; teardown deletes the namespaces and
 bgswitch pin roots this module created, and nothing else.
 
-Client TX checksum offload: the client's veth (c-node) gets `ethtool -K c-node tx off`. With
-offload on, the client's TCP segments cross the veth as CHECKSUM_PARTIAL: the checksum field
-holds only the pseudo-header sum, and XDP, which sees no ip_summed, cannot update it correctly,
-so the node forwards segments whose checksum the backend rejects. A real NIC receives full
-checksums from the wire, which "tx off" reproduces. Checked empirically on kernel 6.18 by
-`/usr/bin/python3 tests/netns.py csum-check` (see csum_check() below): with tx on, no TCP
-connection through the VIP completes in either generic or native mode (backends drop the SYN
-for its bad checksum); with tx off, all do.
+Checksums. Two settings make the topology behave like real NICs, and make checksum mistakes
+visible instead of hiding them:
+  * the client's veth (c-node) gets `ethtool -K c-node tx off`. With offload on, the client's
+    segments cross the veth as CHECKSUM_PARTIAL: the checksum field holds only the pseudo-header
+    sum, which XDP (it cannot see ip_summed) then "updates" as if it were a full checksum, in
+    the wrong direction, and it must not touch it for the port at all. A real NIC receives full
+    checksums from the wire, which "tx off" reproduces.
+  * strict_csum (default on): every receiver verifies (`rx off` on c-node, b-node, g-node) and the
+    node finishes any partial checksum itself before sending (`tx off` on n-client, n-blue,
+    n-green), as a NIC's offload would, so that what XDP and TC wrote is what gets checked.
+    Without it a veth hands CHECKSUM_PARTIAL packets along unverified end to end.
+Verified on kernel 6.18 with `/usr/bin/python3 tests/netns.py csum-check` (see csum_check()):
+with the client's tx on and strict_csum off, every TCP and UDP request through the VIP still
+succeeds, in generic and native mode, because nobody checks the (wrong) checksums; with the
+client's tx on and strict_csum on, every one fails and the backend counts TcpInCsumErrors and
+UdpInCsumErrors; with tx off, all succeed with zero checksum errors on both sides, strict or not.
+So "tx off" is needed for correct packets, and strict_csum is what proves them correct; the
+tests check the InCsumErrors counters (csum_errors()) after traffic.
 
 Also usable from the shell (the demo does):
     netns.py up --prefix bgsdemo --state FILE     build, start servers, write state, exit
@@ -132,13 +143,15 @@ class Topology:
     teardown runs on every exit, failures included.
     """
 
-    def __init__(self, prefix=None, per_color=2, client_tx_csum=False, servers=True):
+    def __init__(self, prefix=None, per_color=2, client_tx_csum=False, strict_csum=True,
+                 servers=True):
         self.prefix = prefix or "bgse" + secrets.token_hex(2)
         if not re.fullmatch(r"[a-z][a-z0-9]{2,9}", self.prefix):
             raise ValueError(f"bad prefix {self.prefix!r}")
         self.ns = {role: f"{self.prefix}-{role}" for role in ROLES}
         self.per_color = per_color
         self.client_tx_csum = client_tx_csum
+        self.strict_csum = strict_csum
         self.want_servers = servers
         self.created_ns = []
         self.procs = []  # Popen objects we started and have not ended
@@ -201,15 +214,24 @@ class Topology:
 
         self.sysctl("node", "net.ipv4.ip_forward", 1)
         self.sysctl("node", "net.ipv4.conf.all.forwarding", 1)
+        # Every packet for an unrouted address (the VIP without bgswitch) gets its ICMP
+        # unreachable, so that a client fails at once, every time, instead of timing out.
+        self.sysctl("node", "net.ipv4.icmp_ratelimit", 0)
         # See the module docstring: XDP cannot fix up a CHECKSUM_PARTIAL checksum.
         if not self.client_tx_csum:
             self.ns_run("client", ["ethtool", "-K", CLIENT_IFACE, "tx", "off"])
+        if self.strict_csum:
+            for role, dev in [("client", CLIENT_IFACE)] + [(c, COLOR_NET[c][2]) for c in COLOR_NET]:
+                self.ns_run(role, ["ethtool", "-K", dev, "rx", "off"])
+            for dev in [NODE_IFACE] + [COLOR_NET[c][1] for c in COLOR_NET]:
+                self.ns_run("node", ["ethtool", "-K", dev, "tx", "off"])
         self._wait_links()
 
     def _wait_links(self, timeout=5.0):
         deadline = time.monotonic() + timeout
-        checks = [("node", NODE_IFACE), ("client", CLIENT_IFACE)] + [
-            (c, COLOR_NET[c][2]) for c in COLOR_NET] + [("node", COLOR_NET[c][1]) for c in COLOR_NET]
+        checks = [("node", NODE_IFACE), ("client", CLIENT_IFACE)]
+        for c in COLOR_NET:
+            checks += [(c, COLOR_NET[c][2]), ("node", COLOR_NET[c][1])]
         for role, dev in checks:
             while True:
                 out = self.ip(role, "-o", "link", "show", dev).stdout
@@ -279,6 +301,19 @@ class Topology:
     def __exit__(self, *exc):
         self.down()
         return False
+
+    def csum_errors(self):
+        """{role: {"tcp": n, "udp": n}}: packets the client and backends dropped for a bad
+        checksum (InCsumErrors of /proc/net/snmp in each namespace)."""
+        out = {}
+        for role in ("client",) + tuple(COLOR_NET):
+            text = self.ns_run(role, ["cat", "/proc/net/snmp"]).stdout
+            rows = {}
+            for head, vals in zip(text.splitlines()[0::2], text.splitlines()[1::2]):
+                name = head.split(":")[0]
+                rows[name] = dict(zip(head.split()[1:], (int(v) for v in vals.split()[1:])))
+            out[role] = {"tcp": rows["Tcp"]["InCsumErrors"], "udp": rows["Udp"]["InCsumErrors"]}
+        return out
 
     # -- bgswitch ---------------------------------------------------------------------------
     def bgswitch(self, pin_root=None):
@@ -360,16 +395,24 @@ class Bgswitch:
                 self("backend", "add", name, color, f"{addr}:{bport}")
 
     def purge(self):
-        """Detach from every interface and remove the pin root, if it is ours and still there."""
+        """`detach IFACE --purge`, then remove the pin root if that left it (it is ours: its
+        name has the topology's prefix). Returns what went wrong, for callers that check the
+        command: [] when detach --purge alone removed everything.
+        """
+        problems = []
         if not self.pin_root.startswith(f"{BPFFS}/{self.topo.prefix}"):
-            return  # not one we made up: leave it alone
+            return problems  # not one we made up: leave it alone
         if os.path.isdir(self.pin_root) and os.path.exists(BGSWITCH):
             if self.topo.created_ns:  # the node namespace still exists
-                self.run("detach", NODE_IFACE, "--purge")
+                p = self.run("detach", NODE_IFACE, "--purge")
+                if p.returncode != 0:
+                    problems.append(f"detach --purge: exit {p.returncode}: {p.stderr.strip()}")
         if os.path.isdir(self.pin_root):
+            problems.append(f"{self.pin_root} left behind: {os.listdir(self.pin_root)}")
             shutil.rmtree(self.pin_root, ignore_errors=True)
         if self in self.topo.switches:
             self.topo.switches.remove(self)
+        return problems
 
 
 class TrafficRun:
@@ -415,20 +458,21 @@ class TrafficRun:
 # -- checks and shell interface -------------------------------------------------------------
 
 def csum_check():
-    """Show whether the client's TX checksum offload must be off: TCP through the VIP with it
-    on and off, in generic and native mode. Needs the bgswitch binary.
+    """Show why the client's TX checksum offload must be off: TCP and UDP through the VIP with it
+    on and off, strict_csum on and off, in generic and native mode. Needs the bgswitch binary.
     """
-    results = {}
     for tx_on in (True, False):
-        for mode in ("generic", "native"):
-            with Topology(client_tx_csum=tx_on) as t:
-                sw = t.bgswitch()
-                sw("attach", NODE_IFACE, "--mode", mode)
-                sw.setup_service("web", colors=("blue",))
-                tcp = t.colors_of(VIP, VIP_PORT, count=5, timeout=1.0)
-                direct = t.colors_of(*t.backends["blue"][0], count=2, timeout=1.0)
-                results[f"tx={'on' if tx_on else 'off'} {mode}"] = {"vip": tcp, "direct": direct}
-    print(json.dumps(results, indent=1))
+        for strict in (False, True):
+            for mode in ("generic", "native"):
+                with Topology(client_tx_csum=tx_on, strict_csum=strict) as t:
+                    sw = t.bgswitch()
+                    sw("attach", NODE_IFACE, "--mode", mode)
+                    sw.setup_service("web", colors=("blue",))
+                    sw.setup_service("echo", port=53, proto="udp", colors=("blue",))
+                    tcp = t.colors_of(VIP, VIP_PORT, count=3, timeout=0.5)
+                    udp = t.colors_of(VIP, 53, udp=True, count=3, timeout=0.5)
+                    print(f"client tx {'on ' if tx_on else 'off'} strict_csum {strict!s:5} "
+                          f"{mode:7}: tcp {tcp} udp {udp} csum errors {t.csum_errors()}")
 
 
 def _state_procs(topo, path):

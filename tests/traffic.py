@@ -33,6 +33,7 @@ import json
 import re
 import signal
 import socket
+import struct
 import sys
 import time
 
@@ -138,10 +139,15 @@ class LongConn:
         self.failures = []
         self.opened_at = None
         self.closed_at = None
+        self.first_ok_at = None
+        self.last_ok_at = None
         self.open = False
 
     def answer(self, color, backend):
         self.ok += 1
+        self.last_ok_at = time.time()
+        if self.first_ok_at is None:
+            self.first_ok_at = self.last_ok_at
         if self.color is None:
             self.color, self.backend = color, backend
         elif (color, backend) != (self.color, self.backend):
@@ -156,7 +162,8 @@ class LongConn:
         return {"id": self.ident, "sport": self.sport, "color": self.color,
                 "backend": self.backend, "requests": self.requests, "ok": self.ok,
                 "changes": self.changes, "failures": self.failures,
-                "opened_at": self.opened_at, "closed_at": self.closed_at}
+                "opened_at": self.opened_at, "closed_at": self.closed_at,
+                "first_ok_at": self.first_ok_at, "last_ok_at": self.last_ok_at}
 
 
 class UdpClient(asyncio.DatagramProtocol):
@@ -194,22 +201,43 @@ class UdpClient(asyncio.DatagramProtocol):
             self.waiting.pop(token, None)
 
 
+def abort(writer):
+    """Close a connection that failed with a RST: a failed connection must not linger in the
+    kernel retransmitting its FIN into whatever the next test sets up."""
+    try:
+        writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                                   struct.pack("ii", 1, 0))
+    except OSError:
+        pass
+    writer.transport.abort()
+
+
+async def close(writer, failed):
+    if failed:
+        abort(writer)
+        return
+    writer.close()
+    try:
+        await writer.wait_closed()
+    except (ConnectionError, OSError):
+        pass
+
+
 async def tcp_once(addr, port, token, timeout):
     """One connection, one request: (color, backend). Raises on any failure."""
     reader, writer = await asyncio.wait_for(asyncio.open_connection(addr, port), timeout)
+    failed = True
     try:
         writer.write(f"{token}\n".encode())
         await writer.drain()
         line = await asyncio.wait_for(reader.readline(), timeout)
         if not line:
             raise asyncio.IncompleteReadError(b"", None)
-        return parse_reply(line, token)
+        reply = parse_reply(line, token)
+        failed = False
+        return reply
     finally:
-        writer.close()
-        try:
-            await writer.wait_closed()
-        except (ConnectionError, OSError):
-            pass
+        await close(writer, failed)
 
 
 async def udp_once(addr, port, token, timeout, sport=0):
@@ -373,11 +401,7 @@ class Load:
             if rec.ok == 0:
                 self.long_opened()
             turn.cancel()
-            writer.close()
-            try:
-                await writer.wait_closed()
-            except (ConnectionError, OSError):
-                pass
+            await close(writer, bool(rec.failures))
             rec.open = False
             rec.closed_at = time.time()
 
@@ -430,7 +454,7 @@ class Load:
         for _ in range(int(MAX_DURATION) + 2):
             if not await self.sleep(self.t0 + sec + 1.3 - time.time()):
                 break
-            parts = [f"[{sec:3d}s]"]
+            parts = []
             if self.a.new_rate:
                 s = self.tcp_new.per_second.get(sec, {"blue": 0, "green": 0, "fail": 0})
                 parts.append(f"new TCP conns: blue {s['blue']:4d}  green {s['green']:4d}"
@@ -446,7 +470,7 @@ class Load:
                     b = sum(1 for r in open_ if r.color == "blue")
                     g = sum(1 for r in open_ if r.color == "green")
                     parts.append(f"{name} open: blue {b} green {g}")
-            print(" | ".join(parts), file=sys.stderr, flush=True)
+            print(f"[{sec:3d}s] " + " | ".join(parts), file=sys.stderr, flush=True)
             sec += 1
 
     async def run(self):

@@ -51,13 +51,17 @@ static __u32 attached_flags(__u8 attach_mode)
 						 0;
 }
 
-/* What runs on the interface now: the XDP program id, its mode, and whether it is ours. */
+/* What runs on the interface now, and whether it belongs to this state (the one under the pin
+ * root): its programs are those it recorded for the interface, or those it has pinned.
+ */
 struct iface_view {
 	__u32 xdp_id;
 	__u8 xdp_mode;
 	bool xdp_ours;
 	char xdp_name[BPF_OBJ_NAME_LEN];
 	__u32 tc_id;
+	bool tc_ours;
+	bool recorded; /* bgs_ifaces holds exactly these two programs */
 };
 
 static int prog_name_by_id(__u32 id, char *name, size_t len)
@@ -77,8 +81,46 @@ static int prog_name_by_id(__u32 id, char *name, size_t len)
 	return err;
 }
 
+static __u32 pinned_prog_id(const char *name)
+{
+	struct bpf_prog_info info = { 0 };
+	__u32 len = sizeof(info), id = 0;
+	char rel[64], path[PATH_MAX];
+	int fd;
+
+	snprintf(rel, sizeof(rel), "%s/%s", BGS_PROG_DIR, name);
+	if (state_pin_path(path, sizeof(path), rel))
+		return 0;
+	fd = bpf_obj_get(path);
+	if (fd < 0)
+		return 0;
+	if (!bpf_obj_get_info_by_fd(fd, &info, &len))
+		id = info.id;
+	close(fd);
+	return id;
+}
+
+static bool recorded_iface(int ifindex, struct bgs_iface *rec)
+{
+	char path[PATH_MAX];
+	__u32 key = ifindex;
+	bool found;
+	int fd;
+
+	memset(rec, 0, sizeof(*rec));
+	state_pin_path(path, sizeof(path), "bgs_ifaces");
+	fd = bpf_obj_get(path);
+	if (fd < 0)
+		return false;
+	found = !bpf_map_lookup_elem(fd, &key, rec);
+	close(fd);
+	return found;
+}
+
 static int iface_inspect(int ifindex, struct iface_view *v)
 {
+	struct bgs_iface rec;
+	bool has_rec;
 	LIBBPF_OPTS(bpf_xdp_query_opts, q);
 	DECLARE_LIBBPF_OPTS(bpf_tc_hook, hook, .ifindex = ifindex, .attach_point = BPF_TC_EGRESS);
 	DECLARE_LIBBPF_OPTS(bpf_tc_opts, tc, .handle = BGS_TC_HANDLE, .priority = BGS_TC_PRIORITY);
@@ -92,10 +134,17 @@ static int iface_inspect(int ifindex, struct iface_view *v)
 	}
 	v->xdp_id = q.prog_id;
 	v->xdp_mode = q.attach_mode;
-	if (v->xdp_id && !prog_name_by_id(v->xdp_id, v->xdp_name, sizeof(v->xdp_name)))
-		v->xdp_ours = !strcmp(v->xdp_name, "bgs_ingress");
+	if (v->xdp_id)
+		prog_name_by_id(v->xdp_id, v->xdp_name, sizeof(v->xdp_name));
 	if (!bpf_tc_query(&hook, &tc))
 		v->tc_id = tc.prog_id;
+
+	has_rec = recorded_iface(ifindex, &rec);
+	v->xdp_ours = v->xdp_id && ((has_rec && v->xdp_id == rec.xdp_prog_id) ||
+				    v->xdp_id == pinned_prog_id("bgs_ingress"));
+	v->tc_ours = v->tc_id && ((has_rec && v->tc_id == rec.tc_prog_id) ||
+				  v->tc_id == pinned_prog_id("bgs_egress"));
+	v->recorded = has_rec && v->xdp_id == rec.xdp_prog_id && v->tc_id == rec.tc_prog_id;
 	return 0;
 }
 
@@ -171,11 +220,11 @@ static int attach_xdp(int ifindex, const char *ifname, int prog_fd, enum attach_
 	__u32 flags = mode_flags(mode);
 	int old_fd = -1, err;
 
-	if (v->xdp_id && v->xdp_ours) {
+	if (v->xdp_id) {
 		bool same_mode = !flags || flags == attached_flags(v->xdp_mode);
 
 		if (same_mode) {
-			/* Atomic replacement of our older program: no packet sees neither. */
+			/* Atomic replacement of the program there: no packet sees neither. */
 			old_fd = bpf_prog_get_fd_by_id(v->xdp_id);
 			if (old_fd >= 0) {
 				opts.old_prog_fd = old_fd;
@@ -232,6 +281,8 @@ static void detach_tc(int ifindex)
 	bpf_tc_detach(&hook, &opts);
 }
 
+static int purge_pins(void);
+
 static void attach_usage(void)
 {
 	printf("Usage: bgswitch attach IFACE [--mode auto|native|generic] [--flows N]\n"
@@ -242,6 +293,7 @@ static void attach_usage(void)
 	       "  -m, --mode MODE   XDP mode: auto (default: native where the driver has it),\n"
 	       "                    native, or generic\n"
 	       "  -f, --flows N     flow-table entries (default %u); fixed once the state exists\n"
+	       "  -F, --force       replace an XDP program or TC filter that is not this state's\n"
 	       "  -h, --help        this help\n",
 	       BGS_DEFAULT_FLOWS);
 }
@@ -251,6 +303,7 @@ int do_attach(int argc, char **argv)
 	static const struct option opts[] = {
 		{ "mode", required_argument, NULL, 'm' },
 		{ "flows", required_argument, NULL, 'f' },
+		{ "force", no_argument, NULL, 'F' },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 },
 	};
@@ -261,11 +314,14 @@ int do_attach(int argc, char **argv)
 	struct bgs_iface rec = { 0 };
 	struct iface_view v, after;
 	const char *ifname;
-	bool xdp_done = false;
+	bool xdp_done = false, force = false, created = false;
 	int ifindex, lock_fd = -1, c, err;
 
-	while ((c = getopt_long(argc, argv, "m:f:h", opts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "m:f:Fh", opts, NULL)) != -1) {
 		switch (c) {
+		case 'F':
+			force = true;
+			break;
 		case 'm':
 			if (!strcmp(optarg, "auto"))
 				mode = MODE_AUTO;
@@ -304,12 +360,12 @@ int do_attach(int argc, char **argv)
 	err = state_need_root();
 	if (err)
 		return err;
-	err = state_prepare_fs();
+	err = state_prepare_fs(&created);
 	if (err)
 		return err;
 	err = state_lock(&lock_fd);
 	if (err)
-		return err;
+		goto out;
 
 	err = pinned_flow_entries(&pinned_flows);
 	if (err)
@@ -327,30 +383,31 @@ int do_attach(int argc, char **argv)
 	err = iface_inspect(ifindex, &v);
 	if (err)
 		goto out;
-	if (v.xdp_id && !v.xdp_ours) {
-		pr_warn("%s already runs XDP program '%s' (id %u); refusing to replace it\n",
-			ifname, v.xdp_name, v.xdp_id);
+	if (v.xdp_id && !v.xdp_ours && !force) {
+		if (!strcmp(v.xdp_name, "bgs_ingress"))
+			pr_warn("%s is attached by another bgswitch state (XDP program id %u); "
+				"detach it with that state's --pin-root, or use --force\n",
+				ifname, v.xdp_id);
+		else
+			pr_warn("%s already runs XDP program '%s' (id %u); refusing to replace it "
+				"(--force replaces it)\n",
+				ifname, v.xdp_name, v.xdp_id);
 		err = -EBUSY;
 		goto out;
 	}
-	if (v.xdp_ours && v.tc_id &&
+	if (v.tc_id && !v.tc_ours && !force) {
+		pr_warn("%s already has a TC egress filter with bgswitch's handle (program id %u); "
+			"refusing to replace it (--force replaces it)\n",
+			ifname, v.tc_id);
+		err = -EBUSY;
+		goto out;
+	}
+	if (v.xdp_ours && v.tc_ours && v.recorded &&
 	    (!mode_flags(mode) || mode_flags(mode) == attached_flags(v.xdp_mode))) {
-		char path[PATH_MAX];
-		int fd;
-
-		state_pin_path(path, sizeof(path), "bgs_ifaces");
-		fd = bpf_obj_get(path);
-		zero_key = ifindex;
-		if (fd >= 0 && !bpf_map_lookup_elem(fd, &zero_key, &rec) &&
-		    rec.xdp_prog_id == v.xdp_id && rec.tc_prog_id == v.tc_id) {
-			close(fd);
-			pr_info("%s: already attached (%s XDP ingress, TC egress), state at %s\n",
-				ifname, xdp_mode_name(v.xdp_mode), bgs_pin_root);
-			err = 0;
-			goto out;
-		}
-		if (fd >= 0)
-			close(fd);
+		pr_info("%s: already attached (%s XDP ingress, TC egress), state at %s\n", ifname,
+			xdp_mode_name(v.xdp_mode), bgs_pin_root);
+		err = 0;
+		goto out;
 	}
 
 	skel = bgswitch_bpf__open_opts(&open_opts);
@@ -407,6 +464,9 @@ out:
 		detach_tc(ifindex);
 	}
 	bgswitch_bpf__destroy(skel);
+	/* A failed first attach leaves no state behind: half a state is worse than none. */
+	if (err && created)
+		purge_pins();
 	if (lock_fd >= 0)
 		close(lock_fd);
 	return err;
@@ -517,7 +577,7 @@ int do_detach(int argc, char **argv)
 		}
 		had = true;
 	}
-	if (v.tc_id) {
+	if (v.tc_id && v.tc_ours) {
 		detach_tc(ifindex);
 		had = true;
 	}

@@ -103,6 +103,7 @@ int main(int argc, char **argv)
 			continue;
 		argc -= optind;
 		argv += optind;
+		argv[0] = "bgswitch"; /* getopt's own messages then read "bgswitch: ..." */
 		optind = 0; /* 0: glibc re-initialises getopt for the command's own options */
 		err = commands[i].func(argc, argv);
 		return err ? 1 : 0;

@@ -90,6 +90,12 @@ static int service_add(int argc, char **argv)
 		return bad_args("service");
 	if (check_name(argv[optind]) || parse_endpoint(argv[optind + 1], &ep))
 		return -EINVAL;
+	if (!endpoint_is_unicast(&ep)) {
+		pr_warn("'%s': a VIP must be a unicast address (not unspecified, loopback, "
+			"multicast or broadcast)\n",
+			argv[optind + 1]);
+		return -EINVAL;
+	}
 	err = state_need_root();
 	if (err)
 		return err;
@@ -348,6 +354,12 @@ static int backend_prepare(int argc, char **argv, struct backend_args *a)
 		return bad_args("backend");
 	if (parse_color(argv[optind + 1], &a->color) || parse_endpoint(argv[optind + 2], &a->ep))
 		return -EINVAL;
+	if (!endpoint_is_unicast(&a->ep)) {
+		pr_warn("'%s': a backend must be a unicast address (not unspecified, loopback, "
+			"multicast or broadcast)\n",
+			argv[optind + 2]);
+		return -EINVAL;
+	}
 	err = state_need_root();
 	if (err)
 		return err;
@@ -359,6 +371,11 @@ static int backend_prepare(int argc, char **argv, struct backend_args *a)
 		pr_warn("'%s' is not of the address family of service '%s'\n", argv[optind + 2],
 			a->rec.name);
 		err = -EAFNOSUPPORT;
+	}
+	if (!err && !memcmp(a->ep.addr, a->rec.vip.addr, sizeof(a->ep.addr))) {
+		pr_warn("'%s': a backend cannot be the VIP of '%s' itself\n", argv[optind + 2],
+			a->rec.name);
+		err = -EINVAL;
 	}
 	if (!err)
 		err = set_read(&a->st, a->svc, a->color, &a->set);

@@ -67,7 +67,7 @@ static bool is_bpffs(const char *path)
 }
 
 /* The pin root's parent must be a BPF filesystem; /sys/fs/bpf is mounted when it is missing. */
-int state_prepare_fs(void)
+int state_prepare_fs(bool *created)
 {
 	char parent[PATH_MAX], *slash;
 	char progs[PATH_MAX];
@@ -93,15 +93,24 @@ int state_prepare_fs(void)
 		}
 		pr_debug("mounted the BPF filesystem at %s\n", parent);
 	}
-	if (mkdir(bgs_pin_root, 0700) && errno != EEXIST) {
-		pr_warn("cannot create %s: %s\n", bgs_pin_root, strerror(errno));
-		return -errno;
+	*created = false;
+	if (mkdir(bgs_pin_root, 0700)) {
+		if (errno != EEXIST) {
+			pr_warn("cannot create %s: %s\n", bgs_pin_root, strerror(errno));
+			return -errno;
+		}
+	} else {
+		*created = true;
 	}
 	if (state_pin_path(progs, sizeof(progs), BGS_PROG_DIR))
 		return -ENAMETOOLONG;
 	if (mkdir(progs, 0700) && errno != EEXIST) {
+		int err = -errno;
+
 		pr_warn("cannot create %s: %s\n", progs, strerror(errno));
-		return -errno;
+		if (*created)
+			rmdir(bgs_pin_root);
+		return err;
 	}
 	return 0;
 }

@@ -50,7 +50,7 @@ struct bgs_flow_census {
 };
 
 int state_need_root(void);
-int state_prepare_fs(void);
+int state_prepare_fs(bool *created);
 int state_lock(int *lock_fd);
 int state_open(struct bgs_state *st, bool lock);
 void state_close(struct bgs_state *st);

@@ -196,3 +196,16 @@ bad:
 		(unsigned long long)(max_ns / 1000000000ULL));
 	return -EINVAL;
 }
+
+/* A unicast address a service or a backend can have: not unspecified, multicast, broadcast or
+ * loopback.
+ */
+bool endpoint_is_unicast(const struct bgs_endpoint *ep)
+{
+	const __u8 *b = (const __u8 *)ep->addr;
+	static const __u8 zero[16], loop6[16] = { [15] = 1 };
+
+	if (ep->family == BGS_AF_INET)
+		return b[0] != 0 && b[0] != 127 && b[0] < 224;
+	return memcmp(b, zero, 16) && memcmp(b, loop6, 16) && b[0] != 0xff;
+}

@@ -17,6 +17,7 @@ struct bgs_endpoint {
 };
 
 int parse_endpoint(const char *s, struct bgs_endpoint *ep);
+bool endpoint_is_unicast(const struct bgs_endpoint *ep);
 int parse_color(const char *s, __u8 *color);
 int parse_proto(const char *s, __u8 *proto);
 int parse_u32(const char *s, __u32 min, __u32 max, __u32 *out);
