@@ -34,8 +34,8 @@ static void status_usage(void)
 	       "drain to the inactive color, and the node's counters.\n"
 	       "\n"
 	       "  -j, --json          machine-readable output (schema in README.md)\n"
-	       "  -i, --interval MS   sample counters twice, MS apart, for rates (default %d;\n"
-	       "                      0: no rates, no wait)\n"
+	       "  -i, --interval MS   sample counters twice, MS apart, for rates (default %d,\n"
+	       "                      and 0 with --json; 0: no rates, no wait)\n"
 	       "  -h, --help          this help\n",
 	       DEFAULT_INTERVAL_MS);
 }
@@ -219,6 +219,7 @@ int do_status(int argc, char **argv)
 		{ 0 },
 	};
 	__u32 interval = DEFAULT_INTERVAL_MS;
+	bool interval_set = false;
 	struct status_ctx *c;
 	const char *name = NULL;
 	bool json = false;
@@ -235,6 +236,7 @@ int do_status(int argc, char **argv)
 				pr_warn("--interval must be a number of milliseconds, 0 to 60000\n");
 				return -EINVAL;
 			}
+			interval_set = true;
 			break;
 		case 'h':
 			status_usage();
@@ -254,6 +256,9 @@ int do_status(int argc, char **argv)
 	if (!c)
 		return -ENOMEM;
 	c->json = json;
+	/* Scripts read JSON at once; rates there only when asked for with --interval. */
+	if (json && !interval_set)
+		interval = 0;
 	err = state_open(&c->st, false);
 	if (err)
 		goto out_free;
