@@ -82,6 +82,13 @@ test: deps
 	@echo "  SANITIZE command-line and attach tests with the ASan/UBSan build"
 	$(Q)BGSWITCH=$(CURDIR)/$(OUTPUT)/san/bgswitch $(PYTEST) -q tests/test_e2e.py -k "cli or attach"
 
+# make fuzz [FUZZ_SEED=N] [FUZZ_COUNT=N]: the differential test (tests/test_differential.py) on
+# FUZZ_COUNT packets (default 200000) from FUZZ_SEED (default: a random seed, printed first).
+.PHONY: fuzz
+fuzz: all
+	$(Q)FUZZ_SEED='$(or $(FUZZ_SEED),random)' FUZZ_COUNT='$(or $(FUZZ_COUNT),200000)' \
+		$(PYTEST) -q -s tests/test_differential.py
+
 demo: deps
 	$(Q)$(MAKE) --no-print-directory all
 	$(Q)scripts/demo.sh

@@ -7,6 +7,7 @@
 #include "frag.bpf.h"
 #include "nat.bpf.h"
 #include "icmp.bpf.h"
+#include "fwd.bpf.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -22,7 +23,8 @@ static __always_inline void count_rx(__u32 slot, __u32 len)
 
 /* Ingress: a client packet for a VIP goes to its flow's backend, or starts a flow on the active
  * color; a later fragment follows its first fragment; an ICMP error about a reply goes to that
- * reply's backend. Everything else passes untouched.
+ * reply's backend. Rewritten packets leave by the fast path where it can take them. Everything
+ * else passes untouched.
  */
 SEC("xdp")
 int bgs_ingress(struct xdp_md *ctx)
@@ -53,7 +55,7 @@ int bgs_ingress(struct xdp_md *ctx)
 		stat_inc(BGS_STAT_FRAG_LATER);
 		count_rx(fr->slot, pkt.len);
 		nat_dnat_xdp(&pkt, fr->addr, 0, data_end);
-		return XDP_PASS;
+		return fwd_xdp(ctx, &pkt, data, data_end);
 	}
 	if (parse_is_icmp(&pkt))
 		return icmp_ingress(&pkt, data_end);
@@ -72,7 +74,7 @@ int bgs_ingress(struct xdp_md *ctx)
 	frag_track(&pkt, flow.daddr, flow.slot);
 	nat_dnat_xdp(&pkt, flow.daddr, flow.dport, data_end);
 	count_rx(flow.slot, pkt.len);
-	return XDP_PASS;
+	return fwd_xdp(ctx, &pkt, data, data_end);
 }
 
 /* Egress: a reply from a backend leaves with the VIP as its source (its later fragments too),

@@ -9,6 +9,9 @@
 #include "bgswitch.h"
 
 /* Constants from uapi headers that vmlinux.h (BTF holds types, not macros) does not carry. */
+#define ETH_ALEN 6
+#define AF_INET 2
+#define AF_INET6 10
 #define ETH_P_IP 0x0800
 #define ETH_P_IPV6 0x86DD
 #define ETH_P_8021Q 0x8100

@@ -43,7 +43,7 @@ static __always_inline __u16 csum_fold(__u32 sum)
 /* Apply a difference to a checksum field. */
 static __always_inline void csum_apply(__u16 *sum, __u32 diff)
 {
-	*sum = ~csum_fold((__u16)~*sum + csum_fold(diff));
+	*sum = ~csum_fold((__u16) ~*sum + csum_fold(diff));
 }
 
 /* The same for a UDP checksum: zero means "none" (IPv4) and is left alone, and a result of

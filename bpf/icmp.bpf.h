@@ -14,7 +14,7 @@ struct icmp_quote {
 	struct bgs_flow_key key; /* as quoted: saddr/sport are the quoted packet's sender */
 	void *l3;
 	struct udphdr *l4; /* the first 8 bytes of the quoted TCP or UDP header */
-	__u16 *l4_csum;	   /* the quoted transport checksum, NULL when it is not quoted */
+	__u16 *l4_csum; /* the quoted transport checksum, NULL when it is not quoted */
 };
 
 /* Destination unreachable (fragmentation needed), packet too big, time exceeded, parameter
@@ -136,8 +136,8 @@ static __always_inline __u32 icmp_rewrite_quote(struct icmp_quote *q, bool src, 
 /* Rewrite the outer destination (dst) or source address, with the outer IPv4 checksum; for
  * IPv6 the ICMPv6 checksum covers it through the pseudo-header, so its difference is returned.
  */
-static __always_inline __u32 icmp_rewrite_outer(const struct bgs_pkt *pkt, bool dst, const __u32 *to,
-						void *data_end)
+static __always_inline __u32 icmp_rewrite_outer(const struct bgs_pkt *pkt, bool dst,
+						const __u32 *to, void *data_end)
 {
 	const __u32 *from = dst ? pkt->key.daddr : pkt->key.saddr;
 	__u32 d_addr = csum_diff_addr(0, from, to, pkt->key.family);

@@ -65,8 +65,7 @@ static __noinline int nat_pull(struct __sk_buff *skb)
 }
 
 /* Is (address, port, protocol) a backend the egress program must look at? */
-static __always_inline bool nat_is_backend(const __u32 *addr, __u16 port, __u8 proto,
-					   __u8 family)
+static __always_inline bool nat_is_backend(const __u32 *addr, __u16 port, __u8 proto, __u8 family)
 {
 	struct bgs_backend_addr ba = {
 		.addr = { addr[0], addr[1], addr[2], addr[3] },
@@ -99,8 +98,8 @@ static __always_inline int nat_snat_tc(struct __sk_buff *skb, const struct bgs_p
 				       const __u32 *to, __u16 sport)
 {
 	bool v6 = pkt->key.family == BGS_AF_INET6;
-	__u32 saddr_off = pkt->l3_off + (v6 ? offsetof(struct ipv6hdr, saddr) :
-					      offsetof(struct iphdr, saddr));
+	__u32 saddr_off = pkt->l3_off +
+			  (v6 ? offsetof(struct ipv6hdr, saddr) : offsetof(struct iphdr, saddr));
 	__u16 pfrom = pkt->key.sport;
 	__u32 l4_csum = 0;
 	__u64 flags = 0;

@@ -23,9 +23,9 @@ struct bgs_pkt {
 	void *l4; /* TCP, UDP or ICMP header; NULL for a later fragment */
 	__u32 l3_off; /* from the start of the frame */
 	__u32 l4_off;
-	__u32 len;     /* IP length (IPv6: header included), for byte counters */
+	__u32 len; /* IP length (IPv6: header included), for byte counters */
 	__u32 frag_id; /* IPv4 identification, or the IPv6 fragment header's (network order) */
-	__u8 frag;     /* enum bgs_frag_kind */
+	__u8 frag; /* enum bgs_frag_kind */
 	__u8 tcp_flags;
 	__u8 icmp_type;
 };
@@ -194,8 +194,7 @@ static __always_inline int parse_udphdr(struct hdr_cursor *nh, void *data_end,
 
 static __always_inline bool parse_is_icmp(const struct bgs_pkt *pkt)
 {
-	return pkt->key.proto ==
-	       (pkt->key.family == BGS_AF_INET6 ? IPPROTO_ICMPV6 : IPPROTO_ICMP);
+	return pkt->key.proto == (pkt->key.family == BGS_AF_INET6 ? IPPROTO_ICMPV6 : IPPROTO_ICMP);
 }
 
 /* Fill pkt from a frame of frame_len bytes (data_end may end sooner on a non-linear skb).

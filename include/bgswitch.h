@@ -226,39 +226,43 @@ struct bgs_backend_stats {
 
 /* bgs_stats index (per CPU): node-wide counters. */
 enum bgs_stat {
-	BGS_STAT_RX = 0,	   /* packets seen by the ingress program */
-	BGS_STAT_NOT_VIP,	   /* passed untouched: not addressed to a service */
-	BGS_STAT_NOT_IP,	   /* passed untouched: neither IPv4 nor IPv6 */
-	BGS_STAT_PARSE_L2,	   /* passed untouched: truncated Ethernet or VLAN header */
-	BGS_STAT_PARSE_IP_HDR,	   /* passed untouched: truncated IP header, bad version or IHL */
-	BGS_STAT_PARSE_IP_LEN,	   /* passed untouched: IP length longer than the frame, or short */
-	BGS_STAT_PARSE_L4,	   /* passed untouched: truncated TCP/UDP header, bad offset/length */
-	BGS_STAT_ZERO_PORT,	   /* passed untouched: source or destination port 0 */
-	BGS_STAT_EXTHDR_LIMIT,	   /* passed untouched: IPv6 extension chain longer than the bound */
-	BGS_STAT_FRAG_FIRST,	   /* first fragment of a VIP flow: steered and tracked */
-	BGS_STAT_FRAG_LATER,	   /* later fragment that followed its tracked first fragment */
-	BGS_STAT_VIP,		   /* addressed to a service */
-	BGS_STAT_FLOW_HIT,	   /* followed an existing flow entry */
-	BGS_STAT_FLOW_NEW,	   /* created a flow entry */
-	BGS_STAT_FLOW_REOPEN,	   /* SYN on a closed or idle entry: new flow on the active color */
-	BGS_STAT_SYN_MISS,	   /* SYN that missed the table (a new TCP flow) */
-	BGS_STAT_NOSYN_MISS,	   /* non-SYN TCP segment that missed the table (dropped) */
-	BGS_STAT_TX,		   /* packets seen by the egress program */
-	BGS_STAT_REPLY_NAT,	   /* replies whose source was rewritten to the VIP */
-	BGS_STAT_REPLY_NO_FLOW,	   /* from a backend address, but no reverse entry: untouched */
-	BGS_STAT_ICMP_IN,	   /* ICMP error about a reply, translated toward its backend */
-	BGS_STAT_ICMP_OUT,	   /* ICMP error about a client packet, translated toward the client */
-	BGS_STAT_ICMP_NO_FLOW,	   /* ICMP error quoting a VIP or backend but no flow: untouched */
+	BGS_STAT_RX = 0, /* packets seen by the ingress program */
+	BGS_STAT_NOT_VIP, /* passed untouched: not addressed to a service */
+	BGS_STAT_NOT_IP, /* passed untouched: neither IPv4 nor IPv6 */
+	BGS_STAT_PARSE_L2, /* passed untouched: truncated Ethernet or VLAN header */
+	BGS_STAT_PARSE_IP_HDR, /* passed untouched: truncated IP header, bad version or IHL */
+	BGS_STAT_PARSE_IP_LEN, /* passed untouched: IP length longer than the frame, or short */
+	BGS_STAT_PARSE_L4, /* passed untouched: truncated TCP/UDP header, bad offset/length */
+	BGS_STAT_ZERO_PORT, /* passed untouched: source or destination port 0 */
+	BGS_STAT_EXTHDR_LIMIT, /* passed untouched: IPv6 extension chain longer than the bound */
+	BGS_STAT_FRAG_FIRST, /* first fragment of a VIP flow: steered and tracked */
+	BGS_STAT_FRAG_LATER, /* later fragment that followed its tracked first fragment */
+	BGS_STAT_VIP, /* addressed to a service */
+	BGS_STAT_FLOW_HIT, /* followed an existing flow entry */
+	BGS_STAT_FLOW_NEW, /* created a flow entry */
+	BGS_STAT_FLOW_REOPEN, /* SYN on a closed or idle entry: new flow on the active color */
+	BGS_STAT_SYN_MISS, /* SYN that missed the table (a new TCP flow) */
+	BGS_STAT_NOSYN_MISS, /* non-SYN TCP segment that missed the table (dropped) */
+	BGS_STAT_TX, /* packets seen by the egress program */
+	BGS_STAT_REPLY_NAT, /* replies whose source was rewritten to the VIP */
+	BGS_STAT_REPLY_NO_FLOW, /* from a backend address, but no reverse entry: untouched */
+	BGS_STAT_ICMP_IN, /* ICMP error about a reply, translated toward its backend */
+	BGS_STAT_ICMP_OUT, /* ICMP error about a client packet, translated toward the client */
+	BGS_STAT_ICMP_NO_FLOW, /* ICMP error quoting a VIP or backend but no flow: untouched */
+	BGS_STAT_FWD_TX, /* fast path: sent back out of the ingress interface (XDP_TX) */
+	BGS_STAT_FWD_REDIRECT, /* fast path: redirected to a registered egress interface */
+	BGS_STAT_FWD_NO_NEIGH, /* passed to the stack: the next hop's neighbour is unresolved */
+	BGS_STAT_FWD_STACK, /* passed to the stack: no route, not registered, tagged, or TTL */
 	BGS_STAT_MAX,
 };
 
 /* bgs_drops index (per CPU): why the data plane dropped a packet. */
 enum bgs_drop_reason {
 	BGS_DROP_NOSYN_MISS = 0, /* TCP segment without SYN and without a flow entry */
-	BGS_DROP_NO_BACKEND,	 /* the active color of the service has no backend */
-	BGS_DROP_BAD_BACKEND,	 /* a set names a slot that is not a usable backend */
-	BGS_DROP_FLOW_INSERT,	 /* the flow table refused the new entry */
-	BGS_DROP_FRAG_MISS,	 /* later fragment to a VIP whose first fragment was not seen */
+	BGS_DROP_NO_BACKEND, /* the active color of the service has no backend */
+	BGS_DROP_BAD_BACKEND, /* a set names a slot that is not a usable backend */
+	BGS_DROP_FLOW_INSERT, /* the flow table refused the new entry */
+	BGS_DROP_FRAG_MISS, /* later fragment to a VIP whose first fragment was not seen */
 	BGS_DROP_MAX,
 };
 

@@ -281,6 +281,48 @@ static void detach_tc(int ifindex)
 	bpf_tc_detach(&hook, &opts);
 }
 
+/* Make the fast path's redirect targets exactly the interfaces in list (comma-separated). */
+static int set_tx_ports(int fd, const char *list)
+{
+	__u32 want[BGS_MAX_IFACES], n = 0, key, next, i;
+	char buf[BGS_MAX_IFACES * (IF_NAMESIZE + 1)], *tok, *save = NULL;
+	bool keep;
+	int err;
+
+	if (snprintf(buf, sizeof(buf), "%s", list) >= (int)sizeof(buf)) {
+		pr_warn("--xdp-egress: too many interfaces\n");
+		return -E2BIG;
+	}
+	for (tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+		if (n == BGS_MAX_IFACES) {
+			pr_warn("--xdp-egress: at most %d interfaces\n", BGS_MAX_IFACES);
+			return -E2BIG;
+		}
+		want[n] = if_nametoindex(tok);
+		if (!want[n]) {
+			pr_warn("--xdp-egress: no interface '%s'\n", tok);
+			return -ENODEV;
+		}
+		n++;
+	}
+	/* Checked all names first: a bad one changes nothing. */
+	for (err = bpf_map_get_next_key(fd, NULL, &key); !err; key = next) {
+		err = bpf_map_get_next_key(fd, &key, &next);
+		for (keep = false, i = 0; i < n && !keep; i++)
+			keep = want[i] == key;
+		if (!keep)
+			bpf_map_delete_elem(fd, &key);
+	}
+	for (i = 0; i < n; i++) {
+		if (bpf_map_update_elem(fd, &want[i], &want[i], BPF_ANY)) {
+			err = -errno;
+			pr_warn("--xdp-egress: cannot register ifindex %u: %s\n", want[i],
+				strerror(errno));
+			return err;
+		}
+	}
+	return 0;
+}
 static int purge_pins(void);
 
 static void attach_usage(void)
@@ -294,6 +336,11 @@ static void attach_usage(void)
 	       "                    native, or generic\n"
 	       "  -f, --flows N     flow-table entries (default %u); fixed once the state exists\n"
 	       "  -F, --force       replace an XDP program or TC filter that is not this state's\n"
+	       "  -e, --xdp-egress IF[,IF...]\n"
+	       "                    interfaces the fast path may XDP_REDIRECT to (each must take\n"
+	       "                    XDP frames: a native driver, or a veth whose peer has GRO or\n"
+	       "                    XDP on); replaces the registered list. Routes back out of\n"
+	       "                    IFACE always use XDP_TX; any other route uses the stack\n"
 	       "  -h, --help        this help\n",
 	       BGS_DEFAULT_FLOWS);
 }
@@ -304,6 +351,7 @@ int do_attach(int argc, char **argv)
 		{ "mode", required_argument, NULL, 'm' },
 		{ "flows", required_argument, NULL, 'f' },
 		{ "force", no_argument, NULL, 'F' },
+		{ "xdp-egress", required_argument, NULL, 'e' },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 },
 	};
@@ -313,14 +361,17 @@ int do_attach(int argc, char **argv)
 	__u32 flows = 0, pinned_flows, zero_key;
 	struct bgs_iface rec = { 0 };
 	struct iface_view v, after;
-	const char *ifname;
+	const char *ifname, *egress = NULL;
 	bool xdp_done = false, force = false, created = false;
 	int ifindex, lock_fd = -1, c, err;
 
-	while ((c = getopt_long(argc, argv, "m:f:Fh", opts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "m:f:e:Fh", opts, NULL)) != -1) {
 		switch (c) {
 		case 'F':
 			force = true;
+			break;
+		case 'e':
+			egress = optarg;
 			break;
 		case 'm':
 			if (!strcmp(optarg, "auto"))
@@ -404,6 +455,18 @@ int do_attach(int argc, char **argv)
 	}
 	if (v.xdp_ours && v.tc_ours && v.recorded &&
 	    (!mode_flags(mode) || mode_flags(mode) == attached_flags(v.xdp_mode))) {
+		if (egress) {
+			char path[PATH_MAX];
+			int fd;
+
+			state_pin_path(path, sizeof(path), "bgs_tx_ports");
+			fd = bpf_obj_get(path);
+			err = fd < 0 ? -errno : set_tx_ports(fd, egress);
+			if (fd >= 0)
+				close(fd);
+			if (err)
+				goto out;
+		}
 		pr_info("%s: already attached (%s XDP ingress, TC egress), state at %s\n", ifname,
 			xdp_mode_name(v.xdp_mode), bgs_pin_root);
 		err = 0;
@@ -427,6 +490,11 @@ int do_attach(int argc, char **argv)
 	err = config_init(skel, flows);
 	if (err)
 		goto out;
+	if (egress) {
+		err = set_tx_ports(bpf_map__fd(skel->maps.bgs_tx_ports), egress);
+		if (err)
+			goto out;
+	}
 	err = pin_prog(skel->progs.bgs_ingress, "bgs_ingress");
 	if (!err)
 		err = pin_prog(skel->progs.bgs_egress, "bgs_egress");

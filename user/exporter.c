@@ -173,6 +173,18 @@ static void render(FILE *f, const struct bgs_state *st, const struct bgs_snapsho
 	for (i = 0; i < sizeof(passed) / sizeof(passed[0]); i++)
 		fprintf(f, "bgswitch_passed_packets_total{reason=\"%s\"} %llu\n", passed[i].reason,
 			(unsigned long long)s->stats[passed[i].id]);
+	metric_head(f, "bgswitch_fast_path_packets_total", "counter",
+		    "Rewritten packets by how they left: xdp_tx, redirect, or the stack (no_neigh, "
+		    "stack).");
+	fprintf(f,
+		"bgswitch_fast_path_packets_total{action=\"xdp_tx\"} %llu\n"
+		"bgswitch_fast_path_packets_total{action=\"redirect\"} %llu\n"
+		"bgswitch_fast_path_packets_total{action=\"no_neigh\"} %llu\n"
+		"bgswitch_fast_path_packets_total{action=\"stack\"} %llu\n",
+		(unsigned long long)s->stats[BGS_STAT_FWD_TX],
+		(unsigned long long)s->stats[BGS_STAT_FWD_REDIRECT],
+		(unsigned long long)s->stats[BGS_STAT_FWD_NO_NEIGH],
+		(unsigned long long)s->stats[BGS_STAT_FWD_STACK]);
 	metric_head(f, "bgswitch_reply_nat_total", "counter",
 		    "Replies whose source was rewritten from backend to VIP.");
 	fprintf(f, "bgswitch_reply_nat_total %llu\n",

@@ -85,7 +85,8 @@ int do_timeouts(int argc, char **argv)
 		}
 	}
 	printf("tcp-idle %llus, udp-idle %llus, closing %llums\n",
-	       (unsigned long long)(cfg.tcp_idle_ns / NS), (unsigned long long)(cfg.udp_idle_ns / NS),
+	       (unsigned long long)(cfg.tcp_idle_ns / NS),
+	       (unsigned long long)(cfg.udp_idle_ns / NS),
 	       (unsigned long long)(cfg.closing_ns / 1000000ULL));
 out:
 	state_close(&st);

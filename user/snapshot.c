@@ -33,13 +33,15 @@ const char *const bgs_stat_names[BGS_STAT_MAX] = {
 	[BGS_STAT_ICMP_IN] = "icmp_in",
 	[BGS_STAT_ICMP_OUT] = "icmp_out",
 	[BGS_STAT_ICMP_NO_FLOW] = "icmp_no_flow",
+	[BGS_STAT_FWD_TX] = "fwd_tx",
+	[BGS_STAT_FWD_REDIRECT] = "fwd_redirect",
+	[BGS_STAT_FWD_NO_NEIGH] = "fwd_no_neigh",
+	[BGS_STAT_FWD_STACK] = "fwd_stack",
 };
 
 const char *const bgs_drop_names[BGS_DROP_MAX] = {
-	[BGS_DROP_NOSYN_MISS] = "nosyn_miss",
-	[BGS_DROP_NO_BACKEND] = "no_backend",
-	[BGS_DROP_BAD_BACKEND] = "bad_backend",
-	[BGS_DROP_FLOW_INSERT] = "flow_insert",
+	[BGS_DROP_NOSYN_MISS] = "nosyn_miss",	[BGS_DROP_NO_BACKEND] = "no_backend",
+	[BGS_DROP_BAD_BACKEND] = "bad_backend", [BGS_DROP_FLOW_INSERT] = "flow_insert",
 	[BGS_DROP_FRAG_MISS] = "frag_miss",
 };
 

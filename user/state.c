@@ -37,6 +37,7 @@ const char *const bgs_map_names[BGS_M_COUNT] = {
 	[BGS_M_SERVICE_STATS] = "bgs_service_stats",
 	[BGS_M_VIP_ADDRS] = "bgs_vip_addrs",
 	[BGS_M_FRAGS] = "bgs_frags",
+	[BGS_M_TX_PORTS] = "bgs_tx_ports",
 };
 
 const char *bgs_pin_root = BGS_DEFAULT_PIN_ROOT;
@@ -393,7 +394,8 @@ int flows_census(const struct bgs_state *st, struct bgs_flow_census *c)
 /* Flow keys gathered in a walk, to delete after it (deleting during a walk disturbs it). */
 struct doomed {
 	const struct bgs_state *st;
-	bool (*pick)(const struct doomed *d, const struct bgs_flow_key *k, const struct bgs_flow *f);
+	bool (*pick)(const struct doomed *d, const struct bgs_flow_key *k,
+		     const struct bgs_flow *f);
 	__u32 slot;
 	bool live_too;
 	__u64 now;
@@ -454,7 +456,8 @@ static int flows_delete(struct bgs_state *st, struct doomed *d, __u64 *deleted)
 	return err;
 }
 
-static bool pick_slot(const struct doomed *d, const struct bgs_flow_key *k, const struct bgs_flow *f)
+static bool pick_slot(const struct doomed *d, const struct bgs_flow_key *k,
+		      const struct bgs_flow *f)
 {
 	return f->slot == d->slot && (d->live_too || !flow_live(d->st, k, f, d->now));
 }
@@ -477,9 +480,9 @@ static bool pick_expired(const struct doomed *d, const struct bgs_flow_key *k,
 {
 	const struct bgs_config *cfg = &d->st->cfg;
 	__u64 age = d->now > f->last_seen ? d->now - f->last_seen : 0;
-	bool closed = k->proto == IPPROTO_TCP &&
-		      ((f->state & BGS_FLOW_RST) ||
-		       (f->state & BGS_FLOW_BOTH_FIN) == BGS_FLOW_BOTH_FIN);
+	bool closed =
+		k->proto == IPPROTO_TCP &&
+		((f->state & BGS_FLOW_RST) || (f->state & BGS_FLOW_BOTH_FIN) == BGS_FLOW_BOTH_FIN);
 
 	if (closed)
 		return age > cfg->closing_ns;

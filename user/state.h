@@ -28,6 +28,7 @@ enum bgs_map_id {
 	BGS_M_SERVICE_STATS,
 	BGS_M_VIP_ADDRS,
 	BGS_M_FRAGS,
+	BGS_M_TX_PORTS,
 	BGS_M_COUNT,
 };
 

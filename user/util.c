@@ -170,8 +170,11 @@ int parse_duration_ns(const char *s, __u64 min_ns, __u64 max_ns, __u64 *out)
 	static const struct {
 		const char *unit;
 		__u64 ns;
-	} units[] = { { "ms", 1000000ULL }, { "s", 1000000000ULL }, { "", 1000000000ULL },
-		      { "m", 60000000000ULL }, { "h", 3600000000000ULL } };
+	} units[] = { { "ms", 1000000ULL },
+		      { "s", 1000000000ULL },
+		      { "", 1000000000ULL },
+		      { "m", 60000000000ULL },
+		      { "h", 3600000000000ULL } };
 	unsigned long long v;
 	char *end;
 	size_t i;
