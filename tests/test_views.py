@@ -1,0 +1,302 @@
+"""The views on a live switch: status --json, the Prometheus exporter, and watch in a terminal.
+
+Same topology as the end-to-end tests (tests/netns.py): client -> node (bgswitch) -> blue and
+green backends. Traffic is counted on the client side and compared with what the views report.
+
+Run as root: /usr/bin/pytest -q tests/test_views.py
+"""
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import netns  # noqa: E402
+from netns import NODE_IFACE, VIP, VIP_PORT  # noqa: E402
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces, BPF)")
+
+
+@pytest.fixture(scope="module")
+def topo():
+    if not os.access(netns.BGSWITCH, os.X_OK):
+        pytest.fail(f"{netns.BGSWITCH} missing: run make first")
+    with netns.Topology() as t:
+        yield t
+
+
+@pytest.fixture
+def sw(topo):
+    s = topo.bgswitch()
+    s("attach", NODE_IFACE)
+    s.setup_service("web")
+    try:
+        yield s
+    finally:
+        for args, rc, out, err in s.history:
+            print(f"bgswitch {' '.join(map(str, args))} -> {rc}\n{out[:400]}{err}")
+        assert s.purge() == []
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def exporter(sw):
+    """bgswitch exporter on 127.0.0.1:<free port> (host namespace, loopback only)."""
+    port = free_port()
+    p = subprocess.Popen([netns.BGSWITCH, "--pin-root", sw.pin_root, "exporter", "--listen",
+                          f"127.0.0.1:{port}"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                    break
+            except OSError:
+                if p.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(f"exporter did not start: {p.communicate()}")
+                time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}", port, p
+    finally:
+        if p.poll() is None:
+            p.terminate()  # SIGTERM: it must stop cleanly
+        out, err = p.communicate(timeout=10)
+        assert p.returncode == 0, (p.returncode, out, err)
+
+
+def scrape(url):
+    with urllib.request.urlopen(url + "/metrics", timeout=10) as r:
+        assert r.status == 200
+        assert r.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        return r.read().decode()
+
+
+SAMPLE = re.compile(r'^([a-z_]+)(?:\{(.*)\})? (\S+)$')
+
+
+def samples(text):
+    """[(name, {label: value}, float)] of a Prometheus text exposition, checked line by line."""
+    out, typed = [], set()
+    for line in text.splitlines():
+        if line.startswith("# TYPE "):
+            typed.add(line.split()[2])
+            continue
+        if line.startswith("#") or not line:
+            continue
+        m = SAMPLE.match(line)
+        assert m, f"not a sample line: {line!r}"
+        name, labels, value = m.groups()
+        assert name in typed, f"{name} has no # TYPE"
+        lab = dict(re.findall(r'(\w+)="([^"]*)"', labels or ""))
+        out.append((name, lab, float(value)))
+    return out
+
+
+def total(ss, name, **want):
+    return sum(v for n, lab, v in ss if n == name and all(lab.get(k) == w for k, w in want.items()))
+
+
+# -- status --json ---------------------------------------------------------------------------
+
+def test_views_status_json_counts_match_traffic(topo, sw):
+    res = topo.probe(VIP, VIP_PORT, count=30)["results"]
+    assert all(r["ok"] for r in res), res
+    st = sw.status()
+    assert set(st) >= {"layout_version", "pin_root", "interfaces", "flow_table", "timeouts",
+                       "services", "counters", "drops", "interval_ms"}
+    assert st["interfaces"][0]["name"] == NODE_IFACE
+    (web,) = st["services"]
+    assert (web["name"], web["vip"], web["port"], web["proto"]) == ("web", VIP, VIP_PORT, "tcp")
+    assert web["active"] == "blue" and web["previous"] is None and web["generation"] >= 1
+    blue = web["colors"]["blue"]["backends"]
+    assert sum(b["new_flows"] for b in blue) == 30 == web["syn_miss"]
+    assert all(b["rx_packets"] > 0 and b["tx_packets"] > 0 and b["rx_bytes"] > 0 for b in blue)
+    assert sum(b["new_flows"] for b in web["colors"]["green"]["backends"]) == 0
+    assert web["nosyn_miss"] == 0 and not any(web["drops"].values())
+    assert all(b["rx_pps"] is None for b in blue)  # --json reads at once: no rates
+    assert st["counters"]["syn_miss"] == 30 and st["counters"]["reply_nat"] > 0
+    assert st["flow_table"]["entries"] >= 30
+
+
+def test_views_status_rates_under_load(topo, sw):
+    run = topo.traffic("--vip", VIP, "--port", VIP_PORT, "--duration", 4, "--new-rate", 40)
+    try:
+        run.wait_ready()
+        time.sleep(1.0)
+        st = json.loads(sw("status", "web", "--json", "--interval", "1000"))
+        (web,) = st["services"]
+        assert 900 <= st["interval_ms"] <= 1500
+        rate = sum(b["new_flows_per_s"] for b in web["colors"]["blue"]["backends"])
+        assert 20 <= rate <= 60, rate  # 40 new connections per second
+        text = sw("status", "web", "--interval", "500")
+        assert "FLOWS/S" in text and "active blue" in text
+    finally:
+        run.finish(timeout=30)
+
+
+# -- exporter --------------------------------------------------------------------------------
+
+def test_views_exporter_metrics_match_traffic(topo, sw, exporter):
+    url, port, _ = exporter
+    res = topo.probe(VIP, VIP_PORT, count=25)["results"]
+    assert all(r["ok"] for r in res), res
+    ss = samples(scrape(url))
+    assert total(ss, "bgswitch_new_flows_total", service="web", color="blue") == 25
+    assert total(ss, "bgswitch_new_flows_total", service="web", color="green") == 0
+    assert total(ss, "bgswitch_flow_misses_total", service="web", kind="syn") == 25
+    assert total(ss, "bgswitch_active_color", service="web", color="blue") == 1
+    assert total(ss, "bgswitch_active_color", service="web", color="green") == 0
+    assert total(ss, "bgswitch_packets_total", service="web", direction="in") > 25 * 2
+    assert total(ss, "bgswitch_packets_total", service="web", direction="out") > 25
+    assert total(ss, "bgswitch_bytes_total", service="web", direction="in") > 0
+    gen = total(ss, "bgswitch_generation", service="web")
+
+    sw("flip", "web")
+    res = topo.probe(VIP, VIP_PORT, count=10)["results"]
+    assert [r["color"] for r in res] == ["green"] * 10
+    ss = samples(scrape(url))
+    assert total(ss, "bgswitch_active_color", service="web", color="green") == 1
+    assert total(ss, "bgswitch_generation", service="web") == gen + 1
+    assert total(ss, "bgswitch_new_flows_total", service="web", color="green") == 10
+    assert total(ss, "bgswitch_flows", service="web", color="blue") == 0  # all closed
+
+
+def test_views_exporter_draining_flows_and_concurrent_scrapes(topo, sw, exporter):
+    url, port, _ = exporter
+    run = topo.traffic("--vip", VIP, "--port", VIP_PORT, "--duration", 6, "--new-rate", 30,
+                       "--long", 3)
+    try:
+        run.wait_ready()
+        sw("flip", "web")
+        time.sleep(1.0)
+        results, errors = [], []
+
+        def worker():
+            try:
+                for _ in range(5):
+                    results.append(samples(scrape(url)))
+            except Exception as e:  # noqa: BLE001 - reported below
+                errors.append(repr(e))
+
+        threads = [threading.Thread(target=worker) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert not errors and len(results) == 40, errors
+        ss = results[-1]
+        assert total(ss, "bgswitch_flows", service="web", color="blue") == 3  # draining
+        assert total(ss, "bgswitch_backend_flows", service="web", color="blue") == 3
+    finally:
+        run.finish(early=True, timeout=30)
+
+
+def test_views_exporter_http_edges_and_bind(exporter):
+    url, port, _ = exporter
+    with urllib.request.urlopen(url + "/", timeout=5) as r:
+        assert r.status == 200
+    for path, code in (("/nope", 404),):
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(url + path, timeout=5)
+        assert e.value.code == code
+    req = urllib.request.Request(url + "/metrics", method="POST", data=b"x")
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(req, timeout=5)
+    assert e.value.code == 405
+    # It binds only where it is told: another loopback address is not served.
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.2", port), timeout=1).close()
+
+
+def test_views_exporter_rejects_bad_listen(sw):
+    for bad in ("127.0.0.1", "nohost:80", "127.0.0.1:0", "127.0.0.1:99999"):
+        p = subprocess.run([netns.BGSWITCH, "--pin-root", sw.pin_root, "exporter", "--listen",
+                            bad], capture_output=True, text=True, timeout=10)
+        assert p.returncode != 0 and len(p.stderr.splitlines()) == 1, (bad, p)
+
+
+# -- watch in a pseudo-terminal -----------------------------------------------------------------
+
+TMUX = shutil.which("tmux")
+
+
+@pytest.fixture
+def tmux(sw):
+    """A tmux session running a shell, its server on a socket of our own."""
+    assert TMUX, "tmux is missing (scripts/install-deps.sh installs it)"
+    sock = f"/tmp/bgs-tmux-{os.getpid()}"
+    name = "bgswatch"
+    base = [TMUX, "-S", sock]
+    subprocess.run(base + ["new-session", "-d", "-s", name, "-x", "110", "-y", "30", "sh"],
+                   check=True, timeout=10)
+
+    def send(*keys):
+        subprocess.run(base + ["send-keys", "-t", name] + list(keys), check=True, timeout=10)
+
+    def screen():
+        return subprocess.run(base + ["capture-pane", "-p", "-t", name], capture_output=True,
+                              text=True, check=True, timeout=10).stdout
+
+    try:
+        yield send, screen
+    finally:
+        subprocess.run(base + ["kill-server"], timeout=10, check=False)
+        if os.path.exists(sock):
+            os.unlink(sock)
+
+
+def wait_screen(screen, pred, timeout=10):
+    deadline = time.monotonic() + timeout
+    while True:
+        s = screen()
+        if pred(s) or time.monotonic() > deadline:
+            return s
+        time.sleep(0.2)
+
+
+@pytest.mark.parametrize("quit_key", ["q", "C-c"])
+def test_views_watch_shows_flip_and_drain_then_restores_terminal(topo, sw, tmux, quit_key):
+    send, screen = tmux
+    send("clear; echo BEFORE-WATCH", "Enter")
+    send(f"{netns.BGSWITCH} --pin-root {sw.pin_root} watch --interval 300; echo WATCH-EXIT:$?",
+         "Enter")
+    s = wait_screen(screen, lambda s: "bgswitch watch" in s)
+    assert "web" in s and "active blue" in s, s
+    run = topo.traffic("--vip", VIP, "--port", VIP_PORT, "--duration", 6, "--new-rate", 30,
+                       "--long", 2)
+    try:
+        run.wait_ready()
+        time.sleep(1.0)
+        sw("flip", "web")
+        s = wait_screen(screen, lambda s: "active green" in s and "draining" in s)
+        assert "active green" in s and "draining" in s, s
+        assert re.search(r"green\s+\d+\.\d\s", s), s
+        assert any(ch in s for ch in "▁▂▃▄▅▆▇█"), s  # the history
+    finally:
+        run.finish(early=True, timeout=30)
+    send(quit_key)
+    s = wait_screen(screen, lambda s: "WATCH-EXIT:" in s)
+    # Back on the normal screen: the shell's earlier output is there, the view is gone.
+    assert "BEFORE-WATCH" in s and "bgswitch watch" not in s, s
+    assert re.search(r"WATCH-EXIT:0", s), s
+
+
+def test_views_watch_refuses_without_terminal(sw):
+    p = subprocess.run([netns.BGSWITCH, "--pin-root", sw.pin_root, "watch"],
+                       capture_output=True, text=True, timeout=10, stdin=subprocess.DEVNULL)
+    assert p.returncode != 0 and "terminal" in p.stderr and len(p.stderr.splitlines()) == 1
