@@ -173,6 +173,23 @@ static void render(FILE *f, const struct bgs_state *st, const struct bgs_snapsho
 	for (i = 0; i < sizeof(passed) / sizeof(passed[0]); i++)
 		fprintf(f, "bgswitch_passed_packets_total{reason=\"%s\"} %llu\n", passed[i].reason,
 			(unsigned long long)s->stats[passed[i].id]);
+	metric_head(f, "bgswitch_fragments_total", "counter",
+		    "Fragments steered: kind first is steered by its ports, later follows it.");
+	fprintf(f,
+		"bgswitch_fragments_total{kind=\"first\"} %llu\n"
+		"bgswitch_fragments_total{kind=\"later\"} %llu\n",
+		(unsigned long long)s->stats[BGS_STAT_FRAG_FIRST],
+		(unsigned long long)s->stats[BGS_STAT_FRAG_LATER]);
+	metric_head(f, "bgswitch_icmp_errors_total", "counter",
+		    "ICMP errors about a flow: translated in toward its backend, out toward its "
+		    "client, or untouched for want of a flow.");
+	fprintf(f,
+		"bgswitch_icmp_errors_total{direction=\"in\"} %llu\n"
+		"bgswitch_icmp_errors_total{direction=\"out\"} %llu\n"
+		"bgswitch_icmp_errors_total{direction=\"no_flow\"} %llu\n",
+		(unsigned long long)s->stats[BGS_STAT_ICMP_IN],
+		(unsigned long long)s->stats[BGS_STAT_ICMP_OUT],
+		(unsigned long long)s->stats[BGS_STAT_ICMP_NO_FLOW]);
 	metric_head(f, "bgswitch_fast_path_packets_total", "counter",
 		    "Rewritten packets by how they left: xdp_tx, redirect, or the stack (no_neigh, "
 		    "stack).");
