@@ -20,11 +20,38 @@ MAN = os.path.join(TOP, "doc", "bgswitch.8")
 COMPLETION = os.path.join(TOP, "contrib", "bash-completion", "bgswitch")
 UNIT = os.path.join(TOP, "contrib", "systemd", "bgswitch-exporter.service")
 
-COMMANDS = ["attach", "detach", "service", "backend", "flip", "rollback", "status",
-            "exporter", "watch"]
+# The command table of user/main.c, in its order (test_packaging_commands_match_main checks it).
+COMMANDS = ["attach", "detach", "service", "backend", "flip", "rollback", "status", "timeouts",
+            "gc", "watch", "exporter"]
 GLOBAL_OPTS = ["-r", "--pin-root", "-v", "--verbose", "-V", "--version", "-h", "--help"]
-# Commands documented and completed ahead of their code (see doc/bgswitch.8).
-PLANNED = {"exporter": ["--listen"], "watch": []}
+# Where each getopt table of user/*.c is used: the function that holds it, and the completion's
+# case for it ("*" is the default case, for the commands that take only --help).
+TABLES = {
+    "main": None,  # global options: GLOBAL_OPTS
+    "do_attach": "attach",
+    "do_detach": "detach",
+    "service_add": "service add",
+    "service_del": "service del",
+    "do_status": "status",
+    "do_timeouts": "timeouts",
+    "do_gc": "gc",
+    "do_watch": "watch",
+    "do_exporter": "exporter",
+    "parse_help_only": "*",
+}
+# A command line whose last word, "-", lists the options of each completion case.
+CASE_LINES = {
+    "attach": "bgswitch attach -",
+    "detach": "bgswitch detach -",
+    "service add": "bgswitch service add -",
+    "service del": "bgswitch service del -",
+    "status": "bgswitch status -",
+    "timeouts": "bgswitch timeouts -",
+    "gc": "bgswitch gc -",
+    "watch": "bgswitch watch -",
+    "exporter": "bgswitch exporter -",
+    "*": "bgswitch flip -",
+}
 
 
 def _list_line(*cols):
@@ -93,16 +120,21 @@ printf '%s\n' "${COMPREPLY[@]}"
 '''
 
 
-def complete(stub, line):
+def complete(stub, line, ifaces=None):
     """Completions for `line`, split the way readline splits it (at blanks, '=' and ':').
 
     The last word is the one being completed; a line ending in a blank completes an empty word.
+    With ifaces, the completion sees those interfaces instead of /sys/class/net's.
     """
     words = re.findall(r"[=:]+|[^\s=:]+", line)
     if line.endswith(" ") or not words:
         words.append("")
     assert words[0] == "bgswitch"
-    r = subprocess.run(["bash", "--norc", "--noprofile", "-c", DRIVER, "bash"] + words,
+    driver = DRIVER
+    if ifaces is not None:
+        fake = "_bgswitch_ifaces() { printf '%s\\n' " + " ".join(ifaces) + "; }\n"
+        driver = driver.replace("PATH=", fake + "PATH=", 1)
+    r = subprocess.run(["bash", "--norc", "--noprofile", "-c", driver, "bash"] + words,
                        capture_output=True, text=True, timeout=30,
                        env=_clean_env(BGS_COMPLETION=COMPLETION,
                                       BGS_STUB_BIN=str(stub.path / "bin")))
@@ -120,6 +152,9 @@ def _ifaces():
 def test_packaging_completion_commands(stub):
     assert complete(stub, "bgswitch ") == COMMANDS
     assert complete(stub, "bgswitch s") == ["service", "status"]
+    assert complete(stub, "bgswitch t") == ["timeouts"]
+    assert complete(stub, "bgswitch g") == ["gc"]
+    assert complete(stub, "bgswitch e") == ["exporter"]
     assert complete(stub, "bgswitch -v ") == COMMANDS
     assert complete(stub, "bgswitch --pin-root /sys/fs/bpf/x ro") == ["rollback"]
     assert complete(stub, "bgswitch -r /sys/fs/bpf/x ") == COMMANDS
@@ -160,9 +195,51 @@ def test_packaging_completion_interfaces(stub):
     assert complete(stub, "bgswitch attach --mode native ") == ifaces
     assert complete(stub, "bgswitch attach -f 65536 ") == ifaces
     assert complete(stub, "bgswitch attach --mode=generic ") == ifaces
+    assert complete(stub, "bgswitch attach --force ") == ifaces
+    assert complete(stub, "bgswitch attach -F ") == ifaces
+    assert complete(stub, "bgswitch attach --xdp-egress lo ") == ifaces
+    assert complete(stub, "bgswitch attach -e lo,lo -F ") == ifaces
+    assert complete(stub, "bgswitch attach --xdp-egress=lo ") == ifaces
     # one interface only
     assert complete(stub, "bgswitch attach lo ") == []
+    assert complete(stub, "bgswitch attach -e lo lo ") == []
+    assert complete(stub, "bgswitch attach --xdp-egress lo lo ") == []
     assert complete(stub, "bgswitch detach lo ") == []
+
+
+def test_packaging_completion_xdp_egress_interfaces(stub):
+    """--xdp-egress takes IF[,IF...]: every name of the list completes, from /sys/class/net."""
+    ifaces = _ifaces()
+    for line in ("bgswitch attach eth0 --xdp-egress ", "bgswitch attach -e ",
+                 "bgswitch attach eth0 --xdp-egress=", "bgswitch attach --force -e "):
+        assert complete(stub, line) == ifaces, line
+    assert complete(stub, "bgswitch attach eth0 -e l") == [i for i in ifaces if i.startswith("l")]
+    # after '=', readline replaces only the value; after a comma, the names before it stay
+    assert complete(stub, "bgswitch attach eth0 --xdp-egress=l") == [
+        i for i in ifaces if i.startswith("l")]
+    assert complete(stub, "bgswitch attach eth0 -e lo,") == [f"lo,{i}" for i in ifaces
+                                                              if i != "lo"]
+    # the option is attach's only
+    assert complete(stub, "bgswitch detach --xdp-egress=") == []
+    assert complete(stub, "bgswitch detach -e ") == ifaces  # not an option of detach: IFACE
+
+
+@pytest.mark.parametrize("line,want", [
+    ("bgswitch attach eth0 -e ", ["eth0", "eth1", "veth-b0"]),
+    ("bgswitch attach eth0 --xdp-egress e", ["eth0", "eth1"]),
+    ("bgswitch attach eth0 --xdp-egress eth1,", ["eth1,eth0", "eth1,veth-b0"]),
+    ("bgswitch attach eth0 --xdp-egress eth1,e", ["eth1,eth0"]),
+    ("bgswitch attach eth0 -e eth0,eth1,", ["eth0,eth1,veth-b0"]),
+    ("bgswitch attach eth0 -e eth0,eth1,veth-b0,", []),
+    ("bgswitch attach eth0 -e eth0,v", ["eth0,veth-b0"]),
+    ("bgswitch attach eth0 -e eth0,x", []),
+    ("bgswitch attach eth0 --xdp-egress=eth0,", ["eth0,eth1", "eth0,veth-b0"]),
+    ("bgswitch attach eth0 --xdp-egress=eth1,e", ["eth1,eth0"]),
+    ("bgswitch attach --xdp-egress=eth1 ", ["eth0", "eth1", "veth-b0"]),
+])
+def test_packaging_completion_xdp_egress_lists(stub, line, want):
+    """Comma lists complete their last name and leave out the names already listed."""
+    assert complete(stub, line, ifaces=["eth0", "eth1", "veth-b0"]) == want
 
 
 @pytest.mark.parametrize("line", [
@@ -233,8 +310,11 @@ def test_packaging_completion_colors(stub):
 
 
 @pytest.mark.parametrize("line,want", [
-    ("bgswitch attach -", ["-m", "--mode", "-f", "--flows", "-h", "--help"]),
-    ("bgswitch attach eth0 --", ["--mode", "--flows", "--help"]),
+    ("bgswitch attach -", ["-m", "--mode", "-f", "--flows", "-F", "--force", "-e",
+                           "--xdp-egress", "-h", "--help"]),
+    ("bgswitch attach eth0 --", ["--mode", "--flows", "--force", "--xdp-egress", "--help"]),
+    ("bgswitch attach eth0 --x", ["--xdp-egress"]),
+    ("bgswitch attach eth0 -e lo --f", ["--flows", "--force"]),
     ("bgswitch detach eth0 -", ["-p", "--purge", "-h", "--help"]),
     ("bgswitch service add web 192.0.2.10:80 -", ["-p", "--proto", "-h", "--help"]),
     ("bgswitch service del web -", ["-f", "--force", "-h", "--help"]),
@@ -246,7 +326,13 @@ def test_packaging_completion_colors(stub):
     ("bgswitch rollback -", ["-h", "--help"]),
     ("bgswitch status -", ["-j", "--json", "-i", "--interval", "-h", "--help"]),
     ("bgswitch status web --j", ["--json"]),
-    ("bgswitch exporter -", ["-l", "--listen", "-h", "--help"]),
+    ("bgswitch timeouts -", ["-t", "--tcp-idle", "-u", "--udp-idle", "-c", "--closing", "-h",
+                             "--help"]),
+    ("bgswitch timeouts --tcp-idle 5m --", ["--tcp-idle", "--udp-idle", "--closing", "--help"]),
+    ("bgswitch timeouts --c", ["--closing"]),
+    ("bgswitch gc -", ["-h", "--help"]),
+    ("bgswitch exporter -", ["-l", "--listen", "-g", "--gc-interval", "-h", "--help"]),
+    ("bgswitch exporter --listen 127.0.0.1:9465 --g", ["--gc-interval"]),
     ("bgswitch watch web -", ["-i", "--interval", "-h", "--help"]),
 ])
 def test_packaging_completion_command_options(stub, line, want):
@@ -263,9 +349,31 @@ def test_packaging_completion_command_options(stub, line, want):
     ("bgswitch service add web 192.0.2.10:80 -p u", ["udp"]),
     ("bgswitch service add --proto=", ["tcp", "udp"]),
     ("bgswitch exporter --listen ", []),
+    ("bgswitch exporter --listen 127.0.0.1:9465 --gc-interval ", []),
+    ("bgswitch exporter -g ", []),
+    ("bgswitch timeouts --tcp-idle ", []),
+    ("bgswitch timeouts -u ", []),
+    ("bgswitch timeouts --closing=", []),
+    ("bgswitch status --interval ", []),
+    ("bgswitch watch -i ", []),
 ])
 def test_packaging_completion_option_values(stub, line, want):
     assert complete(stub, line) == want
+    assert stub.calls() == []
+
+
+@pytest.mark.parametrize("line", [
+    "bgswitch timeouts ",
+    "bgswitch timeouts --tcp-idle 15m ",
+    "bgswitch timeouts -c 2s ",
+    "bgswitch gc ",
+    "bgswitch exporter --listen 127.0.0.1:9465 ",
+    "bgswitch exporter -g 30s ",
+])
+def test_packaging_completion_no_arguments(stub, line):
+    """timeouts, gc and exporter take no arguments: nothing to complete, no service list."""
+    assert complete(stub, line) == []
+    assert stub.calls() == []
 
 
 def test_packaging_completion_positionals_after_options(stub):
@@ -274,6 +382,9 @@ def test_packaging_completion_positionals_after_options(stub):
         "-p", "--proto", "-h", "--help"]
     assert complete(stub, "bgswitch service del --force ") == ["web", "dns", "web-canary"]
     assert complete(stub, "bgswitch status --json web ") == []
+    assert complete(stub, "bgswitch status -i 100 ") == ["web", "dns", "web-canary"]
+    assert complete(stub, "bgswitch watch --interval 500 ") == ["web", "dns", "web-canary"]
+    assert complete(stub, "bgswitch watch --interval=500 web ") == []
 
 
 def _getopt_long_names():
@@ -286,6 +397,74 @@ def _getopt_long_names():
                                 src))
     assert names, "no getopt tables found in user/*.c"
     return names
+
+
+def _getopt_tables():
+    """{function: [(short, long, takes_argument)]} for every getopt table in user/*.c."""
+    tables = {}
+    func_re = re.compile(r"^(?:static )?int (\w+)\(int argc, char \*\*argv[^\n]*\)\n\{\n(.*?)^\}",
+                         re.M | re.S)
+    opt_re = re.compile(r'\{\s*"([a-z][a-z-]*)",\s*(no|required|optional)_argument,\s*NULL,'
+                        r"\s*'(.)'\s*\}")
+    for path in sorted(glob.glob(os.path.join(TOP, "user", "*.c"))):
+        with open(path) as f:
+            src = f.read()
+        for func, body in func_re.findall(src):
+            table = re.search(r"struct option opts\[\] = \{(.*?)\{ 0 \}", body, re.S)
+            if not table:
+                continue
+            assert func not in tables, f"two functions called {func}"
+            tables[func] = [(f"-{s}", f"--{n}", kind == "required")
+                            for n, kind, s in opt_re.findall(table.group(1))]
+            # every entry of the table was understood
+            assert len(tables[func]) == table.group(1).count('", '), (path, func)
+    assert tables, "no getopt tables found in user/*.c"
+    return tables
+
+
+def _completion_cases():
+    """{case: (opts, argopts)} from the completion's table of command options."""
+    with open(COMPLETION) as f:
+        text = f.read()
+    block = re.search(r"^\tcase \$command\$\{sub:\+ \$sub\} in\n(.*?)^\tesac", text,
+                      re.M | re.S)
+    assert block, "no option table in the completion"
+    cases = {}
+    for name, body in re.findall(r'^\t"?([a-z* ]+?)"?\)(.*?);;', block.group(1), re.M | re.S):
+        opts = re.search(r'(?<![a-z])opts="([^"]*)"', body)
+        argopts = re.search(r'argopts="([^"]*)"', body)
+        cases[name] = (opts.group(1).split() if opts else [],
+                       argopts.group(1).split() if argopts else [])
+    return cases
+
+
+def test_packaging_commands_match_main():
+    with open(os.path.join(TOP, "user", "main.c")) as f:
+        src = f.read()
+    table = re.search(r"struct command commands\[\] = \{(.*?)\n\};", src, re.S)
+    assert table, "no command table in user/main.c"
+    assert re.findall(r'\{ "([a-z]+)", do_\w+,', table.group(1)) == COMMANDS
+
+
+def test_packaging_getopt_tables_are_all_known():
+    tables = _getopt_tables()
+    assert sorted(tables) == sorted(TABLES), "a getopt table of user/*.c is not in TABLES"
+    assert [o for s, l, _ in tables["main"] for o in (s, l)] == GLOBAL_OPTS
+
+
+def test_packaging_completion_options_match_getopt_tables(stub):
+    """Each command completes exactly its getopt table's options, in the table's order, and
+    knows which of them take a value."""
+    tables = _getopt_tables()
+    cases = _completion_cases()
+    assert sorted(cases) == sorted(CASE_LINES)
+    for func, case in TABLES.items():
+        if case is None:
+            continue
+        want = [o for s, l, _ in tables[func] for o in (s, l)]
+        assert complete(stub, CASE_LINES[case]) == want, case
+        assert cases[case][0] == want, case
+        assert cases[case][1] == [o for s, l, arg in tables[func] if arg for o in (s, l)], case
 
 
 def test_packaging_completion_covers_every_getopt_option():
@@ -323,12 +502,85 @@ def test_packaging_man_documents_every_command_and_option():
         assert sub in text
     missing = sorted(n for n in _getopt_long_names() | {"listen"} if f"--{n}" not in text)
     assert not missing, f"options of user/*.c missing from the man page: {missing}"
-    for opt in ("-r", "-v", "-V", "-h", "-m", "-f", "-p", "-j", "-vv"):
+    for opt in ("-r", "-v", "-V", "-h", "-m", "-f", "-F", "-e", "-p", "-j", "-i", "-t", "-u",
+                "-c", "-l", "-g", "-vv"):
         assert re.search(rf"(^|[\s\"]){re.escape(opt)}\b", text, re.M), opt
+    # every option of every getopt table, documented as "-s, --long" (global ones too)
+    for func, table in _getopt_tables().items():
+        for short, long, _ in table:
+            tag = '.BR %s ", " %s' % (short.replace("-", "\\-"), long.replace("-", "\\-"))
+            assert re.search(rf"^{re.escape(tag)}( |$)", roff, re.M), (func, short, long)
     for path in ("/sys/fs/bpf/bgswitch", "bgs_config", "bgs_vips", "bgs_services", "bgs_switch",
                  "bgs_sets", "bgs_backends", "bgs_backend_addrs", "bgs_flows", "bgs_reverse",
-                 "bgs_ifaces", "bgs_stats", "bgs_drops", "bgs_backend_stats"):
+                 "bgs_ifaces", "bgs_stats", "bgs_drops", "bgs_backend_stats",
+                 "bgs_service_stats", "bgs_vip_addrs", "bgs_frags", "bgs_tx_ports"):
         assert path in text, path
+
+
+def test_packaging_man_synopsis_has_every_command_and_option():
+    """The SYNOPSIS shows every command of user/main.c with its long options."""
+    with open(MAN) as f:
+        roff = f.read()
+    synopsis = re.search(r"^\.SH SYNOPSIS\n(.*?)^\.SH ", roff, re.M | re.S).group(1)
+    lines = synopsis.replace("\\-", "-").split(".br\n")
+    for cmd in COMMANDS:
+        assert any(re.search(rf"^\.B bgswitch {cmd}\b", ln, re.M) for ln in lines), cmd
+    tables = _getopt_tables()
+    for func, case in TABLES.items():
+        if case in (None, "*"):
+            continue
+        entry = next(ln for ln in lines if re.search(rf"^\.B bgswitch {case}\b", ln, re.M))
+        for _, long, _ in tables[func]:
+            if long != "--help":
+                assert long in entry, (case, long)
+
+
+def _c_names(path, array):
+    with open(os.path.join(TOP, path)) as f:
+        src = f.read()
+    body = re.search(rf"\b{array}\[[A-Z_]+\] = \{{(.*?)\n\}};", src, re.S)
+    assert body, array
+    return re.findall(r'\] = "([a-z0-9_]+)"', body.group(1))
+
+
+def test_packaging_man_lists_every_counter():
+    """The Counters subsection has an entry for every node counter and drop reason, in the
+    order of user/snapshot.c (status prints them in that order)."""
+    with open(MAN) as f:
+        roff = f.read()
+    section = re.search(r"^\.SS Counters\n(.*?)^\.S[SH] ", roff, re.M | re.S).group(1)
+    stats, drops = section.split("\n.PP\n")
+    stat_names = _c_names("user/snapshot.c", "bgs_stat_names")
+    drop_names = _c_names("user/snapshot.c", "bgs_drop_names")
+    # snapshot.c names every member of the enums in include/bgswitch.h
+    with open(os.path.join(TOP, "include", "bgswitch.h")) as f:
+        header = f.read()
+    for enum, names in (("bgs_stat", stat_names), ("bgs_drop_reason", drop_names)):
+        body = re.search(rf"^enum {enum} \{{(.*?)^\}};", header, re.M | re.S).group(1)
+        members = [m for m in re.findall(r"^\s*(BGS_\w+)", body, re.M) if not m.endswith("_MAX")]
+        assert len(names) == len(members), enum
+    assert re.findall(r"^\.TP\n\.B (\w+)$", stats, re.M) == stat_names
+    assert re.findall(r"^\.TP\n\.B (\w+)$", drops, re.M) == drop_names
+
+
+def test_packaging_man_lists_every_metric():
+    with open(os.path.join(TOP, "user", "exporter.c")) as f:
+        src = f.read()
+    metrics = re.findall(r'metric_head\(f, "(bgswitch_[a-z_]+)"', src)
+    assert len(metrics) == src.count("metric_head(f,"), "a metric name the test cannot read"
+    with open(MAN) as f:
+        roff = f.read()
+    section = re.search(r"^\.SS Metrics\n(.*?)^\.S[SH] ", roff, re.M | re.S).group(1)
+    documented = re.findall(r"^\.BR? (bgswitch_[a-z_]+)(?: \", \" (bgswitch_[a-z_]+))?$", section,
+                            re.M)
+    assert [m for pair in documented for m in pair if m] == metrics
+    # the label values the exporter writes
+    for reason in re.findall(r'BGS_STAT_\w+, "([a-z0-9_]+)" \}', src):
+        assert f".BR {reason} " in section or f".B {reason}\n" in section, reason
+    values = set(re.findall(r'(?:action|kind|direction)=\\"([a-z_]+)\\"', src))
+    assert {"xdp_tx", "redirect", "syn", "nosyn", "in", "out"} <= values
+    for value in values:
+        assert re.search(rf"^\.BR? {value}( |$)", section, re.M), value
 
 
 # -- systemd unit --------------------------------------------------------------------------------
