@@ -160,6 +160,11 @@ static void render(FILE *f, const struct bgs_state *st, const struct bgs_snapsho
 				s->svcs[i].rec.name, bgs_drop_names[j],
 				(unsigned long long)s->svcs[i].st.drops[j]);
 
+	metric_head(f, "bgswitch_node_drops_total", "counter",
+		    "Every drop on the node by reason, those that belong to no service included.");
+	for (j = 0; j < BGS_DROP_MAX; j++)
+		fprintf(f, "bgswitch_node_drops_total{reason=\"%s\"} %llu\n", bgs_drop_names[j],
+			(unsigned long long)s->drops[j]);
 	metric_head(f, "bgswitch_ingress_packets_total", "counter",
 		    "Packets seen by the XDP ingress program.");
 	fprintf(f, "bgswitch_ingress_packets_total %llu\n",

@@ -22,8 +22,14 @@ static void timeouts_usage(void)
 	       "FIN from both sides) or sees no client packet for --tcp-idle (default %us); a\n"
 	       "UDP flow until it sees none for --udp-idle (default %us). A closed flow's entry\n"
 	       "stays --closing (default %us) for late packets, then 'gc' collects it. Durations\n"
-	       "take ms, s, m or h (default s). Live flows never move: only counting and\n"
-	       "collection use these.\n",
+	       "take ms, s, m or h (default s). A packet of a live flow never moves: the\n"
+	       "timeouts decide what counts as live, what gc collects, and when a new SYN or UDP\n"
+	       "packet may start over on an idle 5-tuple.\n"
+	       "\n"
+	       "  -t, --tcp-idle D   TCP idle timeout\n"
+	       "  -u, --udp-idle D   UDP idle timeout\n"
+	       "  -c, --closing D    how long a closed TCP flow's entry stays\n"
+	       "  -h, --help         this help\n",
 	       BGS_TCP_IDLE_SEC, BGS_UDP_IDLE_SEC, BGS_CLOSING_SEC);
 }
 
