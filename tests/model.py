@@ -6,13 +6,17 @@
   them (x86_64: little-endian host, natural alignment). Addresses and ports stay in network
   byte order inside them, as in the C structures.
 
+Addresses are text ("10.0.0.1" or "fd00::1"); the family follows from the text. An IPv4
+address sits in the first 4 bytes of a 16-byte field, the other 12 zero.
+
 The module is written from the C sources, not from the running program, so that the tests
 compare two independent implementations.
 """
 
+import ipaddress
 import socket
 import struct
-from typing import List, NamedTuple, Sequence
+from typing import List, NamedTuple, Optional, Sequence
 
 # --- constants of include/bgswitch.h -------------------------------------------------------------
 
@@ -20,7 +24,11 @@ BGS_BLUE, BGS_GREEN = 0, 1
 COLORS = {"blue": BGS_BLUE, "green": BGS_GREEN}
 BGS_COLOR_NONE = 0xFF
 BGS_AF_INET = 4
+BGS_AF_INET6 = 6
 BGS_MAX_BACKENDS = 256
+BGS_MAX_SLOTS = 8192
+BGS_MAX_EXTHDRS = 6
+BGS_FRAG_ENTRIES = 16384
 
 BGS_BACKEND_FREE, BGS_BACKEND_ACTIVE, BGS_BACKEND_DRAINING = 0, 1, 2
 
@@ -29,22 +37,33 @@ BGS_FLOW_FIN_CLIENT = 0x02
 BGS_FLOW_FIN_SERVER = 0x04
 BGS_FLOW_RST = 0x08
 
+IPPROTO_HOPOPTS = 0
+IPPROTO_ICMP = 1
 IPPROTO_TCP = 6
 IPPROTO_UDP = 17
+IPPROTO_ROUTING = 43
+IPPROTO_FRAGMENT = 44
+IPPROTO_ICMPV6 = 58
+IPPROTO_DSTOPTS = 60
 
 # enum bgs_stat
 STATS = [
-    "RX", "NOT_VIP", "NOT_IP", "PARSE_ERR", "FRAGMENT", "VIP", "FLOW_HIT", "FLOW_NEW",
-    "FLOW_REOPEN", "SYN_MISS", "NOSYN_MISS", "TX", "REPLY_NAT", "REPLY_NO_FLOW",
+    "RX", "NOT_VIP", "NOT_IP", "PARSE_L2", "PARSE_IP_HDR", "PARSE_IP_LEN", "PARSE_L4",
+    "ZERO_PORT", "EXTHDR_LIMIT", "FRAG_FIRST", "FRAG_LATER", "VIP", "FLOW_HIT", "FLOW_NEW",
+    "FLOW_REOPEN", "SYN_MISS", "NOSYN_MISS", "TX", "REPLY_NAT", "REPLY_NO_FLOW", "ICMP_IN",
+    "ICMP_OUT", "ICMP_NO_FLOW", "FWD_TX", "FWD_REDIRECT", "FWD_NO_NEIGH", "FWD_STACK",
 ]
 STAT = {name: i for i, name in enumerate(STATS)}
 
 # enum bgs_drop_reason
-DROPS = ["NOSYN_MISS", "NO_BACKEND", "BAD_BACKEND", "FLOW_INSERT"]
+DROPS = ["NOSYN_MISS", "NO_BACKEND", "BAD_BACKEND", "FLOW_INSERT", "FRAG_MISS"]
 DROP = {name: i for i, name in enumerate(DROPS)}
 
 # struct bgs_backend_stats fields, in order
 BACKEND_STATS = ["rx_packets", "rx_bytes", "tx_packets", "tx_bytes", "new_flows", "resets"]
+
+# struct bgs_service_stats fields, in order (drops[] expanded by reason)
+SERVICE_STATS = ["syn_miss", "nosyn_miss", "reopen"] + [f"drop_{d}" for d in DROPS]
 
 # Sizes of the structures, as the maps must declare them.
 SIZES = {
@@ -57,9 +76,50 @@ SIZES = {
     "bgs_flow": 40,
     "bgs_reverse": 24,
     "bgs_backend_addr": 20,
+    "bgs_vip_addr": 20,
+    "bgs_frag_key": 40,
+    "bgs_frag": 20,
     "bgs_config": 32,
     "bgs_backend_stats": 48,
+    "bgs_service_stats": 8 * (3 + len(DROPS)),
 }
+
+# --- addresses -----------------------------------------------------------------------------------
+
+
+def family_of(addr: str) -> int:
+    """BGS_AF_INET or BGS_AF_INET6 for an address in text form."""
+    return BGS_AF_INET6 if ":" in addr else BGS_AF_INET
+
+
+def addr16(addr: str) -> bytes:
+    """An address as the 16 bytes of a bgs address field (IPv4 in the first 4)."""
+    if family_of(addr) == BGS_AF_INET6:
+        return socket.inet_pton(socket.AF_INET6, addr)
+    return socket.inet_aton(addr) + bytes(12)
+
+
+def addr_str(raw: bytes, family: int) -> str:
+    """The text form of a 16-byte bgs address field."""
+    if family == BGS_AF_INET6:
+        return str(ipaddress.IPv6Address(raw[:16]))
+    return socket.inet_ntoa(raw[:4])
+
+
+def _guess_family(raw: bytes) -> int:
+    """For values that do not carry their family: IPv4 when bytes 4..15 are zero."""
+    return BGS_AF_INET if not any(raw[4:16]) else BGS_AF_INET6
+
+
+def norm(addr: str) -> str:
+    """Canonical text of an address (so that "fd00:0::1" equals "fd00::1")."""
+    return str(ipaddress.ip_address(addr))
+
+
+def endpoint(addr: str, port: int) -> str:
+    """ADDR:PORT as the command takes it ("[V6]:PORT" for IPv6)."""
+    return f"[{addr}]:{port}" if family_of(addr) == BGS_AF_INET6 else f"{addr}:{port}"
+
 
 # --- flow_hash -----------------------------------------------------------------------------------
 
@@ -79,11 +139,9 @@ def _mix(h: int, w: int) -> int:
     return (h * 5 + 0xE6546B64) & _M32
 
 
-def _addr_words(addr: str) -> List[int]:
-    """The four __u32 words of a bgs address as the host reads them: an IPv4 address's
-    network-order bytes loaded little-endian into word 0, words 1..3 zero."""
-    raw = socket.inet_aton(addr)
-    return [struct.unpack("<I", raw)[0], 0, 0, 0]
+def _words(raw16: bytes) -> List[int]:
+    """The four __u32 words of a 16-byte address field as the host reads them."""
+    return list(struct.unpack("<4I", raw16))
 
 
 def _port_host(port: int) -> int:
@@ -91,9 +149,9 @@ def _port_host(port: int) -> int:
     return struct.unpack("<H", struct.pack("!H", port))[0]
 
 
-def flow_hash(saddr: str, daddr: str, sport: int, dport: int, proto: int) -> int:
-    """flow_hash() of bpf/flow.bpf.h for an IPv4 client-to-VIP 5-tuple (ports as numbers)."""
-    s, d = _addr_words(saddr), _addr_words(daddr)
+def flow_hash_raw(saddr16: bytes, daddr16: bytes, sport: int, dport: int, proto: int) -> int:
+    """flow_hash() of bpf/flow.bpf.h on raw 16-byte address fields (ports as numbers)."""
+    s, d = _words(saddr16), _words(daddr16)
     h = 0x62677377  # "bgsw"
     for i in range(4):
         h = _mix(h, s[i])
@@ -108,6 +166,11 @@ def flow_hash(saddr: str, daddr: str, sport: int, dport: int, proto: int) -> int
     return h
 
 
+def flow_hash(saddr: str, daddr: str, sport: int, dport: int, proto: int) -> int:
+    """flow_hash() of bpf/flow.bpf.h for a client-to-VIP 5-tuple (IPv4 or IPv6)."""
+    return flow_hash_raw(addr16(saddr), addr16(daddr), sport, dport, proto)
+
+
 def choose_slot(slots: Sequence[int], saddr: str, daddr: str, sport: int, dport: int,
                 proto: int) -> int:
     """The backend slot a new flow gets from a set holding ``slots``."""
@@ -116,28 +179,82 @@ def choose_slot(slots: Sequence[int], saddr: str, daddr: str, sport: int, dport:
 
 # --- structure codecs ----------------------------------------------------------------------------
 
-def _addr16(addr: str) -> bytes:
-    return socket.inet_aton(addr) + bytes(12)
-
-
-def _addr_str(raw: bytes) -> str:
-    return socket.inet_ntoa(raw[:4])
-
-
 def u32(v: int) -> bytes:
     """A __u32 map key (array index)."""
     return struct.pack("<I", v)
 
 
 def pack_flow_key(saddr: str, daddr: str, sport: int, dport: int, proto: int) -> bytes:
-    """struct bgs_flow_key (40 bytes) of an IPv4 5-tuple."""
-    return (_addr16(saddr) + _addr16(daddr) + struct.pack("!HH", sport, dport)
-            + struct.pack("<BBH", proto, BGS_AF_INET, 0))
+    """struct bgs_flow_key (40 bytes) of a 5-tuple; the family follows from the addresses."""
+    return (addr16(saddr) + addr16(daddr) + struct.pack("!HH", sport, dport)
+            + struct.pack("<BBH", proto, family_of(saddr), 0))
+
+
+def pack_flow_key_raw(saddr16: bytes, daddr16: bytes, sport: int, dport: int, proto: int,
+                      family: int) -> bytes:
+    """struct bgs_flow_key from raw 16-byte address fields."""
+    return saddr16 + daddr16 + struct.pack("!HH", sport, dport) + struct.pack(
+        "<BBH", proto, family, 0)
+
+
+def unpack_flow_key_raw(raw: bytes) -> tuple:
+    """struct bgs_flow_key as (saddr16, daddr16, sport, dport, proto, family)."""
+    sport, dport = struct.unpack_from("!HH", raw, 32)
+    proto, family = struct.unpack_from("<BB", raw, 36)
+    return (bytes(raw[0:16]), bytes(raw[16:32]), sport, dport, proto, family)
 
 
 def pack_vip_key(addr: str, port: int, proto: int) -> bytes:
     """struct bgs_vip_key (20 bytes)."""
-    return _addr16(addr) + struct.pack("!H", port) + struct.pack("<BB", proto, BGS_AF_INET)
+    return addr16(addr) + struct.pack("!H", port) + struct.pack("<BB", proto, family_of(addr))
+
+
+def unpack_vip_key_raw(raw: bytes) -> tuple:
+    """struct bgs_vip_key as (addr16, port, proto, family)."""
+    port, = struct.unpack_from("!H", raw, 16)
+    proto, family = struct.unpack_from("<BB", raw, 18)
+    return (bytes(raw[:16]), port, proto, family)
+
+
+def pack_vip_addr(addr: str) -> bytes:
+    """struct bgs_vip_addr (20 bytes)."""
+    return addr16(addr) + struct.pack("<B3x", family_of(addr))
+
+
+def unpack_vip_addr_raw(raw: bytes) -> tuple:
+    """struct bgs_vip_addr as (addr16, family)."""
+    return (bytes(raw[:16]), raw[16])
+
+
+def unpack_backend_addr_raw(raw: bytes) -> tuple:
+    """struct bgs_backend_addr as (addr16, port, proto, family)."""
+    return unpack_vip_key_raw(raw)
+
+
+def pack_frag_key_raw(saddr16: bytes, daddr16: bytes, frag_id: bytes, proto: int,
+                      family: int) -> bytes:
+    """struct bgs_frag_key (40 bytes). ``frag_id`` is the identification as the __u32 holds
+    it: IPv4's 2 network-order bytes then 2 zero bytes, IPv6's 4 network-order bytes."""
+    return saddr16 + daddr16 + frag_id.ljust(4, b"\0") + struct.pack("<BBH", proto, family, 0)
+
+
+def unpack_frag_key_raw(raw: bytes) -> tuple:
+    """struct bgs_frag_key as (saddr16, daddr16, id4, proto, family)."""
+    return (bytes(raw[0:16]), bytes(raw[16:32]), bytes(raw[32:36]), raw[36], raw[37])
+
+
+class Frag(NamedTuple):
+    """struct bgs_frag, decoded."""
+
+    addr: str
+    slot: int
+
+
+def unpack_frag(raw: bytes, family: Optional[int] = None) -> Frag:
+    """Decode struct bgs_frag (20 bytes)."""
+    family = _guess_family(raw) if family is None else family
+    slot, = struct.unpack_from("<I", raw, 16)
+    return Frag(addr_str(raw, family), slot)
 
 
 class Flow(NamedTuple):
@@ -151,17 +268,19 @@ class Flow(NamedTuple):
     last_seen: int
 
 
-def unpack_flow(raw: bytes) -> Flow:
-    """Decode struct bgs_flow (40 bytes: 4 bytes of padding before last_seen)."""
+def unpack_flow(raw: bytes, family: Optional[int] = None) -> Flow:
+    """Decode struct bgs_flow (40 bytes: 4 bytes of padding before last_seen). The value does
+    not hold its family: pass the key's (default: IPv4 when bytes 4..15 are zero)."""
+    family = _guess_family(raw) if family is None else family
     dport, = struct.unpack_from("!H", raw, 16)
     color, _pad, slot, state = struct.unpack_from("<BBII", raw, 18)
     last_seen, = struct.unpack_from("<Q", raw, 32)
-    return Flow(_addr_str(raw), dport, color, slot, state, last_seen)
+    return Flow(addr_str(raw, family), dport, color, slot, state, last_seen)
 
 
 def pack_flow(f: Flow) -> bytes:
     """Encode struct bgs_flow."""
-    return (_addr16(f.daddr) + struct.pack("!H", f.dport)
+    return (addr16(f.daddr) + struct.pack("!H", f.dport)
             + struct.pack("<BBIII", f.color, 0, f.slot, f.state, 0)
             + struct.pack("<Q", f.last_seen))
 
@@ -174,11 +293,12 @@ class Reverse(NamedTuple):
     slot: int
 
 
-def unpack_reverse(raw: bytes) -> Reverse:
+def unpack_reverse(raw: bytes, family: Optional[int] = None) -> Reverse:
     """Decode struct bgs_reverse (24 bytes)."""
+    family = _guess_family(raw) if family is None else family
     vport, = struct.unpack_from("!H", raw, 16)
     slot, = struct.unpack_from("<I", raw, 20)
-    return Reverse(_addr_str(raw), vport, slot)
+    return Reverse(addr_str(raw, family), vport, slot)
 
 
 class Switch(NamedTuple):
@@ -198,6 +318,17 @@ def unpack_switch(raw: bytes) -> Switch:
     """Decode struct bgs_switch (8 bytes)."""
     gen, active, previous, set_sel, _pad = struct.unpack("<IBBBB", raw)
     return Switch(gen, active, previous, set_sel)
+
+
+def pack_switch(sw: Switch) -> bytes:
+    """Encode struct bgs_switch."""
+    return struct.pack("<IBBBB", sw.generation, sw.active, sw.previous, sw.set_sel, 0)
+
+
+def unpack_set_raw(raw: bytes) -> tuple:
+    """struct bgs_set as (count, [all BGS_MAX_BACKENDS slot words])."""
+    count, = struct.unpack_from("<I", raw, 0)
+    return count, list(struct.unpack_from(f"<{BGS_MAX_BACKENDS}I", raw, 4))
 
 
 def unpack_set(raw: bytes) -> List[int]:
@@ -230,7 +361,8 @@ def unpack_backend(raw: bytes) -> Backend:
     """Decode struct bgs_backend (28 bytes)."""
     port, = struct.unpack_from("!H", raw, 16)
     family, state, svc, color, proto = struct.unpack_from("<BBIBB", raw, 18)
-    return Backend(_addr_str(raw), port, family, state, svc, color, proto)
+    fam = family if family in (BGS_AF_INET, BGS_AF_INET6) else _guess_family(raw)
+    return Backend(addr_str(raw, fam), port, family, state, svc, color, proto)
 
 
 class Config(NamedTuple):
@@ -262,3 +394,7 @@ def unpack_backend_stats(raw: bytes) -> dict:
     """struct bgs_backend_stats as a dict of its fields."""
     return dict(zip(BACKEND_STATS, struct.unpack("<6Q", raw)))
 
+
+def unpack_service_stats(raw: bytes) -> dict:
+    """struct bgs_service_stats as a dict (drops by reason as drop_<REASON>)."""
+    return dict(zip(SERVICE_STATS, struct.unpack(f"<{len(SERVICE_STATS)}Q", raw)))

@@ -8,6 +8,11 @@ The ``bgs`` fixture gives each test its own state, made by the real command:
    (nsenter, not ``ip netns exec``: the latter remounts /sys and the pins would vanish);
 3. the pinned programs and maps opened with BPF_OBJ_GET (tests/bpfsys.py).
 
+The programs are run (BPF_PROG_TEST_RUN) from inside that namespace: the XDP fast path's
+bpf_fib_lookup() looks routes up in the namespace of the thread that runs the test, and the
+private one has no route (its links are down, without addresses), so every rewritten packet
+falls back to the stack (FWD_STACK) whatever the host's routes and neighbours are.
+
 Teardown always runs, on failure too: ``detach --purge``, delete the namespace, remove the pin
 root if it is left. Only what the fixture made is removed.
 
@@ -15,18 +20,45 @@ The command is ``.output/bgswitch`` of the work tree, or the path in $BGSWITCH; 
 missing the tests fail (never skip) and say how to build it.
 """
 
+import ctypes
 import os
 import secrets
 import shutil
 import struct
 import subprocess
 import time
-from typing import Dict, List, Optional
+from contextlib import contextmanager
+from typing import Dict, Iterator, List, Optional
 
 import pytest
 
 import bpfsys
 import model
+
+CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _setns(fd: int) -> None:
+    if _libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"setns: {os.strerror(err)}")
+
+
+@contextmanager
+def in_netns(ns_fd: int) -> Iterator[None]:
+    """Run the block with the calling thread in the network namespace ``ns_fd``, then put it
+    back (setns(2) moves only the calling thread)."""
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    try:
+        _setns(ns_fd)
+        try:
+            yield
+        finally:
+            _setns(home)
+    finally:
+        os.close(home)
+
 
 TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BGSWITCH = os.environ.get("BGSWITCH", os.path.join(TOP, ".output", "bgswitch"))
@@ -36,8 +68,8 @@ CLI_TIMEOUT = 30
 
 MAP_NAMES = [
     "bgs_config", "bgs_vips", "bgs_services", "bgs_switch", "bgs_sets", "bgs_backends",
-    "bgs_backend_addrs", "bgs_flows", "bgs_reverse", "bgs_ifaces", "bgs_stats", "bgs_drops",
-    "bgs_backend_stats",
+    "bgs_backend_addrs", "bgs_flows", "bgs_reverse", "bgs_vip_addrs", "bgs_frags", "bgs_ifaces",
+    "bgs_stats", "bgs_drops", "bgs_backend_stats", "bgs_service_stats",
 ]
 
 
@@ -71,14 +103,16 @@ class BgsState:
     the maps with model.py's codecs.
     """
 
-    def __init__(self, tag: str):
+    def __init__(self, tag: str, flows: int = 4096):
         self.tag = tag
+        self.flows = flows
         self.netns = tag
         self.iface = tag + "a"
         self.peer = tag + "b"
         self.pin_root = f"{BPFFS}/{tag}"
         self.ingress_fd = -1
         self.egress_fd = -1
+        self.ns_fd = -1
         self.maps: Dict[str, bpfsys.Map] = {}
         self.services: Dict[str, int] = {}
 
@@ -91,8 +125,9 @@ class BgsState:
         return _run(argv, check=check)
 
     def add_service(self, name: str, vip: str, port: int, proto: str = "tcp") -> int:
-        """``service add``; returns the service id read back from bgs_vips."""
-        self.cli("service", "add", name, f"{vip}:{port}", "--proto", proto)
+        """``service add`` (IPv4 or IPv6 VIP); returns the service id read back from
+        bgs_vips."""
+        self.cli("service", "add", name, model.endpoint(vip, port), "--proto", proto)
         pnum = model.IPPROTO_TCP if proto == "tcp" else model.IPPROTO_UDP
         raw = self.map("bgs_vips").lookup(model.pack_vip_key(vip, port, pnum))
         assert raw is not None, f"service add {name}: no bgs_vips entry for {vip}:{port}/{proto}"
@@ -102,7 +137,7 @@ class BgsState:
 
     def add_backend(self, name: str, color: str, addr: str, port: int) -> int:
         """``backend add``; returns the backend's slot, found in bgs_backends."""
-        self.cli("backend", "add", name, color, f"{addr}:{port}")
+        self.cli("backend", "add", name, color, model.endpoint(addr, port))
         slot = self.find_slot(name, color, addr, port)
         assert slot is not None, f"backend add {name} {color} {addr}:{port}: no active slot"
         return slot
@@ -115,19 +150,21 @@ class BgsState:
         for slot in range(be.info.max_entries):
             b = model.unpack_backend(be.lookup(model.u32(slot)))
             if (b.state == state and b.svc == svc and b.color == model.COLORS[color]
-                    and b.addr == addr and b.port == port):
+                    and b.addr == model.norm(addr) and b.port == port):
                 return slot
         return None
 
     # --- programs --------------------------------------------------------------------------
 
     def ingress(self, frame: bytes) -> bpfsys.TestRun:
-        """Run bgs_ingress (XDP) on a frame."""
-        return bpfsys.prog_test_run(self.ingress_fd, frame)
+        """Run bgs_ingress (XDP) on a frame, from inside the namespace."""
+        with in_netns(self.ns_fd):
+            return bpfsys.prog_test_run(self.ingress_fd, frame)
 
     def egress(self, frame: bytes) -> bpfsys.TestRun:
-        """Run bgs_egress (TC) on a frame."""
-        return bpfsys.prog_test_run(self.egress_fd, frame)
+        """Run bgs_egress (TC) on a frame, from inside the namespace."""
+        with in_netns(self.ns_fd):
+            return bpfsys.prog_test_run(self.egress_fd, frame)
 
     # --- maps ------------------------------------------------------------------------------
 
@@ -150,6 +187,14 @@ class BgsState:
         """bgs_drops summed over the CPUs, by enum bgs_drop_reason name (e.g. "NO_BACKEND")."""
         return self._percpu_u64("bgs_drops", model.DROPS)
 
+    def service_stats(self, svc: int) -> Dict[str, int]:
+        """bgs_service_stats of one service summed over the CPUs (drops as drop_<REASON>)."""
+        total = dict.fromkeys(model.SERVICE_STATS, 0)
+        for raw in self.map("bgs_service_stats").lookup_percpu(model.u32(svc)):
+            for k, v in model.unpack_service_stats(raw).items():
+                total[k] += v
+        return total
+
     def backend_stats(self, slot: int) -> Dict[str, int]:
         """bgs_backend_stats of one slot summed over the CPUs."""
         total = dict.fromkeys(model.BACKEND_STATS, 0)
@@ -163,7 +208,7 @@ class BgsState:
         """The bgs_flows entry of a client-to-VIP 5-tuple, or None."""
         raw = self.map("bgs_flows").lookup(model.pack_flow_key(saddr, daddr, sport, dport,
                                                                proto))
-        return model.unpack_flow(raw) if raw is not None else None
+        return model.unpack_flow(raw, model.family_of(saddr)) if raw is not None else None
 
     def put_flow(self, saddr: str, daddr: str, sport: int, dport: int, proto: int,
                  flow: model.Flow) -> None:
@@ -176,7 +221,15 @@ class BgsState:
         """The bgs_reverse entry of a backend-to-client 5-tuple, or None."""
         raw = self.map("bgs_reverse").lookup(model.pack_flow_key(baddr, caddr, bport, cport,
                                                                  proto))
-        return model.unpack_reverse(raw) if raw is not None else None
+        return model.unpack_reverse(raw, model.family_of(baddr)) if raw is not None else None
+
+    def frag(self, saddr: str, daddr: str, frag_id: bytes, proto: int) -> Optional[model.Frag]:
+        """The bgs_frags entry of a datagram (``frag_id`` as model.pack_frag_key_raw takes
+        it), or None."""
+        fam = model.family_of(saddr)
+        raw = self.map("bgs_frags").lookup(model.pack_frag_key_raw(
+            model.addr16(saddr), model.addr16(daddr), frag_id, proto, fam))
+        return model.unpack_frag(raw, fam) if raw is not None else None
 
     def count(self, name: str) -> int:
         """Number of entries of a hash map."""
@@ -202,7 +255,7 @@ class BgsState:
         for m in self.maps.values():
             m.close()
         self.maps.clear()
-        for attr in ("ingress_fd", "egress_fd"):
+        for attr in ("ingress_fd", "egress_fd", "ns_fd"):
             fd = getattr(self, attr)
             if fd >= 0:
                 os.close(fd)
@@ -230,12 +283,13 @@ def _setup(st: BgsState) -> None:
         _run(["nsenter", f"--net=/run/netns/{st.netns}", "--", "sysctl", "-q", "-w",
               f"net.ipv6.conf.{conf}.disable_ipv6=1"])
     _run(ns + ["link", "add", st.iface, "type", "veth", "peer", "name", st.peer])
-    st.cli("attach", st.iface, "--flows", "4096")
+    st.cli("attach", st.iface, "--flows", str(st.flows))
+    st.ns_fd = os.open(f"/run/netns/{st.netns}", os.O_RDONLY)
     st.ingress_fd = bpfsys.obj_get(f"{st.pin_root}/progs/bgs_ingress")
     st.egress_fd = bpfsys.obj_get(f"{st.pin_root}/progs/bgs_egress")
 
 
-def _teardown(st: BgsState) -> List[str]:
+def _teardown(st: BgsState, prefix: str = PREFIX) -> List[str]:
     """Undo _setup as far as it got; returns what went wrong (never raises)."""
     problems = []
     st.close()
@@ -250,11 +304,26 @@ def _teardown(st: BgsState) -> List[str]:
             problems.append(f"ip netns del {st.netns}: {p.stderr.strip()}")
     if os.path.lexists(st.pin_root):
         # Only ever our own unique directory under the BPF filesystem.
-        assert os.path.basename(st.pin_root).startswith(PREFIX)
+        assert os.path.basename(st.pin_root).startswith(prefix)
         shutil.rmtree(st.pin_root, ignore_errors=True)
         if os.path.lexists(st.pin_root):
             problems.append(f"could not remove {st.pin_root}")
     return problems
+
+
+@contextmanager
+def bgs_state(prefix: str = PREFIX, flows: int = 4096) -> Iterator[BgsState]:
+    """The ``bgs`` fixture as a context manager, for other fixtures: a state under its own
+    ``prefix`` (namespace, interfaces, pin root) with ``flows`` flow-table entries."""
+    _require_environment()
+    st = BgsState(prefix + secrets.token_hex(4), flows=flows)
+    try:
+        _setup(st)
+        yield st
+    finally:
+        problems = _teardown(st, prefix)
+    if problems:
+        pytest.fail("teardown: " + "; ".join(problems), pytrace=False)
 
 
 @pytest.fixture
@@ -266,12 +335,5 @@ def bgs():
     A failed ``detach --purge`` at teardown is reported as an error of the test, after the
     namespace and pin root are removed anyway.
     """
-    _require_environment()
-    st = BgsState(PREFIX + secrets.token_hex(4))
-    try:
-        _setup(st)
+    with bgs_state() as st:
         yield st
-    finally:
-        problems = _teardown(st)
-    if problems:
-        pytest.fail("teardown: " + "; ".join(problems), pytrace=False)

@@ -1,0 +1,893 @@
+"""A reference model of bgswitch's data plane: what bgs_ingress (XDP) and bgs_egress (TC) must
+do with one packet, given the maps' contents.
+
+It is written from the data plane's specification (the semantics listed below), not from, and
+never by calling, the BPF code. Two implementations of one specification, run on the same
+packets and compared (tests/test_differential.py), find the places where either is wrong.
+
+The model works on raw frames (bytes in, bytes out) with its own parser, and keeps its own
+mirror of every table the data plane reads or writes:
+
+* configuration, read from the real pinned maps through bpfsys (``load_config``) after each
+  control-plane command: services (bgs_vips, bgs_vip_addrs), switch words, backend sets,
+  backends, backend addresses, timeouts;
+* dynamic tables, which the model updates itself as packets create or change entries:
+  flows, reverse entries, fragment records; ``load_dynamic`` reads them from the maps, for
+  resynchronising after a reported difference, and ``dump_*`` give them in a comparable form;
+* every counter: bgs_stats, bgs_drops, bgs_service_stats, bgs_backend_stats.
+
+Semantics modelled (see the module's SPEC list for the exact rules, one per line)
+--------------------------------------------------------------------------------
+Parsing, ingress and egress alike (a failure passes the packet untouched; ingress counts the
+named reason, egress counts nothing but TX):
+
+* Ethernet, then at most two VLAN tags (0x8100 or 0x88a8, either order). A truncated header
+  or tag is PARSE_L2; a third tag, or any EtherType other than IPv4/IPv6, is NOT_IP.
+* IPv4: 20 bytes, version 4, IHL >= 5, IHL*4 bytes present, else PARSE_IP_HDR. Total length
+  below IHL*4 or beyond the frame: PARSE_IP_LEN. MF or offset makes a fragment: first
+  (offset 0) or later (offset > 0).
+* IPv6: 40 bytes and version 6, else PARSE_IP_HDR; payload length 0 or beyond the frame:
+  PARSE_IP_LEN. Extension headers hop-by-hop (0), routing (43), destination options (60) and
+  fragment (44) are walked, at most BGS_MAX_EXTHDRS of them; a header cut by the end of the
+  frame is PARSE_IP_HDR; still an extension header after the bound: EXTHDR_LIMIT. A fragment
+  header with offset > 0 makes a later fragment, offset 0 with M a first fragment, offset 0
+  without M (atomic) nothing.
+* The IP length must cover every header read: IPv6 extension headers, the TCP header with its
+  options, the UDP header, the ICMP header, else PARSE_IP_LEN. Nothing is read from the
+  Ethernet padding beyond the IP length (the quote of an ICMP error included).
+* A later fragment has no transport header: nothing more is parsed.
+* TCP: 20 bytes, data offset >= 5 and within the frame, else PARSE_L4. UDP: 8 bytes, length
+  >= 8, else PARSE_L4. ICMP (IPv4 protocol 1) / ICMPv6 (IPv6 next header 58): 8 bytes, else
+  PARSE_L4. Another protocol: NOT_VIP. Then TCP/UDP source or destination port 0: ZERO_PORT.
+
+Ingress (XDP, verdict XDP_PASS unless a drop is named):
+
+* Later fragment: a record in bgs_frags (saddr, daddr, id, proto, family) -> destination
+  address rewritten to the record's, IPv4 header checksum updated, nothing else; FRAG_LATER,
+  the record's backend rx counters. No record: to a VIP address (bgs_vip_addrs) -> XDP_DROP,
+  drop FRAG_MISS (node counter only); else NOT_VIP.
+* ICMP / ICMPv6 errors (v4 types 3, 11, 12; v6 types 1, 2, 3, 4) quoting a TCP/UDP packet
+  whose source is a service (VIP:port/proto): when the outer destination is that VIP and the
+  flow (quoted destination -> quoted source) exists, the outer destination, the quoted source
+  address and port become the flow's backend, with the quoted transport checksum (when quoted
+  whole), the quoted IPv4 header checksum, the outer IPv4 header checksum and the ICMP
+  checksum (IPv6: with the pseudo-header) updated: ICMP_IN, backend rx. Quoting a service but
+  no flow: ICMP_NO_FLOW. Any other ICMP: NOT_VIP. A quote is an IPv4 header (version 4,
+  IHL >= 5, not a later fragment) or a bare IPv6 header, then 8 bytes of TCP/UDP.
+* TCP/UDP to a service (bgs_vips: daddr, dport, proto, family), else NOT_VIP. VIP. A first
+  packet is a UDP datagram, or a TCP segment with SYN and without ACK. A flow entry is
+  followed (FLOW_HIT; last_seen refreshed when older than 100 ms; client RST and FIN set
+  their state bits) unless the packet is a first packet and the entry is dead (TCP: RST or
+  both FINs; any: idle past its protocol's timeout), in which case it is replaced
+  (FLOW_REOPEN). No entry and not a first packet: NOSYN_MISS, XDP_DROP (drop NOSYN_MISS,
+  node and service). A new TCP flow without entry: SYN_MISS. A new flow takes the active
+  color's current set buffer; empty set: drop NO_BACKEND; count beyond BGS_MAX_BACKENDS, or
+  the chosen slot not an active backend: drop BAD_BACKEND; else backend set[hash % count]
+  (model.flow_hash), flow and reverse entries written, FLOW_NEW, backend new_flows.
+  A first fragment is then recorded (FRAG_FIRST). Destination address and port are rewritten
+  to the backend's; TCP/UDP checksum by difference (UDP 0 stays 0, a result of 0 is 0xffff),
+  IPv4 header checksum by difference. Backend rx counters (IP length, IPv6: header included).
+* Fast path (bpf/fwd.bpf.h, merged after the rest): a rewritten client packet (a VIP flow's, or
+  a later fragment's) is then offered to a FIB lookup and may leave by XDP_TX/XDP_REDIRECT with
+  its TTL decremented and MACs set. The model covers only the environment the tests give it:
+  programs run from a namespace with no route (tests/unit_fixtures.py), where the fast path always
+  falls back to the stack: XDP_PASS, nothing more changed, FWD_STACK counted.
+
+Egress (TC, verdict TC_ACT_OK always):
+
+* Later fragment with a record (backend, client, id, proto, family): source address becomes
+  the record's (the VIP), IPv4 header checksum updated; REPLY_NAT, backend tx. No record:
+  untouched.
+* ICMP errors quoting client -> backend:port/proto (a backend address) with a reverse entry:
+  quoted destination address and port become the VIP's, the outer source too when it is the
+  backend's own address, every checksum as on ingress: ICMP_OUT, backend tx. A backend
+  address but no reverse entry: ICMP_NO_FLOW. Others untouched, uncounted.
+* TCP/UDP from a backend address (bgs_backend_addrs) with a reverse entry: a TCP FIN or RST
+  marks FIN_SERVER / RST on the flow when that flow is still this backend's (same slot); a
+  first fragment is recorded (its later fragments will get the VIP as source), FRAG_FIRST;
+  source address and port become the VIP's, checksums by difference; REPLY_NAT, backend tx,
+  resets on RST. From a backend address without reverse entry: REPLY_NO_FLOW. Others
+  untouched, uncounted.
+
+Checksums "by difference" follow RFC 1624 eqn. 3, HC' = ~(~HC + ~m + m'), in ones'
+complement arithmetic with end-around carry: a checksum that was wrong stays wrong by the
+same amount.
+
+Corners the specification leaves open, and the choice the model makes (listed in
+UNSPECIFIED so that a report can say which rule a difference rests on):
+
+* several IPv6 fragment headers in one chain: each one walked updates the state (offset > 0:
+  later; offset 0 with M: first; atomic: unchanged), the identification is the last one's;
+* counters of egress parse failures: none (the reasons are ingress counters);
+* the TCP/UDP pseudo-header of IPv6 uses the IPv6 header's destination even when a routing
+  header with segments left names another final destination.
+"""
+
+import struct
+from collections import Counter
+from dataclasses import dataclass
+from typing import Dict, Iterable, List, NamedTuple, Optional, Tuple
+
+import model
+
+XDP_DROP, XDP_PASS = 1, 2
+TC_ACT_OK = 0
+
+ETH_P_IP, ETH_P_IPV6, ETH_P_8021Q, ETH_P_8021AD = 0x0800, 0x86DD, 0x8100, 0x88A8
+TCP_FIN, TCP_SYN, TCP_RST, TCP_ACK = 0x01, 0x02, 0x04, 0x10
+TOUCH_NS = 100 * 1000 * 1000
+U64 = (1 << 64) - 1
+V6_EXT = (model.IPPROTO_HOPOPTS, model.IPPROTO_ROUTING, model.IPPROTO_DSTOPTS,
+          model.IPPROTO_FRAGMENT)
+ICMP_ERRORS = {model.BGS_AF_INET: (3, 11, 12), model.BGS_AF_INET6: (1, 2, 3, 4)}
+
+FRAG_NONE, FRAG_FIRST, FRAG_LATER = 0, 1, 2
+
+UNSPECIFIED = {
+    "v6-multi-frag-hdr": "several IPv6 fragment headers: each updates the state, the last "
+                         "identification is kept",
+    "egress-parse-count": "egress parse failures are not counted by reason",
+    "v6-routing-pseudo": "IPv6 pseudo-header uses the header's destination, routing header "
+                         "or not",
+}
+
+
+def _u16(b, off: int) -> int:
+    return (b[off] << 8) | b[off + 1]
+
+
+# --- checksums (RFC 1624) ------------------------------------------------------------------------
+
+def _words(b: bytes) -> Iterable[int]:
+    if len(b) & 1:
+        b = bytes(b) + b"\0"
+    return struct.unpack(f"!{len(b) // 2}H", b)
+
+
+def csum_adjust(old: int, removed: Iterable[int], added: Iterable[int]) -> int:
+    """HC' = ~(~HC + sum(~m) + sum(m')) over 16-bit words, ones' complement."""
+    s = ~old & 0xFFFF
+    for w in removed:
+        s += ~w & 0xFFFF
+    for w in added:
+        s += w
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return ~s & 0xFFFF
+
+
+def csum_adjust_bytes(old: int, before: bytes, after: bytes) -> int:
+    """The same for a change of a 16-bit aligned byte string."""
+    return csum_adjust(old, _words(before), _words(after))
+
+
+def csum_adjust_udp(old: int, before: bytes, after: bytes) -> int:
+    """UDP: 0 means no checksum and stays 0; a result of 0 is sent as 0xffff."""
+    if old == 0:
+        return 0
+    return csum_adjust_bytes(old, before, after) or 0xFFFF
+
+
+# --- parsing -------------------------------------------------------------------------------------
+
+@dataclass
+class Pkt:
+    """What the model knows of one parsed packet (addresses as 16-byte fields)."""
+
+    l3: int = 0
+    family: int = 0
+    saddr: bytes = b""
+    daddr: bytes = b""
+    proto: int = 0
+    ip_len: int = 0  # IPv4 total length, IPv6 payload length + 40
+    ip_end: int = 0  # offset of the end of the IP packet in the frame
+    frag: int = FRAG_NONE
+    frag_id: bytes = b"\0\0\0\0"
+    l4: int = 0
+    sport: int = 0
+    dport: int = 0
+    tcp_flags: int = 0
+    icmp_type: int = -1
+
+    def key(self) -> tuple:
+        return (self.saddr, self.daddr, self.sport, self.dport, self.proto, self.family)
+
+    def frag_key(self) -> tuple:
+        return (self.saddr, self.daddr, self.frag_id, self.proto, self.family)
+
+    @property
+    def is_icmp(self) -> bool:
+        return self.proto == (model.IPPROTO_ICMPV6 if self.family == model.BGS_AF_INET6
+                              else model.IPPROTO_ICMP)
+
+    @property
+    def alen(self) -> int:
+        return 16 if self.family == model.BGS_AF_INET6 else 4
+
+    @property
+    def saddr_off(self) -> int:
+        return self.l3 + (8 if self.family == model.BGS_AF_INET6 else 12)
+
+    @property
+    def daddr_off(self) -> int:
+        return self.l3 + (24 if self.family == model.BGS_AF_INET6 else 16)
+
+
+def parse(f: bytes, quirks: frozenset = frozenset()) -> Tuple[Optional[str], Pkt]:
+    """(reason, pkt): reason is None for a packet the switch looks at further, else the
+    bgs_stat name it is passed untouched under. ``quirks``: see QUIRKS."""
+    p = Pkt()
+    n = len(f)
+    if n < 14:
+        return "PARSE_L2", p
+    et = _u16(f, 12)
+    pos = 14
+    for _ in range(2):
+        if et not in (ETH_P_8021Q, ETH_P_8021AD):
+            break
+        if pos + 4 > n:
+            return "PARSE_L2", p
+        et = _u16(f, pos + 2)
+        pos += 4
+    p.l3 = pos
+    room = n - pos
+    if et == ETH_P_IP:
+        if room < 20 or f[pos] >> 4 != 4 or f[pos] & 15 < 5:
+            return "PARSE_IP_HDR", p
+        hl = (f[pos] & 15) * 4
+        if hl > room:
+            return "PARSE_IP_HDR", p
+        tot = _u16(f, pos + 2)
+        if tot < hl or tot > room:
+            return "PARSE_IP_LEN", p
+        fo = _u16(f, pos + 6)
+        if fo & 0x3FFF:
+            p.frag = FRAG_LATER if fo & 0x1FFF else FRAG_FIRST
+            p.frag_id = bytes(f[pos + 4:pos + 6]) + b"\0\0"
+        p.family = model.BGS_AF_INET
+        p.proto = f[pos + 9]
+        p.saddr = bytes(f[pos + 12:pos + 16]) + bytes(12)
+        p.daddr = bytes(f[pos + 16:pos + 20]) + bytes(12)
+        p.ip_len = tot
+        p.ip_end = pos + tot
+        p.l4 = pos + hl
+    elif et == ETH_P_IPV6:
+        if room < 40 or f[pos] >> 4 != 6:
+            return "PARSE_IP_HDR", p
+        plen = _u16(f, pos + 4)
+        if plen == 0 or plen + 40 > room:
+            return "PARSE_IP_LEN", p
+        nxt = f[pos + 6]
+        q = pos + 40
+        for _ in range(model.BGS_MAX_EXTHDRS):
+            if nxt in (model.IPPROTO_HOPOPTS, model.IPPROTO_ROUTING, model.IPPROTO_DSTOPTS):
+                if q + 2 > n or q + (f[q + 1] + 1) * 8 > n:
+                    return "PARSE_IP_HDR", p
+                nxt, q = f[q], q + (f[q + 1] + 1) * 8
+            elif nxt == model.IPPROTO_FRAGMENT:
+                if q + 8 > n:
+                    return "PARSE_IP_HDR", p
+                off = _u16(f, q + 2)
+                if off & 0xFFF8:
+                    p.frag = FRAG_LATER
+                elif off & 1:
+                    p.frag = FRAG_FIRST
+                p.frag_id = bytes(f[q + 4:q + 8])
+                nxt, q = f[q], q + 8
+            else:
+                break
+        if nxt in V6_EXT:
+            return "EXTHDR_LIMIT", p
+        p.family = model.BGS_AF_INET6
+        p.proto = nxt
+        p.saddr = bytes(f[pos + 8:pos + 24])
+        p.daddr = bytes(f[pos + 24:pos + 40])
+        p.ip_len = plen + 40
+        p.ip_end = pos + 40 + plen
+        p.l4 = q
+    else:
+        return "NOT_IP", p
+
+    if p.frag == FRAG_LATER:
+        # The extension headers read must lie inside the IP packet, not in padding.
+        if p.l4 > p.ip_end and "later-frag-hdr-beyond-ip-length" not in quirks:
+            return "PARSE_IP_LEN", p
+        return None, p
+
+    l4 = p.l4
+    if p.proto == model.IPPROTO_TCP:
+        if l4 + 20 > n:
+            return "PARSE_L4", p
+        doff = f[l4 + 12] >> 4
+        if doff < 5 or l4 + doff * 4 > n:
+            return "PARSE_L4", p
+        end = l4 + doff * 4
+        p.tcp_flags = f[l4 + 13]
+        p.sport, p.dport = _u16(f, l4), _u16(f, l4 + 2)
+    elif p.proto == model.IPPROTO_UDP:
+        if l4 + 8 > n or _u16(f, l4 + 4) < 8:
+            return "PARSE_L4", p
+        end = l4 + 8
+        p.sport, p.dport = _u16(f, l4), _u16(f, l4 + 2)
+    elif p.is_icmp:
+        if l4 + 8 > n:
+            return "PARSE_L4", p
+        end = l4 + 8
+        p.icmp_type = f[l4]
+    else:
+        return "NOT_VIP", p
+    if end > p.ip_end and not (p.is_icmp and "icmp-beyond-ip-length" in quirks):
+        return "PARSE_IP_LEN", p
+    if not p.is_icmp and (p.sport == 0 or p.dport == 0):
+        return "ZERO_PORT", p
+    return None, p
+
+
+class Quote(NamedTuple):
+    """The packet an ICMP error quotes."""
+
+    l3: int
+    family: int
+    saddr: bytes
+    daddr: bytes
+    proto: int
+    l4: int
+    sport: int
+    dport: int
+    csum_off: Optional[int]  # the quoted transport checksum, when quoted whole
+
+
+def parse_quote(f: bytes, p: Pkt, quirks: frozenset = frozenset()) -> Optional[Quote]:
+    """The quote of an ICMP error, read inside the IP packet only; None when there is none
+    the switch can use."""
+    end = len(f) if "icmp-beyond-ip-length" in quirks else p.ip_end
+    q = p.l4 + 8
+    if p.family == model.BGS_AF_INET:
+        if q + 20 > end or f[q] >> 4 != 4 or f[q] & 15 < 5:
+            return None
+        if _u16(f, q + 6) & 0x1FFF:
+            return None
+        hl = (f[q] & 15) * 4
+        proto = f[q + 9]
+        saddr = bytes(f[q + 12:q + 16]) + bytes(12)
+        daddr = bytes(f[q + 16:q + 20]) + bytes(12)
+    else:
+        if q + 40 > end or f[q] >> 4 != 6:
+            return None
+        hl = 40
+        proto = f[q + 6]
+        saddr = bytes(f[q + 8:q + 24])
+        daddr = bytes(f[q + 24:q + 40])
+    if proto not in (model.IPPROTO_TCP, model.IPPROTO_UDP):
+        return None
+    l4 = q + hl
+    if l4 + 8 > end:
+        return None
+    if proto == model.IPPROTO_UDP:
+        csum = l4 + 6
+    else:
+        csum = l4 + 16 if l4 + 18 <= end else None
+    return Quote(q, p.family, saddr, daddr, proto, l4, _u16(f, l4), _u16(f, l4 + 2), csum)
+
+
+# --- rewrites ------------------------------------------------------------------------------------
+
+def _put16(b: bytearray, off: int, v: int) -> None:
+    b[off] = v >> 8
+    b[off + 1] = v & 0xFF
+
+
+def _rewrite_l3l4(frame: bytes, p: Pkt, src: bool, to16: bytes, port: Optional[int]) -> bytes:
+    """Rewrite the source (src) or destination address, and the port unless ``port`` is None
+    (a later fragment), with every checksum by difference."""
+    b = bytearray(frame)
+    a_off = p.saddr_off if src else p.daddr_off
+    old_a = bytes(b[a_off:a_off + p.alen])
+    new_a = to16[:p.alen]
+    if port is not None:
+        p_off = p.l4 + (0 if src else 2)
+        old_p, new_p = bytes(b[p_off:p_off + 2]), struct.pack("!H", port)
+        if p.proto == model.IPPROTO_TCP:
+            c = p.l4 + 16
+            _put16(b, c, csum_adjust_bytes(_u16(b, c), old_a + old_p, new_a + new_p))
+        else:
+            c = p.l4 + 6
+            _put16(b, c, csum_adjust_udp(_u16(b, c), old_a + old_p, new_a + new_p))
+        b[p_off:p_off + 2] = new_p
+    if p.family == model.BGS_AF_INET:
+        c = p.l3 + 10
+        _put16(b, c, csum_adjust_bytes(_u16(b, c), old_a, new_a))
+    b[a_off:a_off + p.alen] = new_a
+    return bytes(b)
+
+
+def _rewrite_icmp(frame: bytes, p: Pkt, q: Quote, quote_src: bool, to16: bytes, port: int,
+                  outer_dst: bool, outer_src: bool, msg_end: int) -> bytes:
+    """Translate an ICMP error: the quoted source (quote_src) or destination address and
+    port; the outer destination and/or source address; every checksum covering them."""
+    b = bytearray(frame)
+    alen = p.alen
+    new_a = to16[:alen]
+    # The quoted packet: its transport checksum, its IPv4 header checksum, then the fields.
+    qa = q.l3 + ((8 if quote_src else 24) if q.family == model.BGS_AF_INET6
+                 else (12 if quote_src else 16))
+    qp = q.l4 + (0 if quote_src else 2)
+    old_a, old_p = bytes(b[qa:qa + alen]), bytes(b[qp:qp + 2])
+    new_p = struct.pack("!H", port)
+    if q.csum_off is not None:
+        old = _u16(b, q.csum_off)
+        if q.proto == model.IPPROTO_UDP:
+            new = csum_adjust_udp(old, old_a + old_p, new_a + new_p)
+        else:
+            new = csum_adjust_bytes(old, old_a + old_p, new_a + new_p)
+        _put16(b, q.csum_off, new)
+    if q.family == model.BGS_AF_INET:
+        c = q.l3 + 10
+        _put16(b, c, csum_adjust_bytes(_u16(b, c), old_a, new_a))
+    b[qa:qa + alen] = new_a
+    b[qp:qp + 2] = new_p
+    # The ICMP checksum covers the message: whatever changed in it.
+    start, end = p.l4, msg_end
+    before, after = _words(frame[start:end]), _words(bytes(b[start:end]))
+    removed = [w for i, (w, v) in enumerate(zip(before, after)) if w != v and i != 1]
+    added = [v for i, (w, v) in enumerate(zip(before, after)) if w != v and i != 1]
+    # The outer addresses: IPv4 header checksum, or the ICMPv6 pseudo-header.
+    for do, off in ((outer_dst, p.daddr_off), (outer_src, p.saddr_off)):
+        if not do:
+            continue
+        old_o = bytes(b[off:off + alen])
+        if p.family == model.BGS_AF_INET:
+            c = p.l3 + 10
+            _put16(b, c, csum_adjust_bytes(_u16(b, c), old_o, new_a))
+        else:
+            removed += list(_words(old_o))
+            added += list(_words(new_a))
+        b[off:off + alen] = new_a
+    c = p.l4 + 2
+    _put16(b, c, csum_adjust(_u16(b, c), removed, added))
+    return bytes(b)
+
+
+# --- tables --------------------------------------------------------------------------------------
+
+@dataclass
+class FlowVal:
+    """A bgs_flows value as the model keeps it."""
+
+    daddr: bytes
+    dport: int
+    color: int
+    slot: int
+    state: int
+    last_seen: int
+
+    def pack(self) -> bytes:
+        return (self.daddr + struct.pack("!H", self.dport)
+                + struct.pack("<BBIIIQ", self.color, 0, self.slot, self.state, 0,
+                              self.last_seen))
+
+    @classmethod
+    def unpack(cls, raw: bytes) -> "FlowVal":
+        dport, = struct.unpack_from("!H", raw, 16)
+        color, _pad, slot, state, _pad2, last_seen = struct.unpack_from("<BBIIIQ", raw, 18)
+        return cls(bytes(raw[:16]), dport, color, slot, state, last_seen)
+
+
+class RevVal(NamedTuple):
+    vaddr: bytes
+    vport: int
+    slot: int
+
+
+class FragVal(NamedTuple):
+    addr: bytes
+    slot: int
+
+
+class BackendVal(NamedTuple):
+    addr: bytes
+    port: int
+    family: int
+    state: int
+    svc: int
+    color: int
+    proto: int
+
+
+class Outcome(NamedTuple):
+    """What the data plane must do with one packet."""
+
+    verdict: int
+    data: bytes
+    reason: str  # the outcome's class: the main bgs_stat/drop name it is counted under
+    stats: Tuple[str, ...]
+    drops: Tuple[str, ...]
+    effects: Tuple[tuple, ...]  # every counter change, for RefModel.undo
+    tables_changed: bool  # flows, reverse entries or fragment records written
+
+
+# Known departures of the data plane from the specification, which the model can emulate on
+# request (RefModel.quirks) so that a test can tell "this difference is exactly that bug" from
+# an unknown one. Each is reported, never silently accepted (tests/test_differential.py).
+QUIRKS = {
+    "icmp-beyond-ip-length": "the ICMP header and the quote of an ICMP error are read up to "
+                             "the end of the frame instead of the IP length (Ethernet padding "
+                             "is parsed and rewritten)",
+    "later-frag-hdr-beyond-ip-length": "an IPv6 later fragment whose extension headers (its "
+                                       "fragment header included) lie beyond the payload "
+                                       "length is handled as a fragment (followed, or dropped "
+                                       "as FRAG_MISS) instead of passed as PARSE_IP_LEN",
+}
+
+
+class RefModel:
+    """The reference model: tables, counters, and ``ingress``/``egress``."""
+
+    def __init__(self):
+        self.vips: Dict[tuple, int] = {}
+        self.vip_addrs: set = set()
+        self.switch: Dict[int, model.Switch] = {}
+        self.sets: Dict[int, Tuple[int, List[int]]] = {}
+        self.backends: Dict[int, BackendVal] = {}
+        self.backend_addrs: set = set()
+        self.tcp_idle_ns = 0
+        self.udp_idle_ns = 0
+        self.flows: Dict[tuple, FlowVal] = {}
+        self.reverse: Dict[tuple, RevVal] = {}
+        self.frags: Dict[tuple, FragVal] = {}
+        self.stats: Counter = Counter()
+        self.drops: Counter = Counter()
+        self.svc_stats: Dict[int, Counter] = {}
+        self.be_stats: Dict[int, Counter] = {}
+        self._st: List[str] = []
+        self._dr: List[str] = []
+        self._fx: List[tuple] = []
+        self._tables = False
+        self.quirks: frozenset = frozenset()
+
+    # --- loading from the real maps ------------------------------------------------------
+
+    def load_config(self, bgs) -> None:
+        """Read the configuration tables from the pinned maps (bpfsys)."""
+        self.vips = {model.unpack_vip_key_raw(k): struct.unpack("<I", v)[0]
+                     for k, v in bgs.map("bgs_vips").items()}
+        self.vip_addrs = {model.unpack_vip_addr_raw(k) for k in bgs.map("bgs_vip_addrs").keys()}
+        self.backend_addrs = {model.unpack_backend_addr_raw(k)
+                              for k in bgs.map("bgs_backend_addrs").keys()}
+        svcs = set(self.vips.values())
+        self.switch = {s: model.unpack_switch(bgs.map("bgs_switch").lookup(model.u32(s)))
+                       for s in svcs}
+        self.sets, slots = {}, set()
+        for s in svcs:
+            for i in range(4):
+                idx = (s << 2) | i
+                count, words = model.unpack_set_raw(bgs.map("bgs_sets").lookup(model.u32(idx)))
+                self.sets[idx] = (count, words)
+                slots.update(words[:min(count, model.BGS_MAX_BACKENDS)])
+        for r in self.flows.values():
+            slots.add(r.slot)
+        self.backends = {}
+        be = bgs.map("bgs_backends")
+        for slot in slots:
+            if slot >= be.info.max_entries:
+                continue
+            raw = be.lookup(model.u32(slot))
+            port, = struct.unpack_from("!H", raw, 16)
+            family, state, svc, color, proto = struct.unpack_from("<BBIBB", raw, 18)
+            self.backends[slot] = BackendVal(bytes(raw[:16]), port, family, state, svc, color,
+                                             proto)
+        cfg = bgs.config()
+        self.tcp_idle_ns, self.udp_idle_ns = cfg.tcp_idle_ns, cfg.udp_idle_ns
+        for s in svcs:
+            self.svc_stats.setdefault(s, Counter())
+
+    def load_dynamic(self, bgs) -> None:
+        """Replace the model's flows, reverse entries and fragment records by the maps'."""
+        self.flows = {model.unpack_flow_key_raw(k): FlowVal.unpack(v)
+                      for k, v in bgs.map("bgs_flows").items()}
+        self.reverse = {}
+        for k, v in bgs.map("bgs_reverse").items():
+            vport, = struct.unpack_from("!H", v, 16)
+            slot, = struct.unpack_from("<I", v, 20)
+            self.reverse[model.unpack_flow_key_raw(k)] = RevVal(bytes(v[:16]), vport, slot)
+        self.frags = {}
+        for k, v in bgs.map("bgs_frags").items():
+            self.frags[model.unpack_frag_key_raw(k)] = FragVal(bytes(v[:16]),
+                                                               struct.unpack_from("<I", v, 16)[0])
+
+    def load_counters(self, bgs) -> None:
+        """Take the maps' counters as the model's (after a reported difference)."""
+        self.stats = Counter({k: v for k, v in bgs.stats().items() if v})
+        self.drops = Counter({k: v for k, v in bgs.drops().items() if v})
+        for s in list(self.svc_stats):
+            self.svc_stats[s] = Counter({k: v for k, v in bgs.service_stats(s).items() if v})
+        for slot in list(self.be_stats):
+            self.be_stats[slot] = Counter({k: v for k, v in bgs.backend_stats(slot).items()
+                                           if v})
+
+    # --- counters ------------------------------------------------------------------------
+
+    def _counter(self, where: str, key, field: str, v: int = 1) -> None:
+        if where == "stats":
+            self.stats[field] += v
+        elif where == "drops":
+            self.drops[field] += v
+        elif where == "svc":
+            self.svc_stats.setdefault(key, Counter())[field] += v
+        else:
+            self.be_stats.setdefault(key, Counter())[field] += v
+        self._fx.append((where, key, field, v))
+
+    def _stat(self, name: str) -> None:
+        self._counter("stats", None, name)
+        self._st.append(name)
+
+    def _drop(self, name: str, svc: Optional[int] = None) -> None:
+        self._counter("drops", None, name)
+        self._dr.append(name)
+        if svc is not None:
+            self._counter("svc", svc, f"drop_{name}")
+
+    def _be(self, slot: int, **inc: int) -> None:
+        for k, v in inc.items():
+            if v:
+                self._counter("be", slot, k, v)
+
+    def _begin(self) -> None:
+        self._st, self._dr, self._fx, self._tables = [], [], [], False
+
+    def _out(self, verdict: int, data: bytes, reason: str) -> Outcome:
+        o = Outcome(verdict, data, reason, tuple(self._st), tuple(self._dr), tuple(self._fx),
+                    self._tables)
+        self._begin()
+        return o
+
+    def undo(self, o: Outcome) -> None:
+        """Take back an outcome's counter changes (only for one that wrote no table)."""
+        assert not o.tables_changed, "undo: the outcome wrote tables"
+        for where, key, field, v in o.effects:
+            self._counter(where, key, field, -v)
+        self._fx = []
+
+    def redo(self, o: Outcome) -> None:
+        """Apply an outcome's counter changes again (after undo)."""
+        for where, key, field, v in o.effects:
+            self._counter(where, key, field, v)
+        self._fx = []
+
+    def run(self, hook: str, frame: bytes, now: int) -> Outcome:
+        """ingress() for hook "in", egress() for "out"."""
+        return self.ingress(frame, now) if hook == "in" else self.egress(frame, now)
+
+    # --- ingress -------------------------------------------------------------------------
+
+    def ingress(self, frame: bytes, now: int) -> Outcome:
+        """What bgs_ingress must do with ``frame`` at time ``now`` (ns, coarse monotonic)."""
+        self._begin()
+        self._stat("RX")
+        reason, p = parse(frame, self.quirks)
+        if reason:
+            self._stat(reason)
+            return self._out(XDP_PASS, frame, reason)
+        if p.frag == FRAG_LATER:
+            rec = self.frags.get(p.frag_key())
+            if rec is None:
+                if (p.daddr, p.family) in self.vip_addrs:
+                    self._drop("FRAG_MISS")
+                    return self._out(XDP_DROP, frame, "FRAG_MISS")
+                self._stat("NOT_VIP")
+                return self._out(XDP_PASS, frame, "NOT_VIP")
+            self._stat("FRAG_LATER")
+            self._be(rec.slot, rx_packets=1, rx_bytes=p.ip_len)
+            out = _rewrite_l3l4(frame, p, False, rec.addr, None)
+            return self._fast_path(out, "FRAG_LATER")
+        if p.is_icmp:
+            return self._icmp_in(frame, p)
+
+        svc = self.vips.get((p.daddr, p.dport, p.proto, p.family))
+        if svc is None:
+            self._stat("NOT_VIP")
+            return self._out(XDP_PASS, frame, "NOT_VIP")
+        self._stat("VIP")
+        key = p.key()
+        tcp = p.proto == model.IPPROTO_TCP
+        first = (p.tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN if tcp else True
+        f = self.flows.get(key)
+        if f is not None and not (first and self._dead(f, p.proto, now)):
+            self._stat("FLOW_HIT")
+            self._tables = True
+            if (now - f.last_seen) & U64 > TOUCH_NS:
+                f.last_seen = now
+            if tcp and p.tcp_flags & TCP_RST:
+                f.state |= model.BGS_FLOW_RST
+            if tcp and p.tcp_flags & TCP_FIN:
+                f.state |= model.BGS_FLOW_FIN_CLIENT
+            reason = "FLOW_HIT"
+        else:
+            if not first:
+                self._stat("NOSYN_MISS")
+                self._counter("svc", svc, "nosyn_miss")
+                self._drop("NOSYN_MISS", svc)
+                return self._out(XDP_DROP, frame, "NOSYN_MISS")
+            if f is not None:
+                self._stat("FLOW_REOPEN")
+                self._counter("svc", svc, "reopen")
+                reason = "FLOW_REOPEN"
+            else:
+                if tcp:
+                    self._stat("SYN_MISS")
+                    self._counter("svc", svc, "syn_miss")
+                reason = "FLOW_NEW"
+            f, err = self._create(p, svc, now)
+            if f is None:
+                self._drop(err, svc)
+                return self._out(XDP_DROP, frame, err)
+        if p.frag == FRAG_FIRST:
+            self._tables = True
+            self.frags[p.frag_key()] = FragVal(f.daddr, f.slot)
+            self._stat("FRAG_FIRST")
+            reason += "+FRAG_FIRST"
+        out = _rewrite_l3l4(frame, p, False, f.daddr, f.dport)
+        self._be(f.slot, rx_packets=1, rx_bytes=p.ip_len)
+        return self._fast_path(out, reason)
+
+    def _fast_path(self, out: bytes, reason: str) -> Outcome:
+        """The XDP fast path after a rewrite, with no route in the FIB: back to the stack."""
+        self._stat("FWD_STACK")
+        return self._out(XDP_PASS, out, reason)
+
+    def _dead(self, f: FlowVal, proto: int, now: int) -> bool:
+        if proto == model.IPPROTO_TCP:
+            if f.state & model.BGS_FLOW_RST:
+                return True
+            both = model.BGS_FLOW_FIN_CLIENT | model.BGS_FLOW_FIN_SERVER
+            if f.state & both == both:
+                return True
+        idle = self.tcp_idle_ns if proto == model.IPPROTO_TCP else self.udp_idle_ns
+        return (now - f.last_seen) & U64 > idle
+
+    def _create(self, p: Pkt, svc: int, now: int):
+        sw = self.switch.get(svc, model.Switch(0, 0, 0, 0))
+        idx = (svc << 2) | ((sw.active & 1) << 1) | ((sw.set_sel >> (sw.active & 1)) & 1)
+        count, words = self.sets.get(idx, (0, []))
+        if count == 0:
+            return None, "NO_BACKEND"
+        if count > model.BGS_MAX_BACKENDS:
+            return None, "BAD_BACKEND"
+        slot = words[model.flow_hash_raw(p.saddr, p.daddr, p.sport, p.dport, p.proto) % count]
+        be = self.backends.get(slot)
+        if be is None or be.state != model.BGS_BACKEND_ACTIVE:
+            return None, "BAD_BACKEND"
+        f = FlowVal(be.addr, be.port, sw.active, slot,
+                    model.BGS_FLOW_SYN if p.proto == model.IPPROTO_TCP else 0, now)
+        self.reverse[(be.addr, p.saddr, be.port, p.sport, p.proto, p.family)] = RevVal(
+            p.daddr, p.dport, slot)
+        self.flows[p.key()] = f
+        self._tables = True
+        self._stat("FLOW_NEW")
+        self._be(slot, new_flows=1)
+        return f, None
+
+    def _msg_end(self, frame: bytes, p: Pkt) -> int:
+        return len(frame) if "icmp-beyond-ip-length" in self.quirks else p.ip_end
+
+    def _icmp_in(self, frame: bytes, p: Pkt) -> Outcome:
+        q = (parse_quote(frame, p, self.quirks) if p.icmp_type in ICMP_ERRORS[p.family]
+             else None)
+        if q is None or (q.saddr, q.sport, q.proto, q.family) not in self.vips:
+            self._stat("NOT_VIP")
+            return self._out(XDP_PASS, frame, "NOT_VIP")
+        f = self.flows.get((q.daddr, q.saddr, q.dport, q.sport, q.proto, q.family))
+        if f is None or p.daddr != q.saddr:
+            self._stat("ICMP_NO_FLOW")
+            return self._out(XDP_PASS, frame, "ICMP_NO_FLOW")
+        out = _rewrite_icmp(frame, p, q, True, f.daddr, f.dport, outer_dst=True,
+                            outer_src=False, msg_end=self._msg_end(frame, p))
+        self._stat("ICMP_IN")
+        self._be(f.slot, rx_packets=1, rx_bytes=p.ip_len)
+        return self._out(XDP_PASS, out, "ICMP_IN")
+
+    # --- egress --------------------------------------------------------------------------
+
+    def egress(self, frame: bytes, now: int) -> Outcome:
+        """What bgs_egress must do with ``frame``."""
+        self._begin()
+        self._stat("TX")
+        reason, p = parse(frame, self.quirks)
+        if reason:
+            return self._out(TC_ACT_OK, frame, "eg:" + reason)
+        if p.frag == FRAG_LATER:
+            rec = self.frags.get(p.frag_key())
+            if rec is None:
+                return self._out(TC_ACT_OK, frame, "eg:FRAG_NO_RECORD")
+            self._stat("REPLY_NAT")
+            self._be(rec.slot, tx_packets=1, tx_bytes=p.ip_len)
+            return self._out(TC_ACT_OK, _rewrite_l3l4(frame, p, True, rec.addr, None),
+                             "eg:FRAG_LATER")
+        if p.is_icmp:
+            return self._icmp_out(frame, p)
+        if (p.saddr, p.sport, p.proto, p.family) not in self.backend_addrs:
+            return self._out(TC_ACT_OK, frame, "eg:NOT_BACKEND")
+        rev = self.reverse.get(p.key())
+        if rev is None:
+            self._stat("REPLY_NO_FLOW")
+            return self._out(TC_ACT_OK, frame, "REPLY_NO_FLOW")
+        reason = "REPLY_NAT"
+        if p.proto == model.IPPROTO_TCP and p.tcp_flags & (TCP_FIN | TCP_RST):
+            f = self.flows.get((p.daddr, rev.vaddr, p.dport, rev.vport, p.proto, p.family))
+            if f is not None and f.slot == rev.slot:
+                self._tables = True
+                if p.tcp_flags & TCP_RST:
+                    f.state |= model.BGS_FLOW_RST
+                if p.tcp_flags & TCP_FIN:
+                    f.state |= model.BGS_FLOW_FIN_SERVER
+        if p.frag == FRAG_FIRST:
+            self._tables = True
+            self.frags[p.frag_key()] = FragVal(rev.vaddr, rev.slot)
+            self._stat("FRAG_FIRST")
+            reason += "+FRAG_FIRST"
+        out = _rewrite_l3l4(frame, p, True, rev.vaddr, rev.vport)
+        self._stat("REPLY_NAT")
+        rst = 1 if p.proto == model.IPPROTO_TCP and p.tcp_flags & TCP_RST else 0
+        self._be(rev.slot, tx_packets=1, tx_bytes=p.ip_len, resets=rst)
+        return self._out(TC_ACT_OK, out, reason)
+
+    def _icmp_out(self, frame: bytes, p: Pkt) -> Outcome:
+        q = (parse_quote(frame, p, self.quirks) if p.icmp_type in ICMP_ERRORS[p.family]
+             else None)
+        if q is None or (q.daddr, q.dport, q.proto, q.family) not in self.backend_addrs:
+            return self._out(TC_ACT_OK, frame, "eg:ICMP_OTHER")
+        rev = self.reverse.get((q.daddr, q.saddr, q.dport, q.sport, q.proto, q.family))
+        if rev is None:
+            self._stat("ICMP_NO_FLOW")
+            return self._out(TC_ACT_OK, frame, "eg:ICMP_NO_FLOW")
+        out = _rewrite_icmp(frame, p, q, False, rev.vaddr, rev.vport, outer_dst=False,
+                            outer_src=p.saddr == q.daddr, msg_end=self._msg_end(frame, p))
+        self._stat("ICMP_OUT")
+        self._be(rev.slot, tx_packets=1, tx_bytes=p.ip_len)
+        return self._out(TC_ACT_OK, out, "ICMP_OUT")
+
+    # --- comparable dumps ----------------------------------------------------------------
+
+    def dump_flows(self, now: int) -> Dict[tuple, tuple]:
+        """Flows as key -> (daddr, dport, color, slot, state, aged): aged when last_seen is more
+        than AGED_NS before ``now`` (the exact time of a touch is not the model's business)."""
+        return {k: (v.daddr, v.dport, v.color, v.slot, v.state, _aged(v.last_seen, now))
+                for k, v in self.flows.items()}
+
+    def dump_reverse(self) -> Dict[tuple, tuple]:
+        return {k: tuple(v) for k, v in self.reverse.items()}
+
+    def dump_frags(self) -> Dict[tuple, tuple]:
+        return {k: tuple(v) for k, v in self.frags.items()}
+
+
+AGED_NS = 1800 * 10**9
+
+
+def _aged(last_seen: int, now: int) -> bool:
+    return (now - last_seen) & U64 > AGED_NS
+
+
+def dump_real_flows(bgs, now: int) -> Dict[tuple, tuple]:
+    """bgs_flows in RefModel.dump_flows's form."""
+    out = {}
+    for k, v in bgs.map("bgs_flows").items():
+        f = FlowVal.unpack(v)
+        out[model.unpack_flow_key_raw(k)] = (f.daddr, f.dport, f.color, f.slot, f.state,
+                                             _aged(f.last_seen, now))
+    return out
+
+
+def dump_real_reverse(bgs) -> Dict[tuple, tuple]:
+    out = {}
+    for k, v in bgs.map("bgs_reverse").items():
+        vport, = struct.unpack_from("!H", v, 16)
+        slot, = struct.unpack_from("<I", v, 20)
+        out[model.unpack_flow_key_raw(k)] = (bytes(v[:16]), vport, slot)
+    return out
+
+
+def dump_real_frags(bgs) -> Dict[tuple, tuple]:
+    return {model.unpack_frag_key_raw(k): (bytes(v[:16]), struct.unpack_from("<I", v, 16)[0])
+            for k, v in bgs.map("bgs_frags").items()}
