@@ -35,13 +35,18 @@ static __always_inline int icmp_parse_quote(const struct bgs_pkt *pkt, void *dat
 					    struct icmp_quote *q)
 {
 	void *pos = pkt->l4 + sizeof(struct icmphdr);
+	/* The quote ends where the IP length says, whatever padding follows in the frame: every
+	 * read is checked against both ends (data_end for the verifier, end for the meaning).
+	 */
+	void *end = pkt->l3 + pkt->len;
 	__u32 hdrsize;
 	__u8 proto;
 
 	if (pkt->key.family == BGS_AF_INET) {
 		struct iphdr *iph = pos;
 
-		if ((void *)(iph + 1) > data_end || iph->version != 4 || iph->ihl < 5)
+		if ((void *)(iph + 1) > data_end || (void *)(iph + 1) > end || iph->version != 4 ||
+		    iph->ihl < 5)
 			return -1;
 		if (iph->frag_off & bpf_htons(IP_OFFSET))
 			return -1; /* it quotes a later fragment: no ports */
@@ -53,7 +58,7 @@ static __always_inline int icmp_parse_quote(const struct bgs_pkt *pkt, void *dat
 	} else {
 		struct ipv6hdr *ip6 = pos;
 
-		if ((void *)(ip6 + 1) > data_end || ip6->version != 6)
+		if ((void *)(ip6 + 1) > data_end || (void *)(ip6 + 1) > end || ip6->version != 6)
 			return -1;
 		hdrsize = sizeof(*ip6);
 		proto = ip6->nexthdr;
@@ -65,7 +70,7 @@ static __always_inline int icmp_parse_quote(const struct bgs_pkt *pkt, void *dat
 		return -1;
 	pos += hdrsize;
 	q->l4 = pos;
-	if ((void *)(q->l4 + 1) > data_end)
+	if ((void *)(q->l4 + 1) > data_end || (void *)(q->l4 + 1) > end)
 		return -1;
 	q->key.sport = q->l4->source;
 	q->key.dport = q->l4->dest;
@@ -73,7 +78,8 @@ static __always_inline int icmp_parse_quote(const struct bgs_pkt *pkt, void *dat
 	q->key.family = pkt->key.family;
 	if (proto == IPPROTO_UDP)
 		q->l4_csum = &q->l4->check;
-	else if (pos + offsetof(struct tcphdr, check) + 2 <= data_end)
+	else if (pos + offsetof(struct tcphdr, check) + 2 <= data_end &&
+		 pos + offsetof(struct tcphdr, check) + 2 <= end)
 		q->l4_csum = pos + offsetof(struct tcphdr, check);
 	return 0;
 }

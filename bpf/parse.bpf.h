@@ -225,6 +225,11 @@ static __always_inline int parse_packet(void *data, void *data_end, __u32 frame_
 		return proto;
 	pkt->l4_off = nh.pos - data;
 	pkt->key.proto = proto;
+	/* The IP length must cover every header read so far, and below, the transport header:
+	 * nothing is read from Ethernet padding.
+	 */
+	if (pkt->len < (__u32)(nh.pos - pkt->l3))
+		return -BGS_STAT_PARSE_IP_LEN;
 	if (pkt->frag == BGS_FRAG_LATER)
 		return 0;
 
@@ -251,13 +256,13 @@ static __always_inline int parse_packet(void *data, void *data_end, __u32 frame_
 		nh.pos = ih + 1;
 		pkt->icmp_type = ih->type;
 		pkt->l4 = ih;
-		return 0;
 	} else {
 		return -BGS_STAT_NOT_VIP;
 	}
-	/* The IP length must cover the transport header: no header is read from padding. */
 	if (pkt->len < (__u32)(nh.pos - pkt->l3))
 		return -BGS_STAT_PARSE_IP_LEN;
+	if (parse_is_icmp(pkt))
+		return 0;
 	if (!pkt->key.sport || !pkt->key.dport)
 		return -BGS_STAT_ZERO_PORT;
 	return 0;

@@ -1691,11 +1691,10 @@ def test_icmp_errors_egress_translated_to_vip(bgs):
     assert st["tx_packets"] == 3
 
 
-# === known data-plane bugs (found by tests/test_differential.py) ==================================
+# === regressions found by tests/test_differential.py ==============================================
 #
-# Each case states what the specification requires; the data plane does otherwise today, so
-# the case is a strict xfail: when the data plane is fixed it passes, strict turns that into a
-# failure, and the mark (and the matching KNOWN_BUGS entry of test_differential.py) must go.
+# Each case states what the specification requires, on the fixed packets that once showed the
+# data plane doing otherwise.
 
 def _with_ip_len(frame: bytes, l3: int, length: int) -> bytes:
     """The frame with its IPv4 total length (IPv6 payload length) set to ``length``, the IPv4
@@ -1723,10 +1722,9 @@ ICMP_PADDING_BUG = (
     "wrong")
 
 
-@pytest.mark.xfail(strict=True, reason=ICMP_PADDING_BUG)
 @pytest.mark.parametrize("which", ["in-v4-quote-in-padding", "in-v6-ports-in-padding",
                                    "in-v4-icmp-header-in-padding", "out-v6-quote-in-padding"])
-def test_known_bug_icmp_read_beyond_ip_length(bgs, which):
+def test_ingress_icmp_quote_beyond_ip_length_untouched(bgs, which):
     """An ICMP error whose IP length ends before the quote (or before the ICMP header) must
     be left alone: the quote lies in padding (NOT_VIP), the ICMP header too (PARSE_IP_LEN)."""
     web(bgs)
@@ -1764,9 +1762,8 @@ FRAG_PADDING_BUG = (
     "inside the packet")
 
 
-@pytest.mark.xfail(strict=True, reason=FRAG_PADDING_BUG)
 @pytest.mark.parametrize("which", ["no-record", "with-record"])
-def test_known_bug_v6_fragment_header_beyond_payload_length(bgs, which):
+def test_ingress_v6_fragment_header_beyond_payload_length_untouched(bgs, which):
     """An IPv6 packet whose payload length (here 8) ends before its fragment header (behind
     a hop-by-hop header) must pass untouched as PARSE_IP_LEN, record or not."""
     web6(bgs)

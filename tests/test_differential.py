@@ -58,10 +58,7 @@ REPORT = os.path.join(TOP, ".output", "differential.json")
 # output and counters) is counted and shown but does not fail this test;
 # tests/test_dataplane.py::test_known_bug_* pins each one on fixed packets as a strict xfail,
 # so that the fix is noticed. Remove an entry (and its quirk) when its bug is fixed.
-KNOWN_BUGS = {
-    "icmp-beyond-ip-length": refmodel.QUIRKS["icmp-beyond-ip-length"],
-    "later-frag-hdr-beyond-ip-length": refmodel.QUIRKS["later-frag-hdr-beyond-ip-length"],
-}
+KNOWN_BUGS = {}
 
 AGED_NS = 2 * 3600 * 10**9  # how far back "aged" flows are set (timeouts are 1 h)
 
