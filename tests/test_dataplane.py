@@ -1714,13 +1714,6 @@ def _with_ip_len(frame: bytes, l3: int, length: int) -> bytes:
     return bytes(b)
 
 
-ICMP_PADDING_BUG = (
-    "data-plane bug: the ICMP header and the quote of an ICMP error are read up to the end of "
-    "the frame, not of the IP packet (parse_packet() returns for ICMP before its IP-length "
-    "check; icmp_parse_quote() bounds reads by data_end): Ethernet padding is taken for a "
-    "quote and rewritten, and the ICMP checksum, updated for bytes it does not cover, turns "
-    "wrong")
-
 
 @pytest.mark.parametrize("which", ["in-v4-quote-in-padding", "in-v6-ports-in-padding",
                                    "in-v4-icmp-header-in-padding", "out-v6-quote-in-padding"])
@@ -1754,12 +1747,6 @@ def test_ingress_icmp_quote_beyond_ip_length_untouched(bgs, which):
         pkt = _with_ip_len(_icmp_error(b6, CLIENT6, _reply(CLIENT6, b6, CPORT, bp6)), 14, 20)
         run_table(bgs, "egress", [Case(which, pkt, TC_ACT_OK)])
 
-
-FRAG_PADDING_BUG = (
-    "data-plane bug: an IPv6 later fragment whose fragment header lies beyond the payload "
-    "length (in padding) is handled as a fragment: parse_packet() returns for later fragments "
-    "before its IP-length check, so nothing checks that the extension headers walked are "
-    "inside the packet")
 
 
 @pytest.mark.parametrize("which", ["no-record", "with-record"])

@@ -56,7 +56,7 @@ REPORT = os.path.join(TOP, ".output", "differential.json")
 # Data-plane bugs found by this test and reported to the owner of bpf/: a difference that one
 # of them explains exactly (the model, told to reproduce that bug, predicts the program's
 # output and counters) is counted and shown but does not fail this test;
-# tests/test_dataplane.py::test_known_bug_* pins each one on fixed packets as a strict xfail,
+# tests/test_dataplane.py pins each one on fixed packets as a strict xfail,
 # so that the fix is noticed. Remove an entry (and its quirk) when its bug is fixed.
 KNOWN_BUGS = {}
 
