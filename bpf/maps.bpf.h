@@ -118,6 +118,20 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } bgs_ifaces SEC(".maps");
 
+/* Flow-table insert budget of each CPU (a token bucket; see bgs_config.new_flow_rate). */
+struct bgs_bucket {
+	__u64 last_ns;
+	__u64 tokens; /* in millionths of an insert */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct bgs_bucket);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} bgs_insert_budget SEC(".maps");
+
 /* Node-wide counters by enum bgs_stat, per CPU. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);

@@ -618,6 +618,7 @@ static int switch_to(struct bgs_state *st, __u32 svc, const struct bgs_service *
 	}
 	sw.previous = from;
 	sw.active = to;
+	sw.flags |= BGS_SW_DRAINING; /* until the previous color has no live flows left */
 	sw.generation++;
 	switch_write(st, svc, sw);
 	pr_info("%s: %s -> %s (generation %u)\n", rec->name, color_name(from), color_name(to),
