@@ -222,15 +222,17 @@ static __always_inline int flow_steer(const struct bgs_pkt *pkt, __u32 svc, stru
 		stat_inc(BGS_STAT_NOSYN_MISS);
 		if (ss)
 			ss->nosyn_miss++;
-		/* Second chance (GLB, Beamer): while the previous color drains, a segment whose
-		 * entry is gone most likely belongs to one of its connections. Only then.
+		/* Its entry is gone (evicted, or collected after a long idle). Re-pin it to the
+		 * color it can belong to: while the previous color drains, a second chance toward
+		 * it (GLB, Beamer), since that is where connections older than the flip live;
+		 * once it has drained, every live connection is on the active color.
 		 */
-		if (!(sw.flags & BGS_SW_DRAINING) || sw.previous >= BGS_NCOLORS)
-			return stat_drop(svc, BGS_DROP_NOSYN_MISS);
 		stat_inc(BGS_STAT_SECOND_CHANCE);
 		if (ss)
 			ss->second_chance++;
-		return flow_create(pkt, svc, sw.previous, &sw, now, out);
+		if ((sw.flags & BGS_SW_DRAINING) && sw.previous < BGS_NCOLORS)
+			return flow_create(pkt, svc, sw.previous, &sw, now, out);
+		return flow_create(pkt, svc, sw.active, &sw, now, out);
 	}
 	if (f) {
 		stat_inc(BGS_STAT_FLOW_REOPEN);

@@ -61,12 +61,14 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } bgs_backends SEC(".maps");
 
-/* Backend (address, port, protocol) to reference count: the egress program's first filter. */
+/* Backend (address, port, protocol) to its reference count and service: the egress program's
+ * first filter.
+ */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, BGS_MAX_SLOTS);
 	__type(key, struct bgs_backend_addr);
-	__type(value, __u32);
+	__type(value, struct bgs_backend_ref);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } bgs_backend_addrs SEC(".maps");

@@ -180,6 +180,16 @@ struct bgs_backend_addr {
 	__u8 family;
 };
 
+/* bgs_backend_addrs value. When the backend serves one service only, its replies can be tied
+ * back to their flow even if the reverse entry was evicted: the VIP comes from the service.
+ */
+struct bgs_backend_ref {
+	__u32 refs; /* slots with this address */
+	__u32 svc; /* the one service they belong to, or BGS_SVC_MANY */
+};
+
+#define BGS_SVC_MANY 0xffffffff
+
 /* bgs_vip_addrs key: an address some service listens on (for fragments, which carry no port). */
 struct bgs_vip_addr {
 	__u32 addr[4];
@@ -258,11 +268,12 @@ enum bgs_stat {
 	BGS_STAT_FLOW_NEW, /* created a flow entry */
 	BGS_STAT_FLOW_REOPEN, /* SYN on a closed or idle entry: new flow on the active color */
 	BGS_STAT_SYN_MISS, /* SYN that missed the table (a new TCP flow) */
-	BGS_STAT_NOSYN_MISS, /* non-SYN TCP segment that missed the table (dropped) */
-	BGS_STAT_SECOND_CHANCE, /* non-SYN miss re-pinned to the draining previous color */
+	BGS_STAT_NOSYN_MISS, /* non-SYN TCP segment that missed the table (re-pinned) */
+	BGS_STAT_SECOND_CHANCE, /* non-SYN miss re-pinned: previous color while it drains, else active */
 	BGS_STAT_TX, /* packets seen by the egress program */
 	BGS_STAT_REPLY_NAT, /* replies whose source was rewritten to the VIP */
 	BGS_STAT_REPLY_NO_FLOW, /* from a backend address, but no reverse entry: untouched */
+	BGS_STAT_REPLY_RECOVERED, /* reverse entry gone, rebuilt from the flow entry */
 	BGS_STAT_ICMP_IN, /* ICMP error about a reply, translated toward its backend */
 	BGS_STAT_ICMP_OUT, /* ICMP error about a client packet, translated toward the client */
 	BGS_STAT_ICMP_NO_FLOW, /* ICMP error quoting a VIP or backend but no flow: untouched */
@@ -275,8 +286,7 @@ enum bgs_stat {
 
 /* bgs_drops index (per CPU): why the data plane dropped a packet. */
 enum bgs_drop_reason {
-	BGS_DROP_NOSYN_MISS = 0, /* TCP segment without SYN and without a flow entry */
-	BGS_DROP_NO_BACKEND, /* the active color of the service has no backend */
+	BGS_DROP_NO_BACKEND = 0, /* the active color of the service has no backend */
 	BGS_DROP_BAD_BACKEND, /* a set names a slot that is not a usable backend */
 	BGS_DROP_FLOW_INSERT, /* the flow table refused the new entry */
 	BGS_DROP_FRAG_MISS, /* later fragment to a VIP whose first fragment was not seen */
@@ -289,7 +299,7 @@ struct bgs_service_stats {
 	__u64 syn_miss; /* SYN that missed the table: a new TCP flow */
 	__u64 nosyn_miss; /* TCP segment without SYN that missed the table (dropped) */
 	__u64 reopen; /* SYN on a closed or idle entry: a new flow on the active color */
-	__u64 second_chance; /* non-SYN miss re-pinned to the previous color while it drains */
+	__u64 second_chance; /* non-SYN miss re-pinned (previous color while it drains) */
 	__u64 drops[BGS_DROP_MAX]; /* by enum bgs_drop_reason */
 };
 

@@ -484,7 +484,7 @@ static int backend_add(int argc, char **argv)
 		ba.port = be.port;
 		ba.proto = be.proto;
 		ba.family = be.family;
-		err = refcount_add(&a.st, BGS_M_BACKEND_ADDRS, &ba, 1);
+		err = backend_ref_add(&a.st, &ba, a.svc, 1);
 		if (err)
 			goto out;
 	}

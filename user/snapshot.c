@@ -31,6 +31,7 @@ const char *const bgs_stat_names[BGS_STAT_MAX] = {
 	[BGS_STAT_TX] = "tx",
 	[BGS_STAT_REPLY_NAT] = "reply_nat",
 	[BGS_STAT_REPLY_NO_FLOW] = "reply_no_flow",
+	[BGS_STAT_REPLY_RECOVERED] = "reply_recovered",
 	[BGS_STAT_ICMP_IN] = "icmp_in",
 	[BGS_STAT_ICMP_OUT] = "icmp_out",
 	[BGS_STAT_ICMP_NO_FLOW] = "icmp_no_flow",
@@ -41,9 +42,9 @@ const char *const bgs_stat_names[BGS_STAT_MAX] = {
 };
 
 const char *const bgs_drop_names[BGS_DROP_MAX] = {
-	[BGS_DROP_NOSYN_MISS] = "nosyn_miss",	[BGS_DROP_NO_BACKEND] = "no_backend",
-	[BGS_DROP_BAD_BACKEND] = "bad_backend", [BGS_DROP_FLOW_INSERT] = "flow_insert",
-	[BGS_DROP_FRAG_MISS] = "frag_miss",	[BGS_DROP_INSERT_LIMIT] = "insert_limit",
+	[BGS_DROP_NO_BACKEND] = "no_backend",	  [BGS_DROP_BAD_BACKEND] = "bad_backend",
+	[BGS_DROP_FLOW_INSERT] = "flow_insert",	  [BGS_DROP_FRAG_MISS] = "frag_miss",
+	[BGS_DROP_INSERT_LIMIT] = "insert_limit",
 };
 
 #define FIELDS(t) (sizeof(t) / sizeof(__u64))

@@ -525,7 +525,7 @@ int slot_release(struct bgs_state *st, __u32 slot)
 	ba.port = be.port;
 	ba.proto = be.proto;
 	ba.family = be.family;
-	refcount_add(st, BGS_M_BACKEND_ADDRS, &ba, -1);
+	backend_ref_add(st, &ba, be.svc, -1);
 
 	err = percpu_zero(st, BGS_M_BACKEND_STATS, slot, sizeof(struct bgs_backend_stats));
 	if (err)
@@ -664,4 +664,26 @@ int drain_settle(struct bgs_state *st)
 out:
 	free(c);
 	return err;
+}
+
+/* Count a slot in or out of its backend address's entry, and remember the service when all
+ * the slots of that address belong to one.
+ */
+int backend_ref_add(const struct bgs_state *st, const struct bgs_backend_addr *ba, __u32 svc,
+		    int delta)
+{
+	struct bgs_backend_ref ref = { 0 };
+	bool found;
+
+	found = !bpf_map_lookup_elem(st->fd[BGS_M_BACKEND_ADDRS], ba, &ref);
+	if (!found)
+		ref.svc = svc;
+	else if (delta > 0 && ref.svc != svc)
+		ref.svc = BGS_SVC_MANY;
+	if ((int)ref.refs + delta <= 0)
+		return bpf_map_delete_elem(st->fd[BGS_M_BACKEND_ADDRS], ba) && errno != ENOENT ?
+			       -errno :
+			       0;
+	ref.refs += delta;
+	return bpf_map_update_elem(st->fd[BGS_M_BACKEND_ADDRS], ba, &ref, BPF_ANY) ? -errno : 0;
 }
