@@ -95,25 +95,61 @@ static __always_inline void flow_touch(const struct bgs_pkt *pkt, struct bgs_flo
 /* Pick a backend of the active color by the flow's hash, and record the flow both ways.
  * Returns BGS_CONTINUE with *out filled, or XDP_DROP with the reason counted.
  */
-static __always_inline int flow_create(const struct bgs_pkt *pkt, __u32 svc, __u64 now,
-				       struct bgs_flow *out)
+/* May this CPU insert one more flow now? A token bucket refilled at cfg->new_flow_rate per
+ * second, in millionths of an insert so that slow rates still refill.
+ */
+static __always_inline bool flow_insert_allowed(__u64 now)
+{
+	struct bgs_config *cfg;
+	struct bgs_bucket *b;
+	__u32 zero = 0;
+	__u64 cap;
+
+	cfg = bpf_map_lookup_elem(&bgs_config, &zero);
+	if (!cfg || !cfg->new_flow_rate)
+		return true;
+	b = bpf_map_lookup_elem(&bgs_insert_budget, &zero);
+	if (!b)
+		return true;
+	cap = (__u64)(cfg->new_flow_burst + 1) * 1000000;
+	if (now > b->last_ns) {
+		__u64 add = (now - b->last_ns) / 1000 * cfg->new_flow_rate / 1000;
+
+		b->tokens = b->tokens + add > cap ? cap : b->tokens + add;
+		b->last_ns = now;
+	}
+	if (b->tokens < 1000000)
+		return false;
+	b->tokens -= 1000000;
+	return true;
+}
+
+/* The switch word of a service, read with one 8-byte load: the colors and the set buffers in
+ * it always come from the same write.
+ */
+static __always_inline int flow_switch(__u32 svc, struct bgs_switch *sw)
+{
+	__u64 *word = bpf_map_lookup_elem(&bgs_switch, &svc);
+
+	if (!word)
+		return -1;
+	*(__u64 *)sw = *(volatile __u64 *)word;
+	return 0;
+}
+
+static __always_inline int flow_create(const struct bgs_pkt *pkt, __u32 svc, __u8 color,
+				       const struct bgs_switch *sw, __u64 now, struct bgs_flow *out)
 {
 	struct bgs_backend_stats *bs;
 	struct bgs_flow_key rkey = {};
 	struct bgs_reverse rev = {};
 	struct bgs_backend *be;
-	struct bgs_switch sw;
 	struct bgs_set *set;
 	__u32 idx, slot, count, pos;
-	__u64 *word;
 
-	word = bpf_map_lookup_elem(&bgs_switch, &svc);
-	if (!word)
-		return stat_drop(svc, BGS_DROP_NO_BACKEND);
-	/* One 8-byte load: color and set buffer always come from the same write. */
-	*(__u64 *)&sw = *(volatile __u64 *)word;
-
-	idx = bgs_set_index(svc, sw.active, sw.set_sel >> (sw.active & 1));
+	if (!flow_insert_allowed(now))
+		return stat_drop(svc, BGS_DROP_INSERT_LIMIT);
+	idx = bgs_set_index(svc, color, sw->set_sel >> (color & 1));
 	set = bpf_map_lookup_elem(&bgs_sets, &idx);
 	if (!set || !set->count)
 		return stat_drop(svc, BGS_DROP_NO_BACKEND);
@@ -130,11 +166,11 @@ static __always_inline int flow_create(const struct bgs_pkt *pkt, __u32 svc, __u
 
 	__builtin_memcpy(out->daddr, be->addr, sizeof(out->daddr));
 	out->dport = be->port;
-	out->color = sw.active;
+	out->color = color;
 	out->pad = 0;
 	out->pad2 = 0;
 	out->slot = slot;
-	out->state = pkt->key.proto == IPPROTO_TCP ? BGS_FLOW_SYN : 0;
+	out->state = pkt->key.proto == IPPROTO_TCP && flow_is_syn(pkt) ? BGS_FLOW_SYN : 0;
 	out->last_seen = now;
 
 	__builtin_memcpy(rkey.saddr, be->addr, sizeof(rkey.saddr));
@@ -169,6 +205,7 @@ static __always_inline int flow_steer(const struct bgs_pkt *pkt, __u32 svc, stru
 	bool tcp = pkt->key.proto == IPPROTO_TCP;
 	bool first = tcp ? flow_is_syn(pkt) : true;
 	struct bgs_service_stats *ss;
+	struct bgs_switch sw;
 	struct bgs_flow *f;
 
 	f = bpf_map_lookup_elem(&bgs_flows, &pkt->key);
@@ -179,11 +216,23 @@ static __always_inline int flow_steer(const struct bgs_pkt *pkt, __u32 svc, stru
 		return BGS_CONTINUE;
 	}
 	ss = stat_service(svc);
+	if (flow_switch(svc, &sw))
+		return stat_drop(svc, BGS_DROP_NO_BACKEND);
 	if (!first) {
 		stat_inc(BGS_STAT_NOSYN_MISS);
 		if (ss)
 			ss->nosyn_miss++;
-		return stat_drop(svc, BGS_DROP_NOSYN_MISS);
+		/* Its entry is gone (evicted, or collected after a long idle). Re-pin it to the
+		 * color it can belong to: while the previous color drains, a second chance toward
+		 * it (GLB, Beamer), since that is where connections older than the flip live;
+		 * once it has drained, every live connection is on the active color.
+		 */
+		stat_inc(BGS_STAT_SECOND_CHANCE);
+		if (ss)
+			ss->second_chance++;
+		if ((sw.flags & BGS_SW_DRAINING) && sw.previous < BGS_NCOLORS)
+			return flow_create(pkt, svc, sw.previous, &sw, now, out);
+		return flow_create(pkt, svc, sw.active, &sw, now, out);
 	}
 	if (f) {
 		stat_inc(BGS_STAT_FLOW_REOPEN);
@@ -194,7 +243,7 @@ static __always_inline int flow_steer(const struct bgs_pkt *pkt, __u32 svc, stru
 		if (ss)
 			ss->syn_miss++;
 	}
-	return flow_create(pkt, svc, now, out);
+	return flow_create(pkt, svc, sw.active, &sw, now, out);
 }
 
 /* Mark the backend's FIN or RST on the flow the reply belongs to. */

@@ -61,12 +61,14 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } bgs_backends SEC(".maps");
 
-/* Backend (address, port, protocol) to reference count: the egress program's first filter. */
+/* Backend (address, port, protocol) to its reference count and service: the egress program's
+ * first filter.
+ */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, BGS_MAX_SLOTS);
 	__type(key, struct bgs_backend_addr);
-	__type(value, __u32);
+	__type(value, struct bgs_backend_ref);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } bgs_backend_addrs SEC(".maps");
@@ -117,6 +119,20 @@ struct {
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } bgs_ifaces SEC(".maps");
+
+/* Flow-table insert budget of each CPU (a token bucket; see bgs_config.new_flow_rate). */
+struct bgs_bucket {
+	__u64 last_ns;
+	__u64 tokens; /* in millionths of an insert */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct bgs_bucket);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} bgs_insert_budget SEC(".maps");
 
 /* Node-wide counters by enum bgs_stat, per CPU. */
 struct {

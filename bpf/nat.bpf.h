@@ -65,7 +65,8 @@ static __noinline int nat_pull(struct __sk_buff *skb)
 }
 
 /* Is (address, port, protocol) a backend the egress program must look at? */
-static __always_inline bool nat_is_backend(const __u32 *addr, __u16 port, __u8 proto, __u8 family)
+static __always_inline struct bgs_backend_ref *nat_backend_ref(const __u32 *addr, __u16 port,
+							       __u8 proto, __u8 family)
 {
 	struct bgs_backend_addr ba = {
 		.addr = { addr[0], addr[1], addr[2], addr[3] },
@@ -77,14 +78,59 @@ static __always_inline bool nat_is_backend(const __u32 *addr, __u16 port, __u8 p
 	return bpf_map_lookup_elem(&bgs_backend_addrs, &ba);
 }
 
+static __always_inline bool nat_is_backend(const __u32 *addr, __u16 port, __u8 proto, __u8 family)
+{
+	return nat_backend_ref(addr, port, proto, family);
+}
+
+/* A reply whose reverse entry is gone (the LRU evicted it) still belongs to a flow when its
+ * backend serves one service: rebuild the reverse entry from the flow entry, which must point
+ * at this very backend.
+ */
+static __always_inline struct bgs_reverse *nat_reverse_recover(const struct bgs_pkt *pkt,
+							       const struct bgs_backend_ref *ref)
+{
+	struct bgs_flow_key fk = {};
+	struct bgs_reverse rev = {};
+	struct bgs_service *svc;
+	struct bgs_flow *f;
+	__u32 id = ref->svc;
+
+	if (id == BGS_SVC_MANY)
+		return NULL;
+	svc = bpf_map_lookup_elem(&bgs_services, &id);
+	if (!svc)
+		return NULL;
+	__builtin_memcpy(fk.saddr, pkt->key.daddr, sizeof(fk.saddr));
+	__builtin_memcpy(fk.daddr, svc->vip.addr, sizeof(fk.daddr));
+	fk.sport = pkt->key.dport;
+	fk.dport = svc->vip.port;
+	fk.proto = pkt->key.proto;
+	fk.family = pkt->key.family;
+	f = bpf_map_lookup_elem(&bgs_flows, &fk);
+	if (!f || !addr_eq(f->daddr, pkt->key.saddr) || f->dport != pkt->key.sport)
+		return NULL;
+	__builtin_memcpy(rev.vaddr, svc->vip.addr, sizeof(rev.vaddr));
+	rev.vport = svc->vip.port;
+	rev.slot = f->slot;
+	if (bpf_map_update_elem(&bgs_reverse, &pkt->key, &rev, BPF_ANY))
+		return NULL;
+	stat_inc(BGS_STAT_REPLY_RECOVERED);
+	return bpf_map_lookup_elem(&bgs_reverse, &pkt->key);
+}
+
 /* The reverse entry of a reply from a backend, or NULL when the packet is not one. */
 static __always_inline struct bgs_reverse *nat_reverse_lookup(const struct bgs_pkt *pkt)
 {
+	struct bgs_backend_ref *ref;
 	struct bgs_reverse *rev;
 
-	if (!nat_is_backend(pkt->key.saddr, pkt->key.sport, pkt->key.proto, pkt->key.family))
+	ref = nat_backend_ref(pkt->key.saddr, pkt->key.sport, pkt->key.proto, pkt->key.family);
+	if (!ref)
 		return NULL;
 	rev = bpf_map_lookup_elem(&bgs_reverse, &pkt->key);
+	if (!rev)
+		rev = nat_reverse_recover(pkt, ref);
 	if (!rev)
 		stat_inc(BGS_STAT_REPLY_NO_FLOW);
 	return rev;

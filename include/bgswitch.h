@@ -11,7 +11,7 @@
 /* Version of the pinned map layout. Bump it whenever a key, a value or a map changes shape, so
  * that a build never misreads state pinned by another one.
  */
-#define BGS_LAYOUT_VERSION 1
+#define BGS_LAYOUT_VERSION 2
 
 /* Map sizes. Each is a default that a build can override with -D. */
 #ifndef BGS_MAX_SERVICES
@@ -43,6 +43,12 @@
 #define BGS_TCP_IDLE_SEC 900 /* an established TCP flow with no packet is dead after this */
 #define BGS_UDP_IDLE_SEC 30 /* a UDP flow with no packet is dead after this */
 #define BGS_CLOSING_SEC 10 /* a TCP flow after RST or FIN from both sides */
+
+/* Default flow-table insert limit (`bgswitch limits`), per CPU: Katran stops inserting at about
+ * this rate per core to protect its table.
+ */
+#define BGS_NEW_FLOW_RATE 125000
+#define BGS_NEW_FLOW_BURST 10000
 
 /* Fixed identifiers of the TC egress filter, so that detach removes only ours. */
 #define BGS_TC_HANDLE 0xb65
@@ -82,8 +88,15 @@ struct bgs_switch {
 	__u8 active; /* enum bgs_color that new flows go to */
 	__u8 previous; /* color before the last flip, or BGS_COLOR_NONE */
 	__u8 set_sel; /* bit c selects which of the two bgs_sets buffers color c uses */
-	__u8 pad;
+	__u8 flags; /* BGS_SW_* */
 };
+
+/* bgs_switch.flags: the previous color still has live flows. A TCP segment without SYN that
+ * misses the flow table then gets a second chance toward the previous color: it most likely
+ * belongs to a connection of that color whose entry was evicted. User space sets it with the
+ * flip and clears it once the previous color has drained.
+ */
+#define BGS_SW_DRAINING 0x1
 
 /* bgs_sets key: (svc << 2) | (color << 1) | buffer. Two buffers per color let user space write
  * a whole new set while packets read the other, then switch with one bgs_switch store.
@@ -167,6 +180,16 @@ struct bgs_backend_addr {
 	__u8 family;
 };
 
+/* bgs_backend_addrs value. When the backend serves one service only, its replies can be tied
+ * back to their flow even if the reverse entry was evicted: the VIP comes from the service.
+ */
+struct bgs_backend_ref {
+	__u32 refs; /* slots with this address */
+	__u32 svc; /* the one service they belong to, or BGS_SVC_MANY */
+};
+
+#define BGS_SVC_MANY 0xffffffff
+
 /* bgs_vip_addrs key: an address some service listens on (for fragments, which carry no port). */
 struct bgs_vip_addr {
 	__u32 addr[4];
@@ -203,6 +226,9 @@ struct bgs_config {
 	__u64 tcp_idle_ns;
 	__u64 udp_idle_ns;
 	__u64 closing_ns;
+	__u32 new_flow_rate; /* flow-table inserts per second per CPU; 0: no limit */
+	__u32 new_flow_burst; /* inserts a CPU may make at once above the rate */
+	__u64 collected; /* flow entries deleted by user space (gc, cuts), for evictions */
 };
 
 /* bgs_ifaces value, keyed by ifindex: where this pinned state is attached. */
@@ -242,10 +268,12 @@ enum bgs_stat {
 	BGS_STAT_FLOW_NEW, /* created a flow entry */
 	BGS_STAT_FLOW_REOPEN, /* SYN on a closed or idle entry: new flow on the active color */
 	BGS_STAT_SYN_MISS, /* SYN that missed the table (a new TCP flow) */
-	BGS_STAT_NOSYN_MISS, /* non-SYN TCP segment that missed the table (dropped) */
+	BGS_STAT_NOSYN_MISS, /* non-SYN TCP segment that missed the table (re-pinned) */
+	BGS_STAT_SECOND_CHANCE, /* non-SYN miss re-pinned: previous color while it drains, else active */
 	BGS_STAT_TX, /* packets seen by the egress program */
 	BGS_STAT_REPLY_NAT, /* replies whose source was rewritten to the VIP */
 	BGS_STAT_REPLY_NO_FLOW, /* from a backend address, but no reverse entry: untouched */
+	BGS_STAT_REPLY_RECOVERED, /* reverse entry gone, rebuilt from the flow entry */
 	BGS_STAT_ICMP_IN, /* ICMP error about a reply, translated toward its backend */
 	BGS_STAT_ICMP_OUT, /* ICMP error about a client packet, translated toward the client */
 	BGS_STAT_ICMP_NO_FLOW, /* ICMP error quoting a VIP or backend but no flow: untouched */
@@ -258,11 +286,11 @@ enum bgs_stat {
 
 /* bgs_drops index (per CPU): why the data plane dropped a packet. */
 enum bgs_drop_reason {
-	BGS_DROP_NOSYN_MISS = 0, /* TCP segment without SYN and without a flow entry */
-	BGS_DROP_NO_BACKEND, /* the active color of the service has no backend */
+	BGS_DROP_NO_BACKEND = 0, /* the active color of the service has no backend */
 	BGS_DROP_BAD_BACKEND, /* a set names a slot that is not a usable backend */
 	BGS_DROP_FLOW_INSERT, /* the flow table refused the new entry */
 	BGS_DROP_FRAG_MISS, /* later fragment to a VIP whose first fragment was not seen */
+	BGS_DROP_INSERT_LIMIT, /* a new flow over the insert rate limit (a flood): not recorded */
 	BGS_DROP_MAX,
 };
 
@@ -271,6 +299,7 @@ struct bgs_service_stats {
 	__u64 syn_miss; /* SYN that missed the table: a new TCP flow */
 	__u64 nosyn_miss; /* TCP segment without SYN that missed the table (dropped) */
 	__u64 reopen; /* SYN on a closed or idle entry: a new flow on the active color */
+	__u64 second_chance; /* non-SYN miss re-pinned (previous color while it drains) */
 	__u64 drops[BGS_DROP_MAX]; /* by enum bgs_drop_reason */
 };
 

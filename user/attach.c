@@ -206,6 +206,8 @@ static int config_init(struct bgswitch_bpf *skel, __u32 flows)
 	cfg.tcp_idle_ns = BGS_TCP_IDLE_SEC * 1000000000ULL;
 	cfg.udp_idle_ns = BGS_UDP_IDLE_SEC * 1000000000ULL;
 	cfg.closing_ns = BGS_CLOSING_SEC * 1000000000ULL;
+	cfg.new_flow_rate = BGS_NEW_FLOW_RATE;
+	cfg.new_flow_burst = BGS_NEW_FLOW_BURST;
 	if (bpf_map_update_elem(fd, &zero, &cfg, BPF_ANY)) {
 		pr_warn("cannot write bgs_config: %s\n", strerror(errno));
 		return -errno;

@@ -14,5 +14,6 @@ int do_exporter(int argc, char **argv);
 int do_watch(int argc, char **argv);
 int do_timeouts(int argc, char **argv);
 int do_gc(int argc, char **argv);
+int do_limits(int argc, char **argv);
 
 #endif /* BGS_COMMANDS_H */

@@ -89,6 +89,11 @@ static void render(FILE *f, const struct bgs_state *st, const struct bgs_snapsho
 		    "Entries in the flow table, live or not.");
 	fprintf(f, "bgswitch_flow_table_entries %llu\n", (unsigned long long)s->flow_entries);
 
+	metric_head(f, "bgswitch_flow_table_evictions_total", "counter",
+		    "Entries the flow table's LRU dropped to make room (inserts - entries - "
+		    "collected).");
+	fprintf(f, "bgswitch_flow_table_evictions_total %llu\n", (unsigned long long)s->evicted);
+
 	metric_head(f, "bgswitch_active_color", "gauge",
 		    "1 for the color new flows of a service go to, 0 for the other.");
 	for (i = 0; i < s->nsvcs; i++)
@@ -147,6 +152,11 @@ static void render(FILE *f, const struct bgs_state *st, const struct bgs_snapsho
 			"bgswitch_flow_misses_total{service=\"%s\",kind=\"nosyn\"} %llu\n",
 			s->svcs[i].rec.name, (unsigned long long)s->svcs[i].st.syn_miss,
 			s->svcs[i].rec.name, (unsigned long long)s->svcs[i].st.nosyn_miss);
+	metric_head(f, "bgswitch_second_chances_total", "counter",
+		    "Non-SYN misses re-pinned to the previous color while it drains.");
+	for (i = 0; i < s->nsvcs; i++)
+		fprintf(f, "bgswitch_second_chances_total{service=\"%s\"} %llu\n",
+			s->svcs[i].rec.name, (unsigned long long)s->svcs[i].st.second_chance);
 	metric_head(f, "bgswitch_flow_reopens_total", "counter",
 		    "SYNs on a closed or idle entry, started again on the active color.");
 	for (i = 0; i < s->nsvcs; i++)
@@ -298,8 +308,8 @@ static void exporter_gc(void)
 
 	if (state_open(&st, true))
 		return;
-	if (!flows_collect(&st, &deleted))
-		slots_collect(&st);
+	if (!flows_collect(&st, &deleted) && !slots_collect(&st))
+		drain_settle(&st);
 	if (deleted)
 		pr_debug("exporter: collected %llu expired flow entries\n",
 			 (unsigned long long)deleted);

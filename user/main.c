@@ -32,6 +32,7 @@ static const struct command commands[] = {
 	{ "status", do_status, "status [NAME] [--json] [--interval MS]" },
 	{ "timeouts", do_timeouts, "timeouts [--tcp-idle D] [--udp-idle D] [--closing D]" },
 	{ "gc", do_gc, "gc" },
+	{ "limits", do_limits, "limits [--new-flows N] [--burst N]" },
 	{ "watch", do_watch, "watch [NAME] [--interval MS]" },
 	{ "exporter", do_exporter, "exporter --listen ADDR:PORT" },
 };

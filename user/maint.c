@@ -137,7 +137,90 @@ int do_gc(int argc, char **argv)
 	if (!err)
 		err = slots_collect(&st);
 	if (!err)
+		err = drain_settle(&st);
+	if (!err)
 		pr_info("collected %llu expired flow entries\n", (unsigned long long)deleted);
+	state_close(&st);
+	return err;
+}
+
+static void limits_usage(void)
+{
+	printf("Usage: bgswitch limits [--new-flows N] [--burst N]\n"
+	       "\n"
+	       "Show, or set, the flow-table insert limit. Each CPU may insert at most N new flows\n"
+	       "per second (default %u; 0: no limit), plus a burst (default %u). Above it, the\n"
+	       "first packet of a new flow is dropped (drop reason insert_limit) and the client\n"
+	       "retries: a flood of new flows cannot evict the table's established flows.\n"
+	       "\n"
+	       "  -n, --new-flows N   inserts per second per CPU\n"
+	       "  -b, --burst N       inserts a CPU may make at once above the rate\n"
+	       "  -h, --help          this help\n",
+	       BGS_NEW_FLOW_RATE, BGS_NEW_FLOW_BURST);
+}
+
+int do_limits(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "new-flows", required_argument, NULL, 'n' },
+		{ "burst", required_argument, NULL, 'b' },
+		{ "help", no_argument, NULL, 'h' },
+		{ 0 },
+	};
+	__u32 rate = 0, burst = 0, zero = 0;
+	bool set_rate = false, set_burst = false;
+	struct bgs_config cfg;
+	struct bgs_state st;
+	int c, err;
+
+	while ((c = getopt_long(argc, argv, "n:b:h", opts, NULL)) != -1) {
+		switch (c) {
+		case 'n':
+			if (parse_u32(optarg, 0, 100000000, &rate)) {
+				pr_warn("--new-flows must be a number from 0 to 100000000\n");
+				return -EINVAL;
+			}
+			set_rate = true;
+			break;
+		case 'b':
+			if (parse_u32(optarg, 0, 100000000, &burst)) {
+				pr_warn("--burst must be a number from 0 to 100000000\n");
+				return -EINVAL;
+			}
+			set_burst = true;
+			break;
+		case 'h':
+			limits_usage();
+			return 0;
+		default:
+			return -EINVAL;
+		}
+	}
+	if (optind != argc) {
+		pr_warn("limits takes only options (see 'bgswitch limits --help')\n");
+		return -EINVAL;
+	}
+	err = state_open(&st, set_rate || set_burst);
+	if (err)
+		return err;
+	cfg = st.cfg;
+	if (set_rate || set_burst) {
+		if (set_rate)
+			cfg.new_flow_rate = rate;
+		if (set_burst)
+			cfg.new_flow_burst = burst;
+		if (bpf_map_update_elem(st.fd[BGS_M_CONFIG], &zero, &cfg, BPF_EXIST)) {
+			err = -errno;
+			pr_warn("cannot write bgs_config: %s\n", strerror(errno));
+			goto out;
+		}
+	}
+	if (cfg.new_flow_rate)
+		printf("new flows %u per second per CPU, burst %u\n", cfg.new_flow_rate,
+		       cfg.new_flow_burst);
+	else
+		printf("new flows: no limit\n");
+out:
 	state_close(&st);
 	return err;
 }

@@ -484,7 +484,7 @@ static int backend_add(int argc, char **argv)
 		ba.port = be.port;
 		ba.proto = be.proto;
 		ba.family = be.family;
-		err = refcount_add(&a.st, BGS_M_BACKEND_ADDRS, &ba, 1);
+		err = backend_ref_add(&a.st, &ba, a.svc, 1);
 		if (err)
 			goto out;
 	}
@@ -618,6 +618,7 @@ static int switch_to(struct bgs_state *st, __u32 svc, const struct bgs_service *
 	}
 	sw.previous = from;
 	sw.active = to;
+	sw.flags |= BGS_SW_DRAINING; /* until the previous color has no live flows left */
 	sw.generation++;
 	switch_write(st, svc, sw);
 	pr_info("%s: %s -> %s (generation %u)\n", rec->name, color_name(from), color_name(to),

@@ -27,9 +27,11 @@ const char *const bgs_stat_names[BGS_STAT_MAX] = {
 	[BGS_STAT_FLOW_REOPEN] = "flow_reopen",
 	[BGS_STAT_SYN_MISS] = "syn_miss",
 	[BGS_STAT_NOSYN_MISS] = "nosyn_miss",
+	[BGS_STAT_SECOND_CHANCE] = "second_chance",
 	[BGS_STAT_TX] = "tx",
 	[BGS_STAT_REPLY_NAT] = "reply_nat",
 	[BGS_STAT_REPLY_NO_FLOW] = "reply_no_flow",
+	[BGS_STAT_REPLY_RECOVERED] = "reply_recovered",
 	[BGS_STAT_ICMP_IN] = "icmp_in",
 	[BGS_STAT_ICMP_OUT] = "icmp_out",
 	[BGS_STAT_ICMP_NO_FLOW] = "icmp_no_flow",
@@ -40,9 +42,9 @@ const char *const bgs_stat_names[BGS_STAT_MAX] = {
 };
 
 const char *const bgs_drop_names[BGS_DROP_MAX] = {
-	[BGS_DROP_NOSYN_MISS] = "nosyn_miss",	[BGS_DROP_NO_BACKEND] = "no_backend",
-	[BGS_DROP_BAD_BACKEND] = "bad_backend", [BGS_DROP_FLOW_INSERT] = "flow_insert",
-	[BGS_DROP_FRAG_MISS] = "frag_miss",
+	[BGS_DROP_NO_BACKEND] = "no_backend",	  [BGS_DROP_BAD_BACKEND] = "bad_backend",
+	[BGS_DROP_FLOW_INSERT] = "flow_insert",	  [BGS_DROP_FRAG_MISS] = "frag_miss",
+	[BGS_DROP_INSERT_LIMIT] = "insert_limit",
 };
 
 #define FIELDS(t) (sizeof(t) / sizeof(__u64))
@@ -121,6 +123,7 @@ int snapshot_take(const struct bgs_state *st, const char *only, struct bgs_snaps
 	struct bgs_backend *slots = NULL;
 	struct bgs_service rec;
 	__u32 svc, slot, i;
+	__u64 inserts;
 	int err;
 
 	memset(snap, 0, sizeof(*snap));
@@ -142,6 +145,10 @@ int snapshot_take(const struct bgs_state *st, const char *only, struct bgs_snaps
 		percpu_sum(st, BGS_M_STATS, i, &snap->stats[i], 1);
 	for (i = 0; i < BGS_DROP_MAX; i++)
 		percpu_sum(st, BGS_M_DROPS, i, &snap->drops[i], 1);
+	/* Every insert of a new key is a FLOW_NEW that is not a REOPEN (which overwrites). */
+	inserts = snap->stats[BGS_STAT_FLOW_NEW] - snap->stats[BGS_STAT_FLOW_REOPEN];
+	if (inserts > snap->flow_entries + st->cfg.collected)
+		snap->evicted = inserts - snap->flow_entries - st->cfg.collected;
 
 	for (svc = 0; svc < BGS_MAX_SERVICES; svc++) {
 		struct bgs_service_view *nsv;

@@ -38,6 +38,7 @@ struct bgs_snapshot {
 	__u64 drops[BGS_DROP_MAX];
 	__u64 flow_entries;
 	__u64 live_total;
+	__u64 evicted; /* entries the LRU dropped: inserts - entries - collected */
 };
 
 extern const char *const bgs_stat_names[BGS_STAT_MAX];

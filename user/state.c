@@ -38,6 +38,7 @@ const char *const bgs_map_names[BGS_M_COUNT] = {
 	[BGS_M_VIP_ADDRS] = "bgs_vip_addrs",
 	[BGS_M_FRAGS] = "bgs_frags",
 	[BGS_M_TX_PORTS] = "bgs_tx_ports",
+	[BGS_M_INSERT_BUDGET] = "bgs_insert_budget",
 };
 
 const char *bgs_pin_root = BGS_DEFAULT_PIN_ROOT;
@@ -451,6 +452,13 @@ static int flows_delete(struct bgs_state *st, struct doomed *d, __u64 *deleted)
 			(*deleted)++;
 		bpf_map_delete_elem(st->fd[BGS_M_REVERSE], &d->rkeys[i]);
 	}
+	if (*deleted) {
+		/* Counted, so that inserts - entries - collected tells how many the LRU evicted. */
+		__u32 zero = 0;
+
+		st->cfg.collected += *deleted;
+		bpf_map_update_elem(st->fd[BGS_M_CONFIG], &zero, &st->cfg, BPF_EXIST);
+	}
 	free(d->keys);
 	free(d->rkeys);
 	return err;
@@ -517,7 +525,7 @@ int slot_release(struct bgs_state *st, __u32 slot)
 	ba.port = be.port;
 	ba.proto = be.proto;
 	ba.family = be.family;
-	refcount_add(st, BGS_M_BACKEND_ADDRS, &ba, -1);
+	backend_ref_add(st, &ba, be.svc, -1);
 
 	err = percpu_zero(st, BGS_M_BACKEND_STATS, slot, sizeof(struct bgs_backend_stats));
 	if (err)
@@ -610,4 +618,72 @@ int refcount_add(const struct bgs_state *st, enum bgs_map_id m, const void *key,
 		return bpf_map_delete_elem(st->fd[m], key) && errno != ENOENT ? -errno : 0;
 	refs += delta;
 	return bpf_map_update_elem(st->fd[m], key, &refs, BPF_ANY) ? -errno : 0;
+}
+
+/* End the second chance of every service whose previous color has no live flow left: from then
+ * on a non-SYN miss is dropped again. Not a change to the service: the generation stays.
+ */
+int drain_settle(struct bgs_state *st)
+{
+	struct bgs_flow_census *c = NULL;
+	struct bgs_backend be;
+	__u64 live[BGS_MAX_SERVICES] = { 0 };
+	bool any = false;
+	__u32 svc, slot;
+	int err;
+
+	for (svc = 0; svc < BGS_MAX_SERVICES && !any; svc++)
+		any = switch_read(st, svc).flags & BGS_SW_DRAINING;
+	if (!any)
+		return 0;
+	c = malloc(sizeof(*c));
+	if (!c)
+		return -ENOMEM;
+	err = flows_census(st, c);
+	if (err)
+		goto out;
+	for (slot = 0; slot < BGS_MAX_SLOTS; slot++) {
+		struct bgs_switch sw;
+
+		if (!c->live[slot] || bpf_map_lookup_elem(st->fd[BGS_M_BACKENDS], &slot, &be) ||
+		    be.state == BGS_BACKEND_FREE || be.svc >= BGS_MAX_SERVICES)
+			continue;
+		sw = switch_read(st, be.svc);
+		if (be.color == sw.previous)
+			live[be.svc] += c->live[slot];
+	}
+	for (svc = 0; svc < BGS_MAX_SERVICES; svc++) {
+		struct bgs_switch sw = switch_read(st, svc);
+
+		if (!(sw.flags & BGS_SW_DRAINING) || live[svc])
+			continue;
+		sw.flags &= ~BGS_SW_DRAINING;
+		switch_write(st, svc, sw);
+		pr_debug("service %u: previous color drained, second chance off\n", svc);
+	}
+out:
+	free(c);
+	return err;
+}
+
+/* Count a slot in or out of its backend address's entry, and remember the service when all
+ * the slots of that address belong to one.
+ */
+int backend_ref_add(const struct bgs_state *st, const struct bgs_backend_addr *ba, __u32 svc,
+		    int delta)
+{
+	struct bgs_backend_ref ref = { 0 };
+	bool found;
+
+	found = !bpf_map_lookup_elem(st->fd[BGS_M_BACKEND_ADDRS], ba, &ref);
+	if (!found)
+		ref.svc = svc;
+	else if (delta > 0 && ref.svc != svc)
+		ref.svc = BGS_SVC_MANY;
+	if ((int)ref.refs + delta <= 0)
+		return bpf_map_delete_elem(st->fd[BGS_M_BACKEND_ADDRS], ba) && errno != ENOENT ?
+			       -errno :
+			       0;
+	ref.refs += delta;
+	return bpf_map_update_elem(st->fd[BGS_M_BACKEND_ADDRS], ba, &ref, BPF_ANY) ? -errno : 0;
 }

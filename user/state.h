@@ -29,6 +29,7 @@ enum bgs_map_id {
 	BGS_M_VIP_ADDRS,
 	BGS_M_FRAGS,
 	BGS_M_TX_PORTS,
+	BGS_M_INSERT_BUDGET,
 	BGS_M_COUNT,
 };
 
@@ -77,9 +78,12 @@ int flows_collect(struct bgs_state *st, __u64 *deleted);
 
 int slot_release(struct bgs_state *st, __u32 slot);
 int slots_collect(struct bgs_state *st);
+int drain_settle(struct bgs_state *st);
 
 int percpu_sum(const struct bgs_state *st, enum bgs_map_id m, __u32 key, __u64 *out,
 	       size_t nfields);
+int backend_ref_add(const struct bgs_state *st, const struct bgs_backend_addr *ba, __u32 svc,
+		    int delta);
 int refcount_add(const struct bgs_state *st, enum bgs_map_id m, const void *key, int delta);
 int percpu_zero(const struct bgs_state *st, enum bgs_map_id m, __u32 key, size_t value_size);
 

@@ -100,10 +100,11 @@ static void print_service(struct status_ctx *c, const struct bgs_service_view *s
 			printf("\"previous\":\"%s\",", color_name(sw->previous));
 		else
 			printf("\"previous\":null,");
-		printf("\"generation\":%u,\"syn_miss\":%llu,\"nosyn_miss\":%llu,\"reopen\":%llu,"
-		       "\"drops\":{",
-		       sw->generation, (unsigned long long)sv->st.syn_miss,
-		       (unsigned long long)sv->st.nosyn_miss, (unsigned long long)sv->st.reopen);
+		printf("\"generation\":%u,\"draining\":%s,\"syn_miss\":%llu,\"nosyn_miss\":%llu,"
+		       "\"second_chance\":%llu,\"reopen\":%llu,\"drops\":{",
+		       sw->generation, sw->flags & BGS_SW_DRAINING ? "true" : "false",
+		       (unsigned long long)sv->st.syn_miss, (unsigned long long)sv->st.nosyn_miss,
+		       (unsigned long long)sv->st.second_chance, (unsigned long long)sv->st.reopen);
 		for (i = 0; i < BGS_DROP_MAX; i++)
 			printf("%s\"%s\":%llu", i ? "," : "", bgs_drop_names[i],
 			       (unsigned long long)sv->st.drops[i]);
@@ -144,8 +145,9 @@ static void print_service(struct status_ctx *c, const struct bgs_service_view *s
 	       (unsigned long long)sv->color[!sw->active].live);
 	if (sv->color[!sw->active].live)
 		printf(" (draining)");
-	printf("; misses: syn %llu, non-syn %llu (dropped)\n", (unsigned long long)sv->st.syn_miss,
-	       (unsigned long long)sv->st.nosyn_miss);
+	printf("; misses: syn %llu, non-syn %llu (%llu second chances)\n",
+	       (unsigned long long)sv->st.syn_miss, (unsigned long long)sv->st.nosyn_miss,
+	       (unsigned long long)sv->st.second_chance);
 }
 
 static void print_counters(struct status_ctx *c)
@@ -196,18 +198,20 @@ static void print_header(struct status_ctx *c)
 		n++;
 	}
 	if (c->json)
-		printf("],\"flow_table\":{\"capacity\":%u,\"entries\":%llu,\"live\":%llu},"
+		printf("],\"flow_table\":{\"capacity\":%u,\"entries\":%llu,\"live\":%llu,"
+		       "\"evicted\":%llu},"
 		       "\"timeouts\":{\"tcp_idle_s\":%llu,\"udp_idle_s\":%llu},"
 		       "\"interval_ms\":%.0f,\"services\":[",
 		       c->st.cfg.flow_entries, (unsigned long long)c->cur.flow_entries,
-		       (unsigned long long)c->cur.live_total,
+		       (unsigned long long)c->cur.live_total, (unsigned long long)c->cur.evicted,
 		       (unsigned long long)(c->st.cfg.tcp_idle_ns / 1000000000ULL),
 		       (unsigned long long)(c->st.cfg.udp_idle_ns / 1000000000ULL),
 		       c->rates ? c->secs * 1000 : 0);
 	else
-		printf("%s\nflow table: %llu entries of %u, %llu live\n\n", n ? "" : " nothing",
-		       (unsigned long long)c->cur.flow_entries, c->st.cfg.flow_entries,
-		       (unsigned long long)c->cur.live_total);
+		printf("%s\nflow table: %llu entries of %u, %llu live, %llu evicted\n\n",
+		       n ? "" : " nothing", (unsigned long long)c->cur.flow_entries,
+		       c->st.cfg.flow_entries, (unsigned long long)c->cur.live_total,
+		       (unsigned long long)c->cur.evicted);
 }
 
 int do_status(int argc, char **argv)
