@@ -327,6 +327,33 @@ static int set_tx_ports(int fd, const char *list)
 }
 static int purge_pins(void);
 
+/* bgs_tx_ports is pinned by hand (see bpf/fwd.bpf.h): hand libbpf the pinned map if there is
+ * one, after checking it is the map it should be.
+ */
+static int tx_ports_reuse(struct bgswitch_bpf *skel, int *fd)
+{
+	struct bpf_map_info info = { 0 };
+	__u32 len = sizeof(info);
+	char path[PATH_MAX];
+	int err;
+
+	*fd = -1;
+	state_pin_path(path, sizeof(path), "bgs_tx_ports");
+	*fd = bpf_obj_get(path);
+	if (*fd < 0)
+		return errno == ENOENT ? 0 : -errno;
+	if (bpf_obj_get_info_by_fd(*fd, &info, &len) || info.type != BPF_MAP_TYPE_DEVMAP_HASH ||
+	    info.key_size != sizeof(__u32) || info.value_size != sizeof(__u32) ||
+	    info.max_entries != BGS_MAX_IFACES) {
+		pr_warn("%s is not the devmap this build expects; 'detach --purge' it\n", path);
+		return -EINVAL;
+	}
+	err = bpf_map__reuse_fd(skel->maps.bgs_tx_ports, *fd);
+	if (err)
+		pr_warn("cannot reuse %s: %s\n", path, strerror(-err));
+	return err;
+}
+
 static void attach_usage(void)
 {
 	printf("Usage: bgswitch attach IFACE [--mode auto|native|generic] [--flows N]\n"
@@ -365,6 +392,7 @@ int do_attach(int argc, char **argv)
 	struct iface_view v, after;
 	const char *ifname, *egress = NULL;
 	bool xdp_done = false, force = false, created = false;
+	int tx_fd = -1;
 	int ifindex, lock_fd = -1, c, err;
 
 	while ((c = getopt_long(argc, argv, "m:f:e:Fh", opts, NULL)) != -1) {
@@ -483,6 +511,9 @@ int do_attach(int argc, char **argv)
 	}
 	bpf_map__set_max_entries(skel->maps.bgs_flows, flows);
 	bpf_map__set_max_entries(skel->maps.bgs_reverse, flows);
+	err = tx_ports_reuse(skel, &tx_fd);
+	if (err)
+		goto out;
 	err = bgswitch_bpf__load(skel);
 	if (err) {
 		pr_warn("cannot load the data plane: %s (run with -v for the verifier's log)\n",
@@ -492,6 +523,16 @@ int do_attach(int argc, char **argv)
 	err = config_init(skel, flows);
 	if (err)
 		goto out;
+	if (tx_fd < 0) {
+		char path[PATH_MAX];
+
+		state_pin_path(path, sizeof(path), "bgs_tx_ports");
+		err = bpf_map__pin(skel->maps.bgs_tx_ports, path);
+		if (err) {
+			pr_warn("cannot pin %s: %s\n", path, strerror(-err));
+			goto out;
+		}
+	}
 	if (egress) {
 		err = set_tx_ports(bpf_map__fd(skel->maps.bgs_tx_ports), egress);
 		if (err)
@@ -534,6 +575,8 @@ out:
 		detach_tc(ifindex);
 	}
 	bgswitch_bpf__destroy(skel);
+	if (tx_fd >= 0)
+		close(tx_fd);
 	/* A failed first attach leaves no state behind: half a state is worse than none. */
 	if (err && created)
 		purge_pins();
