@@ -6,19 +6,34 @@ unique per run ("bgse" and 4 random hex digits unless given):
 
     client                 node                                   backends
     c-node 10.77.1.2 ----- n-client 10.77.1.1   n-blue 10.77.2.1 -----  b-node: blue
-                           (bgswitch attaches                           10.77.2.11, .12 :8081
+    fd77:77:77:1::2        fd77:77:77:1::1      fd77:77:77:2::1         10.77.2.11, .12 :8081
+                           (bgswitch attaches                           fd77:77:77:2::11, ::12
                             here: XDP + TC)     n-green 10.77.3.1 ----  g-node: green
-                                                                        10.77.3.11, .12 :8082
+                                                fd77:77:77:3::1         10.77.3.11, .12 :8082
+                                                                        fd77:77:77:3::11, ::12
 
-The VIP (10.77.100.1) lives nowhere: only bgswitch's XDP program on n-client turns it into a
-backend address. The client routes 10.77.0.0/16 (VIP and backends) via the node; the backends
-default-route via the node; the node forwards. The node has no route to the VIP, so without
-bgswitch a packet for the VIP gets an ICMP "network unreachable" back (not rate-limited: the
-node's icmp_ratelimit is 0) and a connect() fails at once (the detach test relies on that).
+The topology is dual-stack, IPv4 in 10.77.0.0/16 and IPv6 in the ULA prefix fd77:77:77::/48
+(one /64 per link). The VIPs (10.77.100.1 and fd77:77:77:100::1) live nowhere: only bgswitch's
+XDP program on n-client turns them into a backend address. The client routes 10.77.0.0/16 and
+fd77:77:77::/48 (VIPs and backends) via the node; the backends default-route via the node (both
+families); the node forwards both. The node has no route to a VIP, so without bgswitch a
+packet for a VIP gets an ICMP (ICMPv6) "unreachable" back (not rate-limited: the node's
+icmp_ratelimit and icmp/ratelimit are 0) and a connect() fails at once (the detach test relies
+on that).
 
-Everything uses addresses of 10.77.0.0/16, only inside these namespaces; every process is
-started by this module, recorded, and ended by its PID; teardown deletes the namespaces and
-bgswitch pin roots this module created, and nothing else.
+Backend i of a color is one server process listening on both its addresses (IPv4 and IPv6),
+TCP and UDP, on the color's port; it answers as "<color> <addr>:<port>" for IPv4 and
+"<color> [<addr>]:<port>" for IPv6.
+
+IPv6 without flakes: duplicate address detection is off in every namespace (accept_dad=0, and
+every address is added `nodad`), so an address is usable the moment it is added instead of
+"tentative" for a second or two; router advertisements are ignored (accept_ra=0); and _build()
+resolves every neighbour a test packet will need (client <-> node, node <-> each backend address,
+both families) before it returns, so the first packets of a test never wait in a neighbour queue.
+
+Everything uses addresses of 10.77.0.0/16 and fd77:77:77::/48, only inside these namespaces;
+every process is started by this module, recorded, and ended by its PID; teardown
+deletes the namespaces and bgswitch pin roots this module created, and nothing else.
 
 Checksums. Two settings make the topology behave like real NICs, and make checksum mistakes
 visible instead of hiding them:
@@ -37,7 +52,11 @@ succeeds, in generic and native mode, because nobody checks the (wrong) checksum
 client's tx on and strict_csum on, every one fails and the backend counts TcpInCsumErrors and
 UdpInCsumErrors; with tx off, all succeed with zero checksum errors on both sides, strict or not.
 So "tx off" is needed for correct packets, and strict_csum is what proves them correct; the
-tests check the InCsumErrors counters (csum_errors()) after traffic.
+tests check the InCsumErrors counters (csum_errors()) after traffic. The same ethtool features
+(the veth's NETIF_F_HW_CSUM and RXCSUM) cover IPv6, and csum_errors() also reads the IPv6 and
+ICMP counters: TcpInCsumErrors (TCP's counter is shared by both families), UdpInCsumErrors,
+Udp6InCsumErrors, IcmpInCsumErrors and Icmp6InCsumErrors (ICMP errors translated by the egress
+program are checked by the client's stack).
 
 Also usable from the shell (the demo does):
     netns.py up --prefix bgsdemo --state FILE     build, start servers, write state, exit
@@ -73,12 +92,29 @@ VIP = "10.77.100.1"
 VIP_PORT = 80
 COLOR_NET = {"blue": ("10.77.2", "n-blue", "b-node", 8081),
              "green": ("10.77.3", "n-green", "g-node", 8082)}
+# IPv6: the same plan in the ULA prefix fd77:77:77::/48 (one /64 per link).
+NET6 = "fd77:77:77::/48"
+CLIENT_IP6 = "fd77:77:77:1::2"
+NODE_CLIENT_IP6 = "fd77:77:77:1::1"
+VIP6 = "fd77:77:77:100::1"
+COLOR_NET6 = {"blue": "fd77:77:77:2", "green": "fd77:77:77:3"}  # link N::/64, node N::1
 
 
 def backend_addrs(color, per_color=2):
-    """[(ip, port)] of the backends of a color."""
+    """[(ip, port)] of the IPv4 backends of a color."""
     base, _, _, port = COLOR_NET[color]
     return [(f"{base}.{11 + i}", port) for i in range(per_color)]
+
+
+def backend_addrs6(color, per_color=2):
+    """[(ip, port)] of the IPv6 backends of a color (the same servers as backend_addrs)."""
+    port = COLOR_NET[color][3]
+    return [(f"{COLOR_NET6[color]}::{11 + i}", port) for i in range(per_color)]
+
+
+def hostport(addr, port):
+    """"a:p" for IPv4, "[a]:p" for IPv6: as bgswitch takes it and the servers name themselves."""
+    return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
 
 
 class CmdError(RuntimeError):
@@ -157,6 +193,7 @@ class Topology:
         self.procs = []  # Popen objects we started and have not ended
         self.switches = []  # Bgswitch handles whose pin roots we own
         self.backends = {c: backend_addrs(c, per_color) for c in COLOR_NET}
+        self.backends6 = {c: backend_addrs6(c, per_color) for c in COLOR_NET}
         self._pin_seq = 0
 
     # -- commands in a namespace ------------------------------------------------------------
@@ -193,30 +230,46 @@ class Topology:
         for role in ROLES:
             run(["ip", "netns", "add", self.ns[role]])
             self.created_ns.append(self.ns[role])
+            # Before any link exists, so that every interface (its link-local address too)
+            # inherits it: no DAD (addresses usable at once), no router advertisements.
+            for scope in ("all", "default"):
+                self.sysctl(role, f"net.ipv6.conf.{scope}.disable_ipv6", 0)
+                self.sysctl(role, f"net.ipv6.conf.{scope}.accept_dad", 0)
+                self.sysctl(role, f"net.ipv6.conf.{scope}.accept_ra", 0)
             self.ip(role, "link", "set", "lo", "up")
 
         self.ip("node", "link", "add", NODE_IFACE, "type", "veth", "peer", "name", CLIENT_IFACE,
                 "netns", self.ns["client"])
         self.ip("node", "addr", "add", f"{NODE_CLIENT_IP}/24", "dev", NODE_IFACE)
         self.ip("client", "addr", "add", f"{CLIENT_IP}/24", "dev", CLIENT_IFACE)
+        self.ip("node", "addr", "add", f"{NODE_CLIENT_IP6}/64", "dev", NODE_IFACE, "nodad")
+        self.ip("client", "addr", "add", f"{CLIENT_IP6}/64", "dev", CLIENT_IFACE, "nodad")
         for color, (base, node_if, be_if, _) in COLOR_NET.items():
+            base6 = COLOR_NET6[color]
             self.ip("node", "link", "add", node_if, "type", "veth", "peer", "name", be_if,
                     "netns", self.ns[color])
             self.ip("node", "addr", "add", f"{base}.1/24", "dev", node_if)
+            self.ip("node", "addr", "add", f"{base6}::1/64", "dev", node_if, "nodad")
             for addr, _ in self.backends[color]:
                 self.ip(color, "addr", "add", f"{addr}/24", "dev", be_if)
+            for addr, _ in self.backends6[color]:
+                self.ip(color, "addr", "add", f"{addr}/64", "dev", be_if, "nodad")
             self.ip(color, "link", "set", be_if, "up")
             self.ip("node", "link", "set", node_if, "up")
             self.ip(color, "route", "add", "default", "via", f"{base}.1")
+            self.ip(color, "-6", "route", "add", "default", "via", f"{base6}::1", "dev", be_if)
         self.ip("node", "link", "set", NODE_IFACE, "up")
         self.ip("client", "link", "set", CLIENT_IFACE, "up")
         self.ip("client", "route", "add", NET, "via", NODE_CLIENT_IP)
+        self.ip("client", "-6", "route", "add", NET6, "via", NODE_CLIENT_IP6, "dev", CLIENT_IFACE)
 
         self.sysctl("node", "net.ipv4.ip_forward", 1)
         self.sysctl("node", "net.ipv4.conf.all.forwarding", 1)
+        self.sysctl("node", "net.ipv6.conf.all.forwarding", 1)
         # Every packet for an unrouted address (the VIP without bgswitch) gets its ICMP
         # unreachable, so that a client fails at once, every time, instead of timing out.
         self.sysctl("node", "net.ipv4.icmp_ratelimit", 0)
+        self.sysctl("node", "net.ipv6.icmp.ratelimit", 0)
         # See the module docstring: XDP cannot fix up a CHECKSUM_PARTIAL checksum.
         if not self.client_tx_csum:
             self.ns_run("client", ["ethtool", "-K", CLIENT_IFACE, "tx", "off"])
@@ -226,6 +279,45 @@ class Topology:
             for dev in [NODE_IFACE] + [COLOR_NET[c][1] for c in COLOR_NET]:
                 self.ns_run("node", ["ethtool", "-K", dev, "tx", "off"])
         self._wait_links()
+        self._resolve_neighbours()
+
+    def _resolve_neighbours(self, timeout=5.0):
+        """Resolve every neighbour a test packet needs, both families, before the first test.
+        The node sends one UDP datagram to the discard port of the client's and of each
+        backend's addresses: that resolves them on the node, and their ICMP port-unreachable
+        answers resolve the node on the client and on the backends. Then `ip neigh` is polled
+        until every entry has a link-layer address. NDP crosses bgswitch's programs when it is
+        attached later: ICMPv6 that is not an error, which must pass untouched.
+
+        Only the node sends here, so the node sends no ICMP error to the client: with
+        icmp_ratelimit 0, one would reset the client's inet_peer token bucket, which the node's
+        "no route" errors (ip_error(), one a second, a burst of five) share, and connect()s to
+        an unrouted VIP would time out instead of failing at once for the next few seconds."""
+        wanted = {"node": [CLIENT_IP, CLIENT_IP6], "client": [NODE_CLIENT_IP, NODE_CLIENT_IP6]}
+        for color, (base, _, _, _) in COLOR_NET.items():
+            wanted[color] = [f"{base}.1", f"{COLOR_NET6[color]}::1"]
+            wanted["node"] += [a for a, _ in self.backends[color] + self.backends6[color]]
+        kick = ("import socket\n"
+                f"for a in {wanted['node']!r}:\n"
+                "    s = socket.socket(socket.AF_INET6 if ':' in a else socket.AF_INET,"
+                " socket.SOCK_DGRAM)\n"
+                "    s.sendto(b'nd', (a, 9))\n"
+                "    s.close()\n")
+        left = {role: set(addrs) for role, addrs in wanted.items()}
+        deadline = time.monotonic() + timeout
+        for attempt in range(int(timeout / 0.05) + 1):
+            if attempt % 20 == 0:  # again every second: a first datagram can be dropped
+                self.ns_run("node", [PY, "-c", kick], timeout=5)
+            for role in [r for r in left if left[r]]:
+                neigh = json.loads(self.ip(role, "-j", "neigh", "show").stdout or "[]")
+                left[role] -= {n["dst"] for n in neigh if n.get("lladdr") and
+                               not set(n.get("state", [])) & {"INCOMPLETE", "FAILED"}}
+            if not any(left.values()):
+                return
+            if time.monotonic() > deadline:
+                unresolved = {self.ns[r]: sorted(a) for r, a in left.items() if a}
+                raise CmdError(f"neighbours unresolved: {unresolved}")
+            time.sleep(0.05)
 
     def _wait_links(self, timeout=5.0):
         deadline = time.monotonic() + timeout
@@ -241,20 +333,24 @@ class Topology:
                     raise CmdError(f"{self.ns[role]}/{dev} did not come up: {out}")
                 time.sleep(0.02)
 
-    def start_servers(self):
+    def start_servers(self, detach=False):
+        """One server per backend: its IPv4 and its IPv6 address, TCP and UDP."""
         for color in COLOR_NET:
-            for addr, port in self.backends[color]:
-                self.spawn_server(color, addr, port)
+            for (addr, port), (addr6, _) in zip(self.backends[color], self.backends6[color]):
+                self.spawn_server(color, [addr, addr6], port, detach=detach)
 
     def spawn_server(self, color, addr, port, detach=False):
+        """servers.py for one address, or a list of addresses, on port."""
+        addrs = [addr] if isinstance(addr, str) else list(addr)
         argv = self.nsargv(color, [PY, os.path.join(HERE, "servers.py"), "--color", color,
-                                   "--addr", addr, "--port", str(port)])
+                                   "--port", str(port)] +
+                           [a for x in addrs for a in ("--addr", x)])
         p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True,
                              start_new_session=detach)
         self.procs.append(p)
         line = read_line(p, 10)
         if line != "ready\n":
-            raise CmdError(f"server {color} {addr}:{port} did not start: {line!r}")
+            raise CmdError(f"server {color} {addrs}:{port} did not start: {line!r}")
         return p
 
     def spawn(self, role, argv, **popen_kw):
@@ -303,8 +399,9 @@ class Topology:
         return False
 
     def csum_errors(self):
-        """{role: {"tcp": n, "udp": n}}: packets the client and backends dropped for a bad
-        checksum (InCsumErrors of /proc/net/snmp in each namespace)."""
+        """{role: {"tcp": n, "udp": n, "udp6": n, "icmp": n, "icmp6": n}}: packets the client
+        and backends dropped for a bad checksum (InCsumErrors of /proc/net/snmp and
+        /proc/net/snmp6 in each namespace; TCP has one counter for both families)."""
         out = {}
         for role in ("client",) + tuple(COLOR_NET):
             text = self.ns_run(role, ["cat", "/proc/net/snmp"]).stdout
@@ -312,7 +409,11 @@ class Topology:
             for head, vals in zip(text.splitlines()[0::2], text.splitlines()[1::2]):
                 name = head.split(":")[0]
                 rows[name] = dict(zip(head.split()[1:], (int(v) for v in vals.split()[1:])))
-            out[role] = {"tcp": rows["Tcp"]["InCsumErrors"], "udp": rows["Udp"]["InCsumErrors"]}
+            text6 = self.ns_run(role, ["cat", "/proc/net/snmp6"]).stdout
+            v6 = {k: int(v) for k, v in (line.split() for line in text6.splitlines() if line)}
+            out[role] = {"tcp": rows["Tcp"]["InCsumErrors"], "udp": rows["Udp"]["InCsumErrors"],
+                         "udp6": v6["Udp6InCsumErrors"], "icmp": rows["Icmp"]["InCsumErrors"],
+                         "icmp6": v6["Icmp6InCsumErrors"]}
         return out
 
     # -- bgswitch ---------------------------------------------------------------------------
@@ -340,6 +441,21 @@ class Topology:
             argv.append("--udp")
         p = self.ns_run("client", argv, timeout=30 + count * timeout * 2)
         return json.loads(p.stdout)
+
+    def upload(self, addr, port, nbytes=200000, timeout=10.0):
+        """traffic.py upload from the client: one TCP connection carrying nbytes, acknowledged
+        by the server with the count and digest it received. Returns its JSON."""
+        argv = [PY, os.path.join(HERE, "traffic.py"), "upload", "--addr", addr, "--port",
+                str(port), "--bytes", str(nbytes), "--timeout", str(timeout)]
+        return json.loads(self.ns_run("client", argv, timeout=timeout + 30).stdout)
+
+    def bigudp(self, addr, port, size=4000, reply_size=4000, count=1, timeout=2.0):
+        """traffic.py bigudp from the client: count datagrams of size bytes, replies of
+        reply_size bytes. Returns its JSON ({"results": [...]})."""
+        argv = [PY, os.path.join(HERE, "traffic.py"), "bigudp", "--addr", addr, "--port",
+                str(port), "--size", str(size), "--reply-size", str(reply_size), "--count",
+                str(count), "--timeout", str(timeout)]
+        return json.loads(self.ns_run("client", argv, timeout=30 + count * timeout).stdout)
 
     def colors_of(self, addr, port, udp=False, count=10, timeout=1.0):
         """Colors (or "error:<kind>") that count fresh connections got, as a list."""
@@ -388,11 +504,13 @@ class Bgswitch:
         return self.service(name)["colors"][color]["live_flows"]
 
     def setup_service(self, name, vip=VIP, port=VIP_PORT, proto="tcp", colors=("blue", "green")):
-        """service add, and backend add for every backend of the topology's colors."""
-        self("service", "add", name, f"{vip}:{port}", "--proto", proto)
+        """service add, and backend add for every backend of the topology's colors, of the
+        VIP's family (an IPv6 VIP gets the IPv6 backends)."""
+        self("service", "add", name, hostport(vip, port), "--proto", proto)
+        table = self.topo.backends6 if ":" in vip else self.topo.backends
         for color in colors:
-            for addr, bport in self.topo.backends[color]:
-                self("backend", "add", name, color, f"{addr}:{bport}")
+            for addr, bport in table[color]:
+                self("backend", "add", name, color, hostport(addr, bport))
 
     def purge(self):
         """`detach IFACE --purge`, then remove the pin root if that left it (it is ours: its
@@ -485,9 +603,7 @@ def cmd_up(args):
     topo = Topology(prefix=args.prefix, per_color=args.per_color, servers=False)
     try:
         topo._build()
-        for color in COLOR_NET:
-            for addr, port in topo.backends[color]:
-                topo.spawn_server(color, addr, port, detach=True)
+        topo.start_servers(detach=True)
         _state_procs(topo, args.state)
     except BaseException:
         topo.down()
@@ -548,9 +664,11 @@ def main():
         return 0
     if args.cmd == "env":
         print(f"NODE_NS={args.prefix}-node CLIENT_NS={args.prefix}-client "
-              f"NODE_IFACE={NODE_IFACE} VIP={VIP} VIP_PORT={VIP_PORT}")
+              f"NODE_IFACE={NODE_IFACE} VIP={VIP} VIP6={VIP6} VIP_PORT={VIP_PORT}")
         for c in COLOR_NET:
             print(f"{c.upper()}_BACKENDS='{' '.join(f'{a}:{p}' for a, p in backend_addrs(c))}'")
+            print(f"{c.upper()}_BACKENDS6='"
+                  f"{' '.join(hostport(a, p) for a, p in backend_addrs6(c))}'")
         return 0
     return 2
 

@@ -4,6 +4,10 @@
     traffic.py load --vip 10.77.100.1 --port 80 --duration 10 --new-rate 100 --long 8 \\
                     [--udp-port 80 --udp-new-rate 50 --udp-long 4] [--progress]
     traffic.py probe --addr 10.77.100.1 --port 80 [--udp] [--count 5]
+    traffic.py upload --addr fd77:77:77:100::1 --port 80 --bytes 200000
+    traffic.py bigudp --addr 10.77.100.1 --port 53 --size 4000 --reply-size 4000
+
+Every address may be IPv4 or IPv6 (a literal: the family follows from it).
 
 load runs, for at most --duration seconds, any of:
   * TCP new connections at --new-rate per second: connect, one request, read the reply (which
@@ -23,13 +27,27 @@ the open long-lived connections.
 probe makes --count fresh connections (or UDP sockets) one after the other, one request each,
 and prints {"results": [{"ok", "color", "backend", "error", "elapsed"}]}.
 
+upload opens one TCP connection and sends servers.py's "upload <n> <token>" request with --bytes
+of payload, then waits for the server's acknowledgement, which names the byte count and digest
+the server received; it prints {"ok", "color", "backend", "sent", "acked", "digest_ok",
+"error", "elapsed", "mss"} (mss: the connection's TCP_MAXSEG at the end, which falls when
+path-MTU discovery lowered it).
+
+bigudp sends --count datagrams of --size bytes (servers.py's "big" request) from one socket and
+asks for replies of --reply-size bytes; a datagram larger than the path MTU leaves fragmented,
+and so does a large reply. It prints {"results": [{"ok", "color", "backend", "from",
+"reply_len", "server_len", "digest_ok", "error"}]}; "from" is the reply's source address and
+port as the socket received it.
+
 Every loop is bounded in time (the run's deadline, each operation's --timeout) and in count.
 """
 
 import argparse
 import asyncio
 import errno
+import hashlib
 import json
+import os
 import re
 import signal
 import socket
@@ -41,7 +59,23 @@ MAX_DURATION = 600.0
 MAX_RATE = 2000
 MAX_LONG = 256
 MAX_FAILURES_KEPT = 200
+MAX_UPLOAD = 16 << 20
+MAX_DATAGRAM = 65000
 REPLY_RE = re.compile(r"^(blue|green) (\S+) (\S+)\n$")
+
+
+def family_of(addr):
+    """AF_INET6 for an IPv6 literal, AF_INET otherwise."""
+    return socket.AF_INET6 if ":" in addr else socket.AF_INET
+
+
+def any_addr(addr):
+    return "::" if family_of(addr) == socket.AF_INET6 else "0.0.0.0"
+
+
+def digest(data):
+    """As servers.py computes it."""
+    return hashlib.sha256(data).hexdigest()[:16]
 
 
 def classify(exc):
@@ -243,8 +277,8 @@ async def tcp_once(addr, port, token, timeout):
 async def udp_once(addr, port, token, timeout, sport=0):
     loop = asyncio.get_running_loop()
     transport, proto = await loop.create_datagram_endpoint(
-        UdpClient, local_addr=("0.0.0.0", sport), remote_addr=(addr, port),
-        family=socket.AF_INET)
+        UdpClient, local_addr=(any_addr(addr), sport), remote_addr=(addr, port),
+        family=family_of(addr))
     try:
         data = await proto.request(token, timeout)
         return parse_reply(data, token)
@@ -410,7 +444,7 @@ class Load:
         loop = asyncio.get_running_loop()
         try:
             transport, proto = await loop.create_datagram_endpoint(
-                UdpClient, remote_addr=(a.vip, a.udp_port), family=socket.AF_INET)
+                UdpClient, remote_addr=(a.vip, a.udp_port), family=family_of(a.vip))
         except Exception as e:
             rec.fail(classify(e), str(e))
             self.long_opened()
@@ -534,6 +568,93 @@ async def probe(args):
     return {"results": results}
 
 
+def upload(args):
+    """One TCP connection: the "upload" request and its payload, then the server's count."""
+    n = max(0, min(args.bytes, MAX_UPLOAD))
+    payload = os.urandom(n)
+    token = f"up{os.getpid()}"
+    r = {"ok": False, "color": None, "backend": None, "sent": 0, "acked": None,
+         "digest_ok": False, "error": None, "detail": "", "elapsed": 0.0, "mss": None}
+    start = time.monotonic()
+    deadline = start + args.timeout
+    try:
+        with socket.socket(family_of(args.addr), socket.SOCK_STREAM) as s:
+            s.settimeout(args.timeout)
+            s.connect((args.addr, args.port))
+            s.sendall(f"upload {n} {token}\n".encode())
+            view = memoryview(payload)
+            while r["sent"] < n:  # bounded: every send moves on or times out
+                if time.monotonic() > deadline:
+                    raise TimeoutError("upload deadline")
+                s.settimeout(max(deadline - time.monotonic(), 0.01))
+                r["sent"] += s.send(view[r["sent"]:r["sent"] + 65536])
+            line = b""
+            for _ in range(1024):  # the reply is one short line
+                if line.endswith(b"\n"):
+                    break
+                s.settimeout(max(deadline - time.monotonic(), 0.01))
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                line += chunk
+            r["mss"] = s.getsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG)
+        text = line.decode("ascii", "replace")
+        m = REPLY_RE.match(text)
+        if not m or not m.group(3).startswith(token + ":"):
+            raise BadReply(repr(text[:100]))
+        _, acked, dig = m.group(3).split(":")
+        r.update(color=m.group(1), backend=m.group(2), acked=int(acked),
+                 digest_ok=dig == digest(payload))
+        r["ok"] = r["acked"] == n and r["digest_ok"]
+    except BadReply as e:
+        r.update(error="bad_reply", detail=str(e))
+    except Exception as e:
+        r.update(error=classify(e), detail=str(e))
+    r["elapsed"] = round(time.monotonic() - start, 4)
+    return r
+
+
+def bigudp(args):
+    """Large datagrams ("big" requests) from one socket; each reply checked and its source
+    recorded."""
+    size = max(64, min(args.size, MAX_DATAGRAM))
+    reply_size = max(0, min(args.reply_size, MAX_DATAGRAM))
+    results = []
+    with socket.socket(family_of(args.addr), socket.SOCK_DGRAM) as s:
+        s.bind((any_addr(args.addr), 0))
+        for i in range(min(args.count, 100)):
+            token = f"big{os.getpid()}-{i}"
+            head = f"big {reply_size} {token}\n".encode()
+            data = head + b"x" * (size - len(head))
+            r = {"ok": False, "color": None, "backend": None, "from": None, "reply_len": None,
+                 "server_len": None, "digest_ok": False, "error": None, "detail": ""}
+            try:
+                s.settimeout(args.timeout)
+                s.sendto(data, (args.addr, args.port))
+                deadline = time.monotonic() + args.timeout
+                for _ in range(100):  # skip stray datagrams (an earlier reply); bounded
+                    s.settimeout(max(deadline - time.monotonic(), 0.01))
+                    reply, src = s.recvfrom(MAX_DATAGRAM + 1000)
+                    line = reply.split(b"\n", 1)[0] + b"\n"
+                    m = REPLY_RE.match(line.decode("ascii", "replace"))
+                    if m and m.group(3).startswith(token + ":"):
+                        break
+                else:
+                    raise BadReply("no reply with the token")
+                _, slen, dig = m.group(3).split(":")
+                r.update(color=m.group(1), backend=m.group(2), reply_len=len(reply),
+                         server_len=int(slen), digest_ok=dig == digest(data))
+                r["from"] = [src[0], src[1]]
+                r["ok"] = (r["server_len"] == len(data) and r["digest_ok"] and
+                           (reply_size == 0 or r["reply_len"] == reply_size))
+            except BadReply as e:
+                r.update(error="bad_reply", detail=str(e))
+            except Exception as e:
+                r.update(error=classify(e), detail=str(e))
+            results.append(r)
+    return {"results": results}
+
+
 def main():
     ap = argparse.ArgumentParser(description="bgswitch end-to-end load client")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -558,12 +679,28 @@ def main():
     pr.add_argument("--udp", action="store_true")
     pr.add_argument("--count", type=int, default=1)
     pr.add_argument("--timeout", type=float, default=1.0)
+    up = sub.add_parser("upload")
+    up.add_argument("--addr", required=True)
+    up.add_argument("--port", type=int, required=True)
+    up.add_argument("--bytes", type=int, default=200000)
+    up.add_argument("--timeout", type=float, default=10.0)
+    bu = sub.add_parser("bigudp")
+    bu.add_argument("--addr", required=True)
+    bu.add_argument("--port", type=int, required=True)
+    bu.add_argument("--size", type=int, default=4000)
+    bu.add_argument("--reply-size", type=int, default=4000)
+    bu.add_argument("--count", type=int, default=1)
+    bu.add_argument("--timeout", type=float, default=2.0)
     args = ap.parse_args()
     if args.cmd == "load":
         if args.udp_port is None:
             args.udp_port = args.port
         args.long_interval = max(args.long_interval, 0.01)
         out = asyncio.run(Load(args).run())
+    elif args.cmd == "upload":
+        out = upload(args)
+    elif args.cmd == "bigudp":
+        out = bigudp(args)
     else:
         out = asyncio.run(probe(args))
     print(json.dumps(out), flush=True)
