@@ -273,9 +273,11 @@ def wait_screen(screen, pred, timeout=10):
 def test_views_watch_shows_flip_and_drain_then_restores_terminal(topo, sw, tmux, quit_key):
     send, screen = tmux
     send("clear; echo BEFORE-WATCH", "Enter")
+    s = wait_screen(screen, lambda s: "BEFORE-WATCH" in s)  # the shell is reading
+    assert "BEFORE-WATCH" in s, s
     send(f"{netns.BGSWITCH} --pin-root {sw.pin_root} watch --interval 300; echo WATCH-EXIT:$?",
          "Enter")
-    s = wait_screen(screen, lambda s: "bgswitch watch" in s)
+    s = wait_screen(screen, lambda s: "bgswitch watch" in s, timeout=20)
     assert "web" in s and "active blue" in s, s
     run = topo.traffic("--vip", VIP, "--port", VIP_PORT, "--duration", 6, "--new-rate", 30,
                        "--long", 2)
