@@ -299,7 +299,7 @@ static void exporter_gc(void)
 	if (state_open(&st, true))
 		return;
 	if (!flows_collect(&st, &deleted))
-		slots_collect(&st);
+		state_repair(&st);
 	if (deleted)
 		pr_debug("exporter: collected %llu expired flow entries\n",
 			 (unsigned long long)deleted);
