@@ -16,9 +16,7 @@ struct {
 	__uint(max_entries, BGS_MAX_IFACES);
 	__type(key, __u32);
 	__type(value, __u32);
-	/* Pinned by `attach` itself: the kernel marks a devmap read-only to programs, a flag it
-	 * refuses at creation, so libbpf's check of a pinned map against this definition fails.
-	 */
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } bgs_tx_ports SEC(".maps");
 
 /* Forward a rewritten client packet the way the kernel would, without the kernel: route it,

@@ -90,6 +90,8 @@ fi
 TMP=$(mktemp -d /tmp/bgsdemo.XXXXXX)
 PROG=$TMP/progress # the load client's per-second lines
 OUT=$TMP/load.out  # READY, then its JSON summary
+# The demo's changes go to an audit trail of its own, removed with the rest.
+export BGSWITCH_AUDIT_LOG=$TMP/audit.log
 
 say "Building the network: client -> node -> blue / green (namespaces $PREFIX-*)"
 $PY tests/netns.py up --prefix "$PREFIX" --state "$TMP/state.json"

@@ -121,10 +121,19 @@ class CmdError(RuntimeError):
     pass
 
 
-def run(argv, check=True, timeout=30, input=None):
-    """Run argv, return CompletedProcess (text). check: raise CmdError on non-zero exit."""
+def run(argv, check=True, timeout=30, input=None, env=None):
+    """Run argv, return CompletedProcess (text). check: raise CmdError on non-zero exit.
+    env: variables added to (or, with None values, removed from) this process's environment."""
+    full = None
+    if env:
+        full = dict(os.environ)
+        for k, v in env.items():
+            if v is None:
+                full.pop(k, None)
+            else:
+                full[k] = str(v)
     p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, input=input,
-                       stdin=None if input is not None else subprocess.DEVNULL)
+                       stdin=None if input is not None else subprocess.DEVNULL, env=full)
     if check and p.returncode != 0:
         raise CmdError(f"{' '.join(argv)}: exit {p.returncode}: {p.stderr.strip()}")
     return p
@@ -195,6 +204,9 @@ class Topology:
         self.backends = {c: backend_addrs(c, per_color) for c in COLOR_NET}
         self.backends6 = {c: backend_addrs6(c, per_color) for c in COLOR_NET}
         self._pin_seq = 0
+        # bgswitch's audit trail for this run (BGSWITCH_AUDIT_LOG), not the system's.
+        self.audit_dir = f"/tmp/{self.prefix}-audit"
+        self.audit_log = os.path.join(self.audit_dir, "audit.log")
 
     # -- commands in a namespace ------------------------------------------------------------
     def nsargv(self, role, argv):
@@ -389,6 +401,7 @@ class Topology:
             if p.returncode != 0:
                 errors.append(f"ip netns del {name}: {p.stderr.strip()}")
         self.created_ns = []
+        shutil.rmtree(self.audit_dir, ignore_errors=True)
         return errors
 
     def __enter__(self):
@@ -475,10 +488,29 @@ class Bgswitch:
         return ["nsenter", f"--net=/run/netns/{self.topo.ns['node']}", BGSWITCH,
                 "--pin-root", self.pin_root] + [str(a) for a in args]
 
-    def run(self, *args, timeout=30):
+    def env(self, extra=None):
+        """The environment changes of a run: the topology's audit trail unless the caller's
+        environment or extra names one, then extra (BGSWITCH_FAULT, say)."""
+        env = {}
+        if "BGSWITCH_AUDIT_LOG" not in os.environ:
+            env["BGSWITCH_AUDIT_LOG"] = self.topo.audit_log
+        env.update(extra or {})
+        return env
+
+    def run(self, *args, timeout=30, env=None):
         """CompletedProcess of `bgswitch --pin-root ROOT args...`, whatever its exit status."""
-        p = run(self.argv(*args), check=False, timeout=timeout)
+        p = run(self.argv(*args), check=False, timeout=timeout, env=self.env(env))
         self.history.append((args, p.returncode, p.stdout, p.stderr))
+        return p
+
+    def popen(self, *args, env=None, **kw):
+        """Start `bgswitch --pin-root ROOT args...` (text pipes); the topology ends it by PID
+        at teardown if it is still running."""
+        full = dict(os.environ)
+        full.update({k: str(v) for k, v in self.env(env).items()})
+        p = subprocess.Popen(self.argv(*args), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env=full, **kw)
+        self.topo.procs.append(p)
         return p
 
     def __call__(self, *args, timeout=30):

@@ -226,7 +226,13 @@ def test_drain_deleted_backend_keeps_its_open_connections(topo, sw):
     gone, kept = (f"{a}:{p}" for a, p in topo.backends["blue"])
     run = topo.traffic("--vip", VIP, "--port", VIP_PORT, "--duration", 30, "--long", 8)
     run.wait_ready()
-    sw("backend", "del", "web", "blue", gone)
+    # With live flows, removing a backend takes --drain (or --force, which cuts them).
+    before = snapshot(sw)
+    p = sw.run("backend", "del", "web", "blue", gone)
+    assert p.returncode != 0 and len(p.stderr.splitlines()) == 1, p
+    assert "live flows" in p.stderr and "--drain" in p.stderr, p.stderr
+    assert snapshot(sw) == before
+    sw("backend", "del", "web", "blue", gone, "--drain")
     blue = sw.service("web")["colors"]["blue"]["backends"]
     bes = {f"{b['address']}:{b['port']}": b for b in blue}
     assert bes[gone]["state"] == "draining" and bes[kept]["state"] == "active", bes

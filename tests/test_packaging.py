@@ -21,9 +21,10 @@ COMPLETION = os.path.join(TOP, "contrib", "bash-completion", "bgswitch")
 UNIT = os.path.join(TOP, "contrib", "systemd", "bgswitch-exporter.service")
 
 # The command table of user/main.c, in its order (test_packaging_commands_match_main checks it).
-COMMANDS = ["attach", "detach", "service", "backend", "flip", "rollback", "status", "timeouts",
-            "gc", "watch", "exporter"]
-GLOBAL_OPTS = ["-r", "--pin-root", "-v", "--verbose", "-V", "--version", "-h", "--help"]
+COMMANDS = ["attach", "detach", "service", "backend", "flip", "rollback", "check", "drain",
+            "status", "timeouts", "gc", "watch", "exporter"]
+GLOBAL_OPTS = ["-r", "--pin-root", "-a", "--audit-log", "-v", "--verbose", "-V", "--version",
+               "-h", "--help"]
 # Where each getopt table of user/*.c is used: the function that holds it, and the completion's
 # case for it ("*" is the default case, for the commands that take only --help).
 TABLES = {
@@ -32,6 +33,12 @@ TABLES = {
     "do_detach": "detach",
     "service_add": "service add",
     "service_del": "service del",
+    "backend_add": "backend add",
+    "backend_del": "backend del",
+    "do_flip": "flip",
+    "do_rollback": "rollback",
+    "do_check": "check",
+    "do_drain": "drain",
     "do_status": "status",
     "do_timeouts": "timeouts",
     "do_gc": "gc",
@@ -45,12 +52,18 @@ CASE_LINES = {
     "detach": "bgswitch detach -",
     "service add": "bgswitch service add -",
     "service del": "bgswitch service del -",
+    "backend add": "bgswitch backend add -",
+    "backend del": "bgswitch backend del -",
+    "flip": "bgswitch flip -",
+    "rollback": "bgswitch rollback -",
+    "check": "bgswitch check -",
+    "drain": "bgswitch drain -",
     "status": "bgswitch status -",
     "timeouts": "bgswitch timeouts -",
     "gc": "bgswitch gc -",
     "watch": "bgswitch watch -",
     "exporter": "bgswitch exporter -",
-    "*": "bgswitch flip -",
+    "*": "bgswitch service list -",
 }
 
 
@@ -155,9 +168,14 @@ def test_packaging_completion_commands(stub):
     assert complete(stub, "bgswitch t") == ["timeouts"]
     assert complete(stub, "bgswitch g") == ["gc"]
     assert complete(stub, "bgswitch e") == ["exporter"]
+    assert complete(stub, "bgswitch c") == ["check"]
+    assert complete(stub, "bgswitch d") == ["detach", "drain"]
     assert complete(stub, "bgswitch -v ") == COMMANDS
     assert complete(stub, "bgswitch --pin-root /sys/fs/bpf/x ro") == ["rollback"]
     assert complete(stub, "bgswitch -r /sys/fs/bpf/x ") == COMMANDS
+    assert complete(stub, "bgswitch --audit-log /tmp/a.log ") == COMMANDS
+    assert complete(stub, "bgswitch -a /tmp/a.log -r /sys/fs/bpf/x fl") == ["flip"]
+    assert complete(stub, "bgswitch -va /tmp/a.log ") == COMMANDS
 
 
 def test_packaging_completion_global_options(stub):
@@ -252,6 +270,12 @@ def test_packaging_completion_xdp_egress_lists(stub, line, want):
     "bgswitch status --json ",
     "bgswitch watch ",
     "bgswitch -v flip ",
+    "bgswitch check ",
+    "bgswitch drain ",
+    "bgswitch drain --timeout 30s ",
+    "bgswitch flip --guard 30s --check-http /healthz ",
+    "bgswitch backend del --force ",
+    "bgswitch -a /tmp/audit.log rollback ",
 ])
 def test_packaging_completion_service_names(stub, line):
     assert complete(stub, line) == ["web", "dns", "web-canary"]
@@ -303,27 +327,47 @@ def test_packaging_completion_colors(stub):
     assert complete(stub, "bgswitch backend del web g") == ["green"]
     assert complete(stub, "bgswitch flip web ") == ["blue", "green"]
     assert complete(stub, "bgswitch flip web b") == ["blue"]
+    assert complete(stub, "bgswitch check web ") == ["blue", "green"]
+    assert complete(stub, "bgswitch flip --reason deploy web g") == ["green"]
     # nothing after the color (the address is free text), nor after flip's color
     assert complete(stub, "bgswitch backend add web blue ") == []
     assert complete(stub, "bgswitch flip web green ") == []
     assert complete(stub, "bgswitch rollback web ") == []
+    assert complete(stub, "bgswitch check web green ") == []
+    assert complete(stub, "bgswitch drain web ") == []
 
 
 @pytest.mark.parametrize("line,want", [
     ("bgswitch attach -", ["-m", "--mode", "-f", "--flows", "-F", "--force", "-e",
-                           "--xdp-egress", "-h", "--help"]),
-    ("bgswitch attach eth0 --", ["--mode", "--flows", "--force", "--xdp-egress", "--help"]),
+                           "--xdp-egress", "-R", "--replace", "-h", "--help"]),
+    ("bgswitch attach eth0 --", ["--mode", "--flows", "--force", "--xdp-egress", "--replace",
+                                 "--help"]),
+    ("bgswitch attach eth0 --r", ["--replace"]),
     ("bgswitch attach eth0 --x", ["--xdp-egress"]),
     ("bgswitch attach eth0 -e lo --f", ["--flows", "--force"]),
     ("bgswitch detach eth0 -", ["-p", "--purge", "-h", "--help"]),
-    ("bgswitch service add web 192.0.2.10:80 -", ["-p", "--proto", "-h", "--help"]),
-    ("bgswitch service del web -", ["-f", "--force", "-h", "--help"]),
+    ("bgswitch service add web 192.0.2.10:80 -", ["-p", "--proto", "-m", "--reason", "-h",
+                                                   "--help"]),
+    ("bgswitch service del web -", ["-f", "--force", "-m", "--reason", "-h", "--help"]),
     ("bgswitch service list -", ["-h", "--help"]),
     ("bgswitch service -", ["-h", "--help"]),
-    ("bgswitch backend add web blue 10.0.1.1:8080 -", ["-h", "--help"]),
-    ("bgswitch backend del -", ["-h", "--help"]),
-    ("bgswitch flip web -", ["-h", "--help"]),
-    ("bgswitch rollback -", ["-h", "--help"]),
+    ("bgswitch backend add web blue 10.0.1.1:8080 -", ["-G", "--if-generation", "-m",
+                                                       "--reason", "-h", "--help"]),
+    ("bgswitch backend del -", ["-d", "--drain", "-f", "--force", "-G", "--if-generation",
+                                "-m", "--reason", "-h", "--help"]),
+    ("bgswitch backend del web blue 10.0.1.1:8080 --d", ["--drain"]),
+    ("bgswitch flip web --", ["--check-http", "--check-timeout", "--no-check", "--force",
+                              "--guard", "--max-resets", "--max-reset-ratio",
+                              "--max-silent-backends", "--min-new-flows", "--wait-drain",
+                              "--timeout", "--if-generation", "--reason", "--help"]),
+    ("bgswitch flip web --m", ["--max-resets", "--max-reset-ratio", "--max-silent-backends",
+                               "--min-new-flows"]),
+    ("bgswitch rollback -", ["-H", "--check-http", "-T", "--check-timeout", "-n", "--no-check",
+                             "-f", "--force", "-G", "--if-generation", "-m", "--reason", "-h",
+                             "--help"]),
+    ("bgswitch check web green -", ["-H", "--check-http", "-T", "--check-timeout", "-h",
+                                    "--help"]),
+    ("bgswitch drain web -", ["-t", "--timeout", "-i", "--interval", "-h", "--help"]),
     ("bgswitch status -", ["-j", "--json", "-i", "--interval", "-h", "--help"]),
     ("bgswitch status web --j", ["--json"]),
     ("bgswitch timeouts -", ["-t", "--tcp-idle", "-u", "--udp-idle", "-c", "--closing", "-h",
@@ -356,6 +400,12 @@ def test_packaging_completion_command_options(stub, line, want):
     ("bgswitch timeouts --closing=", []),
     ("bgswitch status --interval ", []),
     ("bgswitch watch -i ", []),
+    ("bgswitch flip web --guard ", []),
+    ("bgswitch flip web --check-http ", []),
+    ("bgswitch flip web -G ", []),
+    ("bgswitch rollback web --reason ", []),
+    ("bgswitch drain web --timeout ", []),
+    ("bgswitch backend del web blue 10.0.1.1:8080 --if-generation ", []),
 ])
 def test_packaging_completion_option_values(stub, line, want):
     assert complete(stub, line) == want
@@ -379,12 +429,25 @@ def test_packaging_completion_no_arguments(stub, line):
 def test_packaging_completion_positionals_after_options(stub):
     """getopt permutes: options may come before the arguments they precede."""
     assert complete(stub, "bgswitch service add --proto udp dns 192.0.2.53:53 -") == [
-        "-p", "--proto", "-h", "--help"]
+        "-p", "--proto", "-m", "--reason", "-h", "--help"]
+    assert complete(stub, "bgswitch flip --guard 30s web ") == ["blue", "green"]
+    assert complete(stub, "bgswitch flip -w -t 5m web green ") == []
+    assert complete(stub, "bgswitch check -H /healthz ") == ["web", "dns", "web-canary"]
     assert complete(stub, "bgswitch service del --force ") == ["web", "dns", "web-canary"]
     assert complete(stub, "bgswitch status --json web ") == []
     assert complete(stub, "bgswitch status -i 100 ") == ["web", "dns", "web-canary"]
     assert complete(stub, "bgswitch watch --interval 500 ") == ["web", "dns", "web-canary"]
     assert complete(stub, "bgswitch watch --interval=500 web ") == []
+
+
+def _fault_points():
+    """The names of the fault points (BGSWITCH_FAULT) in user/*.c."""
+    points = set()
+    for path in glob.glob(os.path.join(TOP, "user", "*.c")):
+        with open(path) as f:
+            points |= set(re.findall(r'fault_point\("([a-z-]+)"\)', f.read()))
+    assert points, "no fault points found in user/*.c"
+    return points
 
 
 def _getopt_long_names():
@@ -500,10 +563,16 @@ def test_packaging_man_documents_every_command_and_option():
         assert re.search(rf"^\.B[RI]* \"?{cmd}\b", roff, re.M), f"no entry for {cmd}"
     for sub in ("service add", "service del", "service list", "backend add", "backend del"):
         assert sub in text
+    # the environment, the test hook and its fault points, the exit statuses
+    for word in ("BGSWITCH_AUDIT_LOG", "BGSWITCH_FAULT", "/var/lib/bgswitch/audit.log"):
+        assert word in text, word
+    for point in _fault_points():
+        assert point in text, point
     missing = sorted(n for n in _getopt_long_names() | {"listen"} if f"--{n}" not in text)
     assert not missing, f"options of user/*.c missing from the man page: {missing}"
     for opt in ("-r", "-v", "-V", "-h", "-m", "-f", "-F", "-e", "-p", "-j", "-i", "-t", "-u",
-                "-c", "-l", "-g", "-vv"):
+                "-c", "-l", "-g", "-vv", "-a", "-R", "-H", "-T", "-n", "-w", "-G", "-d", "-P",
+                "-S", "-N"):
         assert re.search(rf"(^|[\s\"]){re.escape(opt)}\b", text, re.M), opt
     # every option of every getopt table, documented as "-s, --long" (global ones too)
     for func, table in _getopt_tables().items():

@@ -177,6 +177,33 @@ static int pinned_flow_entries(__u32 *entries)
 	return 0;
 }
 
+/* The kernel adds BPF_F_RDONLY_PROG to a devmap's flags when it creates it (bgs_tx_ports), so
+ * the pinned map's flags differ from the object's and libbpf would refuse to reuse it ("parameter
+ * mismatch"): take that one flag from the pinned map before loading.
+ */
+static void adopt_pinned_flags(struct bgswitch_bpf *skel)
+{
+	struct bpf_map_info info;
+	char path[PATH_MAX];
+	struct bpf_map *map;
+	__u32 len;
+	int fd;
+
+	bpf_object__for_each_map(map, skel->obj) {
+		if (state_pin_path(path, sizeof(path), bpf_map__name(map)))
+			continue;
+		fd = bpf_obj_get(path);
+		if (fd < 0)
+			continue;
+		memset(&info, 0, sizeof(info));
+		len = sizeof(info);
+		if (!bpf_obj_get_info_by_fd(fd, &info, &len) &&
+		    (info.map_flags ^ bpf_map__map_flags(map)) == BPF_F_RDONLY_PROG)
+			bpf_map__set_map_flags(map, info.map_flags);
+		close(fd);
+	}
+}
+
 static int pin_prog(struct bpf_program *prog, const char *name)
 {
 	char rel[64], path[PATH_MAX];
@@ -327,36 +354,9 @@ static int set_tx_ports(int fd, const char *list)
 }
 static int purge_pins(void);
 
-/* bgs_tx_ports is pinned by hand (see bpf/fwd.bpf.h): hand libbpf the pinned map if there is
- * one, after checking it is the map it should be.
- */
-static int tx_ports_reuse(struct bgswitch_bpf *skel, int *fd)
-{
-	struct bpf_map_info info = { 0 };
-	__u32 len = sizeof(info);
-	char path[PATH_MAX];
-	int err;
-
-	*fd = -1;
-	state_pin_path(path, sizeof(path), "bgs_tx_ports");
-	*fd = bpf_obj_get(path);
-	if (*fd < 0)
-		return errno == ENOENT ? 0 : -errno;
-	if (bpf_obj_get_info_by_fd(*fd, &info, &len) || info.type != BPF_MAP_TYPE_DEVMAP_HASH ||
-	    info.key_size != sizeof(__u32) || info.value_size != sizeof(__u32) ||
-	    info.max_entries != BGS_MAX_IFACES) {
-		pr_warn("%s is not the devmap this build expects; 'detach --purge' it\n", path);
-		return -EINVAL;
-	}
-	err = bpf_map__reuse_fd(skel->maps.bgs_tx_ports, *fd);
-	if (err)
-		pr_warn("cannot reuse %s: %s\n", path, strerror(-err));
-	return err;
-}
-
 static void attach_usage(void)
 {
-	printf("Usage: bgswitch attach IFACE [--mode auto|native|generic] [--flows N]\n"
+	printf("Usage: bgswitch attach IFACE [--mode auto|native|generic] [--flows N] [--replace]\n"
 	       "\n"
 	       "Load the data plane, pin its maps and programs under the pin root, and attach\n"
 	       "XDP on IFACE's ingress and TC on its egress. Running it again changes nothing.\n"
@@ -370,6 +370,9 @@ static void attach_usage(void)
 	       "                    XDP frames: a native driver, or a veth whose peer has GRO or\n"
 	       "                    XDP on); replaces the registered list. Routes back out of\n"
 	       "                    IFACE always use XDP_TX; any other route uses the stack\n"
+	       "  -R, --replace     load this build's programs with the pinned maps and swap\n"
+	       "                    them in for the attached ones atomically (an upgrade: no\n"
+	       "                    flow is dropped); IFACE must be attached by this state\n"
 	       "  -h, --help        this help\n",
 	       BGS_DEFAULT_FLOWS);
 }
@@ -381,6 +384,7 @@ int do_attach(int argc, char **argv)
 		{ "flows", required_argument, NULL, 'f' },
 		{ "force", no_argument, NULL, 'F' },
 		{ "xdp-egress", required_argument, NULL, 'e' },
+		{ "replace", no_argument, NULL, 'R' },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 },
 	};
@@ -391,14 +395,16 @@ int do_attach(int argc, char **argv)
 	struct bgs_iface rec = { 0 };
 	struct iface_view v, after;
 	const char *ifname, *egress = NULL;
-	bool xdp_done = false, force = false, created = false;
-	int tx_fd = -1;
+	bool xdp_done = false, tc_done = false, force = false, created = false, replace = false;
 	int ifindex, lock_fd = -1, c, err;
 
-	while ((c = getopt_long(argc, argv, "m:f:e:Fh", opts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "m:f:e:FRh", opts, NULL)) != -1) {
 		switch (c) {
 		case 'F':
 			force = true;
+			break;
+		case 'R':
+			replace = true;
 			break;
 		case 'e':
 			egress = optarg;
@@ -483,8 +489,25 @@ int do_attach(int argc, char **argv)
 		err = -EBUSY;
 		goto out;
 	}
-	if (v.xdp_ours && v.tc_ours && v.recorded &&
-	    (!mode_flags(mode) || mode_flags(mode) == attached_flags(v.xdp_mode))) {
+	if (replace) {
+		/* An upgrade in place: both programs are swapped, never detached, so the mode
+		 * stays and no packet meets an interface without its program.
+		 */
+		if (!v.xdp_ours) {
+			pr_warn("--replace: %s is not attached by the state at %s (attach it first)\n",
+				ifname, bgs_pin_root);
+			err = -ENOENT;
+			goto out;
+		}
+		if (mode_flags(mode) && mode_flags(mode) != attached_flags(v.xdp_mode)) {
+			pr_warn("--replace keeps the XDP mode (%s); a change of mode cannot be "
+				"atomic\n",
+				xdp_mode_name(v.xdp_mode));
+			err = -EINVAL;
+			goto out;
+		}
+	} else if (v.xdp_ours && v.tc_ours && v.recorded &&
+		   (!mode_flags(mode) || mode_flags(mode) == attached_flags(v.xdp_mode))) {
 		if (egress) {
 			char path[PATH_MAX];
 			int fd;
@@ -511,9 +534,7 @@ int do_attach(int argc, char **argv)
 	}
 	bpf_map__set_max_entries(skel->maps.bgs_flows, flows);
 	bpf_map__set_max_entries(skel->maps.bgs_reverse, flows);
-	err = tx_ports_reuse(skel, &tx_fd);
-	if (err)
-		goto out;
+	adopt_pinned_flags(skel);
 	err = bgswitch_bpf__load(skel);
 	if (err) {
 		pr_warn("cannot load the data plane: %s (run with -v for the verifier's log)\n",
@@ -523,16 +544,7 @@ int do_attach(int argc, char **argv)
 	err = config_init(skel, flows);
 	if (err)
 		goto out;
-	if (tx_fd < 0) {
-		char path[PATH_MAX];
-
-		state_pin_path(path, sizeof(path), "bgs_tx_ports");
-		err = bpf_map__pin(skel->maps.bgs_tx_ports, path);
-		if (err) {
-			pr_warn("cannot pin %s: %s\n", path, strerror(-err));
-			goto out;
-		}
-	}
+	fault_point("attach-after-load");
 	if (egress) {
 		err = set_tx_ports(bpf_map__fd(skel->maps.bgs_tx_ports), egress);
 		if (err)
@@ -543,14 +555,21 @@ int do_attach(int argc, char **argv)
 		err = pin_prog(skel->progs.bgs_egress, "bgs_egress");
 	if (err)
 		goto out;
+	fault_point("attach-after-pin");
 
+	/* TC first: on its own it only rewrites replies of flows XDP recorded, so whatever stops
+	 * this command half way never leaves an interface translating one way only.
+	 */
+	err = attach_tc(ifindex, ifname, bpf_program__fd(skel->progs.bgs_egress));
+	if (err)
+		goto out;
+	tc_done = true;
+	fault_point("attach-after-tc");
 	err = attach_xdp(ifindex, ifname, bpf_program__fd(skel->progs.bgs_ingress), mode, &v);
 	if (err)
 		goto out;
 	xdp_done = true;
-	err = attach_tc(ifindex, ifname, bpf_program__fd(skel->progs.bgs_egress));
-	if (err)
-		goto out;
+	fault_point("attach-before-record");
 
 	err = iface_inspect(ifindex, &after);
 	if (err)
@@ -566,17 +585,21 @@ int do_attach(int argc, char **argv)
 		pr_warn("cannot record the attachment: %s\n", strerror(errno));
 		goto out;
 	}
-	pr_info("%s: attached (%s XDP ingress, TC egress), flow table %u entries, state at %s\n",
-		ifname, xdp_mode_name(after.xdp_mode), flows, bgs_pin_root);
+	if (replace)
+		pr_info("%s: programs replaced (XDP id %u -> %u, TC id %u -> %u), pinned maps "
+			"reused, state at %s\n",
+			ifname, v.xdp_id, after.xdp_id, v.tc_id, after.tc_id, bgs_pin_root);
+	else
+		pr_info("%s: attached (%s XDP ingress, TC egress), flow table %u entries, state at "
+			"%s\n",
+			ifname, xdp_mode_name(after.xdp_mode), flows, bgs_pin_root);
 out:
-	if (err && xdp_done && !v.xdp_id) {
-		/* Leave the interface as it was: a half attachment would translate one way only. */
+	/* Leave the interface as it was: a half attachment would translate one way only. */
+	if (err && xdp_done && !v.xdp_id)
 		bpf_xdp_detach(ifindex, mode_flags(mode), NULL);
+	if (err && tc_done && !v.tc_id)
 		detach_tc(ifindex);
-	}
 	bgswitch_bpf__destroy(skel);
-	if (tx_fd >= 0)
-		close(tx_fd);
 	/* A failed first attach leaves no state behind: half a state is worse than none. */
 	if (err && created)
 		purge_pins();

@@ -308,7 +308,7 @@ static void exporter_gc(void)
 
 	if (state_open(&st, true))
 		return;
-	if (!flows_collect(&st, &deleted) && !slots_collect(&st))
+	if (!flows_collect(&st, &deleted) && !state_repair(&st))
 		drain_settle(&st);
 	if (deleted)
 		pr_debug("exporter: collected %llu expired flow entries\n",

@@ -2,16 +2,35 @@
 /* log.c: leveled logging to stderr (warnings) and stdout (info), libbpf's included with -v. */
 #include <stdarg.h>
 #include <stdio.h>
+#include <string.h>
 #include <bpf/libbpf.h>
 
 #include "log.h"
 
 int bgs_verbosity = BGS_LOG_INFO;
 
+/* The last warning, without its newline: the audit trail records why a change was refused. */
+static char last_warn[256];
+
+const char *bgs_log_last_warn(void)
+{
+	return last_warn;
+}
+
 void bgs_log(enum bgs_log_level level, const char *fmt, ...)
 {
 	va_list ap;
 
+	if (level == BGS_LOG_WARN) {
+		size_t n;
+
+		va_start(ap, fmt);
+		vsnprintf(last_warn, sizeof(last_warn), fmt, ap);
+		va_end(ap);
+		n = strlen(last_warn);
+		if (n && last_warn[n - 1] == '\n')
+			last_warn[n - 1] = '\0';
+	}
 	if ((int)level > bgs_verbosity)
 		return;
 	va_start(ap, fmt);

@@ -13,6 +13,7 @@ extern int bgs_verbosity;
 
 void bgs_log(enum bgs_log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void bgs_log_setup(int verbosity);
+const char *bgs_log_last_warn(void);
 
 #define pr_warn(...) bgs_log(BGS_LOG_WARN, __VA_ARGS__)
 #define pr_info(...) bgs_log(BGS_LOG_INFO, __VA_ARGS__)

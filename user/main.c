@@ -7,6 +7,7 @@
 #include <string.h>
 #include <linux/types.h>
 
+#include "audit.h"
 #include "bgswitch.h"
 #include "commands.h"
 #include "log.h"
@@ -23,12 +24,17 @@ struct command {
 };
 
 static const struct command commands[] = {
-	{ "attach", do_attach, "attach IFACE [--mode auto|native|generic] [--flows N]" },
+	{ "attach", do_attach,
+	  "attach IFACE [--mode auto|native|generic] [--flows N] [--replace]" },
 	{ "detach", do_detach, "detach IFACE [--purge]" },
 	{ "service", do_service, "service add NAME VIP:PORT [--proto tcp|udp] | del NAME | list" },
-	{ "backend", do_backend, "backend add|del NAME blue|green IP:PORT" },
-	{ "flip", do_flip, "flip NAME [blue|green]" },
-	{ "rollback", do_rollback, "rollback NAME" },
+	{ "backend", do_backend, "backend add|del NAME blue|green IP:PORT [--drain|--force]" },
+	{ "flip", do_flip,
+	  "flip NAME [blue|green] [--check-http PATH] [--guard D] [--wait-drain] "
+	  "[--if-generation G]" },
+	{ "rollback", do_rollback, "rollback NAME [--if-generation G]" },
+	{ "check", do_check, "check NAME blue|green [--check-http PATH]" },
+	{ "drain", do_drain, "drain NAME [--timeout D]" },
 	{ "status", do_status, "status [NAME] [--json] [--interval MS]" },
 	{ "timeouts", do_timeouts, "timeouts [--tcp-idle D] [--udp-idle D] [--closing D]" },
 	{ "gc", do_gc, "gc" },
@@ -37,11 +43,30 @@ static const struct command commands[] = {
 	{ "exporter", do_exporter, "exporter --listen ADDR:PORT" },
 };
 
+/* The exit status of a command's error: most are 1; those a pipeline acts on have their own. */
+static int exit_status(int err)
+{
+	switch (err) {
+	case 0:
+		return 0;
+	case BGS_ERR_CHECK:
+		return 3;
+	case BGS_ERR_GUARD:
+		return 4;
+	case BGS_ERR_TIMEOUT:
+		return 5;
+	case BGS_ERR_GENERATION:
+		return 6;
+	default:
+		return 1;
+	}
+}
+
 static void usage(FILE *f)
 {
 	size_t i;
 
-	fprintf(f, "Usage: bgswitch [-v] [--pin-root DIR] COMMAND [ARGS]\n"
+	fprintf(f, "Usage: bgswitch [-v] [--pin-root DIR] [--audit-log PATH] COMMAND [ARGS]\n"
 		   "\n"
 		   "A kernel-level blue-green traffic switch (XDP ingress, TC egress).\n"
 		   "\n"
@@ -51,17 +76,23 @@ static void usage(FILE *f)
 	fprintf(f,
 		"\n"
 		"Options:\n"
-		"  -r, --pin-root DIR   pinned state (default %s)\n"
-		"  -v, --verbose        more detail; twice for libbpf's debug output\n"
-		"  -V, --version        print the version and the map layout version\n"
-		"  -h, --help           this help; 'bgswitch COMMAND --help' for a command\n",
-		BGS_DEFAULT_PIN_ROOT);
+		"  -r, --pin-root DIR     pinned state (default %s)\n"
+		"  -a, --audit-log PATH   audit trail file (default $BGSWITCH_AUDIT_LOG, else\n"
+		"                         %s)\n"
+		"  -v, --verbose          more detail; twice for libbpf's debug output\n"
+		"  -V, --version          print the version and the map layout version\n"
+		"  -h, --help             this help; 'bgswitch COMMAND --help' for a command\n"
+		"\n"
+		"Exit status: 0 success, 1 error, 2 usage, 3 a check failed, 4 the guard rolled\n"
+		"back, 5 drain timeout, 6 --if-generation mismatch.\n",
+		BGS_DEFAULT_PIN_ROOT, BGS_DEFAULT_AUDIT_LOG);
 }
 
 int main(int argc, char **argv)
 {
 	static const struct option opts[] = {
 		{ "pin-root", required_argument, NULL, 'r' },
+		{ "audit-log", required_argument, NULL, 'a' },
 		{ "verbose", no_argument, NULL, 'v' },
 		{ "version", no_argument, NULL, 'V' },
 		{ "help", no_argument, NULL, 'h' },
@@ -71,10 +102,13 @@ int main(int argc, char **argv)
 	size_t i;
 
 	/* '+': stop at the command, whose own options follow it. */
-	while ((c = getopt_long(argc, argv, "+r:vVh", opts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "+r:a:vVh", opts, NULL)) != -1) {
 		switch (c) {
 		case 'r':
 			bgs_pin_root = optarg;
+			break;
+		case 'a':
+			bgs_audit_path = optarg;
 			break;
 		case 'v':
 			verbosity++;
@@ -107,7 +141,7 @@ int main(int argc, char **argv)
 		argv[0] = "bgswitch"; /* getopt's own messages then read "bgswitch: ..." */
 		optind = 0; /* 0: glibc re-initialises getopt for the command's own options */
 		err = commands[i].func(argc, argv);
-		return err ? 1 : 0;
+		return exit_status(err);
 	}
 	pr_warn("unknown command '%s' (see 'bgswitch --help')\n", argv[optind]);
 	return 2;

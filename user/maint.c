@@ -105,8 +105,9 @@ static void gc_usage(void)
 	       "\n"
 	       "Delete flow entries past their time (closed for longer than the closing timeout,\n"
 	       "or idle past their idle timeout) with their reverse entries, and free the slots of\n"
-	       "removed backends that no live flow needs any more. The exporter runs it\n"
-	       "periodically; run it from a timer where no exporter runs.\n");
+	       "removed backends that no live flow needs any more. It also repairs what a command\n"
+	       "killed half way left: unfinished service records, slots in no set, stale counts.\n"
+	       "The exporter runs it periodically; run it from a timer where no exporter runs.\n");
 }
 
 int do_gc(int argc, char **argv)
@@ -135,7 +136,7 @@ int do_gc(int argc, char **argv)
 		return err;
 	err = flows_collect(&st, &deleted);
 	if (!err)
-		err = slots_collect(&st);
+		err = state_repair(&st);
 	if (!err)
 		err = drain_settle(&st);
 	if (!err)

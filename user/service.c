@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: GPL-2.0
-/* service.c: `service`, `backend`, `flip` and `rollback`: every change to what new flows do. */
+/* service.c: `service` and `backend`: defining services and their backends. */
 #include <errno.h>
 #include <getopt.h>
 #include <netinet/in.h>
@@ -8,6 +8,7 @@
 #include <string.h>
 #include <bpf/bpf.h>
 
+#include "audit.h"
 #include "commands.h"
 #include "log.h"
 #include "state.h"
@@ -32,32 +33,29 @@ static int parse_help_only(int argc, char **argv, void (*usage)(void))
 	return 0;
 }
 
-static int bad_args(const char *what)
-{
-	pr_warn("%s (see 'bgswitch %s --help')\n", "wrong number of arguments", what);
-	return -EINVAL;
-}
-
 /* ---- service ---- */
 
 static void service_usage(void)
 {
-	printf("Usage: bgswitch service add NAME VIP:PORT [--proto tcp|udp]\n"
-	       "       bgswitch service del NAME [--force]\n"
+	printf("Usage: bgswitch service add NAME VIP:PORT [--proto tcp|udp] [--reason TEXT]\n"
+	       "       bgswitch service del NAME [--force] [--reason TEXT]\n"
 	       "       bgswitch service list\n"
 	       "\n"
 	       "A service is what clients address: a VIP, a port and a protocol. It starts on\n"
-	       "blue with no backends; add them with 'bgswitch backend add'.\n"
+	       "blue with no backends; add them with 'bgswitch backend add'. Adding and deleting\n"
+	       "are written to the audit trail.\n"
 	       "\n"
-	       "  -p, --proto P   tcp (default) or udp\n"
-	       "  -f, --force     delete even though flows are live, cutting them\n"
-	       "  -h, --help      this help\n");
+	       "  -p, --proto P     tcp (default) or udp\n"
+	       "  -f, --force       delete even though flows are live, cutting them\n"
+	       "  -m, --reason TEXT why, for the audit trail\n"
+	       "  -h, --help        this help\n");
 }
 
 static int service_add(int argc, char **argv)
 {
 	static const struct option opts[] = {
 		{ "proto", required_argument, NULL, 'p' },
+		{ "reason", required_argument, NULL, 'm' },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 },
 	};
@@ -66,18 +64,26 @@ static int service_add(int argc, char **argv)
 	struct bgs_endpoint ep;
 	struct bgs_switch sw = { .generation = 1, .active = BGS_BLUE, .previous = BGS_COLOR_NONE };
 	struct bgs_set empty = { 0 };
+	struct bgs_state st = { .lock_fd = -1 };
+	struct bgs_audit au = { .fd = -1 };
+	const char *reason = NULL;
 	__u8 proto = IPPROTO_TCP;
-	struct bgs_state st;
 	struct bgs_vip vip;
 	__u32 svc, i, found = BGS_MAX_SERVICES;
 	char ebuf[BGS_ADDRSTR_LEN];
+	bool opened = false;
 	int c, err;
 
-	while ((c = getopt_long(argc, argv, "p:h", opts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "p:m:h", opts, NULL)) != -1) {
 		switch (c) {
 		case 'p':
 			if (parse_proto(optarg, &proto))
 				return -EINVAL;
+			break;
+		case 'm':
+			if (audit_check_reason(optarg))
+				return -EINVAL;
+			reason = optarg;
 			break;
 		case 'h':
 			service_usage();
@@ -99,9 +105,16 @@ static int service_add(int argc, char **argv)
 	err = state_need_root();
 	if (err)
 		return err;
-	err = state_open(&st, true);
+	err = audit_open(&au, "service-add", reason);
 	if (err)
 		return err;
+	err = state_open(&st, true);
+	if (err)
+		goto out;
+	opened = true;
+	err = state_repair(&st);
+	if (err)
+		goto out;
 
 	memset(&rec, 0, sizeof(rec));
 	snprintf(rec.name, sizeof(rec.name), "%s", argv[optind]);
@@ -109,6 +122,10 @@ static int service_add(int argc, char **argv)
 	rec.vip.port = ep.port;
 	rec.vip.proto = proto;
 	rec.vip.family = ep.family;
+	snprintf(au.service, sizeof(au.service), "%s", rec.name);
+	snprintf(au.to, sizeof(au.to), "%s/%s",
+		 fmt_endpoint(ep.addr, ep.port, ep.family, ebuf, sizeof(ebuf)), proto_name(proto));
+	au.gen_after = sw.generation;
 
 	for (i = 0; i < BGS_MAX_SERVICES; i++) {
 		if (!service_get(&st, i, &other)) {
@@ -137,7 +154,9 @@ static int service_add(int argc, char **argv)
 	}
 	svc = found;
 
-	/* Everything the data plane will read first, the VIP entry that makes it visible last. */
+	/* Everything the data plane will read first, the VIP entry that makes it visible last:
+	 * killed before that, the service is an invisible record that the next command collects.
+	 */
 	for (i = 0; i < 4; i++) {
 		__u32 idx = (svc << 2) | i;
 
@@ -155,6 +174,7 @@ static int service_add(int argc, char **argv)
 	err = refcount_add(&st, BGS_M_VIP_ADDRS, &va, 1);
 	if (err)
 		goto out;
+	fault_point("service-add-before-vip");
 	vip.svc = svc;
 	if (bpf_map_update_elem(st.fd[BGS_M_VIPS], &rec.vip, &vip, BPF_ANY)) {
 		refcount_add(&st, BGS_M_VIP_ADDRS, &va, -1);
@@ -168,14 +188,48 @@ map_err:
 	err = -errno;
 	pr_warn("cannot write the service: %s\n", strerror(errno));
 out:
-	state_close(&st);
+	audit_record(&au, err);
+	audit_close(&au);
+	if (opened)
+		state_close(&st);
 	return err;
+}
+
+/* A service of that name, visible or not: an invisible one is a `service add` or `service
+ * del` that was killed half way.
+ */
+static bool service_record_named(const struct bgs_state *st, const char *name)
+{
+	struct bgs_service rec;
+	__u32 i;
+
+	for (i = 0; i < BGS_MAX_SERVICES; i++)
+		if (!bpf_map_lookup_elem(st->fd[BGS_M_SERVICES], &i, &rec) && rec.name[0] &&
+		    !strncmp(rec.name, name, BGS_NAME_LEN))
+			return true;
+	return false;
+}
+
+/* service_find() without its warning. */
+static bool service_visible(const struct bgs_state *st, const char *name, __u32 *svc,
+			    struct bgs_service *rec)
+{
+	__u32 i;
+
+	for (i = 0; i < BGS_MAX_SERVICES; i++) {
+		if (service_get(st, i, rec) && !strncmp(rec->name, name, BGS_NAME_LEN)) {
+			*svc = i;
+			return true;
+		}
+	}
+	return false;
 }
 
 static int service_del(int argc, char **argv)
 {
 	static const struct option opts[] = {
 		{ "force", no_argument, NULL, 'f' },
+		{ "reason", required_argument, NULL, 'm' },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 },
 	};
@@ -183,17 +237,25 @@ static int service_del(int argc, char **argv)
 	struct bgs_service rec, blank = { 0 };
 	struct bgs_vip_addr va = { 0 };
 	struct bgs_switch zero_sw = { 0 };
+	struct bgs_state st = { .lock_fd = -1 };
+	struct bgs_audit au = { .fd = -1 };
+	const char *reason = NULL;
+	char ebuf[BGS_ADDRSTR_LEN];
 	struct bgs_backend be;
-	struct bgs_state st;
 	__u64 live = 0;
-	bool force = false;
+	bool force = false, opened = false;
 	__u32 svc, slot;
 	int c, err;
 
-	while ((c = getopt_long(argc, argv, "fh", opts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "fm:h", opts, NULL)) != -1) {
 		switch (c) {
 		case 'f':
 			force = true;
+			break;
+		case 'm':
+			if (audit_check_reason(optarg))
+				return -EINVAL;
+			reason = optarg;
 			break;
 		case 'h':
 			service_usage();
@@ -207,12 +269,36 @@ static int service_del(int argc, char **argv)
 	err = state_need_root();
 	if (err)
 		return err;
-	err = state_open(&st, true);
+	err = audit_open(&au, "service-del", reason);
 	if (err)
 		return err;
-	err = service_find(&st, argv[optind], &svc, &rec);
+	err = state_open(&st, true);
 	if (err)
 		goto out;
+	opened = true;
+	snprintf(au.service, sizeof(au.service), "%.*s", BGS_NAME_LEN - 1, argv[optind]);
+	if (!service_record_named(&st, argv[optind])) {
+		pr_warn("unknown service '%s'\n", argv[optind]);
+		err = -ENOENT;
+		au.service[0] = '\0'; /* not a change: not for the trail */
+		goto out;
+	}
+	if (!service_visible(&st, argv[optind], &svc, &rec)) {
+		/* Only an unfinished record: the repair finishes the delete. */
+		err = state_repair(&st);
+		if (!err)
+			pr_info("service %s deleted (an interrupted delete finished)\n",
+				argv[optind]);
+		snprintf(au.detail, sizeof(au.detail), "finished an interrupted delete");
+		goto out;
+	}
+	err = state_repair(&st);
+	if (err)
+		goto out;
+	au.gen_before = switch_read(&st, svc).generation;
+	snprintf(au.from, sizeof(au.from), "%s/%s",
+		 fmt_endpoint(rec.vip.addr, rec.vip.port, rec.vip.family, ebuf, sizeof(ebuf)),
+		 proto_name(rec.vip.proto));
 	census = malloc(sizeof(*census));
 	if (!census) {
 		err = -ENOMEM;
@@ -232,12 +318,15 @@ static int service_del(int argc, char **argv)
 		goto out;
 	}
 
-	/* The VIP entry goes first: from then on the data plane no longer sees the service. */
+	/* The VIP entry goes first: from then on the data plane no longer sees the service, and
+	 * a command killed after this point leaves an invisible record that repair collects.
+	 */
 	if (bpf_map_delete_elem(st.fd[BGS_M_VIPS], &rec.vip)) {
 		err = -errno;
 		pr_warn("cannot delete the VIP entry: %s\n", strerror(errno));
 		goto out;
 	}
+	fault_point("service-del-after-vip");
 	memcpy(va.addr, rec.vip.addr, sizeof(va.addr));
 	va.family = rec.vip.family;
 	refcount_add(&st, BGS_M_VIP_ADDRS, &va, -1);
@@ -250,15 +339,22 @@ static int service_del(int argc, char **argv)
 			goto out;
 	}
 	switch_write(&st, svc, zero_sw);
+	fault_point("service-del-before-record");
 	bpf_map_update_elem(st.fd[BGS_M_SERVICES], &svc, &blank, BPF_ANY);
-	if (live)
+	if (live) {
+		snprintf(au.detail, sizeof(au.detail), "%llu live flows cut",
+			 (unsigned long long)live);
 		pr_info("service %s deleted; %llu live flows cut\n", rec.name,
 			(unsigned long long)live);
-	else
+	} else {
 		pr_info("service %s deleted\n", rec.name);
+	}
 out:
+	audit_record(&au, err);
+	audit_close(&au);
 	free(census);
-	state_close(&st);
+	if (opened)
+		state_close(&st);
 	return err;
 }
 
@@ -322,12 +418,21 @@ int do_service(int argc, char **argv)
 
 static void backend_usage(void)
 {
-	printf("Usage: bgswitch backend add NAME blue|green IP:PORT\n"
-	       "       bgswitch backend del NAME blue|green IP:PORT\n"
+	printf("Usage: bgswitch backend add NAME blue|green IP:PORT [--if-generation G] "
+	       "[--reason TEXT]\n"
+	       "       bgswitch backend del NAME blue|green IP:PORT [--drain|--force]\n"
+	       "                            [--if-generation G] [--reason TEXT]\n"
 	       "\n"
 	       "Add a backend to, or remove it from, one color of a service. The new set takes\n"
-	       "effect for new flows with one switch write. A removed backend keeps the flows it\n"
-	       "already has until they end (it is shown as draining).\n");
+	       "effect for new flows with one switch write. Removing a backend that still has\n"
+	       "live flows is refused unless --drain (it leaves the set at once and keeps its\n"
+	       "flows until they end; it is shown as draining) or --force (its flows are cut).\n"
+	       "\n"
+	       "  -d, --drain            del: let its live flows finish\n"
+	       "  -f, --force            del: cut its live flows, and say how many\n"
+	       "  -G, --if-generation G  change only if the service is at generation G\n"
+	       "  -m, --reason TEXT      why, for the audit trail\n"
+	       "  -h, --help             this help\n");
 }
 
 struct backend_args {
@@ -338,18 +443,36 @@ struct backend_args {
 	__u32 svc;
 	__u8 color;
 	int pos; /* index of the backend in the color's current set, or -1 */
+	bool had_slot; /* a slot of this backend was in use before the repair */
 };
 
-/* Parse NAME COLOR IP:PORT, open the state, and find the backend in the current set. */
-static int backend_prepare(int argc, char **argv, struct backend_args *a)
+/* A slot of this service, color and address in use (active or draining). */
+static bool backend_find_slot(const struct backend_args *a, __u32 *out)
 {
 	struct bgs_backend be;
-	__u32 i;
+	__u32 slot;
+
+	for (slot = 0; slot < BGS_MAX_SLOTS; slot++) {
+		if (!bpf_map_lookup_elem(a->st.fd[BGS_M_BACKENDS], &slot, &be) &&
+		    be.state != BGS_BACKEND_FREE && be.svc == a->svc && be.color == a->color &&
+		    !memcmp(be.addr, a->ep.addr, sizeof(be.addr)) && be.port == a->ep.port) {
+			*out = slot;
+			return true;
+		}
+	}
+	return false;
+}
+
+/* With argv[optind..] NAME COLOR IP:PORT: open the state, check the generation, repair, and
+ * find the backend in the current set. The audit record learns the service on the way.
+ */
+static int backend_prepare(int argc, char **argv, __s64 if_gen, struct bgs_audit *au,
+			   struct backend_args *a)
+{
+	struct bgs_backend be;
+	__u32 i, slot;
 	int err;
 
-	err = parse_help_only(argc, argv, backend_usage);
-	if (err)
-		return err;
 	if (argc - optind != 3)
 		return bad_args("backend");
 	if (parse_color(argv[optind + 1], &a->color) || parse_endpoint(argv[optind + 2], &a->ep))
@@ -363,10 +486,18 @@ static int backend_prepare(int argc, char **argv, struct backend_args *a)
 	err = state_need_root();
 	if (err)
 		return err;
+	err = audit_open(au, au->action, au->reason);
+	if (err)
+		return err;
 	err = state_open(&a->st, true);
 	if (err)
 		return err;
 	err = service_find(&a->st, argv[optind], &a->svc, &a->rec);
+	if (!err) {
+		snprintf(au->service, sizeof(au->service), "%s", a->rec.name);
+		au->gen_before = au->gen_after = switch_read(&a->st, a->svc).generation;
+		err = generation_check(&a->st, a->svc, a->rec.name, if_gen);
+	}
 	if (!err && a->ep.family != a->rec.vip.family) {
 		pr_warn("'%s' is not of the address family of service '%s'\n", argv[optind + 2],
 			a->rec.name);
@@ -377,10 +508,12 @@ static int backend_prepare(int argc, char **argv, struct backend_args *a)
 			a->rec.name);
 		err = -EINVAL;
 	}
+	if (!err) {
+		a->had_slot = backend_find_slot(a, &slot);
+		err = state_repair(&a->st);
+	}
 	if (!err)
 		err = set_read(&a->st, a->svc, a->color, &a->set);
-	if (!err)
-		err = slots_collect(&a->st);
 	if (err) {
 		state_close(&a->st);
 		return err;
@@ -426,22 +559,59 @@ static int backend_slot(struct backend_args *a, __u32 *out, bool *reused)
 	return 0;
 }
 
+/* "blue/10.0.1.1:8080": a backend as the audit trail names it. */
+static void backend_label(const struct backend_args *a, char *buf, size_t len)
+{
+	char ebuf[BGS_ADDRSTR_LEN];
+
+	snprintf(buf, len, "%s/%s", color_name(a->color),
+		 fmt_endpoint(a->ep.addr, a->ep.port, a->ep.family, ebuf, sizeof(ebuf)));
+}
+
 static int backend_add(int argc, char **argv)
 {
+	static const struct option opts[] = {
+		{ "if-generation", required_argument, NULL, 'G' },
+		{ "reason", required_argument, NULL, 'm' },
+		{ "help", no_argument, NULL, 'h' },
+		{ 0 },
+	};
+	struct bgs_audit au = { .fd = -1, .action = "backend-add" };
 	struct backend_args a;
 	struct bgs_backend be = { 0 };
 	struct bgs_backend_addr ba = { 0 };
 	struct bgs_set other;
 	char ebuf[BGS_ADDRSTR_LEN];
+	__s64 if_gen = -1;
 	__u8 ocolor;
-	bool reused = false;
+	bool reused = false, opened = false;
 	__u32 slot, i;
-	int err;
+	int c, err;
 
-	err = backend_prepare(argc, argv, &a);
+	while ((c = getopt_long(argc, argv, "G:m:h", opts, NULL)) != -1) {
+		switch (c) {
+		case 'G':
+			if (parse_generation(optarg, &if_gen))
+				return -EINVAL;
+			break;
+		case 'm':
+			if (audit_check_reason(optarg))
+				return -EINVAL;
+			au.reason = optarg;
+			break;
+		case 'h':
+			backend_usage();
+			return 0;
+		default:
+			return -EINVAL;
+		}
+	}
+	err = backend_prepare(argc, argv, if_gen, &au, &a);
 	if (err)
-		return err > 0 ? 0 : err;
+		goto out;
+	opened = true;
 	fmt_endpoint(a.ep.addr, a.ep.port, a.ep.family, ebuf, sizeof(ebuf));
+	backend_label(&a, au.to, sizeof(au.to));
 	if (a.pos >= 0) {
 		pr_warn("%s is already a %s backend of '%s'\n", ebuf, color_name(a.color),
 			a.rec.name);
@@ -471,6 +641,7 @@ static int backend_add(int argc, char **argv)
 	if (err)
 		goto out;
 
+	memset(&be, 0, sizeof(be));
 	memcpy(be.addr, a.ep.addr, sizeof(be.addr));
 	be.port = a.ep.port;
 	be.family = a.ep.family;
@@ -490,37 +661,116 @@ static int backend_add(int argc, char **argv)
 	}
 	if (bpf_map_update_elem(a.st.fd[BGS_M_BACKENDS], &slot, &be, BPF_ANY))
 		goto map_err;
+	/* Killed here, the slot is active but in no set: repair collects it. */
+	fault_point("backend-add-before-commit");
 
 	a.set.slot[a.set.count++] = slot;
 	err = set_commit(&a.st, a.svc, a.color, &a.set);
 	if (err)
 		goto out;
+	au.gen_after = switch_read(&a.st, a.svc).generation;
 	pr_info("%s: %s backend %s added (%u in %s), generation %u\n", a.rec.name,
-		color_name(a.color), ebuf, a.set.count, color_name(a.color),
-		switch_read(&a.st, a.svc).generation);
+		color_name(a.color), ebuf, a.set.count, color_name(a.color), au.gen_after);
 	goto out;
 map_err:
 	err = -errno;
 	pr_warn("cannot write the backend: %s\n", strerror(errno));
 out:
-	state_close(&a.st);
+	if (opened)
+		state_close(&a.st);
+	audit_record(&au, err);
+	audit_close(&au);
 	return err;
 }
 
 static int backend_del(int argc, char **argv)
 {
+	static const struct option opts[] = {
+		{ "drain", no_argument, NULL, 'd' },
+		{ "force", no_argument, NULL, 'f' },
+		{ "if-generation", required_argument, NULL, 'G' },
+		{ "reason", required_argument, NULL, 'm' },
+		{ "help", no_argument, NULL, 'h' },
+		{ 0 },
+	};
+	struct bgs_audit au = { .fd = -1, .action = "backend-del" };
 	struct bgs_flow_census *census = NULL;
 	struct backend_args a;
 	struct bgs_backend be;
 	char ebuf[BGS_ADDRSTR_LEN];
+	bool drain = false, force = false, opened = false;
+	__s64 if_gen = -1;
 	__u32 slot, live;
-	int err;
+	int c, err;
 
-	err = backend_prepare(argc, argv, &a);
+	while ((c = getopt_long(argc, argv, "dfG:m:h", opts, NULL)) != -1) {
+		switch (c) {
+		case 'd':
+			drain = true;
+			break;
+		case 'f':
+			force = true;
+			break;
+		case 'G':
+			if (parse_generation(optarg, &if_gen))
+				return -EINVAL;
+			break;
+		case 'm':
+			if (audit_check_reason(optarg))
+				return -EINVAL;
+			au.reason = optarg;
+			break;
+		case 'h':
+			backend_usage();
+			return 0;
+		default:
+			return -EINVAL;
+		}
+	}
+	if (drain && force) {
+		pr_warn("--drain lets a backend's flows finish, --force cuts them: choose one\n");
+		return -EINVAL;
+	}
+	err = backend_prepare(argc, argv, if_gen, &au, &a);
 	if (err)
-		return err > 0 ? 0 : err;
+		goto out;
+	opened = true;
 	fmt_endpoint(a.ep.addr, a.ep.port, a.ep.family, ebuf, sizeof(ebuf));
+	backend_label(&a, au.from, sizeof(au.from));
+	census = malloc(sizeof(*census));
+	if (!census) {
+		err = -ENOMEM;
+		goto out;
+	}
+	err = flows_census(&a.st, census);
+	if (err)
+		goto out;
+
 	if (a.pos < 0) {
+		/* Out of the set already: draining, or an earlier removal that was interrupted. */
+		if (backend_find_slot(&a, &slot)) {
+			live = census->live[slot];
+			if (!force || !live) {
+				pr_info("%s: %s backend %s is already out of the set; %u live flows "
+					"drain to it\n",
+					a.rec.name, color_name(a.color), ebuf, live);
+				au.service[0] = '\0'; /* nothing changed */
+				goto out;
+			}
+			err = slot_release(&a.st, slot);
+			if (err)
+				goto out;
+			snprintf(au.detail, sizeof(au.detail), "draining; %u live flows cut", live);
+			pr_info("%s: %s backend %s removed; %u live flows cut\n", a.rec.name,
+				color_name(a.color), ebuf, live);
+			goto out;
+		}
+		if (a.had_slot) {
+			snprintf(au.detail, sizeof(au.detail), "finished an interrupted removal");
+			pr_info("%s: %s backend %s removed (an interrupted removal finished)\n",
+				a.rec.name, color_name(a.color), ebuf);
+			goto out;
+		}
 		pr_warn("%s is not a %s backend of '%s'\n", ebuf, color_name(a.color), a.rec.name);
 		err = -ENOENT;
 		goto out;
@@ -530,36 +780,49 @@ static int backend_del(int argc, char **argv)
 		err = -errno;
 		goto out;
 	}
-	census = malloc(sizeof(*census));
-	if (!census) {
-		err = -ENOMEM;
+	live = census->live[slot];
+	if (live && !drain && !force) {
+		pr_warn("%s backend %s of '%s' still has %u live flows; --drain lets them finish, "
+			"--force cuts them\n",
+			color_name(a.color), ebuf, a.rec.name, live);
+		err = -EBUSY;
 		goto out;
 	}
-	err = flows_census(&a.st, census);
-	if (err)
-		goto out;
-	live = census->live[slot];
 
 	a.set.slot[a.pos] = a.set.slot[--a.set.count];
 	a.set.slot[a.set.count] = 0;
 	err = set_commit(&a.st, a.svc, a.color, &a.set);
 	if (err)
 		goto out;
-	/* The slot outlives its place in the set while flows still point at it. */
-	if (live) {
+	au.gen_after = switch_read(&a.st, a.svc).generation;
+	/* Killed here, the slot is active but in no set: repair treats it as draining. */
+	fault_point("backend-del-after-commit");
+	if (live && drain) {
+		/* The slot outlives its place in the set while flows still point at it. */
 		be.state = BGS_BACKEND_DRAINING;
 		bpf_map_update_elem(a.st.fd[BGS_M_BACKENDS], &slot, &be, BPF_ANY);
+		snprintf(au.detail, sizeof(au.detail), "draining %u live flows", live);
 		pr_info("%s: %s backend %s removed from new flows; %u live flows drain to it\n",
 			a.rec.name, color_name(a.color), ebuf, live);
+		goto out;
+	}
+	/* Its flow and reverse entries go with the slot: live ones are cut (--force). */
+	err = slot_release(&a.st, slot);
+	if (err)
+		goto out;
+	if (live) {
+		snprintf(au.detail, sizeof(au.detail), "%u live flows cut", live);
+		pr_info("%s: %s backend %s removed; %u live flows cut\n", a.rec.name,
+			color_name(a.color), ebuf, live);
 	} else {
-		err = slot_release(&a.st, slot);
-		if (err)
-			goto out;
 		pr_info("%s: %s backend %s removed\n", a.rec.name, color_name(a.color), ebuf);
 	}
 out:
 	free(census);
-	state_close(&a.st);
+	if (opened)
+		state_close(&a.st);
+	audit_record(&au, err);
+	audit_close(&au);
 	return err;
 }
 
@@ -575,118 +838,4 @@ int do_backend(int argc, char **argv)
 		return backend_del(argc - 1, argv + 1);
 	pr_warn("unknown backend command '%s' (add or del)\n", argv[1]);
 	return -EINVAL;
-}
-
-/* ---- flip and rollback ---- */
-
-static void flip_usage(void)
-{
-	printf("Usage: bgswitch flip NAME [blue|green]\n"
-	       "\n"
-	       "Send every new flow of NAME to the given color (by default the other one) with\n"
-	       "one 8-byte write. Flows already open keep draining to the color they began on.\n");
-}
-
-static void rollback_usage(void)
-{
-	printf("Usage: bgswitch rollback NAME\n"
-	       "\n"
-	       "Send new flows back to the color that was active before the last flip: the same\n"
-	       "one write as a flip.\n");
-}
-
-/* Make `to` the active color of a service: the one switch write. */
-static int switch_to(struct bgs_state *st, __u32 svc, const struct bgs_service *rec, __u8 to)
-{
-	struct bgs_switch sw = switch_read(st, svc);
-	struct bgs_set set;
-	__u8 from = sw.active;
-	int err;
-
-	if (to == from) {
-		pr_info("%s: already %s (generation %u)\n", rec->name, color_name(to),
-			sw.generation);
-		return 0;
-	}
-	err = set_read(st, svc, to, &set);
-	if (err)
-		return err;
-	if (!set.count) {
-		pr_warn("%s of '%s' has no backends; refusing to send new flows there\n",
-			color_name(to), rec->name);
-		return -ENOENT;
-	}
-	sw.previous = from;
-	sw.active = to;
-	sw.flags |= BGS_SW_DRAINING; /* until the previous color has no live flows left */
-	sw.generation++;
-	switch_write(st, svc, sw);
-	pr_info("%s: %s -> %s (generation %u)\n", rec->name, color_name(from), color_name(to),
-		sw.generation);
-	return 0;
-}
-
-int do_flip(int argc, char **argv)
-{
-	struct bgs_service rec;
-	struct bgs_state st;
-	__u8 to = BGS_COLOR_NONE;
-	__u32 svc;
-	int err;
-
-	err = parse_help_only(argc, argv, flip_usage);
-	if (err)
-		return err < 0 ? err : 0;
-	if (argc - optind < 1 || argc - optind > 2)
-		return bad_args("flip");
-	if (argc - optind == 2 && parse_color(argv[optind + 1], &to))
-		return -EINVAL;
-	err = state_need_root();
-	if (err)
-		return err;
-	err = state_open(&st, true);
-	if (err)
-		return err;
-	err = service_find(&st, argv[optind], &svc, &rec);
-	if (!err) {
-		if (to == BGS_COLOR_NONE)
-			to = !switch_read(&st, svc).active;
-		err = switch_to(&st, svc, &rec, to);
-	}
-	state_close(&st);
-	return err;
-}
-
-int do_rollback(int argc, char **argv)
-{
-	struct bgs_service rec;
-	struct bgs_switch sw;
-	struct bgs_state st;
-	__u32 svc;
-	int err;
-
-	err = parse_help_only(argc, argv, rollback_usage);
-	if (err)
-		return err < 0 ? err : 0;
-	if (argc - optind != 1)
-		return bad_args("rollback");
-	err = state_need_root();
-	if (err)
-		return err;
-	err = state_open(&st, true);
-	if (err)
-		return err;
-	err = service_find(&st, argv[optind], &svc, &rec);
-	if (err)
-		goto out;
-	sw = switch_read(&st, svc);
-	if (sw.previous >= BGS_NCOLORS) {
-		pr_warn("'%s' has not been flipped: nothing to roll back\n", rec.name);
-		err = -ENOENT;
-		goto out;
-	}
-	err = switch_to(&st, svc, &rec, sw.previous);
-out:
-	state_close(&st);
-	return err;
 }

@@ -3,12 +3,19 @@
 #ifndef BGS_STATE_H
 #define BGS_STATE_H
 
+#include <errno.h>
 #include <limits.h>
 #include <stdbool.h>
 #include <linux/types.h>
 #include "bgswitch.h"
 
 #define BGS_DEFAULT_PIN_ROOT "/sys/fs/bpf/bgswitch"
+
+/* Errors with an exit status of their own (main.c maps them; bgswitch(8), EXIT STATUS). */
+#define BGS_ERR_CHECK (-EHOSTUNREACH) /* 3: a backend failed its check */
+#define BGS_ERR_GUARD (-ECANCELED) /* 4: the guard rolled the flip back */
+#define BGS_ERR_TIMEOUT (-ETIMEDOUT) /* 5: the old color did not drain in time */
+#define BGS_ERR_GENERATION (-ESTALE) /* 6: --if-generation did not match */
 #define BGS_PROG_DIR "progs"
 
 enum bgs_map_id {
@@ -79,6 +86,8 @@ int flows_collect(struct bgs_state *st, __u64 *deleted);
 int slot_release(struct bgs_state *st, __u32 slot);
 int slots_collect(struct bgs_state *st);
 int drain_settle(struct bgs_state *st);
+int state_repair(struct bgs_state *st);
+int generation_check(const struct bgs_state *st, __u32 svc, const char *name, __s64 want);
 
 int percpu_sum(const struct bgs_state *st, enum bgs_map_id m, __u32 key, __u64 *out,
 	       size_t nfields);

@@ -4,10 +4,12 @@
 #include <errno.h>
 #include <limits.h>
 #include <netinet/in.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "log.h"
 #include "util.h"
@@ -211,4 +213,57 @@ bool endpoint_is_unicast(const struct bgs_endpoint *ep)
 	if (ep->family == BGS_AF_INET)
 		return b[0] != 0 && b[0] != 127 && b[0] < 224;
 	return memcmp(b, zero, 16) && memcmp(b, loop6, 16) && b[0] != 0xff;
+}
+
+/* Usage error of a command: a wrong number of arguments. */
+int bad_args(const char *cmd)
+{
+	pr_warn("wrong number of arguments (see 'bgswitch %s --help')\n", cmd);
+	return -EINVAL;
+}
+
+/* Sleep until now_ns() reaches when_ns (CLOCK_MONOTONIC), waking up for nothing else. */
+void sleep_until_ns(__u64 when_ns)
+{
+	struct timespec ts = { .tv_sec = when_ns / 1000000000ULL,
+			       .tv_nsec = when_ns % 1000000000ULL };
+
+	while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) == EINTR)
+		;
+}
+
+/* A test hook. BGSWITCH_FAULT=NAME makes the command SIGKILL itself when it reaches the point
+ * called NAME, as a crash there would; BGSWITCH_FAULT=NAME:sleep=MS makes it pause there for MS
+ * milliseconds instead (to widen a race window). The points are listed in bgswitch(8).
+ */
+void fault_point(const char *name)
+{
+	const char *spec = getenv("BGSWITCH_FAULT");
+	size_t n = strlen(name);
+	__u32 ms;
+
+	if (!spec || strncmp(spec, name, n) || (spec[n] && spec[n] != ':'))
+		return;
+	if (!spec[n]) {
+		pr_debug("fault point %s: SIGKILL\n", name);
+		kill(getpid(), SIGKILL);
+		return;
+	}
+	if (!strncmp(spec + n, ":sleep=", 7) && !parse_u32(spec + n + 7, 0, 600000, &ms)) {
+		pr_debug("fault point %s: sleeping %u ms\n", name, ms);
+		sleep_until_ns(now_ns() + ms * 1000000ULL);
+	}
+}
+
+/* --if-generation G: a generation, 0 to 4294967295. */
+int parse_generation(const char *s, __s64 *out)
+{
+	__u32 g;
+
+	if (parse_u32(s, 0, 0xffffffffU, &g)) {
+		pr_warn("--if-generation '%s' is not a generation (0 to 4294967295)\n", s);
+		return -EINVAL;
+	}
+	*out = g;
+	return 0;
 }

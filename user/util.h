@@ -23,6 +23,7 @@ int parse_proto(const char *s, __u8 *proto);
 int parse_u32(const char *s, __u32 min, __u32 max, __u32 *out);
 int check_name(const char *name);
 int parse_duration_ns(const char *s, __u64 min_ns, __u64 max_ns, __u64 *out);
+int parse_generation(const char *s, __s64 *out);
 
 const char *color_name(__u8 color);
 const char *proto_name(__u8 proto);
@@ -30,5 +31,8 @@ const char *fmt_addr(const __u32 addr[4], __u8 family, char *buf, size_t len);
 const char *fmt_endpoint(const __u32 addr[4], __u16 port, __u8 family, char *buf, size_t len);
 
 __u64 now_ns(void);
+void sleep_until_ns(__u64 when_ns);
+int bad_args(const char *cmd);
+void fault_point(const char *name);
 
 #endif /* BGS_UTIL_H */
