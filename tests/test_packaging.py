@@ -22,7 +22,7 @@ UNIT = os.path.join(TOP, "contrib", "systemd", "bgswitch-exporter.service")
 
 # The command table of user/main.c, in its order (test_packaging_commands_match_main checks it).
 COMMANDS = ["attach", "detach", "service", "backend", "flip", "rollback", "check", "drain",
-            "status", "timeouts", "gc", "watch", "exporter"]
+            "status", "timeouts", "gc", "limits", "watch", "exporter"]
 GLOBAL_OPTS = ["-r", "--pin-root", "-a", "--audit-log", "-v", "--verbose", "-V", "--version",
                "-h", "--help"]
 # Where each getopt table of user/*.c is used: the function that holds it, and the completion's
@@ -42,6 +42,7 @@ TABLES = {
     "do_status": "status",
     "do_timeouts": "timeouts",
     "do_gc": "gc",
+    "do_limits": "limits",
     "do_watch": "watch",
     "do_exporter": "exporter",
     "parse_help_only": "*",
@@ -61,6 +62,7 @@ CASE_LINES = {
     "status": "bgswitch status -",
     "timeouts": "bgswitch timeouts -",
     "gc": "bgswitch gc -",
+    "limits": "bgswitch limits -",
     "watch": "bgswitch watch -",
     "exporter": "bgswitch exporter -",
     "*": "bgswitch service list -",
@@ -167,6 +169,7 @@ def test_packaging_completion_commands(stub):
     assert complete(stub, "bgswitch s") == ["service", "status"]
     assert complete(stub, "bgswitch t") == ["timeouts"]
     assert complete(stub, "bgswitch g") == ["gc"]
+    assert complete(stub, "bgswitch l") == ["limits"]
     assert complete(stub, "bgswitch e") == ["exporter"]
     assert complete(stub, "bgswitch c") == ["check"]
     assert complete(stub, "bgswitch d") == ["detach", "drain"]
@@ -375,6 +378,9 @@ def test_packaging_completion_colors(stub):
     ("bgswitch timeouts --tcp-idle 5m --", ["--tcp-idle", "--udp-idle", "--closing", "--help"]),
     ("bgswitch timeouts --c", ["--closing"]),
     ("bgswitch gc -", ["-h", "--help"]),
+    ("bgswitch limits -", ["-n", "--new-flows", "-b", "--burst", "-h", "--help"]),
+    ("bgswitch limits --new-flows 0 --", ["--new-flows", "--burst", "--help"]),
+    ("bgswitch limits --b", ["--burst"]),
     ("bgswitch exporter -", ["-l", "--listen", "-g", "--gc-interval", "-h", "--help"]),
     ("bgswitch exporter --listen 127.0.0.1:9465 --g", ["--gc-interval"]),
     ("bgswitch watch web -", ["-i", "--interval", "-h", "--help"]),
@@ -398,6 +404,9 @@ def test_packaging_completion_command_options(stub, line, want):
     ("bgswitch timeouts --tcp-idle ", []),
     ("bgswitch timeouts -u ", []),
     ("bgswitch timeouts --closing=", []),
+    ("bgswitch limits --new-flows ", []),
+    ("bgswitch limits -b ", []),
+    ("bgswitch limits --burst=", []),
     ("bgswitch status --interval ", []),
     ("bgswitch watch -i ", []),
     ("bgswitch flip web --guard ", []),
@@ -417,11 +426,14 @@ def test_packaging_completion_option_values(stub, line, want):
     "bgswitch timeouts --tcp-idle 15m ",
     "bgswitch timeouts -c 2s ",
     "bgswitch gc ",
+    "bgswitch limits ",
+    "bgswitch limits --new-flows 50000 ",
+    "bgswitch limits -n 0 -b 100 ",
     "bgswitch exporter --listen 127.0.0.1:9465 ",
     "bgswitch exporter -g 30s ",
 ])
 def test_packaging_completion_no_arguments(stub, line):
-    """timeouts, gc and exporter take no arguments: nothing to complete, no service list."""
+    """timeouts, gc, limits and exporter take no arguments: nothing to complete, no service list."""
     assert complete(stub, line) == []
     assert stub.calls() == []
 
@@ -572,7 +584,7 @@ def test_packaging_man_documents_every_command_and_option():
     assert not missing, f"options of user/*.c missing from the man page: {missing}"
     for opt in ("-r", "-v", "-V", "-h", "-m", "-f", "-F", "-e", "-p", "-j", "-i", "-t", "-u",
                 "-c", "-l", "-g", "-vv", "-a", "-R", "-H", "-T", "-n", "-w", "-G", "-d", "-P",
-                "-S", "-N"):
+                "-S", "-N", "-b"):
         assert re.search(rf"(^|[\s\"]){re.escape(opt)}\b", text, re.M), opt
     # every option of every getopt table, documented as "-s, --long" (global ones too)
     for func, table in _getopt_tables().items():
@@ -582,8 +594,16 @@ def test_packaging_man_documents_every_command_and_option():
     for path in ("/sys/fs/bpf/bgswitch", "bgs_config", "bgs_vips", "bgs_services", "bgs_switch",
                  "bgs_sets", "bgs_backends", "bgs_backend_addrs", "bgs_flows", "bgs_reverse",
                  "bgs_ifaces", "bgs_stats", "bgs_drops", "bgs_backend_stats",
-                 "bgs_service_stats", "bgs_vip_addrs", "bgs_frags", "bgs_tx_ports"):
+                 "bgs_service_stats", "bgs_vip_addrs", "bgs_frags", "bgs_tx_ports",
+                 "bgs_insert_budget"):
         assert path in text, path
+    # every pinned map of user/state.c has an entry under FILES
+    with open(os.path.join(TOP, "user", "state.c")) as f:
+        maps = re.findall(r'\[BGS_M_\w+\] = "(bgs_\w+)"', f.read())
+    assert len(maps) >= 18, maps
+    files = re.search(r"^\.SH FILES\n(.*?)^\.SH ", roff, re.M | re.S).group(1)
+    for name in maps:
+        assert re.search(rf"^\.B {name}$", files, re.M), name
 
 
 def test_packaging_man_synopsis_has_every_command_and_option():
@@ -650,6 +670,29 @@ def test_packaging_man_lists_every_metric():
     assert {"xdp_tx", "redirect", "syn", "nosyn", "in", "out"} <= values
     for value in values:
         assert re.search(rf"^\.BR? {value}( |$)", section, re.M), value
+
+
+def test_packaging_man_names_only_real_drop_reasons():
+    """Wherever the man page says "drop reason X", X is a drop reason of user/snapshot.c."""
+    drop_names = _c_names("user/snapshot.c", "bgs_drop_names")
+    with open(MAN) as f:
+        roff = f.read()
+    named = re.findall(r"drop reason\s*\n\.BR? (\w+)", roff)
+    assert named, "no drop reason named in the text"
+    assert not [n for n in named if n not in drop_names], named
+
+
+def test_packaging_man_documents_status_json_keys():
+    """status --json: every key user/status.c writes is in the man page's entry for status."""
+    with open(os.path.join(TOP, "user", "status.c")) as f:
+        keys = set(re.findall(r'\\"([a-z_]+)\\":', f.read()))
+    assert {"flow_table", "evicted", "draining", "second_chance", "new_flows_per_s"} <= keys
+    with open(MAN) as f:
+        roff = f.read()
+    entry = re.search(r"^\.BR status .*?(?=^\.BR timeouts )", roff, re.M | re.S).group(0)
+    missing = sorted(k for k in keys
+                     if not re.search(rf"^\.BR? {k}( |$)", entry.replace("\\-", "-"), re.M))
+    assert not missing, f"status --json keys missing from the man page: {missing}"
 
 
 # -- systemd unit --------------------------------------------------------------------------------
