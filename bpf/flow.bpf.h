@@ -196,8 +196,8 @@ static __always_inline int flow_create(const struct bgs_pkt *pkt, __u32 svc, __u
 }
 
 /* Find the flow of a client packet, or start one. Returns BGS_CONTINUE with *out set to where
- * the packet goes, or a verdict. A TCP segment without SYN never starts a flow: it would land
- * on whichever color is active now, not on the one its connection began on.
+ * the packet goes, or a verdict. A TCP segment without SYN that misses is re-pinned to the
+ * color its connection can be on, never simply to whichever color is active now.
  */
 static __always_inline int flow_steer(const struct bgs_pkt *pkt, __u32 svc, struct bgs_flow *out)
 {

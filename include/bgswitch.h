@@ -297,7 +297,7 @@ enum bgs_drop_reason {
 /* bgs_service_stats value (per CPU), indexed by service id: what happened to new flows. */
 struct bgs_service_stats {
 	__u64 syn_miss; /* SYN that missed the table: a new TCP flow */
-	__u64 nosyn_miss; /* TCP segment without SYN that missed the table (dropped) */
+	__u64 nosyn_miss; /* TCP segment without SYN that missed the table (re-pinned) */
 	__u64 reopen; /* SYN on a closed or idle entry: a new flow on the active color */
 	__u64 second_chance; /* non-SYN miss re-pinned (previous color while it drains) */
 	__u64 drops[BGS_DROP_MAX]; /* by enum bgs_drop_reason */

@@ -145,15 +145,17 @@ static void render(FILE *f, const struct bgs_state *st, const struct bgs_snapsho
 		       offsetof(struct bgs_backend_stats, resets));
 
 	metric_head(f, "bgswitch_flow_misses_total", "counter",
-		    "Flow-table misses: kind syn starts a flow, kind nosyn is dropped.");
+		    "Flow-table misses: kind syn starts a flow, kind nosyn is re-pinned.");
 	for (i = 0; i < s->nsvcs; i++)
 		fprintf(f,
 			"bgswitch_flow_misses_total{service=\"%s\",kind=\"syn\"} %llu\n"
 			"bgswitch_flow_misses_total{service=\"%s\",kind=\"nosyn\"} %llu\n",
 			s->svcs[i].rec.name, (unsigned long long)s->svcs[i].st.syn_miss,
 			s->svcs[i].rec.name, (unsigned long long)s->svcs[i].st.nosyn_miss);
-	metric_head(f, "bgswitch_second_chances_total", "counter",
-		    "Non-SYN misses re-pinned to the previous color while it drains.");
+	metric_head(
+		f, "bgswitch_second_chances_total", "counter",
+		"Non-SYN misses given a second chance: re-pinned to the previous color while it "
+		"drains.");
 	for (i = 0; i < s->nsvcs; i++)
 		fprintf(f, "bgswitch_second_chances_total{service=\"%s\"} %llu\n",
 			s->svcs[i].rec.name, (unsigned long long)s->svcs[i].st.second_chance);

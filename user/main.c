@@ -25,7 +25,8 @@ struct command {
 
 static const struct command commands[] = {
 	{ "attach", do_attach,
-	  "attach IFACE [--mode auto|native|generic] [--flows N] [--replace]" },
+	  "attach IFACE [--mode auto|native|generic] [--flows N] [--xdp-egress IF,...] "
+	  "[--replace] [--force]" },
 	{ "detach", do_detach, "detach IFACE [--purge]" },
 	{ "service", do_service, "service add NAME VIP:PORT [--proto tcp|udp] | del NAME | list" },
 	{ "backend", do_backend, "backend add|del NAME blue|green IP:PORT [--drain|--force]" },
@@ -40,7 +41,7 @@ static const struct command commands[] = {
 	{ "gc", do_gc, "gc" },
 	{ "limits", do_limits, "limits [--new-flows N] [--burst N]" },
 	{ "watch", do_watch, "watch [NAME] [--interval MS]" },
-	{ "exporter", do_exporter, "exporter --listen ADDR:PORT" },
+	{ "exporter", do_exporter, "exporter --listen ADDR:PORT [--gc-interval D]" },
 };
 
 /* The exit status of a command's error: most are 1; those a pipeline acts on have their own. */

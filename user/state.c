@@ -863,7 +863,8 @@ int refcount_add(const struct bgs_state *st, enum bgs_map_id m, const void *key,
 }
 
 /* End the second chance of every service whose previous color has no live flow left: from then
- * on a non-SYN miss is dropped again. Not a change to the service: the generation stays.
+ * on a non-SYN miss is re-pinned to the active color. Not a change to the service: the
+ * generation stays.
  */
 int drain_settle(struct bgs_state *st)
 {
