@@ -8,6 +8,7 @@ CC ?= cc
 PKG_CONFIG ?= pkg-config
 ARCH := x86
 PYTEST ?= /usr/bin/pytest
+PYTHON ?= /usr/bin/python3
 PREFIX ?= /usr/local
 
 VMLINUX := vmlinux/$(ARCH)/vmlinux.h
@@ -46,6 +47,7 @@ endif
 
 .DELETE_ON_ERROR:
 .PHONY: all deps clean test test-unit test-e2e demo format format-check sanitize install vmlinux
+.PHONY: bench bench-build
 
 all: $(OBJDIR)/bgswitch
 
@@ -103,6 +105,44 @@ format-check:
 
 vmlinux:
 	$(Q)scripts/gen-vmlinux.sh
+
+# make bench [BENCH_RESULTS=dir] [BENCH_ARGS=...]: the benchmark suite of tests/bench/ (not part
+# of make test): one table on stdout, JSON and PNG plots in BENCH_RESULTS. bench-build builds
+# the command and the suite's helpers: the floor programs (same BPF flags as the data plane), a
+# ctypes library of tight BPF_PROG_TEST_RUN loops, the flip timer, an HTTP backend, a client.
+BENCH_OUT := $(OUTPUT)/bench
+BENCH_RESULTS ?= bench-results
+BENCH_BINS := $(OUTPUT)/floor.bpf.o $(BENCH_OUT)/libbgsbench.so $(BENCH_OUT)/flipbench \
+	$(BENCH_OUT)/bench-httpd $(BENCH_OUT)/connload
+
+$(OUTPUT)/floor.bpf.o: bpf/floor.bpf.c $(VMLINUX) | $(OUTPUT)
+	$(call msg,BPF,$@)
+	$(Q)$(CLANG) $(BPF_CFLAGS) -c $< -o $@
+
+$(BENCH_OUT):
+	$(Q)mkdir -p $@
+
+$(BENCH_OUT)/libbgsbench.so: tests/bench/benchlib.c include/bgswitch.h | $(BENCH_OUT)
+	$(call msg,CC,$@)
+	$(Q)$(CC) $(CFLAGS) $(LIBBPF_CFLAGS) -fPIC -shared $< $(LIBBPF_LIBS) -o $@
+
+$(BENCH_OUT)/flipbench: tests/bench/flipbench.c include/bgswitch.h | $(BENCH_OUT)
+	$(call msg,CC,$@)
+	$(Q)$(CC) $(CFLAGS) $(LIBBPF_CFLAGS) $< $(LIBBPF_LIBS) -o $@
+
+$(BENCH_OUT)/bench-httpd: tests/bench/httpd.c | $(BENCH_OUT)
+	$(call msg,CC,$@)
+	$(Q)$(CC) $(CFLAGS) $< -o $@
+
+$(BENCH_OUT)/connload: tests/bench/connload.c | $(BENCH_OUT)
+	$(call msg,CC,$@)
+	$(Q)$(CC) $(CFLAGS) $< -o $@
+
+bench-build: $(OUTPUT)/bgswitch $(BENCH_BINS)
+
+bench: deps
+	$(Q)$(MAKE) -s --no-print-directory bench-build
+	$(Q)$(PYTHON) tests/bench/bench.py --out $(BENCH_RESULTS) $(BENCH_ARGS)
 
 # make install [PREFIX=/usr/local] [DESTDIR=staging]: the command (the BPF object is embedded in
 # it by the skeleton), its man page, its bash completion and the exporter's systemd unit.

@@ -6,6 +6,7 @@ PKGS=(
 	make gcc pkg-config clang llvm libbpf-dev libelf-dev zlib1g-dev bpftool libmicrohttpd-dev
 	iproute2 ethtool iptables nftables procps util-linux
 	python3 python3-pytest python3-scapy tmux
+	wrk python3-matplotlib
 	clang-format
 	man-db groff-base
 )

@@ -1,0 +1,328 @@
+#!/usr/bin/python3
+"""bgswitch's benchmark suite (`make bench`): prints one table, and writes results.json, the
+table (table.txt, table.md) and PNG figures into the results folder.
+
+    sudo make bench                              # builds, then runs this with --out bench-results
+    sudo /usr/bin/python3 tests/bench/bench.py --out DIR [--smoke] [--parts pkt,scale,...]
+
+Parts (all by default):
+  pkt    per-packet cost with BPF_PROG_TEST_RUN against a floor program   (microbench.py)
+  scale  established / new-flow / flip cost with 1k-1M flows, 1-1000 services,
+         1-256 backends per color                                          (microbench.py)
+  flip   the flip write (1M flips in process), the `bgswitch flip` command's wall time, and
+         the cutover seen by new connections under load                    (microbench.py,
+                                                                            netbench.py)
+  net    wrk through namespaces: direct, bgswitch native and generic XDP, nftables DNAT;
+         failed requests while flipping                                    (netbench.py)
+  mem    map memory at default sizes (bpftool bytes_memlock)               (microbench.py)
+
+Every figure is the median of several runs, and every ratio is taken within one run, then
+its median over the runs is reported. Needs root; runs about 3 minutes on 2 cores (--smoke:
+seconds, minimal counts, for tests/test_bench_smoke.py). Everything it creates is named
+bgsb<4 hex digits>-* and removed on exit, on errors and on SIGINT/SIGTERM too.
+"""
+
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from common import (BGSWITCH, BPFFS, CONNLOAD, FLIPBENCH, FLOOR_OBJ, HTTPD, LIBBENCH,  # noqa
+                    BenchError, Cleanup, log, machine, new_run_prefix, run)
+import microbench  # noqa: E402
+import netbench  # noqa: E402
+
+PARTS = ("pkt", "scale", "flip", "net", "mem")
+TIME_LIMIT_S = 900  # a hard stop, far above the expected ~3 minutes
+
+PROFILES = {
+    "full": dict(pkt_runs=7, pkt_calls=20000, pkt_warmup=2000,
+                 scale_runs=5, scale_calls=10000, scale_warmup=1000, scale_flips=200000,
+                 scale_cli=21, flows_levels=[1000, 100000, 1000000],
+                 svc_levels=[1, 100, 1000], be_levels=[1, 16, 256], ncycle=1024,
+                 flip_runs=5, flips=1000000, flip_cli=31,
+                 cut_rounds=5, cut_rate=20000, cut_ms=1200,
+                 net_rounds=9, net_seconds=1, net_conns=32, net_flips=3, net_flip_seconds=1,
+                 net_cases=list(netbench.CASES), state_flows=None),
+    "smoke": dict(pkt_runs=2, pkt_calls=300, pkt_warmup=50,
+                  scale_runs=2, scale_calls=300, scale_warmup=50, scale_flips=10000,
+                  scale_cli=3, flows_levels=[1000, 5000], svc_levels=[1, 10],
+                  be_levels=[1, 4], ncycle=256,
+                  flip_runs=2, flips=100000, flip_cli=3,
+                  cut_rounds=1, cut_rate=10000, cut_ms=600,
+                  net_rounds=1, net_seconds=1, net_conns=16, net_flips=2, net_flip_seconds=1,
+                  net_cases=["direct", "native", "nft"], state_flows=65536),
+}
+
+
+# --- the table --------------------------------------------------------------------------------
+
+def _k(x: float) -> str:
+    return f"{x / 1000:.1f}k" if x >= 10000 else f"{x:.0f}"
+
+
+def _level(x: int) -> str:
+    """1, 16, 1k, 100k, 1M."""
+    for div, suffix in ((1000000, "M"), (1000, "k")):
+        if x >= div and x % div == 0:
+            return f"{x // div}{suffix}"
+    return str(x)
+
+
+def _ns(x) -> str:
+    return "-" if x is None else f"{x:.0f} ns"
+
+
+def table_rows(res: dict):
+    """[(section, measure, value, vs baseline, reference)]."""
+    rows = []
+    fam_names = {"nonvip": "non-VIP", "new": "VIP first packet (miss + insert)",
+                 "est": "VIP established (table hit)", "reply": "reply, reverse NAT (TC egress)"}
+    if res.get("per_packet"):
+        s = res["per_packet"]["summary"]
+        ref = res["per_packet"]["reference_over_floor_ns"]
+        sec = "1 per packet"
+        rows.append((sec, "floor: XDP, Ethernet check, XDP_TX", _ns(s["floor_xdp"]["ns"]),
+                     "1.00x floor", ""))
+        rows.append((sec, "floor: TC, Ethernet check, TC_ACT_OK", _ns(s["floor_tc"]["ns"]),
+                     "1.00x tc floor", ""))
+        for fam in (4, 6):
+            for kind in ("nonvip", "new", "est", "reply"):
+                v = s[f"v{fam}.{kind}"]
+                verdict = v["verdict"] + (", L2/TTL rewritten" if v["fastpath_rewrites"] else "")
+                rows.append((sec, f"IPv{fam} {fam_names[kind]} [{verdict}]",
+                              f"{v['ns']:.0f} ns (+{v['over_floor_ns']:.0f})",
+                              f"{v['ratio_floor']:.2f}x {'tc ' if kind == 'reply' else ''}floor",
+                              f"+{ref[kind]} ns" if kind in ref else ""))
+    if res.get("scale"):
+        sc = res["scale"]
+        sec = "2 as things grow"
+        for key, unit in (("flows", "live flows"), ("services", "services"),
+                          ("backends", "backends/color")):
+            base = sc[key][0]
+            for p in sc[key]:
+                rows.append((sec, f"{_level(p['level'])} {unit}: est / est 1 flow / new",
+                             f"{p['est_ns']:.0f} / {p['est_hot_ns']:.0f} / {p['new_ns']:.0f} ns",
+                             f"{p['est_ns'] / base['est_ns']:.2f}x / "
+                             f"{p['new_ns'] / base['new_ns']:.2f}x first", ""))
+            for p in sc[key]:
+                own = p["cli_own_ms"]
+                rows.append((sec, f"{_level(p['level'])} {unit}: flip write / command (own)",
+                             f"{p['flip_ns']:.1f} ns / {p['cli_flip_ms']:.2f} "
+                             f"({'<0.05' if own < 0.05 else f'{own:.2f}'}) ms",
+                             f"write {p['flip_ns'] / base['flip_ns']:.2f}x first", ""))
+    if res.get("flip"):
+        f = res["flip"]
+        sec = "3 the flip"
+        rows.append((sec, f"flip write, in process (mean of {f['flips']:,} flips)",
+                     f"{f['ns_per_flip']:.1f} ns", "", ""))
+        rows.append((sec, f"`bgswitch flip` command, wall (median of {f['cli_n']})",
+                     f"{f['cli_ms']:.2f} ms",
+                     f"/bin/true {f['spawn_true_ms']:.2f} ms, `bgswitch -V` "
+                     f"{f['bgswitch_version_ms']:.2f} ms", ""))
+    if res.get("cutover"):
+        c = res["cutover"]["summary"]
+        sec = "3 the flip"
+        rounds = len(res["cutover"]["rounds"])
+        rows.append((sec, "cutover, in-process write: first new conn on green / last on blue",
+                     f"{c['write.to_first_new_us']:+.0f} / {c['write.to_last_old_us']:+.0f} us",
+                     f"{_k(c['conn_per_s'])} conn/s, 1 start per "
+                     f"{1e6 / res['cutover']['rate']:.0f} us",
+                     f"{c['write.old_after']} begun after it on blue"))
+        rows.append((sec, "cutover, `bgswitch flip` from launch: first new / last old",
+                     f"{c['command.to_first_new_us'] / 1000:+.2f} / "
+                     f"{c['command.to_last_old_us'] / 1000:+.2f} ms",
+                     f"command runs {c['command_wall_us'] / 1000:.2f} ms", ""))
+        rows.append((sec, f"cutover: failed connections ({rounds} rounds, 2 flips each)",
+                     str(c["failed"]), "", ""))
+    if res.get("network"):
+        n = res["network"]["summary"]
+        sec = "4 network path"
+        names = {"direct": "direct to backend", "native": "bgswitch native XDP",
+                 "generic": "bgswitch generic XDP", "nft": "nftables DNAT + conntrack"}
+        for mode, mname in (("keepalive", "keep-alive"), ("close", "conn/request")):
+            for case in res["network"]["cases"]:
+                v = n[f"{case}.{mode}"]
+                rows.append((sec, f"{mname}: {names[case]}",
+                             f"{_k(v['rps'])} req/s, p50 {v['p50_us']:.0f} "
+                             f"p99 {v['p99_us']:.0f} us"
+                             + (f", {v['failed']} failed" if v["failed"] else ""),
+                             f"{v['rps_ratio']:.2f}x rps ({v['rps_ratio_range'][0]:.2f}-"
+                             f"{v['rps_ratio_range'][1]:.2f}), {v['p99_ratio']:.2f}x p99",
+                             "" if case != "direct" else "= 1.00x"))
+        for key, what in (("flip.bgswitch", "bgswitch flip"),
+                          ("flip.nft", "nft rule swapped (one transaction)")):
+            v = n[key]
+            rows.append((sec, f"failed requests during {v['flips']} x {what}",
+                         f"{v['failed']} of {_k(v['requests'])}",
+                         f"served blue {_k(v['served']['blue'])} green "
+                         f"{_k(v['served']['green'])}",
+                         f"{v['flip_ms']:.1f} ms per change, loaded"))
+    if res.get("memory"):
+        m = res["memory"]
+        sec = "5 memory"
+        rows.append((sec, "bytes per tracked flow (bgs_flows + bgs_reverse)",
+                     f"{m['bytes_per_flow']:.0f} B",
+                     f"{m['bytes_per_flow_forward_only']:.0f} B forward only", ""))
+        rows.append((sec, f"all maps at default sizes ({m['flow_entries']:,} flows)",
+                     f"{m['total_bytes'] / 2**20:.1f} MiB", "", ""))
+    return rows
+
+
+def format_table(rows, mach, load=("?", "?")) -> str:
+    head = ("measure", "bgswitch", "vs baseline", "reference")
+    w = [max(len(head[i]), *(len(r[i + 1]) for r in rows)) for i in range(4)]
+    lines = [f"bgswitch benchmark: {mach['nproc']} CPUs, {mach['cpu']}, kernel {mach['kernel']}"
+             f", load average {load[0]} at start, {load[1]} at end",
+             "  ".join(h.ljust(w[i]) for i, h in enumerate(head)).rstrip(),
+             "  ".join("-" * x for x in w)]
+    section = None
+    for r in rows:
+        if r[0] != section:
+            section = r[0]
+            lines.append(f"[{section}]")
+        lines.append("  ".join(r[i + 1].ljust(w[i]) for i in range(4)).rstrip())
+    return "\n".join(lines)
+
+
+def format_markdown(rows) -> str:
+    out = ["| part | measure | bgswitch | vs baseline | reference |", "|---|---|---|---|---|"]
+    for r in rows:
+        out.append("| " + " | ".join(x.replace("|", "\\|") for x in r) + " |")
+    return "\n".join(out)
+
+
+# --- main ---------------------------------------------------------------------------------------
+
+def _check_environment(parts) -> None:
+    if os.geteuid() != 0:
+        raise BenchError("needs root (BPF, network namespaces)")
+    need = [BGSWITCH, LIBBENCH, FLOOR_OBJ, FLIPBENCH]
+    if "net" in parts or "flip" in parts:
+        need += [HTTPD, CONNLOAD]
+    missing = [p for p in need if not os.path.exists(p)]
+    if missing:
+        raise BenchError(f"missing {', '.join(missing)}: run 'make bench-build'")
+    if "net" in parts:
+        for tool in ("wrk", "nft", "taskset"):
+            if run(["sh", "-c", f"command -v {tool}"], check=False).returncode:
+                raise BenchError(f"{tool} not found: run scripts/install-deps.sh")
+    if not os.path.ismount(BPFFS):
+        run(["mount", "-t", "bpf", "bpf", BPFFS])
+
+
+def _loadavg() -> str:
+    """The 1-minute load average: other work on the machine shows in the figures."""
+    with open("/proc/loadavg") as f:
+        return f.read().split()[0]
+
+
+def _raise_on_signal(signum, _frame):
+    raise SystemExit(128 + signum)
+
+
+def _time_limit(_signum, _frame):
+    raise BenchError(f"time limit of {TIME_LIMIT_S} s reached")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description="bgswitch benchmark suite (make bench)")
+    ap.add_argument("--out", default="bench-results", help="results folder")
+    ap.add_argument("--smoke", action="store_true", help="minimal counts (seconds)")
+    ap.add_argument("--parts", default=",".join(PARTS),
+                    help=f"comma-separated subset of {','.join(PARTS)}")
+    ap.add_argument("--no-plots", action="store_true")
+    args = ap.parse_args(argv)
+    parts = [p for p in args.parts.split(",") if p]
+    bad = [p for p in parts if p not in PARTS]
+    if bad:
+        ap.error(f"unknown part(s) {bad}")
+    cfg = PROFILES["smoke" if args.smoke else "full"]
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _raise_on_signal)
+    signal.signal(signal.SIGALRM, _time_limit)
+    signal.alarm(TIME_LIMIT_S)
+
+    microbench.STATE_FLOWS = netbench.ATTACH_FLOWS = cfg["state_flows"]
+    cleanup = Cleanup()
+    prefix = new_run_prefix()
+    mach = machine()
+    results = {"machine": mach, "profile": "smoke" if args.smoke else "full", "config": cfg,
+               "prefix": prefix, "command": "make bench" if not args.smoke else
+               "tests/bench/bench.py --smoke"}
+    t_start = time.monotonic()
+    results["loadavg_start"] = _loadavg()
+    try:
+        _check_environment(parts)
+        os.makedirs(args.out, exist_ok=True)
+        timing = results["part_seconds"] = {}
+
+        def timed(name, fn, *a):
+            t0 = time.monotonic()
+            r = fn(*a)
+            timing[name] = round(time.monotonic() - t0, 1)
+            return r
+
+        if "pkt" in parts:
+            results["per_packet"] = timed("pkt", microbench.part_pkt, cleanup, prefix,
+                                          cfg["pkt_runs"], cfg["pkt_calls"], cfg["pkt_warmup"])
+        if "scale" in parts:
+            results["scale"] = timed(
+                "scale", microbench.part_scale, cleanup, prefix, cfg["scale_runs"],
+                cfg["scale_calls"], cfg["scale_warmup"], cfg["scale_flips"], cfg["scale_cli"],
+                cfg["flows_levels"], cfg["svc_levels"], cfg["be_levels"], cfg["ncycle"])
+        if "flip" in parts:
+            results["flip"] = timed("flip", microbench.part_flip, cleanup, prefix,
+                                    cfg["flip_runs"], cfg["flips"], cfg["flip_cli"])
+        if "mem" in parts:
+            results["memory"] = timed("mem", microbench.part_memory, cleanup, prefix)
+        if "flip" in parts or "net" in parts:
+            topo = timed("topology", netbench.Topology, cleanup, prefix)
+            if "flip" in parts:
+                results["cutover"] = timed("cutover", netbench.part_cutover, topo,
+                                           cfg["cut_rounds"], cfg["cut_rate"], cfg["cut_ms"])
+            if "net" in parts:
+                results["network"] = timed("net", netbench.part_net, topo, cfg["net_rounds"],
+                                           cfg["net_seconds"], cfg["net_conns"],
+                                           cfg["net_flips"], cfg["net_flip_seconds"],
+                                           cfg["net_cases"])
+    finally:
+        signal.alarm(0)
+        cleanup.run_all()
+        for e in cleanup.errors:
+            log(f"cleanup: {e}")
+    results["elapsed_s"] = round(time.monotonic() - t_start, 1)
+    results["loadavg_end"] = _loadavg()
+    log(f"seconds per part: {results.get('part_seconds')}")
+
+    rows = table_rows(results)
+    table = format_table(rows, mach, (results["loadavg_start"], results["loadavg_end"]))
+    results["table"] = [list(r) for r in rows]
+    written = []
+    if not args.no_plots:
+        import plots
+        written = plots.write_all(results, args.out)
+    results["figures"] = [os.path.basename(p) for p in written]
+    with open(os.path.join(args.out, "results.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    with open(os.path.join(args.out, "table.txt"), "w") as f:
+        f.write(table + "\n")
+    with open(os.path.join(args.out, "table.md"), "w") as f:
+        f.write(format_markdown(rows) + "\n")
+    print(table)
+    log(f"done in {results['elapsed_s']} s; results in {args.out}/ (results.json, table.txt, "
+        f"table.md, {', '.join(results['figures'])})")
+    return 1 if cleanup.errors else 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except BenchError as e:
+        print(f"bench: {e}", file=sys.stderr)
+        sys.exit(1)

@@ -1,0 +1,606 @@
+"""Parts 1, 2, 3 (in-process and command flips) and 5 of the suite: the data plane's per-packet
+cost with BPF_PROG_TEST_RUN, its cost as the tables grow, the cost of a flip, and map memory.
+
+Each measurement runs on a private bgswitch state made by the real command: a network
+namespace with a veth pair (links down, nothing but our own test runs reaches the programs),
+`bgswitch --pin-root /sys/fs/bpf/<run>-<name> attach <veth>`, and the pinned programs and maps
+opened with BPF_OBJ_GET (tests/bpfsys.py), as tests/unit_fixtures.py does.
+
+How a packet is timed: see benchlib.c. Many BPF_PROG_TEST_RUN calls with repeat=1, one frame
+each; the figure is the mean of the per-call durations the kernel reports, the slowest 1% of
+calls (interrupts) left out. Every call's verdict must be the first call's, and one the data
+plane may give for that packet (XDP: PASS, TX or REDIRECT; TC: OK or REDIRECT; never DROP):
+nothing assumes XDP_PASS. Every call's output must be the expected frame (computed from scratch
+by pkt.py), or differ from it only where a forwarding fast path may write (Ethernet addresses,
+TTL / hop limit, and then a valid IPv4 header checksum). The counters must say that each call
+took the path the case is about (FLOW_NEW, FLOW_HIT, NOT_VIP, REPLY_NAT).
+"""
+
+import contextlib
+import ctypes
+import ipaddress
+import json
+import os
+import random
+import struct
+import time
+from typing import Dict, List, Optional, Tuple
+
+import bpfsys
+import model
+import pkt
+from common import (BBResult, BenchError, BGSWITCH, BPFFS, FLIPBENCH, FLOOR_OBJ, Cleanup,
+                    header_define, header_enum, in_netns, lib, log, median, netns_add, nsargv,
+                    on_one_cpu, remove_pin_root, run, timed_run, trimmed_mean)
+
+STATS = header_enum("bgs_stat")
+DROPS = header_enum("bgs_drop_reason")
+XDP_VERDICTS = {0: "XDP_ABORTED", 1: "XDP_DROP", 2: "XDP_PASS", 3: "XDP_TX", 4: "XDP_REDIRECT"}
+TC_VERDICTS = {0: "TC_ACT_OK", 2: "TC_ACT_SHOT", 7: "TC_ACT_REDIRECT"}
+XDP_FORWARD = {2, 3, 4}  # what the data plane may answer for a packet it lets through
+TC_FORWARD = {0, 7}
+CLOCK_MONOTONIC_COARSE = 6
+
+# Reference figures for a well-known XDP balancer on this kind of machine (ns over the floor).
+REFERENCE = {"nonvip": "≈46", "new": "≈270–300", "est": "≈115"}
+
+ADDRS = {
+    4: {"vip": "10.0.0.100", "other": "10.0.0.200", "client": "192.0.2.7",
+        "blue": ("10.0.1.1", 8080), "green": ("10.0.2.1", 9090)},
+    6: {"vip": "fd00::100", "other": "fd00::200", "client": "2001:db8::7",
+        "blue": ("fd00:1::1", 8080), "green": ("fd00:2::1", 9090)},
+}
+VPORT = 80
+EST_SPORT = 40000
+# Flow-table size of the states other than the memory one (None: the default, as deployed).
+# The smoke run makes it small, so that each attach does not preallocate two 1M-entry tables.
+STATE_FLOWS: Optional[int] = None
+
+
+def ep(addr: str, port: int) -> str:
+    return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
+
+
+def fresh_client(fam: int, k: int) -> Tuple[str, int]:
+    """Client address and port number k of the new flows (100.64.0.0/10, 2001:db8::/32)."""
+    host, port = divmod(k, 60000)
+    if fam == 4:
+        return str(ipaddress.IPv4Address(0x64400000 + host)), 1024 + port
+    return str(ipaddress.IPv6Address((0x20010DB8 << 96) + host)), 1024 + port
+
+
+# --- a private bgswitch state ---------------------------------------------------------------------
+
+class State:
+    """A private attached bgswitch state (see the module docstring); torn down by cleanup."""
+
+    def __init__(self, cleanup: Cleanup, prefix: str, name: str, flows: Optional[int] = 0):
+        self.cleanup = cleanup
+        self.ns = f"{prefix}-{name}"
+        self.pin_root = f"{BPFFS}/{prefix}-{name}"
+        self.iface = "bga"
+        self.maps: Dict[str, bpfsys.Map] = {}
+        self.fds: List[int] = []
+        self.services: Dict[str, int] = {}
+        self.next_fresh = {4: 0, 6: 0}
+        netns_add(cleanup, self.ns)
+        self._down_idx = cleanup.push(f"state {self.pin_root}", self._down)
+        for conf in ("default", "all"):
+            run(nsargv(self.ns, ["sysctl", "-q", "-w", f"net.ipv6.conf.{conf}.disable_ipv6=1"]))
+        run(["ip", "-n", self.ns, "link", "add", "bga", "type", "veth", "peer", "name", "bgb"])
+        if flows == 0:
+            flows = STATE_FLOWS
+        argv = ["attach", self.iface] + (["--flows", str(flows)] if flows else [])
+        self.cli(*argv, netns=True)
+        self.ingress_fd = self._fd(bpfsys.obj_get(f"{self.pin_root}/progs/bgs_ingress"))
+        self.egress_fd = self._fd(bpfsys.obj_get(f"{self.pin_root}/progs/bgs_egress"))
+
+    def _fd(self, fd: int) -> int:
+        self.fds.append(fd)
+        return fd
+
+    def _down(self) -> None:
+        for m in self.maps.values():
+            m.close()
+        self.maps.clear()
+        for fd in self.fds:
+            os.close(fd)
+        self.fds.clear()
+        if os.path.isdir(self.pin_root) and os.path.exists(f"/run/netns/{self.ns}"):
+            self.cli("detach", self.iface, "--purge", netns=True, check=False)
+        remove_pin_root(self.pin_root)
+
+    def down(self) -> None:
+        self.cleanup.run_one(self._down_idx)
+
+    def run_prog(self, fd: int, frame: bytes) -> bpfsys.TestRun:
+        """One BPF_PROG_TEST_RUN of a frame, from inside the state's namespace."""
+        with in_netns(self.ns):
+            return bpfsys.prog_test_run(fd, frame)
+
+    def fresh(self, fam: int, n: int) -> List[Tuple[str, int]]:
+        """n client (address, port) pairs never used before on this state: new flows."""
+        k = self.next_fresh[fam]
+        self.next_fresh[fam] += n
+        return [fresh_client(fam, k + i) for i in range(n)]
+
+    def cli(self, *args: str, netns: bool = False, check: bool = True):
+        """The bgswitch command on this state (in the namespace for attach/detach)."""
+        argv = [BGSWITCH, "--pin-root", self.pin_root] + [str(a) for a in args]
+        return run(nsargv(self.ns, argv) if netns else argv, check=check)
+
+    def map(self, name: str) -> bpfsys.Map:
+        if name not in self.maps:
+            self.maps[name] = bpfsys.Map.open(f"{self.pin_root}/{name}")
+        return self.maps[name]
+
+    def add_service(self, name: str, vip: str, port: int) -> int:
+        self.cli("service", "add", name, ep(vip, port))
+        fam = 6 if ":" in vip else 4
+        key = (pkt.addr_bytes(vip) + bytes(16 - len(pkt.addr_bytes(vip)))
+               + struct.pack("!H", port) + struct.pack("<BB", 6, fam))
+        raw = self.map("bgs_vips").lookup(key)
+        if raw is None:
+            raise BenchError(f"service add {name}: no bgs_vips entry")
+        self.services[name] = struct.unpack("<I", raw)[0]
+        return self.services[name]
+
+    def add_backend(self, name: str, color: str, addr: str, port: int) -> None:
+        self.cli("backend", "add", name, color, ep(addr, port))
+
+    def stats(self) -> Dict[str, int]:
+        m = self.map("bgs_stats")
+        return {n: sum(struct.unpack("<Q", v)[0] for v in m.lookup_percpu(model.u32(i)))
+                for i, n in enumerate(STATS)}
+
+    def switch_word(self, svc: int) -> model.Switch:
+        return model.unpack_switch(self.map("bgs_switch").lookup(model.u32(svc)))
+
+    def active_backends(self, svc: int) -> List[Tuple[str, int]]:
+        """(address, port) of the active color's set of a service, in set order (IPv4)."""
+        sw = self.switch_word(svc)
+        slots = model.unpack_set(self.map("bgs_sets").lookup(
+            model.u32(sw.set_index(svc, sw.active))))
+        out = []
+        for slot in slots:
+            b = model.unpack_backend(self.map("bgs_backends").lookup(model.u32(slot)))
+            out.append((b.addr, b.port))
+        return out
+
+    def slot_of(self, svc: int, color: int, addr: str, port: int) -> int:
+        be = self.map("bgs_backends")
+        for slot in range(be.info.max_entries):
+            raw = be.lookup(model.u32(slot))
+            b = model.unpack_backend(raw)
+            if b.state == 1 and b.svc == svc and b.color == color and raw[:16] == (
+                    pkt.addr_bytes(addr) + bytes(16 - len(pkt.addr_bytes(addr)))) and \
+                    b.port == port:
+                return slot
+        raise BenchError(f"no slot for backend {ep(addr, port)}")
+
+    def flow_present(self, client: str, sport: int, vip: str, vport: int) -> bool:
+        return self.map("bgs_flows").lookup(model.pack_flow_key(client, vip, sport, vport, 6)) \
+            is not None
+
+
+# --- timing one case --------------------------------------------------------------------------
+
+class Case:
+    """Frames to run through a program and what each must come out as."""
+
+    def __init__(self, name: str, prog: str, frames: List[bytes], expects: List[bytes],
+                 stat: Optional[str], verdicts=None):
+        self.name, self.prog, self.frames, self.expects, self.stat = (name, prog, frames,
+                                                                      expects, stat)
+        self.verdicts = verdicts or (XDP_FORWARD if prog in ("xdp", "floor_xdp")
+                                     else TC_FORWARD)
+
+
+def time_case(st: Optional[State], fd: int, case: Case, calls: int, warmup: int) -> Dict:
+    """Run case.frames (cycled) calls+warmup times; return the figures of the last `calls`."""
+    total = calls + warmup
+    flen = len(case.frames[0])
+    if any(len(f) != flen for f in case.frames):
+        raise BenchError(f"{case.name}: frames of different lengths")
+    durations = (ctypes.c_uint32 * total)()
+    res = BBResult()
+    before = st.stats() if st and case.stat else None
+    # From inside the state's namespace: a program that looks up routes (bpf_fib_lookup) sees
+    # that namespace's, never the host's.
+    with in_netns(st.ns) if st else contextlib.nullcontext(), on_one_cpu():
+        rc = lib().bb_run(fd, b"".join(case.frames), flen, len(case.frames),
+                          b"".join(case.expects), pkt.ETH_LEN, total, durations,
+                          ctypes.byref(res))
+    if rc:
+        raise BenchError(f"{case.name}: BPF_PROG_TEST_RUN failed: {os.strerror(-rc)}")
+    names = XDP_VERDICTS if case.prog in ("xdp", "floor_xdp") else TC_VERDICTS
+    vname = names.get(res.verdict, str(res.verdict))
+    if res.verdict not in case.verdicts or res.verdict_mismatch:
+        raise BenchError(f"{case.name}: verdict {vname}, {res.verdict_mismatch} calls differing "
+                         f"(want one of {sorted(names.get(v, v) for v in case.verdicts)})")
+    if res.bad:
+        i = res.first_bad % len(case.frames)
+        raise BenchError(f"{case.name}: {res.bad} of {total} outputs wrong; first at call "
+                         f"{res.first_bad}: input {pkt.parse_tcp(case.frames[i])}, expected "
+                         f"{pkt.parse_tcp(case.expects[i])}, output length {res.out_len}")
+    if before is not None:
+        after = st.stats()
+        moved = after[case.stat] - before[case.stat]
+        if moved != total:
+            delta = {k: after[k] - before[k] for k in after if after[k] != before[k]}
+            raise BenchError(f"{case.name}: {case.stat} moved by {moved}, want {total}: {delta}")
+    d = list(durations)[warmup:]
+    return {"ns": round(trimmed_mean(d), 1), "median_ns": median(d),
+            "mean_ns": round(sum(d) / len(d), 1), "verdict": vname, "calls": calls,
+            "exact": res.exact, "fastpath_rewrites": res.masked}
+
+
+# --- part 1: per-packet cost ------------------------------------------------------------------
+
+def setup_pkt_state(cleanup: Cleanup, prefix: str) -> State:
+    st = State(cleanup, prefix, "pkt")
+    for fam, name in ((4, "web"), (6, "web6")):
+        a = ADDRS[fam]
+        st.add_service(name, a["vip"], VPORT)
+        st.add_backend(name, "blue", *a["blue"])
+        st.add_backend(name, "green", *a["green"])
+    return st
+
+
+def _est_frames(fam: int):
+    a = ADDRS[fam]
+    baddr, bport = a["blue"]
+    syn = pkt.tcp_frame(a["client"], a["vip"], EST_SPORT, VPORT, pkt.TCP_SYN)
+    ack = pkt.tcp_frame(a["client"], a["vip"], EST_SPORT, VPORT, pkt.TCP_ACK, seq=1001, ack=1)
+    ack_out = pkt.tcp_frame(a["client"], baddr, EST_SPORT, bport, pkt.TCP_ACK, seq=1001, ack=1)
+    rep = pkt.tcp_frame(baddr, a["client"], bport, EST_SPORT, pkt.TCP_ACK, seq=1, ack=1001)
+    rep_out = pkt.tcp_frame(a["vip"], a["client"], VPORT, EST_SPORT, pkt.TCP_ACK, seq=1,
+                            ack=1001)
+    return syn, ack, ack_out, rep, rep_out
+
+
+def pkt_cases(st: State, fam: int, total: int) -> List[Case]:
+    """The cases of one family: non-VIP, new flow, established, reply (egress)."""
+    a = ADDRS[fam]
+    baddr, bport = a["blue"]
+    nonvip = pkt.tcp_frame(a["client"], a["other"], EST_SPORT, VPORT, pkt.TCP_ACK, seq=1001,
+                           ack=1)
+    new_in, new_out = [], []
+    for c, sp in st.fresh(fam, total):
+        new_in.append(pkt.tcp_frame(c, a["vip"], sp, VPORT, pkt.TCP_SYN))
+        new_out.append(pkt.tcp_frame(c, baddr, sp, bport, pkt.TCP_SYN))
+    syn, ack, ack_out, rep, rep_out = _est_frames(fam)
+    r = st.run_prog(st.ingress_fd, syn)  # the established flow (and its reverse entry)
+    if r.retval not in XDP_FORWARD:
+        raise BenchError(f"IPv{fam}: the SYN of the established flow got {r.retval}")
+    return [
+        Case(f"v{fam}.nonvip", "xdp", [nonvip], [nonvip], "NOT_VIP"),
+        Case(f"v{fam}.new", "xdp", new_in, new_out, "FLOW_NEW"),
+        Case(f"v{fam}.est", "xdp", [ack], [ack_out], "FLOW_HIT"),
+        Case(f"v{fam}.reply", "tc", [rep], [rep_out], "REPLY_NAT"),
+    ]
+
+
+def part_pkt(cleanup: Cleanup, prefix: str, runs: int, calls: int, warmup: int) -> Dict:
+    """Part 1. Returns {"runs": [{case: figures}], "summary": {case: medians and ratios}}."""
+    log(f"per-packet cost: {runs} runs x {calls} calls per case")
+    st = setup_pkt_state(cleanup, prefix)
+    floor_xdp = lib().bb_load(FLOOR_OBJ.encode(), b"floor_xdp")
+    floor_tc = lib().bb_load(FLOOR_OBJ.encode(), b"floor_tc")
+    if floor_xdp < 0 or floor_tc < 0:
+        raise BenchError(f"cannot load {FLOOR_OBJ}: {os.strerror(-min(floor_xdp, floor_tc))}")
+    st.fds += [floor_xdp, floor_tc]
+    frame4 = pkt.tcp_frame(ADDRS[4]["client"], ADDRS[4]["other"], EST_SPORT, VPORT, pkt.TCP_ACK)
+    runs_out = []
+    for r in range(runs):
+        res = {}
+        res["floor_xdp"] = time_case(None, floor_xdp, Case("floor_xdp", "floor_xdp", [frame4],
+                                                           [frame4], None, {3}), calls, warmup)
+        res["floor_tc"] = time_case(None, floor_tc, Case("floor_tc", "floor_tc", [frame4],
+                                                         [frame4], None, {0}), calls, warmup)
+        for fam in (4, 6):
+            for case in pkt_cases(st, fam, calls + warmup):
+                fd = st.ingress_fd if case.prog == "xdp" else st.egress_fd
+                res[case.name] = time_case(st, fd, case, calls, warmup)
+        for name, v in res.items():
+            if name.startswith("v"):
+                fl = res["floor_tc" if name.endswith("reply") else "floor_xdp"]["ns"]
+                v["over_floor_ns"] = round(v["ns"] - fl, 1)
+                v["ratio_floor"] = round(v["ns"] / fl, 2) if fl else None
+        runs_out.append(res)
+    summary = {}
+    for name in runs_out[0]:
+        rows = [r[name] for r in runs_out]
+        summary[name] = {
+            "ns": median([x["ns"] for x in rows]),
+            "over_floor_ns": median([x.get("over_floor_ns") for x in rows]),
+            "ratio_floor": median([x.get("ratio_floor") for x in rows]),
+            "verdict": rows[0]["verdict"],
+            "fastpath_rewrites": sum(x["fastpath_rewrites"] for x in rows),
+        }
+    st.down()
+    return {"runs": runs_out, "summary": summary, "calls": calls, "warmup": warmup,
+            "reference_over_floor_ns": REFERENCE}
+
+
+# --- flips ------------------------------------------------------------------------------------
+
+def flipbench(st: State, svc: int, count: int) -> float:
+    p = run([FLIPBENCH, "bench", f"{st.pin_root}/bgs_switch", str(svc), str(count)])
+    return json.loads(p.stdout)["ns_per_flip"]
+
+
+def wall_ms(argv: List[str], n: int) -> float:
+    """Median wall time of n runs of a command (fork to exit), in ms."""
+    return median([timed_run(argv)[2] / 1e6 for _ in range(n)])
+
+
+def cli_flip_ms(st: State, name: str, n: int) -> float:
+    """Median wall time of n `bgswitch flip NAME` commands (from fork to exit)."""
+    times = []
+    for _ in range(n):
+        rc, err, ns = timed_run([BGSWITCH, "--pin-root", st.pin_root, "flip", name])
+        if rc:
+            raise BenchError(f"bgswitch flip {name}: {err.strip()}")
+        times.append(ns / 1e6)
+    return median(times)
+
+
+def part_flip(cleanup: Cleanup, prefix: str, runs: int, flips: int, cli_n: int) -> Dict:
+    """Part 3, in process: the flip write averaged over `flips` flips, and the command."""
+    log(f"flip cost: {runs} runs x {flips} flips, {cli_n} flip commands")
+    st = State(cleanup, prefix, "flip")
+    svc = st.add_service("web", ADDRS[4]["vip"], VPORT)
+    st.add_backend("web", "blue", *ADDRS[4]["blue"])
+    st.add_backend("web", "green", *ADDRS[4]["green"])
+    gen0 = st.switch_word(svc).generation
+    per_run = [flipbench(st, svc, flips) for _ in range(runs)]
+    gen1 = st.switch_word(svc).generation
+    if gen1 - gen0 != runs * (flips + 2):
+        raise BenchError(f"flipbench: generation moved by {gen1 - gen0}, "
+                         f"want {runs * (flips + 2)}")
+    # The command, and in the same loop what any command costs before it does anything: a
+    # process (/bin/true), and bgswitch's own start (`-V`: dynamic loading of its libraries).
+    cli, spawn, version = [], [], []
+    for _ in range(runs):
+        for _ in range(cli_n):
+            spawn.append(wall_ms(["/bin/true"], 1))
+            version.append(wall_ms([BGSWITCH, "-V"], 1))
+            cli.append(cli_flip_ms(st, "web", 1))
+    st.down()
+    cli, spawn, version = median(cli), median(spawn), median(version)
+    return {"ns_per_flip_runs": per_run, "ns_per_flip": median(per_run), "flips": flips,
+            "cli_ms": cli, "cli_n": cli_n * runs,
+            "spawn_true_ms": spawn, "bgswitch_version_ms": version}
+
+
+# --- part 2: cost as things grow --------------------------------------------------------------
+
+def _expected_backend(backends: List[Tuple[str, int]], client: str, sport: int, vip: str,
+                      vport: int) -> Tuple[str, int]:
+    return backends[model.flow_hash(client, vip, sport, vport, 6) % len(backends)]
+
+
+def _measure_point(st: State, svc: int, vip: str, est: List[Tuple[str, int, str, int]],
+                   new_clients, runs: int, calls: int, warmup: int,
+                   after_new=None) -> Dict:
+    """est: [(client, sport, backend addr, backend port)] of live flows to cycle through.
+    new_clients(run) -> [(client, sport)] fresh tuples. after_new(run) runs after each new-flow
+    run (to delete what it inserted)."""
+    backends = st.active_backends(svc)
+    est_in = [pkt.tcp_frame(c, vip, sp, VPORT, pkt.TCP_ACK, seq=1001, ack=1)
+              for c, sp, _, _ in est]
+    est_out = [pkt.tcp_frame(c, ba, sp, bp, pkt.TCP_ACK, seq=1001, ack=1)
+               for c, sp, ba, bp in est]
+    e_ns, n_ns, h_ns = [], [], []
+    for r in range(runs):
+        # A full LRU table may have evicted some of them while new flows went in.
+        live = [i for i, (c, sp, _, _) in enumerate(est) if st.flow_present(c, sp, vip, VPORT)]
+        if len(live) < len(est) // 2:
+            raise BenchError(f"only {len(live)} of {len(est)} established flows left")
+        e = time_case(st, st.ingress_fd, Case("est", "xdp", [est_in[i] for i in live],
+                                              [est_out[i] for i in live], "FLOW_HIT"),
+                      calls, warmup)
+        fresh = new_clients(r)
+        new_in, new_out = [], []
+        for c, sp in fresh:
+            ba, bp = _expected_backend(backends, c, sp, vip, VPORT)
+            new_in.append(pkt.tcp_frame(c, vip, sp, VPORT, pkt.TCP_SYN))
+            new_out.append(pkt.tcp_frame(c, ba, sp, bp, pkt.TCP_SYN))
+        n = time_case(st, st.ingress_fd, Case("new", "xdp", new_in, new_out, "FLOW_NEW"),
+                      calls, warmup)
+        if after_new:
+            after_new(r)
+        h = time_case(st, st.ingress_fd, Case("est1", "xdp", [est_in[live[0]]],
+                                              [est_out[live[0]]], "FLOW_HIT"), calls, warmup)
+        e_ns.append(e["ns"])
+        n_ns.append(n["ns"])
+        h_ns.append(h["ns"])
+    return {"est_ns": median(e_ns), "est_hot_ns": median(h_ns), "new_ns": median(n_ns),
+            "est_runs": e_ns, "est_hot_runs": h_ns, "new_runs": n_ns,
+            "est_flows_cycled": len(live)}
+
+
+def _flip_point(st: State, name: str, svc: int, runs: int, flips: int, cli_n: int) -> Dict:
+    """The flip write, and the command: its wall time, and its own work, i.e. its wall time
+    less that of `bgswitch -V` run just before it (process start and library loading)."""
+    walls, own = [], []
+    for _ in range(cli_n):
+        v = wall_ms([BGSWITCH, "-V"], 1)
+        f = cli_flip_ms(st, name, 1)
+        walls.append(f)
+        own.append(f - v)
+    return {"flip_ns": median([flipbench(st, svc, flips) for _ in range(runs)]),
+            "cli_flip_ms": median(walls), "cli_own_ms": median(own)}
+
+
+def _flow_templates(fam_vip: str, baddr: str, bport: int, slot: int):
+    """bgs_flows / bgs_reverse key and value templates of the synthetic flows (benchlib.c
+    patches the client address and port)."""
+    key = model.pack_flow_key("0.0.0.0", fam_vip, 0, VPORT, 6)
+    now = time.clock_gettime_ns(CLOCK_MONOTONIC_COARSE)
+    val = model.pack_flow(model.Flow(baddr, bport, 0, slot, model.BGS_FLOW_SYN, now))
+    rkey = model.pack_flow_key(baddr, "0.0.0.0", bport, 0, 6)
+    rev = pkt.addr_bytes(fam_vip) + bytes(12) + struct.pack("!H", VPORT) + struct.pack(
+        "<HI", 0, slot)
+    return key, val, rkey, rev
+
+
+def scale_flows(cleanup, prefix, levels, runs, calls, warmup, flips, cli_n, ncycle):
+    st = State(cleanup, prefix, "sflows")
+    a = ADDRS[4]
+    svc = st.add_service("web", a["vip"], VPORT)
+    st.add_backend("web", "blue", *a["blue"])
+    st.add_backend("web", "green", *a["green"])
+    slot = st.slot_of(svc, 0, *a["blue"])
+    key, val, rkey, rev = _flow_templates(a["vip"], *a["blue"], slot)
+    flows_fd, rev_fd = st.map("bgs_flows").fd, st.map("bgs_reverse").fd
+    capacity = st.map("bgs_flows").info.max_entries
+    filled, out, batched = 0, [], ctypes.c_int(0)
+    scratch = 1 << 21  # synthetic indexes of the new-flow runs: deleted after each run
+    for level in levels:
+        t0 = time.monotonic()
+        rc = lib().bb_fill_flows(flows_fd, rev_fd, filled, level - filled, key, val, rkey, rev,
+                                 ctypes.byref(batched))
+        if rc:
+            raise BenchError(f"filling bgs_flows: {os.strerror(-rc)}")
+        fill_s = time.monotonic() - t0
+        filled = level
+        present = lib().bb_count(flows_fd, st.map("bgs_flows").key_size)
+        rng = random.Random(level)
+        sample = []
+        for i in rng.sample(range(level), min(level, ncycle * 2)):
+            c, sp = pkt.flow_client(i)
+            if st.flow_present(c, sp, a["vip"], VPORT):
+                sample.append((c, sp, *a["blue"]))
+            if len(sample) == ncycle:
+                break
+
+        def new_clients(r, level=level):
+            base = scratch + r * (calls + warmup)
+            return [pkt.flow_client(base + i) for i in range(calls + warmup)]
+
+        def after_new(r):
+            lib().bb_delete_flows(flows_fd, rev_fd, scratch + r * (calls + warmup),
+                                  calls + warmup, key, rkey)
+
+        log(f"  {level} flows (present {present}, filled in {fill_s:.1f} s)")
+        pt = _measure_point(st, svc, a["vip"], sample, new_clients, runs, calls, warmup,
+                            after_new)
+        pt.update(_flip_point(st, "web", svc, runs, flips, cli_n))
+        pt.update({"level": level, "present": present, "capacity": capacity,
+                   "fill_s": round(fill_s, 2), "batched": bool(batched.value)})
+        out.append(pt)
+    st.down()
+    return out
+
+
+def scale_services(cleanup, prefix, levels, runs, calls, warmup, flips, cli_n, ncycle):
+    st = State(cleanup, prefix, "ssvc")
+    out, count = [], 0
+    for level in levels:
+        t0 = time.monotonic()
+        while count < level:
+            count += 1
+            vip = f"10.{100 + count // 65536}.{count // 256 % 256}.{count % 256}"
+            svc = st.add_service(f"s{count}", vip, VPORT)
+        name = f"s{count}"  # measured: the newest, the last a linear search would find
+        st.add_backend(name, "blue", "10.0.1.1", 8080)
+        st.add_backend(name, "green", "10.0.2.1", 9090)
+        setup_s = time.monotonic() - t0
+        log(f"  {level} services (set up in {setup_s:.1f} s)")
+        pt = _scale_new_then_est(st, svc, vip, runs, calls, warmup, ncycle)
+        pt.update(_flip_point(st, name, svc, runs, flips, cli_n))
+        pt.update({"level": level, "svc_id": svc, "setup_s": round(setup_s, 2)})
+        out.append(pt)
+    st.down()
+    return out
+
+
+def scale_backends(cleanup, prefix, levels, runs, calls, warmup, flips, cli_n, ncycle):
+    st = State(cleanup, prefix, "sbe")
+    vip = ADDRS[4]["vip"]
+    svc = st.add_service("web", vip, VPORT)
+    out, count = [], 0
+    for level in levels:
+        t0 = time.monotonic()
+        while count < level:
+            count += 1
+            st.add_backend("web", "blue", f"10.1.{count // 256}.{count % 256}", 8080)
+            st.add_backend("web", "green", f"10.2.{count // 256}.{count % 256}", 9090)
+        setup_s = time.monotonic() - t0
+        log(f"  {level} backends per color (set up in {setup_s:.1f} s)")
+        pt = _scale_new_then_est(st, svc, vip, runs, calls, warmup, ncycle)
+        pt.update(_flip_point(st, "web", svc, runs, flips, cli_n))
+        pt.update({"level": level, "setup_s": round(setup_s, 2)})
+        out.append(pt)
+    st.down()
+    return out
+
+
+def _delete_new_flows(st: State, vip: str, fresh, backends) -> None:
+    """Delete the bgs_flows and bgs_reverse entries a new-flow run made, so that the table
+    does not grow from one measured point to the next."""
+    flows, rev = st.map("bgs_flows"), st.map("bgs_reverse")
+    for c, sp in fresh:
+        ba, bp = _expected_backend(backends, c, sp, vip, VPORT)
+        flows.delete(model.pack_flow_key(c, vip, sp, VPORT, 6))
+        rev.delete(model.pack_flow_key(ba, c, bp, sp, 6))
+
+
+def _scale_new_then_est(st, svc, vip, runs, calls, warmup, ncycle):
+    """Open ncycle flows with SYNs (through the program), then measure est and new; the
+    new-flow runs' entries are deleted after each run."""
+    backends = st.active_backends(svc)
+    opened = []
+    for c, sp in st.fresh(4, ncycle):
+        syn = pkt.tcp_frame(c, vip, sp, VPORT, pkt.TCP_SYN)
+        r = st.run_prog(st.ingress_fd, syn)
+        if r.retval not in XDP_FORWARD:
+            raise BenchError(f"SYN to {vip}: verdict {r.retval}")
+        opened.append((c, sp, *_expected_backend(backends, c, sp, vip, VPORT)))
+    batches = []
+
+    def new_clients(r):
+        batches.append(st.fresh(4, calls + warmup))
+        return batches[-1]
+
+    return _measure_point(st, svc, vip, opened, new_clients, runs, calls, warmup,
+                          lambda r: _delete_new_flows(st, vip, batches[r], backends))
+
+
+def part_scale(cleanup: Cleanup, prefix: str, runs: int, calls: int, warmup: int, flips: int,
+               cli_n: int, flows_levels, svc_levels, be_levels, ncycle: int) -> Dict:
+    log(f"cost as things grow: flows {flows_levels}, services {svc_levels}, "
+        f"backends {be_levels}")
+    args = (runs, calls, warmup, flips, cli_n, ncycle)
+    return {"flows": scale_flows(cleanup, prefix, flows_levels, *args),
+            "services": scale_services(cleanup, prefix, svc_levels, *args),
+            "backends": scale_backends(cleanup, prefix, be_levels, *args)}
+
+
+# --- part 5: memory ---------------------------------------------------------------------------
+
+def part_memory(cleanup: Cleanup, prefix: str) -> Dict:
+    """bytes_memlock of every map of a state attached with the default sizes."""
+    log("memory at default sizes")
+    st = State(cleanup, prefix, "mem", flows=None)
+    maps = {}
+    for name in sorted(os.listdir(st.pin_root)):
+        path = f"{st.pin_root}/{name}"
+        if not name.startswith("bgs_") or os.path.isdir(path):
+            continue
+        info = json.loads(run(["bpftool", "map", "show", "pinned", path, "-j"]).stdout)
+        maps[name] = {"type": info["type"], "max_entries": info["max_entries"],
+                      "key": info["bytes_key"], "value": info["bytes_value"],
+                      "bytes_memlock": info["bytes_memlock"]}
+    st.down()
+    flows = maps["bgs_flows"]
+    per_flow = (flows["bytes_memlock"] + maps["bgs_reverse"]["bytes_memlock"]) / \
+        flows["max_entries"]
+    return {"maps": maps, "total_bytes": sum(m["bytes_memlock"] for m in maps.values()),
+            "flow_entries": flows["max_entries"],
+            "bytes_per_flow": round(per_flow, 1),
+            "bytes_per_flow_forward_only": round(flows["bytes_memlock"] / flows["max_entries"],
+                                                 1),
+            "default_flows": header_define("BGS_DEFAULT_FLOWS")}

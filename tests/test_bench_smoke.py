@@ -1,0 +1,75 @@
+"""Smoke test of the benchmark suite (`make bench`): the whole suite with minimal counts.
+
+It runs tests/bench/bench.py --smoke (every part, a few hundred packets per case, one round of
+one-second wrk runs; about 15 s) into a temporary folder, and checks that it printed its table,
+wrote results.json and every figure, verified every packet case, saw no failed request, and
+left no namespace or pin root behind. The figures themselves are not judged here: the suite's
+numbers on a shared test machine say nothing.
+"""
+
+import json
+import os
+import subprocess
+import time
+
+import pytest
+
+TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.join(TOP, "tests", "bench", "bench.py")
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_smoke(tmp_path):
+    if os.geteuid() != 0:
+        pytest.fail("the benchmark suite needs root (BPF, network namespaces)", pytrace=False)
+    build = subprocess.run(["make", "-C", TOP, "--no-print-directory", "bench-build"],
+                           capture_output=True, text=True, timeout=300)
+    assert build.returncode == 0, f"make bench-build failed:\n{build.stdout}\n{build.stderr}"
+
+    out = tmp_path / "results"
+    t0 = time.monotonic()
+    p = subprocess.run(["/usr/bin/python3", BENCH, "--smoke", "--out", str(out)],
+                       capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    elapsed = time.monotonic() - t0
+    assert p.returncode == 0, f"bench --smoke failed (exit {p.returncode}):\n{p.stderr[-3000:]}"
+
+    # One table on stdout, and only the table.
+    lines = p.stdout.strip().splitlines()
+    assert lines[0].startswith("bgswitch benchmark:"), p.stdout[:500]
+    for section in ("[1 per packet]", "[2 as things grow]", "[3 the flip]",
+                    "[4 network path]", "[5 memory]"):
+        assert section in lines, f"{section} missing from the table:\n{p.stdout}"
+
+    res = json.loads((out / "results.json").read_text())
+    for key in ("per_packet", "scale", "flip", "cutover", "network", "memory"):
+        assert res.get(key), f"results.json has no {key}"
+    pkt = res["per_packet"]["summary"]
+    for fam in (4, 6):
+        for kind in ("nonvip", "new", "est", "reply"):
+            case = pkt[f"v{fam}.{kind}"]
+            assert case["ns"] > 0 and case["verdict"] in (
+                "XDP_PASS", "XDP_TX", "XDP_REDIRECT", "TC_ACT_OK", "TC_ACT_REDIRECT"), case
+    for axis in ("flows", "services", "backends"):
+        assert len(res["scale"][axis]) >= 2 and all(
+            pt["est_ns"] > 0 and pt["new_ns"] > 0 and pt["flip_ns"] > 0
+            for pt in res["scale"][axis]), res["scale"][axis]
+    assert res["cutover"]["summary"]["failed"] == 0
+    net = res["network"]["summary"]
+    for key, v in net.items():
+        assert key.startswith("flip.") or (v["rps"] > 0 and v["failed"] == 0), (key, v)
+    assert net["flip.bgswitch"]["failed"] == 0 and net["flip.nft"]["failed"] == 0, net
+    assert net["flip.bgswitch"]["served"]["green"] > 0, "no request reached green after a flip"
+    assert res["memory"]["bytes_per_flow"] > 0
+
+    assert res["figures"], "no figure written"
+    for name in res["figures"] + ["table.txt", "table.md"]:
+        assert (out / name).stat().st_size > 0, name
+    for name in res["figures"]:
+        assert (out / name).read_bytes()[:8] == PNG_MAGIC, f"{name} is not a PNG"
+
+    # Nothing left behind.
+    prefix = res["prefix"]
+    netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert prefix not in netns, f"namespaces left: {netns}"
+    assert not [n for n in os.listdir("/sys/fs/bpf") if n.startswith(prefix)]
+    assert elapsed < 60, f"the smoke run took {elapsed:.0f} s"
