@@ -132,11 +132,12 @@ def table_rows(res: dict):
                      f"{c['write.to_first_new_us']:+.0f} / {c['write.to_last_old_us']:+.0f} us",
                      f"{_k(c['conn_per_s'])} conn/s, 1 start per "
                      f"{1e6 / res['cutover']['rate']:.0f} us",
-                     f"{c['write.old_after']} begun after it on blue"))
+                     f"contradicting it: {c['write.old_after'] + c['write.new_before']}"))
         rows.append((sec, "cutover, `bgswitch flip` from launch: first new / last old",
                      f"{c['command.to_first_new_us'] / 1000:+.2f} / "
                      f"{c['command.to_last_old_us'] / 1000:+.2f} ms",
-                     f"command runs {c['command_wall_us'] / 1000:.2f} ms", ""))
+                     f"command runs {c['command_wall_us'] / 1000:.2f} ms",
+                     f"contradicting it: {c['command.old_after'] + c['command.new_before']}"))
         rows.append((sec, f"cutover: failed connections ({rounds} rounds, 2 flips each)",
                      str(c["failed"]), "", ""))
     if res.get("network"):

@@ -10,9 +10,15 @@
  * --rate, one connection starts every 1/R s (open loop, so that the start times sample the
  * timeline evenly), at most C in flight (a start with none free is skipped and counted on
  * stderr). Stops starting connections after D ms (or M connections), waits at most T ms for
- * the last ones, and prints one line per
- * connection: "<start_ns> <end_ns> <outcome>", times from CLOCK_MONOTONIC (one clock for every
- * network namespace), outcome the first word of the reply body ("blue", "green") or "error:<what>".
+ * the last ones, and prints one line per connection:
+ *
+ *   <start_ns> <connected_ns> <end_ns> <outcome>
+ *
+ * start just before connect() (which sends the SYN), connected just after it returns (a veth
+ * peer's XDP program has normally seen the SYN by then: it runs in the softirq that the send
+ * raises), end when the reply is complete; times from CLOCK_MONOTONIC (one clock for every
+ * network namespace); outcome the first word of the reply body ("blue", "green") or
+ * "error:<what>".
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -31,12 +37,12 @@ struct slot {
 	int fd;
 	int sent;
 	int len;
-	uint64_t start;
+	uint64_t start, connected;
 	char buf[1024];
 };
 
 struct rec {
-	uint64_t start, end;
+	uint64_t start, connected, end;
 	char what[24];
 };
 
@@ -57,6 +63,7 @@ static void record(struct slot *s, const char *what)
 {
 	if (nrecs < maxrecs) {
 		recs[nrecs].start = s->start;
+		recs[nrecs].connected = s->connected;
 		recs[nrecs].end = now_ns();
 		snprintf(recs[nrecs].what, sizeof(recs[nrecs].what), "%s", what);
 		nrecs++;
@@ -93,15 +100,19 @@ static int start(int ep, struct slot *s)
 	if (s->fd < 0)
 		return -1;
 	s->sent = s->len = 0;
-	s->start = now_ns();
 	ev.data.ptr = s;
 	if (epoll_ctl(ep, EPOLL_CTL_ADD, s->fd, &ev)) {
 		close(s->fd);
 		s->fd = -1;
 		return -1;
 	}
-	if (connect(s->fd, (struct sockaddr *)&dst, sizeof(dst)) && errno != EINPROGRESS)
+	s->start = now_ns();
+	if (connect(s->fd, (struct sockaddr *)&dst, sizeof(dst)) && errno != EINPROGRESS) {
+		s->connected = now_ns();
 		finish(ep, s, "error:connect");
+		return 0;
+	}
+	s->connected = now_ns();
 	return 0;
 }
 
@@ -247,7 +258,8 @@ int main(int argc, char **argv)
 		"connload: %zu connections, %llu paced starts skipped (all %ld in flight)\n", nrecs,
 		(unsigned long long)skipped, conns);
 	for (k = 0; k < nrecs; k++)
-		printf("%llu %llu %s\n", (unsigned long long)recs[k].start,
-		       (unsigned long long)recs[k].end, recs[k].what);
+		printf("%llu %llu %llu %s\n", (unsigned long long)recs[k].start,
+		       (unsigned long long)recs[k].connected, (unsigned long long)recs[k].end,
+		       recs[k].what);
 	return 0;
 }

@@ -352,17 +352,20 @@ def part_net(t: Topology, rounds: int, seconds: int, conns: int, flips: int,
 
 # --- part 3: cutover under load -----------------------------------------------------------
 
-def _cutover_of(recs, t_flip: int, lo: int, hi: int, new: str, old: str) -> Dict:
-    """From connload records, around a flip at t_flip, among connections started in [lo, hi):
-    time to the first one served by the new color and to the last one served by the old."""
-    starts_new = [s for s, _, w in recs if w == new and lo <= s < hi]
-    starts_old = [s for s, _, w in recs if w == old and lo <= s < hi]
-    return {"to_first_new_us": (min(starts_new) - t_flip) / 1e3 if starts_new else None,
-            "to_last_old_us": (max(starts_old) - t_flip) / 1e3 if starts_old else None,
-            # connections begun after the flip's start that still went to the old color,
-            # and begun before it that already went to the new one (SYN still in flight)
-            "old_after": sum(1 for s in starts_old if s >= t_flip),
-            "new_before": sum(1 for s in starts_new if s < t_flip)}
+def _cutover_of(recs, t_start: int, t_end: int, lo: int, hi: int, new: str, old: str) -> Dict:
+    """From connload records (start, connected, end, outcome), around a flip that began at
+    t_start and was surely done at t_end, among connections started in [lo, hi): the start of
+    the first one served by the new color and of the last one served by the old, relative to
+    t_start; and the connections that contradict the flip: served by the old color though begun
+    (connect() called) after t_end, or by the new one though connect() had returned (the SYN
+    was through) before t_start. Both must be 0."""
+    sel = [r for r in recs if lo <= r[0] < hi]
+    starts_new = [r[0] for r in sel if r[3] == new]
+    starts_old = [r[0] for r in sel if r[3] == old]
+    return {"to_first_new_us": (min(starts_new) - t_start) / 1e3 if starts_new else None,
+            "to_last_old_us": (max(starts_old) - t_start) / 1e3 if starts_old else None,
+            "old_after": sum(1 for r in sel if r[3] == old and r[0] > t_end),
+            "new_before": sum(1 for r in sel if r[3] == new and r[1] < t_start)}
 
 
 def part_cutover(t: Topology, rounds: int, rate: int, load_ms: int, conns: int = 256) -> Dict:
@@ -403,27 +406,28 @@ def part_cutover(t: Topology, rounds: int, rate: int, load_ms: int, conns: int =
             t.detach(root)
         recs = []
         for line in stdout.splitlines():
-            s, e, what = line.split()
-            recs.append((int(s), int(e), what))
+            s, c, e, what = line.split()
+            recs.append((int(s), int(c), int(e), what))
         if not recs:
             raise BenchError("connload recorded nothing")
-        failed = [r for r in recs if r[2].startswith("error")]
-        load_s = (recs[-1][0] - recs[0][0]) / 1e9 or 1
+        failed = [r for r in recs if r[3].startswith("error")]
+        load_s = (max(r[0] for r in recs) - min(r[0] for r in recs)) / 1e9 or 1
         skipped = re.search(r"(\d+) paced starts skipped", stderr)
         res = {"connections": len(recs), "failed": len(failed), "rate": rate,
                "skipped_starts": int(skipped.group(1)) if skipped else None,
                "conn_per_s": round(len(recs) / load_s),
-               "write": _cutover_of(recs, w["t_start_ns"], 0, t2, "green", "blue"),
-               "command": _cutover_of(recs, t2, w["t_start_ns"] + 1, 1 << 63, "blue",
+               "write": _cutover_of(recs, w["t_start_ns"], w["t_end_ns"], 0, t2, "green",
+                                    "blue"),
+               "command": _cutover_of(recs, t2, t2_end, w["t_end_ns"] + 1, 1 << 63, "blue",
                                       "green"),
                "command_wall_us": (t2_end - t2) / 1e3,
                "write_wall_us": (w["t_end_ns"] - w["t_start_ns"]) / 1e3}
         t1 = w["t_start_ns"]
-        res["timeline"] = [((s - t1) / 1e6, w_) for s, _, w_ in recs
-                           if -3e6 <= s - t1 <= 3e6] if not out else None
+        res["timeline"] = [((r[0] - t1) / 1e6, r[3]) for r in recs
+                           if -3e6 <= r[0] - t1 <= 3e6] if not out else None
         if failed:
             raise BenchError(f"cutover: {len(failed)} of {len(recs)} connections failed: "
-                             f"{sorted(set(r[2] for r in failed))}")
+                             f"{sorted(set(r[3] for r in failed))}")
         out.append(res)
     med = {}
     for flip in ("write", "command"):
