@@ -113,7 +113,11 @@ static __always_inline bool flow_insert_allowed(__u64 now)
 		return true;
 	cap = (__u64)(cfg->new_flow_burst + 1) * 1000000;
 	if (now > b->last_ns) {
-		__u64 add = (now - b->last_ns) / 1000 * cfg->new_flow_rate / 1000;
+		/* rate inserts per second = rate millionths per microsecond; the elapsed time is
+		 * capped (the bucket is full long before) so that the product cannot overflow.
+		 */
+		__u64 us = (now - b->last_ns) / 1000;
+		__u64 add = (us > 1000000000ULL ? 1000000000ULL : us) * cfg->new_flow_rate;
 
 		b->tokens = b->tokens + add > cap ? cap : b->tokens + add;
 		b->last_ns = now;

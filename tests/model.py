@@ -20,6 +20,7 @@ from typing import List, NamedTuple, Optional, Sequence
 
 # --- constants of include/bgswitch.h -------------------------------------------------------------
 
+BGS_LAYOUT_VERSION = 2
 BGS_BLUE, BGS_GREEN = 0, 1
 COLORS = {"blue": BGS_BLUE, "green": BGS_GREEN}
 BGS_COLOR_NONE = 0xFF
@@ -29,6 +30,11 @@ BGS_MAX_BACKENDS = 256
 BGS_MAX_SLOTS = 8192
 BGS_MAX_EXTHDRS = 6
 BGS_FRAG_ENTRIES = 16384
+BGS_NAME_LEN = 32
+BGS_NEW_FLOW_RATE = 125000  # default flow-table inserts per second per CPU (attach)
+BGS_NEW_FLOW_BURST = 10000
+BGS_SW_DRAINING = 0x1  # bgs_switch.flags: the previous color still has live flows
+BGS_SVC_MANY = 0xFFFFFFFF  # bgs_backend_ref.svc: the address serves several services
 
 BGS_BACKEND_FREE, BGS_BACKEND_ACTIVE, BGS_BACKEND_DRAINING = 0, 1, 2
 
@@ -50,20 +56,22 @@ IPPROTO_DSTOPTS = 60
 STATS = [
     "RX", "NOT_VIP", "NOT_IP", "PARSE_L2", "PARSE_IP_HDR", "PARSE_IP_LEN", "PARSE_L4",
     "ZERO_PORT", "EXTHDR_LIMIT", "FRAG_FIRST", "FRAG_LATER", "VIP", "FLOW_HIT", "FLOW_NEW",
-    "FLOW_REOPEN", "SYN_MISS", "NOSYN_MISS", "TX", "REPLY_NAT", "REPLY_NO_FLOW", "ICMP_IN",
-    "ICMP_OUT", "ICMP_NO_FLOW", "FWD_TX", "FWD_REDIRECT", "FWD_NO_NEIGH", "FWD_STACK",
+    "FLOW_REOPEN", "SYN_MISS", "NOSYN_MISS", "SECOND_CHANCE", "TX", "REPLY_NAT",
+    "REPLY_NO_FLOW", "REPLY_RECOVERED", "ICMP_IN", "ICMP_OUT", "ICMP_NO_FLOW", "FWD_TX",
+    "FWD_REDIRECT", "FWD_NO_NEIGH", "FWD_STACK",
 ]
 STAT = {name: i for i, name in enumerate(STATS)}
 
 # enum bgs_drop_reason
-DROPS = ["NOSYN_MISS", "NO_BACKEND", "BAD_BACKEND", "FLOW_INSERT", "FRAG_MISS"]
+DROPS = ["NO_BACKEND", "BAD_BACKEND", "FLOW_INSERT", "FRAG_MISS", "INSERT_LIMIT"]
 DROP = {name: i for i, name in enumerate(DROPS)}
 
 # struct bgs_backend_stats fields, in order
 BACKEND_STATS = ["rx_packets", "rx_bytes", "tx_packets", "tx_bytes", "new_flows", "resets"]
 
 # struct bgs_service_stats fields, in order (drops[] expanded by reason)
-SERVICE_STATS = ["syn_miss", "nosyn_miss", "reopen"] + [f"drop_{d}" for d in DROPS]
+SERVICE_STATS = (["syn_miss", "nosyn_miss", "reopen", "second_chance"]
+                 + [f"drop_{d}" for d in DROPS])
 
 # Sizes of the structures, as the maps must declare them.
 SIZES = {
@@ -76,12 +84,15 @@ SIZES = {
     "bgs_flow": 40,
     "bgs_reverse": 24,
     "bgs_backend_addr": 20,
+    "bgs_backend_ref": 8,
     "bgs_vip_addr": 20,
     "bgs_frag_key": 40,
     "bgs_frag": 20,
-    "bgs_config": 32,
+    "bgs_service": BGS_NAME_LEN + 20,
+    "bgs_config": 48,
     "bgs_backend_stats": 48,
-    "bgs_service_stats": 8 * (3 + len(DROPS)),
+    "bgs_service_stats": 8 * (4 + len(DROPS)),
+    "bgs_bucket": 16,
 }
 
 # --- addresses -----------------------------------------------------------------------------------
@@ -231,6 +242,51 @@ def unpack_backend_addr_raw(raw: bytes) -> tuple:
     return unpack_vip_key_raw(raw)
 
 
+def pack_backend_addr(addr: str, port: int, proto: int) -> bytes:
+    """struct bgs_backend_addr (20 bytes): the same layout as struct bgs_vip_key."""
+    return pack_vip_key(addr, port, proto)
+
+
+def unpack_service_raw(raw: bytes) -> tuple:
+    """struct bgs_service (bgs_services value) as (name, (addr16, port, proto, family))."""
+    name = bytes(raw[:BGS_NAME_LEN]).split(b"\0", 1)[0].decode(errors="replace")
+    return name, unpack_vip_key_raw(raw[BGS_NAME_LEN:BGS_NAME_LEN + 20])
+
+
+class BackendRef(NamedTuple):
+    """struct bgs_backend_ref (bgs_backend_addrs value), decoded."""
+
+    refs: int
+    svc: int  # the one service whose slots use the address, or BGS_SVC_MANY
+
+
+def unpack_backend_ref(raw: bytes) -> BackendRef:
+    """Decode struct bgs_backend_ref (8 bytes)."""
+    return BackendRef(*struct.unpack("<II", raw))
+
+
+def pack_backend_ref(r: BackendRef) -> bytes:
+    """Encode struct bgs_backend_ref."""
+    return struct.pack("<II", r.refs, r.svc)
+
+
+class Bucket(NamedTuple):
+    """struct bgs_bucket (bgs_insert_budget value, per CPU), decoded."""
+
+    last_ns: int
+    tokens: int  # in millionths of an insert
+
+
+def unpack_bucket(raw: bytes) -> Bucket:
+    """Decode struct bgs_bucket (16 bytes)."""
+    return Bucket(*struct.unpack("<QQ", raw))
+
+
+def pack_bucket(b: Bucket) -> bytes:
+    """Encode struct bgs_bucket."""
+    return struct.pack("<QQ", b.last_ns, b.tokens)
+
+
 def pack_frag_key_raw(saddr16: bytes, daddr16: bytes, frag_id: bytes, proto: int,
                       family: int) -> bytes:
     """struct bgs_frag_key (40 bytes). ``frag_id`` is the identification as the __u32 holds
@@ -308,6 +364,12 @@ class Switch(NamedTuple):
     active: int
     previous: int
     set_sel: int
+    flags: int = 0  # BGS_SW_*
+
+    @property
+    def draining(self) -> bool:
+        """BGS_SW_DRAINING: the previous color still has live flows."""
+        return bool(self.flags & BGS_SW_DRAINING)
 
     def set_index(self, svc: int, color: int) -> int:
         """bgs_sets key of the buffer that ``color`` uses now."""
@@ -316,13 +378,12 @@ class Switch(NamedTuple):
 
 def unpack_switch(raw: bytes) -> Switch:
     """Decode struct bgs_switch (8 bytes)."""
-    gen, active, previous, set_sel, _pad = struct.unpack("<IBBBB", raw)
-    return Switch(gen, active, previous, set_sel)
+    return Switch(*struct.unpack("<IBBBB", raw))
 
 
 def pack_switch(sw: Switch) -> bytes:
     """Encode struct bgs_switch."""
-    return struct.pack("<IBBBB", sw.generation, sw.active, sw.previous, sw.set_sel, 0)
+    return struct.pack("<IBBBB", sw.generation, sw.active, sw.previous, sw.set_sel, sw.flags)
 
 
 def unpack_set_raw(raw: bytes) -> tuple:
@@ -373,16 +434,19 @@ class Config(NamedTuple):
     tcp_idle_ns: int
     udp_idle_ns: int
     closing_ns: int
+    new_flow_rate: int = BGS_NEW_FLOW_RATE  # inserts per second per CPU; 0: no limit
+    new_flow_burst: int = BGS_NEW_FLOW_BURST
+    collected: int = 0  # flow entries deleted by user space
 
 
 def unpack_config(raw: bytes) -> Config:
-    """Decode struct bgs_config (32 bytes)."""
-    return Config(*struct.unpack("<IIQQQ", raw))
+    """Decode struct bgs_config (48 bytes)."""
+    return Config(*struct.unpack("<IIQQQIIQ", raw))
 
 
 def pack_config(c: Config) -> bytes:
     """Encode struct bgs_config."""
-    return struct.pack("<IIQQQ", *c)
+    return struct.pack("<IIQQQIIQ", *c)
 
 
 def unpack_u64(raw: bytes) -> int:

@@ -9,11 +9,14 @@ The model works on raw frames (bytes in, bytes out) with its own parser, and kee
 mirror of every table the data plane reads or writes:
 
 * configuration, read from the real pinned maps through bpfsys (``load_config``) after each
-  control-plane command: services (bgs_vips, bgs_vip_addrs), switch words, backend sets,
-  backends, backend addresses, timeouts;
+  control-plane command: services (bgs_vips, bgs_vip_addrs, bgs_services), switch words (with
+  their drain flag), backend sets, backends, backend addresses (with their reference: the one
+  service using them, or BGS_SVC_MANY), timeouts, the insert limit;
 * dynamic tables, which the model updates itself as packets create or change entries:
   flows, reverse entries, fragment records; ``load_dynamic`` reads them from the maps, for
   resynchronising after a reported difference, and ``dump_*`` give them in a comparable form;
+* the insert budget (a token bucket) of the one CPU the programs are run on (``cpu``), kept
+  by the model from the times it is given; ``load_bucket`` reads it from bgs_insert_budget;
 * every counter: bgs_stats, bgs_drops, bgs_service_stats, bgs_backend_stats.
 
 Semantics modelled (see the module's SPEC list for the exact rules, one per line)
@@ -59,11 +62,19 @@ Ingress (XDP, verdict XDP_PASS unless a drop is named):
   followed (FLOW_HIT; last_seen refreshed when older than 100 ms; client RST and FIN set
   their state bits) unless the packet is a first packet and the entry is dead (TCP: RST or
   both FINs; any: idle past its protocol's timeout), in which case it is replaced
-  (FLOW_REOPEN). No entry and not a first packet: NOSYN_MISS, XDP_DROP (drop NOSYN_MISS,
-  node and service). A new TCP flow without entry: SYN_MISS. A new flow takes the active
-  color's current set buffer; empty set: drop NO_BACKEND; count beyond BGS_MAX_BACKENDS, or
-  the chosen slot not an active backend: drop BAD_BACKEND; else backend set[hash % count]
-  (model.flow_hash), flow and reverse entries written, FLOW_NEW, backend new_flows.
+  (FLOW_REOPEN, node and service). No entry and not a first packet (a TCP segment without
+  SYN, or with SYN|ACK): NOSYN_MISS and SECOND_CHANCE (node and service), then re-pinned: a
+  flow created toward the previous color when the switch word has BGS_SW_DRAINING and a
+  previous color (blue or green), else toward the active color. A new TCP flow without
+  entry: SYN_MISS (node and service). New flows, reopens and re-pins take the active color
+  (the re-pin: the color just named).
+* Creating a flow (toward a color): first one insert from the CPU's budget, a token bucket of
+  new_flow_burst + 1 inserts refilled at new_flow_rate inserts per second (bgs_config;
+  rate 0: no limit, nothing taken); none left: drop INSERT_LIMIT (node and service), nothing
+  recorded. Then the color's current set buffer; empty set: drop NO_BACKEND; count beyond
+  BGS_MAX_BACKENDS, or the chosen slot not an active backend: drop BAD_BACKEND; else backend
+  set[hash % count] (model.flow_hash), flow entry (that color, state SYN for a TCP SYN, else
+  0) and reverse entry written, FLOW_NEW, backend new_flows.
   A first fragment is then recorded (FRAG_FIRST). Destination address and port are rewritten
   to the backend's; TCP/UDP checksum by difference (UDP 0 stays 0, a result of 0 is 0xffff),
   IPv4 header checksum by difference. Backend rx counters (IP length, IPv6: header included).
@@ -86,8 +97,12 @@ Egress (TC, verdict TC_ACT_OK always):
   marks FIN_SERVER / RST on the flow when that flow is still this backend's (same slot); a
   first fragment is recorded (its later fragments will get the VIP as source), FRAG_FIRST;
   source address and port become the VIP's, checksums by difference; REPLY_NAT, backend tx,
-  resets on RST. From a backend address without reverse entry: REPLY_NO_FLOW. Others
-  untouched, uncounted.
+  resets on RST. From a backend address without reverse entry: when the address's reference
+  names one service, the flow (the reply's destination address and port -> that service's
+  VIP and port from bgs_services, same protocol and family) is looked up; when it exists
+  and its backend address and port are the reply's source, the reverse entry {VIP, port,
+  the flow's slot} is written, REPLY_RECOVERED, and the reply goes on as above. Otherwise
+  REPLY_NO_FLOW, untouched. Others untouched, uncounted.
 
 Checksums "by difference" follow RFC 1624 eqn. 3, HC' = ~(~HC + ~m + m'), in ones'
 complement arithmetic with end-around carry: a checksum that was wrong stays wrong by the
@@ -99,6 +114,9 @@ UNSPECIFIED so that a report can say which rule a difference rests on):
 * several IPv6 fragment headers in one chain: each one walked updates the state (offset > 0:
   later; offset 0 with M: first; atomic: unchanged), the identification is the last one's;
 * counters of egress parse failures: none (the reasons are ingress counters);
+* the insert budget's size: new_flow_burst + 1 inserts (a burst of 0 still lets one insert
+  through at the rate), refilled continuously (in millionths of an insert) from the time of
+  its last refill; the bucket of a CPU never used refills from time 0 (so it starts full);
 * the TCP/UDP pseudo-header of IPv6 uses the IPv6 header's destination even when a routing
   header with segments left names another final destination.
 """
@@ -127,6 +145,8 @@ UNSPECIFIED = {
     "v6-multi-frag-hdr": "several IPv6 fragment headers: each updates the state, the last "
                          "identification is kept",
     "egress-parse-count": "egress parse failures are not counted by reason",
+    "insert-budget-size": "the insert budget holds new_flow_burst + 1 inserts, refilled from "
+                          "the last refill's time (from 0 for a CPU never used)",
     "v6-routing-pseudo": "IPv6 pseudo-header uses the header's destination, routing header "
                          "or not",
 }
@@ -288,10 +308,12 @@ def parse(f: bytes, quirks: frozenset = frozenset()) -> Tuple[Optional[str], Pkt
     else:
         return "NOT_IP", p
 
+    # The extension headers read must lie inside the IP packet, not in padding, whatever
+    # follows them (a later fragment, a transport header, another protocol).
+    if p.l4 > p.ip_end and not (p.frag == FRAG_LATER
+                                and "later-frag-hdr-beyond-ip-length" in quirks):
+        return "PARSE_IP_LEN", p
     if p.frag == FRAG_LATER:
-        # The extension headers read must lie inside the IP packet, not in padding.
-        if p.l4 > p.ip_end and "later-frag-hdr-beyond-ip-length" not in quirks:
-            return "PARSE_IP_LEN", p
         return None, p
 
     l4 = p.l4
@@ -484,6 +506,16 @@ class FragVal(NamedTuple):
     slot: int
 
 
+class Bucket(NamedTuple):
+    """The insert budget of a CPU: time of its last refill, inserts left in millionths."""
+
+    last_ns: int
+    tokens: int
+
+
+INSERT = 1000000  # one insert, in the budget's unit
+
+
 class BackendVal(NamedTuple):
     addr: bytes
     port: int
@@ -503,7 +535,7 @@ class Outcome(NamedTuple):
     stats: Tuple[str, ...]
     drops: Tuple[str, ...]
     effects: Tuple[tuple, ...]  # every counter change, for RefModel.undo
-    tables_changed: bool  # flows, reverse entries or fragment records written
+    tables_changed: bool  # flows, reverse entries, fragment records or insert budget written
 
 
 # Known departures of the data plane from the specification, which the model can emulate on
@@ -529,9 +561,15 @@ class RefModel:
         self.switch: Dict[int, model.Switch] = {}
         self.sets: Dict[int, Tuple[int, List[int]]] = {}
         self.backends: Dict[int, BackendVal] = {}
-        self.backend_addrs: set = set()
+        # (addr16, port, proto, family) -> model.BackendRef (refs, the one service or MANY)
+        self.backend_addrs: Dict[tuple, model.BackendRef] = {}
+        self.services: Dict[int, tuple] = {}  # bgs_services: id -> VIP (addr16, port, ...)
         self.tcp_idle_ns = 0
         self.udp_idle_ns = 0
+        self.new_flow_rate = 0  # 0: no insert limit
+        self.new_flow_burst = 0
+        self.cpu = 0  # the CPU the programs run on: whose insert budget the model keeps
+        self.bucket = Bucket(0, 0)
         self.flows: Dict[tuple, FlowVal] = {}
         self.reverse: Dict[tuple, RevVal] = {}
         self.frags: Dict[tuple, FragVal] = {}
@@ -552,9 +590,15 @@ class RefModel:
         self.vips = {model.unpack_vip_key_raw(k): struct.unpack("<I", v)[0]
                      for k, v in bgs.map("bgs_vips").items()}
         self.vip_addrs = {model.unpack_vip_addr_raw(k) for k in bgs.map("bgs_vip_addrs").keys()}
-        self.backend_addrs = {model.unpack_backend_addr_raw(k)
-                              for k in bgs.map("bgs_backend_addrs").keys()}
+        self.backend_addrs = {model.unpack_backend_addr_raw(k): model.unpack_backend_ref(v)
+                              for k, v in bgs.map("bgs_backend_addrs").items()}
         svcs = set(self.vips.values())
+        self.services = {}
+        for s in svcs | {r.svc for r in self.backend_addrs.values()}:
+            raw = (bgs.map("bgs_services").lookup(model.u32(s))
+                   if s < bgs.map("bgs_services").info.max_entries else None)
+            if raw is not None:
+                self.services[s] = model.unpack_service_raw(raw)[1]
         self.switch = {s: model.unpack_switch(bgs.map("bgs_switch").lookup(model.u32(s)))
                        for s in svcs}
         self.sets, slots = {}, set()
@@ -578,6 +622,7 @@ class RefModel:
                                              proto)
         cfg = bgs.config()
         self.tcp_idle_ns, self.udp_idle_ns = cfg.tcp_idle_ns, cfg.udp_idle_ns
+        self.new_flow_rate, self.new_flow_burst = cfg.new_flow_rate, cfg.new_flow_burst
         for s in svcs:
             self.svc_stats.setdefault(s, Counter())
 
@@ -594,6 +639,13 @@ class RefModel:
         for k, v in bgs.map("bgs_frags").items():
             self.frags[model.unpack_frag_key_raw(k)] = FragVal(bytes(v[:16]),
                                                                struct.unpack_from("<I", v, 16)[0])
+
+    def load_bucket(self, bgs, cpu: int) -> None:
+        """Take the insert budget of ``cpu`` (bgs_insert_budget) as the model's, and keep that
+        CPU's from now on: the programs must then run on it."""
+        self.cpu = cpu
+        raw = bgs.map("bgs_insert_budget").lookup_percpu(model.u32(0))[cpu]
+        self.bucket = Bucket(*struct.unpack("<QQ", raw))
 
     def load_counters(self, bgs) -> None:
         """Take the maps' counters as the model's (after a reported difference)."""
@@ -704,12 +756,20 @@ class RefModel:
                 f.state |= model.BGS_FLOW_FIN_CLIENT
             reason = "FLOW_HIT"
         else:
+            sw = self.switch.get(svc, model.Switch(0, 0, 0, 0))
+            color = sw.active
             if not first:
                 self._stat("NOSYN_MISS")
                 self._counter("svc", svc, "nosyn_miss")
-                self._drop("NOSYN_MISS", svc)
-                return self._out(XDP_DROP, frame, "NOSYN_MISS")
-            if f is not None:
+                self._stat("SECOND_CHANCE")
+                self._counter("svc", svc, "second_chance")
+                if sw.flags & model.BGS_SW_DRAINING and sw.previous in (model.BGS_BLUE,
+                                                                        model.BGS_GREEN):
+                    color = sw.previous
+                    reason = "REPIN_PREVIOUS"
+                else:
+                    reason = "REPIN_ACTIVE"
+            elif f is not None:
                 self._stat("FLOW_REOPEN")
                 self._counter("svc", svc, "reopen")
                 reason = "FLOW_REOPEN"
@@ -718,7 +778,7 @@ class RefModel:
                     self._stat("SYN_MISS")
                     self._counter("svc", svc, "syn_miss")
                 reason = "FLOW_NEW"
-            f, err = self._create(p, svc, now)
+            f, err = self._create(p, svc, now, sw, color, tcp and first)
             if f is None:
                 self._drop(err, svc)
                 return self._out(XDP_DROP, frame, err)
@@ -746,9 +806,25 @@ class RefModel:
         idle = self.tcp_idle_ns if proto == model.IPPROTO_TCP else self.udp_idle_ns
         return (now - f.last_seen) & U64 > idle
 
-    def _create(self, p: Pkt, svc: int, now: int):
-        sw = self.switch.get(svc, model.Switch(0, 0, 0, 0))
-        idx = (svc << 2) | ((sw.active & 1) << 1) | ((sw.set_sel >> (sw.active & 1)) & 1)
+    def _insert_allowed(self, now: int) -> bool:
+        """Take one insert from the CPU's budget, when there is one (see the module doc)."""
+        if not self.new_flow_rate:
+            return True
+        last, tokens = self.bucket
+        cap = (self.new_flow_burst + 1) * INSERT
+        if now > last:
+            # new_flow_rate inserts per second: rate * INSERT / 10**9 millionths per ns.
+            tokens = min(cap, tokens + (now - last) * self.new_flow_rate * INSERT // 10**9)
+            last = now
+        ok = tokens >= INSERT
+        self.bucket = Bucket(last, tokens - INSERT if ok else tokens)
+        self._tables = True
+        return ok
+
+    def _create(self, p: Pkt, svc: int, now: int, sw: model.Switch, color: int, syn: bool):
+        if not self._insert_allowed(now):
+            return None, "INSERT_LIMIT"
+        idx = (svc << 2) | ((color & 1) << 1) | ((sw.set_sel >> (color & 1)) & 1)
         count, words = self.sets.get(idx, (0, []))
         if count == 0:
             return None, "NO_BACKEND"
@@ -758,8 +834,7 @@ class RefModel:
         be = self.backends.get(slot)
         if be is None or be.state != model.BGS_BACKEND_ACTIVE:
             return None, "BAD_BACKEND"
-        f = FlowVal(be.addr, be.port, sw.active, slot,
-                    model.BGS_FLOW_SYN if p.proto == model.IPPROTO_TCP else 0, now)
+        f = FlowVal(be.addr, be.port, color, slot, model.BGS_FLOW_SYN if syn else 0, now)
         self.reverse[(be.addr, p.saddr, be.port, p.sport, p.proto, p.family)] = RevVal(
             p.daddr, p.dport, slot)
         self.flows[p.key()] = f
@@ -806,13 +881,17 @@ class RefModel:
                              "eg:FRAG_LATER")
         if p.is_icmp:
             return self._icmp_out(frame, p)
-        if (p.saddr, p.sport, p.proto, p.family) not in self.backend_addrs:
+        ref = self.backend_addrs.get((p.saddr, p.sport, p.proto, p.family))
+        if ref is None:
             return self._out(TC_ACT_OK, frame, "eg:NOT_BACKEND")
         rev = self.reverse.get(p.key())
+        reason = "REPLY_NAT"
+        if rev is None:
+            rev = self._recover(p, ref)
+            reason = "REPLY_RECOVERED"
         if rev is None:
             self._stat("REPLY_NO_FLOW")
             return self._out(TC_ACT_OK, frame, "REPLY_NO_FLOW")
-        reason = "REPLY_NAT"
         if p.proto == model.IPPROTO_TCP and p.tcp_flags & (TCP_FIN | TCP_RST):
             f = self.flows.get((p.daddr, rev.vaddr, p.dport, rev.vport, p.proto, p.family))
             if f is not None and f.slot == rev.slot:
@@ -831,6 +910,21 @@ class RefModel:
         rst = 1 if p.proto == model.IPPROTO_TCP and p.tcp_flags & TCP_RST else 0
         self._be(rev.slot, tx_packets=1, tx_bytes=p.ip_len, resets=rst)
         return self._out(TC_ACT_OK, out, reason)
+
+    def _recover(self, p: Pkt, ref: model.BackendRef) -> Optional[RevVal]:
+        """The reverse entry of a reply rebuilt from its flow, when its backend address serves
+        one service and that service's flow from the reply's destination points at it."""
+        if ref.svc == model.BGS_SVC_MANY or ref.svc not in self.services:
+            return None
+        vaddr, vport = self.services[ref.svc][:2]
+        f = self.flows.get((p.daddr, vaddr, p.dport, vport, p.proto, p.family))
+        if f is None or f.daddr != p.saddr or f.dport != p.sport:
+            return None
+        rev = RevVal(vaddr, vport, f.slot)
+        self.reverse[p.key()] = rev
+        self._tables = True
+        self._stat("REPLY_RECOVERED")
+        return rev
 
     def _icmp_out(self, frame: bytes, p: Pkt) -> Outcome:
         q = (parse_quote(frame, p, self.quirks) if p.icmp_type in ICMP_ERRORS[p.family]

@@ -14,8 +14,10 @@ them, and tests/model.py, a Python mirror of flow_hash(), predicts which backend
 gets. IPv4 and IPv6 (services, fragments, extension headers, ICMP errors both ways) alike.
 """
 
+import os
 import random
 import struct
+import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
@@ -29,9 +31,9 @@ from scapy.packet import NoPayload, Raw
 from scapy.utils import hexdump
 
 import model
-from bpfsys import TC_ACT_OK, XDP_DROP, XDP_PASS
+from bpfsys import BPF_MAP_TYPE_PERCPU_ARRAY, TC_ACT_OK, XDP_DROP, XDP_PASS
 from model import IPPROTO_TCP, IPPROTO_UDP
-from unit_fixtures import BgsState, monotonic_coarse_ns
+from unit_fixtures import MAP_NAMES, BgsState, monotonic_coarse_ns
 
 # --- addresses ------------------------------------------------------------------------------------
 
@@ -40,6 +42,7 @@ VIP_PORT = 80
 UDP_VIP = "10.0.0.101"
 UDP_PORT = 53
 OTHER_IP = "10.0.0.200"  # not a VIP
+EMPTY_VIP = "10.0.0.102"  # a service without backends, where a test needs one
 CLIENT = "192.168.7.1"
 CLIENT2 = "192.168.7.2"
 CPORT = 40000
@@ -243,7 +246,10 @@ HIT = {"VIP": 1, "FLOW_HIT": 1, **FWD}
 NEW_UDP = {"VIP": 1, "FLOW_NEW": 1, **FWD}
 REOPEN = {"VIP": 1, "FLOW_REOPEN": 1, "FLOW_NEW": 1, **FWD}
 LATER = {"FRAG_LATER": 1, **FWD}
-NOSYN = {"VIP": 1, "NOSYN_MISS": 1}
+# A TCP segment without SYN that misses the table: counted, then re-pinned (a new entry toward
+# the draining previous color, else the active one), or dropped when that creation fails.
+NOSYN = {"VIP": 1, "NOSYN_MISS": 1, "SECOND_CHANCE": 1}
+REPIN = {**NOSYN, "FLOW_NEW": 1, **FWD}
 NAT = {"REPLY_NAT": 1}
 
 
@@ -256,32 +262,40 @@ def ones_add(a: int, b: int) -> int:
 # === state as the command leaves it ===============================================================
 
 def test_state_maps_match_model(bgs):
-    """Every pinned map has the key and value sizes of include/bgswitch.h as model.py reads
-    them, attach --flows sized the flow tables, and bgs_config holds the defaults."""
+    """Every pinned map has the key and value sizes of include/bgswitch.h (layout 2) as
+    model.py reads them, the pin root holds exactly unit_fixtures.MAP_NAMES, attach --flows
+    sized the flow tables, and bgs_config holds the defaults (insert limit included)."""
     want = {
         "bgs_vips": ("bgs_vip_key", "bgs_vip"), "bgs_switch": (4, "bgs_switch"),
+        "bgs_services": (4, "bgs_service"),
         "bgs_sets": (4, "bgs_set"), "bgs_backends": (4, "bgs_backend"),
-        "bgs_backend_addrs": ("bgs_backend_addr", 4), "bgs_flows": ("bgs_flow_key", "bgs_flow"),
+        "bgs_backend_addrs": ("bgs_backend_addr", "bgs_backend_ref"),
+        "bgs_flows": ("bgs_flow_key", "bgs_flow"),
         "bgs_reverse": ("bgs_flow_key", "bgs_reverse"), "bgs_config": (4, "bgs_config"),
         "bgs_stats": (4, 8), "bgs_drops": (4, 8), "bgs_backend_stats": (4, "bgs_backend_stats"),
         "bgs_vip_addrs": ("bgs_vip_addr", 4), "bgs_frags": ("bgs_frag_key", "bgs_frag"),
         "bgs_service_stats": (4, "bgs_service_stats"),
+        "bgs_insert_budget": (4, "bgs_bucket"), "bgs_tx_ports": (4, 4),
     }
     for name, (k, v) in want.items():
         info = bgs.map(name).info
         ks = model.SIZES[k] if isinstance(k, str) else k
         vs = model.SIZES[v] if isinstance(v, str) else v
         assert (info.key_size, info.value_size) == (ks, vs), name
+    pinned = {n for n in os.listdir(bgs.pin_root) if n != "progs"}
+    assert pinned == set(MAP_NAMES)
     assert bgs.map("bgs_stats").info.max_entries == len(model.STATS)
     assert bgs.map("bgs_drops").info.max_entries == len(model.DROPS)
     assert bgs.map("bgs_flows").info.max_entries == 4096
     assert bgs.map("bgs_reverse").info.max_entries == 4096
     assert bgs.map("bgs_frags").info.max_entries == model.BGS_FRAG_ENTRIES
-    cfg = bgs.config()
-    assert cfg.layout_version == 1
-    assert cfg.tcp_idle_ns == 900 * 10**9
-    assert cfg.udp_idle_ns == 30 * 10**9
-    assert cfg.closing_ns == 10 * 10**9
+    budget = bgs.map("bgs_insert_budget")
+    assert (budget.info.type, budget.info.max_entries) == (BPF_MAP_TYPE_PERCPU_ARRAY, 1)
+    assert bgs.config() == model.Config(
+        layout_version=model.BGS_LAYOUT_VERSION, flow_entries=4096, tcp_idle_ns=900 * 10**9,
+        udp_idle_ns=30 * 10**9, closing_ns=10 * 10**9, new_flow_rate=125000,
+        new_flow_burst=10000, collected=0)
+    assert model.BGS_LAYOUT_VERSION == 2
 
 
 def test_state_backend_slots_follow_add_order(bgs):
@@ -532,11 +546,13 @@ def frag_id6(ident: int) -> bytes:
 
 def test_ingress_fragments_v4(bgs):
     """IPv4 fragments to a VIP: the first (MF, offset 0) is steered by its ports like any
-    packet and recorded (FRAG_FIRST); later ones follow the record, destination address and
-    header checksum only (FRAG_LATER); a later fragment to a VIP address with no record is
-    dropped (FRAG_MISS), one to another address passes (NOT_VIP). DF alone is no fragment."""
+    packet and recorded (FRAG_FIRST), a re-pinned non-SYN one too; later ones follow the
+    record, destination address and header checksum only (FRAG_LATER); a later fragment to a
+    VIP address with no record (its first one dropped, or never seen) is dropped (FRAG_MISS),
+    one to another address passes (NOT_VIP). DF alone is no fragment."""
     slots = web(bgs)
     dns(bgs)
+    bgs.add_service("empty", EMPTY_VIP, VIP_PORT, "tcp")  # no backend: new flows dropped
     be, bport = BLUE[0]
     ube = BLUE[0][0]
     first = {"FRAG_FIRST": 1}
@@ -586,13 +602,22 @@ def test_ingress_fragments_v4(bgs):
                       b"a" * 8, flags="MF", id=FRAG_ID + 9), XDP_PASS,
              out=ip_frame(CLIENT, be, TCP(sport=CPORT, dport=bport, flags="A", ack=ACK),
                           b"a" * 8, flags="MF", id=FRAG_ID + 9), stats={**HIT, **first}),
-        Case("first fragment, TCP ACK without flow: dropped, not recorded",
+        Case("first fragment, TCP ACK without flow: re-pinned to blue, recorded",
              ip_frame(CLIENT, VIP, TCP(sport=CPORT + 1, dport=VIP_PORT, flags="A"),
-                      flags="MF", id=FRAG_ID + 10), XDP_DROP, stats=NOSYN,
-             drops={"NOSYN_MISS": 1}),
-        Case("... so its later fragment is dropped too",
-             ip_frame(CLIENT, VIP, Raw(b"b" * 8), proto=6, frag=2, id=FRAG_ID + 10), XDP_DROP,
-             drops={"FRAG_MISS": 1}),
+                      flags="MF", id=FRAG_ID + 10), XDP_PASS,
+             out=ip_frame(CLIENT, be, TCP(sport=CPORT + 1, dport=bport, flags="A"),
+                          flags="MF", id=FRAG_ID + 10), stats={**REPIN, **first}),
+        Case("... so its later fragment follows it",
+             ip_frame(CLIENT, VIP, Raw(b"b" * 8), proto=6, frag=2, id=FRAG_ID + 10), XDP_PASS,
+             out=ip_frame(CLIENT, be, Raw(b"b" * 8), proto=6, frag=2, id=FRAG_ID + 10),
+             stats=LATER),
+        Case("first fragment of a SYN to a service without backend: dropped, not recorded",
+             ip_frame(CLIENT, EMPTY_VIP, TCP(sport=CPORT, dport=VIP_PORT, flags="S"),
+                      flags="MF", id=FRAG_ID + 11), XDP_DROP, stats={"VIP": 1, "SYN_MISS": 1},
+             drops={"NO_BACKEND": 1}),
+        Case("... so its later fragment is dropped",
+             ip_frame(CLIENT, EMPTY_VIP, Raw(b"b" * 8), proto=6, frag=2, id=FRAG_ID + 11),
+             XDP_DROP, drops={"FRAG_MISS": 1}),
         Case("DF set: not a fragment, rewritten",
              ip_frame(CLIENT, VIP, TCP(sport=CPORT + 2, dport=VIP_PORT, flags="S", seq=SEQ),
                       flags="DF"), XDP_PASS,
@@ -601,9 +626,13 @@ def test_ingress_fragments_v4(bgs):
     ])
     assert bgs.frag(CLIENT, VIP, frag_id4(FRAG_ID), IPPROTO_TCP) == model.Frag(
         be, slots["blue"][0])
-    assert bgs.frag(CLIENT, VIP, frag_id4(FRAG_ID + 10), IPPROTO_TCP) is None
-    assert bgs.count("bgs_frags") == 3
-    assert bgs.backend_stats(slots["blue"][0])["rx_packets"] == 5
+    assert bgs.frag(CLIENT, VIP, frag_id4(FRAG_ID + 10), IPPROTO_TCP) == model.Frag(
+        be, slots["blue"][0])
+    assert bgs.frag(CLIENT, EMPTY_VIP, frag_id4(FRAG_ID + 11), IPPROTO_TCP) is None
+    assert bgs.count("bgs_frags") == 4
+    assert bgs.backend_stats(slots["blue"][0])["rx_packets"] == 7
+    f = bgs.flow(CLIENT, VIP, CPORT + 1, VIP_PORT)
+    assert (f.daddr, f.color, f.slot, f.state) == (be, model.BGS_BLUE, slots["blue"][0], 0)
 
 
 def _f6(src: str, dst: str, ident: int, offset: int, m: int, nh: int, body, **kw) -> bytes:
@@ -898,7 +927,7 @@ def test_ingress_flow_hit_follows_entry_after_flip(bgs):
         Case("SYN before the flip", tcp(CLIENT, VIP, CPORT, VIP_PORT), XDP_PASS,
              out=tcp(CLIENT, b[0], CPORT, b[1]), stats=NEW_SYN),
     ])
-    bgs.cli("flip", "web", "green")
+    bgs.cli("flip", "web", "green", "--no-check")
     assert bgs.switch(0).active == model.BGS_GREEN
     run_table(bgs, "ingress", [
         Case("ACK of the old flow after the flip", tcp(CLIENT, VIP, CPORT, VIP_PORT, "A",
@@ -910,7 +939,7 @@ def test_ingress_flow_hit_follows_entry_after_flip(bgs):
              out=tcp(CLIENT, g[0], c2, g[1]), stats=NEW_SYN),
     ])
     assert bgs.flow(CLIENT, VIP, c2, VIP_PORT).color == model.BGS_GREEN
-    bgs.cli("rollback", "web")
+    bgs.cli("rollback", "web", "--no-check")
     assert bgs.switch(0).active == model.BGS_BLUE
     run_table(bgs, "ingress", [
         Case("green flow after the rollback", tcp(CLIENT, VIP, c2, VIP_PORT, "PA", ack=ACK,
@@ -928,7 +957,7 @@ def test_ingress_udp_live_flow_survives_flip(bgs):
         Case("datagram before the flip", udp(CLIENT, UDP_VIP, CPORT, UDP_PORT), XDP_PASS,
              out=udp(CLIENT, BLUE[0][0], CPORT, 5353), stats=NEW_UDP),
     ])
-    bgs.cli("flip", "dns")
+    bgs.cli("flip", "dns", "--no-check")
     run_table(bgs, "ingress", [
         Case("same flow after the flip", udp(CLIENT, UDP_VIP, CPORT, UDP_PORT), XDP_PASS,
              out=udp(CLIENT, BLUE[0][0], CPORT, 5353), stats=HIT),
@@ -937,19 +966,172 @@ def test_ingress_udp_live_flow_survives_flip(bgs):
     ])
 
 
-def test_ingress_nosyn_miss_dropped_and_counted(bgs):
-    """A TCP segment without SYN (or with SYN|ACK) that misses the table is dropped, counted
-    NOSYN_MISS in both maps, and creates nothing."""
-    web(bgs)
-    cases = []
-    for i, (desc, flags) in enumerate([("ACK", "A"), ("PSH|ACK", "PA"), ("SYN|ACK", "SA"),
-                                       ("FIN|ACK", "FA"), ("RST", "R"), ("RST|ACK", "RA"),
-                                       ("FIN", "F"), ("no flags", "")]):
-        cases.append(Case(f"{desc} without a flow", tcp(CLIENT, VIP, CPORT + i, VIP_PORT,
-                                                        flags, ack=ACK, payload=b"p"),
-                          XDP_DROP, stats=NOSYN, drops={"NOSYN_MISS": 1}))
+NOSYN_FLAGS = [("ACK", "A"), ("PSH|ACK", "PA"), ("SYN|ACK", "SA"), ("FIN|ACK", "FA"),
+               ("RST", "R"), ("RST|ACK", "RA"), ("FIN", "F"), ("no flags", "")]
+
+
+def _repin(bgs: BgsState, desc: str, cport: int, color: int, flags: str = "A",
+           client: str = CLIENT) -> Case:
+    """A non-SYN segment of a tuple without entry, and where it must be re-pinned: to the
+    backend of ``color``'s current set that model.choose_slot names (a new flow's choice)."""
+    svc = bgs.services["web"]
+    slots = bgs.active_set(svc, color)
+    slot = model.choose_slot(slots, client, VIP, cport, VIP_PORT, IPPROTO_TCP)
+    b = model.unpack_backend(bgs.map("bgs_backends").lookup(model.u32(slot)))
+    assert b.color == color
+    return Case(f"{desc}: re-pinned to {'blue' if color == model.BGS_BLUE else 'green'} slot "
+                f"{slot} ({b.addr}:{b.port})",
+                tcp(client, VIP, cport, VIP_PORT, flags, ack=ACK, payload=b"p"), XDP_PASS,
+                out=tcp(client, b.addr, cport, b.port, flags, ack=ACK, payload=b"p"),
+                stats=REPIN)
+
+
+def _pinned(bgs: BgsState, cport: int, color: int, client: str = CLIENT) -> None:
+    """The entries a re-pin left: a flow of ``color`` in state 0 (not opened by a SYN) to
+    the chosen backend, and its reverse entry."""
+    svc = bgs.services["web"]
+    slot = model.choose_slot(bgs.active_set(svc, color), client, VIP, cport, VIP_PORT,
+                             IPPROTO_TCP)
+    b = model.unpack_backend(bgs.map("bgs_backends").lookup(model.u32(slot)))
+    f = bgs.flow(client, VIP, cport, VIP_PORT)
+    assert f is not None, f"no flow entry for {client}:{cport}"
+    assert (f.daddr, f.dport, f.color, f.slot, f.state) == (b.addr, b.port, color, slot, 0), (
+        f"{client}:{cport}: {f}")
+    assert bgs.reverse(b.addr, client, b.port, cport) == model.Reverse(VIP, VIP_PORT, slot)
+
+
+def test_ingress_nosyn_miss_repinned_to_active(bgs):
+    """Nothing draining (no flip yet): a TCP segment without SYN (or with SYN|ACK) that misses
+    the table is counted NOSYN_MISS and SECOND_CHANCE (node and service) and re-pinned to the
+    active color by the hash choice of a new flow: flow entry of state 0 and reverse entry
+    written, FLOW_NEW, backend new_flows; later segments follow it."""
+    slots = web(bgs, blue=3, green=2)
+    sw = bgs.switch(0)
+    assert (sw.active, sw.previous, sw.flags) == (model.BGS_BLUE, model.BGS_COLOR_NONE, 0)
+    cases = [_repin(bgs, f"{desc} without a flow", CPORT + i, model.BGS_BLUE, flags)
+             for i, (desc, flags) in enumerate(NOSYN_FLAGS)]
+    follow = cases[0]
+    cases.append(Case("ACK again: follows the re-pinned entry", follow.pkt, XDP_PASS,
+                      out=follow.out, stats=HIT))
+    cases.append(Case("SYN on the re-pinned (live) entry: follows it",
+                      tcp(CLIENT, VIP, CPORT, VIP_PORT), XDP_PASS,
+                      out=tcp(CLIENT, Ether(follow.out)[IP].dst, CPORT,
+                              Ether(follow.out)[TCP].dport), stats=HIT))
     run_table(bgs, "ingress", cases)
+    for i in range(len(NOSYN_FLAGS)):
+        _pinned(bgs, CPORT + i, model.BGS_BLUE)
+    assert bgs.count("bgs_flows") == bgs.count("bgs_reverse") == len(NOSYN_FLAGS)
+    ss = bgs.service_stats(0)
+    assert ss == {**dict.fromkeys(model.SERVICE_STATS, 0), "nosyn_miss": len(NOSYN_FLAGS),
+                  "second_chance": len(NOSYN_FLAGS)}
+    assert sum(bgs.backend_stats(s)["new_flows"] for s in slots["blue"]) == len(NOSYN_FLAGS)
+    assert sum(bgs.backend_stats(s)["new_flows"] for s in slots["green"]) == 0
+
+
+def test_ingress_nosyn_miss_second_chance_follows_drain(bgs):
+    """Where a non-SYN miss is re-pinned follows the switch word: the active color before any
+    flip; after `flip` (which sets BGS_SW_DRAINING) the previous color, while new SYNs go to
+    the active one; `gc` clears the flag only once the previous color has no live flow, and
+    from then on the active color again. A rollback drains the other way; a drain flag with
+    no valid previous color, or cleared, means the active color."""
+    web(bgs, blue=2, green=2)
+    B, G = model.BGS_BLUE, model.BGS_GREEN
+    p = iter(range(CPORT, CPORT + 100))
+    before = next(p)
+    run_table(bgs, "ingress", [_repin(bgs, "ACK before any flip", before, B)])
+
+    bgs.cli("flip", "web", "green", "--no-check")
+    sw = bgs.switch(0)
+    assert (sw.active, sw.previous, sw.flags) == (G, B, model.BGS_SW_DRAINING)
+    syn = next(p)
+    gslot = model.choose_slot(bgs.active_set(0, G), CLIENT, VIP, syn, VIP_PORT, IPPROTO_TCP)
+    ga = model.unpack_backend(bgs.map("bgs_backends").lookup(model.u32(gslot)))
+    draining = [next(p) for _ in range(3)]
+    run_table(bgs, "ingress", [
+        _repin(bgs, "ACK while blue drains", draining[0], B),
+        _repin(bgs, "FIN|ACK while blue drains", draining[1], B, "FA"),
+        Case("new SYN while blue drains: green", tcp(CLIENT, VIP, syn, VIP_PORT), XDP_PASS,
+             out=tcp(CLIENT, ga.addr, syn, ga.port), stats=NEW_SYN),
+        _repin(bgs, "IPv4 ACK from another client while blue drains", draining[2], B,
+               client=CLIENT2),
+    ])
+    for c in draining[:2]:
+        _pinned(bgs, c, B)
+    _pinned(bgs, draining[2], B, client=CLIENT2)
+
+    # Live blue flows left: gc keeps the flag (and the generation: not a change).
+    gen = bgs.switch(0).generation
+    bgs.cli("gc")
+    assert bgs.switch(0) == sw._replace(generation=gen)
+    still = next(p)
+    run_table(bgs, "ingress", [_repin(bgs, "ACK after a gc with live blue flows", still, B)])
+
+    # Close every blue flow (client RST), then gc: the flag goes, nothing else changes.
+    blue = [(CLIENT, c) for c in [before] + draining[:2] + [still]] + [(CLIENT2, draining[2])]
+    for client, c in blue:
+        f = bgs.flow(client, VIP, c, VIP_PORT)
+        assert f.color == B
+        run_table(bgs, "ingress", [Case(f"client RST closes blue flow {client}:{c}",
+                                        tcp(client, VIP, c, VIP_PORT, "R", seq=SEQ),
+                                        XDP_PASS, out=tcp(client, f.daddr, c, f.dport, "R",
+                                                          seq=SEQ), stats=HIT)])
+    bgs.cli("gc")
+    assert bgs.switch(0) == sw._replace(generation=gen, flags=0)
+    run_table(bgs, "ingress", [
+        _repin(bgs, "ACK once blue has drained", next(p), G),
+        _repin(bgs, "PSH|ACK once blue has drained", next(p), G, "PA"),
+    ])
+
+    # rollback: back to blue, green drains.
+    bgs.cli("rollback", "web", "--no-check")
+    sw = bgs.switch(0)
+    assert (sw.active, sw.previous, sw.flags) == (B, G, model.BGS_SW_DRAINING)
+    run_table(bgs, "ingress", [_repin(bgs, "ACK while green drains (rollback)", next(p), G)])
+
+    # The switch word poked: the drain flag without a valid previous color, then cleared.
+    bgs.put_switch(0, sw._replace(previous=model.BGS_COLOR_NONE))
+    run_table(bgs, "ingress", [
+        _repin(bgs, "ACK, drain flag but no previous color", next(p), B)])
+    bgs.put_switch(0, sw._replace(flags=0))
+    run_table(bgs, "ingress", [_repin(bgs, "ACK, drain flag cleared by hand", next(p), B)])
+    bgs.put_switch(0, sw)
+    run_table(bgs, "ingress", [_repin(bgs, "ACK, drain flag set again", next(p), G)])
+    ss = bgs.service_stats(0)
+    assert ss["nosyn_miss"] == ss["second_chance"] == 11 and ss["syn_miss"] == 1
+
+
+def test_ingress_nosyn_miss_repin_drops(bgs):
+    """A re-pin is a flow creation: toward an empty color it is dropped NO_BACKEND (node and
+    service), toward a set naming a free slot BAD_BACKEND, after NOSYN_MISS and SECOND_CHANCE
+    are counted; nothing is recorded."""
+    bgs.add_service("web", VIP, VIP_PORT, "tcp")
+    bgs.add_backend("web", "green", *GREEN[0])  # blue (active) is empty
+    run_table(bgs, "ingress", [
+        Case("ACK, active color empty", tcp(CLIENT, VIP, CPORT, VIP_PORT, "A", ack=ACK),
+             XDP_DROP, stats=NOSYN, drops={"NO_BACKEND": 1}),
+    ])
+    bgs.add_backend("web", "blue", *BLUE[0])
+    bgs.cli("flip", "web", "green", "--no-check")
+    bgs.cli("backend", "del", "web", "blue", "%s:%d" % BLUE[0])
+    assert bgs.switch(0).flags == model.BGS_SW_DRAINING and bgs.active_set(0, model.BGS_BLUE) == []
+    run_table(bgs, "ingress", [
+        Case("ACK while blue drains, blue set empty", tcp(CLIENT, VIP, CPORT, VIP_PORT, "A",
+                                                          ack=ACK),
+             XDP_DROP, stats=NOSYN, drops={"NO_BACKEND": 1}),
+    ])
+    sw = bgs.switch(0)
+    bgs.put_switch(0, sw._replace(flags=0))
+    idx = model.u32(sw.set_index(0, model.BGS_GREEN))
+    bgs.map("bgs_sets").update(idx, model.pack_set([77]))  # a free slot
+    run_table(bgs, "ingress", [
+        Case("ACK, active set names a free slot", tcp(CLIENT, VIP, CPORT, VIP_PORT, "A",
+                                                      ack=ACK),
+             XDP_DROP, stats=NOSYN, drops={"BAD_BACKEND": 1}),
+    ])
     assert bgs.count("bgs_flows") == 0 and bgs.count("bgs_reverse") == 0
+    ss = bgs.service_stats(0)
+    assert ss == {**dict.fromkeys(model.SERVICE_STATS, 0), "nosyn_miss": 3,
+                  "second_chance": 3, "drop_NO_BACKEND": 2, "drop_BAD_BACKEND": 1}
 
 
 def test_ingress_no_backend_dropped(bgs):
@@ -976,7 +1158,7 @@ def test_ingress_last_backend_removed_drops_new_flows(bgs):
         Case("SYN", tcp(CLIENT, VIP, CPORT, VIP_PORT), XDP_PASS,
              out=tcp(CLIENT, be, CPORT, bport), stats=NEW_SYN),
     ])
-    bgs.cli("backend", "del", "web", "blue", f"{be}:{bport}")
+    bgs.cli("backend", "del", "web", "blue", f"{be}:{bport}", "--drain")
     assert bgs.active_set(0) == []
     run_table(bgs, "ingress", [
         Case("ACK of the existing flow", tcp(CLIENT, VIP, CPORT, VIP_PORT, "A", ack=ACK),
@@ -999,7 +1181,7 @@ def test_ingress_draining_backend_keeps_flows(bgs):
         Case("SYN to slot 0", tcp(CLIENT, VIP, port0, VIP_PORT), XDP_PASS,
              out=tcp(CLIENT, BLUE[0][0], port0, BLUE[0][1]), stats=NEW_SYN),
     ])
-    bgs.cli("backend", "del", "web", "blue", "%s:%d" % BLUE[0])
+    bgs.cli("backend", "del", "web", "blue", "%s:%d" % BLUE[0], "--drain")
     assert bgs.active_set(0) == [1]
     cases = [Case("data to the draining backend", tcp(CLIENT, VIP, port0, VIP_PORT, "PA",
                                                       ack=ACK, payload=b"d"), XDP_PASS,
@@ -1134,6 +1316,124 @@ def test_egress_backend_without_flow_untouched_and_counted(bgs):
     ])
 
 
+def test_egress_reply_recovers_evicted_reverse_entry(bgs):
+    """A reply whose reverse entry is gone (deleted here, as the LRU evicts one) from a backend
+    address of one service only: the flow (reply's destination -> that service's VIP and
+    port) points at this backend address and port, so the reverse entry {VIP, port, the
+    flow's slot} is written again, REPLY_RECOVERED counted, and the reply translated as usual
+    (a FIN still marks the flow). TCP, UDP and IPv6. Without such a flow (none, another
+    backend's, same address on another port): REPLY_NO_FLOW, untouched, nothing written."""
+    slots = web(bgs, blue=1, green=1)
+    uslots = dns(bgs, blue=1, green=0)
+    slots6 = web6(bgs, blue=1, green=0)
+    be, bport = BLUE[0]
+    g, gport = GREEN[0]
+    ub = BLUE[0][0]
+    b6, bp6 = BLUE6[0]
+    # The blue backend's address again on another port, for the same service.
+    other = bgs.add_backend("web", "green", be, 7070)
+    assert bgs.backend_ref(be, bport) == model.BackendRef(1, bgs.services["web"])
+    assert bgs.backend_ref(be, 7070) == model.BackendRef(1, bgs.services["web"])
+    assert bgs.backend_ref(ub, 5353, IPPROTO_UDP) == model.BackendRef(1, bgs.services["dns"])
+    assert bgs.backend_ref(b6, bp6) == model.BackendRef(1, bgs.services["web6"])
+    run_table(bgs, "ingress", [
+        Case("SYN", tcp(CLIENT, VIP, CPORT, VIP_PORT), XDP_PASS,
+             out=tcp(CLIENT, be, CPORT, bport), stats=NEW_SYN),
+        Case("query", udp(CLIENT, UDP_VIP, CPORT, UDP_PORT), XDP_PASS,
+             out=udp(CLIENT, ub, CPORT, 5353), stats=NEW_UDP),
+        Case("IPv6 SYN", tcp(CLIENT6, VIP6, CPORT, VIP_PORT), XDP_PASS,
+             out=tcp(CLIENT6, b6, CPORT, bp6), stats=NEW_SYN),
+    ])
+    assert bgs.delete_reverse(be, CLIENT, bport, CPORT)
+    assert bgs.delete_reverse(ub, CLIENT, 5353, CPORT, IPPROTO_UDP)
+    assert bgs.delete_reverse(b6, CLIENT6, bp6, CPORT)
+    rec = {"REPLY_RECOVERED": 1, **NAT}
+    run_table(bgs, "egress", [
+        Case("from another backend of the service (the flow is not its): no recovery",
+             tcp(g, CLIENT, gport, CPORT, "SA"), TC_ACT_OK, stats={"REPLY_NO_FLOW": 1}),
+        Case("from the flow's backend address, another port: no recovery",
+             tcp(be, CLIENT, 7070, CPORT, "SA"), TC_ACT_OK, stats={"REPLY_NO_FLOW": 1}),
+        Case("to a client port without flow: no recovery", tcp(be, CLIENT, bport, CPORT + 1,
+                                                               "SA"), TC_ACT_OK,
+             stats={"REPLY_NO_FLOW": 1}),
+        Case("to another client: no recovery", tcp(be, CLIENT2, bport, CPORT, "SA"),
+             TC_ACT_OK, stats={"REPLY_NO_FLOW": 1}),
+        Case("SYN|ACK of the flow: recovered", tcp(be, CLIENT, bport, CPORT, "SA", seq=ACK,
+                                                   ack=SEQ + 1), TC_ACT_OK,
+             out=tcp(VIP, CLIENT, VIP_PORT, CPORT, "SA", seq=ACK, ack=SEQ + 1), stats=rec),
+        Case("next reply: the rebuilt entry", tcp(be, CLIENT, bport, CPORT, "PA",
+                                                  payload=b"ok"), TC_ACT_OK,
+             out=tcp(VIP, CLIENT, VIP_PORT, CPORT, "PA", payload=b"ok"), stats=NAT),
+        Case("UDP answer: recovered", udp(ub, CLIENT, 5353, CPORT, b"answer"), TC_ACT_OK,
+             out=udp(UDP_VIP, CLIENT, UDP_PORT, CPORT, b"answer"), stats=rec),
+        Case("IPv6 SYN|ACK: recovered", tcp(b6, CLIENT6, bp6, CPORT, "SA"), TC_ACT_OK,
+             out=tcp(VIP6, CLIENT6, VIP_PORT, CPORT, "SA"), stats=rec),
+    ])
+    assert bgs.reverse(be, CLIENT, bport, CPORT) == model.Reverse(VIP, VIP_PORT,
+                                                                  slots["blue"][0])
+    assert bgs.reverse(ub, CLIENT, 5353, CPORT, IPPROTO_UDP) == model.Reverse(
+        UDP_VIP, UDP_PORT, uslots["blue"][0])
+    assert bgs.reverse(b6, CLIENT6, bp6, CPORT) == model.Reverse(VIP6, VIP_PORT,
+                                                                 slots6["blue"][0])
+    for args in ((g, CLIENT, gport, CPORT), (be, CLIENT, 7070, CPORT),
+                 (be, CLIENT, bport, CPORT + 1), (be, CLIENT2, bport, CPORT)):
+        assert bgs.reverse(*args) is None, args
+    assert bgs.count("bgs_reverse") == 3
+    assert bgs.backend_stats(slots["blue"][0])["tx_packets"] == 2
+    assert bgs.backend_stats(other)["tx_packets"] == 0
+
+    # A FIN whose reverse entry is gone is recovered and still marks the flow.
+    assert bgs.delete_reverse(be, CLIENT, bport, CPORT)
+    run_table(bgs, "egress", [
+        Case("backend FIN: recovered", tcp(be, CLIENT, bport, CPORT, "FA", seq=ACK), TC_ACT_OK,
+             out=tcp(VIP, CLIENT, VIP_PORT, CPORT, "FA", seq=ACK), stats=rec)])
+    assert bgs.flow(CLIENT, VIP, CPORT, VIP_PORT).state == (
+        model.BGS_FLOW_SYN | model.BGS_FLOW_FIN_SERVER)
+
+
+def test_egress_evicted_flow_repinned_then_replies(bgs):
+    """Both entries of a connection evicted (deleted here): the client's next segment is
+    re-pinned (second chance) to the same backend by the same hash, with a new reverse entry,
+    so the backend's replies leave from the VIP again."""
+    web(bgs, blue=3, green=0)
+    slot = model.choose_slot(bgs.active_set(0), CLIENT, VIP, CPORT, VIP_PORT, IPPROTO_TCP)
+    a, p = BLUE[slot]
+    _open(bgs, be=(a, p))
+    assert bgs.delete_flow(CLIENT, VIP, CPORT, VIP_PORT)
+    assert bgs.delete_reverse(a, CLIENT, p, CPORT)
+    run_table(bgs, "ingress", [
+        Case("client ACK after the eviction", tcp(CLIENT, VIP, CPORT, VIP_PORT, "A", ack=ACK),
+             XDP_PASS, out=tcp(CLIENT, a, CPORT, p, "A", ack=ACK), stats=REPIN)])
+    run_table(bgs, "egress", [
+        Case("backend reply", tcp(a, CLIENT, p, CPORT, "A", seq=ACK), TC_ACT_OK,
+             out=tcp(VIP, CLIENT, VIP_PORT, CPORT, "A", seq=ACK), stats=NAT)])
+    assert bgs.flow(CLIENT, VIP, CPORT, VIP_PORT).state == 0
+
+
+def test_egress_no_recovery_when_backend_serves_two_services(bgs):
+    """A backend address:port/proto used by two services has no single VIP to rebuild a
+    reverse entry from (bgs_backend_addrs svc BGS_SVC_MANY): a reply whose reverse entry is
+    gone is counted REPLY_NO_FLOW and leaves untouched, nothing written, even though a flow
+    points at it."""
+    slots = web(bgs, blue=1, green=0)
+    be, bport = BLUE[0]
+    assert bgs.backend_ref(be, bport) == model.BackendRef(1, bgs.services["web"])
+    bgs.add_service("web2", EMPTY_VIP, 8080, "tcp")
+    bgs.add_backend("web2", "blue", be, bport)
+    assert bgs.backend_ref(be, bport) == model.BackendRef(2, model.BGS_SVC_MANY)
+    _open(bgs)
+    assert bgs.delete_reverse(be, CLIENT, bport, CPORT)
+    run_table(bgs, "egress", [
+        Case("reply of the web flow, reverse entry gone", tcp(be, CLIENT, bport, CPORT, "SA"),
+             TC_ACT_OK, stats={"REPLY_NO_FLOW": 1}),
+        Case("again", tcp(be, CLIENT, bport, CPORT, "A"), TC_ACT_OK,
+             stats={"REPLY_NO_FLOW": 1}),
+    ])
+    assert bgs.reverse(be, CLIENT, bport, CPORT) is None
+    assert bgs.flow(CLIENT, VIP, CPORT, VIP_PORT).slot == slots["blue"][0]
+    assert bgs.backend_stats(slots["blue"][0])["tx_packets"] == 0
+
+
 # === flow life cycle ==============================================================================
 
 def _open(bgs: BgsState, sport: int = CPORT, be=BLUE[0]) -> None:
@@ -1208,7 +1508,7 @@ def test_ingress_syn_on_closed_flow_reopens_on_active_color(bgs, close):
     slots = web(bgs)
     be, g = BLUE[0], GREEN[0]
     _open(bgs)
-    bgs.cli("flip", "web", "green")
+    bgs.cli("flip", "web", "green", "--no-check")
     if close == "fin_both":
         bgs.ingress(tcp(CLIENT, VIP, CPORT, VIP_PORT, "FA"))
         bgs.egress(tcp(be[0], CLIENT, be[1], CPORT, "FA"))
@@ -1243,7 +1543,7 @@ def test_ingress_syn_on_idle_flow_reopens(bgs):
     segment on it still follows it (it may be a long-quiet connection)."""
     web(bgs)
     _open(bgs)
-    bgs.cli("flip", "web")
+    bgs.cli("flip", "web", "--no-check")
     _age(bgs, (CLIENT, VIP, CPORT, VIP_PORT), IPPROTO_TCP, bgs.config().tcp_idle_ns)
     b, g = BLUE[0], GREEN[0]
     run_table(bgs, "ingress", [
@@ -1263,7 +1563,7 @@ def test_ingress_udp_idle_flow_reopens(bgs):
     run_table(bgs, "ingress", [
         Case("first datagram", udp(CLIENT, UDP_VIP, CPORT, UDP_PORT), XDP_PASS,
              out=udp(CLIENT, BLUE[0][0], CPORT, 5353), stats=NEW_UDP)])
-    bgs.cli("flip", "dns")
+    bgs.cli("flip", "dns", "--no-check")
     _age(bgs, (CLIENT, UDP_VIP, CPORT, UDP_PORT), IPPROTO_UDP, bgs.config().udp_idle_ns)
     run_table(bgs, "ingress", [
         Case("datagram after the idle time", udp(CLIENT, UDP_VIP, CPORT, UDP_PORT), XDP_PASS,
@@ -1293,7 +1593,7 @@ def test_flow_stale_reply_from_previous_backend_keeps_reopened_flow(bgs):
     web(bgs)
     b, g = BLUE[0], GREEN[0]
     _open(bgs)
-    bgs.cli("flip", "web", "green")
+    bgs.cli("flip", "web", "green", "--no-check")
     bgs.ingress(tcp(CLIENT, VIP, CPORT, VIP_PORT, "R"))
     run_table(bgs, "ingress", [
         Case("SYN reopening the 5-tuple on green", tcp(CLIENT, VIP, CPORT, VIP_PORT),
@@ -1356,13 +1656,94 @@ def test_egress_parse_failures_untouched_uncounted(bgs):
     ])
 
 
+# === flow-table insert limit ======================================================================
+
+def _limits(bgs: BgsState, rate: int, burst: int) -> None:
+    """`bgswitch limits --new-flows RATE --burst BURST`, checked in bgs_config."""
+    bgs.cli("limits", "--new-flows", str(rate), "--burst", str(burst))
+    cfg = bgs.config()
+    assert (cfg.new_flow_rate, cfg.new_flow_burst) == (rate, burst)
+
+
+LIMIT = {"INSERT_LIMIT": 1}
+INSERT = 1000000  # one insert in bgs_insert_budget's tokens (millionths)
+
+
+def test_ingress_insert_limit_drops_new_flows(bgs):
+    """Each flow creation (new flow, reopen, re-pin) first takes one insert from the CPU's
+    budget (here `limits --new-flows 1 --burst 3`, the budget set to 4 inserts, a refill of
+    one per second too slow to matter); with none left the packet is dropped INSERT_LIMIT
+    (node and service) and nothing is recorded. A creation that then fails (NO_BACKEND) has
+    taken its insert. Packets of existing flows need none. `--new-flows 0` lifts the limit.
+    (The programs run on one CPU: unit_fixtures.)"""
+    slots = web(bgs, blue=1, green=0)
+    dns(bgs, blue=1, green=0)
+    bgs.add_service("empty", EMPTY_VIP, VIP_PORT, "tcp")
+    _limits(bgs, 1, 3)
+    # A known budget, whatever the refill from time 0 gives (see the known bug below).
+    bgs.put_bucket(model.Bucket(monotonic_coarse_ns(), 4 * INSERT))
+    be, bport = BLUE[0]
+    svc = bgs.services
+    t0 = time.monotonic()
+    run_table(bgs, "ingress", [
+        Case("SYN to a service without backend: token taken, NO_BACKEND",
+             tcp(CLIENT, EMPTY_VIP, CPORT, VIP_PORT), XDP_DROP,
+             stats={"VIP": 1, "SYN_MISS": 1}, drops={"NO_BACKEND": 1}),
+        *[Case(f"SYN {i}", tcp(CLIENT, VIP, CPORT + i, VIP_PORT), XDP_PASS,
+               out=tcp(CLIENT, be, CPORT + i, bport), stats=NEW_SYN) for i in range(3)],
+        Case("SYN over the limit", tcp(CLIENT, VIP, CPORT + 3, VIP_PORT), XDP_DROP,
+             stats={"VIP": 1, "SYN_MISS": 1}, drops=LIMIT),
+        Case("SYN to the service without backend: the limit first",
+             tcp(CLIENT, EMPTY_VIP, CPORT, VIP_PORT), XDP_DROP,
+             stats={"VIP": 1, "SYN_MISS": 1}, drops=LIMIT),
+        Case("UDP new flow over the limit", udp(CLIENT, UDP_VIP, CPORT, UDP_PORT), XDP_DROP,
+             stats={"VIP": 1}, drops=LIMIT),
+        Case("non-SYN miss over the limit: not re-pinned",
+             tcp(CLIENT, VIP, CPORT + 4, VIP_PORT, "A", ack=ACK), XDP_DROP, stats=NOSYN,
+             drops=LIMIT),
+        Case("ACK of an existing flow: no token needed",
+             tcp(CLIENT, VIP, CPORT, VIP_PORT, "A", ack=ACK), XDP_PASS,
+             out=tcp(CLIENT, be, CPORT, bport, "A", ack=ACK), stats=HIT),
+        Case("client RST closes flow 1", tcp(CLIENT, VIP, CPORT + 1, VIP_PORT, "R"), XDP_PASS,
+             out=tcp(CLIENT, be, CPORT + 1, bport, "R"), stats=HIT),
+        Case("SYN reopening flow 1 over the limit", tcp(CLIENT, VIP, CPORT + 1, VIP_PORT),
+             XDP_DROP, stats={"VIP": 1, "FLOW_REOPEN": 1}, drops=LIMIT),
+    ])
+    assert time.monotonic() - t0 < 0.9, "test too slow for a refill of 1 per second"
+    assert bgs.bucket().tokens < INSERT
+    assert bgs.count("bgs_flows") == bgs.count("bgs_reverse") == 3
+    for c in (CPORT + 3, CPORT + 4):
+        assert bgs.flow(CLIENT, VIP, c, VIP_PORT) is None
+    f = bgs.flow(CLIENT, VIP, CPORT + 1, VIP_PORT)  # the closed entry is left as it was
+    assert (f.daddr, f.slot, f.state) == (be, slots["blue"][0],
+                                          model.BGS_FLOW_SYN | model.BGS_FLOW_RST)
+    zero = dict.fromkeys(model.SERVICE_STATS, 0)
+    assert bgs.service_stats(svc["web"]) == {**zero, "syn_miss": 4, "nosyn_miss": 1,
+                                             "second_chance": 1, "reopen": 1,
+                                             "drop_INSERT_LIMIT": 3}
+    assert bgs.service_stats(svc["dns"]) == {**zero, "drop_INSERT_LIMIT": 1}
+    assert bgs.service_stats(svc["empty"]) == {**zero, "syn_miss": 2, "drop_NO_BACKEND": 1,
+                                               "drop_INSERT_LIMIT": 1}
+    assert bgs.backend_stats(slots["blue"][0])["new_flows"] == 3
+
+    _limits(bgs, 0, 3)
+    run_table(bgs, "ingress", [
+        *[Case(f"no limit: SYN {i}", tcp(CLIENT2, VIP, CPORT + i, VIP_PORT), XDP_PASS,
+               out=tcp(CLIENT2, be, CPORT + i, bport), stats=NEW_SYN) for i in range(8)],
+        Case("no limit: UDP", udp(CLIENT, UDP_VIP, CPORT, UDP_PORT), XDP_PASS,
+             out=udp(CLIENT, BLUE[0][0], CPORT, 5353), stats=NEW_UDP),
+        Case("no limit: reopen", tcp(CLIENT, VIP, CPORT + 1, VIP_PORT), XDP_PASS,
+             out=tcp(CLIENT, be, CPORT + 1, bport), stats=REOPEN),
+    ])
+
+
 # === IPv6 services ================================================================================
 
 def test_ingress_ipv6_vip_rewrite(bgs):
     """IPv6 VIPs: TCP and UDP to the VIP go to an IPv6 backend exactly as IPv4 does (SYN
-    creates, later segments follow), the TCP/UDP checksum updated by difference (no IP header
-    checksum in IPv6), a UDP checksum of 0 left 0, a result of 0 sent as 0xffff; flow and
-    reverse entries hold the IPv6 addresses."""
+    creates, later segments follow, a non-SYN miss is re-pinned), the TCP/UDP checksum
+    updated by difference (no IP header checksum in IPv6), a UDP checksum of 0 left 0, a
+    result of 0 sent as 0xffff; flow and reverse entries hold the IPv6 addresses."""
     slots = web6(bgs)
     uslots = dns6(bgs)
     b, bp = BLUE6[0]
@@ -1378,8 +1759,8 @@ def test_ingress_ipv6_vip_rewrite(bgs):
         Case("ACK behind a hop-by-hop header", tcp(CLIENT6, VIP6, CPORT, VIP_PORT, "A",
                                                    ext=IPv6ExtHdrHopByHop()), XDP_PASS,
              out=tcp(CLIENT6, b, CPORT, bp, "A", ext=IPv6ExtHdrHopByHop()), stats=HIT),
-        Case("ACK without flow", tcp(CLIENT6_2, VIP6, CPORT, VIP_PORT, "A"), XDP_DROP,
-             stats=NOSYN, drops={"NOSYN_MISS": 1}),
+        Case("ACK without flow: re-pinned to blue", tcp(CLIENT6_2, VIP6, CPORT, VIP_PORT, "A"),
+             XDP_PASS, out=tcp(CLIENT6_2, b, CPORT, bp, "A"), stats=REPIN),
         Case("UDP datagram", udp(CLIENT6, UDP_VIP6, CPORT, UDP_PORT, b"query"), XDP_PASS,
              out=udp(CLIENT6, ub, CPORT, 5353, b"query"), stats=NEW_UDP),
         Case("UDP without checksum", udp(CLIENT6, UDP_VIP6, CPORT, UDP_PORT, b"q0", chksum=0),
@@ -1395,13 +1776,20 @@ def test_ingress_ipv6_vip_rewrite(bgs):
         b, bp, model.BGS_BLUE, slots["blue"][0], model.BGS_FLOW_SYN)
     assert bgs.reverse(b, CLIENT6, bp, CPORT) == model.Reverse(VIP6, VIP_PORT,
                                                                slots["blue"][0])
+    f = bgs.flow(CLIENT6_2, VIP6, CPORT, VIP_PORT)
+    assert (f.daddr, f.dport, f.color, f.slot, f.state) == (
+        b, bp, model.BGS_BLUE, slots["blue"][0], 0)
+    assert bgs.reverse(b, CLIENT6_2, bp, CPORT) == model.Reverse(VIP6, VIP_PORT,
+                                                                 slots["blue"][0])
     assert bgs.reverse(ub, CLIENT6, 5353, CPORT, IPPROTO_UDP) == model.Reverse(
         UDP_VIP6, UDP_PORT, uslots["blue"][0])
     assert bgs.backend_stats(slots["blue"][0])["rx_bytes"] == sum(
         40 + Ether(c).getlayer(IPv6).plen for c in (
             tcp(CLIENT6, VIP6, CPORT, VIP_PORT, payload=b"hello"),
             tcp(CLIENT6, VIP6, CPORT, VIP_PORT, "PA", ack=ACK, payload=b"GET /"),
-            tcp(CLIENT6, VIP6, CPORT, VIP_PORT, "A", ext=IPv6ExtHdrHopByHop())))
+            tcp(CLIENT6, VIP6, CPORT, VIP_PORT, "A", ext=IPv6ExtHdrHopByHop()),
+            tcp(CLIENT6_2, VIP6, CPORT, VIP_PORT, "A")))
+    assert bgs.backend_stats(slots["blue"][0])["new_flows"] == 2
 
 
 def _udp6_payload_for_ffff(src: str, dst: str, sport: int, dport: int) -> bytes:
@@ -1427,7 +1815,7 @@ def test_ingress_ipv6_flip_and_choice(bgs):
         cases.append(Case(f"SYN from {c}: slot {slot}", tcp(c, VIP6, CPORT, VIP_PORT),
                           XDP_PASS, out=tcp(c, a, CPORT, p), stats=NEW_SYN))
     run_table(bgs, "ingress", cases)
-    bgs.cli("flip", "web6")
+    bgs.cli("flip", "web6", "--no-check")
     g, gp = GREEN6[0]
     old = Ether(cases[0].out)
     run_table(bgs, "ingress", [
@@ -1768,6 +2156,80 @@ def test_ingress_v6_fragment_header_beyond_payload_length_untouched(bgs, which):
                                     stats={"PARSE_IP_LEN": 1})])
 
 
+# === insert budget and backend references (regressions found while testing them) ============
+
+def test_flow_insert_budget_refill_rate(bgs):
+    """The budget refills at new_flow_rate inserts per second up to new_flow_burst + 1: with
+    `--new-flows 4 --burst 2` and an empty budget, a SYN at once is dropped (INSERT_LIMIT);
+    1 s later (4 inserts' worth) exactly 3 new flows are let through."""
+    web(bgs, blue=1, green=0)
+    _limits(bgs, 4, 2)
+    be, bport = BLUE[0]
+
+    def syn(i, ok):
+        if ok:
+            return Case(f"SYN {i}", tcp(CLIENT, VIP, CPORT + i, VIP_PORT), XDP_PASS,
+                        out=tcp(CLIENT, be, CPORT + i, bport), stats=NEW_SYN)
+        return Case(f"SYN {i}: over the limit", tcp(CLIENT, VIP, CPORT + i, VIP_PORT),
+                    XDP_DROP, stats={"VIP": 1, "SYN_MISS": 1}, drops=LIMIT)
+
+    bgs.put_bucket(model.Bucket(monotonic_coarse_ns(), 0))
+    run_table(bgs, "ingress", [syn(0, False)])
+    time.sleep(1.0)
+    t0 = time.monotonic()
+    run_table(bgs, "ingress", [syn(0, True), syn(1, True), syn(2, True), syn(3, False)])
+    assert time.monotonic() - t0 < 0.2, "too slow to tell a refill from none"
+
+
+
+def test_egress_backend_ref_single_service_again(bgs):
+    """Once the second service's slot on a shared backend address is released (`backend
+    del`, then `gc`), the address serves one service again: its bgs_backend_addrs entry must
+    name it, and a reply whose reverse entry is gone is recovered again."""
+    slots = web(bgs, blue=1, green=0)
+    be, bport = BLUE[0]
+    bgs.add_service("web2", EMPTY_VIP, 8080, "tcp")
+    bgs.add_backend("web2", "blue", be, bport)
+    assert bgs.backend_ref(be, bport) == model.BackendRef(2, model.BGS_SVC_MANY)
+    bgs.cli("backend", "del", "web2", "blue", f"{be}:{bport}")
+    bgs.cli("gc")
+    assert bgs.find_slot("web2", "blue", be, bport, model.BGS_BACKEND_DRAINING) is None
+    _open(bgs)
+    assert bgs.delete_reverse(be, CLIENT, bport, CPORT)
+    run_table(bgs, "egress", [
+        Case("reply of the web flow, reverse entry gone: recovered",
+             tcp(be, CLIENT, bport, CPORT, "SA"), TC_ACT_OK,
+             out=tcp(VIP, CLIENT, VIP_PORT, CPORT, "SA"),
+             stats={"REPLY_RECOVERED": 1, **NAT})])
+    assert bgs.backend_ref(be, bport) == model.BackendRef(1, bgs.services["web"])
+    assert bgs.reverse(be, CLIENT, bport, CPORT) == model.Reverse(VIP, VIP_PORT,
+                                                                  slots["blue"][0])
+
+
+
+def test_egress_backend_ref_repair_keeps_service(bgs):
+    """A stale reference count in bgs_backend_addrs (as a command killed half way leaves
+    one) is repaired by `gc` to the slots' count, the entry still naming its one service;
+    then a reply whose reverse entry is gone is recovered."""
+    slots = web(bgs, blue=2, green=0)
+    be, bport = BLUE[0]
+    web_id = bgs.services["web"]
+    bgs.map("bgs_backend_addrs").update(model.pack_backend_addr(be, bport, IPPROTO_TCP),
+                                        model.pack_backend_ref(model.BackendRef(5, web_id)))
+    bgs.cli("gc")
+    for a, p in BLUE[:2]:
+        assert bgs.backend_ref(a, p) == model.BackendRef(1, web_id), f"{a}:{p}"
+    port = next(c for c in range(CPORT, CPORT + 100)
+                if model.choose_slot(bgs.active_set(0), CLIENT, VIP, c, VIP_PORT,
+                                     IPPROTO_TCP) == slots["blue"][0])
+    _open(bgs, sport=port)
+    assert bgs.delete_reverse(be, CLIENT, bport, port)
+    run_table(bgs, "egress", [
+        Case("reply, reverse entry gone: recovered", tcp(be, CLIENT, bport, port, "SA"),
+             TC_ACT_OK, out=tcp(VIP, CLIENT, VIP_PORT, port, "SA"),
+             stats={"REPLY_RECOVERED": 1, **NAT})])
+
+
 # === backend choice ============================================================================
 
 def _random_tuples(rng: random.Random, n: int) -> List[tuple]:
@@ -1816,7 +2278,7 @@ def test_ingress_backend_choice_matches_model(bgs):
     check(0, VIP, VIP_PORT, IPPROTO_TCP, _random_tuples(rng, 150))
     check(1, UDP_VIP, UDP_PORT, IPPROTO_UDP, _random_tuples(rng, 60))
     run_table(bgs, "ingress", cases)
-    bgs.cli("flip", "web", "green")
+    bgs.cli("flip", "web", "green", "--no-check")
     cases = []
     check(0, VIP, VIP_PORT, IPPROTO_TCP, _random_tuples(rng, 90))
     run_table(bgs, "ingress", cases)

@@ -13,6 +13,10 @@ bpf_fib_lookup() looks routes up in the namespace of the thread that runs the te
 private one has no route (its links are down, without addresses), so every rewritten packet
 falls back to the stack (FWD_STACK) whatever the host's routes and neighbours are.
 
+They also always run on one CPU (``BgsState.cpu``; the calling thread is pinned to it for the
+run): per-CPU state that decides a verdict, the flow-table insert budget (bgs_insert_budget,
+a token bucket per CPU), is then the one bucket of that CPU, so that a test can count on it.
+
 Teardown always runs, on failure too: ``detach --purge``, delete the namespace, remove the pin
 root if it is left. Only what the fixture made is removed.
 
@@ -46,6 +50,18 @@ def _setns(fd: int) -> None:
 
 
 @contextmanager
+def on_cpu(cpu: int) -> Iterator[None]:
+    """Run the block with the calling thread pinned to ``cpu`` (sched_setaffinity(2) on the
+    thread itself migrates it before returning), then give it its affinity back."""
+    home = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {cpu})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, home)
+
+
+@contextmanager
 def in_netns(ns_fd: int) -> Iterator[None]:
     """Run the block with the calling thread in the network namespace ``ns_fd``, then put it
     back (setns(2) moves only the calling thread)."""
@@ -69,7 +85,8 @@ CLI_TIMEOUT = 30
 MAP_NAMES = [
     "bgs_config", "bgs_vips", "bgs_services", "bgs_switch", "bgs_sets", "bgs_backends",
     "bgs_backend_addrs", "bgs_flows", "bgs_reverse", "bgs_vip_addrs", "bgs_frags", "bgs_ifaces",
-    "bgs_stats", "bgs_drops", "bgs_backend_stats", "bgs_service_stats",
+    "bgs_stats", "bgs_drops", "bgs_backend_stats", "bgs_service_stats", "bgs_tx_ports",
+    "bgs_insert_budget",
 ]
 
 
@@ -115,6 +132,7 @@ class BgsState:
         self.ns_fd = -1
         self.maps: Dict[str, bpfsys.Map] = {}
         self.services: Dict[str, int] = {}
+        self.cpu = min(os.sched_getaffinity(0))  # where the programs run (module docstring)
 
     # --- the command -----------------------------------------------------------------------
 
@@ -158,12 +176,12 @@ class BgsState:
 
     def ingress(self, frame: bytes) -> bpfsys.TestRun:
         """Run bgs_ingress (XDP) on a frame, from inside the namespace."""
-        with in_netns(self.ns_fd):
+        with in_netns(self.ns_fd), on_cpu(self.cpu):
             return bpfsys.prog_test_run(self.ingress_fd, frame)
 
     def egress(self, frame: bytes) -> bpfsys.TestRun:
         """Run bgs_egress (TC) on a frame, from inside the namespace."""
-        with in_netns(self.ns_fd):
+        with in_netns(self.ns_fd), on_cpu(self.cpu):
             return bpfsys.prog_test_run(self.egress_fd, frame)
 
     # --- maps ------------------------------------------------------------------------------
@@ -223,6 +241,35 @@ class BgsState:
                                                                  proto))
         return model.unpack_reverse(raw, model.family_of(baddr)) if raw is not None else None
 
+    def delete_reverse(self, baddr: str, caddr: str, bport: int, cport: int,
+                       proto: int = model.IPPROTO_TCP) -> bool:
+        """Delete a bgs_reverse entry (as the LRU evicts one); False when it was not there."""
+        return self.map("bgs_reverse").delete(model.pack_flow_key(baddr, caddr, bport, cport,
+                                                                  proto))
+
+    def delete_flow(self, saddr: str, daddr: str, sport: int, dport: int,
+                    proto: int = model.IPPROTO_TCP) -> bool:
+        """Delete a bgs_flows entry (as the LRU evicts one); False when it was not there."""
+        return self.map("bgs_flows").delete(model.pack_flow_key(saddr, daddr, sport, dport,
+                                                                proto))
+
+    def backend_ref(self, addr: str, port: int,
+                    proto: int = model.IPPROTO_TCP) -> Optional[model.BackendRef]:
+        """The bgs_backend_addrs entry of a backend address:port/proto, or None."""
+        raw = self.map("bgs_backend_addrs").lookup(model.pack_backend_addr(addr, port, proto))
+        return model.unpack_backend_ref(raw) if raw is not None else None
+
+    def bucket(self, cpu: Optional[int] = None) -> model.Bucket:
+        """The insert budget (bgs_insert_budget) of a CPU, by default the one the programs
+        run on."""
+        raws = self.map("bgs_insert_budget").lookup_percpu(model.u32(0))
+        return model.unpack_bucket(raws[self.cpu if cpu is None else cpu])
+
+    def put_bucket(self, b: model.Bucket) -> None:
+        """Set the insert budget of every CPU (e.g. to a known number of inserts)."""
+        self.map("bgs_insert_budget").update(model.u32(0), model.pack_bucket(b)
+                                             * bpfsys.possible_cpus())
+
     def frag(self, saddr: str, daddr: str, frag_id: bytes, proto: int) -> Optional[model.Frag]:
         """The bgs_frags entry of a datagram (``frag_id`` as model.pack_frag_key_raw takes
         it), or None."""
@@ -238,6 +285,10 @@ class BgsState:
     def switch(self, svc: int) -> model.Switch:
         """bgs_switch of a service."""
         return model.unpack_switch(self.map("bgs_switch").lookup(model.u32(svc)))
+
+    def put_switch(self, svc: int, sw: model.Switch) -> None:
+        """Overwrite the switch word of a service (to set or clear BGS_SW_DRAINING)."""
+        self.map("bgs_switch").update(model.u32(svc), model.pack_switch(sw))
 
     def active_set(self, svc: int, color: Optional[int] = None) -> List[int]:
         """The slots of the set buffer a color (default: the active one) uses now."""

@@ -579,7 +579,6 @@ static int backend_add(int argc, char **argv)
 	struct bgs_audit au = { .fd = -1, .action = "backend-add" };
 	struct backend_args a;
 	struct bgs_backend be = { 0 };
-	struct bgs_backend_addr ba = { 0 };
 	struct bgs_set other;
 	char ebuf[BGS_ADDRSTR_LEN];
 	__s64 if_gen = -1;
@@ -650,17 +649,12 @@ static int backend_add(int argc, char **argv)
 	be.color = a.color;
 	be.proto = a.rec.vip.proto;
 	be.pad = 0;
-	if (!reused) {
-		memcpy(ba.addr, be.addr, sizeof(ba.addr));
-		ba.port = be.port;
-		ba.proto = be.proto;
-		ba.family = be.family;
-		err = backend_ref_add(&a.st, &ba, a.svc, 1);
-		if (err)
-			goto out;
-	}
 	if (bpf_map_update_elem(a.st.fd[BGS_M_BACKENDS], &slot, &be, BPF_ANY))
 		goto map_err;
+	/* The egress filter learns the address before any flow can go there. */
+	err = addrs_resync(&a.st);
+	if (err)
+		goto out;
 	/* Killed here, the slot is active but in no set: repair collects it. */
 	fault_point("backend-add-before-commit");
 

@@ -509,7 +509,6 @@ int flows_collect(struct bgs_state *st, __u64 *deleted)
 /* Free a slot that no set names any more: forget its flows, its address, its counters. */
 int slot_release(struct bgs_state *st, __u32 slot)
 {
-	struct bgs_backend_addr ba = { 0 };
 	struct bgs_backend be;
 	__u64 deleted;
 	int err;
@@ -522,12 +521,6 @@ int slot_release(struct bgs_state *st, __u32 slot)
 	if (err)
 		return err;
 
-	memcpy(ba.addr, be.addr, sizeof(ba.addr));
-	ba.port = be.port;
-	ba.proto = be.proto;
-	ba.family = be.family;
-	backend_ref_add(st, &ba, be.svc, -1);
-
 	err = percpu_zero(st, BGS_M_BACKEND_STATS, slot, sizeof(struct bgs_backend_stats));
 	if (err)
 		return err;
@@ -535,6 +528,9 @@ int slot_release(struct bgs_state *st, __u32 slot)
 	memset(&be, 0, sizeof(be));
 	if (bpf_map_update_elem(st->fd[BGS_M_BACKENDS], &slot, &be, BPF_ANY))
 		return -errno;
+	err = addrs_resync(st);
+	if (err)
+		return err;
 	pr_debug("released backend slot %u\n", slot);
 	return 0;
 }
@@ -689,6 +685,7 @@ static int services_collect(struct bgs_state *st)
 struct addr_count {
 	__u8 key[sizeof(struct bgs_backend_addr)];
 	__u32 count;
+	__u32 svc; /* bgs_backend_addrs: the one service of the address, or BGS_SVC_MANY */
 };
 
 static int addr_cmp(const void *a, const void *b)
@@ -703,16 +700,18 @@ static int addrs_sync(struct bgs_state *st, enum bgs_map_id m, struct addr_count
 	struct addr_count probe, *hit;
 	__u8 key[sizeof(probe.key)], next[sizeof(probe.key)];
 	size_t i, k = 0;
-	__u32 refs;
 	int err;
 
 	/* Sort, then merge equal keys into one with their counts added. */
 	qsort(want, n, sizeof(*want), addr_cmp);
 	for (i = 0; i < n; i++) {
-		if (k && !memcmp(want[k - 1].key, want[i].key, sizeof(want[i].key)))
+		if (k && !memcmp(want[k - 1].key, want[i].key, sizeof(want[i].key))) {
 			want[k - 1].count += want[i].count;
-		else
+			if (want[k - 1].svc != want[i].svc)
+				want[k - 1].svc = BGS_SVC_MANY;
+		} else {
 			want[k++] = want[i];
+		}
 	}
 	n = k;
 	memset(&probe, 0, sizeof(probe));
@@ -726,9 +725,15 @@ static int addrs_sync(struct bgs_state *st, enum bgs_map_id m, struct addr_count
 		}
 	}
 	for (i = 0; i < n; i++) {
-		if (!bpf_map_lookup_elem(st->fd[m], want[i].key, &refs) && refs == want[i].count)
+		/* bgs_vip_addrs holds a count; bgs_backend_addrs a count and its service. */
+		struct bgs_backend_ref have, ref = { .refs = want[i].count, .svc = want[i].svc };
+		size_t vsize = m == BGS_M_BACKEND_ADDRS ? sizeof(ref) : sizeof(ref.refs);
+
+		memset(&have, 0, sizeof(have));
+		if (!bpf_map_lookup_elem(st->fd[m], want[i].key, &have) &&
+		    !memcmp(&have, &ref, vsize))
 			continue;
-		if (bpf_map_update_elem(st->fd[m], want[i].key, &want[i].count, BPF_ANY))
+		if (bpf_map_update_elem(st->fd[m], want[i].key, &ref, BPF_ANY))
 			return -errno;
 	}
 	return 0;
@@ -737,7 +742,7 @@ static int addrs_sync(struct bgs_state *st, enum bgs_map_id m, struct addr_count
 /* Recount bgs_vip_addrs from the services and bgs_backend_addrs from the slots in use, so that
  * a command killed between a reference count and the entry it counts leaves nothing stale.
  */
-static int addrs_resync(struct bgs_state *st)
+int addrs_resync(struct bgs_state *st)
 {
 	struct addr_count *want = calloc(BGS_MAX_SLOTS, sizeof(*want));
 	struct bgs_service rec;
@@ -775,6 +780,7 @@ static int addrs_resync(struct bgs_state *st)
 		ba.family = be.family;
 		memset(&want[n], 0, sizeof(want[n]));
 		memcpy(want[n].key, &ba, sizeof(ba));
+		want[n].svc = be.svc;
 		want[n++].count = 1;
 	}
 	err = addrs_sync(st, BGS_M_BACKEND_ADDRS, want, n, sizeof(struct bgs_backend_addr));
@@ -907,26 +913,4 @@ int drain_settle(struct bgs_state *st)
 out:
 	free(c);
 	return err;
-}
-
-/* Count a slot in or out of its backend address's entry, and remember the service when all
- * the slots of that address belong to one.
- */
-int backend_ref_add(const struct bgs_state *st, const struct bgs_backend_addr *ba, __u32 svc,
-		    int delta)
-{
-	struct bgs_backend_ref ref = { 0 };
-	bool found;
-
-	found = !bpf_map_lookup_elem(st->fd[BGS_M_BACKEND_ADDRS], ba, &ref);
-	if (!found)
-		ref.svc = svc;
-	else if (delta > 0 && ref.svc != svc)
-		ref.svc = BGS_SVC_MANY;
-	if ((int)ref.refs + delta <= 0)
-		return bpf_map_delete_elem(st->fd[BGS_M_BACKEND_ADDRS], ba) && errno != ENOENT ?
-			       -errno :
-			       0;
-	ref.refs += delta;
-	return bpf_map_update_elem(st->fd[BGS_M_BACKEND_ADDRS], ba, &ref, BPF_ANY) ? -errno : 0;
 }

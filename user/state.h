@@ -91,8 +91,7 @@ int generation_check(const struct bgs_state *st, __u32 svc, const char *name, __
 
 int percpu_sum(const struct bgs_state *st, enum bgs_map_id m, __u32 key, __u64 *out,
 	       size_t nfields);
-int backend_ref_add(const struct bgs_state *st, const struct bgs_backend_addr *ba, __u32 svc,
-		    int delta);
+int addrs_resync(struct bgs_state *st);
 int refcount_add(const struct bgs_state *st, enum bgs_map_id m, const void *key, int delta);
 int percpu_zero(const struct bgs_state *st, enum bgs_map_id m, __u32 key, size_t value_size);
 
