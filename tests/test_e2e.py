@@ -452,6 +452,11 @@ def test_udp_flow_pinned_to_blue_after_flip(topo, sw):
     assert_no_failures(res["udp_new"], "new UDP flows")
     assert_split_at_flip(res["udp_new"], flip_start, flip_end)
     assert_long_steady(res["udp_long"], "blue", min_requests=40)
+    # New flows go green. The probes before the flip are UDP flows still live on blue for
+    # 30 s, and a new probe may reuse one's source port, which makes it that same flow: let
+    # them expire first (a 5-tuple seen again after its idle timeout starts afresh).
+    sw("timeouts", "--udp-idle", "1s")
+    time.sleep(1.5)
     assert colors(topo, 10, udp=True) == ["green"] * 10
     assert drops(sw) == {}
 

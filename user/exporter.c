@@ -152,10 +152,8 @@ static void render(FILE *f, const struct bgs_state *st, const struct bgs_snapsho
 			"bgswitch_flow_misses_total{service=\"%s\",kind=\"nosyn\"} %llu\n",
 			s->svcs[i].rec.name, (unsigned long long)s->svcs[i].st.syn_miss,
 			s->svcs[i].rec.name, (unsigned long long)s->svcs[i].st.nosyn_miss);
-	metric_head(
-		f, "bgswitch_second_chances_total", "counter",
-		"Non-SYN misses given a second chance: re-pinned to the previous color while it "
-		"drains.");
+	metric_head(f, "bgswitch_second_chances_total", "counter",
+		    "Non-SYN misses re-pinned: previous color while it drains, else active.");
 	for (i = 0; i < s->nsvcs; i++)
 		fprintf(f, "bgswitch_second_chances_total{service=\"%s\"} %llu\n",
 			s->svcs[i].rec.name, (unsigned long long)s->svcs[i].st.second_chance);
