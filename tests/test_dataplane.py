@@ -1680,7 +1680,7 @@ def test_ingress_insert_limit_drops_new_flows(bgs):
     dns(bgs, blue=1, green=0)
     bgs.add_service("empty", EMPTY_VIP, VIP_PORT, "tcp")
     _limits(bgs, 1, 3)
-    # A known budget, whatever the refill from time 0 gives (see the known bug below).
+    # A known budget, whatever the refill from time 0 (the bucket's first use) gives.
     bgs.put_bucket(model.Bucket(monotonic_coarse_ns(), 4 * INSERT))
     be, bport = BLUE[0]
     svc = bgs.services
@@ -2181,7 +2181,6 @@ def test_flow_insert_budget_refill_rate(bgs):
     assert time.monotonic() - t0 < 0.2, "too slow to tell a refill from none"
 
 
-
 def test_egress_backend_ref_single_service_again(bgs):
     """Once the second service's slot on a shared backend address is released (`backend
     del`, then `gc`), the address serves one service again: its bgs_backend_addrs entry must
@@ -2204,7 +2203,6 @@ def test_egress_backend_ref_single_service_again(bgs):
     assert bgs.backend_ref(be, bport) == model.BackendRef(1, bgs.services["web"])
     assert bgs.reverse(be, CLIENT, bport, CPORT) == model.Reverse(VIP, VIP_PORT,
                                                                   slots["blue"][0])
-
 
 
 def test_egress_backend_ref_repair_keeps_service(bgs):

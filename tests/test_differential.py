@@ -59,11 +59,6 @@ REPORT = os.path.join(TOP, ".output", "differential.json")
 # tests/test_dataplane.py pins each one on fixed packets as a strict xfail,
 # so that the fix is noticed. Remove an entry (and its quirk) when its bug is fixed.
 KNOWN_BUGS = {}
-# Not a quirk (its outcomes write tables): the insert budget's refill 1000 times too slow
-# (test_dataplane.py::test_known_bug_insert_budget_refill_rate). The default budget (10001
-# inserts per CPU, refilled at 125 instead of 125000 per second) runs dry after about 100,000
-# packets of this test: longer runs then fail with new flows dropped INSERT_LIMIT where the
-# model creates them.
 
 AGED_NS = 2 * 3600 * 10**9  # how far back "aged" flows are set (timeouts are 1 h)
 
