@@ -115,9 +115,8 @@ def test_pressure_second_chance_rescues_evicted_flows(topo, sw):
     print(json.dumps({"sent": sent, "flow_table": st["flow_table"], "deleted": evicted,
                       "second_chance": web["second_chance"], "nosyn_miss": web["nosyn_miss"]}))
     assert st["flow_table"]["evicted"] > sent // 2
-    # The flood itself may have evicted some of the eight (re-pinned, or about to be, when the
-    # rest were deleted): every one of them missed at least once.
-    assert evicted >= 1
+    # The flood itself may have evicted some or all of the eight (to be re-pinned at their next
+    # segment) before the rest were deleted: either way every one of them missed at least once.
     for c in res["tcp_long"]:
         assert c["changes"] == [] and c["color"] == "blue", c
         assert c["failures"] == [], c
