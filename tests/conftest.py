@@ -4,3 +4,14 @@ Keep this file tiny: import fixtures here, define them elsewhere.
 """
 
 from unit_fixtures import bgs  # noqa: F401  (data-plane unit tests: tests/test_dataplane.py)
+
+
+import pytest  # noqa: E402
+
+import netns  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def topo():
+    """The client/node/blue/green namespaces of tests/netns.py, one per test module."""
+    yield from netns.topology_fixture()

@@ -707,3 +707,30 @@ def main():
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# -- the pytest fixture every end-to-end suite uses --------------------------------------------
+
+def _sigterm(*_):
+    raise KeyboardInterrupt("SIGTERM")
+
+
+def topology_fixture():
+    """Body of a module-scoped `topo` fixture: one topology for the module, torn down at its
+    end, also when pytest is ended by SIGTERM (a CI timeout, say) rather than finishing: SIGTERM
+    stops the session like Ctrl-C, and atexit catches what the finalizers miss."""
+    import atexit
+
+    if not os.access(BGSWITCH, os.X_OK):
+        raise RuntimeError(f"{BGSWITCH} missing: run make first")
+    t = Topology()
+    if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _sigterm)
+    atexit.register(t.down)
+    t.up()
+    try:
+        yield t
+    finally:
+        errors = t.down()
+        atexit.unregister(t.down)
+        assert not errors, errors

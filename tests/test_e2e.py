@@ -7,9 +7,7 @@ with a pin root of its own and purges it afterwards, so flow tables never leak b
 Run as root: /usr/bin/pytest -q tests/test_e2e.py   (BGSWITCH=path picks another binary)
 """
 
-import atexit
 import os
-import signal
 import sys
 import time
 
@@ -26,29 +24,6 @@ COLORS = ("blue", "green")
 
 
 # -- fixtures ---------------------------------------------------------------------------------
-
-def _sigterm(*_):
-    raise KeyboardInterrupt("SIGTERM")
-
-
-@pytest.fixture(scope="module")
-def topo():
-    if not os.access(netns.BGSWITCH, os.X_OK):
-        pytest.fail(f"{netns.BGSWITCH} missing: run make first")
-    t = netns.Topology()
-    # Teardown also when pytest is ended by SIGTERM (a CI timeout, say) rather than finishing:
-    # SIGTERM stops the session like Ctrl-C, and atexit catches what the finalizers miss.
-    if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
-        signal.signal(signal.SIGTERM, _sigterm)
-    atexit.register(t.down)
-    t.up()
-    try:
-        yield t
-    finally:
-        errors = t.down()
-        atexit.unregister(t.down)
-        assert not errors, errors
-
 
 def _attach(topo, mode):
     sw = topo.bgswitch()

@@ -10,11 +10,9 @@ Run as root: /usr/bin/pytest -q tests/test_e2e_dualstack.py   (BGSWITCH=path pic
 binary)
 """
 
-import atexit
 import os
 import re
 import select
-import signal
 import subprocess
 import sys
 import time
@@ -34,27 +32,6 @@ FAMILIES = {4: VIP, 6: VIP6}
 
 
 # -- fixtures ---------------------------------------------------------------------------------
-
-def _sigterm(*_):
-    raise KeyboardInterrupt("SIGTERM")
-
-
-@pytest.fixture(scope="module")
-def topo():
-    if not os.access(netns.BGSWITCH, os.X_OK):
-        pytest.fail(f"{netns.BGSWITCH} missing: run make first")
-    t = netns.Topology()
-    if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
-        signal.signal(signal.SIGTERM, _sigterm)
-    atexit.register(t.down)
-    t.up()
-    try:
-        yield t
-    finally:
-        errors = t.down()
-        atexit.unregister(t.down)
-        assert not errors, errors
-
 
 @pytest.fixture
 def sw(topo, request):

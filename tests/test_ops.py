@@ -10,7 +10,6 @@ it afterwards. Processes are ended by PID, namespaces and pins removed, also on 
 Run as root: /usr/bin/pytest -q tests/test_ops.py   (BGSWITCH=path picks another binary)
 """
 
-import atexit
 import os
 import re
 import signal
@@ -36,27 +35,6 @@ EXIT_CHECK, EXIT_GUARD, EXIT_TIMEOUT, EXIT_GENERATION = 3, 4, 5, 6
 
 
 # -- fixtures ---------------------------------------------------------------------------------
-
-def _sigterm(*_):
-    raise KeyboardInterrupt("SIGTERM")
-
-
-@pytest.fixture(scope="module")
-def topo():
-    if not os.access(netns.BGSWITCH, os.X_OK):
-        pytest.fail(f"{netns.BGSWITCH} missing: run make first")
-    t = netns.Topology()
-    if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
-        signal.signal(signal.SIGTERM, _sigterm)
-    atexit.register(t.down)
-    t.up()
-    try:
-        yield t
-    finally:
-        errors = t.down()
-        atexit.unregister(t.down)
-        assert not errors, errors
-
 
 @pytest.fixture
 def sw(topo):

@@ -26,14 +26,6 @@ UDP_PORT = 53
 FLOOD = 30000
 
 
-@pytest.fixture(scope="module")
-def topo():
-    if not os.access(netns.BGSWITCH, os.X_OK):
-        pytest.fail(f"{netns.BGSWITCH} missing: run make first")
-    with netns.Topology() as t:
-        yield t
-
-
 @pytest.fixture
 def sw(topo):
     s = topo.bgswitch()

@@ -27,14 +27,6 @@ from netns import NODE_IFACE, VIP, VIP_PORT  # noqa: E402
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces, BPF)")
 
 
-@pytest.fixture(scope="module")
-def topo():
-    if not os.access(netns.BGSWITCH, os.X_OK):
-        pytest.fail(f"{netns.BGSWITCH} missing: run make first")
-    with netns.Topology() as t:
-        yield t
-
-
 @pytest.fixture
 def sw(topo):
     s = topo.bgswitch()
