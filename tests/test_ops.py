@@ -369,6 +369,12 @@ def test_guard_rolls_back_on_silent_backend(topo, sw):
         sw("backend", "add", "web", "blue", blue(i))
     sw("backend", "add", "web", "green", green(0))
     sw("backend", "add", "web", "green", "10.77.3.99:8082")  # no such host: never answers
+    # A connection to the silent backend never gets past its SYN, so its entry stays live for
+    # the TCP idle timeout, and a later connection that reuses its client port (the client gave
+    # up on the first) would take it as a retransmission. A short idle timeout ends those
+    # entries soon after the rollback. (Comparing a SYN's sequence number with the entry's first
+    # SYN would tell a retransmission from a new connection; the data plane does not yet.)
+    sw("timeouts", "--tcp-idle", "1s")
     p, t0, t1, res = _guarded_flip(topo, sw, "--no-check", "--guard", "6")
     line = one_line_error(p, EXIT_GUARD)
     assert "1 silent backends" in line and "10.77.3.99:8082" in line, line
