@@ -92,9 +92,6 @@ static __always_inline void flow_touch(const struct bgs_pkt *pkt, struct bgs_flo
 		__sync_fetch_and_or(&f->state, BGS_FLOW_FIN_CLIENT);
 }
 
-/* Pick a backend of the active color by the flow's hash, and record the flow both ways.
- * Returns BGS_CONTINUE with *out filled, or XDP_DROP with the reason counted.
- */
 /* May this CPU insert one more flow now? A token bucket refilled at cfg->new_flow_rate per
  * second, in millionths of an insert so that slow rates still refill.
  */
@@ -141,29 +138,64 @@ static __always_inline int flow_switch(__u32 svc, struct bgs_switch *sw)
 	return 0;
 }
 
-static __always_inline int flow_create(const struct bgs_pkt *pkt, __u32 svc, __u8 color,
+/* The backend slot a new flow of one color gets: position h % M of the color's lookup table,
+ * or, for a service without tables (`--lb modulo`), entry h % count of its set. Returns true
+ * with *slot set, or false with the drop reason in *why.
+ */
+static __always_inline bool flow_pick(__u32 idx, __u32 h, __u32 *slot, __u32 *why)
+{
+	__u32 zero = 0, pos, m, *e;
+	struct bgs_set *set;
+	void *table;
+
+	table = bpf_map_lookup_elem(&bgs_tables, &idx);
+	if (table) {
+		e = bpf_map_lookup_elem(table, &zero);
+		if (!e || !*e) {
+			*why = BGS_DROP_NO_BACKEND;
+			return false;
+		}
+		m = *e;
+		pos = BGS_TABLE_HDR + h % m;
+		e = bpf_map_lookup_elem(table, &pos);
+		if (!e) {
+			*why = BGS_DROP_BAD_BACKEND;
+			return false;
+		}
+		*slot = *e;
+		return true;
+	}
+	set = bpf_map_lookup_elem(&bgs_sets, &idx);
+	*why = BGS_DROP_NO_BACKEND;
+	if (!set || !set->count)
+		return false;
+	m = set->count;
+	*why = BGS_DROP_BAD_BACKEND;
+	if (m > BGS_MAX_BACKENDS)
+		return false;
+	pos = h % m;
+	/* Hide the modulo's range from the compiler so that it keeps the mask the verifier needs. */
+	asm volatile("" : "+r"(pos));
+	*slot = set->slot[pos & (BGS_MAX_BACKENDS - 1)];
+	return true;
+}
+
+/* Pick a backend of `color` for a new flow whose hash is h, and record the flow both ways.
+ * Returns BGS_CONTINUE with *out filled, or XDP_DROP with the reason counted.
+ */
+static __always_inline int flow_create(const struct bgs_pkt *pkt, __u32 svc, __u8 color, __u32 h,
 				       const struct bgs_switch *sw, __u64 now, struct bgs_flow *out)
 {
 	struct bgs_backend_stats *bs;
 	struct bgs_flow_key rkey = {};
 	struct bgs_reverse rev = {};
 	struct bgs_backend *be;
-	struct bgs_set *set;
-	__u32 idx, slot, count, pos;
+	__u32 slot = 0, why = 0;
 
 	if (!flow_insert_allowed(now))
 		return stat_drop(svc, BGS_DROP_INSERT_LIMIT);
-	idx = bgs_set_index(svc, color, sw->set_sel >> (color & 1));
-	set = bpf_map_lookup_elem(&bgs_sets, &idx);
-	if (!set || !set->count)
-		return stat_drop(svc, BGS_DROP_NO_BACKEND);
-	count = set->count;
-	if (count > BGS_MAX_BACKENDS)
-		return stat_drop(svc, BGS_DROP_BAD_BACKEND);
-	pos = flow_hash(&pkt->key) % count;
-	/* Hide the modulo's range from the compiler so that it keeps the mask the verifier needs. */
-	asm volatile("" : "+r"(pos));
-	slot = set->slot[pos & (BGS_MAX_BACKENDS - 1)];
+	if (!flow_pick(bgs_set_index(svc, color, sw->set_sel >> (color & 1)), h, &slot, &why))
+		return stat_drop(svc, why);
 	be = bpf_map_lookup_elem(&bgs_backends, &slot);
 	if (!be || be->state != BGS_BACKEND_ACTIVE)
 		return stat_drop(svc, BGS_DROP_BAD_BACKEND);
@@ -211,6 +243,7 @@ static __always_inline int flow_steer(const struct bgs_pkt *pkt, __u32 svc, stru
 	struct bgs_service_stats *ss;
 	struct bgs_switch sw;
 	struct bgs_flow *f;
+	__u32 h;
 
 	f = bpf_map_lookup_elem(&bgs_flows, &pkt->key);
 	if (f && !(first && flow_is_dead(f, pkt->key.proto, now))) {
@@ -227,16 +260,19 @@ static __always_inline int flow_steer(const struct bgs_pkt *pkt, __u32 svc, stru
 		if (ss)
 			ss->nosyn_miss++;
 		/* Its entry is gone (evicted, or collected after a long idle). Re-pin it to the
-		 * color it can belong to: while the previous color drains, a second chance toward
-		 * it (GLB, Beamer), since that is where connections older than the flip live;
-		 * once it has drained, every live connection is on the active color.
+		 * color it can belong to: while the last change drains, a second chance toward
+		 * where the share before it put this flow (GLB, Beamer), since that is where
+		 * connections older than the change live; once drained, where the share puts it.
 		 */
 		stat_inc(BGS_STAT_SECOND_CHANCE);
 		if (ss)
 			ss->second_chance++;
-		if ((sw.flags & BGS_SW_DRAINING) && sw.previous < BGS_NCOLORS)
-			return flow_create(pkt, svc, sw.previous, &sw, now, out);
-		return flow_create(pkt, svc, sw.active, &sw, now, out);
+		h = flow_hash(&pkt->key);
+		if ((sw.flags & (BGS_SW_DRAINING | BGS_SW_HAS_PREV)) ==
+		    (BGS_SW_DRAINING | BGS_SW_HAS_PREV))
+			return flow_create(pkt, svc, bgs_share_color(h, sw.prev_share), h, &sw, now,
+					   out);
+		return flow_create(pkt, svc, bgs_share_color(h, sw.share), h, &sw, now, out);
 	}
 	if (f) {
 		stat_inc(BGS_STAT_FLOW_REOPEN);
@@ -247,7 +283,8 @@ static __always_inline int flow_steer(const struct bgs_pkt *pkt, __u32 svc, stru
 		if (ss)
 			ss->syn_miss++;
 	}
-	return flow_create(pkt, svc, sw.active, &sw, now, out);
+	h = flow_hash(&pkt->key);
+	return flow_create(pkt, svc, bgs_share_color(h, sw.share), h, &sw, now, out);
 }
 
 /* Mark the backend's FIN or RST on the flow the reply belongs to. */

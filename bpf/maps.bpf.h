@@ -33,7 +33,7 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } bgs_services SEC(".maps");
 
-/* The switch: active color, generation and set buffers of each service, one 8-byte word. */
+/* The switch: green share, generation and set buffers of each service, one 8-byte word. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, BGS_MAX_SERVICES);
@@ -51,6 +51,25 @@ struct {
 	__type(value, struct bgs_set);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } bgs_sets SEC(".maps");
+
+/* Lookup tables (Maglev): one per service, color and buffer, keyed like bgs_sets. Each inner
+ * map is an array of __u32 made by user space at the size of the service's table (entry 0: the
+ * size M; entries 1 to M: backend slots); a service with `--lb modulo` has none.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, BGS_MAX_SERVICES * 4);
+	__type(key, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__array(
+		values, struct {
+			__uint(type, BPF_MAP_TYPE_ARRAY);
+			__uint(max_entries, BGS_TABLE_HDR + 1);
+			__type(key, __u32);
+			__type(value, __u32);
+			__uint(map_flags, BPF_F_INNER_MAP);
+		});
+} bgs_tables SEC(".maps");
 
 /* Backends by slot, the identity that flow entries and counters refer to. */
 struct {

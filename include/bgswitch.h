@@ -11,7 +11,7 @@
 /* Version of the pinned map layout. Bump it whenever a key, a value or a map changes shape, so
  * that a build never misreads state pinned by another one.
  */
-#define BGS_LAYOUT_VERSION 2
+#define BGS_LAYOUT_VERSION 3
 
 /* Map sizes. Each is a default that a build can override with -D. */
 #ifndef BGS_MAX_SERVICES
@@ -20,6 +20,13 @@
 #ifndef BGS_MAX_BACKENDS
 #define BGS_MAX_BACKENDS 256 /* backends in one color of one service; a power of two */
 #endif
+#ifndef BGS_TABLE_SIZE
+#define BGS_TABLE_SIZE 16381 /* default Maglev table size, a prime: > 100 x 163 backends */
+#endif
+#ifndef BGS_TABLE_MAX
+#define BGS_TABLE_MAX 131071 /* largest table `service add --table-size` accepts (a prime) */
+#endif
+#define BGS_WEIGHT_MAX 1000 /* largest backend weight */
 #ifndef BGS_MAX_SLOTS
 #define BGS_MAX_SLOTS 8192 /* backend identities on the node, live or draining */
 #endif
@@ -58,7 +65,7 @@ enum bgs_color {
 	BGS_BLUE = 0,
 	BGS_GREEN = 1,
 	BGS_NCOLORS = 2,
-	BGS_COLOR_NONE = 0xff, /* bgs_switch.previous before the first flip */
+	BGS_COLOR_NONE = 0xff, /* no color (a split between both, or nothing yet) */
 };
 
 /* bgs_vips key: what a packet must match to be touched at all. Addresses are in network byte
@@ -80,33 +87,71 @@ struct bgs_vip {
 };
 
 /* bgs_switch value, one per service, 8 bytes, written by user space with one aligned 64-bit
- * store (the map is mmapable). A flip, a rollback and a backend-set change are each exactly one
- * such store; the data plane reads the word once per new flow.
+ * store (the map is mmapable). A flip, a rollback, a shift and a backend-set change are each
+ * exactly one such store; the data plane reads the word once per new flow.
+ *
+ * share is the part of new flows that go to green, in units of 0.01 %: 0 sends every new flow
+ * to blue, BGS_SHARE_ALL every one to green (that is all a flip writes), and a value between
+ * splits them by a hash of the flow (bgs_share_bucket() < share: green), so that raising the
+ * share only ever moves flows from blue to green.
  */
 struct bgs_switch {
 	__u32 generation; /* bumped by every change to the service */
-	__u8 active; /* enum bgs_color that new flows go to */
-	__u8 previous; /* color before the last flip, or BGS_COLOR_NONE */
-	__u8 set_sel; /* bit c selects which of the two bgs_sets buffers color c uses */
-	__u8 flags; /* BGS_SW_* */
+	__u32 share : 14; /* green share of new flows, 0 to BGS_SHARE_ALL */
+	__u32 prev_share : 14; /* share before the last change, if BGS_SW_HAS_PREV */
+	__u32 set_sel : 2; /* bit c selects which of the two buffers color c uses */
+	__u32 flags : 2; /* BGS_SW_* */
 };
 
-/* bgs_switch.flags: the previous color still has live flows. A TCP segment without SYN that
- * misses the flow table then gets a second chance toward the previous color: it most likely
- * belongs to a connection of that color whose entry was evicted. User space sets it with the
- * flip and clears it once the previous color has drained.
+#define BGS_SHARE_ALL 10000 /* 100 %: the share is in 0.01 % steps */
+
+/* bgs_switch.flags. DRAINING: flows of the share before the last change may still be live. A
+ * TCP segment without SYN that misses the flow table then gets a second chance: it is re-pinned
+ * as prev_share would have placed it, since that is where connections older than the change
+ * live. User space sets it with every change and clears it once the color that lost all its
+ * share has drained. HAS_PREV: prev_share is meaningful (there is something to roll back to).
  */
 #define BGS_SW_DRAINING 0x1
+#define BGS_SW_HAS_PREV 0x2
 
-/* bgs_sets key: (svc << 2) | (color << 1) | buffer. Two buffers per color let user space write
- * a whole new set while packets read the other, then switch with one bgs_switch store.
+/* The bucket, 0 to BGS_SHARE_ALL - 1, of a flow in the split between colors, from its flow hash
+ * h: remixed (murmur3's finalizer on a seeded value) so that it does not follow the table
+ * position h % M. tests/model.py mirrors it.
+ */
+static inline __u32 bgs_share_bucket(__u32 h)
+{
+	h ^= 0x9e3779b9;
+	h ^= h >> 16;
+	h *= 0x85ebca6b;
+	h ^= h >> 13;
+	h *= 0xc2b2ae35;
+	h ^= h >> 16;
+	return h % BGS_SHARE_ALL;
+}
+
+/* The color a new flow with flow hash h gets under a share. */
+static inline __u8 bgs_share_color(__u32 h, __u32 share)
+{
+	if (!share)
+		return BGS_BLUE;
+	if (share >= BGS_SHARE_ALL)
+		return BGS_GREEN;
+	return bgs_share_bucket(h) < share ? BGS_GREEN : BGS_BLUE;
+}
+
+/* bgs_sets and bgs_tables key: (svc << 2) | (color << 1) | buffer. Two buffers per color let
+ * user space write a whole new set and lookup table while packets read the other, then switch
+ * with one bgs_switch store.
  */
 static inline __u32 bgs_set_index(__u32 svc, __u32 color, __u32 buf)
 {
 	return (svc << 2) | ((color & 1) << 1) | (buf & 1);
 }
 
-/* bgs_sets value: the backends new flows of one color of one service are spread over. */
+/* bgs_sets value: the backends of one color of one service. New flows are spread over them by
+ * the color's lookup table in bgs_tables (Maglev), or, for a service without tables
+ * (`--lb modulo`), by flow hash modulo count.
+ */
 struct bgs_set {
 	__u32 count;
 	__u32 slot[BGS_MAX_BACKENDS]; /* indexes into bgs_backends */
@@ -123,7 +168,18 @@ struct bgs_backend {
 	__u32 svc;
 	__u8 color;
 	__u8 proto;
-	__u16 pad;
+	__u16 weight; /* share of its color's table, relative to the others (0: none) */
+};
+
+/* A bgs_tables inner map: an array of __u32. Entry 0 holds the table size M (a prime, or the
+ * set's count for `--lb modulo`), entries 1 to M the backend slot of each position; a new flow
+ * takes position flow hash % M.
+ */
+#define BGS_TABLE_HDR 1
+
+enum bgs_lb {
+	BGS_LB_MAGLEV = 0, /* Maglev lookup table per color (default) */
+	BGS_LB_MODULO = 1, /* flow hash modulo the set's count: no table, weights all equal */
 };
 
 enum bgs_backend_state {
@@ -217,6 +273,9 @@ struct bgs_frag {
 struct bgs_service {
 	char name[BGS_NAME_LEN];
 	struct bgs_vip_key vip;
+	__u32 table_size; /* Maglev table size M (a prime), or 0 with BGS_LB_MODULO */
+	__u8 lb; /* enum bgs_lb */
+	__u8 pad[3];
 };
 
 /* bgs_config value (one entry): run-time settings read by the data plane. */
@@ -269,7 +328,7 @@ enum bgs_stat {
 	BGS_STAT_FLOW_REOPEN, /* SYN on a closed or idle entry: new flow on the active color */
 	BGS_STAT_SYN_MISS, /* SYN that missed the table (a new TCP flow) */
 	BGS_STAT_NOSYN_MISS, /* non-SYN TCP segment that missed the table (re-pinned) */
-	BGS_STAT_SECOND_CHANCE, /* non-SYN miss re-pinned: previous color while it drains, else active */
+	BGS_STAT_SECOND_CHANCE, /* non-SYN miss re-pinned: by the previous share while it drains */
 	BGS_STAT_TX, /* packets seen by the egress program */
 	BGS_STAT_REPLY_NAT, /* replies whose source was rewritten to the VIP */
 	BGS_STAT_REPLY_NO_FLOW, /* from a backend address, but no reverse entry: untouched */
@@ -299,7 +358,7 @@ struct bgs_service_stats {
 	__u64 syn_miss; /* SYN that missed the table: a new TCP flow */
 	__u64 nosyn_miss; /* TCP segment without SYN that missed the table (re-pinned) */
 	__u64 reopen; /* SYN on a closed or idle entry: a new flow on the active color */
-	__u64 second_chance; /* non-SYN miss re-pinned (previous color while it drains) */
+	__u64 second_chance; /* non-SYN miss re-pinned (by the previous share while it drains) */
 	__u64 drops[BGS_DROP_MAX]; /* by enum bgs_drop_reason */
 };
 

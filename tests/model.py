@@ -20,7 +20,7 @@ from typing import List, NamedTuple, Optional, Sequence
 
 # --- constants of include/bgswitch.h -------------------------------------------------------------
 
-BGS_LAYOUT_VERSION = 2
+BGS_LAYOUT_VERSION = 3
 BGS_BLUE, BGS_GREEN = 0, 1
 COLORS = {"blue": BGS_BLUE, "green": BGS_GREEN}
 BGS_COLOR_NONE = 0xFF
@@ -33,7 +33,12 @@ BGS_FRAG_ENTRIES = 16384
 BGS_NAME_LEN = 32
 BGS_NEW_FLOW_RATE = 125000  # default flow-table inserts per second per CPU (attach)
 BGS_NEW_FLOW_BURST = 10000
-BGS_SW_DRAINING = 0x1  # bgs_switch.flags: the previous color still has live flows
+BGS_SW_DRAINING = 0x1  # bgs_switch.flags: flows of the share before the last change may be live
+BGS_SW_HAS_PREV = 0x2  # bgs_switch.flags: prev_share is meaningful
+BGS_SHARE_ALL = 10000  # bgs_switch.share of 100 % (0.01 % units)
+BGS_TABLE_SIZE = 16381  # default Maglev table size
+BGS_TABLE_HDR = 1  # entry 0 of a table holds its size M
+BGS_LB_MAGLEV, BGS_LB_MODULO = 0, 1
 BGS_SVC_MANY = 0xFFFFFFFF  # bgs_backend_ref.svc: the address serves several services
 
 BGS_BACKEND_FREE, BGS_BACKEND_ACTIVE, BGS_BACKEND_DRAINING = 0, 1, 2
@@ -79,7 +84,7 @@ SIZES = {
     "bgs_vip": 4,
     "bgs_switch": 8,
     "bgs_set": 4 + 4 * BGS_MAX_BACKENDS,
-    "bgs_backend": 28,
+    "bgs_backend": 28,  # the last two bytes: weight
     "bgs_flow_key": 40,
     "bgs_flow": 40,
     "bgs_reverse": 24,
@@ -88,7 +93,7 @@ SIZES = {
     "bgs_vip_addr": 20,
     "bgs_frag_key": 40,
     "bgs_frag": 20,
-    "bgs_service": BGS_NAME_LEN + 20,
+    "bgs_service": BGS_NAME_LEN + 28,  # name, vip key, table_size, lb, pad
     "bgs_config": 48,
     "bgs_backend_stats": 48,
     "bgs_service_stats": 8 * (4 + len(DROPS)),
@@ -358,32 +363,77 @@ def unpack_reverse(raw: bytes, family: Optional[int] = None) -> Reverse:
 
 
 class Switch(NamedTuple):
-    """struct bgs_switch, decoded."""
+    """struct bgs_switch, decoded: generation, then one 32-bit word of bit fields (share: bits
+    0-13, prev_share: 14-27, set_sel: 28-29, flags: 30-31)."""
 
     generation: int
-    active: int
-    previous: int
-    set_sel: int
+    share: int  # green share of new flows, 0.01 % units (BGS_SHARE_ALL: all green)
+    prev_share: int = 0
+    set_sel: int = 0
     flags: int = 0  # BGS_SW_*
 
     @property
     def draining(self) -> bool:
-        """BGS_SW_DRAINING: the previous color still has live flows."""
+        """BGS_SW_DRAINING: flows of the share before the last change may be live."""
         return bool(self.flags & BGS_SW_DRAINING)
 
+    @property
+    def active(self) -> int:
+        """The one color every new flow goes to, or BGS_COLOR_NONE for a split."""
+        return share_color_of(self.share)
+
+    @property
+    def previous(self) -> int:
+        """The color of prev_share, or BGS_COLOR_NONE (split, or nothing to roll back to)."""
+        if not self.flags & BGS_SW_HAS_PREV:
+            return BGS_COLOR_NONE
+        return share_color_of(self.prev_share)
+
     def set_index(self, svc: int, color: int) -> int:
-        """bgs_sets key of the buffer that ``color`` uses now."""
+        """bgs_sets / bgs_tables key of the buffer that ``color`` uses now."""
         return (svc << 2) | ((color & 1) << 1) | ((self.set_sel >> (color & 1)) & 1)
+
+
+def share_color_of(share: int) -> int:
+    """The one color a share sends every new flow to, or BGS_COLOR_NONE."""
+    if share == 0:
+        return BGS_BLUE
+    if share >= BGS_SHARE_ALL:
+        return BGS_GREEN
+    return BGS_COLOR_NONE
+
+
+def share_bucket(h: int) -> int:
+    """bgs_share_bucket() of include/bgswitch.h: a flow's bucket in the split, from its hash."""
+    h ^= 0x9E3779B9
+    h ^= h >> 16
+    h = (h * 0x85EBCA6B) & _M32
+    h ^= h >> 13
+    h = (h * 0xC2B2AE35) & _M32
+    h ^= h >> 16
+    return h % BGS_SHARE_ALL
+
+
+def share_color(h: int, share: int) -> int:
+    """bgs_share_color(): the color a new flow with flow hash ``h`` gets under ``share``."""
+    if share == 0:
+        return BGS_BLUE
+    if share >= BGS_SHARE_ALL:
+        return BGS_GREEN
+    return BGS_GREEN if share_bucket(h) < share else BGS_BLUE
 
 
 def unpack_switch(raw: bytes) -> Switch:
     """Decode struct bgs_switch (8 bytes)."""
-    return Switch(*struct.unpack("<IBBBB", raw))
+    gen, w = struct.unpack("<II", raw)
+    return Switch(gen, w & 0x3FFF, (w >> 14) & 0x3FFF, (w >> 28) & 3, (w >> 30) & 3)
 
 
 def pack_switch(sw: Switch) -> bytes:
     """Encode struct bgs_switch."""
-    return struct.pack("<IBBBB", sw.generation, sw.active, sw.previous, sw.set_sel, sw.flags)
+    w = ((sw.share & 0x3FFF) | ((sw.prev_share & 0x3FFF) << 14) | ((sw.set_sel & 3) << 28)
+         | ((sw.flags & 3) << 30))
+    return struct.pack("<II", sw.generation, w)
 
 
 def unpack_set_raw(raw: bytes) -> tuple:
@@ -416,14 +466,15 @@ class Backend(NamedTuple):
     svc: int
     color: int
     proto: int
+    weight: int = 1
 
 
 def unpack_backend(raw: bytes) -> Backend:
     """Decode struct bgs_backend (28 bytes)."""
     port, = struct.unpack_from("!H", raw, 16)
-    family, state, svc, color, proto = struct.unpack_from("<BBIBB", raw, 18)
+    family, state, svc, color, proto, weight = struct.unpack_from("<BBIBBH", raw, 18)
     fam = family if family in (BGS_AF_INET, BGS_AF_INET6) else _guess_family(raw)
-    return Backend(addr_str(raw, fam), port, family, state, svc, color, proto)
+    return Backend(addr_str(raw, fam), port, family, state, svc, color, proto, weight)
 
 
 class Config(NamedTuple):

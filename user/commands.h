@@ -9,6 +9,8 @@ int do_service(int argc, char **argv);
 int do_backend(int argc, char **argv);
 int do_flip(int argc, char **argv);
 int do_rollback(int argc, char **argv);
+int do_shift(int argc, char **argv);
+int do_rollout(int argc, char **argv);
 int do_check(int argc, char **argv);
 int do_drain(int argc, char **argv);
 int do_status(int argc, char **argv);

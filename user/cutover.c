@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0
-/* cutover.c: `flip`, `rollback`, `check` and `drain`: the switch between colors, the checks
- * before it, the guard after it, and waiting for the old color to drain.
+/* cutover.c: `flip`, `shift`, `rollout`, `rollback`, `check` and `drain`: the switch between
+ * colors (wholly or by share), the checks before it, the guard after it, and waiting for the old
+ * color to drain.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -164,51 +165,67 @@ static int switch_checks(const struct bgs_state *st, __u32 svc, const struct bgs
 	return 0;
 }
 
-/* Make `to` the active color of a service: the checks, then the one switch write, then the
- * audit record. *changed says whether anything was written.
+/* "blue", "green" or "green 12.5%": a share as messages and the audit trail name it. */
+static const char *share_desc(__u32 share, char *buf, size_t len)
+{
+	char pct[16];
+
+	if (share_color(share) != BGS_COLOR_NONE)
+		snprintf(buf, len, "%s", color_name(share_color(share)));
+	else
+		snprintf(buf, len, "green %s", fmt_share(share, pct, sizeof(pct)));
+	return buf;
+}
+
+/* Set the green share of a service: the checks of the color that gains, then the one switch
+ * write, then the audit record. *changed says whether anything was written.
  */
-static int switch_color(struct bgs_state *st, __u32 svc, const struct bgs_service *rec, __u8 to,
+static int switch_share(struct bgs_state *st, __u32 svc, const struct bgs_service *rec, __u32 share,
 			const struct bgs_check_opts *chk, bool force, struct bgs_audit *au,
 			bool *changed)
 {
 	struct bgs_switch sw = switch_read(st, svc);
+	__u32 from = sw.share;
+	char f[24], t[24];
 	struct bgs_set set;
-	__u8 from = sw.active;
+	__u8 gain;
 	int err;
 
 	*changed = false;
-	snprintf(au->from, sizeof(au->from), "%s", color_name(from));
-	snprintf(au->to, sizeof(au->to), "%s", color_name(to));
+	share_desc(from, f, sizeof(f));
+	share_desc(share, t, sizeof(t));
+	snprintf(au->from, sizeof(au->from), "%s", f);
+	snprintf(au->to, sizeof(au->to), "%s", t);
 	au->gen_before = au->gen_after = sw.generation;
-	if (to == from) {
-		pr_info("%s: already %s (generation %u)\n", rec->name, color_name(to),
-			sw.generation);
+	if (share == from) {
+		pr_info("%s: already %s (generation %u)\n", rec->name, t, sw.generation);
 		au->service[0] = '\0'; /* nothing changed: nothing for the trail */
 		return 0;
 	}
-	err = set_read(st, svc, to, &set);
+	gain = share > from ? BGS_GREEN : BGS_BLUE;
+	err = set_read(st, svc, gain, &set);
 	if (err)
 		return err;
-	if (!set.count) {
-		pr_warn("%s of '%s' has no backends; refusing to send new flows there\n",
-			color_name(to), rec->name);
+	if (!set_takes_flows(st, &set)) {
+		pr_warn("%s of '%s' has no backends%s; refusing to send new flows there\n",
+			color_name(gain), rec->name, set.count ? " of weight above 0" : "");
 		return -ENOENT;
 	}
-	err = switch_checks(st, svc, rec, to, chk, force, au);
+	err = switch_checks(st, svc, rec, gain, chk, force, au);
 	if (err)
 		return err;
 	fault_point("flip-before-write");
-	sw.previous = from;
-	sw.active = to;
-	sw.flags |= BGS_SW_DRAINING; /* until the previous color has no live flows left */
+	sw.prev_share = from;
+	sw.share = share;
+	/* until the color that lost all its share has no live flows left */
+	sw.flags |= BGS_SW_DRAINING | BGS_SW_HAS_PREV;
 	sw.generation++;
 	switch_write(st, svc, sw);
 	*changed = true;
 	fault_point("flip-after-write");
 	au->gen_after = sw.generation;
 	audit_record(au, 0);
-	pr_info("%s: %s -> %s (generation %u)\n", rec->name, color_name(from), color_name(to),
-		sw.generation);
+	pr_info("%s: %s -> %s (generation %u)\n", rec->name, f, t, sw.generation);
 	fflush(stdout);
 	return 0;
 }
@@ -251,8 +268,8 @@ static int drain_wait(const struct bgs_state *st, __u32 svc, const char *name, _
 			return -ENOENT;
 		}
 		sw = switch_read(st, svc);
-		if (sw.active == color) {
-			pr_warn("%s: %s is the active color again (generation %u): it will not drain\n",
+		if (share_color(sw.share) != !color) {
+			pr_warn("%s: %s takes new flows again (generation %u): it will not drain\n",
 				name, color_name(color), sw.generation);
 			return -EBUSY;
 		}
@@ -302,14 +319,15 @@ static int guard_sample(const struct bgs_state *st, struct guard_backend *g, __u
 	return 0;
 }
 
-/* Roll the flip back after the guard's verdict: under the lock, and only if nobody changed the
- * service since (the generation is still ours).
+/* Roll the change back to the share `back` after the guard's verdict: under the lock, and only
+ * if nobody changed the service since (the generation is still ours).
  */
 static int guard_rollback(struct bgs_state *st, __u32 svc, const struct bgs_service *rec,
-			  __u8 color, __u8 back, __u32 gen, const char *why, const char *reason)
+			  __u32 back, __u32 gen, const char *why, const char *reason)
 {
 	struct bgs_audit au;
 	struct bgs_switch sw;
+	char t[24];
 	int err;
 
 	/* A trail that cannot be written now does not stop the rollback (it warns). */
@@ -318,27 +336,28 @@ static int guard_rollback(struct bgs_state *st, __u32 svc, const struct bgs_serv
 	if (err)
 		goto out;
 	snprintf(au.service, sizeof(au.service), "%s", rec->name);
-	snprintf(au.from, sizeof(au.from), "%s", color_name(color));
-	snprintf(au.to, sizeof(au.to), "%s", color_name(back));
-	snprintf(au.detail, sizeof(au.detail), "guard: %s", why);
 	sw = switch_read(st, svc);
+	share_desc(sw.share, au.from, sizeof(au.from));
+	share_desc(back, t, sizeof(t));
+	snprintf(au.to, sizeof(au.to), "%s", t);
+	snprintf(au.detail, sizeof(au.detail), "guard: %s", why);
 	au.gen_before = sw.generation;
 	if (sw.generation != gen) {
-		pr_warn("guard: %s, but %s changed since the flip (generation %u, not %u): not "
-			"rolling back\n",
+		pr_warn("guard: %s, but %s changed since (generation %u, not %u): not rolling "
+			"back\n",
 			why, rec->name, sw.generation, gen);
 		err = BGS_ERR_GENERATION;
 		goto out;
 	}
-	sw.previous = color;
-	sw.active = back;
-	sw.flags |= BGS_SW_DRAINING;
+	sw.prev_share = sw.share;
+	sw.share = back;
+	sw.flags |= BGS_SW_DRAINING | BGS_SW_HAS_PREV;
 	sw.generation++;
 	switch_write(st, svc, sw);
 	au.gen_after = sw.generation;
 	audit_record(&au, 0);
-	pr_warn("guard: %s; rolled %s back to %s (generation %u)\n", why, rec->name,
-		color_name(back), sw.generation);
+	pr_warn("guard: %s; rolled %s back to %s (generation %u)\n", why, rec->name, t,
+		sw.generation);
 	err = BGS_ERR_GUARD;
 out:
 	audit_record(&au, err == BGS_ERR_GUARD ? 0 : err);
@@ -349,11 +368,12 @@ out:
 	return err;
 }
 
-/* Watch the new color's backends for g->duration_ns after a flip (made at generation gen) and
- * roll back when they send resets, stay silent, or get no new flow at all.
+/* Watch the backends of `color` for g->duration_ns after a change (made at generation gen) that
+ * sent it new flows, and roll back to the share `back` when they send resets, stay silent, or
+ * get no new flow at all.
  */
 static int guard_run(struct bgs_state *st, __u32 svc, const struct bgs_service *rec, __u8 color,
-		     __u8 back, __u32 gen, const struct guard_opts *g, const char *reason)
+		     __u32 back, __u32 gen, const struct guard_opts *g, const char *reason)
 {
 	struct guard_backend *gb = NULL;
 	__u64 t0, when, news, replies, resets, ticks, k;
@@ -449,13 +469,272 @@ static int guard_run(struct bgs_state *st, __u32 svc, const struct bgs_service *
 		pr_info("guard: %s on %s passed\n", rec->name, color_name(color));
 		goto out;
 	}
-	err = guard_rollback(st, svc, rec, color, back, gen, why, reason);
+	err = guard_rollback(st, svc, rec, back, gen, why, reason);
 out:
 	free(gb);
 	return err;
 }
 
-/* ---- flip and rollback ---- */
+/* ---- flip, shift, rollout and rollback ---- */
+
+/* The options the changing commands share; each command allows a subset (CUT_*). */
+struct cut_opts {
+	struct bgs_check_opts chk;
+	struct guard_opts g;
+	bool force, wait, guard_steps;
+	__u64 timeout_ns, interval_ns;
+	__s64 if_gen;
+	const char *reason, *steps;
+};
+
+#define CUT_CHECKS 0x1 /* --check-http, --check-timeout, --no-check, --force */
+#define CUT_GUARD 0x2 /* --guard D and its thresholds */
+#define CUT_WAIT 0x4 /* --wait-drain, --timeout */
+#define CUT_ROLLOUT 0x8 /* --steps, --interval, --guard without a duration, thresholds */
+
+static const struct option cut_options[] = {
+	{ "check-http", required_argument, NULL, 'H' },
+	{ "check-timeout", required_argument, NULL, 'T' },
+	{ "no-check", no_argument, NULL, 'n' },
+	{ "force", no_argument, NULL, 'f' },
+	{ "guard", required_argument, NULL, 'g' },
+	{ "max-resets", required_argument, NULL, 'R' },
+	{ "max-reset-ratio", required_argument, NULL, 'P' },
+	{ "max-silent-backends", required_argument, NULL, 'S' },
+	{ "min-new-flows", required_argument, NULL, 'N' },
+	{ "wait-drain", no_argument, NULL, 'w' },
+	{ "timeout", required_argument, NULL, 't' },
+	{ "if-generation", required_argument, NULL, 'G' },
+	{ "reason", required_argument, NULL, 'm' },
+	{ "steps", required_argument, NULL, 's' },
+	{ "interval", required_argument, NULL, 'i' },
+	{ "help", no_argument, NULL, 'h' },
+	{ 0 },
+};
+
+/* Which CUT_* group an option belongs to (0: every command has it). */
+static unsigned int cut_group(int c)
+{
+	switch (c) {
+	case 'H':
+	case 'T':
+	case 'n':
+	case 'f':
+		return CUT_CHECKS;
+	case 'g':
+		return CUT_GUARD | CUT_ROLLOUT;
+	case 'R':
+	case 'P':
+	case 'S':
+	case 'N':
+		return CUT_GUARD | CUT_ROLLOUT;
+	case 'w':
+	case 't':
+		return CUT_WAIT;
+	case 's':
+	case 'i':
+		return CUT_ROLLOUT;
+	default:
+		return 0;
+	}
+}
+
+/* Parse the options of a changing command. Returns 1 after printing help, 0, or -EINVAL. */
+static int cut_getopt(int argc, char **argv, unsigned int allowed, void (*usage)(void),
+		      struct cut_opts *o)
+{
+	/* rollout's --guard is a switch: the guard watches every step's interval */
+	static const struct option rollout_guard = { "guard", no_argument, NULL, 'g' };
+	struct option opts[sizeof(cut_options) / sizeof(cut_options[0])];
+	__u32 v;
+	size_t i, n = 0;
+	int c;
+
+	for (i = 0; cut_options[i].name; i++) {
+		if (cut_group(cut_options[i].val) && !(cut_group(cut_options[i].val) & allowed))
+			continue;
+		opts[n] = cut_options[i];
+		if (opts[n].val == 'g' && (allowed & CUT_ROLLOUT))
+			opts[n] = rollout_guard;
+		n++;
+	}
+	memset(&opts[n], 0, sizeof(opts[n]));
+	memset(o, 0, sizeof(*o));
+	o->chk.timeout_ns = BGS_CHECK_TIMEOUT_NS;
+	o->g.max_resets = GUARD_MAX_RESETS;
+	o->g.max_reset_ratio = GUARD_MAX_RESET_RATIO;
+	o->g.min_new_flows = GUARD_MIN_NEW_FLOWS;
+	o->g.max_silent = GUARD_MAX_SILENT;
+	o->timeout_ns = DRAIN_TIMEOUT_NS;
+	o->if_gen = -1;
+
+	while ((c = getopt_long(argc, argv,
+				(allowed & CUT_ROLLOUT) ? "H:T:nfgR:P:S:N:wt:G:m:s:i:h" :
+							  "H:T:nfg:R:P:S:N:wt:G:m:s:i:h",
+				opts, NULL)) != -1) {
+		if (c != '?' && cut_group(c) && !(cut_group(c) & allowed)) {
+			pr_warn("%s: unknown option -%c\n", argv[0], c);
+			return -EINVAL;
+		}
+		switch (c) {
+		case 'H':
+			if (check_http_path(optarg))
+				return -EINVAL;
+			o->chk.http_path = optarg;
+			break;
+		case 'T':
+			if (parse_check_timeout(optarg, &o->chk.timeout_ns))
+				return -EINVAL;
+			break;
+		case 'n':
+			o->chk.skip = true;
+			break;
+		case 'f':
+			o->force = true;
+			break;
+		case 'g':
+			if (allowed & CUT_ROLLOUT) {
+				o->guard_steps = true;
+				break;
+			}
+			if (!optarg || parse_duration_ns(optarg, NS, 3600 * NS, &o->g.duration_ns))
+				return -EINVAL;
+			break;
+		case 'R':
+			if (parse_count(optarg, "--max-resets", &v))
+				return -EINVAL;
+			o->g.max_resets = v;
+			break;
+		case 'P':
+			if (parse_ratio(optarg, &o->g.max_reset_ratio))
+				return -EINVAL;
+			break;
+		case 'S':
+			if (parse_count(optarg, "--max-silent-backends", &o->g.max_silent))
+				return -EINVAL;
+			break;
+		case 'N':
+			if (parse_count(optarg, "--min-new-flows", &v))
+				return -EINVAL;
+			o->g.min_new_flows = v;
+			break;
+		case 'w':
+			o->wait = true;
+			break;
+		case 't':
+			if (parse_duration_ns(optarg, 0, MAX_WAIT_NS, &o->timeout_ns))
+				return -EINVAL;
+			break;
+		case 'G':
+			if (parse_generation(optarg, &o->if_gen))
+				return -EINVAL;
+			break;
+		case 'm':
+			if (audit_check_reason(optarg))
+				return -EINVAL;
+			o->reason = optarg;
+			break;
+		case 's':
+			o->steps = optarg;
+			break;
+		case 'i':
+			if (parse_duration_ns(optarg, NS, 24 * 3600 * NS, &o->interval_ns))
+				return -EINVAL;
+			break;
+		case 'h':
+			usage();
+			return 1;
+		default:
+			return -EINVAL;
+		}
+	}
+	if (o->chk.skip && o->chk.http_path) {
+		pr_warn("--no-check and --check-http contradict each other\n");
+		return -EINVAL;
+	}
+	return 0;
+}
+
+/* What flip, shift and rollback have in common: open the state under the lock, find the
+ * service, check the generation, set the share `want(sw)` picks, then guard and wait.
+ */
+typedef int (*share_fn)(const struct bgs_service *rec, struct bgs_switch sw, void *ctx,
+			__u32 *share);
+
+static int cut_run(const char *action, const char *name, struct cut_opts *o, share_fn want,
+		   void *ctx)
+{
+	struct bgs_state st = { .lock_fd = -1 };
+	struct bgs_audit au = { .fd = -1 };
+	bool changed = false, opened = false;
+	struct bgs_service rec;
+	struct bgs_switch sw;
+	__u32 svc, share;
+	int err;
+
+	err = state_need_root();
+	if (err)
+		return err;
+	err = audit_open(&au, action, o->reason);
+	if (err)
+		return err;
+	err = state_open(&st, true);
+	if (err)
+		goto out;
+	opened = true;
+	err = service_find(&st, name, &svc, &rec);
+	if (err)
+		goto out;
+	snprintf(au.service, sizeof(au.service), "%s", rec.name);
+	sw = switch_read(&st, svc);
+	au.gen_before = sw.generation;
+	share_desc(sw.share, au.from, sizeof(au.from));
+	err = generation_check(&st, svc, rec.name, o->if_gen);
+	if (!err)
+		err = want(&rec, sw, ctx, &share);
+	if (!err)
+		err = switch_share(&st, svc, &rec, share, &o->chk, o->force, &au, &changed);
+	if (err)
+		goto out;
+	/* The change is made: let other operators in while we watch. */
+	close(st.lock_fd);
+	st.lock_fd = -1;
+	if (o->g.duration_ns && changed)
+		err = guard_run(&st, svc, &rec, share > sw.share ? BGS_GREEN : BGS_BLUE, sw.share,
+				au.gen_after, &o->g, o->reason);
+	if (!err && o->wait) {
+		if (share_color(share) == BGS_COLOR_NONE) {
+			pr_warn("%s: both colors take new flows: neither drains (--wait-drain)\n",
+				rec.name);
+			err = -EINVAL;
+		} else {
+			err = drain_wait(&st, svc, rec.name, !share_color(share), o->timeout_ns,
+					 NS);
+		}
+	}
+out:
+	audit_record(&au, err);
+	audit_close(&au);
+	if (opened)
+		state_close(&st);
+	return err;
+}
+
+#define GUARD_HELP                                                                           \
+	"  -R, --max-resets N           its backends send more than N resets (default %d)\n" \
+	"  -P, --max-reset-ratio R      and more than R resets per new flow (default %g)\n"  \
+	"  -S, --max-silent-backends N  more than N backends take new flows but send\n"      \
+	"                               nothing back for a second (default %d)\n"            \
+	"  -N, --min-new-flows N        it gets fewer than N new flows in D (default %d)\n"
+#define CHECK_HELP                                                               \
+	"  -H, --check-http PATH      probe with GET PATH (2xx or 3xx passes)\n" \
+	"  -T, --check-timeout D      probe timeout (default 1s)\n"              \
+	"  -n, --no-check             do not probe\n"                            \
+	"  -f, --force                go ahead although probes failed\n"
+#define GEN_HELP                                                                       \
+	"  -G, --if-generation G      change only if the service is at generation G\n" \
+	"  -m, --reason TEXT          why, for the audit trail\n"                      \
+	"  -h, --help                 this help\n"
 
 static void flip_usage(void)
 {
@@ -465,283 +744,311 @@ static void flip_usage(void)
 	       "one 8-byte write. Flows already open keep draining to the color they began on.\n"
 	       "First, every backend of that color is probed from this node (a TCP connect, or\n"
 	       "an HTTP GET); the flip is refused if one fails.\n"
-	       "\n"
-	       "  -H, --check-http PATH      probe with GET PATH (2xx or 3xx passes)\n"
-	       "  -T, --check-timeout D      probe timeout (default 1s)\n"
-	       "  -n, --no-check             do not probe\n"
-	       "  -f, --force                flip although probes failed\n"
-	       "  -g, --guard D              then watch the new color for D and roll back when:\n"
-	       "  -R, --max-resets N           its backends send more than N resets (default %d)\n"
-	       "  -P, --max-reset-ratio R      and more than R resets per new flow (default %g)\n"
-	       "  -S, --max-silent-backends N  more than N backends take new flows but send\n"
-	       "                               nothing back for a second (default %d)\n"
-	       "  -N, --min-new-flows N        it gets fewer than N new flows in D (default %d)\n"
+	       "\n" CHECK_HELP
+	       "  -g, --guard D              then watch the new color for D and roll back when:\n" GUARD_HELP
 	       "  -w, --wait-drain           then wait until the old color has no live flow\n"
-	       "  -t, --timeout D            how long to wait for it (default 15m)\n"
-	       "  -G, --if-generation G      flip only if the service is at generation G\n"
-	       "  -m, --reason TEXT          why, for the audit trail\n"
-	       "  -h, --help                 this help\n"
-	       "\n"
+	       "  -t, --timeout D            how long to wait for it (default 15m)\n" GEN_HELP "\n"
 	       "Exit status: 0 done, 3 a probe failed, 4 the guard rolled back, 5 the old color\n"
 	       "did not drain in time, 6 the generation did not match, 1 any other error.\n",
 	       GUARD_MAX_RESETS, GUARD_MAX_RESET_RATIO, GUARD_MAX_SILENT, GUARD_MIN_NEW_FLOWS);
 }
 
+static int want_flip(const struct bgs_service *rec, struct bgs_switch sw, void *ctx, __u32 *share)
+{
+	__u8 to = *(__u8 *)ctx, from = share_color(sw.share);
+	char pct[16];
+
+	if (to == BGS_COLOR_NONE && from == BGS_COLOR_NONE) {
+		pr_warn("'%s' is split (green %s): say which color to flip to\n", rec->name,
+			fmt_share(sw.share, pct, sizeof(pct)));
+		return -EINVAL;
+	}
+	if (to == BGS_COLOR_NONE)
+		to = !from;
+	*share = to == BGS_GREEN ? BGS_SHARE_ALL : 0;
+	return 0;
+}
+
 int do_flip(int argc, char **argv)
 {
-	static const struct option opts[] = {
-		{ "check-http", required_argument, NULL, 'H' },
-		{ "check-timeout", required_argument, NULL, 'T' },
-		{ "no-check", no_argument, NULL, 'n' },
-		{ "force", no_argument, NULL, 'f' },
-		{ "guard", required_argument, NULL, 'g' },
-		{ "max-resets", required_argument, NULL, 'R' },
-		{ "max-reset-ratio", required_argument, NULL, 'P' },
-		{ "max-silent-backends", required_argument, NULL, 'S' },
-		{ "min-new-flows", required_argument, NULL, 'N' },
-		{ "wait-drain", no_argument, NULL, 'w' },
-		{ "timeout", required_argument, NULL, 't' },
-		{ "if-generation", required_argument, NULL, 'G' },
-		{ "reason", required_argument, NULL, 'm' },
-		{ "help", no_argument, NULL, 'h' },
-		{ 0 },
-	};
-	struct bgs_check_opts chk = { .timeout_ns = BGS_CHECK_TIMEOUT_NS };
-	struct guard_opts g = { .max_resets = GUARD_MAX_RESETS,
-				.max_reset_ratio = GUARD_MAX_RESET_RATIO,
-				.min_new_flows = GUARD_MIN_NEW_FLOWS,
-				.max_silent = GUARD_MAX_SILENT };
-	struct bgs_state st = { .lock_fd = -1 };
-	struct bgs_audit au = { .fd = -1 };
-	__u64 timeout_ns = DRAIN_TIMEOUT_NS;
-	bool force = false, wait = false, changed = false, opened = false;
-	const char *reason = NULL;
-	struct bgs_service rec;
-	__u8 to = BGS_COLOR_NONE, from;
-	__s64 if_gen = -1;
-	__u32 svc, v;
-	int c, err;
+	__u8 to = BGS_COLOR_NONE;
+	struct cut_opts o;
+	int err;
 
-	while ((c = getopt_long(argc, argv, "H:T:nfg:R:P:S:N:wt:G:m:h", opts, NULL)) != -1) {
-		switch (c) {
-		case 'H':
-			if (check_http_path(optarg))
-				return -EINVAL;
-			chk.http_path = optarg;
-			break;
-		case 'T':
-			if (parse_check_timeout(optarg, &chk.timeout_ns))
-				return -EINVAL;
-			break;
-		case 'n':
-			chk.skip = true;
-			break;
-		case 'f':
-			force = true;
-			break;
-		case 'g':
-			if (parse_duration_ns(optarg, NS, 3600 * NS, &g.duration_ns))
-				return -EINVAL;
-			break;
-		case 'R':
-			if (parse_count(optarg, "--max-resets", &v))
-				return -EINVAL;
-			g.max_resets = v;
-			break;
-		case 'P':
-			if (parse_ratio(optarg, &g.max_reset_ratio))
-				return -EINVAL;
-			break;
-		case 'S':
-			if (parse_count(optarg, "--max-silent-backends", &g.max_silent))
-				return -EINVAL;
-			break;
-		case 'N':
-			if (parse_count(optarg, "--min-new-flows", &v))
-				return -EINVAL;
-			g.min_new_flows = v;
-			break;
-		case 'w':
-			wait = true;
-			break;
-		case 't':
-			if (parse_duration_ns(optarg, 0, MAX_WAIT_NS, &timeout_ns))
-				return -EINVAL;
-			break;
-		case 'G':
-			if (parse_generation(optarg, &if_gen))
-				return -EINVAL;
-			break;
-		case 'm':
-			if (audit_check_reason(optarg))
-				return -EINVAL;
-			reason = optarg;
-			break;
-		case 'h':
-			flip_usage();
-			return 0;
-		default:
-			return -EINVAL;
-		}
-	}
+	err = cut_getopt(argc, argv, CUT_CHECKS | CUT_GUARD | CUT_WAIT, flip_usage, &o);
+	if (err)
+		return err > 0 ? 0 : err;
 	if (argc - optind < 1 || argc - optind > 2)
 		return bad_args("flip");
 	if (argc - optind == 2 && parse_color(argv[optind + 1], &to))
 		return -EINVAL;
-	if (chk.skip && chk.http_path) {
-		pr_warn("--no-check and --check-http contradict each other\n");
+	return cut_run("flip", argv[optind], &o, want_flip, &to);
+}
+
+static void shift_usage(void)
+{
+	printf("Usage: bgswitch shift NAME blue|green PERCENT [options]\n"
+	       "\n"
+	       "Send PERCENT of the new flows of NAME (0%% to 100%%, in steps of 0.01%%) to the\n"
+	       "color, the rest to the other one, with one 8-byte write. A flow's color follows\n"
+	       "from a hash of its addresses and ports, so raising a color's share only adds\n"
+	       "flows to it: a client connection that went there at 5%% would go there at 25%%.\n"
+	       "Flows already open stay where they are. 100%% is a flip, 0%% a flip the other\n"
+	       "way. The color that gains is probed first, as by flip.\n"
+	       "\n" CHECK_HELP
+	       "  -g, --guard D              then watch the color that gained for D and roll\n"
+	       "                             back when:\n" GUARD_HELP
+	       "  -w, --wait-drain           at 0%% or 100%%: then wait until the other color has\n"
+	       "                             no live flow\n"
+	       "  -t, --timeout D            how long to wait for it (default 15m)\n" GEN_HELP "\n"
+	       "Exit status as for flip.\n",
+	       GUARD_MAX_RESETS, GUARD_MAX_RESET_RATIO, GUARD_MAX_SILENT, GUARD_MIN_NEW_FLOWS);
+}
+
+struct shift_ctx {
+	__u8 color;
+	__u32 pct; /* the color's share, 0.01 % units */
+};
+
+static int want_shift(const struct bgs_service *rec, struct bgs_switch sw, void *ctx, __u32 *share)
+{
+	struct shift_ctx *x = ctx;
+
+	(void)rec;
+	(void)sw;
+	*share = x->color == BGS_GREEN ? x->pct : BGS_SHARE_ALL - x->pct;
+	return 0;
+}
+
+int do_shift(int argc, char **argv)
+{
+	struct shift_ctx x;
+	struct cut_opts o;
+	int err;
+
+	err = cut_getopt(argc, argv, CUT_CHECKS | CUT_GUARD | CUT_WAIT, shift_usage, &o);
+	if (err)
+		return err > 0 ? 0 : err;
+	if (argc - optind != 3)
+		return bad_args("shift");
+	if (parse_color(argv[optind + 1], &x.color) || parse_share(argv[optind + 2], &x.pct))
 		return -EINVAL;
-	}
-	err = state_need_root();
-	if (err)
-		return err;
-	err = audit_open(&au, "flip", reason);
-	if (err)
-		return err;
-	err = state_open(&st, true);
-	if (err)
-		goto out;
-	opened = true;
-	err = service_find(&st, argv[optind], &svc, &rec);
-	if (err)
-		goto out;
-	snprintf(au.service, sizeof(au.service), "%s", rec.name);
-	au.gen_before = switch_read(&st, svc).generation;
-	from = switch_read(&st, svc).active;
-	if (to == BGS_COLOR_NONE)
-		to = !from;
-	snprintf(au.from, sizeof(au.from), "%s", color_name(from));
-	snprintf(au.to, sizeof(au.to), "%s", color_name(to));
-	err = generation_check(&st, svc, rec.name, if_gen);
-	if (err)
-		goto out;
-	err = switch_color(&st, svc, &rec, to, &chk, force, &au, &changed);
-	if (err)
-		goto out;
-	/* The change is made: let other operators in while we watch. */
-	close(st.lock_fd);
-	st.lock_fd = -1;
-	if (g.duration_ns && changed)
-		err = guard_run(&st, svc, &rec, to, from, au.gen_after, &g, reason);
-	if (!err && wait)
-		err = drain_wait(&st, svc, rec.name, !to, timeout_ns, NS);
-out:
-	audit_record(&au, err);
-	audit_close(&au);
-	if (opened)
-		state_close(&st);
-	return err;
+	return cut_run("shift", argv[optind], &o, want_shift, &x);
 }
 
 static void rollback_usage(void)
 {
 	printf("Usage: bgswitch rollback NAME [options]\n"
 	       "\n"
-	       "Send new flows back to the color that was active before the last flip: the same\n"
-	       "one write as a flip, after the same probes of that color's backends.\n"
-	       "\n"
-	       "  -H, --check-http PATH   probe with GET PATH (2xx or 3xx passes)\n"
-	       "  -T, --check-timeout D   probe timeout (default 1s)\n"
-	       "  -n, --no-check          do not probe\n"
-	       "  -f, --force             roll back although probes failed\n"
-	       "  -G, --if-generation G   roll back only if the service is at generation G\n"
-	       "  -m, --reason TEXT       why, for the audit trail\n"
-	       "  -h, --help              this help\n");
+	       "Undo the last flip or shift: new flows go back to where they went before it, with\n"
+	       "the same one write, after the same probes of the color that gains.\n"
+	       "\n" CHECK_HELP GEN_HELP);
+}
+
+static int want_rollback(const struct bgs_service *rec, struct bgs_switch sw, void *ctx,
+			 __u32 *share)
+{
+	(void)ctx;
+	if (!(sw.flags & BGS_SW_HAS_PREV)) {
+		pr_warn("'%s' has not been flipped: nothing to roll back\n", rec->name);
+		return -ENOENT;
+	}
+	*share = sw.prev_share;
+	return 0;
 }
 
 int do_rollback(int argc, char **argv)
 {
-	static const struct option opts[] = {
-		{ "check-http", required_argument, NULL, 'H' },
-		{ "check-timeout", required_argument, NULL, 'T' },
-		{ "no-check", no_argument, NULL, 'n' },
-		{ "force", no_argument, NULL, 'f' },
-		{ "if-generation", required_argument, NULL, 'G' },
-		{ "reason", required_argument, NULL, 'm' },
-		{ "help", no_argument, NULL, 'h' },
-		{ 0 },
-	};
-	struct bgs_check_opts chk = { .timeout_ns = BGS_CHECK_TIMEOUT_NS };
-	struct bgs_state st = { .lock_fd = -1 };
-	struct bgs_audit au = { .fd = -1 };
-	bool force = false, changed, opened = false;
-	const char *reason = NULL;
-	struct bgs_service rec;
-	struct bgs_switch sw;
-	__s64 if_gen = -1;
-	__u32 svc;
-	int c, err;
+	struct cut_opts o;
+	int err;
 
-	while ((c = getopt_long(argc, argv, "H:T:nfG:m:h", opts, NULL)) != -1) {
-		switch (c) {
-		case 'H':
-			if (check_http_path(optarg))
-				return -EINVAL;
-			chk.http_path = optarg;
-			break;
-		case 'T':
-			if (parse_check_timeout(optarg, &chk.timeout_ns))
-				return -EINVAL;
-			break;
-		case 'n':
-			chk.skip = true;
-			break;
-		case 'f':
-			force = true;
-			break;
-		case 'G':
-			if (parse_generation(optarg, &if_gen))
-				return -EINVAL;
-			break;
-		case 'm':
-			if (audit_check_reason(optarg))
-				return -EINVAL;
-			reason = optarg;
-			break;
-		case 'h':
-			rollback_usage();
-			return 0;
-		default:
-			return -EINVAL;
-		}
-	}
+	err = cut_getopt(argc, argv, CUT_CHECKS, rollback_usage, &o);
+	if (err)
+		return err > 0 ? 0 : err;
 	if (argc - optind != 1)
 		return bad_args("rollback");
-	if (chk.skip && chk.http_path) {
-		pr_warn("--no-check and --check-http contradict each other\n");
+	return cut_run("rollback", argv[optind], &o, want_rollback, NULL);
+}
+
+static void rollout_usage(void)
+{
+	printf("Usage: bgswitch rollout NAME [blue|green] --steps P,P,... --interval D [options]\n"
+	       "\n"
+	       "Move new flows of NAME to the color (by default the one that gets none) in steps:\n"
+	       "each step is a shift to the next percentage, held for the interval. With --guard\n"
+	       "the color's backends are watched through every interval, and when they trip a\n"
+	       "threshold the service is rolled back to where it was before the rollout and the\n"
+	       "rollout stops. A probe that fails at a later step rolls back too. A change made\n"
+	       "by someone else in between stops the rollout where it is.\n"
+	       "\n"
+	       "  -s, --steps P,P,...        rising percentages, like 5,25,50,100\n"
+	       "  -i, --interval D           how long each step is held (like 30s or 5m)\n"
+	       "  -g, --guard                watch every step and roll back when:\n" GUARD_HELP
+		       CHECK_HELP GEN_HELP "\n"
+	       "Exit status: 0 done, 3 a probe failed, 4 the guard rolled back, 6 the service\n"
+	       "was changed by someone else, 1 any other error.\n",
+	       GUARD_MAX_RESETS, GUARD_MAX_RESET_RATIO, GUARD_MAX_SILENT, GUARD_MIN_NEW_FLOWS);
+}
+
+#define ROLLOUT_MAX_STEPS 100
+
+/* "5,25,50,100" into rising shares (0.01 % units). */
+static int parse_steps(const char *s, __u32 *steps, __u32 *n)
+{
+	char buf[1024], *tok, *save = NULL;
+
+	*n = 0;
+	if (strlen(s) >= sizeof(buf)) {
+		pr_warn("--steps is too long\n");
 		return -EINVAL;
 	}
+	snprintf(buf, sizeof(buf), "%s", s);
+	for (tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+		if (*n == ROLLOUT_MAX_STEPS) {
+			pr_warn("--steps: at most %d steps\n", ROLLOUT_MAX_STEPS);
+			return -EINVAL;
+		}
+		if (parse_share(tok, &steps[*n]))
+			return -EINVAL;
+		if (!steps[*n] || (*n && steps[*n] <= steps[*n - 1])) {
+			pr_warn("--steps '%s': percentages must rise, from above 0%%\n", s);
+			return -EINVAL;
+		}
+		(*n)++;
+	}
+	if (!*n) {
+		pr_warn("--steps '%s' names no step\n", s);
+		return -EINVAL;
+	}
+	return 0;
+}
+
+/* Hold a step for the interval, watching that nobody else changes the service. */
+static int rollout_hold(const struct bgs_state *st, __u32 svc, const char *name, __u32 gen,
+			__u64 interval_ns)
+{
+	__u64 t0 = now_ns(), t;
+	struct bgs_switch sw;
+
+	for (t = t0 + NS;; t += NS) {
+		sleep_until_ns(t < t0 + interval_ns ? t : t0 + interval_ns);
+		sw = switch_read(st, svc);
+		if (sw.generation != gen) {
+			pr_warn("rollout: %s was changed by someone else (generation %u, not %u): "
+				"stopped here\n",
+				name, sw.generation, gen);
+			return BGS_ERR_GENERATION;
+		}
+		if (t >= t0 + interval_ns)
+			return 0;
+	}
+}
+
+int do_rollout(int argc, char **argv)
+{
+	struct bgs_state st = { .lock_fd = -1 };
+	__u32 steps[ROLLOUT_MAX_STEPS], nsteps, svc, start, share, gen, i;
+	struct bgs_service rec;
+	struct bgs_switch sw;
+	struct bgs_audit au;
+	struct cut_opts o;
+	__u8 to = BGS_COLOR_NONE;
+	bool changed, opened = false;
+	char pct[16];
+	int err;
+
+	err = cut_getopt(argc, argv, CUT_CHECKS | CUT_ROLLOUT, rollout_usage, &o);
+	if (err)
+		return err > 0 ? 0 : err;
+	if (argc - optind < 1 || argc - optind > 2)
+		return bad_args("rollout");
+	if (argc - optind == 2 && parse_color(argv[optind + 1], &to))
+		return -EINVAL;
+	if (!o.steps || !o.interval_ns) {
+		pr_warn("rollout needs --steps and --interval\n");
+		return -EINVAL;
+	}
+	if (parse_steps(o.steps, steps, &nsteps))
+		return -EINVAL;
+	o.g.duration_ns = o.interval_ns;
 	err = state_need_root();
 	if (err)
 		return err;
-	err = audit_open(&au, "rollback", reason);
+	err = state_open(&st, false);
 	if (err)
 		return err;
-	err = state_open(&st, true);
-	if (err)
-		goto out;
 	opened = true;
 	err = service_find(&st, argv[optind], &svc, &rec);
 	if (err)
 		goto out;
-	snprintf(au.service, sizeof(au.service), "%s", rec.name);
 	sw = switch_read(&st, svc);
-	au.gen_before = sw.generation;
-	snprintf(au.from, sizeof(au.from), "%s", color_name(sw.active));
-	if (sw.previous < BGS_NCOLORS)
-		snprintf(au.to, sizeof(au.to), "%s", color_name(sw.previous));
-	err = generation_check(&st, svc, rec.name, if_gen);
-	if (err)
-		goto out;
-	if (sw.previous >= BGS_NCOLORS) {
-		pr_warn("'%s' has not been flipped: nothing to roll back\n", rec.name);
-		err = -ENOENT;
+	start = sw.share;
+	gen = sw.generation;
+	if (to == BGS_COLOR_NONE && share_color(start) == BGS_COLOR_NONE) {
+		pr_warn("'%s' is split (green %s): say which color to roll out\n", rec.name,
+			fmt_share(start, pct, sizeof(pct)));
+		err = -EINVAL;
 		goto out;
 	}
-	err = switch_color(&st, svc, &rec, sw.previous, &chk, force, &au, &changed);
+	if (to == BGS_COLOR_NONE)
+		to = !share_color(start);
+	if (o.if_gen >= 0 && o.if_gen != gen) {
+		pr_warn("%s is at generation %u, not %lld: nothing changed\n", rec.name, gen,
+			(long long)o.if_gen);
+		err = BGS_ERR_GENERATION;
+		goto out;
+	}
+	for (i = 0; i < nsteps; i++) {
+		share = to == BGS_GREEN ? steps[i] : BGS_SHARE_ALL - steps[i];
+		if ((to == BGS_GREEN && share <= start) || (to == BGS_BLUE && share >= start)) {
+			pr_warn("--steps: %s already gets %s of new flows; a step must be above\n",
+				color_name(to),
+				fmt_share(to == BGS_GREEN ? start : BGS_SHARE_ALL - start, pct,
+					  sizeof(pct)));
+			err = -EINVAL;
+			goto out;
+		}
+	}
+	for (i = 0; i < nsteps; i++) {
+		share = to == BGS_GREEN ? steps[i] : BGS_SHARE_ALL - steps[i];
+		err = audit_open(&au, "rollout", o.reason);
+		if (err)
+			goto out;
+		snprintf(au.service, sizeof(au.service), "%s", rec.name);
+		err = state_lock(&st.lock_fd);
+		if (!err && switch_read(&st, svc).generation != gen) {
+			pr_warn("rollout: %s was changed by someone else: stopped here\n",
+				rec.name);
+			err = BGS_ERR_GENERATION;
+		}
+		if (!err)
+			err = switch_share(&st, svc, &rec, share, &o.chk, o.force, &au, &changed);
+		if (st.lock_fd >= 0)
+			close(st.lock_fd);
+		st.lock_fd = -1;
+		audit_record(&au, err);
+		audit_close(&au);
+		if (err == BGS_ERR_CHECK && i > 0)
+			err = guard_rollback(&st, svc, &rec, start, gen, "a probe failed",
+					     o.reason) == BGS_ERR_GUARD ?
+				      BGS_ERR_CHECK :
+				      BGS_ERR_GENERATION;
+		if (err)
+			goto out;
+		gen = switch_read(&st, svc).generation;
+		pr_info("rollout %s: step %u/%u, %s %s of new flows (generation %u)\n", rec.name,
+			i + 1, nsteps, color_name(to), fmt_share(steps[i], pct, sizeof(pct)), gen);
+		fflush(stdout);
+		if (o.guard_steps)
+			err = guard_run(&st, svc, &rec, to, start, gen, &o.g, o.reason);
+		else if (i + 1 < nsteps)
+			err = rollout_hold(&st, svc, rec.name, gen, o.interval_ns);
+		if (err)
+			goto out;
+	}
+	pr_info("rollout %s: done, %s %s of new flows\n", rec.name, color_name(to),
+		fmt_share(steps[nsteps - 1], pct, sizeof(pct)));
 out:
-	audit_record(&au, err);
-	audit_close(&au);
 	if (opened)
 		state_close(&st);
 	return err;
@@ -877,9 +1184,14 @@ int do_drain(int argc, char **argv)
 	if (err)
 		return err;
 	err = service_find(&st, argv[optind], &svc, &rec);
+	if (!err && share_color(switch_read(&st, svc).share) == BGS_COLOR_NONE) {
+		pr_warn("'%s' is split between colors: both take new flows, neither drains\n",
+			rec.name);
+		err = -EINVAL;
+	}
 	if (!err)
-		err = drain_wait(&st, svc, rec.name, !switch_read(&st, svc).active, timeout_ns,
-				 interval * MS);
+		err = drain_wait(&st, svc, rec.name, !share_color(switch_read(&st, svc).share),
+				 timeout_ns, interval * MS);
 	state_close(&st);
 	return err;
 }

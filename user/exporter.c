@@ -95,11 +95,22 @@ static void render(FILE *f, const struct bgs_state *st, const struct bgs_snapsho
 	fprintf(f, "bgswitch_flow_table_evictions_total %llu\n", (unsigned long long)s->evicted);
 
 	metric_head(f, "bgswitch_active_color", "gauge",
-		    "1 for the color new flows of a service go to, 0 for the other.");
+		    "1 for the color every new flow of a service goes to, 0 otherwise (both 0: "
+		    "split).");
 	for (i = 0; i < s->nsvcs; i++)
 		for (c = 0; c < BGS_NCOLORS; c++)
 			fprintf(f, "bgswitch_active_color{service=\"%s\",color=\"%s\"} %d\n",
-				s->svcs[i].rec.name, color_name(c), s->svcs[i].sw.active == c);
+				s->svcs[i].rec.name, color_name(c),
+				share_color(s->svcs[i].sw.share) == c);
+	metric_head(f, "bgswitch_color_share", "gauge",
+		    "Part of the new flows of a service that goes to a color, 0 to 1.");
+	for (i = 0; i < s->nsvcs; i++)
+		for (c = 0; c < BGS_NCOLORS; c++)
+			fprintf(f, "bgswitch_color_share{service=\"%s\",color=\"%s\"} %g\n",
+				s->svcs[i].rec.name, color_name(c),
+				(c == BGS_GREEN ? s->svcs[i].sw.share :
+						  BGS_SHARE_ALL - s->svcs[i].sw.share) /
+					(double)BGS_SHARE_ALL);
 	metric_head(f, "bgswitch_generation", "gauge", "Changes made to a service so far.");
 	for (i = 0; i < s->nsvcs; i++)
 		fprintf(f, "bgswitch_generation{service=\"%s\"} %u\n", s->svcs[i].rec.name,

@@ -28,11 +28,17 @@ static const struct command commands[] = {
 	  "attach IFACE [--mode auto|native|generic] [--flows N] [--xdp-egress IF,...] "
 	  "[--replace] [--force]" },
 	{ "detach", do_detach, "detach IFACE [--purge]" },
-	{ "service", do_service, "service add NAME VIP:PORT [--proto tcp|udp] | del NAME | list" },
-	{ "backend", do_backend, "backend add|del NAME blue|green IP:PORT [--drain|--force]" },
+	{ "service", do_service,
+	  "service add NAME VIP:PORT [--proto tcp|udp] [--lb maglev|modulo] [--table-size M] | "
+	  "set NAME --table-size M | del NAME | list" },
+	{ "backend", do_backend,
+	  "backend add|del NAME blue|green IP:PORT [--weight W] [--drain|--force]" },
 	{ "flip", do_flip,
 	  "flip NAME [blue|green] [--check-http PATH] [--guard D] [--wait-drain] "
 	  "[--if-generation G]" },
+	{ "shift", do_shift, "shift NAME blue|green PERCENT [--guard D] [--if-generation G]" },
+	{ "rollout", do_rollout,
+	  "rollout NAME [blue|green] --steps P,P,... --interval D [--guard] [--if-generation G]" },
 	{ "rollback", do_rollback, "rollback NAME [--if-generation G]" },
 	{ "check", do_check, "check NAME blue|green [--check-http PATH]" },
 	{ "drain", do_drain, "drain NAME [--timeout D]" },

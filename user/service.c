@@ -11,6 +11,7 @@
 #include "audit.h"
 #include "commands.h"
 #include "log.h"
+#include "maglev.h"
 #include "state.h"
 #include "util.h"
 
@@ -37,24 +38,48 @@ static int parse_help_only(int argc, char **argv, void (*usage)(void))
 
 static void service_usage(void)
 {
-	printf("Usage: bgswitch service add NAME VIP:PORT [--proto tcp|udp] [--reason TEXT]\n"
+	printf("Usage: bgswitch service add NAME VIP:PORT [--proto tcp|udp] [--lb maglev|modulo]\n"
+	       "                           [--table-size M] [--reason TEXT]\n"
+	       "       bgswitch service set NAME --table-size M [--reason TEXT]\n"
 	       "       bgswitch service del NAME [--force] [--reason TEXT]\n"
 	       "       bgswitch service list\n"
 	       "\n"
 	       "A service is what clients address: a VIP, a port and a protocol. It starts on\n"
-	       "blue with no backends; add them with 'bgswitch backend add'. Adding and deleting\n"
-	       "are written to the audit trail.\n"
+	       "blue with no backends; add them with 'bgswitch backend add'. New flows of a color\n"
+	       "are spread over its backends by a Maglev lookup table of M positions (a prime;\n"
+	       "more than 100 per backend keeps each within 1%% of its share), rebuilt and\n"
+	       "swapped in with one write whenever the color's backends change. Changes are\n"
+	       "written to the audit trail.\n"
 	       "\n"
-	       "  -p, --proto P     tcp (default) or udp\n"
-	       "  -f, --force       delete even though flows are live, cutting them\n"
-	       "  -m, --reason TEXT why, for the audit trail\n"
-	       "  -h, --help        this help\n");
+	       "  -p, --proto P        tcp (default) or udp\n"
+	       "  -l, --lb maglev|modulo  Maglev tables (default), or flow hash modulo the\n"
+	       "                       number of backends (no table, no weights)\n"
+	       "  -M, --table-size M   Maglev table size, a prime from 251 to %d (default %d)\n"
+	       "  -f, --force          delete even though flows are live, cutting them\n"
+	       "  -m, --reason TEXT    why, for the audit trail\n"
+	       "  -h, --help           this help\n",
+	       BGS_TABLE_MAX, BGS_TABLE_SIZE);
+}
+
+#define TABLE_MIN 251
+
+/* --table-size: a prime, big enough for a few backends, small enough to build quickly. */
+static int parse_table_size(const char *s, __u32 *m)
+{
+	if (parse_u32(s, TABLE_MIN, BGS_TABLE_MAX, m) || !maglev_is_prime(*m)) {
+		pr_warn("--table-size '%s' is not a prime from %d to %d (like 16381 or 65537)\n", s,
+			TABLE_MIN, BGS_TABLE_MAX);
+		return -EINVAL;
+	}
+	return 0;
 }
 
 static int service_add(int argc, char **argv)
 {
 	static const struct option opts[] = {
 		{ "proto", required_argument, NULL, 'p' },
+		{ "lb", required_argument, NULL, 'l' },
+		{ "table-size", required_argument, NULL, 'M' },
 		{ "reason", required_argument, NULL, 'm' },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 },
@@ -62,23 +87,39 @@ static int service_add(int argc, char **argv)
 	struct bgs_service rec, other;
 	struct bgs_vip_addr va = { 0 };
 	struct bgs_endpoint ep;
-	struct bgs_switch sw = { .generation = 1, .active = BGS_BLUE, .previous = BGS_COLOR_NONE };
+	struct bgs_switch sw = { .generation = 1, .share = 0 };
 	struct bgs_set empty = { 0 };
 	struct bgs_state st = { .lock_fd = -1 };
 	struct bgs_audit au = { .fd = -1 };
 	const char *reason = NULL;
 	__u8 proto = IPPROTO_TCP;
 	struct bgs_vip vip;
-	__u32 svc, i, found = BGS_MAX_SERVICES;
+	__u32 svc, i, found = BGS_MAX_SERVICES, table_size = BGS_TABLE_SIZE;
 	char ebuf[BGS_ADDRSTR_LEN];
-	bool opened = false;
+	bool opened = false, sized = false;
+	__u8 lb = BGS_LB_MAGLEV;
 	int c, err;
 
-	while ((c = getopt_long(argc, argv, "p:m:h", opts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "p:l:M:m:h", opts, NULL)) != -1) {
 		switch (c) {
 		case 'p':
 			if (parse_proto(optarg, &proto))
 				return -EINVAL;
+			break;
+		case 'l':
+			if (!strcmp(optarg, "maglev")) {
+				lb = BGS_LB_MAGLEV;
+			} else if (!strcmp(optarg, "modulo")) {
+				lb = BGS_LB_MODULO;
+			} else {
+				pr_warn("unknown --lb '%s' (maglev or modulo)\n", optarg);
+				return -EINVAL;
+			}
+			break;
+		case 'M':
+			if (parse_table_size(optarg, &table_size))
+				return -EINVAL;
+			sized = true;
 			break;
 		case 'm':
 			if (audit_check_reason(optarg))
@@ -96,6 +137,10 @@ static int service_add(int argc, char **argv)
 		return bad_args("service");
 	if (check_name(argv[optind]) || parse_endpoint(argv[optind + 1], &ep))
 		return -EINVAL;
+	if (sized && lb == BGS_LB_MODULO) {
+		pr_warn("--table-size: a service with --lb modulo has no table\n");
+		return -EINVAL;
+	}
 	if (!endpoint_is_unicast(&ep)) {
 		pr_warn("'%s': a VIP must be a unicast address (not unspecified, loopback, "
 			"multicast or broadcast)\n",
@@ -122,6 +167,8 @@ static int service_add(int argc, char **argv)
 	rec.vip.port = ep.port;
 	rec.vip.proto = proto;
 	rec.vip.family = ep.family;
+	rec.lb = lb;
+	rec.table_size = lb == BGS_LB_MAGLEV ? table_size : 0;
 	snprintf(au.service, sizeof(au.service), "%s", rec.name);
 	snprintf(au.to, sizeof(au.to), "%s/%s",
 		 fmt_endpoint(ep.addr, ep.port, ep.family, ebuf, sizeof(ebuf)), proto_name(proto));
@@ -163,6 +210,9 @@ static int service_add(int argc, char **argv)
 		if (bpf_map_update_elem(st.fd[BGS_M_SETS], &idx, &empty, BPF_ANY))
 			goto map_err;
 	}
+	err = tables_clear(&st, svc); /* an empty color needs none: it has no backend */
+	if (err)
+		goto out;
 	switch_write(&st, svc, sw);
 	err = percpu_zero(&st, BGS_M_SERVICE_STATS, svc, sizeof(struct bgs_service_stats));
 	if (err)
@@ -180,8 +230,14 @@ static int service_add(int argc, char **argv)
 		refcount_add(&st, BGS_M_VIP_ADDRS, &va, -1);
 		goto map_err;
 	}
-	pr_info("service %s: %s/%s, active blue, generation 1\n", rec.name,
-		fmt_endpoint(ep.addr, ep.port, ep.family, ebuf, sizeof(ebuf)), proto_name(proto));
+	if (lb == BGS_LB_MAGLEV)
+		pr_info("service %s: %s/%s, active blue, maglev %u, generation 1\n", rec.name,
+			fmt_endpoint(ep.addr, ep.port, ep.family, ebuf, sizeof(ebuf)),
+			proto_name(proto), table_size);
+	else
+		pr_info("service %s: %s/%s, active blue, lb modulo, generation 1\n", rec.name,
+			fmt_endpoint(ep.addr, ep.port, ep.family, ebuf, sizeof(ebuf)),
+			proto_name(proto));
 	err = 0;
 	goto out;
 map_err:
@@ -338,6 +394,9 @@ static int service_del(int argc, char **argv)
 		if (err)
 			goto out;
 	}
+	err = tables_clear(&st, svc);
+	if (err)
+		goto out;
 	switch_write(&st, svc, zero_sw);
 	fault_point("service-del-before-record");
 	bpf_map_update_elem(st.fd[BGS_M_SERVICES], &svc, &blank, BPF_ANY);
@@ -389,13 +448,103 @@ static int service_list(int argc, char **argv)
 		green = set_read(&st, svc, BGS_GREEN, &set) ? 0 : set.count;
 		printf("%-20s %-24s %-5s %-6s %10u %5u %5u\n", rec.name,
 		       fmt_endpoint(rec.vip.addr, rec.vip.port, rec.vip.family, ebuf, sizeof(ebuf)),
-		       proto_name(rec.vip.proto), color_name(sw.active), sw.generation, blue,
+		       proto_name(rec.vip.proto), share_label(sw.share), sw.generation, blue,
 		       green);
 	}
 	if (!n)
 		printf("no services\n");
 	state_close(&st);
 	return 0;
+}
+
+static int service_set(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "table-size", required_argument, NULL, 'M' },
+		{ "reason", required_argument, NULL, 'm' },
+		{ "help", no_argument, NULL, 'h' },
+		{ 0 },
+	};
+	struct bgs_state st = { .lock_fd = -1 };
+	struct bgs_audit au = { .fd = -1 };
+	struct bgs_set sets[BGS_NCOLORS];
+	const char *reason = NULL;
+	struct bgs_service rec;
+	__u32 svc, m = 0;
+	bool opened = false;
+	int c, err;
+
+	while ((c = getopt_long(argc, argv, "M:m:h", opts, NULL)) != -1) {
+		switch (c) {
+		case 'M':
+			if (parse_table_size(optarg, &m))
+				return -EINVAL;
+			break;
+		case 'm':
+			if (audit_check_reason(optarg))
+				return -EINVAL;
+			reason = optarg;
+			break;
+		case 'h':
+			service_usage();
+			return 0;
+		default:
+			return -EINVAL;
+		}
+	}
+	if (argc - optind != 1)
+		return bad_args("service");
+	if (!m) {
+		pr_warn("service set: nothing to set (--table-size M)\n");
+		return -EINVAL;
+	}
+	err = state_need_root();
+	if (err)
+		return err;
+	err = audit_open(&au, "service-set", reason);
+	if (err)
+		return err;
+	err = state_open(&st, true);
+	if (err)
+		goto out;
+	opened = true;
+	err = service_find(&st, argv[optind], &svc, &rec);
+	if (err)
+		goto out;
+	snprintf(au.service, sizeof(au.service), "%s", rec.name);
+	au.gen_before = au.gen_after = switch_read(&st, svc).generation;
+	snprintf(au.from, sizeof(au.from), "table-size %u", rec.table_size);
+	snprintf(au.to, sizeof(au.to), "table-size %u", m);
+	if (rec.lb != BGS_LB_MAGLEV) {
+		pr_warn("'%s' has no table (--lb modulo)\n", rec.name);
+		err = -EINVAL;
+		goto out;
+	}
+	if (rec.table_size == m) {
+		pr_info("%s: table size already %u\n", rec.name, m);
+		au.service[0] = '\0';
+		goto out;
+	}
+	err = set_read(&st, svc, BGS_BLUE, &sets[BGS_BLUE]);
+	if (!err)
+		err = set_read(&st, svc, BGS_GREEN, &sets[BGS_GREEN]);
+	if (err)
+		goto out;
+	rec.table_size = m;
+	/* Both colors' tables at the new size, made current with one switch store. */
+	err = sets_commit(&st, svc, &rec, sets, (1 << BGS_BLUE) | (1 << BGS_GREEN));
+	if (!err && bpf_map_update_elem(st.fd[BGS_M_SERVICES], &svc, &rec, BPF_ANY))
+		err = -errno;
+	if (err)
+		goto out;
+	au.gen_after = switch_read(&st, svc).generation;
+	pr_info("%s: table size %u, generation %u\n", rec.name, m, au.gen_after);
+out:
+	audit_record(&au, err);
+	audit_close(&au);
+	if (opened)
+		state_close(&st);
+	return err;
 }
 
 int do_service(int argc, char **argv)
@@ -406,11 +555,13 @@ int do_service(int argc, char **argv)
 	}
 	if (!strcmp(argv[1], "add"))
 		return service_add(argc - 1, argv + 1);
+	if (!strcmp(argv[1], "set"))
+		return service_set(argc - 1, argv + 1);
 	if (!strcmp(argv[1], "del"))
 		return service_del(argc - 1, argv + 1);
 	if (!strcmp(argv[1], "list"))
 		return service_list(argc - 1, argv + 1);
-	pr_warn("unknown service command '%s' (add, del or list)\n", argv[1]);
+	pr_warn("unknown service command '%s' (add, set, del or list)\n", argv[1]);
 	return -EINVAL;
 }
 
@@ -418,21 +569,27 @@ int do_service(int argc, char **argv)
 
 static void backend_usage(void)
 {
-	printf("Usage: bgswitch backend add NAME blue|green IP:PORT [--if-generation G] "
-	       "[--reason TEXT]\n"
+	printf("Usage: bgswitch backend add NAME blue|green IP:PORT [--weight W] "
+	       "[--if-generation G]\n"
+	       "                            [--reason TEXT]\n"
 	       "       bgswitch backend del NAME blue|green IP:PORT [--drain|--force]\n"
 	       "                            [--if-generation G] [--reason TEXT]\n"
 	       "\n"
-	       "Add a backend to, or remove it from, one color of a service. The new set takes\n"
-	       "effect for new flows with one switch write. Removing a backend that still has\n"
-	       "live flows is refused unless --drain (it leaves the set at once and keeps its\n"
-	       "flows until they end; it is shown as draining) or --force (its flows are cut).\n"
+	       "Add a backend to, or remove it from, one color of a service. The new set and its\n"
+	       "lookup table take effect for new flows with one switch write. Adding a backend\n"
+	       "that is there already with another --weight changes its weight. Removing a\n"
+	       "backend that still has live flows is refused unless --drain (it leaves the set\n"
+	       "at once and keeps its flows until they end; it is shown as draining) or --force\n"
+	       "(its flows are cut).\n"
 	       "\n"
+	       "  -w, --weight W         add: its share of the color's new flows relative to the\n"
+	       "                         others, 0 to %d (default 1; 0 takes no new flow)\n"
 	       "  -d, --drain            del: let its live flows finish\n"
 	       "  -f, --force            del: cut its live flows, and say how many\n"
 	       "  -G, --if-generation G  change only if the service is at generation G\n"
 	       "  -m, --reason TEXT      why, for the audit trail\n"
-	       "  -h, --help             this help\n");
+	       "  -h, --help             this help\n",
+	       BGS_WEIGHT_MAX);
 }
 
 struct backend_args {
@@ -568,9 +725,38 @@ static void backend_label(const struct backend_args *a, char *buf, size_t len)
 		 fmt_endpoint(a->ep.addr, a->ep.port, a->ep.family, ebuf, sizeof(ebuf)));
 }
 
+/* The backend is there already: with another --weight, change its weight. */
+static int backend_reweigh(struct backend_args *a, const char *ebuf, int weight,
+			   struct bgs_audit *au)
+{
+	__u32 slot = a->set.slot[a->pos];
+	struct bgs_backend be;
+	int err;
+
+	if (bpf_map_lookup_elem(a->st.fd[BGS_M_BACKENDS], &slot, &be))
+		return -errno;
+	if (weight < 0 || be.weight == weight) {
+		pr_warn("%s is already a %s backend of '%s'\n", ebuf, color_name(a->color),
+			a->rec.name);
+		return -EEXIST;
+	}
+	snprintf(au->detail, sizeof(au->detail), "weight %u -> %d", be.weight, weight);
+	be.weight = weight;
+	if (bpf_map_update_elem(a->st.fd[BGS_M_BACKENDS], &slot, &be, BPF_ANY))
+		return -errno;
+	err = set_commit(&a->st, a->svc, a->color, &a->set);
+	if (err)
+		return err;
+	au->gen_after = switch_read(&a->st, a->svc).generation;
+	pr_info("%s: %s backend %s weight %d, generation %u\n", a->rec.name, color_name(a->color),
+		ebuf, weight, au->gen_after);
+	return 0;
+}
+
 static int backend_add(int argc, char **argv)
 {
 	static const struct option opts[] = {
+		{ "weight", required_argument, NULL, 'w' },
 		{ "if-generation", required_argument, NULL, 'G' },
 		{ "reason", required_argument, NULL, 'm' },
 		{ "help", no_argument, NULL, 'h' },
@@ -585,10 +771,16 @@ static int backend_add(int argc, char **argv)
 	__u8 ocolor;
 	bool reused = false, opened = false;
 	__u32 slot, i;
-	int c, err;
+	__u16 w;
+	int c, err, weight = -1;
 
-	while ((c = getopt_long(argc, argv, "G:m:h", opts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "w:G:m:h", opts, NULL)) != -1) {
 		switch (c) {
+		case 'w':
+			if (parse_weight(optarg, &w))
+				return -EINVAL;
+			weight = w;
+			break;
 		case 'G':
 			if (parse_generation(optarg, &if_gen))
 				return -EINVAL;
@@ -611,10 +803,14 @@ static int backend_add(int argc, char **argv)
 	opened = true;
 	fmt_endpoint(a.ep.addr, a.ep.port, a.ep.family, ebuf, sizeof(ebuf));
 	backend_label(&a, au.to, sizeof(au.to));
-	if (a.pos >= 0) {
-		pr_warn("%s is already a %s backend of '%s'\n", ebuf, color_name(a.color),
+	if (weight >= 0 && weight != 1 && a.rec.lb != BGS_LB_MAGLEV) {
+		pr_warn("--weight: '%s' spreads flows by modulo (--lb modulo), without weights\n",
 			a.rec.name);
-		err = -EEXIST;
+		err = -EINVAL;
+		goto out;
+	}
+	if (a.pos >= 0) {
+		err = backend_reweigh(&a, ebuf, weight, &au);
 		goto out;
 	}
 	ocolor = !a.color;
@@ -648,7 +844,7 @@ static int backend_add(int argc, char **argv)
 	be.svc = a.svc;
 	be.color = a.color;
 	be.proto = a.rec.vip.proto;
-	be.pad = 0;
+	be.weight = weight < 0 ? 1 : weight;
 	if (bpf_map_update_elem(a.st.fd[BGS_M_BACKENDS], &slot, &be, BPF_ANY))
 		goto map_err;
 	/* The egress filter learns the address before any flow can go there. */

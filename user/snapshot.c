@@ -84,8 +84,9 @@ static int color_add(struct bgs_color_view *cv, const struct bgs_state *st,
 static int service_view(const struct bgs_state *st, const struct bgs_flow_census *census,
 			const struct bgs_backend *slots, struct bgs_service_view *sv)
 {
+	__u32 i, slot, *table, m;
 	struct bgs_set set;
-	__u32 i, slot;
+	size_t j;
 	__u8 c;
 	int err;
 
@@ -112,6 +113,17 @@ static int service_view(const struct bgs_state *st, const struct bgs_flow_census
 			if (err)
 				return err;
 		}
+		err = table_read(st, sv->svc, c, &table, &m);
+		if (err)
+			return err;
+		sv->color[c].table_size = m;
+		for (i = 0; i < m; i++)
+			for (j = 0; j < sv->color[c].nbackends; j++)
+				if (sv->color[c].backends[j].slot == table[i]) {
+					sv->color[c].backends[j].positions++;
+					break;
+				}
+		free(table);
 	}
 	return 0;
 }

@@ -13,6 +13,7 @@ struct bgs_backend_view {
 	struct bgs_backend be;
 	struct bgs_backend_stats st;
 	__u32 live;
+	__u32 positions; /* of the color's lookup table (Maglev) it holds */
 };
 
 struct bgs_color_view {
@@ -20,6 +21,7 @@ struct bgs_color_view {
 	size_t nbackends;
 	__u64 live;
 	struct bgs_backend_stats tot; /* sum over the color's backends */
+	__u32 table_size; /* M of the color's lookup table, 0 if it has none */
 };
 
 struct bgs_service_view {

@@ -17,6 +17,7 @@
 #include <bpf/libbpf.h>
 
 #include "log.h"
+#include "maglev.h"
 #include "state.h"
 #include "util.h"
 
@@ -39,6 +40,7 @@ const char *const bgs_map_names[BGS_M_COUNT] = {
 	[BGS_M_FRAGS] = "bgs_frags",
 	[BGS_M_TX_PORTS] = "bgs_tx_ports",
 	[BGS_M_INSERT_BUDGET] = "bgs_insert_budget",
+	[BGS_M_TABLES] = "bgs_tables",
 };
 
 const char *bgs_pin_root = BGS_DEFAULT_PIN_ROOT;
@@ -292,22 +294,195 @@ int set_read(const struct bgs_state *st, __u32 svc, __u8 color, struct bgs_set *
 	return 0;
 }
 
-/* Write the color's idle buffer, then make it current with one switch store. */
-int set_commit(struct bgs_state *st, __u32 svc, __u8 color, const struct bgs_set *set)
+/* Does a set hold a backend that can take new flows (one of weight above 0)? */
+bool set_takes_flows(const struct bgs_state *st, const struct bgs_set *set)
+{
+	struct bgs_backend be;
+	__u32 i;
+
+	for (i = 0; i < set->count && i < BGS_MAX_BACKENDS; i++)
+		if (!bpf_map_lookup_elem(st->fd[BGS_M_BACKENDS], &set->slot[i], &be) && be.weight)
+			return true;
+	return false;
+}
+
+/* Build the Maglev table of a set as a new inner map for bgs_tables. Returns its fd or -errno.
+ * A set without a backend of weight above 0 gets a table of size 0: new flows are dropped
+ * (no_backend), which is what an empty color does.
+ */
+static int table_make(const struct bgs_state *st, const struct bgs_service *rec,
+		      const struct bgs_set *set)
+{
+	LIBBPF_OPTS(bpf_map_create_opts, copts, .map_flags = BPF_F_INNER_MAP);
+	LIBBPF_OPTS(bpf_map_batch_opts, bopts);
+	struct maglev_backend *mb = NULL;
+	__u32 *keys = NULL, *vals = NULL, m = rec->table_size, n = 0, i, count;
+	struct bgs_backend be;
+	int fd = -1, err;
+
+	mb = calloc(set->count ? set->count : 1, sizeof(*mb));
+	keys = calloc((size_t)m + BGS_TABLE_HDR, sizeof(*keys));
+	vals = calloc((size_t)m + BGS_TABLE_HDR, sizeof(*vals));
+	if (!mb || !keys || !vals) {
+		err = -ENOMEM;
+		goto out;
+	}
+	for (i = 0; i < set->count && i < BGS_MAX_BACKENDS; i++) {
+		if (bpf_map_lookup_elem(st->fd[BGS_M_BACKENDS], &set->slot[i], &be))
+			continue;
+		maglev_key(&mb[n], be.addr, be.port, be.family);
+		mb[n].slot = set->slot[i];
+		mb[n].weight = be.weight;
+		n++;
+	}
+	err = maglev_build(mb, n, m, vals + BGS_TABLE_HDR);
+	if (err == -ENOENT)
+		m = 0;
+	else if (err)
+		goto out;
+	vals[0] = m;
+	count = m + BGS_TABLE_HDR;
+	for (i = 0; i < count; i++)
+		keys[i] = i;
+	fd = bpf_map_create(BPF_MAP_TYPE_ARRAY, "bgs_table", sizeof(__u32), sizeof(__u32), count,
+			    &copts);
+	if (fd < 0) {
+		err = -errno;
+		pr_warn("cannot create a lookup table of %u entries: %s\n", count, strerror(errno));
+		goto out;
+	}
+	if (bpf_map_update_batch(fd, keys, vals, &count, &bopts)) {
+		err = -errno;
+		pr_warn("cannot fill the lookup table: %s\n", strerror(errno));
+		goto out;
+	}
+	err = 0;
+out:
+	free(mb);
+	free(keys);
+	free(vals);
+	if (err && fd >= 0)
+		close(fd);
+	return err ? err : fd;
+}
+
+/* Write the idle buffers of the colors in mask (bit c: color c), sets and, with Maglev, their
+ * tables; then make them all current with one switch store.
+ */
+int sets_commit(struct bgs_state *st, __u32 svc, const struct bgs_service *rec,
+		const struct bgs_set sets[BGS_NCOLORS], __u8 mask)
 {
 	struct bgs_switch sw = switch_read(st, svc);
-	__u32 next = !((sw.set_sel >> color) & 1);
-	__u32 idx = bgs_set_index(svc, color, next);
+	__u32 idx, next;
+	__u8 c;
+	int fd, err;
 
-	if (bpf_map_update_elem(st->fd[BGS_M_SETS], &idx, set, BPF_ANY)) {
-		pr_warn("cannot write the backend set: %s\n", strerror(errno));
-		return -errno;
+	for (c = 0; c < BGS_NCOLORS; c++) {
+		if (!(mask & (1 << c)))
+			continue;
+		next = !((sw.set_sel >> c) & 1);
+		idx = bgs_set_index(svc, c, next);
+		if (bpf_map_update_elem(st->fd[BGS_M_SETS], &idx, &sets[c], BPF_ANY)) {
+			err = -errno;
+			pr_warn("cannot write the backend set: %s\n", strerror(errno));
+			return err;
+		}
+		if (rec->lb != BGS_LB_MAGLEV) {
+			if (bpf_map_delete_elem(st->fd[BGS_M_TABLES], &idx) && errno != ENOENT)
+				return -errno;
+			continue;
+		}
+		fd = table_make(st, rec, &sets[c]);
+		if (fd < 0)
+			return fd;
+		err = bpf_map_update_elem(st->fd[BGS_M_TABLES], &idx, &fd, BPF_ANY) ? -errno : 0;
+		close(fd);
+		if (err) {
+			pr_warn("cannot install the lookup table: %s\n", strerror(-err));
+			return err;
+		}
 	}
 	fault_point("set-before-switch");
-	sw.set_sel ^= 1 << color;
+	sw.set_sel ^= mask;
 	sw.generation++;
 	switch_write(st, svc, sw);
 	return 0;
+}
+
+/* Write the color's idle buffer, then make it current with one switch store. */
+int set_commit(struct bgs_state *st, __u32 svc, __u8 color, const struct bgs_set *set)
+{
+	struct bgs_set sets[BGS_NCOLORS];
+	struct bgs_service rec;
+
+	if (!service_get(st, svc, &rec) && bpf_map_lookup_elem(st->fd[BGS_M_SERVICES], &svc, &rec))
+		return -errno;
+	sets[color & 1] = *set;
+	return sets_commit(st, svc, &rec, sets, 1 << (color & 1));
+}
+
+/* Remove every lookup table of a service id (a new or a deleted service). */
+int tables_clear(struct bgs_state *st, __u32 svc)
+{
+	__u32 i, idx;
+
+	for (i = 0; i < 4; i++) {
+		idx = (svc << 2) | i;
+		if (bpf_map_delete_elem(st->fd[BGS_M_TABLES], &idx) && errno != ENOENT)
+			return -errno;
+	}
+	return 0;
+}
+
+/* The current lookup table of a color: *table gets malloc'd entries 1 to M (M in *m), or NULL
+ * with *m = 0 when the color has none. One batch read.
+ */
+int table_read(const struct bgs_state *st, __u32 svc, __u8 color, __u32 **table, __u32 *m)
+{
+	struct bgs_switch sw = switch_read(st, svc);
+	__u32 idx = bgs_set_index(svc, color, sw.set_sel >> color), id, zero = 0, count, batch;
+	LIBBPF_OPTS(bpf_map_batch_opts, opts);
+	__u32 *keys = NULL, *vals = NULL;
+	int fd, err = 0;
+
+	*table = NULL;
+	*m = 0;
+	if (bpf_map_lookup_elem(st->fd[BGS_M_TABLES], &idx, &id))
+		return errno == ENOENT ? 0 : -errno;
+	fd = bpf_map_get_fd_by_id(id);
+	if (fd < 0)
+		return errno == ENOENT ? 0 : -errno; /* replaced since: as good as none */
+	if (bpf_map_lookup_elem(fd, &zero, m)) {
+		err = -errno;
+		goto out;
+	}
+	if (!*m)
+		goto out;
+	count = *m + BGS_TABLE_HDR;
+	keys = calloc(count, sizeof(*keys));
+	vals = calloc(count, sizeof(*vals));
+	if (!keys || !vals) {
+		err = -ENOMEM;
+		goto out;
+	}
+	if (bpf_map_lookup_batch(fd, NULL, &batch, keys, vals, &count, &opts) && errno != ENOENT) {
+		err = -errno;
+		goto out;
+	}
+	if (count != *m + BGS_TABLE_HDR || vals[0] != *m) {
+		err = -EIO;
+		goto out;
+	}
+	memmove(vals, vals + BGS_TABLE_HDR, *m * sizeof(*vals));
+	*table = vals;
+	vals = NULL;
+out:
+	if (err)
+		*m = 0;
+	free(keys);
+	free(vals);
+	close(fd);
+	return err;
 }
 
 bool flow_live(const struct bgs_state *st, const struct bgs_flow_key *k, const struct bgs_flow *f,
@@ -667,6 +842,9 @@ static int services_collect(struct bgs_state *st)
 		pr_debug("collecting the unfinished service record %u (%.*s)\n", svc, BGS_NAME_LEN,
 			 rec.name);
 		switch_write(st, svc, zero_sw);
+		err = tables_clear(st, svc);
+		if (err)
+			return err;
 		if (bpf_map_update_elem(st->fd[BGS_M_SERVICES], &svc, &blank, BPF_ANY))
 			return -errno;
 	}
@@ -868,8 +1046,9 @@ int refcount_add(const struct bgs_state *st, enum bgs_map_id m, const void *key,
 	return bpf_map_update_elem(st->fd[m], key, &refs, BPF_ANY) ? -errno : 0;
 }
 
-/* End the second chance of every service whose previous color has no live flow left: from then
- * on a non-SYN miss is re-pinned to the active color. Not a change to the service: the
+/* End the second chance of every service sent wholly to one color whose other color has no live
+ * flow left: from then on a non-SYN miss is re-pinned to where the share puts it. A service
+ * split between colors keeps it (both colors take flows). Not a change to the service: the
  * generation stays.
  */
 int drain_settle(struct bgs_state *st)
@@ -898,17 +1077,18 @@ int drain_settle(struct bgs_state *st)
 		    be.state == BGS_BACKEND_FREE || be.svc >= BGS_MAX_SERVICES)
 			continue;
 		sw = switch_read(st, be.svc);
-		if (be.color == sw.previous)
+		if (be.color != share_color(sw.share))
 			live[be.svc] += c->live[slot];
 	}
 	for (svc = 0; svc < BGS_MAX_SERVICES; svc++) {
 		struct bgs_switch sw = switch_read(st, svc);
 
-		if (!(sw.flags & BGS_SW_DRAINING) || live[svc])
+		if (!(sw.flags & BGS_SW_DRAINING) || live[svc] ||
+		    share_color(sw.share) == BGS_COLOR_NONE)
 			continue;
 		sw.flags &= ~BGS_SW_DRAINING;
 		switch_write(st, svc, sw);
-		pr_debug("service %u: previous color drained, second chance off\n", svc);
+		pr_debug("service %u: the other color drained, second chance off\n", svc);
 	}
 out:
 	free(c);

@@ -37,6 +37,7 @@ enum bgs_map_id {
 	BGS_M_FRAGS,
 	BGS_M_TX_PORTS,
 	BGS_M_INSERT_BUDGET,
+	BGS_M_TABLES,
 	BGS_M_COUNT,
 };
 
@@ -73,6 +74,11 @@ bool service_get(const struct bgs_state *st, __u32 svc, struct bgs_service *out)
 int service_find(const struct bgs_state *st, const char *name, __u32 *svc, struct bgs_service *out);
 int set_read(const struct bgs_state *st, __u32 svc, __u8 color, struct bgs_set *set);
 int set_commit(struct bgs_state *st, __u32 svc, __u8 color, const struct bgs_set *set);
+int sets_commit(struct bgs_state *st, __u32 svc, const struct bgs_service *rec,
+		const struct bgs_set sets[BGS_NCOLORS], __u8 mask);
+int tables_clear(struct bgs_state *st, __u32 svc);
+int table_read(const struct bgs_state *st, __u32 svc, __u8 color, __u32 **table, __u32 *m);
+bool set_takes_flows(const struct bgs_state *st, const struct bgs_set *set);
 
 bool flow_live(const struct bgs_state *st, const struct bgs_flow_key *k, const struct bgs_flow *f,
 	       __u64 now);

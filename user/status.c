@@ -55,13 +55,15 @@ static void print_backend(struct status_ctx *c, const struct bgs_service_view *s
 
 	if (c->json) {
 		printf("%s{\"address\":\"%s\",\"port\":%u,\"slot\":%u,\"state\":\"%s\","
+		       "\"weight\":%u,\"table_positions\":%u,"
 		       "\"live_flows\":%u,\"rx_packets\":%llu,\"rx_bytes\":%llu,"
 		       "\"tx_packets\":%llu,\"tx_bytes\":%llu,\"new_flows\":%llu,\"resets\":%llu",
 		       first ? "" : ",", fmt_addr(bv->be.addr, bv->be.family, ebuf, sizeof(ebuf)),
-		       ntohs(bv->be.port), bv->slot, backend_state_name(bv->be.state), bv->live,
-		       (unsigned long long)s->rx_packets, (unsigned long long)s->rx_bytes,
-		       (unsigned long long)s->tx_packets, (unsigned long long)s->tx_bytes,
-		       (unsigned long long)s->new_flows, (unsigned long long)s->resets);
+		       ntohs(bv->be.port), bv->slot, backend_state_name(bv->be.state),
+		       bv->be.weight, bv->positions, bv->live, (unsigned long long)s->rx_packets,
+		       (unsigned long long)s->rx_bytes, (unsigned long long)s->tx_packets,
+		       (unsigned long long)s->tx_bytes, (unsigned long long)s->new_flows,
+		       (unsigned long long)s->resets);
 		if (c->rates)
 			printf(",\"rx_pps\":%.1f,\"tx_pps\":%.1f,\"new_flows_per_s\":%.1f}",
 			       rate(c, s->rx_packets, p->rx_packets),
@@ -72,10 +74,12 @@ static void print_backend(struct status_ctx *c, const struct bgs_service_view *s
 		return;
 	}
 	fmt_endpoint(bv->be.addr, bv->be.port, bv->be.family, ebuf, sizeof(ebuf));
-	printf("  %-6s %-24s %-8s %7u %10llu %10llu %10llu %7llu", color_name(color), ebuf,
-	       backend_state_name(bv->be.state), bv->live, (unsigned long long)s->new_flows,
-	       (unsigned long long)s->rx_packets, (unsigned long long)s->tx_packets,
-	       (unsigned long long)s->resets);
+	printf("  %-6s %-24s %-8s %6u %6.2f%% %7u %10llu %10llu %10llu %7llu", color_name(color),
+	       ebuf, backend_state_name(bv->be.state), bv->be.weight,
+	       sv->color[color].table_size ? 100.0 * bv->positions / sv->color[color].table_size :
+					     0.0,
+	       bv->live, (unsigned long long)s->new_flows, (unsigned long long)s->rx_packets,
+	       (unsigned long long)s->tx_packets, (unsigned long long)s->resets);
 	if (c->rates)
 		printf(" %8.1f %9.1f", rate(c, s->new_flows, p->new_flows),
 		       rate(c, s->rx_packets, p->rx_packets));
@@ -85,9 +89,9 @@ static void print_backend(struct status_ctx *c, const struct bgs_service_view *s
 static void print_service(struct status_ctx *c, const struct bgs_service_view *sv, bool first)
 {
 	const struct bgs_switch *sw = &sv->sw;
-	char ebuf[BGS_ADDRSTR_LEN];
+	char ebuf[BGS_ADDRSTR_LEN], pct[16];
 	size_t i;
-	__u8 col;
+	__u8 col, act;
 
 	if (c->json) {
 		printf("%s{\"name\":\"%s\",\"id\":%u,\"vip\":\"%s\",\"port\":%u,\"proto\":\"%s\","
@@ -95,11 +99,14 @@ static void print_service(struct status_ctx *c, const struct bgs_service_view *s
 		       first ? "" : ",", sv->rec.name, sv->svc,
 		       fmt_addr(sv->rec.vip.addr, sv->rec.vip.family, ebuf, sizeof(ebuf)),
 		       ntohs(sv->rec.vip.port), proto_name(sv->rec.vip.proto),
-		       color_name(sw->active));
-		if (sw->previous < BGS_NCOLORS)
-			printf("\"previous\":\"%s\",", color_name(sw->previous));
+		       share_label(sw->share));
+		if (sw->flags & BGS_SW_HAS_PREV)
+			printf("\"previous\":\"%s\",\"previous_green_share\":%.2f,",
+			       share_label(sw->prev_share), sw->prev_share / 100.0);
 		else
-			printf("\"previous\":null,");
+			printf("\"previous\":null,\"previous_green_share\":null,");
+		printf("\"green_share\":%.2f,\"lb\":\"%s\",\"table_size\":%u,", sw->share / 100.0,
+		       sv->rec.lb == BGS_LB_MODULO ? "modulo" : "maglev", sv->rec.table_size);
 		printf("\"generation\":%u,\"draining\":%s,\"syn_miss\":%llu,\"nosyn_miss\":%llu,"
 		       "\"second_chance\":%llu,\"reopen\":%llu,\"drops\":{",
 		       sw->generation, sw->flags & BGS_SW_DRAINING ? "true" : "false",
@@ -115,20 +122,29 @@ static void print_service(struct status_ctx *c, const struct bgs_service_view *s
 			printf("%s\"%s\":{\"backends\":[", col ? "," : "", color_name(col));
 			for (i = 0; i < cv->nbackends; i++)
 				print_backend(c, sv, col, &cv->backends[i], !i);
-			printf("],\"live_flows\":%llu}", (unsigned long long)cv->live);
+			printf("],\"live_flows\":%llu,\"share\":%.2f}",
+			       (unsigned long long)cv->live,
+			       (col == BGS_GREEN ? sw->share : BGS_SHARE_ALL - sw->share) / 100.0);
 		}
 		printf("}}");
 		return;
 	}
 
-	printf("%s%s  %s/%s  active %s  generation %u", first ? "" : "\n", sv->rec.name,
+	printf("%s%s  %s/%s  active %s", first ? "" : "\n", sv->rec.name,
 	       fmt_endpoint(sv->rec.vip.addr, sv->rec.vip.port, sv->rec.vip.family, ebuf,
 			    sizeof(ebuf)),
-	       proto_name(sv->rec.vip.proto), color_name(sw->active), sw->generation);
-	if (sw->previous < BGS_NCOLORS)
-		printf("  (was %s)", color_name(sw->previous));
-	printf("\n  %-6s %-24s %-8s %7s %10s %10s %10s %7s", "COLOR", "BACKEND", "STATE", "LIVE",
-	       "NEW_FLOWS", "RX_PKTS", "TX_PKTS", "RESETS");
+	       proto_name(sv->rec.vip.proto), share_label(sw->share));
+	if (share_color(sw->share) == BGS_COLOR_NONE)
+		printf(" (green %s)", fmt_share(sw->share, pct, sizeof(pct)));
+	printf("  generation %u", sw->generation);
+	if (sw->flags & BGS_SW_HAS_PREV)
+		printf("  (was %s)", share_label(sw->prev_share));
+	if (sv->rec.lb == BGS_LB_MODULO)
+		printf("  lb modulo");
+	else
+		printf("  maglev %u", sv->rec.table_size);
+	printf("\n  %-6s %-24s %-8s %6s %7s %7s %10s %10s %10s %7s", "COLOR", "BACKEND", "STATE",
+	       "WEIGHT", "TABLE", "LIVE", "NEW_FLOWS", "RX_PKTS", "TX_PKTS", "RESETS");
 	if (c->rates)
 		printf(" %8s %9s", "FLOWS/S", "RX_PPS");
 	printf("\n");
@@ -140,10 +156,11 @@ static void print_service(struct status_ctx *c, const struct bgs_service_view *s
 		if (!cv->nbackends)
 			printf("  %-6s (no backends)\n", color_name(col));
 	}
-	printf("  live flows: %s %llu, %s %llu", color_name(sw->active),
-	       (unsigned long long)sv->color[sw->active & 1].live, color_name(!sw->active),
-	       (unsigned long long)sv->color[!sw->active].live);
-	if (sv->color[!sw->active].live)
+	act = share_color(sw->share) == BGS_GREEN ? BGS_GREEN : BGS_BLUE;
+	printf("  live flows: %s %llu, %s %llu", color_name(act),
+	       (unsigned long long)sv->color[act].live, color_name(!act),
+	       (unsigned long long)sv->color[!act].live);
+	if (share_color(sw->share) != BGS_COLOR_NONE && sv->color[!act].live)
 		printf(" (draining)");
 	printf("; misses: syn %llu, non-syn %llu (%llu second chances)\n",
 	       (unsigned long long)sv->st.syn_miss, (unsigned long long)sv->st.nosyn_miss,

@@ -72,6 +72,51 @@ int parse_color(const char *s, __u8 *color)
 	return 0;
 }
 
+/* "10%", "10", "12.5%" or "0.01%": a share of new flows in 0.01 % units (0 to BGS_SHARE_ALL).
+ * Parsed as decimal text, not as a float, so that "0.07%" is exactly 7.
+ */
+int parse_share(const char *s, __u32 *share)
+{
+	const char *p = s;
+	__u32 whole = 0, frac = 0, nd = 0, ni = 0;
+
+	while (*p >= '0' && *p <= '9' && ni < 4)
+		whole = whole * 10 + (*p++ - '0'), ni++;
+	if (*p == '.') {
+		p++;
+		while (*p >= '0' && *p <= '9' && nd < 2)
+			frac = frac * 10 + (*p++ - '0'), nd++;
+		if (!nd)
+			goto bad;
+	}
+	if (*p == '%')
+		p++;
+	if (*p || !ni)
+		goto bad;
+	while (nd++ < 2)
+		frac *= 10;
+	*share = whole * 100 + frac;
+	if (*share > BGS_SHARE_ALL)
+		goto bad;
+	return 0;
+bad:
+	pr_warn("'%s' is not a share from 0%% to 100%% in steps of 0.01%% (like 10%% or 2.5%%)\n",
+		s);
+	return -EINVAL;
+}
+
+int parse_weight(const char *s, __u16 *weight)
+{
+	__u32 v;
+
+	if (parse_u32(s, 0, BGS_WEIGHT_MAX, &v)) {
+		pr_warn("--weight '%s' is not a number from 0 to %d\n", s, BGS_WEIGHT_MAX);
+		return -EINVAL;
+	}
+	*weight = v;
+	return 0;
+}
+
 int parse_proto(const char *s, __u8 *proto)
 {
 	if (!strcmp(s, "tcp"))
@@ -131,6 +176,36 @@ const char *color_name(__u8 color)
 	default:
 		return "none";
 	}
+}
+
+/* The one color a share sends every new flow to, or BGS_COLOR_NONE for a split. */
+__u8 share_color(__u32 share)
+{
+	if (!share)
+		return BGS_BLUE;
+	if (share >= BGS_SHARE_ALL)
+		return BGS_GREEN;
+	return BGS_COLOR_NONE;
+}
+
+/* "blue", "green", or "split": what `status` calls the active color. */
+const char *share_label(__u32 share)
+{
+	__u8 c = share_color(share);
+
+	return c == BGS_COLOR_NONE ? "split" : color_name(c);
+}
+
+/* "12.5%": the green share, without trailing zeros. */
+const char *fmt_share(__u32 share, char *buf, size_t len)
+{
+	if (share % 100 == 0)
+		snprintf(buf, len, "%u%%", share / 100);
+	else if (share % 10 == 0)
+		snprintf(buf, len, "%u.%u%%", share / 100, share % 100 / 10);
+	else
+		snprintf(buf, len, "%u.%02u%%", share / 100, share % 100);
+	return buf;
 }
 
 const char *proto_name(__u8 proto)

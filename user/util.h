@@ -24,8 +24,13 @@ int parse_u32(const char *s, __u32 min, __u32 max, __u32 *out);
 int check_name(const char *name);
 int parse_duration_ns(const char *s, __u64 min_ns, __u64 max_ns, __u64 *out);
 int parse_generation(const char *s, __s64 *out);
+int parse_share(const char *s, __u32 *share);
+int parse_weight(const char *s, __u16 *weight);
 
 const char *color_name(__u8 color);
+__u8 share_color(__u32 share);
+const char *share_label(__u32 share);
+const char *fmt_share(__u32 share, char *buf, size_t len);
 const char *proto_name(__u8 proto);
 const char *fmt_addr(const __u32 addr[4], __u8 family, char *buf, size_t len);
 const char *fmt_endpoint(const __u32 addr[4], __u16 port, __u8 family, char *buf, size_t len);

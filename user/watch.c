@@ -96,7 +96,7 @@ static void draw(const struct bgs_snapshot *prev, const struct bgs_snapshot *cur
 {
 	static const char *const ansi[BGS_NCOLORS] = { "\033[1;34m", "\033[1;32m" };
 	struct winsize ws = { 0 };
-	char ebuf[BGS_ADDRSTR_LEN], tbuf[16];
+	char ebuf[BGS_ADDRSTR_LEN], tbuf[16], pct[16];
 	int width, spark_w, c;
 	time_t t = time(NULL);
 	size_t i;
@@ -139,11 +139,17 @@ static void draw(const struct bgs_snapshot *prev, const struct bgs_snapshot *cur
 				lmax = wh->live[c][k] > lmax ? wh->live[c][k] : lmax;
 			}
 
-		printf("%s  %s/%s  active %s%s\033[0m  generation %u\n", sv->rec.name,
+		printf("%s  %s/%s  active %s%s\033[0m", sv->rec.name,
 		       fmt_endpoint(sv->rec.vip.addr, sv->rec.vip.port, sv->rec.vip.family, ebuf,
 				    sizeof(ebuf)),
-		       proto_name(sv->rec.vip.proto), ansi[sv->sw.active & 1],
-		       color_name(sv->sw.active), sv->sw.generation);
+		       proto_name(sv->rec.vip.proto),
+		       share_color(sv->sw.share) == BGS_COLOR_NONE ?
+			       "" :
+			       ansi[share_color(sv->sw.share)],
+		       share_label(sv->sw.share));
+		if (share_color(sv->sw.share) == BGS_COLOR_NONE)
+			printf(" (green %s)", fmt_share(sv->sw.share, pct, sizeof(pct)));
+		printf("  generation %u\n", sv->sw.generation);
 		printf("  %-6s %9s %-*s %8s %-*s\n", "COLOR", "NEW/S", spark_w, "", "LIVE", spark_w,
 		       "");
 		for (c = 0; c < BGS_NCOLORS; c++) {
@@ -152,7 +158,8 @@ static void draw(const struct bgs_snapshot *prev, const struct bgs_snapshot *cur
 			sparkline(wh->rate[c], wh->n, spark_w, rmax);
 			printf(" %8llu ", (unsigned long long)sv->color[c].live);
 			sparkline(wh->live[c], wh->n, spark_w, lmax);
-			if (c != sv->sw.active && sv->color[c].live)
+			if (c != share_color(sv->sw.share) &&
+			    share_color(sv->sw.share) != BGS_COLOR_NONE && sv->color[c].live)
 				printf(" draining");
 			printf("\n");
 		}
