@@ -689,9 +689,11 @@ static int cut_run(const char *action, const char *name, struct cut_opts *o, sha
 	sw = switch_read(&st, svc);
 	au.gen_before = sw.generation;
 	share_desc(sw.share, au.from, sizeof(au.from));
-	err = generation_check(&st, svc, rec.name, o->if_gen);
-	if (!err)
-		err = want(&rec, sw, ctx, &share);
+	err = want(&rec, sw, ctx, &share);
+	if (!err) {
+		share_desc(share, au.to, sizeof(au.to));
+		err = generation_check(&st, svc, rec.name, o->if_gen);
+	}
 	if (!err)
 		err = switch_share(&st, svc, &rec, share, &o->chk, o->force, &au, &changed);
 	if (err)
