@@ -10,6 +10,10 @@ Everything works on raw bytes: keys and values are ``bytes`` exactly as the kern
     value = flows.lookup(key)               # -> bytes, or None when absent
     per_cpu = Map.open(".../bgs_stats").lookup_percpu(key)   # -> [bytes] one per possible CPU
 
+    inner = Map.by_id(map_id)               # a map known by its id (e.g. a map-in-map's value)
+    values = inner.array_values()           # -> [bytes] every entry of an array, one batch
+    raw = inner.array_raw()                 # -> bytes: the same, as one string
+
 Errors raise ``BPFError`` (an ``OSError`` carrying errno and the command's name).
 """
 
@@ -17,6 +21,7 @@ import ctypes
 import errno as _errno
 import os
 import platform
+import struct
 from typing import Iterator, List, NamedTuple, Optional
 
 # bpf(2) syscall number per machine (only x86_64 is needed today; the others are cheap to list).
@@ -29,7 +34,9 @@ BPF_MAP_DELETE_ELEM = 3
 BPF_MAP_GET_NEXT_KEY = 4
 BPF_OBJ_GET = 7
 BPF_PROG_TEST_RUN = 10
+BPF_MAP_GET_FD_BY_ID = 14
 BPF_OBJ_GET_INFO_BY_FD = 15
+BPF_MAP_LOOKUP_BATCH = 24
 
 _CMD_NAMES = {
     BPF_MAP_LOOKUP_ELEM: "BPF_MAP_LOOKUP_ELEM",
@@ -38,7 +45,9 @@ _CMD_NAMES = {
     BPF_MAP_GET_NEXT_KEY: "BPF_MAP_GET_NEXT_KEY",
     BPF_OBJ_GET: "BPF_OBJ_GET",
     BPF_PROG_TEST_RUN: "BPF_PROG_TEST_RUN",
+    BPF_MAP_GET_FD_BY_ID: "BPF_MAP_GET_FD_BY_ID",
     BPF_OBJ_GET_INFO_BY_FD: "BPF_OBJ_GET_INFO_BY_FD",
+    BPF_MAP_LOOKUP_BATCH: "BPF_MAP_LOOKUP_BATCH",
 }
 
 # Map update flags.
@@ -46,7 +55,10 @@ BPF_ANY = 0
 BPF_NOEXIST = 1
 BPF_EXIST = 2
 
-# Map types whose values are per CPU (enum bpf_map_type).
+# Map types (enum bpf_map_type).
+BPF_MAP_TYPE_ARRAY = 2
+BPF_MAP_TYPE_ARRAY_OF_MAPS = 12
+# Map types whose values are per CPU.
 BPF_MAP_TYPE_PERCPU_HASH = 5
 BPF_MAP_TYPE_PERCPU_ARRAY = 6
 BPF_MAP_TYPE_LRU_PERCPU_HASH = 10
@@ -109,6 +121,31 @@ class _TestRunAttr(ctypes.Structure):
     ]
 
 
+class _GetIdAttr(ctypes.Structure):
+    """BPF_*_GET_FD_BY_ID."""
+
+    _fields_ = [
+        ("id", ctypes.c_uint32),  # map_id / prog_id ...
+        ("next_id", ctypes.c_uint32),
+        ("open_flags", ctypes.c_uint32),
+    ]
+
+
+class _BatchAttr(ctypes.Structure):
+    """BPF_MAP_*_BATCH."""
+
+    _fields_ = [
+        ("in_batch", ctypes.c_uint64),
+        ("out_batch", ctypes.c_uint64),
+        ("keys", ctypes.c_uint64),
+        ("values", ctypes.c_uint64),
+        ("count", ctypes.c_uint32),
+        ("map_fd", ctypes.c_uint32),
+        ("elem_flags", ctypes.c_uint64),
+        ("flags", ctypes.c_uint64),
+    ]
+
+
 class _InfoAttr(ctypes.Structure):
     _fields_ = [
         ("bpf_fd", ctypes.c_uint32),
@@ -166,6 +203,14 @@ def obj_get(path: str, flags: int = 0) -> int:
     p = ctypes.create_string_buffer(os.fsencode(path))
     attr = _ObjGetAttr(pathname=ctypes.addressof(p), file_flags=flags)
     return bpf(BPF_OBJ_GET, attr, path)
+
+
+def map_get_fd_by_id(map_id: int) -> int:
+    """BPF_MAP_GET_FD_BY_ID: open a map by its id (e.g. the id a lookup in a map of maps
+    returns from user space); a new fd. Raises BPFError(ENOENT) when no map has that id
+    (any more)."""
+    attr = _GetIdAttr(id=map_id)
+    return bpf(BPF_MAP_GET_FD_BY_ID, attr, f"id {map_id}")
 
 
 class MapInfo(NamedTuple):
@@ -281,6 +326,38 @@ def map_keys(fd: int, key_size: int) -> Iterator[bytes]:
         key = map_get_next_key(fd, key, key_size)
 
 
+def map_lookup_batch(fd: int, key_size: int, value_size: int, count: int) -> tuple:
+    """BPF_MAP_LOOKUP_BATCH from the start of a map, for up to ``count`` entries (a map that
+    is not per CPU): (n, keys, values), the n keys and n values each as one byte string, in
+    the map's order. One call for an array whose max_entries is ``count``; more calls as the
+    kernel asks."""
+    keys_out, vals_out, n = [], [], 0
+    token = ctypes.create_string_buffer(max(key_size, 4))
+    first = True
+    while n < count:
+        want = count - n
+        keys = ctypes.create_string_buffer(key_size * want)
+        vals = ctypes.create_string_buffer(value_size * want)
+        attr = _BatchAttr(in_batch=0 if first else ctypes.addressof(token),
+                          out_batch=ctypes.addressof(token), keys=ctypes.addressof(keys),
+                          values=ctypes.addressof(vals), count=want, map_fd=fd)
+        done = False
+        try:
+            bpf(BPF_MAP_LOOKUP_BATCH, attr)
+        except BPFError as e:
+            if e.errno != _errno.ENOENT:
+                raise
+            done = True  # the end of the map: attr.count says how many came
+        got = attr.count
+        keys_out.append(keys.raw[:got * key_size])
+        vals_out.append(vals.raw[:got * value_size])
+        n += got
+        first = False
+        if done or got == 0:
+            break
+    return n, b"".join(keys_out), b"".join(vals_out)
+
+
 def possible_cpus() -> int:
     """Number of possible CPUs, from /sys/devices/system/cpu/possible (e.g. "0-3,5")."""
     with open("/sys/devices/system/cpu/possible") as f:
@@ -325,6 +402,16 @@ class Map:
     def open(cls, path: str) -> "Map":
         """Open a pinned map by path."""
         fd = obj_get(path)
+        try:
+            return cls(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+
+    @classmethod
+    def by_id(cls, map_id: int) -> "Map":
+        """Open a map by its id (BPF_MAP_GET_FD_BY_ID)."""
+        fd = map_get_fd_by_id(map_id)
         try:
             return cls(fd)
         except BaseException:
@@ -378,6 +465,23 @@ class Map:
     def keys(self) -> Iterator[bytes]:
         """Every key."""
         return map_keys(self.fd, self.key_size)
+
+    def array_raw(self) -> bytes:
+        """Every value of an array map (not per CPU), index 0 first, as one byte string, by
+        BPF_MAP_LOOKUP_BATCH (arrays have every index: the values come in index order)."""
+        if self.percpu:
+            raise TypeError(f"map {self.info.name} is per CPU")
+        n, keys, vals = map_lookup_batch(self.fd, self.key_size, self.value_size,
+                                         self.info.max_entries)
+        if n != self.info.max_entries or keys != struct.pack(f"<{n}I", *range(n)):
+            raise AssertionError(f"map {self.info.name}: batch lookup gave {n} entries, not "
+                                 f"indexes 0 to {self.info.max_entries - 1}")
+        return vals
+
+    def array_values(self) -> List[bytes]:
+        """Every value of an array map (not per CPU), index 0 first."""
+        raw, vs = self.array_raw(), self.value_size
+        return [raw[i:i + vs] for i in range(0, len(raw), vs)]
 
     def items(self) -> Iterator[tuple]:
         """(key, value) pairs of a map that is not per CPU, skipping keys deleted meanwhile."""

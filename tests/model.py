@@ -1,7 +1,12 @@
 """A Python mirror of bgswitch's data-plane definitions, for the unit tests.
 
-- ``flow_hash`` mirrors ``flow_hash()`` of bpf/flow.bpf.h bit for bit, and ``choose_slot``
-  the choice ``set->slot[flow_hash(key) % count]`` made for a new flow.
+- ``flow_hash`` mirrors ``flow_hash()`` of bpf/flow.bpf.h bit for bit; ``share_bucket`` /
+  ``share_color`` the color a new flow gets under the switch's green share
+  (include/bgswitch.h); ``pick_slot`` the backend choice of flow_pick(): position
+  ``1 + h % M`` of the color's Maglev table, or ``set->slot[h % count]`` without a table
+  (``choose_slot``, a service with ``--lb modulo``).
+- ``maglev_table`` mirrors the table builder of user/maglev.c (weights included), so that a
+  table read from bgs_tables can be checked against an independent implementation.
 - ``pack_*`` / ``unpack_*`` mirror the structures of include/bgswitch.h as the kernel stores
   them (x86_64: little-endian host, natural alignment). Addresses and ports stay in network
   byte order inside them, as in the C structures.
@@ -37,6 +42,9 @@ BGS_SW_DRAINING = 0x1  # bgs_switch.flags: flows of the share before the last ch
 BGS_SW_HAS_PREV = 0x2  # bgs_switch.flags: prev_share is meaningful
 BGS_SHARE_ALL = 10000  # bgs_switch.share of 100 % (0.01 % units)
 BGS_TABLE_SIZE = 16381  # default Maglev table size
+BGS_TABLE_MIN = 251  # smallest table size `--table-size` accepts (user/service.c)
+BGS_TABLE_MAX = 131071  # largest
+BGS_WEIGHT_MAX = 1000  # largest backend weight
 BGS_TABLE_HDR = 1  # entry 0 of a table holds its size M
 BGS_LB_MAGLEV, BGS_LB_MODULO = 0, 1
 BGS_SVC_MANY = 0xFFFFFFFF  # bgs_backend_ref.svc: the address serves several services
@@ -189,8 +197,123 @@ def flow_hash(saddr: str, daddr: str, sport: int, dport: int, proto: int) -> int
 
 def choose_slot(slots: Sequence[int], saddr: str, daddr: str, sport: int, dport: int,
                 proto: int) -> int:
-    """The backend slot a new flow gets from a set holding ``slots``."""
+    """The backend slot a new flow gets from a set holding ``slots`` when its color has no
+    lookup table (``--lb modulo``): set->slot[hash % count]."""
     return slots[flow_hash(saddr, daddr, sport, dport, proto) % len(slots)]
+
+
+def pick_slot(table: Optional[Sequence[int]], slots: Sequence[int], h: int):
+    """flow_pick() of bpf/flow.bpf.h for a flow hash ``h``: (slot, None), or (None, drop
+    reason). ``table`` is the color's lookup table (entries 1..M, see unpack_table), None
+    when the color has none (no bgs_tables entry); ``slots`` its current set. A table of
+    size 0 drops NO_BACKEND; without a table an empty set drops NO_BACKEND, a count beyond
+    BGS_MAX_BACKENDS BAD_BACKEND."""
+    if table is not None:
+        if not table:
+            return None, "NO_BACKEND"
+        return table[h % len(table)], None
+    if not slots:
+        return None, "NO_BACKEND"
+    if len(slots) > BGS_MAX_BACKENDS:
+        return None, "BAD_BACKEND"
+    return slots[h % len(slots)], None
+
+
+def table_words(raw: bytes) -> List[int]:
+    """A bgs_tables inner map's values (index 0 first, as one byte string) as __u32 words."""
+    return list(struct.unpack(f"<{len(raw) // 4}I", raw))
+
+
+def unpack_table(raw: bytes) -> List[int]:
+    """A bgs_tables inner map (its values, index 0 first, as one byte string) as the list of
+    its positions' slots: entries 1..M where M is entry 0. Raises when entry 0 names more
+    entries than the map holds (the data plane would then drop some flows BAD_BACKEND)."""
+    words = table_words(raw)
+    m = words[0]
+    if m + BGS_TABLE_HDR > len(words):
+        raise ValueError(f"table says M = {m} but holds {len(words) - BGS_TABLE_HDR} entries")
+    return words[BGS_TABLE_HDR:BGS_TABLE_HDR + m]
+
+
+def parse_share(text: str) -> int:
+    """A share as the command takes it ("25%", "2.5%", "0.01%", "10") in 0.01 % units."""
+    v = round(float(text.rstrip("%")) * 100)
+    assert 0 <= v <= BGS_SHARE_ALL, text
+    return v
+
+
+# --- the Maglev table builder (user/maglev.c) -----------------------------------------------------
+
+_M64 = (1 << 64) - 1
+
+
+def maglev_key(addr: str, port: int) -> bytes:
+    """The 20-byte key that names a backend to the table builder: family, 0, port (network
+    order), the 16-byte address field."""
+    return bytes([family_of(addr), 0]) + struct.pack("!H", port) + addr16(addr)
+
+
+def maglev_hash(key: bytes, seed: int) -> int:
+    """FNV-1a (64 bits, basis xor seed) over the key, then splitmix64's finalizer."""
+    h = 0xCBF29CE484222325 ^ seed
+    for b in key:
+        h ^= b
+        h = (h * 0x100000001B3) & _M64
+    h ^= h >> 30
+    h = (h * 0xBF58476D1CE4E5B9) & _M64
+    h ^= h >> 27
+    h = (h * 0x94D049BB133111EB) & _M64
+    h ^= h >> 31
+    return h
+
+
+def maglev_table(backends: Sequence[tuple], m: int) -> List[int]:
+    """The table user/maglev.c builds: ``backends`` are (addr, port, weight, slot), in any
+    order; returns the M positions' slots ([] when no backend has a weight above 0).
+
+    Each backend walks its permutation (offset + j * skip) % M, offset and skip from two
+    seeded hashes of its key; backends in key order take turns, each gaining its weight in
+    credit per round and claiming its next free position per max-weight of credit."""
+    be = sorted(((maglev_key(a, p), w, slot) for a, p, w, slot in backends),
+                key=lambda t: t[0])
+    wmax = max((w for _, w, _ in be), default=0)
+    if not wmax:
+        return []
+    offset = [maglev_hash(k, 0x6267737730) % m for k, _, _ in be]
+    skip = [maglev_hash(k, 0x6267737731) % (m - 1) + 1 for k, _, _ in be]
+    nxt = [0] * len(be)
+    credit = [0] * len(be)
+    table = [None] * m
+    filled = 0
+    while filled < m:
+        for i, (_, w, slot) in enumerate(be):
+            if filled >= m:
+                break
+            if not w:
+                continue
+            credit[i] += w
+            while credit[i] >= wmax and filled < m:
+                credit[i] -= wmax
+                while True:
+                    c = (offset[i] + nxt[i] * skip[i]) % m
+                    nxt[i] += 1
+                    if table[c] is None:
+                        break
+                table[c] = slot
+                filled += 1
+    return table
+
+
+def is_prime(n: int) -> bool:
+    """Trial division (table sizes are at most BGS_TABLE_MAX)."""
+    if n < 2:
+        return False
+    d = 2
+    while d * d <= n:
+        if n % d == 0:
+            return False
+        d += 1
+    return True
 
 
 # --- structure codecs ----------------------------------------------------------------------------
@@ -256,6 +379,22 @@ def unpack_service_raw(raw: bytes) -> tuple:
     """struct bgs_service (bgs_services value) as (name, (addr16, port, proto, family))."""
     name = bytes(raw[:BGS_NAME_LEN]).split(b"\0", 1)[0].decode(errors="replace")
     return name, unpack_vip_key_raw(raw[BGS_NAME_LEN:BGS_NAME_LEN + 20])
+
+
+class Service(NamedTuple):
+    """struct bgs_service, decoded (the VIP key raw, as unpack_vip_key_raw gives it)."""
+
+    name: str
+    vip: tuple  # (addr16, port, proto, family)
+    table_size: int  # Maglev table size M, 0 with BGS_LB_MODULO
+    lb: int  # BGS_LB_*
+
+
+def unpack_service(raw: bytes) -> Service:
+    """Decode struct bgs_service (name, VIP key, table_size, lb, 3 bytes of padding)."""
+    name, vip = unpack_service_raw(raw)
+    table_size, lb = struct.unpack_from("<IB", raw, BGS_NAME_LEN + 20)
+    return Service(name, vip, table_size, lb)
 
 
 class BackendRef(NamedTuple):

@@ -9,9 +9,10 @@ The model works on raw frames (bytes in, bytes out) with its own parser, and kee
 mirror of every table the data plane reads or writes:
 
 * configuration, read from the real pinned maps through bpfsys (``load_config``) after each
-  control-plane command: services (bgs_vips, bgs_vip_addrs, bgs_services), switch words (with
-  their drain flag), backend sets, backends, backend addresses (with their reference: the one
-  service using them, or BGS_SVC_MANY), timeouts, the insert limit;
+  control-plane command: services (bgs_vips, bgs_vip_addrs, bgs_services), switch words (green
+  share, previous share, buffers, flags), backend sets, lookup tables (bgs_tables: each inner
+  map opened by its id, read whole), backends, backend addresses (with their reference: the
+  one service using them, or BGS_SVC_MANY), timeouts, the insert limit;
 * dynamic tables, which the model updates itself as packets create or change entries:
   flows, reverse entries, fragment records; ``load_dynamic`` reads them from the maps, for
   resynchronising after a reported difference, and ``dump_*`` give them in a comparable form;
@@ -64,17 +65,23 @@ Ingress (XDP, verdict XDP_PASS unless a drop is named):
   both FINs; any: idle past its protocol's timeout), in which case it is replaced
   (FLOW_REOPEN, node and service). No entry and not a first packet (a TCP segment without
   SYN, or with SYN|ACK): NOSYN_MISS and SECOND_CHANCE (node and service), then re-pinned: a
-  flow created toward the previous color when the switch word has BGS_SW_DRAINING and a
-  previous color (blue or green), else toward the active color. A new TCP flow without
-  entry: SYN_MISS (node and service). New flows, reopens and re-pins take the active color
-  (the re-pin: the color just named).
+  flow created toward the color the previous share gives it (model.share_color(h,
+  prev_share), h = model.flow_hash of the packet) when the switch word's flags hold both
+  BGS_SW_DRAINING and BGS_SW_HAS_PREV, else toward the color the current share gives it. A
+  new TCP flow without entry: SYN_MISS (node and service). New flows and reopens take the
+  color model.share_color(h, share): blue at share 0, green at BGS_SHARE_ALL (100 %), in
+  between green exactly when model.share_bucket(h) < share.
 * Creating a flow (toward a color): first one insert from the CPU's budget, a token bucket of
   new_flow_burst + 1 inserts refilled at new_flow_rate inserts per second (bgs_config;
   rate 0: no limit, nothing taken); none left: drop INSERT_LIMIT (node and service), nothing
-  recorded. Then the color's current set buffer; empty set: drop NO_BACKEND; count beyond
-  BGS_MAX_BACKENDS, or the chosen slot not an active backend: drop BAD_BACKEND; else backend
-  set[hash % count] (model.flow_hash), flow entry (that color, state SYN for a TCP SYN, else
-  0) and reverse entry written, FLOW_NEW, backend new_flows.
+  recorded. Then the backend, from the color's current buffer (switch set_sel): when
+  bgs_tables has an inner map under that buffer's key (its lookup table, read through the
+  map's id), entry 0 is M; M = 0: drop NO_BACKEND; else the slot at entry 1 + h % M, and an
+  entry beyond the inner map's size drops BAD_BACKEND. Without a table, the set buffer:
+  empty set: drop NO_BACKEND; count beyond BGS_MAX_BACKENDS: BAD_BACKEND; else
+  set[h % count]. A chosen slot that is not an active backend: drop BAD_BACKEND; else flow
+  entry (that color, state SYN for a TCP SYN, else 0) and reverse entry written, FLOW_NEW,
+  backend new_flows.
   A first fragment is then recorded (FRAG_FIRST). Destination address and port are rewritten
   to the backend's; TCP/UDP checksum by difference (UDP 0 stays 0, a result of 0 is 0xffff),
   IPv4 header checksum by difference. Backend rx counters (IP length, IPv6: header included).
@@ -560,6 +567,8 @@ class RefModel:
         self.vip_addrs: set = set()
         self.switch: Dict[int, model.Switch] = {}
         self.sets: Dict[int, Tuple[int, List[int]]] = {}
+        # bgs_tables: set index -> every word of the inner map (entry 0: M); absent: no table
+        self.tables: Dict[int, List[int]] = {}
         self.backends: Dict[int, BackendVal] = {}
         # (addr16, port, proto, family) -> model.BackendRef (refs, the one service or MANY)
         self.backend_addrs: Dict[tuple, model.BackendRef] = {}
@@ -582,6 +591,10 @@ class RefModel:
         self._fx: List[tuple] = []
         self._tables = False
         self.quirks: frozenset = frozenset()
+        # How new flows were placed (for a test to show, and require, what it exercised):
+        # "share-split"/"prev-split" (the color from a split share / previous share),
+        # "table", "table-empty", "table-short", "set", "set-empty", "set-over".
+        self.paths: Counter = Counter()
 
     # --- loading from the real maps ------------------------------------------------------
 
@@ -601,13 +614,19 @@ class RefModel:
                 self.services[s] = model.unpack_service_raw(raw)[1]
         self.switch = {s: model.unpack_switch(bgs.map("bgs_switch").lookup(model.u32(s)))
                        for s in svcs}
-        self.sets, slots = {}, set()
+        self.sets, self.tables, slots = {}, {}, set()
         for s in svcs:
             for i in range(4):
                 idx = (s << 2) | i
                 count, words = model.unpack_set_raw(bgs.map("bgs_sets").lookup(model.u32(idx)))
                 self.sets[idx] = (count, words)
                 slots.update(words[:min(count, model.BGS_MAX_BACKENDS)])
+                inner = bgs.table_map(idx)
+                if inner is not None:
+                    with inner:
+                        tw = model.table_words(inner.array_raw())
+                    self.tables[idx] = tw
+                    slots.update(tw[1:])
         for r in self.flows.values():
             slots.add(r.slot)
         self.backends = {}
@@ -756,17 +775,20 @@ class RefModel:
                 f.state |= model.BGS_FLOW_FIN_CLIENT
             reason = "FLOW_HIT"
         else:
-            sw = self.switch.get(svc, model.Switch(0, 0, 0, 0))
-            color = sw.active
+            sw = self.switch.get(svc, model.Switch(0, 0))
+            h = model.flow_hash_raw(p.saddr, p.daddr, p.sport, p.dport, p.proto)
+            color = model.share_color(h, sw.share)
             if not first:
                 self._stat("NOSYN_MISS")
                 self._counter("svc", svc, "nosyn_miss")
                 self._stat("SECOND_CHANCE")
                 self._counter("svc", svc, "second_chance")
-                if sw.flags & model.BGS_SW_DRAINING and sw.previous in (model.BGS_BLUE,
-                                                                        model.BGS_GREEN):
-                    color = sw.previous
+                both = model.BGS_SW_DRAINING | model.BGS_SW_HAS_PREV
+                if sw.flags & both == both:
+                    color = model.share_color(h, sw.prev_share)
                     reason = "REPIN_PREVIOUS"
+                    if 0 < sw.prev_share < model.BGS_SHARE_ALL:
+                        self.paths["prev-split"] += 1
                 else:
                     reason = "REPIN_ACTIVE"
             elif f is not None:
@@ -778,7 +800,9 @@ class RefModel:
                     self._stat("SYN_MISS")
                     self._counter("svc", svc, "syn_miss")
                 reason = "FLOW_NEW"
-            f, err = self._create(p, svc, now, sw, color, tcp and first)
+            if 0 < sw.share < model.BGS_SHARE_ALL and reason != "REPIN_PREVIOUS":
+                self.paths["share-split"] += 1
+            f, err = self._create(p, svc, now, sw, color, h, tcp and first)
             if f is None:
                 self._drop(err, svc)
                 return self._out(XDP_DROP, frame, err)
@@ -821,16 +845,38 @@ class RefModel:
         self._tables = True
         return ok
 
-    def _create(self, p: Pkt, svc: int, now: int, sw: model.Switch, color: int, syn: bool):
-        if not self._insert_allowed(now):
-            return None, "INSERT_LIMIT"
-        idx = (svc << 2) | ((color & 1) << 1) | ((sw.set_sel >> (color & 1)) & 1)
+    def _pick(self, idx: int, h: int) -> Tuple[Optional[int], Optional[str]]:
+        """The slot a new flow of hash ``h`` gets from buffer ``idx`` (its table, else its
+        set), or the drop reason."""
+        table = self.tables.get(idx)
+        if table is not None:
+            m = table[0]
+            if m == 0:
+                self.paths["table-empty"] += 1
+                return None, "NO_BACKEND"
+            pos = model.BGS_TABLE_HDR + h % m
+            if pos >= len(table):
+                self.paths["table-short"] += 1
+                return None, "BAD_BACKEND"
+            self.paths["table"] += 1
+            return table[pos], None
         count, words = self.sets.get(idx, (0, []))
         if count == 0:
+            self.paths["set-empty"] += 1
             return None, "NO_BACKEND"
         if count > model.BGS_MAX_BACKENDS:
+            self.paths["set-over"] += 1
             return None, "BAD_BACKEND"
-        slot = words[model.flow_hash_raw(p.saddr, p.daddr, p.sport, p.dport, p.proto) % count]
+        self.paths["set"] += 1
+        return words[h % count], None
+
+    def _create(self, p: Pkt, svc: int, now: int, sw: model.Switch, color: int, h: int,
+                syn: bool):
+        if not self._insert_allowed(now):
+            return None, "INSERT_LIMIT"
+        slot, err = self._pick(sw.set_index(svc, color), h)
+        if slot is None:
+            return None, err
         be = self.backends.get(slot)
         if be is None or be.state != model.BGS_BACKEND_ACTIVE:
             return None, "BAD_BACKEND"

@@ -10,8 +10,11 @@ be a sequence (SYN, then ACK, then FIN ...). Counter deltas are exact: a counter
 name must not move (RX, resp. TX, is implied for every ingress, resp. egress, case).
 
 Map entries (bgs_flows, bgs_reverse, bgs_frags) are checked directly where a case is about
-them, and tests/model.py, a Python mirror of flow_hash(), predicts which backend a new flow
-gets. IPv4 and IPv6 (services, fragments, extension headers, ICMP errors both ways) alike.
+them, and tests/model.py, a Python mirror of flow_hash() and of the share split, predicts which
+backend a new flow gets from the tables the command built: the color from the switch's green
+share (model.share_color), then position hash % M of that color's Maglev table read from
+bgs_tables (or set[hash % count] for a service without tables). IPv4 and IPv6 (services,
+fragments, extension headers, ICMP errors both ways) alike.
 """
 
 import os
@@ -31,7 +34,8 @@ from scapy.packet import NoPayload, Raw
 from scapy.utils import hexdump
 
 import model
-from bpfsys import BPF_MAP_TYPE_PERCPU_ARRAY, TC_ACT_OK, XDP_DROP, XDP_PASS
+from bpfsys import (BPF_MAP_TYPE_ARRAY, BPF_MAP_TYPE_ARRAY_OF_MAPS, BPF_MAP_TYPE_PERCPU_ARRAY,
+                    TC_ACT_OK, XDP_DROP, XDP_PASS)
 from model import IPPROTO_TCP, IPPROTO_UDP
 from unit_fixtures import MAP_NAMES, BgsState, monotonic_coarse_ns
 
@@ -247,10 +251,44 @@ NEW_UDP = {"VIP": 1, "FLOW_NEW": 1, **FWD}
 REOPEN = {"VIP": 1, "FLOW_REOPEN": 1, "FLOW_NEW": 1, **FWD}
 LATER = {"FRAG_LATER": 1, **FWD}
 # A TCP segment without SYN that misses the table: counted, then re-pinned (a new entry toward
-# the draining previous color, else the active one), or dropped when that creation fails.
+# the color the previous share gives it while the last change drains, else the one the share
+# gives it), or dropped when that creation fails.
 NOSYN = {"VIP": 1, "NOSYN_MISS": 1, "SECOND_CHANCE": 1}
 REPIN = {**NOSYN, "FLOW_NEW": 1, **FWD}
 NAT = {"REPLY_NAT": 1}
+
+
+def flow_h(client: str, vip: str, cport: int, vport: int, proto: int = IPPROTO_TCP) -> int:
+    """model.flow_hash of a client-to-VIP 5-tuple."""
+    return model.flow_hash(client, vip, cport, vport, proto)
+
+
+class Chooser:
+    """Where new flows of a service go now, from its switch word, tables and sets read once
+    (the model's choice: model.share_color, then model.pick_slot)."""
+
+    def __init__(self, bgs: BgsState, svc: int):
+        self.share = bgs.switch(svc).share
+        self.tables = {c: bgs.table(svc, c) for c in (model.BGS_BLUE, model.BGS_GREEN)}
+        self.sets = {c: bgs.current_set(svc, c) for c in (model.BGS_BLUE, model.BGS_GREEN)}
+
+    def slot(self, client: str, vip: str, cport: int, vport: int, proto: int = IPPROTO_TCP,
+             color: Optional[int] = None) -> tuple:
+        """(color, slot) of a new flow of this 5-tuple: the color the share gives its hash
+        (unless ``color`` is named), then the slot of that color's table (its set without
+        one). Fails when the choice is a drop."""
+        h = flow_h(client, vip, cport, vport, proto)
+        if color is None:
+            color = model.share_color(h, self.share)
+        slot, why = model.pick_slot(self.tables[color], self.sets[color], h)
+        assert slot is not None, f"{client}:{cport}: a new flow would be dropped ({why})"
+        return color, slot
+
+
+def new_flow_slot(bgs: BgsState, svc: int, client: str, vip: str, cport: int, vport: int,
+                  proto: int = IPPROTO_TCP, color: Optional[int] = None) -> tuple:
+    """Chooser(bgs, svc).slot(...) for one 5-tuple."""
+    return Chooser(bgs, svc).slot(client, vip, cport, vport, proto, color)
 
 
 def ones_add(a: int, b: int) -> int:
@@ -262,9 +300,10 @@ def ones_add(a: int, b: int) -> int:
 # === state as the command leaves it ===============================================================
 
 def test_state_maps_match_model(bgs):
-    """Every pinned map has the key and value sizes of include/bgswitch.h (layout 2) as
+    """Every pinned map has the key and value sizes of include/bgswitch.h (layout 3) as
     model.py reads them, the pin root holds exactly unit_fixtures.MAP_NAMES, attach --flows
-    sized the flow tables, and bgs_config holds the defaults (insert limit included)."""
+    sized the flow tables, bgs_tables is a map of maps with a key per service, color and
+    buffer, and bgs_config holds the defaults (insert limit included)."""
     want = {
         "bgs_vips": ("bgs_vip_key", "bgs_vip"), "bgs_switch": (4, "bgs_switch"),
         "bgs_services": (4, "bgs_service"),
@@ -276,6 +315,7 @@ def test_state_maps_match_model(bgs):
         "bgs_vip_addrs": ("bgs_vip_addr", 4), "bgs_frags": ("bgs_frag_key", "bgs_frag"),
         "bgs_service_stats": (4, "bgs_service_stats"),
         "bgs_insert_budget": (4, "bgs_bucket"), "bgs_tx_ports": (4, 4),
+        "bgs_tables": (4, 4),  # a map of maps: user space reads the inner map's id
     }
     for name, (k, v) in want.items():
         info = bgs.map(name).info
@@ -295,19 +335,34 @@ def test_state_maps_match_model(bgs):
         layout_version=model.BGS_LAYOUT_VERSION, flow_entries=4096, tcp_idle_ns=900 * 10**9,
         udp_idle_ns=30 * 10**9, closing_ns=10 * 10**9, new_flow_rate=125000,
         new_flow_burst=10000, collected=0)
-    assert model.BGS_LAYOUT_VERSION == 2
+    tables = bgs.map("bgs_tables").info
+    assert (tables.type, tables.max_entries) == (BPF_MAP_TYPE_ARRAY_OF_MAPS,
+                                                  4 * bgs.map("bgs_switch").info.max_entries)
+    assert model.BGS_LAYOUT_VERSION == 3
 
 
 def test_state_backend_slots_follow_add_order(bgs):
     """Slots are handed out from 0 in the order backends are added, the service id from 0,
-    and the active set lists the color's slots in that order."""
+    and the active set lists the color's slots in that order; the switch sends every new
+    flow to blue (share 0) with nothing to roll back to, and each color's current buffer has
+    a lookup table of the default size (BGS_TABLE_SIZE, in entry 0) naming only that color's
+    slots, every one of them (weight 1 each)."""
     slots = web(bgs, blue=3, green=2)
     assert bgs.services["web"] == 0
     assert slots == {"blue": [0, 1, 2], "green": [3, 4]}
     assert bgs.active_set(0, model.BGS_BLUE) == [0, 1, 2]
     assert bgs.active_set(0, model.BGS_GREEN) == [3, 4]
     sw = bgs.switch(0)
+    assert (sw.share, sw.flags) == (0, 0)
     assert (sw.active, sw.previous) == (model.BGS_BLUE, model.BGS_COLOR_NONE)
+    assert bgs.service(0).table_size == model.BGS_TABLE_SIZE
+    assert bgs.service(0).lb == model.BGS_LB_MAGLEV
+    for color, want in ((model.BGS_BLUE, slots["blue"]), (model.BGS_GREEN, slots["green"])):
+        with bgs.table_map(sw.set_index(0, color)) as inner:
+            assert (inner.info.type, inner.info.max_entries) == (
+                BPF_MAP_TYPE_ARRAY, model.BGS_TABLE_HDR + model.BGS_TABLE_SIZE)
+            table = model.unpack_table(inner.array_raw())
+        assert len(table) == model.BGS_TABLE_SIZE and set(table) == set(want), color
 
 
 # === ingress: packets that are not ours ===========================================================
@@ -895,7 +950,7 @@ def test_ingress_flow_hit_follows_entry(bgs):
     """A whole connection from the client: SYN creates, every later segment hits and follows
     the entry; a SYN retransmit hits the same entry."""
     web(bgs, blue=2)
-    slot = model.choose_slot(bgs.active_set(0), CLIENT, VIP, CPORT, VIP_PORT, IPPROTO_TCP)
+    _, slot = new_flow_slot(bgs, 0, CLIENT, VIP, CPORT, VIP_PORT)
     be, bport = BLUE[slot]
 
     def pair(desc, flags, stats, **kw):
@@ -973,11 +1028,10 @@ NOSYN_FLAGS = [("ACK", "A"), ("PSH|ACK", "PA"), ("SYN|ACK", "SA"), ("FIN|ACK", "
 def _repin(bgs: BgsState, desc: str, cport: int, color: int, flags: str = "A",
            client: str = CLIENT) -> Case:
     """A non-SYN segment of a tuple without entry, and where it must be re-pinned: to the
-    backend of ``color``'s current set that model.choose_slot names (a new flow's choice)."""
+    backend of ``color``'s current table (or set) that a new flow of that color would get."""
     svc = bgs.services["web"]
-    slots = bgs.active_set(svc, color)
-    slot = model.choose_slot(slots, client, VIP, cport, VIP_PORT, IPPROTO_TCP)
-    b = model.unpack_backend(bgs.map("bgs_backends").lookup(model.u32(slot)))
+    _, slot = new_flow_slot(bgs, svc, client, VIP, cport, VIP_PORT, color=color)
+    b = bgs.backend(slot)
     assert b.color == color
     return Case(f"{desc}: re-pinned to {'blue' if color == model.BGS_BLUE else 'green'} slot "
                 f"{slot} ({b.addr}:{b.port})",
@@ -990,9 +1044,8 @@ def _pinned(bgs: BgsState, cport: int, color: int, client: str = CLIENT) -> None
     """The entries a re-pin left: a flow of ``color`` in state 0 (not opened by a SYN) to
     the chosen backend, and its reverse entry."""
     svc = bgs.services["web"]
-    slot = model.choose_slot(bgs.active_set(svc, color), client, VIP, cport, VIP_PORT,
-                             IPPROTO_TCP)
-    b = model.unpack_backend(bgs.map("bgs_backends").lookup(model.u32(slot)))
+    _, slot = new_flow_slot(bgs, svc, client, VIP, cport, VIP_PORT, color=color)
+    b = bgs.backend(slot)
     f = bgs.flow(client, VIP, cport, VIP_PORT)
     assert f is not None, f"no flow entry for {client}:{cport}"
     assert (f.daddr, f.dport, f.color, f.slot, f.state) == (b.addr, b.port, color, slot, 0), (
@@ -1030,31 +1083,39 @@ def test_ingress_nosyn_miss_repinned_to_active(bgs):
 
 def test_ingress_nosyn_miss_second_chance_follows_drain(bgs):
     """Where a non-SYN miss is re-pinned follows the switch word: the active color before any
-    flip; after `flip` (which sets BGS_SW_DRAINING) the previous color, while new SYNs go to
-    the active one; `gc` clears the flag only once the previous color has no live flow, and
-    from then on the active color again. A rollback drains the other way; a drain flag with
-    no valid previous color, or cleared, means the active color."""
+    flip; after `flip` (share 0 -> 100 %, prev_share 0, flags DRAINING | HAS_PREV) the color
+    of the previous share, while new SYNs go to the active one; `gc` clears DRAINING only
+    once the previous color has no live flow (HAS_PREV stays: a rollback is still possible),
+    and from then on the active color again. A rollback drains the other way; the switch
+    word poked: DRAINING without HAS_PREV, HAS_PREV without DRAINING, or neither, all mean
+    the color of the current share."""
     web(bgs, blue=2, green=2)
     B, G = model.BGS_BLUE, model.BGS_GREEN
+    both = model.BGS_SW_DRAINING | model.BGS_SW_HAS_PREV
     p = iter(range(CPORT, CPORT + 100))
     before = next(p)
-    run_table(bgs, "ingress", [_repin(bgs, "ACK before any flip", before, B)])
+    repins = [_repin(bgs, "ACK before any flip", before, B)]
+    run_table(bgs, "ingress", repins)
 
     bgs.cli("flip", "web", "green", "--no-check")
     sw = bgs.switch(0)
-    assert (sw.active, sw.previous, sw.flags) == (G, B, model.BGS_SW_DRAINING)
+    assert (sw.share, sw.prev_share, sw.flags) == (model.BGS_SHARE_ALL, 0, both)
+    assert (sw.active, sw.previous) == (G, B)
     syn = next(p)
-    gslot = model.choose_slot(bgs.active_set(0, G), CLIENT, VIP, syn, VIP_PORT, IPPROTO_TCP)
-    ga = model.unpack_backend(bgs.map("bgs_backends").lookup(model.u32(gslot)))
+    _, gslot = new_flow_slot(bgs, 0, CLIENT, VIP, syn, VIP_PORT)
+    ga = bgs.backend(gslot)
+    assert ga.color == G
     draining = [next(p) for _ in range(3)]
-    run_table(bgs, "ingress", [
+    cases = [
         _repin(bgs, "ACK while blue drains", draining[0], B),
         _repin(bgs, "FIN|ACK while blue drains", draining[1], B, "FA"),
         Case("new SYN while blue drains: green", tcp(CLIENT, VIP, syn, VIP_PORT), XDP_PASS,
              out=tcp(CLIENT, ga.addr, syn, ga.port), stats=NEW_SYN),
         _repin(bgs, "IPv4 ACK from another client while blue drains", draining[2], B,
                client=CLIENT2),
-    ])
+    ]
+    repins += [c for c in cases if c.stats is REPIN]
+    run_table(bgs, "ingress", cases)
     for c in draining[:2]:
         _pinned(bgs, c, B)
     _pinned(bgs, draining[2], B, client=CLIENT2)
@@ -1064,7 +1125,8 @@ def test_ingress_nosyn_miss_second_chance_follows_drain(bgs):
     bgs.cli("gc")
     assert bgs.switch(0) == sw._replace(generation=gen)
     still = next(p)
-    run_table(bgs, "ingress", [_repin(bgs, "ACK after a gc with live blue flows", still, B)])
+    repins.append(_repin(bgs, "ACK after a gc with live blue flows", still, B))
+    run_table(bgs, "ingress", repins[-1:])
 
     # Close every blue flow (client RST), then gc: the flag goes, nothing else changes.
     blue = [(CLIENT, c) for c in [before] + draining[:2] + [still]] + [(CLIENT2, draining[2])]
@@ -1076,34 +1138,39 @@ def test_ingress_nosyn_miss_second_chance_follows_drain(bgs):
                                         XDP_PASS, out=tcp(client, f.daddr, c, f.dport, "R",
                                                           seq=SEQ), stats=HIT)])
     bgs.cli("gc")
-    assert bgs.switch(0) == sw._replace(generation=gen, flags=0)
-    run_table(bgs, "ingress", [
+    assert bgs.switch(0) == sw._replace(generation=gen, flags=model.BGS_SW_HAS_PREV)
+    cases = [
         _repin(bgs, "ACK once blue has drained", next(p), G),
         _repin(bgs, "PSH|ACK once blue has drained", next(p), G, "PA"),
-    ])
+    ]
+    repins += cases
+    run_table(bgs, "ingress", cases)
 
     # rollback: back to blue, green drains.
     bgs.cli("rollback", "web", "--no-check")
     sw = bgs.switch(0)
-    assert (sw.active, sw.previous, sw.flags) == (B, G, model.BGS_SW_DRAINING)
-    run_table(bgs, "ingress", [_repin(bgs, "ACK while green drains (rollback)", next(p), G)])
+    assert (sw.share, sw.prev_share, sw.flags) == (0, model.BGS_SHARE_ALL, both)
+    assert (sw.active, sw.previous) == (B, G)
+    repins.append(_repin(bgs, "ACK while green drains (rollback)", next(p), G))
+    run_table(bgs, "ingress", repins[-1:])
 
-    # The switch word poked: the drain flag without a valid previous color, then cleared.
-    bgs.put_switch(0, sw._replace(previous=model.BGS_COLOR_NONE))
-    run_table(bgs, "ingress", [
-        _repin(bgs, "ACK, drain flag but no previous color", next(p), B)])
-    bgs.put_switch(0, sw._replace(flags=0))
-    run_table(bgs, "ingress", [_repin(bgs, "ACK, drain flag cleared by hand", next(p), B)])
-    bgs.put_switch(0, sw)
-    run_table(bgs, "ingress", [_repin(bgs, "ACK, drain flag set again", next(p), G)])
+    # The switch word poked: the second chance needs both flags.
+    for desc, flags, color in [
+            ("ACK, DRAINING without HAS_PREV", model.BGS_SW_DRAINING, B),
+            ("ACK, HAS_PREV without DRAINING", model.BGS_SW_HAS_PREV, B),
+            ("ACK, both flags cleared by hand", 0, B),
+            ("ACK, both flags set again", both, G)]:
+        bgs.put_switch(0, sw._replace(flags=flags))
+        repins.append(_repin(bgs, desc, next(p), color))
+        run_table(bgs, "ingress", repins[-1:])
     ss = bgs.service_stats(0)
-    assert ss["nosyn_miss"] == ss["second_chance"] == 11 and ss["syn_miss"] == 1
+    assert ss["nosyn_miss"] == ss["second_chance"] == len(repins) and ss["syn_miss"] == 1
 
 
 def test_ingress_nosyn_miss_repin_drops(bgs):
     """A re-pin is a flow creation: toward an empty color it is dropped NO_BACKEND (node and
-    service), toward a set naming a free slot BAD_BACKEND, after NOSYN_MISS and SECOND_CHANCE
-    are counted; nothing is recorded."""
+    service), toward a table position naming a free slot BAD_BACKEND, after NOSYN_MISS and
+    SECOND_CHANCE are counted; nothing is recorded."""
     bgs.add_service("web", VIP, VIP_PORT, "tcp")
     bgs.add_backend("web", "green", *GREEN[0])  # blue (active) is empty
     run_table(bgs, "ingress", [
@@ -1113,19 +1180,21 @@ def test_ingress_nosyn_miss_repin_drops(bgs):
     bgs.add_backend("web", "blue", *BLUE[0])
     bgs.cli("flip", "web", "green", "--no-check")
     bgs.cli("backend", "del", "web", "blue", "%s:%d" % BLUE[0])
-    assert bgs.switch(0).flags == model.BGS_SW_DRAINING and bgs.active_set(0, model.BGS_BLUE) == []
+    sw = bgs.switch(0)
+    assert sw.flags == model.BGS_SW_DRAINING | model.BGS_SW_HAS_PREV and sw.prev_share == 0
+    assert bgs.active_set(0, model.BGS_BLUE) == []
     run_table(bgs, "ingress", [
         Case("ACK while blue drains, blue set empty", tcp(CLIENT, VIP, CPORT, VIP_PORT, "A",
                                                           ack=ACK),
              XDP_DROP, stats=NOSYN, drops={"NO_BACKEND": 1}),
     ])
-    sw = bgs.switch(0)
     bgs.put_switch(0, sw._replace(flags=0))
-    idx = model.u32(sw.set_index(0, model.BGS_GREEN))
-    bgs.map("bgs_sets").update(idx, model.pack_set([77]))  # a free slot
+    pos = model.BGS_TABLE_HDR + flow_h(CLIENT, VIP, CPORT, VIP_PORT) % model.BGS_TABLE_SIZE
+    with bgs.table_map(sw.set_index(0, model.BGS_GREEN)) as inner:
+        inner.update(model.u32(pos), model.u32(77))  # a free slot, where this flow lands
     run_table(bgs, "ingress", [
-        Case("ACK, active set names a free slot", tcp(CLIENT, VIP, CPORT, VIP_PORT, "A",
-                                                      ack=ACK),
+        Case("ACK, active table names a free slot", tcp(CLIENT, VIP, CPORT, VIP_PORT, "A",
+                                                        ack=ACK),
              XDP_DROP, stats=NOSYN, drops={"BAD_BACKEND": 1}),
     ])
     assert bgs.count("bgs_flows") == 0 and bgs.count("bgs_reverse") == 0
@@ -1174,9 +1243,9 @@ def test_ingress_draining_backend_keeps_flows(bgs):
     """A removed (draining) backend keeps its flows; new flows only go to the rest."""
     web(bgs, blue=2, green=0)
     # Find a client port whose flow lands on slot 0, then remove slot 0's backend.
-    set0 = bgs.active_set(0)
+    now = Chooser(bgs, 0)
     port0 = next(p for p in range(CPORT, CPORT + 1000)
-                 if model.choose_slot(set0, CLIENT, VIP, p, VIP_PORT, IPPROTO_TCP) == 0)
+                 if now.slot(CLIENT, VIP, p, VIP_PORT)[1] == 0)
     run_table(bgs, "ingress", [
         Case("SYN to slot 0", tcp(CLIENT, VIP, port0, VIP_PORT), XDP_PASS,
              out=tcp(CLIENT, BLUE[0][0], port0, BLUE[0][1]), stats=NEW_SYN),
@@ -1194,33 +1263,59 @@ def test_ingress_draining_backend_keeps_flows(bgs):
 
 
 def test_ingress_bad_backend_dropped(bgs):
-    """A set naming a slot that is not an active backend, or with a count beyond
-    BGS_MAX_BACKENDS, drops the new flow as BAD_BACKEND (sets poked directly)."""
+    """Where a new flow's backend comes from a lookup table (Maglev), the entry at position
+    1 + hash % M decides: naming a free slot, or a slot beyond bgs_backends, drops it as
+    BAD_BACKEND; a size entry M of 0 as NO_BACKEND; a size entry larger than the table, so
+    that the position lies past its end, as BAD_BACKEND. Where it comes from a set (a
+    service with --lb modulo), a set naming a free slot or with a count beyond
+    BGS_MAX_BACKENDS drops it as BAD_BACKEND. The tables and sets are poked directly, then
+    restored."""
     web(bgs, blue=1, green=0)
-    sw = bgs.switch(0)
-    idx = model.u32(sw.set_index(0, model.BGS_BLUE))
+    bgs.add_service("mod", EMPTY_VIP, VIP_PORT, "tcp", "--lb", "modulo")
+    bgs.add_backend("mod", "blue", *BLUE[1])
+    new = {"VIP": 1, "SYN_MISS": 1}
+    h = flow_h(CLIENT, VIP, CPORT, VIP_PORT)
+    m = model.BGS_TABLE_SIZE
+    pos = model.BGS_TABLE_HDR + h % m
+    assert m <= h < (1 << 32) - m - 1, "test set-up: a hash to put past the table's end"
+    inner = bgs.table_map(bgs.switch(0).set_index(0, model.BGS_BLUE))
+    with inner:
+        good = {k: inner.lookup(model.u32(k)) for k in (0, pos)}
+        for desc, key, value, drop in [
+                ("table position names a free slot", pos, 77, "BAD_BACKEND"),
+                ("table position beyond bgs_backends", pos, model.BGS_MAX_SLOTS * 1000,
+                 "BAD_BACKEND"),
+                ("table size entry 0", 0, 0, "NO_BACKEND"),
+                # h % (M + h + 1) is h itself: past the M + 1 entries the map holds
+                ("table size entry past the table's end", 0, m + h + 1, "BAD_BACKEND")]:
+            inner.update(model.u32(key), model.u32(value))
+            run_table(bgs, "ingress", [
+                Case(desc, tcp(CLIENT, VIP, CPORT, VIP_PORT), XDP_DROP, stats=new,
+                     drops={drop: 1})])
+            inner.update(model.u32(key), good[key])
+    run_table(bgs, "ingress", [
+        Case("table restored", tcp(CLIENT, VIP, CPORT, VIP_PORT), XDP_PASS,
+             out=tcp(CLIENT, BLUE[0][0], CPORT, BLUE[0][1]), stats=NEW_SYN),
+    ])
+
+    svc = bgs.services["mod"]
+    assert bgs.table(svc, model.BGS_BLUE) is None, "a modulo service has no table"
+    idx = model.u32(bgs.switch(svc).set_index(svc, model.BGS_BLUE))
     sets = bgs.map("bgs_sets")
     good = sets.lookup(idx)
-    new = {"VIP": 1, "SYN_MISS": 1}
-    sets.update(idx, model.pack_set([77]))  # a free slot
-    run_table(bgs, "ingress", [
-        Case("set names a free slot", tcp(CLIENT, VIP, CPORT, VIP_PORT), XDP_DROP,
-             stats=new, drops={"BAD_BACKEND": 1}),
-    ])
-    sets.update(idx, model.pack_set([0], count=model.BGS_MAX_BACKENDS + 1))
-    run_table(bgs, "ingress", [
-        Case("count beyond the maximum", tcp(CLIENT, VIP, CPORT, VIP_PORT), XDP_DROP,
-             stats=new, drops={"BAD_BACKEND": 1}),
-    ])
-    sets.update(idx, model.pack_set([model.BGS_MAX_BACKENDS * 1000]))  # beyond bgs_backends
-    run_table(bgs, "ingress", [
-        Case("slot beyond bgs_backends", tcp(CLIENT, VIP, CPORT, VIP_PORT), XDP_DROP,
-             stats=new, drops={"BAD_BACKEND": 1}),
-    ])
+    for desc, bad in [
+            ("set names a free slot", model.pack_set([77])),
+            ("set count beyond the maximum", model.pack_set([0],
+                                                            count=model.BGS_MAX_BACKENDS + 1)),
+            ("set slot beyond bgs_backends", model.pack_set([model.BGS_MAX_SLOTS * 1000]))]:
+        sets.update(idx, bad)
+        run_table(bgs, "ingress", [
+            Case(desc, tcp(CLIENT, EMPTY_VIP, CPORT, VIP_PORT), XDP_DROP, stats=new,
+                 drops={"BAD_BACKEND": 1})])
     sets.update(idx, good)
     run_table(bgs, "ingress", [
-        Case("set restored", tcp(CLIENT, VIP, CPORT, VIP_PORT), XDP_PASS,
-             out=tcp(CLIENT, BLUE[0][0], CPORT, BLUE[0][1]), stats=NEW_SYN),
+        Case("set restored", tcp(CLIENT, EMPTY_VIP, CPORT, VIP_PORT), XDP_PASS,
+             out=tcp(CLIENT, BLUE[1][0], CPORT, BLUE[1][1]), stats=NEW_SYN),
     ])
 
 
@@ -1396,7 +1491,7 @@ def test_egress_evicted_flow_repinned_then_replies(bgs):
     re-pinned (second chance) to the same backend by the same hash, with a new reverse entry,
     so the backend's replies leave from the VIP again."""
     web(bgs, blue=3, green=0)
-    slot = model.choose_slot(bgs.active_set(0), CLIENT, VIP, CPORT, VIP_PORT, IPPROTO_TCP)
+    _, slot = new_flow_slot(bgs, 0, CLIENT, VIP, CPORT, VIP_PORT)
     a, p = BLUE[slot]
     _open(bgs, be=(a, p))
     assert bgs.delete_flow(CLIENT, VIP, CPORT, VIP_PORT)
@@ -1803,15 +1898,15 @@ def _udp6_payload_for_ffff(src: str, dst: str, sport: int, dport: int) -> bytes:
 
 
 def test_ingress_ipv6_flip_and_choice(bgs):
-    """IPv6 new flows take the active color and the backend model.choose_slot names; a flip
-    moves new flows only."""
-    web6(bgs, blue=2, green=1)
-    set0 = bgs.active_set(0)
-    cases = []
+    """IPv6 new flows take the active color and the backend its lookup table names at
+    position hash % M (model.flow_hash of the IPv6 5-tuple); a flip moves new flows only."""
+    slots = web6(bgs, blue=2, green=1)
+    cases, now = [], Chooser(bgs, 0)
     for i in range(12):
         c = f"fd10::{i + 10:x}"
-        slot = model.choose_slot(set0, c, VIP6, CPORT, VIP_PORT, IPPROTO_TCP)
-        a, p = BLUE6[set0.index(slot)]
+        color, slot = now.slot(c, VIP6, CPORT, VIP_PORT)
+        assert color == model.BGS_BLUE
+        a, p = BLUE6[slots["blue"].index(slot)]
         cases.append(Case(f"SYN from {c}: slot {slot}", tcp(c, VIP6, CPORT, VIP_PORT),
                           XDP_PASS, out=tcp(c, a, CPORT, p), stats=NEW_SYN))
     run_table(bgs, "ingress", cases)
@@ -2217,9 +2312,9 @@ def test_egress_backend_ref_repair_keeps_service(bgs):
     bgs.cli("gc")
     for a, p in BLUE[:2]:
         assert bgs.backend_ref(a, p) == model.BackendRef(1, web_id), f"{a}:{p}"
+    now = Chooser(bgs, 0)
     port = next(c for c in range(CPORT, CPORT + 100)
-                if model.choose_slot(bgs.active_set(0), CLIENT, VIP, c, VIP_PORT,
-                                     IPPROTO_TCP) == slots["blue"][0])
+                if now.slot(CLIENT, VIP, c, VIP_PORT)[1] == slots["blue"][0])
     _open(bgs, sport=port)
     assert bgs.delete_reverse(be, CLIENT, bport, port)
     run_table(bgs, "egress", [
@@ -2242,9 +2337,10 @@ def _random_tuples(rng: random.Random, n: int) -> List[tuple]:
 
 
 def test_ingress_backend_choice_matches_model(bgs):
-    """For many client 5-tuples the backend chosen equals model.choose_slot (flow_hash mirror
-    and modulo), on a 5-backend blue set, then on a 3-backend green set after a flip, and for
-    UDP; every backend gets some flows."""
+    """For many client 5-tuples the backend chosen equals the model's choice (flow_hash mirror,
+    then position hash % M of the color's table read from bgs_tables), on a 5-backend blue
+    table, then on a 3-backend green table after a flip, and for UDP; every backend gets
+    some flows."""
     web(bgs, blue=5, green=3)
     dns(bgs, blue=5, green=0)
     rng = random.Random(0xB65)
@@ -2259,9 +2355,11 @@ def test_ingress_backend_choice_matches_model(bgs):
     cases = []
 
     def check(svc: int, vip: str, vport: int, proto: int, tuples: List[tuple]) -> None:
-        slots = bgs.active_set(svc)
+        color = bgs.switch(svc).active
+        table = bgs.table(svc, color)
+        assert len(table) == model.BGS_TABLE_SIZE
         for caddr, cport in tuples:
-            slot = model.choose_slot(slots, caddr, vip, cport, vport, proto)
+            slot = table[flow_h(caddr, vip, cport, vport, proto) % len(table)]
             by_slot[slot] = by_slot.get(slot, 0) + 1
             a, p = addr_of[slot]
             if proto == IPPROTO_TCP:
@@ -2293,3 +2391,365 @@ def test_model_flow_hash_known_values():
         t[i] = alt
         assert model.flow_hash(*t) != h, f"field {i} does not change the hash"
     assert 0 <= h < 1 << 32
+
+
+# === backend selection: Maglev tables, weights, the green share ===================================
+
+def _table_words(bgs: BgsState, svc: int, color: int) -> List[int]:
+    """Every word of the lookup table ``color`` of a service uses now (entry 0 is M), read
+    from bgs_tables: the outer entry gives the inner map's id, opened by id."""
+    with bgs.table_map(bgs.switch(svc).set_index(svc, color)) as inner:
+        return model.table_words(inner.array_raw())
+
+
+def _to_slot(bgs: BgsState, desc: str, client: str, cport: int, slot: int, flags: str = "S",
+             stats: Optional[Dict[str, int]] = None, vip: str = VIP,
+             vport: int = VIP_PORT) -> Case:
+    """A TCP segment client:cport -> vip:vport that must leave toward the backend of ``slot``
+    (counted as a new SYN unless ``stats`` says otherwise)."""
+    b = bgs.backend(slot)
+    kw = {} if flags == "S" else {"ack": ACK}
+    return Case(f"{desc}: slot {slot} ({b.addr}:{b.port})",
+                tcp(client, vip, cport, vport, flags, **kw), XDP_PASS,
+                out=tcp(client, b.addr, cport, b.port, flags, **kw),
+                stats=NEW_SYN if stats is None else stats)
+
+
+def _color_of(out: bytes) -> int:
+    """The color of the backend a rewritten frame goes to (by this file's address plan)."""
+    dst = Ether(out)[IP].dst
+    if dst in {a for a, _ in BLUE}:
+        return model.BGS_BLUE
+    assert dst in {a for a, _ in GREEN}, dst
+    return model.BGS_GREEN
+
+
+def _web_weighted(bgs: BgsState, blue_w: List[int], green_w: List[int]) -> Dict[str, List[int]]:
+    """Service "web" with the first len(blue_w) / len(green_w) backends of each color, of
+    those weights; their slots by color."""
+    bgs.add_service("web", VIP, VIP_PORT, "tcp")
+    return {"blue": [bgs.add_backend("web", "blue", a, p, w)
+                     for (a, p), w in zip(BLUE, blue_w)],
+            "green": [bgs.add_backend("web", "green", a, p, w)
+                      for (a, p), w in zip(GREEN, green_w)]}
+
+
+def test_ingress_choice_is_user_space_table_entry(bgs):
+    """The data plane's choice is the table user space built: for a service with weighted
+    backends (blue 1..5, green 3, 1, 2), SYNs from 300 source ports go, at share 0, to the
+    slot at entry 1 + flow_hash % M of blue's current table (M read from entry 0 of that
+    inner map); after `shift web green 40%`, 300 more go to the color
+    model.share_color(hash, 4000) gives them and that color's table entry 1 + hash % M. The
+    flow entries record that color and slot; every backend of weight above 0 gets flows."""
+    slots = _web_weighted(bgs, [1, 2, 3, 4, 5], [3, 1, 2])
+    svc = bgs.services["web"]
+    chosen = {}
+
+    def cases_for(ports) -> List[Case]:
+        share = bgs.switch(svc).share
+        words = {c: _table_words(bgs, svc, c) for c in (model.BGS_BLUE, model.BGS_GREEN)}
+        out = []
+        for port in ports:
+            h = flow_h(CLIENT, VIP, port, VIP_PORT)
+            color = model.share_color(h, share)
+            t = words[color]
+            assert t[0] == model.BGS_TABLE_SIZE and len(t) == t[0] + 1
+            slot = t[1 + h % t[0]]
+            chosen[port] = (color, slot)
+            out.append(_to_slot(bgs, f"SYN from port {port}, share {share}, color {color}",
+                                CLIENT, port, slot))
+        return out
+
+    run_table(bgs, "ingress", cases_for(range(CPORT, CPORT + 300)))
+    bgs.cli("shift", "web", "green", "40%", "--no-check")
+    assert bgs.switch(svc).share == model.parse_share("40%")
+    run_table(bgs, "ingress", cases_for(range(CPORT + 300, CPORT + 600)))
+    for port, (color, slot) in chosen.items():
+        f = bgs.flow(CLIENT, VIP, port, VIP_PORT)
+        assert (f.color, f.slot) == (color, slot), port
+    used, every = {slot for _, slot in chosen.values()}, set(slots["blue"] + slots["green"])
+    assert used == every, f"never chosen: {every - used}"
+    greens = sum(1 for p in range(CPORT + 300, CPORT + 600) if chosen[p][0] == model.BGS_GREEN)
+    print(f"\n40% split: {greens} of 300 new flows green")
+
+
+def test_ingress_split_green_exactly_below_share_and_monotonic(bgs):
+    """`shift web green 25%` (share 2500): a new flow goes green exactly when
+    model.share_bucket(flow hash) < 2500, to its color's table entry. Raising the share to
+    50% never turns a green flow blue: (1) on the bucket function, for 20000 hashes and the
+    steps 0, 0.01%, 5%, 25%, 50%, 99.99%, 100% in turn, green stays green; (2) on verdicts:
+    the 400 flows opened at 25% keep their entries at 50% (ACKs hit their backends), and
+    once their entries are gone, SYNs of the same 400 tuples go green when their bucket is
+    below 5000: every one green at 25% is green again, and some blue ones turn green.
+    The green part of 400 flows at 25% is checked against the binomial spread (within 4
+    standard deviations, sqrt(400 * .25 * .75) = 8.7 flows): a bucket that is not spread
+    uniformly would show there."""
+    web(bgs, blue=3, green=2)
+    svc = bgs.services["web"]
+    G = model.BGS_GREEN
+    rng = random.Random(0x5A17E)
+    steps = [0, 1, 500, 2500, 5000, 9999, model.BGS_SHARE_ALL]
+    for _ in range(20000):
+        h = rng.getrandbits(32)
+        colors = [model.share_color(h, s) for s in steps]
+        first = colors.index(G) if G in colors else len(colors)
+        assert colors == [model.BGS_BLUE] * first + [G] * (len(colors) - first), (h, colors)
+        assert (model.share_bucket(h) < 2500) == (colors[steps.index(2500)] == G)
+
+    ports = range(CPORT, CPORT + 400)
+
+    def syns(share: int) -> List[Case]:
+        out, now = [], Chooser(bgs, svc)
+        for port in ports:
+            h = flow_h(CLIENT, VIP, port, VIP_PORT)
+            color = G if model.share_bucket(h) < share else model.BGS_BLUE
+            _, slot = now.slot(CLIENT, VIP, port, VIP_PORT, color=color)
+            out.append(_to_slot(bgs, f"SYN from {port}, bucket {model.share_bucket(h)}",
+                                CLIENT, port, slot))
+        return out
+
+    bgs.cli("shift", "web", "green", "25%", "--no-check")
+    assert bgs.switch(svc).share == 2500
+    at25 = syns(2500)
+    run_table(bgs, "ingress", at25)
+    green25 = {c.pkt for c in at25 if _color_of(c.out) == G}
+    assert abs(len(green25) - 100) <= 4 * 8.7, f"{len(green25)} of 400 green at 25%"
+
+    bgs.cli("shift", "web", "green", "50%", "--no-check")
+    assert (bgs.switch(svc).share, bgs.switch(svc).prev_share) == (5000, 2500)
+    run_table(bgs, "ingress", [
+        Case(f"ACK of a flow opened at 25%: {c.desc}", tcp(CLIENT, VIP, Ether(c.pkt)[TCP].sport,
+                                                           VIP_PORT, "A", ack=ACK),
+             XDP_PASS, out=tcp(CLIENT, Ether(c.out)[IP].dst, Ether(c.pkt)[TCP].sport,
+                               Ether(c.out)[TCP].dport, "A", ack=ACK), stats=HIT)
+        for c in at25])
+    for port in ports:
+        f = bgs.flow(CLIENT, VIP, port, VIP_PORT)
+        assert bgs.delete_flow(CLIENT, VIP, port, VIP_PORT)
+        assert bgs.delete_reverse(f.daddr, CLIENT, f.dport, port)
+    at50 = syns(5000)
+    run_table(bgs, "ingress", at50)
+    green50 = {c.pkt for c in at50 if _color_of(c.out) == G}
+    assert green25 <= green50, f"{len(green25 - green50)} flows green at 25% went blue at 50%"
+    assert len(green50) > len(green25)
+    print(f"\nsplit: {len(green25)} of 400 new flows green at 25%, {len(green50)} at 50%, "
+          f"none back to blue")
+
+
+def test_ingress_second_chance_split_follows_prev_share(bgs):
+    """Under a split while the last change drains, a non-SYN miss is re-pinned where the
+    previous share put it: after `shift web green 25%` then `shift web green 50%` (prev_share
+    2500, DRAINING | HAS_PREV) an ACK without entry goes green exactly when its bucket is
+    below 2500, while a SYN of the same kind of tuple goes green below 5000 (tuples from all
+    three bucket ranges: both, one, neither). `gc` keeps DRAINING while split. Without
+    DRAINING (poked) the ACK follows the current share; after `rollback` (share 2500,
+    prev_share 5000) it follows 5000 again, and new SYNs 2500."""
+    web(bgs, blue=3, green=2)
+    svc = bgs.services["web"]
+    both = model.BGS_SW_DRAINING | model.BGS_SW_HAS_PREV
+    bgs.cli("shift", "web", "green", "25%", "--no-check")
+    bgs.cli("shift", "web", "green", "50%", "--no-check")
+    sw = bgs.switch(svc)
+    assert (sw.share, sw.prev_share, sw.flags) == (5000, 2500, both)
+    bgs.cli("gc")
+    assert bgs.switch(svc) == sw, "gc must keep the second chance of a split service"
+
+    # Client ports by bucket range: below 2500 (green either way), 2500-4999 (green now, blue
+    # before), 5000 and up (blue either way); four of each, for ACKs and SYNs alike.
+    ranges = {"<2500": [], "2500-4999": [], ">=5000": []}
+    for port in range(CPORT, CPORT + 2000):
+        b = model.share_bucket(flow_h(CLIENT, VIP, port, VIP_PORT))
+        ranges["<2500" if b < 2500 else "2500-4999" if b < 5000 else ">=5000"].append(port)
+    assert all(len(v) >= 12 for v in ranges.values()), {k: len(v) for k, v in ranges.items()}
+    pick = {k: iter(v) for k, v in ranges.items()}
+    now = Chooser(bgs, svc)  # the tables stay: only the switch word changes below
+
+    def case(kind: str, flags: str, rng_name: str, by_share: int) -> Case:
+        port = next(pick[rng_name])
+        h = flow_h(CLIENT, VIP, port, VIP_PORT)
+        color = model.BGS_GREEN if model.share_bucket(h) < by_share else model.BGS_BLUE
+        _, slot = now.slot(CLIENT, VIP, port, VIP_PORT, color=color)
+        return _to_slot(bgs, f"{kind} bucket {rng_name}, by share {by_share}", CLIENT, port,
+                        slot, flags, REPIN if flags != "S" else NEW_SYN)
+
+    cases = []
+    for r in ranges:
+        cases += [case("ACK, draining", "A", r, 2500), case("SYN, draining", "S", r, 5000)]
+    run_table(bgs, "ingress", cases)
+    assert sum(_color_of(c.out) == model.BGS_GREEN for c in cases if c.stats is REPIN) < sum(
+        _color_of(c.out) == model.BGS_GREEN for c in cases if c.stats is NEW_SYN)
+
+    bgs.put_switch(svc, sw._replace(flags=model.BGS_SW_HAS_PREV))
+    run_table(bgs, "ingress", [case("ACK, not draining", "A", r, 5000) for r in ranges])
+
+    bgs.put_switch(svc, sw)
+    bgs.cli("rollback", "web", "--no-check")
+    sw = bgs.switch(svc)
+    assert (sw.share, sw.prev_share, sw.flags) == (2500, 5000, both)
+    cases = []
+    for r in ranges:
+        cases += [case("ACK after rollback", "A", r, 5000),
+                  case("SYN after rollback", "S", r, 2500)]
+    run_table(bgs, "ingress", cases)
+
+
+def test_ingress_color_of_weight_zero_backends_drops_no_backend(bgs):
+    """A color whose backends all have weight 0 has a table of size 0 (entry 0 is 0) while
+    its set still holds them: new flows toward it are dropped NO_BACKEND (node and
+    service), SYNs and re-pins (once nothing drains) alike, while an existing flow keeps its
+    backend; a split sends
+    only the flows whose color has positions to a backend; a flip toward that color is
+    refused and changes nothing."""
+    slots = web(bgs, blue=2, green=1)
+    svc = bgs.services["web"]
+    g, gp = GREEN[0]
+    bgs.cli("flip", "web", "green", "--no-check")
+    _open(bgs, be=(g, gp))
+    bgs.cli("backend", "add", "web", "green", model.endpoint(g, gp), "--weight", "0")
+    assert bgs.backend(slots["green"][0]).weight == 0
+    assert bgs.table(svc, model.BGS_GREEN) == [] and _table_words(bgs, svc, model.BGS_GREEN) == [0]
+    assert bgs.current_set(svc, model.BGS_GREEN) == slots["green"]
+    bgs.cli("gc")  # blue has no flow: the second chance (toward blue) ends
+    assert bgs.switch(svc).flags == model.BGS_SW_HAS_PREV
+    new = {"VIP": 1, "SYN_MISS": 1}
+    run_table(bgs, "ingress", [
+        Case("ACK of the green flow opened before", tcp(CLIENT, VIP, CPORT, VIP_PORT, "A",
+                                                        ack=ACK),
+             XDP_PASS, out=tcp(CLIENT, g, CPORT, gp, "A", ack=ACK), stats=HIT),
+        Case("new SYN toward green", tcp(CLIENT, VIP, CPORT + 1, VIP_PORT), XDP_DROP,
+             stats=new, drops={"NO_BACKEND": 1}),
+        Case("ACK without entry toward green", tcp(CLIENT, VIP, CPORT + 2, VIP_PORT, "A",
+                                                   ack=ACK),
+             XDP_DROP, stats=NOSYN, drops={"NO_BACKEND": 1}),
+    ])
+    ss = bgs.service_stats(svc)
+    assert (ss["drop_NO_BACKEND"], ss["syn_miss"], ss["nosyn_miss"]) == (2, 2, 1)
+
+    bgs.cli("shift", "web", "blue", "50%", "--no-check")  # blue gains: allowed
+    cases, now = [], Chooser(bgs, svc)
+    for port in range(CPORT + 10, CPORT + 60):
+        h = flow_h(CLIENT, VIP, port, VIP_PORT)
+        if model.share_color(h, 5000) == model.BGS_GREEN:
+            cases.append(Case(f"SYN from {port}, green under the split",
+                              tcp(CLIENT, VIP, port, VIP_PORT), XDP_DROP, stats=new,
+                              drops={"NO_BACKEND": 1}))
+        else:
+            _, slot = now.slot(CLIENT, VIP, port, VIP_PORT)
+            cases.append(_to_slot(bgs, f"SYN from {port}, blue under the split", CLIENT, port,
+                                  slot))
+    assert {c.verdict for c in cases} == {XDP_DROP, XDP_PASS}
+    run_table(bgs, "ingress", cases)
+
+    bgs.cli("flip", "web", "blue", "--no-check")
+    before = bgs.switch(svc)
+    res = bgs.cli("flip", "web", "green", "--no-check", check=False)
+    assert res.returncode != 0 and "weight" in res.stderr, res
+    assert bgs.switch(svc) == before
+
+
+def test_ingress_modulo_service_uses_set_modulo(bgs):
+    """A service added with `--lb modulo` has no lookup table (no bgs_tables entry under any
+    of its four keys, table_size 0 in its record): its new flows take set[hash % count]
+    (model.choose_slot), for 200 tuples over 5 backends, every backend used; a --weight
+    other than 1 is refused there."""
+    svc = bgs.add_service("mod", VIP, VIP_PORT, "tcp", "--lb", "modulo")
+    slots = [bgs.add_backend("mod", "blue", a, p) for a, p in BLUE]
+    bgs.add_backend("mod", "green", *GREEN[0])
+    rec = bgs.service(svc)
+    assert (rec.lb, rec.table_size) == (model.BGS_LB_MODULO, 0)
+    assert [bgs.table_id((svc << 2) | i) for i in range(4)] == [None] * 4
+    current = bgs.current_set(svc, model.BGS_BLUE)
+    assert current == slots
+    rng = random.Random(0x30D)
+    cases, used = [], set()
+    for caddr, cport in _random_tuples(rng, 200):
+        slot = model.choose_slot(current, caddr, VIP, cport, VIP_PORT, IPPROTO_TCP)
+        used.add(slot)
+        cases.append(_to_slot(bgs, f"SYN {caddr}:{cport}", caddr, cport, slot))
+    run_table(bgs, "ingress", cases)
+    assert used == set(slots)
+    res = bgs.cli("backend", "add", "mod", "blue", model.endpoint(*BLUE[0]), "--weight", "2",
+                  check=False)
+    assert res.returncode != 0 and bgs.backend(slots[0]).weight == 1
+
+
+def test_ingress_reweigh_rebuilds_table_old_flows_stay(bgs):
+    """`backend add` of an existing backend with another --weight changes its weight and
+    builds a new table for its color (a new inner map, the other buffer, one generation
+    more): the backend's share of positions grows with its weight (1 -> 3 of 1 + 1 + 3), new
+    flows follow the new table, and flows opened before keep their backend, also those whose
+    position the new table gives to another backend. The same weight again is refused as
+    "already" and changes nothing."""
+    slots = web(bgs, blue=3, green=0)
+    svc = bgs.services["web"]
+    B = model.BGS_BLUE
+    sw0, t0 = bgs.switch(svc), bgs.table(svc, B)
+    id0 = bgs.table_id(sw0.set_index(svc, B))
+    old_ports = range(CPORT, CPORT + 200)
+    now = Chooser(bgs, svc)
+    opened = [_to_slot(bgs, f"SYN {p}", CLIENT, p, now.slot(CLIENT, VIP, p, VIP_PORT)[1])
+              for p in old_ports]
+    run_table(bgs, "ingress", opened)
+
+    bgs.cli("backend", "add", "web", "blue", model.endpoint(*BLUE[0]), "--weight", "3")
+    sw1, t1 = bgs.switch(svc), bgs.table(svc, B)
+    assert sw1.generation == sw0.generation + 1 and sw1.set_sel == sw0.set_sel ^ 1
+    id1 = bgs.table_id(sw1.set_index(svc, B))
+    assert id1 not in (None, id0)
+    assert bgs.backend(slots["blue"][0]).weight == 3
+    m = len(t1)
+    share0, share1 = t0.count(slots["blue"][0]) / m, t1.count(slots["blue"][0]) / m
+    assert abs(share1 - 3 / 5) < 0.01 and abs(share0 - 1 / 3) < 0.01, (share0, share1)
+    moved = [p for p in old_ports
+             if t1[flow_h(CLIENT, VIP, p, VIP_PORT) % m] != t0[flow_h(CLIENT, VIP, p,
+                                                                     VIP_PORT) % m]]
+    assert moved, "test set-up: no old flow whose position changed owner"
+    run_table(bgs, "ingress", [
+        Case(f"ACK of a flow opened before: {c.desc}",
+             tcp(CLIENT, VIP, Ether(c.pkt)[TCP].sport, VIP_PORT, "A", ack=ACK), XDP_PASS,
+             out=tcp(CLIENT, Ether(c.out)[IP].dst, Ether(c.pkt)[TCP].sport,
+                     Ether(c.out)[TCP].dport, "A", ack=ACK), stats=HIT) for c in opened])
+    new_ports = range(CPORT + 1000, CPORT + 1200)
+    run_table(bgs, "ingress", [
+        _to_slot(bgs, f"new SYN {p}", CLIENT, p, t1[flow_h(CLIENT, VIP, p, VIP_PORT) % m])
+        for p in new_ports])
+    print(f"\nreweigh 1 -> 3: share of positions {share0:.4f} -> {share1:.4f}; "
+          f"{len(moved)} of {len(old_ports)} open flows' positions changed owner, "
+          f"none of them moved")
+
+    res = bgs.cli("backend", "add", "web", "blue", model.endpoint(*BLUE[0]), "--weight", "3",
+                  check=False)
+    assert res.returncode != 0 and "already" in res.stderr, res
+    assert bgs.switch(svc) == sw1 and bgs.table_id(sw1.set_index(svc, B)) == id1
+
+
+def test_service_set_table_size_rebuilds_both_colors_at_once(bgs):
+    """`service set web --table-size 251` makes both colors' current tables 251 positions
+    (entry 0 and the inner map's size) with one switch store: the generation goes up by
+    exactly one and both set_sel bits flip; the buffers left behind still hold the old
+    size. The record says 251. New flows of either color follow the 251-position table. A
+    size that is not a prime is refused and changes nothing."""
+    slots = web(bgs, blue=3, green=2)
+    svc = bgs.services["web"]
+    sw0 = bgs.switch(svc)
+    res = bgs.cli("service", "set", "web", "--table-size", "250", check=False)
+    assert res.returncode != 0 and bgs.switch(svc) == sw0
+    bgs.cli("service", "set", "web", "--table-size", "251")
+    sw1 = bgs.switch(svc)
+    assert sw1.generation == sw0.generation + 1 and sw1.set_sel == sw0.set_sel ^ 3
+    assert bgs.service(svc).table_size == 251
+    for color, name in ((model.BGS_BLUE, "blue"), (model.BGS_GREEN, "green")):
+        words = _table_words(bgs, svc, color)
+        assert words[0] == 251 and len(words) == 252, name
+        assert set(words[1:]) == set(slots[name]), name
+        idle = bgs.table_at(sw1.set_index(svc, color) ^ 1)
+        assert len(idle) == model.BGS_TABLE_SIZE, name
+    for color in ("blue", "green"):
+        if color == "green":
+            bgs.cli("flip", "web", "green", "--no-check")
+        c = model.COLORS[color]
+        t = bgs.table(svc, c)
+        run_table(bgs, "ingress", [
+            _to_slot(bgs, f"SYN {p} ({color})", CLIENT, p,
+                     t[flow_h(CLIENT, VIP, p, VIP_PORT) % 251])
+            for p in range(CPORT + 100 * c, CPORT + 100 * c + 60)])

@@ -86,7 +86,7 @@ MAP_NAMES = [
     "bgs_config", "bgs_vips", "bgs_services", "bgs_switch", "bgs_sets", "bgs_backends",
     "bgs_backend_addrs", "bgs_flows", "bgs_reverse", "bgs_vip_addrs", "bgs_frags", "bgs_ifaces",
     "bgs_stats", "bgs_drops", "bgs_backend_stats", "bgs_service_stats", "bgs_tx_ports",
-    "bgs_insert_budget",
+    "bgs_insert_budget", "bgs_tables",
 ]
 
 
@@ -117,7 +117,9 @@ class BgsState:
 
     ``cli(...)`` runs the command on this state; ``ingress(frame)`` / ``egress(frame)`` run
     the pinned programs on a packet with BPF_PROG_TEST_RUN; the other methods read or poke
-    the maps with model.py's codecs.
+    the maps with model.py's codecs. A color's lookup table is read through bgs_tables: the
+    outer entry holds the inner map's id, opened with BPF_MAP_GET_FD_BY_ID (``table``,
+    ``table_at``, ``table_map``).
     """
 
     def __init__(self, tag: str, flows: int = 4096):
@@ -142,10 +144,12 @@ class BgsState:
                 "--pin-root", self.pin_root, *args]
         return _run(argv, check=check)
 
-    def add_service(self, name: str, vip: str, port: int, proto: str = "tcp") -> int:
-        """``service add`` (IPv4 or IPv6 VIP); returns the service id read back from
+    def add_service(self, name: str, vip: str, port: int, proto: str = "tcp",
+                    *options: str) -> int:
+        """``service add`` (IPv4 or IPv6 VIP, more options such as "--lb", "modulo" or
+        "--table-size", "251" after the protocol); returns the service id read back from
         bgs_vips."""
-        self.cli("service", "add", name, model.endpoint(vip, port), "--proto", proto)
+        self.cli("service", "add", name, model.endpoint(vip, port), "--proto", proto, *options)
         pnum = model.IPPROTO_TCP if proto == "tcp" else model.IPPROTO_UDP
         raw = self.map("bgs_vips").lookup(model.pack_vip_key(vip, port, pnum))
         assert raw is not None, f"service add {name}: no bgs_vips entry for {vip}:{port}/{proto}"
@@ -153,9 +157,12 @@ class BgsState:
         self.services[name] = svc
         return svc
 
-    def add_backend(self, name: str, color: str, addr: str, port: int) -> int:
-        """``backend add``; returns the backend's slot, found in bgs_backends."""
-        self.cli("backend", "add", name, color, model.endpoint(addr, port))
+    def add_backend(self, name: str, color: str, addr: str, port: int,
+                    weight: Optional[int] = None) -> int:
+        """``backend add`` (with ``--weight`` when given); returns the backend's slot, found
+        in bgs_backends."""
+        extra = () if weight is None else ("--weight", str(weight))
+        self.cli("backend", "add", name, color, model.endpoint(addr, port), *extra)
         slot = self.find_slot(name, color, addr, port)
         assert slot is not None, f"backend add {name} {color} {addr}:{port}: no active slot"
         return slot
@@ -287,15 +294,63 @@ class BgsState:
         return model.unpack_switch(self.map("bgs_switch").lookup(model.u32(svc)))
 
     def put_switch(self, svc: int, sw: model.Switch) -> None:
-        """Overwrite the switch word of a service (to set or clear BGS_SW_DRAINING)."""
+        """Overwrite the switch word of a service (a share, prev_share or flags the commands
+        would not write, or not yet)."""
         self.map("bgs_switch").update(model.u32(svc), model.pack_switch(sw))
 
     def active_set(self, svc: int, color: Optional[int] = None) -> List[int]:
         """The slots of the set buffer a color (default: the active one) uses now."""
         sw = self.switch(svc)
         color = sw.active if color is None else color
+        assert color in (model.BGS_BLUE, model.BGS_GREEN), f"service {svc} is split: {sw}"
         raw = self.map("bgs_sets").lookup(model.u32(sw.set_index(svc, color)))
         return model.unpack_set(raw)
+
+    def service(self, svc: int) -> model.Service:
+        """bgs_services of a service id."""
+        return model.unpack_service(self.map("bgs_services").lookup(model.u32(svc)))
+
+    def table_id(self, idx: int) -> Optional[int]:
+        """The id of the inner map under bgs_tables key ``idx`` (what a lookup of a map of
+        maps gives user space), or None when there is none."""
+        raw = self.map("bgs_tables").lookup(model.u32(idx))
+        return None if raw is None else struct.unpack("<I", raw)[0]
+
+    def table_map(self, idx: int) -> Optional[bpfsys.Map]:
+        """The inner map under bgs_tables key ``idx``, opened by id (BPF_MAP_GET_FD_BY_ID);
+        the caller closes it. None when there is none."""
+        map_id = self.table_id(idx)
+        if map_id is None:
+            return None
+        return bpfsys.Map.by_id(map_id)
+
+    def table_at(self, idx: int) -> Optional[List[int]]:
+        """The lookup table under bgs_tables key ``idx``: the slots of positions 1..M (M is
+        entry 0; [] for M = 0), or None when the key has no table."""
+        m = self.table_map(idx)
+        if m is None:
+            return None
+        with m:
+            return model.unpack_table(m.array_raw())
+
+    def table(self, svc: int, color: int) -> Optional[List[int]]:
+        """The lookup table a color of a service uses now (the buffer set_sel selects), as
+        table_at gives it: None when the color has none (an empty color, a modulo service)."""
+        return self.table_at(self.switch(svc).set_index(svc, color))
+
+    def current_set(self, svc: int, color: int) -> List[int]:
+        """The slots of the set buffer ``color`` uses now (split or not)."""
+        raw = self.map("bgs_sets").lookup(model.u32(self.switch(svc).set_index(svc, color)))
+        return model.unpack_set(raw)
+
+    def pick(self, svc: int, color: int, h: int):
+        """model.pick_slot on what ``color`` of the service uses now (its table, else its
+        set): (slot, None) or (None, drop reason)."""
+        return model.pick_slot(self.table(svc, color), self.current_set(svc, color), h)
+
+    def backend(self, slot: int) -> model.Backend:
+        """bgs_backends of a slot."""
+        return model.unpack_backend(self.map("bgs_backends").lookup(model.u32(slot)))
 
     def config(self) -> model.Config:
         """bgs_config."""

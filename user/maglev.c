@@ -95,6 +95,8 @@ int maglev_build(struct maglev_backend *be, __u32 n, __u32 m, __u32 *table)
 	}
 	for (i = 0; i < m; i++)
 		table[i] = MAGLEV_EMPTY;
+	for (i = 0; i < n; i++)
+		be[i].positions = 0;
 	while (filled < m) {
 		for (i = 0; i < n && filled < m; i++) {
 			if (!be[i].weight)
@@ -107,6 +109,7 @@ int maglev_build(struct maglev_backend *be, __u32 n, __u32 m, __u32 *table)
 					next[i]++;
 				} while (table[c] != MAGLEV_EMPTY);
 				table[c] = be[i].slot;
+				be[i].positions++;
 				filled++;
 			}
 		}

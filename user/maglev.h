@@ -15,6 +15,7 @@ struct maglev_backend {
 	__u8 key[20];
 	__u32 slot; /* what the table holds */
 	__u32 weight; /* 0: takes no position */
+	__u32 positions; /* set by maglev_build(): how many it got */
 };
 
 bool maglev_is_prime(__u32 m);

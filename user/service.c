@@ -530,6 +530,15 @@ static int service_set(int argc, char **argv)
 		err = set_read(&st, svc, BGS_GREEN, &sets[BGS_GREEN]);
 	if (err)
 		goto out;
+	if (sets[BGS_BLUE].count > m || sets[BGS_GREEN].count > m) {
+		pr_warn("a table of %u positions cannot hold the %u backends of a color of '%s'\n",
+			m,
+			sets[BGS_BLUE].count > sets[BGS_GREEN].count ? sets[BGS_BLUE].count :
+								       sets[BGS_GREEN].count,
+			rec.name);
+		err = -EINVAL;
+		goto out;
+	}
 	rec.table_size = m;
 	/* Both colors' tables at the new size, made current with one switch store. */
 	err = sets_commit(&st, svc, &rec, sets, (1 << BGS_BLUE) | (1 << BGS_GREEN));
@@ -825,6 +834,13 @@ static int backend_add(int argc, char **argv)
 			err = -EEXIST;
 			goto out;
 		}
+	}
+	if (a.rec.lb == BGS_LB_MAGLEV && a.set.count >= a.rec.table_size) {
+		pr_warn("%s of '%s' has %u backends, as many as its table has positions (raise "
+			"--table-size with 'service set')\n",
+			color_name(a.color), a.rec.name, a.set.count);
+		err = -ENOSPC;
+		goto out;
 	}
 	if (a.set.count >= BGS_MAX_BACKENDS) {
 		pr_warn("%s of '%s' is full (%d backends)\n", color_name(a.color), a.rec.name,

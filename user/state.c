@@ -340,6 +340,18 @@ static int table_make(const struct bgs_state *st, const struct bgs_service *rec,
 		m = 0;
 	else if (err)
 		goto out;
+	for (i = 0; i < n; i++) {
+		char ebuf[BGS_ADDRSTR_LEN];
+
+		if (!mb[i].weight || mb[i].positions)
+			continue;
+		if (bpf_map_lookup_elem(st->fd[BGS_M_BACKENDS], &mb[i].slot, &be))
+			continue;
+		pr_warn("%s: backend %s gets no position in a table of %u: it takes no new flow "
+			"(raise --table-size, or even out the weights)\n",
+			rec->name, fmt_endpoint(be.addr, be.port, be.family, ebuf, sizeof(ebuf)),
+			m);
+	}
 	vals[0] = m;
 	count = m + BGS_TABLE_HDR;
 	for (i = 0; i < count; i++)
@@ -387,7 +399,8 @@ int sets_commit(struct bgs_state *st, __u32 svc, const struct bgs_service *rec,
 			pr_warn("cannot write the backend set: %s\n", strerror(errno));
 			return err;
 		}
-		if (rec->lb != BGS_LB_MAGLEV) {
+		/* An empty color needs no table: the data plane finds its set empty. */
+		if (rec->lb != BGS_LB_MAGLEV || !sets[c].count) {
 			if (bpf_map_delete_elem(st->fd[BGS_M_TABLES], &idx) && errno != ENOENT)
 				return -errno;
 			continue;
