@@ -67,7 +67,7 @@ int bgs_ingress(struct xdp_md *ctx)
 	}
 	stat_inc(BGS_STAT_VIP);
 
-	ret = flow_steer(&pkt, vip->svc, &flow);
+	ret = flow_steer(&pkt, vip, &flow);
 	if (ret != BGS_CONTINUE)
 		return ret;
 

@@ -43,6 +43,24 @@ static __always_inline __u32 flow_hash(const struct bgs_flow_key *k)
 	return h;
 }
 
+/* Hash of the client's address alone, for a split between colors by client. */
+static __always_inline __u32 flow_client_hash(const struct bgs_flow_key *k)
+{
+	__u32 h = 0x636c6e74; /* "clnt" */
+	int i;
+
+#pragma unroll
+	for (i = 0; i < 4; i++)
+		h = flow_mix(h, k->saddr[i]);
+	h = flow_mix(h, k->family);
+	h ^= h >> 16;
+	h *= 0x85ebca6b;
+	h ^= h >> 13;
+	h *= 0xc2b2ae35;
+	h ^= h >> 16;
+	return h;
+}
+
 /* The service a packet is addressed to, or NULL when it is not ours. */
 static __always_inline struct bgs_vip *flow_service(const struct bgs_pkt *pkt)
 {
@@ -235,15 +253,16 @@ static __always_inline int flow_create(const struct bgs_pkt *pkt, __u32 svc, __u
  * the packet goes, or a verdict. A TCP segment without SYN that misses is re-pinned to the
  * color its connection can be on, never simply to whichever color is active now.
  */
-static __always_inline int flow_steer(const struct bgs_pkt *pkt, __u32 svc, struct bgs_flow *out)
+static __always_inline int flow_steer(const struct bgs_pkt *pkt, const struct bgs_vip *vip,
+				      struct bgs_flow *out)
 {
 	__u64 now = bpf_ktime_get_coarse_ns();
 	bool tcp = pkt->key.proto == IPPROTO_TCP;
 	bool first = tcp ? flow_is_syn(pkt) : true;
 	struct bgs_service_stats *ss;
+	__u32 svc = vip->svc, h, hs, share;
 	struct bgs_switch sw;
 	struct bgs_flow *f;
-	__u32 h;
 
 	f = bpf_map_lookup_elem(&bgs_flows, &pkt->key);
 	if (f && !(first && flow_is_dead(f, pkt->key.proto, now))) {
@@ -255,6 +274,7 @@ static __always_inline int flow_steer(const struct bgs_pkt *pkt, __u32 svc, stru
 	ss = stat_service(svc);
 	if (flow_switch(svc, &sw))
 		return stat_drop(svc, BGS_DROP_NO_BACKEND);
+	share = sw.share;
 	if (!first) {
 		stat_inc(BGS_STAT_NOSYN_MISS);
 		if (ss)
@@ -267,14 +287,10 @@ static __always_inline int flow_steer(const struct bgs_pkt *pkt, __u32 svc, stru
 		stat_inc(BGS_STAT_SECOND_CHANCE);
 		if (ss)
 			ss->second_chance++;
-		h = flow_hash(&pkt->key);
 		if ((sw.flags & (BGS_SW_DRAINING | BGS_SW_HAS_PREV)) ==
 		    (BGS_SW_DRAINING | BGS_SW_HAS_PREV))
-			return flow_create(pkt, svc, bgs_share_color(h, sw.prev_share), h, &sw, now,
-					   out);
-		return flow_create(pkt, svc, bgs_share_color(h, sw.share), h, &sw, now, out);
-	}
-	if (f) {
+			share = sw.prev_share;
+	} else if (f) {
 		stat_inc(BGS_STAT_FLOW_REOPEN);
 		if (ss)
 			ss->reopen++;
@@ -283,8 +299,12 @@ static __always_inline int flow_steer(const struct bgs_pkt *pkt, __u32 svc, stru
 		if (ss)
 			ss->syn_miss++;
 	}
+	/* The flow's hash places it in its color's table; the split between colors goes by it
+	 * too, or by the client's address alone (--split-by client).
+	 */
 	h = flow_hash(&pkt->key);
-	return flow_create(pkt, svc, bgs_share_color(h, sw.share), h, &sw, now, out);
+	hs = (vip->flags & BGS_VIP_SPLIT_CLIENT) ? flow_client_hash(&pkt->key) : h;
+	return flow_create(pkt, svc, bgs_share_color(hs, share), h, &sw, now, out);
 }
 
 /* Mark the backend's FIN or RST on the flow the reply belongs to. */

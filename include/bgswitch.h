@@ -84,7 +84,14 @@ struct bgs_vip_key {
 /* bgs_vips value */
 struct bgs_vip {
 	__u32 svc; /* service id: index into bgs_switch, bgs_services and bgs_sets */
+	__u32 flags; /* BGS_VIP_* */
 };
+
+/* bgs_vip.flags. SPLIT_CLIENT: a split between colors goes by a hash of the client's address
+ * alone (`--split-by client`), so that every connection of one client goes to the same color
+ * at a given share; by default it goes by the flow's hash.
+ */
+#define BGS_VIP_SPLIT_CLIENT 0x1
 
 /* bgs_switch value, one per service, 8 bytes, written by user space with one aligned 64-bit
  * store (the map is mmapable). A flip, a rollback, a shift and a backend-set change are each
@@ -92,8 +99,9 @@ struct bgs_vip {
  *
  * share is the part of new flows that go to green, in units of 0.01 %: 0 sends every new flow
  * to blue, BGS_SHARE_ALL every one to green (that is all a flip writes), and a value between
- * splits them by a hash of the flow (bgs_share_bucket() < share: green), so that raising the
- * share only ever moves flows from blue to green.
+ * splits them by a hash of the flow, or of the client's address (BGS_VIP_SPLIT_CLIENT):
+ * bgs_share_bucket() < share goes green, so that raising the share only ever moves flows from
+ * blue to green.
  */
 struct bgs_switch {
 	__u32 generation; /* bumped by every change to the service */
@@ -276,6 +284,7 @@ struct bgs_service {
 	__u32 table_size; /* Maglev table size M (a prime), or 0 with BGS_LB_MODULO */
 	__u8 lb; /* enum bgs_lb */
 	__u8 pad[3];
+	__u32 vip_flags; /* BGS_VIP_*, as in the service's bgs_vips entry */
 };
 
 /* bgs_config value (one entry): run-time settings read by the data plane. */

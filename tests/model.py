@@ -47,6 +47,7 @@ BGS_TABLE_MAX = 131071  # largest
 BGS_WEIGHT_MAX = 1000  # largest backend weight
 BGS_TABLE_HDR = 1  # entry 0 of a table holds its size M
 BGS_LB_MAGLEV, BGS_LB_MODULO = 0, 1
+BGS_VIP_SPLIT_CLIENT = 0x1  # bgs_vip.flags: split between colors by the client's address
 BGS_SVC_MANY = 0xFFFFFFFF  # bgs_backend_ref.svc: the address serves several services
 
 BGS_BACKEND_FREE, BGS_BACKEND_ACTIVE, BGS_BACKEND_DRAINING = 0, 1, 2
@@ -89,7 +90,7 @@ SERVICE_STATS = (["syn_miss", "nosyn_miss", "reopen", "second_chance"]
 # Sizes of the structures, as the maps must declare them.
 SIZES = {
     "bgs_vip_key": 20,
-    "bgs_vip": 4,
+    "bgs_vip": 8,
     "bgs_switch": 8,
     "bgs_set": 4 + 4 * BGS_MAX_BACKENDS,
     "bgs_backend": 28,  # the last two bytes: weight
@@ -101,7 +102,7 @@ SIZES = {
     "bgs_vip_addr": 20,
     "bgs_frag_key": 40,
     "bgs_frag": 20,
-    "bgs_service": BGS_NAME_LEN + 28,  # name, vip key, table_size, lb, pad
+    "bgs_service": BGS_NAME_LEN + 32,  # name, vip key, table_size, lb, pad, vip_flags
     "bgs_config": 48,
     "bgs_backend_stats": 48,
     "bgs_service_stats": 8 * (4 + len(DROPS)),
@@ -188,6 +189,26 @@ def flow_hash_raw(saddr16: bytes, daddr16: bytes, sport: int, dport: int, proto:
     h = (h * 0xC2B2AE35) & _M32
     h ^= h >> 16
     return h
+
+
+def client_hash_raw(saddr16: bytes, family: int) -> int:
+    """flow_client_hash() of bpf/flow.bpf.h: the client's address alone (--split-by client)."""
+    s = _words(saddr16)
+    h = 0x636C6E74  # "clnt"
+    for i in range(4):
+        h = _mix(h, s[i])
+    h = _mix(h, family)
+    h ^= h >> 16
+    h = (h * 0x85EBCA6B) & _M32
+    h ^= h >> 13
+    h = (h * 0xC2B2AE35) & _M32
+    h ^= h >> 16
+    return h
+
+
+def client_hash(saddr: str) -> int:
+    """flow_client_hash() for a client address (IPv4 or IPv6)."""
+    return client_hash_raw(addr16(saddr), family_of(saddr))
 
 
 def flow_hash(saddr: str, daddr: str, sport: int, dport: int, proto: int) -> int:
@@ -388,13 +409,16 @@ class Service(NamedTuple):
     vip: tuple  # (addr16, port, proto, family)
     table_size: int  # Maglev table size M, 0 with BGS_LB_MODULO
     lb: int  # BGS_LB_*
+    vip_flags: int = 0  # BGS_VIP_*
 
 
 def unpack_service(raw: bytes) -> Service:
-    """Decode struct bgs_service (name, VIP key, table_size, lb, 3 bytes of padding)."""
+    """Decode struct bgs_service (name, VIP key, table_size, lb, 3 bytes of padding,
+    vip_flags)."""
     name, vip = unpack_service_raw(raw)
     table_size, lb = struct.unpack_from("<IB", raw, BGS_NAME_LEN + 20)
-    return Service(name, vip, table_size, lb)
+    vip_flags, = struct.unpack_from("<I", raw, BGS_NAME_LEN + 28)
+    return Service(name, vip, table_size, lb, vip_flags)
 
 
 class BackendRef(NamedTuple):

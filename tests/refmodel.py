@@ -564,6 +564,7 @@ class RefModel:
 
     def __init__(self):
         self.vips: Dict[tuple, int] = {}
+        self.vip_flags: Dict[tuple, int] = {}  # BGS_VIP_* of each VIP entry
         self.vip_addrs: set = set()
         self.switch: Dict[int, model.Switch] = {}
         self.sets: Dict[int, Tuple[int, List[int]]] = {}
@@ -600,8 +601,10 @@ class RefModel:
 
     def load_config(self, bgs) -> None:
         """Read the configuration tables from the pinned maps (bpfsys)."""
-        self.vips = {model.unpack_vip_key_raw(k): struct.unpack("<I", v)[0]
-                     for k, v in bgs.map("bgs_vips").items()}
+        vips = {model.unpack_vip_key_raw(k): struct.unpack("<II", v)
+                for k, v in bgs.map("bgs_vips").items()}
+        self.vips = {k: v[0] for k, v in vips.items()}
+        self.vip_flags = {k: v[1] for k, v in vips.items()}
         self.vip_addrs = {model.unpack_vip_addr_raw(k) for k in bgs.map("bgs_vip_addrs").keys()}
         self.backend_addrs = {model.unpack_backend_addr_raw(k): model.unpack_backend_ref(v)
                               for k, v in bgs.map("bgs_backend_addrs").items()}
@@ -777,7 +780,13 @@ class RefModel:
         else:
             sw = self.switch.get(svc, model.Switch(0, 0))
             h = model.flow_hash_raw(p.saddr, p.daddr, p.sport, p.dport, p.proto)
-            color = model.share_color(h, sw.share)
+            if self.vip_flags.get((p.daddr, p.dport, p.proto, p.family), 0) & \
+                    model.BGS_VIP_SPLIT_CLIENT:
+                h_split = model.client_hash_raw(p.saddr, p.family)
+                self.paths["split-client"] += 1
+            else:
+                h_split = h
+            color = model.share_color(h_split, sw.share)
             if not first:
                 self._stat("NOSYN_MISS")
                 self._counter("svc", svc, "nosyn_miss")
@@ -785,7 +794,7 @@ class RefModel:
                 self._counter("svc", svc, "second_chance")
                 both = model.BGS_SW_DRAINING | model.BGS_SW_HAS_PREV
                 if sw.flags & both == both:
-                    color = model.share_color(h, sw.prev_share)
+                    color = model.share_color(h_split, sw.prev_share)
                     reason = "REPIN_PREVIOUS"
                     if 0 < sw.prev_share < model.BGS_SHARE_ALL:
                         self.paths["prev-split"] += 1

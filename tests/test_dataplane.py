@@ -2536,6 +2536,54 @@ def test_ingress_split_green_exactly_below_share_and_monotonic(bgs):
           f"none back to blue")
 
 
+def test_ingress_split_by_client_one_color_per_client(bgs):
+    """A service added with `--split-by client` at 30% green: every new flow of one client
+    address goes to the same color, green exactly when model.share_bucket(client hash) < 3000,
+    whatever its source port (checked for 60 clients x 5 ports against the verdicts). The
+    flows' tables still spread one client's flows over the color's backends by the flow hash.
+    `service set --split-by flow` puts the split back on the flow hash with one VIP write: a
+    client's new flows then take both colors."""
+    bgs.add_service("web", VIP, VIP_PORT, "tcp", "--split-by", "client")
+    for a, p in BLUE[:3]:
+        bgs.add_backend("web", "blue", a, p)
+    for a, p in GREEN[:2]:
+        bgs.add_backend("web", "green", a, p)
+    svc = bgs.services["web"]
+    assert bgs.service(svc).vip_flags == model.BGS_VIP_SPLIT_CLIENT
+    bgs.cli("shift", "web", "green", "30%", "--no-check")
+    G = model.BGS_GREEN
+    clients = [f"10.0.{60 + i // 200}.{1 + i % 200}" for i in range(60)]
+    cases, want = [], {}
+    now = Chooser(bgs, svc)
+    for c in clients:
+        want[c] = G if model.share_bucket(model.client_hash(c)) < 3000 else model.BGS_BLUE
+        for port in range(CPORT, CPORT + 5):
+            _, slot = now.slot(c, VIP, port, VIP_PORT, color=want[c])
+            cases.append(_to_slot(bgs, f"SYN {c}:{port}", c, port, slot))
+    run_table(bgs, "ingress", cases)
+    seen = {}
+    for case in cases:
+        seen.setdefault(Ether(case.pkt)[IP].src, set()).add(_color_of(case.out))
+    assert all(len(v) == 1 for v in seen.values()), "a client's flows took both colors"
+    ngreen = sum(1 for c in clients if want[c] == G)
+    assert 0 < ngreen < len(clients), ngreen
+    print(f"\nsplit by client at 30%: {ngreen} of {len(clients)} clients green, one color each")
+
+    bgs.cli("service", "set", "web", "--split-by", "flow")
+    assert bgs.service(svc).vip_flags == 0
+    mixed = 0
+    now = Chooser(bgs, svc)
+    for c in clients[:20]:
+        colors = {model.share_color(flow_h(c, VIP, p, VIP_PORT), 3000)
+                  for p in range(CPORT + 100, CPORT + 120)}
+        mixed += len(colors) == 2
+        for p in range(CPORT + 100, CPORT + 120):
+            color, slot = now.slot(c, VIP, p, VIP_PORT)
+            res = bgs.ingress(_to_slot(bgs, "", c, p, slot).pkt)
+            assert _color_of(res.data) == color
+    assert mixed > 0, "no client had flows of both colors under the flow split"
+
+
 def test_ingress_second_chance_split_follows_prev_share(bgs):
     """Under a split while the last change drains, a non-SYN miss is re-pinned where the
     previous share put it: after `shift web green 25%` then `shift web green 50%` (prev_share

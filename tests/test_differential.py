@@ -91,7 +91,7 @@ SERVICES = [
 SERVICE_OPTIONS = {
     "tls": ["--table-size", "251"],
     "dns": ["--lb", "modulo"],
-    "web6": ["--table-size", "257"],
+    "web6": ["--table-size", "257", "--split-by", "client"],
     "quic6": ["--lb", "modulo"],
 }
 # Backend weights other than the default 1: (service, color, address, port) -> weight.
@@ -1043,12 +1043,13 @@ def test_differential_model_vs_dataplane(bgs_diff):
                           + summary + "\n\n" + "\n\n".join(problems))
     assert sum(run.classes.values()) == count
     # What the run must have gone through to say anything about backend selection: new flows
-    # placed by a split share and by a split previous share (second chance), through lookup
+    # placed by a split share and by a split previous share (second chance), split by the
+    # client's address (a `--split-by client` service) or by the flow's hash, through lookup
     # tables, sets (modulo services), an empty table, a table whose size entry runs past its
     # end, an empty set and a set count past the bound. Required of the default run (`make
     # test`); another seed may by chance miss a rare one, and is only told.
-    missing = {"share-split", "prev-split", "table", "table-empty", "table-short", "set",
-               "set-empty", "set-over"} - set(run.mdl.paths)
+    missing = {"share-split", "prev-split", "split-client", "table", "table-empty",
+               "table-short", "set", "set-empty", "set-over"} - set(run.mdl.paths)
     if seed == DEFAULT_SEED and count >= DEFAULT_COUNT:
         assert not missing, f"the run never placed a new flow by: {sorted(missing)}"
     elif missing:

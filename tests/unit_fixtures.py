@@ -153,7 +153,7 @@ class BgsState:
         pnum = model.IPPROTO_TCP if proto == "tcp" else model.IPPROTO_UDP
         raw = self.map("bgs_vips").lookup(model.pack_vip_key(vip, port, pnum))
         assert raw is not None, f"service add {name}: no bgs_vips entry for {vip}:{port}/{proto}"
-        svc = struct.unpack("<I", raw)[0]
+        svc = struct.unpack_from("<I", raw)[0]
         self.services[name] = svc
         return svc
 

@@ -39,8 +39,9 @@ static int parse_help_only(int argc, char **argv, void (*usage)(void))
 static void service_usage(void)
 {
 	printf("Usage: bgswitch service add NAME VIP:PORT [--proto tcp|udp] [--lb maglev|modulo]\n"
-	       "                           [--table-size M] [--reason TEXT]\n"
-	       "       bgswitch service set NAME --table-size M [--reason TEXT]\n"
+	       "                           [--table-size M] [--split-by flow|client] [--reason TEXT]\n"
+	       "       bgswitch service set NAME [--table-size M] [--split-by flow|client]\n"
+	       "                           [--reason TEXT]\n"
 	       "       bgswitch service del NAME [--force] [--reason TEXT]\n"
 	       "       bgswitch service list\n"
 	       "\n"
@@ -55,6 +56,9 @@ static void service_usage(void)
 	       "  -l, --lb maglev|modulo  Maglev tables (default), or flow hash modulo the\n"
 	       "                       number of backends (no table, no weights)\n"
 	       "  -M, --table-size M   Maglev table size, a prime from 251 to %d (default %d)\n"
+	       "  -s, --split-by K     what a split between colors (shift) goes by: the hash of\n"
+	       "                       each flow (default), or of the client's address alone,\n"
+	       "                       so that all of one client's connections share a color\n"
 	       "  -f, --force          delete even though flows are live, cutting them\n"
 	       "  -m, --reason TEXT    why, for the audit trail\n"
 	       "  -h, --help           this help\n",
@@ -74,12 +78,26 @@ static int parse_table_size(const char *s, __u32 *m)
 	return 0;
 }
 
+static int parse_split_by(const char *s, __u32 *flags)
+{
+	if (!strcmp(s, "flow")) {
+		*flags &= ~BGS_VIP_SPLIT_CLIENT;
+	} else if (!strcmp(s, "client")) {
+		*flags |= BGS_VIP_SPLIT_CLIENT;
+	} else {
+		pr_warn("unknown --split-by '%s' (flow or client)\n", s);
+		return -EINVAL;
+	}
+	return 0;
+}
+
 static int service_add(int argc, char **argv)
 {
 	static const struct option opts[] = {
 		{ "proto", required_argument, NULL, 'p' },
 		{ "lb", required_argument, NULL, 'l' },
 		{ "table-size", required_argument, NULL, 'M' },
+		{ "split-by", required_argument, NULL, 's' },
 		{ "reason", required_argument, NULL, 'm' },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 },
@@ -94,13 +112,13 @@ static int service_add(int argc, char **argv)
 	const char *reason = NULL;
 	__u8 proto = IPPROTO_TCP;
 	struct bgs_vip vip;
-	__u32 svc, i, found = BGS_MAX_SERVICES, table_size = BGS_TABLE_SIZE;
+	__u32 svc, i, found = BGS_MAX_SERVICES, table_size = BGS_TABLE_SIZE, vflags = 0;
 	char ebuf[BGS_ADDRSTR_LEN];
 	bool opened = false, sized = false;
 	__u8 lb = BGS_LB_MAGLEV;
 	int c, err;
 
-	while ((c = getopt_long(argc, argv, "p:l:M:m:h", opts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "p:l:M:s:m:h", opts, NULL)) != -1) {
 		switch (c) {
 		case 'p':
 			if (parse_proto(optarg, &proto))
@@ -120,6 +138,10 @@ static int service_add(int argc, char **argv)
 			if (parse_table_size(optarg, &table_size))
 				return -EINVAL;
 			sized = true;
+			break;
+		case 's':
+			if (parse_split_by(optarg, &vflags))
+				return -EINVAL;
 			break;
 		case 'm':
 			if (audit_check_reason(optarg))
@@ -169,6 +191,7 @@ static int service_add(int argc, char **argv)
 	rec.vip.family = ep.family;
 	rec.lb = lb;
 	rec.table_size = lb == BGS_LB_MAGLEV ? table_size : 0;
+	rec.vip_flags = vflags;
 	snprintf(au.service, sizeof(au.service), "%s", rec.name);
 	snprintf(au.to, sizeof(au.to), "%s/%s",
 		 fmt_endpoint(ep.addr, ep.port, ep.family, ebuf, sizeof(ebuf)), proto_name(proto));
@@ -226,6 +249,7 @@ static int service_add(int argc, char **argv)
 		goto out;
 	fault_point("service-add-before-vip");
 	vip.svc = svc;
+	vip.flags = vflags;
 	if (bpf_map_update_elem(st.fd[BGS_M_VIPS], &rec.vip, &vip, BPF_ANY)) {
 		refcount_add(&st, BGS_M_VIP_ADDRS, &va, -1);
 		goto map_err;
@@ -457,28 +481,55 @@ static int service_list(int argc, char **argv)
 	return 0;
 }
 
+/* Change what a split goes by: the record, then the VIP entry (one write the data plane sees). */
+static int service_set_split(struct bgs_state *st, __u32 svc, struct bgs_service *rec, __u32 vflags)
+{
+	struct bgs_vip vip = { .svc = svc, .flags = vflags };
+
+	if (rec->vip_flags == vflags) {
+		pr_info("%s: already split by %s\n", rec->name,
+			vflags & BGS_VIP_SPLIT_CLIENT ? "client" : "flow");
+		return 0;
+	}
+	rec->vip_flags = vflags;
+	if (bpf_map_update_elem(st->fd[BGS_M_SERVICES], &svc, rec, BPF_ANY) ||
+	    bpf_map_update_elem(st->fd[BGS_M_VIPS], &rec->vip, &vip, BPF_EXIST)) {
+		pr_warn("cannot write the service: %s\n", strerror(errno));
+		return -errno;
+	}
+	pr_info("%s: split by %s\n", rec->name, vflags & BGS_VIP_SPLIT_CLIENT ? "client" : "flow");
+	return 0;
+}
+
 static int service_set(int argc, char **argv)
 {
 	static const struct option opts[] = {
 		{ "table-size", required_argument, NULL, 'M' },
+		{ "split-by", required_argument, NULL, 's' },
 		{ "reason", required_argument, NULL, 'm' },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 },
 	};
+	const char *split_by = NULL;
 	struct bgs_state st = { .lock_fd = -1 };
 	struct bgs_audit au = { .fd = -1 };
 	struct bgs_set sets[BGS_NCOLORS];
 	const char *reason = NULL;
 	struct bgs_service rec;
-	__u32 svc, m = 0;
+	__u32 svc, m = 0, vflags = 0;
 	bool opened = false;
 	int c, err;
 
-	while ((c = getopt_long(argc, argv, "M:m:h", opts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "M:s:m:h", opts, NULL)) != -1) {
 		switch (c) {
 		case 'M':
 			if (parse_table_size(optarg, &m))
 				return -EINVAL;
+			break;
+		case 's':
+			if (parse_split_by(optarg, &vflags))
+				return -EINVAL;
+			split_by = optarg;
 			break;
 		case 'm':
 			if (audit_check_reason(optarg))
@@ -494,8 +545,8 @@ static int service_set(int argc, char **argv)
 	}
 	if (argc - optind != 1)
 		return bad_args("service");
-	if (!m) {
-		pr_warn("service set: nothing to set (--table-size M)\n");
+	if (!m && !split_by) {
+		pr_warn("service set: nothing to set (--table-size M, --split-by K)\n");
 		return -EINVAL;
 	}
 	err = state_need_root();
@@ -513,6 +564,14 @@ static int service_set(int argc, char **argv)
 		goto out;
 	snprintf(au.service, sizeof(au.service), "%s", rec.name);
 	au.gen_before = au.gen_after = switch_read(&st, svc).generation;
+	if (split_by) {
+		snprintf(au.from, sizeof(au.from), "split-by %s",
+			 rec.vip_flags & BGS_VIP_SPLIT_CLIENT ? "client" : "flow");
+		snprintf(au.to, sizeof(au.to), "split-by %s", split_by);
+		err = service_set_split(&st, svc, &rec, vflags);
+		if (err || !m)
+			goto out;
+	}
 	snprintf(au.from, sizeof(au.from), "table-size %u", rec.table_size);
 	snprintf(au.to, sizeof(au.to), "table-size %u", m);
 	if (rec.lb != BGS_LB_MAGLEV) {

@@ -105,8 +105,10 @@ static void print_service(struct status_ctx *c, const struct bgs_service_view *s
 			       share_label(sw->prev_share), sw->prev_share / 100.0);
 		else
 			printf("\"previous\":null,\"previous_green_share\":null,");
-		printf("\"green_share\":%.2f,\"lb\":\"%s\",\"table_size\":%u,", sw->share / 100.0,
-		       sv->rec.lb == BGS_LB_MODULO ? "modulo" : "maglev", sv->rec.table_size);
+		printf("\"green_share\":%.2f,\"lb\":\"%s\",\"table_size\":%u,\"split_by\":\"%s\",",
+		       sw->share / 100.0, sv->rec.lb == BGS_LB_MODULO ? "modulo" : "maglev",
+		       sv->rec.table_size,
+		       sv->rec.vip_flags & BGS_VIP_SPLIT_CLIENT ? "client" : "flow");
 		printf("\"generation\":%u,\"draining\":%s,\"syn_miss\":%llu,\"nosyn_miss\":%llu,"
 		       "\"second_chance\":%llu,\"reopen\":%llu,\"drops\":{",
 		       sw->generation, sw->flags & BGS_SW_DRAINING ? "true" : "false",
@@ -143,6 +145,8 @@ static void print_service(struct status_ctx *c, const struct bgs_service_view *s
 		printf("  lb modulo");
 	else
 		printf("  maglev %u", sv->rec.table_size);
+	if (sv->rec.vip_flags & BGS_VIP_SPLIT_CLIENT)
+		printf("  split by client");
 	printf("\n  %-6s %-24s %-8s %6s %7s %7s %10s %10s %10s %7s", "COLOR", "BACKEND", "STATE",
 	       "WEIGHT", "TABLE", "LIVE", "NEW_FLOWS", "RX_PKTS", "TX_PKTS", "RESETS");
 	if (c->rates)
