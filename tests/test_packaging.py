@@ -21,21 +21,25 @@ COMPLETION = os.path.join(TOP, "contrib", "bash-completion", "bgswitch")
 UNIT = os.path.join(TOP, "contrib", "systemd", "bgswitch-exporter.service")
 
 # The command table of user/main.c, in its order (test_packaging_commands_match_main checks it).
-COMMANDS = ["attach", "detach", "service", "backend", "flip", "rollback", "check", "drain",
-            "status", "timeouts", "gc", "limits", "watch", "exporter"]
+COMMANDS = ["attach", "detach", "service", "backend", "flip", "shift", "rollout", "rollback",
+            "check", "drain", "status", "timeouts", "gc", "limits", "watch", "exporter"]
 GLOBAL_OPTS = ["-r", "--pin-root", "-a", "--audit-log", "-v", "--verbose", "-V", "--version",
                "-h", "--help"]
-# Where each getopt table of user/*.c is used: the function that holds it, and the completion's
-# case for it ("*" is the default case, for the commands that take only --help).
+# Where each getopt table of user/*.c is used: the function that holds it (or, for a shared table
+# such as cutover.c's cut_options, the command function that parses with it), and the
+# completion's case for it ("*" is the default case, for the commands that take only --help).
 TABLES = {
     "main": None,  # global options: GLOBAL_OPTS
     "do_attach": "attach",
     "do_detach": "detach",
     "service_add": "service add",
+    "service_set": "service set",
     "service_del": "service del",
     "backend_add": "backend add",
     "backend_del": "backend del",
     "do_flip": "flip",
+    "do_shift": "shift",
+    "do_rollout": "rollout",
     "do_rollback": "rollback",
     "do_check": "check",
     "do_drain": "drain",
@@ -52,10 +56,13 @@ CASE_LINES = {
     "attach": "bgswitch attach -",
     "detach": "bgswitch detach -",
     "service add": "bgswitch service add -",
+    "service set": "bgswitch service set -",
     "service del": "bgswitch service del -",
     "backend add": "bgswitch backend add -",
     "backend del": "bgswitch backend del -",
     "flip": "bgswitch flip -",
+    "shift": "bgswitch shift -",
+    "rollout": "bgswitch rollout -",
     "rollback": "bgswitch rollback -",
     "check": "bgswitch check -",
     "drain": "bgswitch drain -",
@@ -166,7 +173,8 @@ def _ifaces():
 
 def test_packaging_completion_commands(stub):
     assert complete(stub, "bgswitch ") == COMMANDS
-    assert complete(stub, "bgswitch s") == ["service", "status"]
+    assert complete(stub, "bgswitch s") == ["service", "shift", "status"]
+    assert complete(stub, "bgswitch r") == ["rollout", "rollback"]
     assert complete(stub, "bgswitch t") == ["timeouts"]
     assert complete(stub, "bgswitch g") == ["gc"]
     assert complete(stub, "bgswitch l") == ["limits"]
@@ -174,7 +182,8 @@ def test_packaging_completion_commands(stub):
     assert complete(stub, "bgswitch c") == ["check"]
     assert complete(stub, "bgswitch d") == ["detach", "drain"]
     assert complete(stub, "bgswitch -v ") == COMMANDS
-    assert complete(stub, "bgswitch --pin-root /sys/fs/bpf/x ro") == ["rollback"]
+    assert complete(stub, "bgswitch --pin-root /sys/fs/bpf/x ro") == ["rollout", "rollback"]
+    assert complete(stub, "bgswitch --pin-root /sys/fs/bpf/x rollb") == ["rollback"]
     assert complete(stub, "bgswitch -r /sys/fs/bpf/x ") == COMMANDS
     assert complete(stub, "bgswitch --audit-log /tmp/a.log ") == COMMANDS
     assert complete(stub, "bgswitch -a /tmp/a.log -r /sys/fs/bpf/x fl") == ["flip"]
@@ -200,8 +209,9 @@ def test_packaging_completion_pin_root_directories(stub, tmp_path):
 
 
 def test_packaging_completion_subcommands(stub):
-    assert complete(stub, "bgswitch service ") == ["add", "del", "list"]
+    assert complete(stub, "bgswitch service ") == ["add", "set", "del", "list"]
     assert complete(stub, "bgswitch service d") == ["del"]
+    assert complete(stub, "bgswitch service s") == ["set"]
     assert complete(stub, "bgswitch backend ") == ["add", "del"]
     assert complete(stub, "bgswitch -r /sys/fs/bpf/x backend a") == ["add"]
 
@@ -279,6 +289,14 @@ def test_packaging_completion_xdp_egress_lists(stub, line, want):
     "bgswitch flip --guard 30s --check-http /healthz ",
     "bgswitch backend del --force ",
     "bgswitch -a /tmp/audit.log rollback ",
+    "bgswitch service set ",
+    "bgswitch service set --table-size 65537 ",
+    "bgswitch shift ",
+    "bgswitch shift --guard 30s ",
+    "bgswitch rollout ",
+    "bgswitch rollout --guard ",
+    "bgswitch rollout --steps 5,25,100 --interval 30s ",
+    "bgswitch rollout -g -s 10,100 -i 1m ",
 ])
 def test_packaging_completion_service_names(stub, line):
     assert complete(stub, line) == ["web", "dns", "web-canary"]
@@ -332,12 +350,22 @@ def test_packaging_completion_colors(stub):
     assert complete(stub, "bgswitch flip web b") == ["blue"]
     assert complete(stub, "bgswitch check web ") == ["blue", "green"]
     assert complete(stub, "bgswitch flip --reason deploy web g") == ["green"]
+    assert complete(stub, "bgswitch shift web ") == ["blue", "green"]
+    assert complete(stub, "bgswitch shift --guard 30s web g") == ["green"]
+    assert complete(stub, "bgswitch rollout web ") == ["blue", "green"]
+    assert complete(stub, "bgswitch rollout --guard web ") == ["blue", "green"]
+    assert complete(stub, "bgswitch rollout --steps 5,100 --interval 1m web b") == ["blue"]
     # nothing after the color (the address is free text), nor after flip's color
     assert complete(stub, "bgswitch backend add web blue ") == []
     assert complete(stub, "bgswitch flip web green ") == []
     assert complete(stub, "bgswitch rollback web ") == []
     assert complete(stub, "bgswitch check web green ") == []
     assert complete(stub, "bgswitch drain web ") == []
+    # the percentage is free text; nothing after it, nor after rollout's color
+    assert complete(stub, "bgswitch shift web green ") == []
+    assert complete(stub, "bgswitch shift web green 10% ") == []
+    assert complete(stub, "bgswitch rollout web green ") == []
+    assert complete(stub, "bgswitch service set web ") == []
 
 
 @pytest.mark.parametrize("line,want", [
@@ -349,13 +377,19 @@ def test_packaging_completion_colors(stub):
     ("bgswitch attach eth0 --x", ["--xdp-egress"]),
     ("bgswitch attach eth0 -e lo --f", ["--flows", "--force"]),
     ("bgswitch detach eth0 -", ["-p", "--purge", "-h", "--help"]),
-    ("bgswitch service add web 192.0.2.10:80 -", ["-p", "--proto", "-m", "--reason", "-h",
-                                                   "--help"]),
+    ("bgswitch service add web 192.0.2.10:80 -", ["-p", "--proto", "-l", "--lb", "-M",
+                                                   "--table-size", "-s", "--split-by", "-m",
+                                                   "--reason", "-h", "--help"]),
+    ("bgswitch service add web 192.0.2.10:80 --t", ["--table-size"]),
+    ("bgswitch service set web -", ["-M", "--table-size", "-s", "--split-by", "-m", "--reason",
+                                    "-h", "--help"]),
     ("bgswitch service del web -", ["-f", "--force", "-m", "--reason", "-h", "--help"]),
     ("bgswitch service list -", ["-h", "--help"]),
     ("bgswitch service -", ["-h", "--help"]),
-    ("bgswitch backend add web blue 10.0.1.1:8080 -", ["-G", "--if-generation", "-m",
-                                                       "--reason", "-h", "--help"]),
+    ("bgswitch backend add web blue 10.0.1.1:8080 -", ["-w", "--weight", "-G",
+                                                       "--if-generation", "-m", "--reason",
+                                                       "-h", "--help"]),
+    ("bgswitch backend add web blue 10.0.1.1:8080 --w", ["--weight"]),
     ("bgswitch backend del -", ["-d", "--drain", "-f", "--force", "-G", "--if-generation",
                                 "-m", "--reason", "-h", "--help"]),
     ("bgswitch backend del web blue 10.0.1.1:8080 --d", ["--drain"]),
@@ -365,6 +399,17 @@ def test_packaging_completion_colors(stub):
                               "--timeout", "--if-generation", "--reason", "--help"]),
     ("bgswitch flip web --m", ["--max-resets", "--max-reset-ratio", "--max-silent-backends",
                                "--min-new-flows"]),
+    ("bgswitch shift web green 10% --", ["--check-http", "--check-timeout", "--no-check",
+                                         "--force", "--guard", "--max-resets",
+                                         "--max-reset-ratio", "--max-silent-backends",
+                                         "--min-new-flows", "--wait-drain", "--timeout",
+                                         "--if-generation", "--reason", "--help"]),
+    ("bgswitch rollout web --", ["--check-http", "--check-timeout", "--no-check", "--force",
+                                 "--guard", "--max-resets", "--max-reset-ratio",
+                                 "--max-silent-backends", "--min-new-flows", "--if-generation",
+                                 "--reason", "--steps", "--interval", "--help"]),
+    ("bgswitch rollout web --s", ["--steps"]),
+    ("bgswitch rollout web --i", ["--if-generation", "--interval"]),
     ("bgswitch rollback -", ["-H", "--check-http", "-T", "--check-timeout", "-n", "--no-check",
                              "-f", "--force", "-G", "--if-generation", "-m", "--reason", "-h",
                              "--help"]),
@@ -398,6 +443,21 @@ def test_packaging_completion_command_options(stub, line, want):
     ("bgswitch service add web 192.0.2.10:80 --proto ", ["tcp", "udp"]),
     ("bgswitch service add web 192.0.2.10:80 -p u", ["udp"]),
     ("bgswitch service add --proto=", ["tcp", "udp"]),
+    ("bgswitch service add web 192.0.2.10:80 --lb ", ["maglev", "modulo"]),
+    ("bgswitch service add web 192.0.2.10:80 -l mo", ["modulo"]),
+    ("bgswitch service add --lb=", ["maglev", "modulo"]),
+    ("bgswitch service add --lb=ma", ["maglev"]),
+    ("bgswitch service add web 192.0.2.10:80 --table-size ", []),
+    ("bgswitch service add web 192.0.2.10:80 --split-by ", ["flow", "client"]),
+    ("bgswitch service set web -s c", ["client"]),
+    ("bgswitch service set web --split-by=", ["flow", "client"]),
+    ("bgswitch service add web 192.0.2.10:80 -m ", []),  # -m is --reason here, not --mode
+    ("bgswitch service set web -M ", []),
+    ("bgswitch backend add web blue 10.0.1.1:8080 --weight ", []),
+    ("bgswitch backend add web blue 10.0.1.1:8080 -w ", []),
+    ("bgswitch shift web green 10% --guard ", []),
+    ("bgswitch rollout web --steps ", []),
+    ("bgswitch rollout web --interval=", []),
     ("bgswitch exporter --listen ", []),
     ("bgswitch exporter --listen 127.0.0.1:9465 --gc-interval ", []),
     ("bgswitch exporter -g ", []),
@@ -441,9 +501,20 @@ def test_packaging_completion_no_arguments(stub, line):
 def test_packaging_completion_positionals_after_options(stub):
     """getopt permutes: options may come before the arguments they precede."""
     assert complete(stub, "bgswitch service add --proto udp dns 192.0.2.53:53 -") == [
-        "-p", "--proto", "-m", "--reason", "-h", "--help"]
+        "-p", "--proto", "-l", "--lb", "-M", "--table-size", "-s", "--split-by", "-m", "--reason",
+        "-h", "--help"]
+    assert complete(stub, "bgswitch service add --lb modulo web 192.0.2.10:80 --p") == [
+        "--proto"]
     assert complete(stub, "bgswitch flip --guard 30s web ") == ["blue", "green"]
     assert complete(stub, "bgswitch flip -w -t 5m web green ") == []
+    assert complete(stub, "bgswitch shift -g 30s -R 5 web ") == ["blue", "green"]
+    # rollout's --guard takes no value: the word after it is the service
+    assert complete(stub, "bgswitch rollout -g web ") == ["blue", "green"]
+    assert complete(stub, "bgswitch rollout --steps 5,100 web -") == [
+        "-H", "--check-http", "-T", "--check-timeout", "-n", "--no-check", "-f", "--force",
+        "-g", "--guard", "-R", "--max-resets", "-P", "--max-reset-ratio", "-S",
+        "--max-silent-backends", "-N", "--min-new-flows", "-G", "--if-generation", "-m",
+        "--reason", "-s", "--steps", "-i", "--interval", "-h", "--help"]
     assert complete(stub, "bgswitch check -H /healthz ") == ["web", "dns", "web-canary"]
     assert complete(stub, "bgswitch service del --force ") == ["web", "dns", "web-canary"]
     assert complete(stub, "bgswitch status --json web ") == []
@@ -474,25 +545,119 @@ def _getopt_long_names():
     return names
 
 
+OPT_RE = re.compile(r'\{\s*"([a-z][a-z-]*)",\s*(no|required|optional)_argument,\s*NULL,'
+                    r"\s*'(.)'\s*\}")
+FUNC_RE = re.compile(r"^(?:static )?int (\w+)\(int argc, char \*\*argv[^\n]*\)\n\{\n(.*?)^\}",
+                     re.M | re.S)
+
+
+def _parse_table(body, where):
+    """[(short, long, takes_argument)] of the entries of a struct option table's body."""
+    table = [(f"-{s}", f"--{n}", kind == "required") for n, kind, s in OPT_RE.findall(body)]
+    # every entry of the table was understood
+    assert len(table) == body.count('", '), where
+    return table
+
+
+def _c_mask(expr, defines, where):
+    """The value of a C expression like "CUT_CHECKS | CUT_GUARD" (or "0")."""
+    value = 0
+    for word in (w.strip() for w in expr.split("|")):
+        if re.fullmatch(r"0x[0-9a-fA-F]+|\d+", word):
+            value |= int(word, 0)
+        else:
+            assert word in defines, (where, word)
+            value |= defines[word]
+    return value
+
+
+def _shared_tables(path, src):
+    """{command function: [(short, long, takes_argument)]} for the commands of one file that
+    parse with a shared table, as user/cutover.c does:
+
+        static const struct option cut_options[] = { ... };      the options of every command
+        static unsigned int cut_group(int c) { switch ... }      the CUT_* group of each option
+        static int cut_getopt(int argc, char **argv, unsigned int allowed, ...)
+                                                                 keeps the options whose group
+                                                                 is 0 or in `allowed`, and may
+                                                                 swap one for a variant:
+            if (opts[n].val == 'g' && (allowed & CUT_ROLLOUT)) opts[n] = rollout_guard;
+        int do_flip(int argc, char **argv) { ... cut_getopt(argc, argv, CUT_A | CUT_B, ...) }
+    """
+    out = {}
+    for name, body in re.findall(r"^static const struct option (\w+)\[\] = \{\n(.*?)\{ 0 \},",
+                                 src, re.M | re.S):
+        where = f"{path}: {name}"
+        table = _parse_table(body, where)
+        wrappers = re.findall(r"^static int (\w+)\(int argc, char \*\*argv, unsigned int (\w+),"
+                              r"(.*?)^\}", src, re.M | re.S)
+        wrappers = [w for w in wrappers if re.search(rf"\b{name}\[i\]", w[2])]
+        assert len(wrappers) == 1, f"{where}: no function (or several) that parses with it"
+        wrapper, allowed, wbody = wrappers[0]
+        defines = {k: int(v, 0) for k, v in
+                   re.findall(r"^#define (\w+) (0x[0-9a-fA-F]+|\d+)\b", src, re.M)}
+        # The group of each short option: a switch of `case 'x':` runs ending in a return.
+        gfunc = re.search(rf"\b(\w+)\({name}\[i\]\.val\)", wbody)
+        assert gfunc, f"{where}: {wrapper} does not say how options are grouped"
+        gbody = re.search(rf"^static unsigned int {gfunc.group(1)}\(int \w+\)\n\{{\n(.*?)^\}}",
+                          src, re.M | re.S)
+        assert gbody, f"{where}: no {gfunc.group(1)}()"
+        group, pending = {}, []
+        for case, ret in re.findall(r"case '(.)':|return ([^;]+);", gbody.group(1)):
+            if case:
+                pending.append(case)
+            elif pending:
+                for c in pending:
+                    group[c] = _c_mask(ret, defines, where)
+                pending = []
+            else:  # default: every command has the option
+                default = _c_mask(ret, defines, where)
+        assert not pending, f"{where}: {gfunc.group(1)}() not understood"
+        # Variants: an option swapped for another entry when the command allows a group.
+        variants = []
+        for short, mask, var in re.findall(r"if \(opts\[n\]\.val == '(.)' && \(\w+ & (\w+)\)\)"
+                                           r"\s*opts\[n\] = (\w+);", wbody):
+            entry = re.search(rf"static const struct option {var} = (\{{[^}}]*\}});", wbody)
+            assert entry, f"{where}: variant {var} not found"
+            (vshort, vlong, varg), = _parse_table(entry.group(1), where)
+            assert vshort == f"-{short}", (where, var)
+            variants.append((vshort, _c_mask(mask, defines, where), (vshort, vlong, varg)))
+        assert wbody.count("opts[n] = ") == 1 + len(variants), f"{where}: {wrapper} not understood"
+        for func, body in FUNC_RE.findall(src):
+            call = re.search(rf"\b{wrapper}\(argc, argv, ([^,]+),", body)
+            if not call:
+                continue
+            allow = _c_mask(call.group(1), defines, f"{where}: {func}")
+            opts = []
+            for short, long, arg in table:
+                g = group.get(short[1], default)
+                if g and not g & allow:
+                    continue
+                for vshort, vmask, ventry in variants:
+                    if vshort == short and vmask & allow:
+                        short, long, arg = ventry
+                opts.append((short, long, arg))
+            out[func] = opts
+        assert out, f"{where}: no command parses with it"
+    return out
+
+
 def _getopt_tables():
-    """{function: [(short, long, takes_argument)]} for every getopt table in user/*.c."""
+    """{function: [(short, long, takes_argument)]} for every getopt table in user/*.c: each
+    function's own `struct option opts[]`, and each command's part of a shared table."""
     tables = {}
-    func_re = re.compile(r"^(?:static )?int (\w+)\(int argc, char \*\*argv[^\n]*\)\n\{\n(.*?)^\}",
-                         re.M | re.S)
-    opt_re = re.compile(r'\{\s*"([a-z][a-z-]*)",\s*(no|required|optional)_argument,\s*NULL,'
-                        r"\s*'(.)'\s*\}")
     for path in sorted(glob.glob(os.path.join(TOP, "user", "*.c"))):
         with open(path) as f:
             src = f.read()
-        for func, body in func_re.findall(src):
+        for func, body in FUNC_RE.findall(src):
             table = re.search(r"struct option opts\[\] = \{(.*?)\{ 0 \}", body, re.S)
             if not table:
                 continue
             assert func not in tables, f"two functions called {func}"
-            tables[func] = [(f"-{s}", f"--{n}", kind == "required")
-                            for n, kind, s in opt_re.findall(table.group(1))]
-            # every entry of the table was understood
-            assert len(tables[func]) == table.group(1).count('", '), (path, func)
+            tables[func] = _parse_table(table.group(1), (path, func))
+        for func, table in _shared_tables(path, src).items():
+            assert func not in tables, f"two getopt tables for {func}"
+            tables[func] = table
     assert tables, "no getopt tables found in user/*.c"
     return tables
 
@@ -573,7 +738,8 @@ def test_packaging_man_documents_every_command_and_option():
     text = roff.replace("\\-", "-")
     for cmd in COMMANDS:
         assert re.search(rf"^\.B[RI]* \"?{cmd}\b", roff, re.M), f"no entry for {cmd}"
-    for sub in ("service add", "service del", "service list", "backend add", "backend del"):
+    for sub in ("service add", "service set", "service del", "service list", "backend add",
+                "backend del"):
         assert sub in text
     # the environment, the test hook and its fault points, the exit statuses
     for word in ("BGSWITCH_AUDIT_LOG", "BGSWITCH_FAULT", "/var/lib/bgswitch/audit.log"):
@@ -584,7 +750,7 @@ def test_packaging_man_documents_every_command_and_option():
     assert not missing, f"options of user/*.c missing from the man page: {missing}"
     for opt in ("-r", "-v", "-V", "-h", "-m", "-f", "-F", "-e", "-p", "-j", "-i", "-t", "-u",
                 "-c", "-l", "-g", "-vv", "-a", "-R", "-H", "-T", "-n", "-w", "-G", "-d", "-P",
-                "-S", "-N", "-b"):
+                "-S", "-N", "-b", "-l", "-M", "-s"):
         assert re.search(rf"(^|[\s\"]){re.escape(opt)}\b", text, re.M), opt
     # every option of every getopt table, documented as "-s, --long" (global ones too)
     for func, table in _getopt_tables().items():
@@ -595,7 +761,7 @@ def test_packaging_man_documents_every_command_and_option():
                  "bgs_sets", "bgs_backends", "bgs_backend_addrs", "bgs_flows", "bgs_reverse",
                  "bgs_ifaces", "bgs_stats", "bgs_drops", "bgs_backend_stats",
                  "bgs_service_stats", "bgs_vip_addrs", "bgs_frags", "bgs_tx_ports",
-                 "bgs_insert_budget"):
+                 "bgs_insert_budget", "bgs_tables"):
         assert path in text, path
     # every pinned map of user/state.c has an entry under FILES
     with open(os.path.join(TOP, "user", "state.c")) as f:
@@ -693,6 +859,37 @@ def test_packaging_man_documents_status_json_keys():
     missing = sorted(k for k in keys
                      if not re.search(rf"^\.BR? {k}( |$)", entry.replace("\\-", "-"), re.M))
     assert not missing, f"status --json keys missing from the man page: {missing}"
+
+
+def test_packaging_man_documents_audit_actions():
+    """Every action the audit trail writes (audit_open()'s literal actions, and those cut_run()
+    passes on for flip, shift and rollback) is named in the man page's Audit trail."""
+    actions = set()
+    for path in glob.glob(os.path.join(TOP, "user", "*.c")):
+        with open(path) as f:
+            src = f.read()
+        actions |= set(re.findall(r'audit_open\(&?\w+, "([a-z-]+)"', src))
+        actions |= set(re.findall(r'\bcut_run\("([a-z-]+)"', src))
+    assert {"flip", "shift", "rollout", "rollback", "service-set"} <= actions, actions
+    with open(MAN) as f:
+        roff = f.read()
+    section = re.search(r"^\.SS Audit trail\n(.*?)^\.S[SH] ", roff, re.M | re.S).group(1)
+    section = section.replace("\\-", "-")
+    missing = sorted(a for a in actions if not re.search(rf"^\.BR? {a}( |,|$)", section, re.M))
+    assert not missing, f"audit actions missing from the man page: {missing}"
+
+
+def test_packaging_man_exit_statuses_name_the_new_commands():
+    """The EXIT STATUS section covers shift and rollout where they have their own meanings."""
+    with open(MAN) as f:
+        roff = f.read()
+    section = re.search(r"^\.SH EXIT STATUS\n(.*?)^\.SH ", roff, re.M | re.S).group(1)
+    entries = dict(re.findall(r"^\.TP\n\.B (\d)\n(.*?)(?=^\.TP|\Z)", section, re.M | re.S))
+    assert sorted(entries) == ["0", "1", "2", "3", "4", "5", "6"], sorted(entries)
+    for status, words in (("3", ("shift", "rollout")), ("4", ("shift", "rollout")),
+                          ("5", ("shift",)), ("6", ("rollout",))):
+        for w in words:
+            assert re.search(rf"\b{w}\b", entries[status]), (status, w)
 
 
 # -- systemd unit --------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""The views on a live switch: status --json, the Prometheus exporter, and watch in a terminal.
+"""The views on a live switch: status --json, the Prometheus exporter, and watch in a terminal;
+also a service split between colors, with weights and lookup tables, as each view shows it.
 
 Same topology as the end-to-end tests (tests/netns.py): client -> node (bgswitch) -> blue and
 green backends. Traffic is counted on the client side and compared with what the views report.
@@ -115,6 +116,15 @@ def test_views_status_json_counts_match_traffic(topo, sw):
     (web,) = st["services"]
     assert (web["name"], web["vip"], web["port"], web["proto"]) == ("web", VIP, VIP_PORT, "tcp")
     assert web["active"] == "blue" and web["previous"] is None and web["generation"] >= 1
+    # layout 3: the green share, the lookup tables, weights
+    assert (web["green_share"], web["previous_green_share"]) == (0.0, None)
+    assert (web["lb"], web["table_size"]) == ("maglev", 16381)
+    assert (web["colors"]["blue"]["share"], web["colors"]["green"]["share"]) == (100.0, 0.0)
+    for color in ("blue", "green"):
+        bes = web["colors"][color]["backends"]
+        assert [b["weight"] for b in bes] == [1, 1]
+        assert sum(b["table_positions"] for b in bes) == 16381
+        assert all(abs(b["table_positions"] - 16381 / 2) < 16381 * 0.01 for b in bes), bes
     blue = web["colors"]["blue"]["backends"]
     assert sum(b["new_flows"] for b in blue) == 30 == web["syn_miss"]
     assert all(b["rx_packets"] > 0 and b["tx_packets"] > 0 and b["rx_bytes"] > 0 for b in blue)
@@ -153,6 +163,8 @@ def test_views_exporter_metrics_match_traffic(topo, sw, exporter):
     assert total(ss, "bgswitch_flow_misses_total", service="web", kind="syn") == 25
     assert total(ss, "bgswitch_active_color", service="web", color="blue") == 1
     assert total(ss, "bgswitch_active_color", service="web", color="green") == 0
+    assert total(ss, "bgswitch_color_share", service="web", color="blue") == 1
+    assert total(ss, "bgswitch_color_share", service="web", color="green") == 0
     assert total(ss, "bgswitch_packets_total", service="web", direction="in") > 25 * 2
     assert total(ss, "bgswitch_packets_total", service="web", direction="out") > 25
     assert total(ss, "bgswitch_bytes_total", service="web", direction="in") > 0
@@ -163,9 +175,74 @@ def test_views_exporter_metrics_match_traffic(topo, sw, exporter):
     assert [r["color"] for r in res] == ["green"] * 10
     ss = samples(scrape(url))
     assert total(ss, "bgswitch_active_color", service="web", color="green") == 1
+    assert total(ss, "bgswitch_color_share", service="web", color="green") == 1
+    assert total(ss, "bgswitch_color_share", service="web", color="blue") == 0
     assert total(ss, "bgswitch_generation", service="web") == gen + 1
     assert total(ss, "bgswitch_new_flows_total", service="web", color="green") == 10
     assert total(ss, "bgswitch_flows", service="web", color="blue") == 0  # all closed
+
+
+def test_views_split_share_weights_and_tables(topo, sw, exporter):
+    """A service split between colors, with weights: status (text and JSON), service list and
+    the exporter all say so."""
+    url, port, _ = exporter
+    b0, b1 = ("%s:%d" % a for a in topo.backends["blue"])
+    sw("backend", "add", "web", "blue", b1, "--weight", "3")
+    out = sw("shift", "web", "green", "12.5%")
+    assert re.search(r"^web: blue -> green 12\.5% \(generation \d+\)$", out, re.M), out
+    web = sw.service("web")
+    assert (web["active"], web["previous"]) == ("split", "blue")
+    assert (web["green_share"], web["previous_green_share"]) == (12.5, 0.0)
+    assert (web["colors"]["green"]["share"], web["colors"]["blue"]["share"]) == (12.5, 87.5)
+    assert web["draining"] is True  # the second chance stays on while split
+    blue = {f"{b['address']}:{b['port']}": b for b in web["colors"]["blue"]["backends"]}
+    assert (blue[b0]["weight"], blue[b1]["weight"]) == (1, 3)
+    pos = blue[b1]["table_positions"]
+    assert blue[b0]["table_positions"] + pos == web["table_size"] == 16381
+    assert abs(pos / 16381 - 0.75) < 0.01, pos
+
+    text = sw("status", "web", "--interval", "0")
+    head = next(ln for ln in text.splitlines() if ln.startswith("web "))
+    assert re.fullmatch(r"web  10\.77\.100\.1:80/tcp  active split \(green 12\.5%\)  "
+                        r"generation \d+  \(was blue\)  maglev 16381", head), head
+    cols = next(ln for ln in text.splitlines() if "COLOR" in ln).split()
+    assert cols[:5] == ["COLOR", "BACKEND", "STATE", "WEIGHT", "TABLE"], cols
+    row = next(ln for ln in text.splitlines() if b1 in ln).split()
+    assert row[3] == "3" and row[4] == "%.2f%%" % (100 * pos / 16381), row
+    listed = sw("service", "list").splitlines()[1].split()
+    assert listed[:4] == ["web", "10.77.100.1:80", "tcp", "split"], listed
+
+    res = topo.probe(VIP, VIP_PORT, count=40)["results"]
+    assert all(r["ok"] for r in res), res
+    ss = samples(scrape(url))
+    assert total(ss, "bgswitch_color_share", service="web", color="green") == 0.125
+    assert total(ss, "bgswitch_color_share", service="web", color="blue") == 0.875
+    assert total(ss, "bgswitch_active_color", service="web") == 0  # split: neither takes all
+    took = {c: total(ss, "bgswitch_new_flows_total", service="web", color=c)
+            for c in ("blue", "green")}
+    assert took["blue"] + took["green"] == 40 and took["blue"] > 0, took
+
+    # A service without tables says so: lb modulo, table_size 0, no positions.
+    sw("service", "add", "legacy", "10.77.100.2:80", "--lb", "modulo")
+    sw("backend", "add", "legacy", "blue", b0)
+    leg = sw.service("legacy")
+    assert (leg["lb"], leg["table_size"], leg["active"]) == ("modulo", 0, "blue")
+    (be,) = leg["colors"]["blue"]["backends"]
+    assert (be["weight"], be["table_positions"]) == (1, 0)
+    text = sw("status", "legacy", "--interval", "0")
+    assert re.search(r"^legacy  10\.77\.100\.2:80/tcp  active blue  generation \d+  lb modulo$",
+                     text, re.M), text
+    ss = samples(scrape(url))
+    assert total(ss, "bgswitch_color_share", service="legacy", color="blue") == 1
+
+    # Back to all blue: a rollback restores the share and the exporter's view.
+    sw("rollback", "web")
+    web = sw.service("web")
+    assert (web["active"], web["green_share"], web["previous"]) == ("blue", 0.0, "split")
+    assert web["previous_green_share"] == 12.5
+    ss = samples(scrape(url))
+    assert total(ss, "bgswitch_active_color", service="web", color="blue") == 1
+    assert total(ss, "bgswitch_color_share", service="web", color="green") == 0
 
 
 def test_views_exporter_draining_flows_and_concurrent_scrapes(topo, sw, exporter):

@@ -98,7 +98,8 @@ static int check_color(const struct bgs_state *st, __u32 svc, const struct bgs_s
 	if (!p)
 		return -ENOMEM;
 	for (i = 0; i < set.count; i++) {
-		if (bpf_map_lookup_elem(st->fd[BGS_M_BACKENDS], &set.slot[i], &be))
+		/* a backend of weight 0 takes no new flow: nothing to check */
+		if (bpf_map_lookup_elem(st->fd[BGS_M_BACKENDS], &set.slot[i], &be) || !be.weight)
 			continue;
 		memcpy(p[n].ep.addr, be.addr, sizeof(be.addr));
 		p[n].ep.port = be.port;
@@ -659,7 +660,7 @@ static int cut_getopt(int argc, char **argv, unsigned int allowed, void (*usage)
  * service, check the generation, set the share `want(sw)` picks, then guard and wait.
  */
 typedef int (*share_fn)(const struct bgs_service *rec, struct bgs_switch sw, void *ctx,
-			__u32 *share);
+			__u32 *share, bool quiet);
 
 static int cut_run(const char *action, const char *name, struct cut_opts *o, share_fn want,
 		   void *ctx)
@@ -669,8 +670,8 @@ static int cut_run(const char *action, const char *name, struct cut_opts *o, sha
 	bool changed = false, opened = false;
 	struct bgs_service rec;
 	struct bgs_switch sw;
-	__u32 svc, share;
-	int err;
+	__u32 svc, share = 0;
+	int err, want_err;
 
 	err = state_need_root();
 	if (err)
@@ -689,10 +690,17 @@ static int cut_run(const char *action, const char *name, struct cut_opts *o, sha
 	sw = switch_read(&st, svc);
 	au.gen_before = sw.generation;
 	share_desc(sw.share, au.from, sizeof(au.from));
-	err = want(&rec, sw, ctx, &share);
-	if (!err) {
+	err = generation_check(&st, svc, rec.name, o->if_gen);
+	/* What the change would be names the audit record's target even when refused. */
+	want_err = want(&rec, sw, ctx, &share, err != 0);
+	if (!want_err)
 		share_desc(share, au.to, sizeof(au.to));
-		err = generation_check(&st, svc, rec.name, o->if_gen);
+	if (!err)
+		err = want_err;
+	if (!err && o->wait && share_color(share) == BGS_COLOR_NONE) {
+		pr_warn("%s: at a split both colors take new flows: neither drains (--wait-drain)\n",
+			rec.name);
+		err = -EINVAL;
 	}
 	if (!err)
 		err = switch_share(&st, svc, &rec, share, &o->chk, o->force, &au, &changed);
@@ -704,16 +712,8 @@ static int cut_run(const char *action, const char *name, struct cut_opts *o, sha
 	if (o->g.duration_ns && changed)
 		err = guard_run(&st, svc, &rec, share > sw.share ? BGS_GREEN : BGS_BLUE, sw.share,
 				au.gen_after, &o->g, o->reason);
-	if (!err && o->wait) {
-		if (share_color(share) == BGS_COLOR_NONE) {
-			pr_warn("%s: both colors take new flows: neither drains (--wait-drain)\n",
-				rec.name);
-			err = -EINVAL;
-		} else {
-			err = drain_wait(&st, svc, rec.name, !share_color(share), o->timeout_ns,
-					 NS);
-		}
-	}
+	if (!err && o->wait)
+		err = drain_wait(&st, svc, rec.name, !share_color(share), o->timeout_ns, NS);
 out:
 	audit_record(&au, err);
 	audit_close(&au);
@@ -755,14 +755,16 @@ static void flip_usage(void)
 	       GUARD_MAX_RESETS, GUARD_MAX_RESET_RATIO, GUARD_MAX_SILENT, GUARD_MIN_NEW_FLOWS);
 }
 
-static int want_flip(const struct bgs_service *rec, struct bgs_switch sw, void *ctx, __u32 *share)
+static int want_flip(const struct bgs_service *rec, struct bgs_switch sw, void *ctx, __u32 *share,
+		     bool quiet)
 {
 	__u8 to = *(__u8 *)ctx, from = share_color(sw.share);
 	char pct[16];
 
 	if (to == BGS_COLOR_NONE && from == BGS_COLOR_NONE) {
-		pr_warn("'%s' is split (green %s): say which color to flip to\n", rec->name,
-			fmt_share(sw.share, pct, sizeof(pct)));
+		if (!quiet)
+			pr_warn("'%s' is split (green %s): say which color to flip to\n", rec->name,
+				fmt_share(sw.share, pct, sizeof(pct)));
 		return -EINVAL;
 	}
 	if (to == BGS_COLOR_NONE)
@@ -812,12 +814,14 @@ struct shift_ctx {
 	__u32 pct; /* the color's share, 0.01 % units */
 };
 
-static int want_shift(const struct bgs_service *rec, struct bgs_switch sw, void *ctx, __u32 *share)
+static int want_shift(const struct bgs_service *rec, struct bgs_switch sw, void *ctx, __u32 *share,
+		      bool quiet)
 {
 	struct shift_ctx *x = ctx;
 
 	(void)rec;
 	(void)sw;
+	(void)quiet;
 	*share = x->color == BGS_GREEN ? x->pct : BGS_SHARE_ALL - x->pct;
 	return 0;
 }
@@ -848,11 +852,12 @@ static void rollback_usage(void)
 }
 
 static int want_rollback(const struct bgs_service *rec, struct bgs_switch sw, void *ctx,
-			 __u32 *share)
+			 __u32 *share, bool quiet)
 {
 	(void)ctx;
 	if (!(sw.flags & BGS_SW_HAS_PREV)) {
-		pr_warn("'%s' has not been flipped: nothing to roll back\n", rec->name);
+		if (!quiet)
+			pr_warn("'%s' has not been flipped: nothing to roll back\n", rec->name);
 		return -ENOENT;
 	}
 	*share = sw.prev_share;

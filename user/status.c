@@ -51,7 +51,7 @@ static void print_backend(struct status_ctx *c, const struct bgs_service_view *s
 	const struct bgs_backend_view *pv = snapshot_backend(&c->prev, sv->svc, bv->slot);
 	struct bgs_backend_stats z = { 0 };
 	const struct bgs_backend_stats *p = pv ? &pv->st : &z, *s = &bv->st;
-	char ebuf[BGS_ADDRSTR_LEN];
+	char ebuf[BGS_ADDRSTR_LEN], pct[16];
 
 	if (c->json) {
 		printf("%s{\"address\":\"%s\",\"port\":%u,\"slot\":%u,\"state\":\"%s\","
@@ -74,11 +74,16 @@ static void print_backend(struct status_ctx *c, const struct bgs_service_view *s
 		return;
 	}
 	fmt_endpoint(bv->be.addr, bv->be.port, bv->be.family, ebuf, sizeof(ebuf));
-	printf("  %-6s %-24s %-8s %6u %6.2f%% %7u %10llu %10llu %10llu %7llu", color_name(color),
-	       ebuf, backend_state_name(bv->be.state), bv->be.weight,
-	       sv->color[color].table_size ? 100.0 * bv->positions / sv->color[color].table_size :
-					     0.0,
-	       bv->live, (unsigned long long)s->new_flows, (unsigned long long)s->rx_packets,
+	if (sv->rec.lb == BGS_LB_MODULO)
+		snprintf(pct, sizeof(pct), "-");
+	else
+		snprintf(pct, sizeof(pct), "%.2f%%",
+			 sv->color[color].table_size ?
+				 100.0 * bv->positions / sv->color[color].table_size :
+				 0.0);
+	printf("  %-6s %-24s %-8s %6u %7s %7u %10llu %10llu %10llu %7llu", color_name(color), ebuf,
+	       backend_state_name(bv->be.state), bv->be.weight, pct, bv->live,
+	       (unsigned long long)s->new_flows, (unsigned long long)s->rx_packets,
 	       (unsigned long long)s->tx_packets, (unsigned long long)s->resets);
 	if (c->rates)
 		printf(" %8.1f %9.1f", rate(c, s->new_flows, p->new_flows),

@@ -8,9 +8,12 @@ table (table.txt, table.md) and PNG figures into the results folder.
 Parts (all by default):
   pkt    per-packet cost with BPF_PROG_TEST_RUN against a floor program   (microbench.py)
   scale  established / new-flow / flip cost with 1k-1M flows, 1-1000 services,
-         1-256 backends per color                                          (microbench.py)
-  flip   the flip write (1M flips in process), the `bgswitch flip` command's wall time, and
-         the cutover seen by new connections under load                    (microbench.py,
+         1-256 backends per color; the new-flow cost with Maglev tables of
+         16381 and 65537 positions against --lb modulo, side by side, and
+         what a table rebuild costs the command                            (microbench.py)
+  flip   the flip write (1M flips in process), the shift write (a green share), the
+         `bgswitch flip` and `bgswitch shift` commands' wall time, and the
+         cutover seen by new connections under load                        (microbench.py,
                                                                             netbench.py)
   net    wrk through namespaces: direct, bgswitch native and generic XDP, nftables DNAT;
          failed requests while flipping                                    (netbench.py)
@@ -44,6 +47,7 @@ PROFILES = {
                  scale_runs=5, scale_calls=10000, scale_warmup=1000, scale_flips=200000,
                  scale_cli=21, flows_levels=[1000, 100000, 1000000],
                  svc_levels=[1, 100, 1000], be_levels=[1, 16, 256], ncycle=1024,
+                 lb_levels=[16, 256],
                  flip_runs=5, flips=1000000, flip_cli=31,
                  cut_rounds=5, cut_rate=20000, cut_ms=1200,
                  net_rounds=9, net_seconds=1, net_conns=32, net_flips=3, net_flip_seconds=1,
@@ -51,7 +55,7 @@ PROFILES = {
     "smoke": dict(pkt_runs=2, pkt_calls=300, pkt_warmup=50,
                   scale_runs=2, scale_calls=300, scale_warmup=50, scale_flips=10000,
                   scale_cli=3, flows_levels=[1000, 5000], svc_levels=[1, 10],
-                  be_levels=[1, 4], ncycle=256,
+                  be_levels=[1, 4], ncycle=256, lb_levels=[4],
                   flip_runs=2, flips=100000, flip_cli=3,
                   cut_rounds=1, cut_rate=10000, cut_ms=600,
                   net_rounds=1, net_seconds=1, net_conns=16, net_flips=2, net_flip_seconds=1,
@@ -115,6 +119,21 @@ def table_rows(res: dict):
                              f"{p['flip_ns']:.1f} ns / {p['cli_flip_ms']:.2f} "
                              f"({'<0.05' if own < 0.05 else f'{own:.2f}'}) ms",
                              f"write {p['flip_ns'] / base['flip_ns']:.2f}x first", ""))
+        for p in sc.get("lb", []):
+            for name, c in p["configs"].items():
+                what = "--lb modulo (set[h % count])" if name == "modulo" else name
+                rows.append((sec, f"{p['level']} backends, {what}: est / new",
+                             f"{c['est_ns']:.0f} / {c['new_ns']:.0f} ns",
+                             f"new {c['new_ratio_modulo']:.2f}x modulo", ""))
+            for name, c in p["configs"].items():
+                if not c["table_entries"]:
+                    continue
+                own = c["rebuild_own_ms"]
+                rows.append((sec, f"{p['level']} backends, {name}: table rebuild, "
+                             "command (own) / table",
+                             f"{'<0.05' if own < 0.05 else f'{own:.2f}'} ms / "
+                             f"{c['table_bytes_memlock'] / 1024:.0f} KiB",
+                             "a weight change, less `bgswitch -V`", ""))
     if res.get("flip"):
         f = res["flip"]
         sec = "3 the flip"
@@ -124,6 +143,13 @@ def table_rows(res: dict):
                      f"{f['cli_ms']:.2f} ms",
                      f"/bin/true {f['spawn_true_ms']:.2f} ms, `bgswitch -V` "
                      f"{f['bgswitch_version_ms']:.2f} ms", ""))
+        if "ns_per_shift" in f:
+            rows.append((sec, f"shift write (green share), in process (mean of {f['flips']:,})",
+                         f"{f['ns_per_shift']:.1f} ns",
+                         f"{f['ns_per_shift'] / f['ns_per_flip']:.2f}x flip write", ""))
+            rows.append((sec, f"`bgswitch shift web green 10%` command, wall (median of "
+                         f"{f['cli_n']})", f"{f['cli_shift_ms']:.2f} ms",
+                         f"{f['cli_shift_ms'] / f['cli_ms']:.2f}x flip command", ""))
     if res.get("cutover"):
         c = res["cutover"]["summary"]
         sec = "3 the flip"
@@ -276,7 +302,8 @@ def main(argv=None) -> int:
             results["scale"] = timed(
                 "scale", microbench.part_scale, cleanup, prefix, cfg["scale_runs"],
                 cfg["scale_calls"], cfg["scale_warmup"], cfg["scale_flips"], cfg["scale_cli"],
-                cfg["flows_levels"], cfg["svc_levels"], cfg["be_levels"], cfg["ncycle"])
+                cfg["flows_levels"], cfg["svc_levels"], cfg["be_levels"], cfg["ncycle"],
+                cfg["lb_levels"])
         if "flip" in parts:
             results["flip"] = timed("flip", microbench.part_flip, cleanup, prefix,
                                     cfg["flip_runs"], cfg["flips"], cfg["flip_cli"])

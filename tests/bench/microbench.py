@@ -92,6 +92,10 @@ class State:
             flows = STATE_FLOWS
         argv = ["attach", self.iface] + (["--flows", str(flows)] if flows else [])
         self.cli(*argv, netns=True)
+        # The insert limit (125000 new flows a second per CPU, burst 10000 by default) would
+        # drop most of a run of BPF_PROG_TEST_RUN new flows, which come far faster: raise it
+        # out of reach, so that its check is still timed but never refuses.
+        self.cli("limits", "--new-flows", "100000000", "--burst", "100000000")
         self.ingress_fd = self._fd(bpfsys.obj_get(f"{self.pin_root}/progs/bgs_ingress"))
         self.egress_fd = self._fd(bpfsys.obj_get(f"{self.pin_root}/progs/bgs_egress"))
 
@@ -134,15 +138,16 @@ class State:
             self.maps[name] = bpfsys.Map.open(f"{self.pin_root}/{name}")
         return self.maps[name]
 
-    def add_service(self, name: str, vip: str, port: int) -> int:
-        self.cli("service", "add", name, ep(vip, port))
+    def add_service(self, name: str, vip: str, port: int, *opts: str) -> int:
+        """service add NAME VIP:PORT [opts, e.g. --lb modulo or --table-size M]."""
+        self.cli("service", "add", name, ep(vip, port), *opts)
         fam = 6 if ":" in vip else 4
         key = (pkt.addr_bytes(vip) + bytes(16 - len(pkt.addr_bytes(vip)))
                + struct.pack("!H", port) + struct.pack("<BB", 6, fam))
         raw = self.map("bgs_vips").lookup(key)
         if raw is None:
             raise BenchError(f"service add {name}: no bgs_vips entry")
-        self.services[name] = struct.unpack("<I", raw)[0]
+        self.services[name] = struct.unpack_from("<I", raw)[0]  # bgs_vip.svc comes first
         return self.services[name]
 
     def add_backend(self, name: str, color: str, addr: str, port: int) -> None:
@@ -156,16 +161,51 @@ class State:
     def switch_word(self, svc: int) -> model.Switch:
         return model.unpack_switch(self.map("bgs_switch").lookup(model.u32(svc)))
 
-    def active_backends(self, svc: int) -> List[Tuple[str, int]]:
-        """(address, port) of the active color's set of a service, in set order (IPv4)."""
+    def backend_at(self, slot: int) -> Tuple[str, int]:
+        b = model.unpack_backend(self.map("bgs_backends").lookup(model.u32(slot)))
+        return b.addr, b.port
+
+    def table(self, svc: int, color: int) -> Optional[List[int]]:
+        """The backend slots of a color's current lookup table (bgs_tables), or None when the
+        color has none (`--lb modulo`, or no backend yet)."""
         sw = self.switch_word(svc)
-        slots = model.unpack_set(self.map("bgs_sets").lookup(
-            model.u32(sw.set_index(svc, sw.active))))
-        out = []
-        for slot in slots:
-            b = model.unpack_backend(self.map("bgs_backends").lookup(model.u32(slot)))
-            out.append((b.addr, b.port))
-        return out
+        raw = self.map("bgs_tables").lookup(model.u32(sw.set_index(svc, color)))
+        if raw is None:
+            return None
+        with bpfsys.Map.by_id(struct.unpack("<I", raw)[0]) as inner:
+            vals = [struct.unpack("<I", v)[0] for v in inner.array_values()]
+        return vals[1:1 + vals[0]]
+
+    def table_info(self, svc: int, color: int) -> Optional[Dict]:
+        """bpftool's view of a color's current lookup table: max_entries and bytes_memlock."""
+        sw = self.switch_word(svc)
+        raw = self.map("bgs_tables").lookup(model.u32(sw.set_index(svc, color)))
+        if raw is None:
+            return None
+        info = json.loads(run(["bpftool", "map", "show", "id",
+                               str(struct.unpack("<I", raw)[0]), "-j"]).stdout)
+        return {"max_entries": info["max_entries"], "bytes_memlock": info["bytes_memlock"]}
+
+    def picker(self, svc: int):
+        """pick(client, sport, vip, vport) -> (address, port): the backend the data plane gives
+        a new TCP flow of the service now, as bpf/flow.bpf.h picks it: the color from the
+        green share (model.share_color), then position hash % M of the color's lookup table,
+        or, without a table (`--lb modulo`), set->slot[hash % count]."""
+        sw = self.switch_word(svc)
+        by_color = {}
+        for color in (model.BGS_BLUE, model.BGS_GREEN):
+            table = self.table(svc, color)
+            if table is None:
+                table = model.unpack_set(self.map("bgs_sets").lookup(
+                    model.u32(sw.set_index(svc, color))))
+            by_color[color] = [self.backend_at(s) for s in table]
+
+        def pick(client: str, sport: int, vip: str, vport: int) -> Tuple[str, int]:
+            h = model.flow_hash(client, vip, sport, vport, 6)
+            t = by_color[model.share_color(h, sw.share)]
+            return t[h % len(t)]
+
+        return pick
 
     def slot_of(self, svc: int, color: int, addr: str, port: int) -> int:
         be = self.map("bgs_backends")
@@ -325,8 +365,9 @@ def part_pkt(cleanup: Cleanup, prefix: str, runs: int, calls: int, warmup: int) 
 
 # --- flips ------------------------------------------------------------------------------------
 
-def flipbench(st: State, svc: int, count: int) -> float:
-    p = run([FLIPBENCH, "bench", f"{st.pin_root}/bgs_switch", str(svc), str(count)])
+def flipbench(st: State, svc: int, count: int, mode: str = "bench") -> float:
+    """ns per switch store: flips ("bench"), or shifts of the green share ("shift")."""
+    p = run([FLIPBENCH, mode, f"{st.pin_root}/bgs_switch", str(svc), str(count)])
     return json.loads(p.stdout)["ns_per_flip"]
 
 
@@ -335,13 +376,17 @@ def wall_ms(argv: List[str], n: int) -> float:
     return median([timed_run(argv)[2] / 1e6 for _ in range(n)])
 
 
-def cli_flip_ms(st: State, name: str, n: int) -> float:
-    """Median wall time of n `bgswitch flip NAME` commands (from fork to exit)."""
+def cli_flip_ms(st: State, name: str, n: int, *args: str) -> float:
+    """Median wall time of n `bgswitch flip NAME --no-check` commands (from fork to exit), or
+    of n `bgswitch ARGS...` if given. --no-check: the backends are addresses that exist nowhere
+    (probes from the host's namespace must not leave the machine), and probing is not what is
+    measured."""
+    argv = list(args) if args else ["flip", name, "--no-check"]
     times = []
     for _ in range(n):
-        rc, err, ns = timed_run([BGSWITCH, "--pin-root", st.pin_root, "flip", name])
+        rc, err, ns = timed_run([BGSWITCH, "--pin-root", st.pin_root] + argv)
         if rc:
-            raise BenchError(f"bgswitch flip {name}: {err.strip()}")
+            raise BenchError(f"bgswitch {' '.join(argv)}: {err.strip()}")
         times.append(ns / 1e6)
     return median(times)
 
@@ -359,26 +404,35 @@ def part_flip(cleanup: Cleanup, prefix: str, runs: int, flips: int, cli_n: int) 
     if gen1 - gen0 != runs * (flips + 2):
         raise BenchError(f"flipbench: generation moved by {gen1 - gen0}, "
                          f"want {runs * (flips + 2)}")
+    # A shift is the same one store with another share: 10%, 25%, 50%, 0% in turn.
+    per_shift = [flipbench(st, svc, flips, "shift") for _ in range(runs)]
+    if st.switch_word(svc).share != 0 or \
+            st.switch_word(svc).generation - gen1 != runs * (flips + 2):
+        raise BenchError(f"flipbench shift: switch word {st.switch_word(svc)}")
     # The command, and in the same loop what any command costs before it does anything: a
     # process (/bin/true), and bgswitch's own start (`-V`: dynamic loading of its libraries).
-    cli, spawn, version = [], [], []
+    cli, spawn, version, shift = [], [], [], []
     for _ in range(runs):
         for _ in range(cli_n):
             spawn.append(wall_ms(["/bin/true"], 1))
             version.append(wall_ms([BGSWITCH, "-V"], 1))
             cli.append(cli_flip_ms(st, "web", 1))
+            shift.append(cli_flip_ms(st, "web", 1, "shift", "web", "green", "10%",
+                                     "--no-check"))
+            cli_flip_ms(st, "web", 1, "shift", "web", "green", "0%", "--no-check")
     st.down()
     cli, spawn, version = median(cli), median(spawn), median(version)
     return {"ns_per_flip_runs": per_run, "ns_per_flip": median(per_run), "flips": flips,
-            "cli_ms": cli, "cli_n": cli_n * runs,
+            "ns_per_shift_runs": per_shift, "ns_per_shift": median(per_shift),
+            "cli_ms": cli, "cli_n": cli_n * runs, "cli_shift_ms": median(shift),
             "spawn_true_ms": spawn, "bgswitch_version_ms": version}
 
 
 # --- part 2: cost as things grow --------------------------------------------------------------
 
-def _expected_backend(backends: List[Tuple[str, int]], client: str, sport: int, vip: str,
-                      vport: int) -> Tuple[str, int]:
-    return backends[model.flow_hash(client, vip, sport, vport, 6) % len(backends)]
+def _expected_backend(pick, client: str, sport: int, vip: str, vport: int) -> Tuple[str, int]:
+    """pick: State.picker()'s function."""
+    return pick(client, sport, vip, vport)
 
 
 def _measure_point(st: State, svc: int, vip: str, est: List[Tuple[str, int, str, int]],
@@ -387,7 +441,7 @@ def _measure_point(st: State, svc: int, vip: str, est: List[Tuple[str, int, str,
     """est: [(client, sport, backend addr, backend port)] of live flows to cycle through.
     new_clients(run) -> [(client, sport)] fresh tuples. after_new(run) runs after each new-flow
     run (to delete what it inserted)."""
-    backends = st.active_backends(svc)
+    backends = st.picker(svc)
     est_in = [pkt.tcp_frame(c, vip, sp, VPORT, pkt.TCP_ACK, seq=1001, ack=1)
               for c, sp, _, _ in est]
     est_out = [pkt.tcp_frame(c, ba, sp, bp, pkt.TCP_ACK, seq=1001, ack=1)
@@ -551,7 +605,7 @@ def _delete_new_flows(st: State, vip: str, fresh, backends) -> None:
 def _scale_new_then_est(st, svc, vip, runs, calls, warmup, ncycle):
     """Open ncycle flows with SYNs (through the program), then measure est and new; the
     new-flow runs' entries are deleted after each run."""
-    backends = st.active_backends(svc)
+    backends = st.picker(svc)
     opened = []
     for c, sp in st.fresh(4, ncycle):
         syn = pkt.tcp_frame(c, vip, sp, VPORT, pkt.TCP_SYN)
@@ -569,14 +623,95 @@ def _scale_new_then_est(st, svc, vip, runs, calls, warmup, ncycle):
                           lambda r: _delete_new_flows(st, vip, batches[r], backends))
 
 
+# How a color's backend is picked, side by side: (name, service add options).
+LB_CONFIGS = (("modulo", ("--lb", "modulo")), ("maglev 16381", ()),
+              ("maglev 65537", ("--table-size", "65537")))
+
+
+def scale_lb(cleanup, prefix, levels, runs, calls, warmup, cli_n, ncycle):
+    """The new-flow cost by how the backend is picked, in one state and the same run: `--lb
+    modulo` (set[hash % count], the previous way), Maglev with the default table (16381
+    positions) and with 65537, each with `level` backends (the same addresses) in blue. The
+    rounds interleave the configurations, and the ratio to modulo is taken within each round,
+    then its median reported. Also what a table rebuild costs the command that makes it (a
+    weight change, `backend add ... --weight 2` then `--weight 1`: nothing but the new set and
+    table and one switch store; its wall time less that of `bgswitch -V`), and the memory of
+    one table."""
+    st = State(cleanup, prefix, "slb")
+    out, nsvc = [], 0
+    for level in levels:
+        t0 = time.monotonic()
+        svcs = {}
+        for name, opts in LB_CONFIGS:
+            nsvc += 1
+            sname, vip = f"lb{nsvc}", f"10.200.{nsvc // 256}.{nsvc % 256}"
+            svc = st.add_service(sname, vip, VPORT, *opts)
+            for i in range(level):
+                st.add_backend(sname, "blue", f"10.3.{i // 250}.{i % 250 + 1}", 8080)
+            pick = st.picker(svc)
+            opened = []
+            for c, sp in st.fresh(4, ncycle):
+                r = st.run_prog(st.ingress_fd, pkt.tcp_frame(c, vip, sp, VPORT, pkt.TCP_SYN))
+                if r.retval not in XDP_FORWARD:
+                    raise BenchError(f"SYN to {vip}: verdict {r.retval}")
+                opened.append((c, sp, *pick(c, sp, vip, VPORT)))
+            svcs[name] = (sname, svc, vip, opened)
+        setup_s = time.monotonic() - t0
+        log(f"  {level} backends: {', '.join(n for n, _ in LB_CONFIGS)} (set up in "
+            f"{setup_s:.1f} s)")
+        figs = {name: {"est": [], "new": []} for name, _ in LB_CONFIGS}
+        ratios = {name: [] for name, _ in LB_CONFIGS}
+        for r in range(runs):
+            for name, _ in LB_CONFIGS:
+                sname, svc, vip, opened = svcs[name]
+                batch = []
+
+                def new_clients(_r, batch=batch):
+                    batch.append(st.fresh(4, calls + warmup))
+                    return batch[-1]
+
+                pick = st.picker(svc)
+                pt = _measure_point(st, svc, vip, opened, new_clients, 1, calls, warmup,
+                                    lambda _r, b=batch, v=vip, p=pick:
+                                    _delete_new_flows(st, v, b[0], p))
+                figs[name]["est"].append(pt["est_ns"])
+                figs[name]["new"].append(pt["new_ns"])
+            for name, _ in LB_CONFIGS:
+                ratios[name].append(figs[name]["new"][-1] / figs["modulo"]["new"][-1])
+        point = {"level": level, "setup_s": round(setup_s, 2), "configs": {}}
+        for name, _ in LB_CONFIGS:
+            sname, svc, vip, _ = svcs[name]
+            table = st.table_info(svc, model.BGS_BLUE)
+            own = []
+            for _ in range(cli_n if table else 0):
+                for w in ("2", "1"):
+                    v = wall_ms([BGSWITCH, "-V"], 1)
+                    own.append(cli_flip_ms(st, sname, 1, "backend", "add", sname, "blue",
+                                           "10.3.0.1:8080", "--weight", w) - v)
+            point["configs"][name] = {
+                "est_ns": median(figs[name]["est"]), "new_ns": median(figs[name]["new"]),
+                "est_runs": figs[name]["est"], "new_runs": figs[name]["new"],
+                "new_ratio_modulo": round(median(ratios[name]), 3),
+                "rebuild_own_ms": median(own) if own else None,
+                "table_entries": table["max_entries"] if table else 0,
+                "table_bytes_memlock": table["bytes_memlock"] if table else 0}
+        out.append(point)
+    st.down()
+    return out
+
+
 def part_scale(cleanup: Cleanup, prefix: str, runs: int, calls: int, warmup: int, flips: int,
-               cli_n: int, flows_levels, svc_levels, be_levels, ncycle: int) -> Dict:
+               cli_n: int, flows_levels, svc_levels, be_levels, ncycle: int,
+               lb_levels=()) -> Dict:
     log(f"cost as things grow: flows {flows_levels}, services {svc_levels}, "
-        f"backends {be_levels}")
+        f"backends {be_levels}, backend choice {lb_levels}")
     args = (runs, calls, warmup, flips, cli_n, ncycle)
-    return {"flows": scale_flows(cleanup, prefix, flows_levels, *args),
-            "services": scale_services(cleanup, prefix, svc_levels, *args),
-            "backends": scale_backends(cleanup, prefix, be_levels, *args)}
+    out = {"flows": scale_flows(cleanup, prefix, flows_levels, *args),
+           "services": scale_services(cleanup, prefix, svc_levels, *args),
+           "backends": scale_backends(cleanup, prefix, be_levels, *args)}
+    if lb_levels:
+        out["lb"] = scale_lb(cleanup, prefix, lb_levels, runs, calls, warmup, cli_n, ncycle)
+    return out
 
 
 # --- part 5: memory ---------------------------------------------------------------------------

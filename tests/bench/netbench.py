@@ -147,8 +147,11 @@ class Topology:
 
     @staticmethod
     def flip_argv(pin_root: str, color: str) -> List[str]:
-        """`bgswitch flip web COLOR`: maps only, so no need to enter the node's namespace."""
-        return [BGSWITCH, "--pin-root", pin_root, "flip", "web", color]
+        """`bgswitch flip web COLOR --no-check`: maps only, so no need to enter the node's
+        namespace. Without --no-check the command would first probe the color's backends,
+        from this (the host's) namespace, where their addresses are not ours: the probes are
+        not what is measured, and they must not leave the machine."""
+        return [BGSWITCH, "--pin-root", pin_root, "flip", "web", color, "--no-check"]
 
     def attach(self, mode: str) -> str:
         """Attach bgswitch on n-client in a mode, service web with one backend per color.
