@@ -21,7 +21,9 @@ LIBBPF_CFLAGS := $(shell $(PKG_CONFIG) --cflags libbpf 2>/dev/null)
 LIBBPF_LIBS := $(shell $(PKG_CONFIG) --libs libbpf 2>/dev/null)
 MHD_CFLAGS := $(shell $(PKG_CONFIG) --cflags libmicrohttpd 2>/dev/null)
 MHD_LIBS := $(shell $(PKG_CONFIG) --libs libmicrohttpd 2>/dev/null)
-LDLIBS += $(LIBBPF_LIBS) $(MHD_LIBS) -lpthread
+FLEET_CFLAGS := $(shell $(PKG_CONFIG) --cflags libcurl json-c 2>/dev/null)
+FLEET_LIBS := $(shell $(PKG_CONFIG) --libs libcurl json-c 2>/dev/null)
+LDLIBS += $(LIBBPF_LIBS) $(MHD_LIBS) $(FLEET_LIBS) -lpthread
 
 # make SANITIZE=1 builds the command with AddressSanitizer and UBSan into .output/san/.
 ifeq ($(SANITIZE),1)
@@ -67,7 +69,7 @@ $(OUTPUT)/bgswitch.skel.h: $(OUTPUT)/bgswitch.bpf.o
 
 $(OBJDIR)/%.o: user/%.c $(USER_HDRS) $(OUTPUT)/bgswitch.skel.h | $(OBJDIR)
 	$(call msg,CC,$@)
-	$(Q)$(CC) $(CFLAGS) $(LIBBPF_CFLAGS) $(MHD_CFLAGS) -c $< -o $@
+	$(Q)$(CC) $(CFLAGS) $(LIBBPF_CFLAGS) $(MHD_CFLAGS) $(FLEET_CFLAGS) -c $< -o $@
 
 $(OBJDIR)/bgswitch: $(USER_OBJS)
 	$(call msg,LINK,$@)

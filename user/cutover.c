@@ -14,6 +14,7 @@
 
 #include "audit.h"
 #include "commands.h"
+#include "fleet.h"
 #include "log.h"
 #include "probe.h"
 #include "state.h"
@@ -522,6 +523,8 @@ int do_flip(int argc, char **argv)
 	__u32 svc, v;
 	int c, err;
 
+	if (fleet_wanted(argc, argv))
+		return fleet_flip(argc, argv);
 	while ((c = getopt_long(argc, argv, "H:T:nfg:R:P:S:N:wt:G:m:h", opts, NULL)) != -1) {
 		switch (c) {
 		case 'H':
@@ -672,6 +675,8 @@ int do_rollback(int argc, char **argv)
 	__u32 svc;
 	int c, err;
 
+	if (fleet_wanted(argc, argv))
+		return fleet_rollback(argc, argv);
 	while ((c = getopt_long(argc, argv, "H:T:nfG:m:h", opts, NULL)) != -1) {
 		switch (c) {
 		case 'H':

@@ -10,6 +10,7 @@
 
 #include "audit.h"
 #include "commands.h"
+#include "fleet.h"
 #include "log.h"
 #include "state.h"
 #include "util.h"
@@ -400,6 +401,8 @@ static int service_list(int argc, char **argv)
 
 int do_service(int argc, char **argv)
 {
+	if (fleet_wanted(argc, argv))
+		return fleet_service(argc, argv);
 	if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
 		service_usage();
 		return argc < 2 ? -EINVAL : 0;
@@ -822,6 +825,8 @@ out:
 
 int do_backend(int argc, char **argv)
 {
+	if (fleet_wanted(argc, argv))
+		return fleet_backend(argc, argv);
 	if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
 		backend_usage();
 		return argc < 2 ? -EINVAL : 0;
