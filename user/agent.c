@@ -809,7 +809,7 @@ int do_agent(int argc, char **argv)
 
 	/* The pinned state may come later (an agent started before `attach`). */
 	while (!agent_stop) {
-		err = state_open(&ag->st, false);
+		err = access(bgs_pin_root, F_OK) ? -ENOENT : state_open(&ag->st, false);
 		if (!err)
 			break;
 		if (!warned)
