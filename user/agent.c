@@ -317,10 +317,13 @@ static int apply_doc(struct agent *ag, const struct fleet_service *s)
 		err = sync_color(ag, s, svc, BGS_GREEN, true, reason);
 	if (err)
 		goto out;
-	if (s->green_share == 0 || s->green_share == FLEET_SHARE_MAX) {
+	err = agent_apply_switch(ag, svc, -1, &share);
+	if (!err && share != s->green_share &&
+	    (s->green_share == 0 || s->green_share == FLEET_SHARE_MAX)) {
 		struct bgs_set set;
 		__u8 to = s->green_share ? BGS_GREEN : BGS_BLUE;
 
+		/* Like a local flip: never to a color without backends. */
 		err = set_read(&ag->st, svc, to, &set);
 		if (!err && !set.count) {
 			pr_warn("%s: %s has no backends; not sending new flows there\n", s->name,

@@ -291,6 +291,7 @@ static int fleet_parse(int argc, char **argv, const char *cmd, unsigned int allo
 	a->timeout_ns = WAIT_DEFAULT_NS;
 	a->if_gen = -1;
 	a->proto = IPPROTO_TCP;
+	opterr = 0; /* one error line: ours */
 	while ((c = getopt_long(argc, argv, "E:x:C:c:k:IG:Wt:p:fdjm:h", fleet_long_opts, NULL)) !=
 	       -1) {
 		switch (c) {
@@ -356,8 +357,9 @@ static int fleet_parse(int argc, char **argv, const char *cmd, unsigned int allo
 			fleet_usage(cmd, allowed);
 			return 1;
 		default:
-			pr_warn("'%s --etcd' takes the fleet options only (see '%s --etcd x --help')\n",
-				cmd, cmd);
+			pr_warn("'%s --etcd': unknown option '%s' (the fleet options only: see "
+				"'%s --etcd x --help')\n",
+				cmd, argv[optind - 1], cmd);
 			return -EINVAL;
 		}
 	}
