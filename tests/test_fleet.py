@@ -321,8 +321,8 @@ def flip_all(fleet, name):
     out = fleet.ok(fleet.fleet("flip", name, "--wait", "--timeout", "10s"))
     line = [x for x in out.splitlines() if "applied by" in x][0]
     assert f"applied by {NODES}/{NODES} live nodes" in line, out
-    med = int(line.split("median ")[1].split(" ms")[0])
-    mx = int(line.split("max ")[1].split(" ms")[0])
+    med = float(line.split("median ")[1].split(" ms")[0])
+    mx = float(line.split("max ")[1].split(" ms")[0])
     return med, mx
 
 
@@ -358,7 +358,7 @@ def test_fleet_flip_under_load(fleet):
                "write_to_node_applied_ms_median_per_flip": per_node_median,
                "requests": sum(r["tcp_new"]["ok"] + r["udp_new"]["ok"] for r in results),
                "failed": 0,
-               "measured_by": "bgswitch flip NAME --etcd URL --wait: node reports' applied_ms "
+               "measured_by": "bgswitch flip NAME --etcd URL --wait: node reports' applied_us "
                               "minus the time just before the etcd transaction was sent"}
     print(f"\nFLEET CONVERGENCE: {json.dumps(figures)}")
     os.makedirs(os.path.join(REPO, ".output"), exist_ok=True)

@@ -43,7 +43,7 @@ struct agent_svc {
 	bool seen; /* in the desired state of the current reconcile */
 	__s64 generation; /* fleet generation applied, -1: none yet */
 	__s32 share; /* green share in force locally */
-	__u64 applied_ms;
+	__u64 applied_us;
 	__u64 live[BGS_NCOLORS];
 	char error[200];
 };
@@ -340,7 +340,7 @@ static int apply_doc(struct agent *ag, const struct fleet_service *s)
 	if (err)
 		goto out;
 	if (as->generation != s->generation) {
-		as->applied_ms = fleet_now_ms();
+		as->applied_us = fleet_now_us();
 		pr_info("agent %s: %s at fleet generation %lld (%s)\n", ag->node, s->name,
 			(long long)s->generation, color_name(share ? BGS_GREEN : BGS_BLUE));
 	}
@@ -523,7 +523,7 @@ static int report(struct agent *ag)
 									      "green" :
 							      as->share ? "split" :
 									  "blue"));
-		json_object_object_add(s, "applied_ms", json_object_new_int64(as->applied_ms));
+		json_object_object_add(s, "applied_us", json_object_new_int64(as->applied_us));
 		json_object_object_add(live, "blue", json_object_new_int64(as->live[BGS_BLUE]));
 		json_object_object_add(live, "green", json_object_new_int64(as->live[BGS_GREEN]));
 		json_object_object_add(s, "live", live);
@@ -536,7 +536,7 @@ static int report(struct agent *ag)
 	json_object_object_add(o, "health", json_object_new_string(healthy ? "ok" : "degraded"));
 	json_object_object_add(o, "error", json_object_new_string(ag->error));
 	json_object_object_add(o, "revision", json_object_new_int64(ag->rev));
-	json_object_object_add(o, "updated_ms", json_object_new_int64(fleet_now_ms()));
+	json_object_object_add(o, "updated_us", json_object_new_int64(fleet_now_us()));
 	json_object_object_add(o, "pin_root", json_object_new_string(bgs_pin_root));
 	json_object_object_add(o, "pid", json_object_new_int(getpid()));
 	json_object_object_add(o, "services", svcs);
@@ -575,8 +575,8 @@ static int lease_ensure(struct agent *ag, bool keepalive)
 		return err;
 	ag->last_keepalive = now_ns();
 	fleet_key(key, sizeof(key), ag->conn.prefix, "members", ag->node);
-	snprintf(val, sizeof(val), "{\"node\":\"%s\",\"since_ms\":%llu}", ag->node,
-		 (unsigned long long)fleet_now_ms());
+	snprintf(val, sizeof(val), "{\"node\":\"%s\",\"since_us\":%llu}", ag->node,
+		 (unsigned long long)fleet_now_us());
 	err = etcd_put(&ag->e, key, val, 0);
 	ag->dirty = true;
 	return err;
@@ -752,27 +752,17 @@ int do_agent(int argc, char **argv)
 		return -ENOMEM;
 	ag->conn.prefix = FLEET_DEFAULT_PREFIX;
 	while ((c = getopt_long(argc, argv, "E:N:x:C:c:k:Ih", opts, NULL)) != -1) {
+		int r = fleet_conn_opt(&ag->conn, c, optarg);
+
+		if (r < 0) {
+			err = r;
+			goto out;
+		}
+		if (r)
+			continue;
 		switch (c) {
-		case 'E':
-			ag->conn.eo.endpoints = optarg;
-			break;
 		case 'N':
 			ag->node = optarg;
-			break;
-		case 'x':
-			ag->conn.prefix = optarg;
-			break;
-		case 'C':
-			ag->conn.eo.cacert = optarg;
-			break;
-		case 'c':
-			ag->conn.eo.cert = optarg;
-			break;
-		case 'k':
-			ag->conn.eo.key = optarg;
-			break;
-		case 'I':
-			ag->conn.eo.insecure = true;
 			break;
 		case 'h':
 			agent_usage();
@@ -795,9 +785,7 @@ int do_agent(int argc, char **argv)
 		gethostname(host, sizeof(host) - 1);
 		ag->node = host;
 	}
-	err = fleet_check_prefix(ag->conn.prefix);
-	if (!err)
-		err = fleet_check_node(ag->node);
+	err = fleet_check_node(ag->node);
 	if (!err)
 		err = state_need_root();
 	if (!err)

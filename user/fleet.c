@@ -39,12 +39,12 @@ bool fleet_wanted(int argc, char **argv)
 	return false;
 }
 
-__u64 fleet_now_ms(void)
+__u64 fleet_now_us(void)
 {
 	struct timespec ts;
 
 	clock_gettime(CLOCK_REALTIME, &ts);
-	return (__u64)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+	return (__u64)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
 static bool name_chars(const char *s, const char *extra)
@@ -84,6 +84,35 @@ int fleet_check_node(const char *node)
 void fleet_key(char *buf, size_t len, const char *prefix, const char *kind, const char *name)
 {
 	snprintf(buf, len, "%s/%s/%s", prefix, kind, name ? name : "");
+}
+
+/* The connection options shared by the agent and the fleet commands: 1 if opt was one. */
+int fleet_conn_opt(struct fleet_conn *c, int opt, const char *arg)
+{
+	switch (opt) {
+	case 'E':
+		c->eo.endpoints = arg;
+		return 1;
+	case 'x':
+		if (fleet_check_prefix(arg))
+			return -EINVAL;
+		c->prefix = arg;
+		return 1;
+	case 'C':
+		c->eo.cacert = arg;
+		return 1;
+	case 'c':
+		c->eo.cert = arg;
+		return 1;
+	case 'k':
+		c->eo.key = arg;
+		return 1;
+	case 'I':
+		c->eo.insecure = true;
+		return 1;
+	default:
+		return 0;
+	}
 }
 
 /* ---- the document ---- */
@@ -294,27 +323,13 @@ static int fleet_parse(int argc, char **argv, const char *cmd, unsigned int allo
 	opterr = 0; /* one error line: ours */
 	while ((c = getopt_long(argc, argv, "E:x:C:c:k:IG:Wt:p:fdjm:h", fleet_long_opts, NULL)) !=
 	       -1) {
+		int r = fleet_conn_opt(&a->conn, c, optarg);
+
+		if (r < 0)
+			return r;
+		if (r)
+			continue;
 		switch (c) {
-		case 'E':
-			a->conn.eo.endpoints = optarg;
-			break;
-		case 'x':
-			if (fleet_check_prefix(optarg))
-				return -EINVAL;
-			a->conn.prefix = optarg;
-			break;
-		case 'C':
-			a->conn.eo.cacert = optarg;
-			break;
-		case 'c':
-			a->conn.eo.cert = optarg;
-			break;
-		case 'k':
-			a->conn.eo.key = optarg;
-			break;
-		case 'I':
-			a->conn.eo.insecure = true;
-			break;
 		case 'G':
 			if (parse_generation(optarg, &a->if_gen))
 				return -EINVAL;
@@ -431,8 +446,20 @@ static int gen_check(const struct fleet_args *a, const struct fleet_service *s)
 	return BGS_ERR_GENERATION;
 }
 
+/* Connect, read the service's document and check --if-generation against it. */
+static int doc_open(struct fleet_args *a, const char *name, struct fleet_service *s)
+{
+	int err = fleet_connect(a);
+
+	if (!err)
+		err = doc_read(a, name, s, true);
+	if (!err)
+		err = gen_check(a, s);
+	return err;
+}
+
 /* Write the next document: one transaction on the mod_revision the change was built from. */
-static int doc_write(struct fleet_args *a, struct fleet_service *s, __u64 *t_ms, __s64 *rev)
+static int doc_write(struct fleet_args *a, struct fleet_service *s, __u64 *t_us, __s64 *rev)
 {
 	char key[256], *doc = NULL;
 	bool ok = false;
@@ -442,7 +469,7 @@ static int doc_write(struct fleet_args *a, struct fleet_service *s, __u64 *t_ms,
 	doc = fleet_doc_encode(s);
 	if (!doc)
 		return -ENOMEM;
-	*t_ms = fleet_now_ms();
+	*t_us = fleet_now_us();
 	err = etcd_txn_put(&a->e, key, doc, s->mod_rev, &ok, rev);
 	free(doc);
 	if (err)
@@ -469,7 +496,7 @@ struct node_view {
 	__s64 generation;
 	__s32 share;
 	char color[8];
-	__u64 applied_ms;
+	__u64 applied_us;
 	__u64 live_flows[BGS_NCOLORS];
 };
 
@@ -527,7 +554,7 @@ static void node_fill(struct node_view *nv, json_object *rep, const char *svc)
 	nv->has_svc = true;
 	nv->generation = int_field(s, "generation", -1);
 	nv->share = int_field(s, "green_share", -1);
-	nv->applied_ms = int_field(s, "applied_ms", 0);
+	nv->applied_us = int_field(s, "applied_us", 0);
 	snprintf(nv->color, sizeof(nv->color), "%s", str_field(s, "color"));
 	if (str_field(s, "error")[0])
 		snprintf(nv->error, sizeof(nv->error), "%s", str_field(s, "error"));
@@ -603,8 +630,8 @@ static int cmp_u64(const void *x, const void *y)
 	return a < b ? -1 : a > b;
 }
 
-/* Wait until every live node has applied generation gen of svc (written at t_ms). */
-static int fleet_wait(struct fleet_args *a, const char *svc, __s64 gen, __u64 t_ms)
+/* Wait until every live node has applied generation gen of svc (written at t_us). */
+static int fleet_wait(struct fleet_args *a, const char *svc, __s64 gen, __u64 t_us)
 {
 	__u64 t0 = now_ns(), lat[MAX_NODES];
 	struct node_view *v = NULL;
@@ -624,7 +651,7 @@ static int fleet_wait(struct fleet_args *a, const char *svc, __s64 gen, __u64 t_
 			if (!v[i].live)
 				continue;
 			if (node_done(&v[i], gen)) {
-				lat[ndone++] = v[i].applied_ms > t_ms ? v[i].applied_ms - t_ms : 0;
+				lat[ndone++] = v[i].applied_us > t_us ? v[i].applied_us - t_us : 0;
 			} else {
 				size_t used = strlen(lag);
 
@@ -650,9 +677,9 @@ static int fleet_wait(struct fleet_args *a, const char *svc, __s64 gen, __u64 t_
 	if (gen >= 0) {
 		qsort(lat, ndone, sizeof(lat[0]), cmp_u64);
 		printf("%s: generation %lld applied by %zu/%zu live nodes; after the write: median "
-		       "%llu ms, max %llu ms\n",
-		       svc, (long long)gen, ndone, nlive, (unsigned long long)lat[ndone / 2],
-		       (unsigned long long)lat[ndone - 1]);
+		       "%.2f ms, max %.2f ms\n",
+		       svc, (long long)gen, ndone, nlive, lat[ndone / 2] / 1e3,
+		       lat[ndone - 1] / 1e3);
 	} else {
 		printf("%s: deleted by %zu/%zu live nodes\n", svc, ndone, nlive);
 	}
@@ -665,21 +692,21 @@ out:
 }
 
 /* After a write: the line that says what was written, then --wait. */
-static int fleet_after(struct fleet_args *a, const char *svc, __s64 gen, __u64 t_ms, __s64 rev)
+static int fleet_after(struct fleet_args *a, const char *svc, __s64 gen, __u64 t_us, __s64 rev)
 {
-	printf("%s: generation %lld written to etcd at revision %lld (t=%llu ms)\n", svc,
-	       (long long)gen, (long long)rev, (unsigned long long)t_ms);
+	printf("%s: generation %lld written to etcd at revision %lld\n", svc, (long long)gen,
+	       (long long)rev);
 	fflush(stdout);
 	if (!a->wait)
 		return 0;
-	return fleet_wait(a, svc, gen, t_ms);
+	return fleet_wait(a, svc, gen, t_us);
 }
 
 /* ---- flip and rollback ---- */
 
 static int share_set(struct fleet_args *a, struct fleet_service *s, __s32 share)
 {
-	__u64 t_ms;
+	__u64 t_us;
 	__s64 rev = 0;
 	__u8 to = share ? BGS_GREEN : BGS_BLUE;
 	int err;
@@ -688,7 +715,7 @@ static int share_set(struct fleet_args *a, struct fleet_service *s, __s32 share)
 		printf("%s: already %s (fleet generation %lld)\n", s->name, color_name(to),
 		       (long long)s->generation);
 		if (a->wait)
-			return fleet_wait(a, s->name, s->generation, fleet_now_ms());
+			return fleet_wait(a, s->name, s->generation, fleet_now_us());
 		return 0;
 	}
 	if (!s->nbe[to]) {
@@ -699,11 +726,11 @@ static int share_set(struct fleet_args *a, struct fleet_service *s, __s32 share)
 	s->previous_share = s->green_share;
 	s->green_share = share;
 	s->generation++;
-	err = doc_write(a, s, &t_ms, &rev);
+	err = doc_write(a, s, &t_us, &rev);
 	if (err)
 		return err;
 	printf("%s: %s -> %s in the fleet\n", s->name, color_name(!to), color_name(to));
-	return fleet_after(a, s->name, s->generation, t_ms, rev);
+	return fleet_after(a, s->name, s->generation, t_us, rev);
 }
 
 int fleet_flip(int argc, char **argv)
@@ -726,11 +753,7 @@ int fleet_flip(int argc, char **argv)
 		err = -EINVAL;
 		goto out;
 	}
-	err = fleet_connect(&a);
-	if (!err)
-		err = doc_read(&a, a.args[0], s, true);
-	if (!err)
-		err = gen_check(&a, s);
+	err = doc_open(&a, a.args[0], s);
 	if (err)
 		goto out;
 	if (to == BGS_COLOR_NONE)
@@ -757,11 +780,7 @@ int fleet_rollback(int argc, char **argv)
 		err = bad_args("rollback");
 		goto out;
 	}
-	err = fleet_connect(&a);
-	if (!err)
-		err = doc_read(&a, a.args[0], s, true);
-	if (!err)
-		err = gen_check(&a, s);
+	err = doc_open(&a, a.args[0], s);
 	if (err)
 		goto out;
 	if (s->previous_share < 0) {
@@ -781,7 +800,7 @@ out:
 static int fleet_service_add(struct fleet_args *a, struct fleet_service *s)
 {
 	struct bgs_endpoint ep;
-	__u64 t_ms;
+	__u64 t_us;
 	__s64 rev = 0;
 	int err;
 
@@ -809,12 +828,12 @@ static int fleet_service_add(struct fleet_args *a, struct fleet_service *s)
 	s->proto = a->proto;
 	s->generation = 1;
 	s->previous_share = -1;
-	err = doc_write(a, s, &t_ms, &rev);
+	err = doc_write(a, s, &t_us, &rev);
 	if (err)
 		return err;
 	printf("service %s: %s/%s, active blue, in the fleet\n", s->name, s->vip,
 	       proto_name(s->proto));
-	return fleet_after(a, s->name, s->generation, t_ms, rev);
+	return fleet_after(a, s->name, s->generation, t_us, rev);
 }
 
 static int fleet_service_del(struct fleet_args *a, struct fleet_service *s)
@@ -822,18 +841,14 @@ static int fleet_service_del(struct fleet_args *a, struct fleet_service *s)
 	struct node_view *v = NULL;
 	char key[256];
 	size_t n = 0, i;
-	__u64 live = 0, t_ms;
+	__u64 live = 0, t_us;
 	__s64 rev = 0;
 	bool ok = false;
 	int err;
 
 	if (a->nargs != 2)
 		return bad_args("service");
-	err = fleet_connect(a);
-	if (!err)
-		err = doc_read(a, a->args[1], s, true);
-	if (!err)
-		err = gen_check(a, s);
+	err = doc_open(a, a->args[1], s);
 	if (!err)
 		err = nodes_read(a, s->name, &v, &n);
 	if (err)
@@ -849,7 +864,7 @@ static int fleet_service_del(struct fleet_args *a, struct fleet_service *s)
 		return -EBUSY;
 	}
 	fleet_key(key, sizeof(key), a->conn.prefix, "services", s->name);
-	t_ms = fleet_now_ms();
+	t_us = fleet_now_us();
 	err = etcd_txn_delete(&a->e, key, s->mod_rev, &ok, &rev);
 	if (err)
 		return unreachable(a, err);
@@ -860,7 +875,7 @@ static int fleet_service_del(struct fleet_args *a, struct fleet_service *s)
 	}
 	printf("service %s deleted from the fleet (etcd revision %lld)\n", s->name, (long long)rev);
 	fflush(stdout);
-	return a->wait ? fleet_wait(a, s->name, -1, t_ms) : 0;
+	return a->wait ? fleet_wait(a, s->name, -1, t_us) : 0;
 }
 
 static int fleet_service_list(struct fleet_args *a)
@@ -943,7 +958,7 @@ int fleet_backend(int argc, char **argv)
 	struct fleet_args a;
 	const char *sub = argc > 1 ? argv[1] : "";
 	bool add = !strcmp(sub, "add");
-	__u64 t_ms;
+	__u64 t_us;
 	__s64 rev = 0;
 	__u32 i, c;
 	__u8 color;
@@ -969,11 +984,7 @@ int fleet_backend(int argc, char **argv)
 		err = -EINVAL;
 		goto out;
 	}
-	err = fleet_connect(&a);
-	if (!err)
-		err = doc_read(&a, a.args[1], s, true);
-	if (!err)
-		err = gen_check(&a, s);
+	err = doc_open(&a, a.args[1], s);
 	if (err)
 		goto out;
 	parse_endpoint(s->vip, &vip);
@@ -1016,12 +1027,12 @@ int fleet_backend(int argc, char **argv)
 		s->be[color][pos] = s->be[color][--s->nbe[color]];
 	}
 	s->generation++;
-	err = doc_write(&a, s, &t_ms, &rev);
+	err = doc_write(&a, s, &t_us, &rev);
 	if (err)
 		goto out;
 	printf("%s: %s backend %s %s in the fleet\n", s->name, color_name(color), a.args[3],
 	       add ? "added" : "removed (its flows drain)");
-	err = fleet_after(&a, s->name, s->generation, t_ms, rev);
+	err = fleet_after(&a, s->name, s->generation, t_us, rev);
 out:
 	fleet_done(&a);
 	free(s);
@@ -1136,7 +1147,7 @@ int fleet_status(int argc, char **argv)
 	if (a.nargs == 1 && a.wait) {
 		err = doc_read(&a, a.args[0], s, true);
 		if (!err)
-			err = fleet_wait(&a, s->name, s->generation, fleet_now_ms());
+			err = fleet_wait(&a, s->name, s->generation, fleet_now_us());
 		if (err)
 			goto out;
 	}

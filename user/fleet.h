@@ -43,13 +43,14 @@ struct fleet_conn {
 };
 
 bool fleet_wanted(int argc, char **argv);
+int fleet_conn_opt(struct fleet_conn *c, int opt, const char *arg);
 int fleet_check_prefix(const char *prefix);
 int fleet_check_node(const char *node);
 void fleet_key(char *buf, size_t len, const char *prefix, const char *kind, const char *name);
 
 int fleet_doc_decode(const char *json, struct fleet_service *s);
 char *fleet_doc_encode(const struct fleet_service *s);
-__u64 fleet_now_ms(void);
+__u64 fleet_now_us(void);
 
 int fleet_flip(int argc, char **argv);
 int fleet_rollback(int argc, char **argv);
