@@ -22,7 +22,7 @@ UNIT = os.path.join(TOP, "contrib", "systemd", "bgswitch-exporter.service")
 
 # The command table of user/main.c, in its order (test_packaging_commands_match_main checks it).
 COMMANDS = ["attach", "detach", "service", "backend", "flip", "rollback", "check", "drain",
-            "status", "timeouts", "gc", "limits", "watch", "exporter"]
+            "status", "timeouts", "gc", "limits", "watch", "exporter", "agent"]
 GLOBAL_OPTS = ["-r", "--pin-root", "-a", "--audit-log", "-v", "--verbose", "-V", "--version",
                "-h", "--help"]
 # Where each getopt table of user/*.c is used: the function that holds it, and the completion's
@@ -45,6 +45,7 @@ TABLES = {
     "do_limits": "limits",
     "do_watch": "watch",
     "do_exporter": "exporter",
+    "do_agent": "agent",
     "parse_help_only": "*",
 }
 # A command line whose last word, "-", lists the options of each completion case.
@@ -65,6 +66,7 @@ CASE_LINES = {
     "limits": "bgswitch limits -",
     "watch": "bgswitch watch -",
     "exporter": "bgswitch exporter -",
+    "agent": "bgswitch agent -",
     "*": "bgswitch service list -",
 }
 
