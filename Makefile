@@ -147,7 +147,8 @@ bench: deps
 	$(Q)$(PYTHON) tests/bench/bench.py --out $(BENCH_RESULTS) $(BENCH_ARGS)
 
 # make install [PREFIX=/usr/local] [DESTDIR=staging]: the command (the BPF object is embedded in
-# it by the skeleton), its man page, its bash completion and the exporter's systemd unit.
+# it by the skeleton), its man page, its bash completion and the exporter's and the agent's
+# systemd units.
 SBINDIR := $(PREFIX)/sbin
 MAN8DIR := $(PREFIX)/share/man/man8
 BASHCOMPDIR := $(PREFIX)/share/bash-completion/completions
@@ -164,12 +165,16 @@ install: all
 	$(Q)sed 's|@SBINDIR@|$(SBINDIR)|g' contrib/systemd/bgswitch-exporter.service \
 		> $(DESTDIR)$(UNITDIR)/bgswitch-exporter.service
 	$(Q)chmod 0644 $(DESTDIR)$(UNITDIR)/bgswitch-exporter.service
+	$(Q)sed 's|@SBINDIR@|$(SBINDIR)|g' contrib/systemd/bgswitch-agent.service \
+		> $(DESTDIR)$(UNITDIR)/bgswitch-agent.service
+	$(Q)chmod 0644 $(DESTDIR)$(UNITDIR)/bgswitch-agent.service
 
 .PHONY: uninstall
 uninstall:
 	$(call msg,UNINSTALL,$(DESTDIR)$(PREFIX))
 	$(Q)rm -f $(DESTDIR)$(SBINDIR)/bgswitch $(DESTDIR)$(MAN8DIR)/bgswitch.8.gz \
-		$(DESTDIR)$(BASHCOMPDIR)/bgswitch $(DESTDIR)$(UNITDIR)/bgswitch-exporter.service
+		$(DESTDIR)$(BASHCOMPDIR)/bgswitch $(DESTDIR)$(UNITDIR)/bgswitch-exporter.service \
+		$(DESTDIR)$(UNITDIR)/bgswitch-agent.service
 
 clean:
 	$(call msg,CLEAN,$(OUTPUT))
