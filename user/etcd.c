@@ -642,8 +642,10 @@ static int watch_parse(struct etcd_watch *w, etcd_watch_cb cb, void *ctx)
 		if (err)
 			break;
 	}
-	memmove(w->buf, w->buf + off, w->len - off);
-	w->len -= off;
+	if (off) {
+		memmove(w->buf, w->buf + off, w->len - off);
+		w->len -= off;
+	}
 	json_tokener_free(tok);
 	return err;
 }
