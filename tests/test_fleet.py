@@ -482,3 +482,63 @@ def test_fleet_agents_stop_cleanly(fleet):
     # the data plane runs on without any agent
     for i in range(NODES):
         assert set(fleet.probe(i, count=2)) == {st["color"]}
+
+
+def _certs(d):
+    """A CA, a server certificate for 127.0.0.1 and a client certificate, in directory d."""
+    def ossl(*args):
+        run(["openssl"] + list(args), timeout=30)
+    ossl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+         "-days", "1", "-subj", "/CN=bgsf test CA", "-keyout", f"{d}/ca.key", "-out", f"{d}/ca.pem")
+    for name, ext in (("server", "subjectAltName=IP:127.0.0.1"),
+                      ("client", "extendedKeyUsage=clientAuth")):
+        ossl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+             "-subj", f"/CN=bgsf {name}", "-addext", ext, "-keyout", f"{d}/{name}.key",
+             "-out", f"{d}/{name}.csr")
+        ossl("x509", "-req", "-in", f"{d}/{name}.csr", "-CA", f"{d}/ca.pem", "-CAkey",
+             f"{d}/ca.key", "-CAcreateserial", "-days", "1", "-copy_extensions", "copy",
+             "-out", f"{d}/{name}.pem")
+
+
+def test_fleet_tls_client_certificates(fleet):
+    """etcd over TLS with client-certificate authentication: the fleet commands connect with
+    --cacert/--cert/--key, and fail (one line, nothing written) without them."""
+    d = tempfile.mkdtemp(prefix=f"{fleet.prefix}-tls-")
+    e = Etcd(fleet.prefix)
+    try:
+        _certs(d)
+        e.url = f"https://127.0.0.1:{e.client}"
+        peer = f"http://127.0.0.1:{e.peer}"
+        argv = ["etcd", "--name", "bgsf", "--data-dir", os.path.join(e.dir, "data"),
+                "--listen-client-urls", e.url, "--advertise-client-urls", e.url,
+                "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+                "--initial-cluster", f"bgsf={peer}", "--cert-file", f"{d}/server.pem",
+                "--key-file", f"{d}/server.key", "--client-cert-auth",
+                "--trusted-ca-file", f"{d}/ca.pem"]
+        e.log = open(os.path.join(e.dir, "etcd.log"), "a")
+        e.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=e.log, stderr=e.log)
+        tls = ["--etcd", e.url, "--prefix", fleet.key_prefix, "--cacert", f"{d}/ca.pem",
+               "--cert", f"{d}/client.pem", "--key", f"{d}/client.key"]
+        deadline = time.monotonic() + 15
+        while True:
+            p = fleet.bgs("service", "add", "tls", f"{VIP}:443", *tls)
+            if p.returncode == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        fleet.ok(p)
+        out = fleet.ok(fleet.bgs("status", "tls", "--json", *tls))
+        assert json.loads(out)["services"][0]["generation"] == 1
+        # without the client certificate, or without the CA: refused, nothing written
+        p = fleet.bgs("backend", "add", "tls", "blue", "10.79.200.11:8081", *tls[:6])
+        assert p.returncode == 1 and "unreachable" in p.stderr, p.stderr
+        p = fleet.bgs("backend", "add", "tls", "blue", "10.79.200.11:8081",
+                      *(tls[:4] + tls[6:]))
+        assert p.returncode == 1 and "unreachable" in p.stderr, p.stderr
+        out = fleet.ok(fleet.bgs("status", "tls", "--json", *tls))
+        assert json.loads(out)["services"][0]["generation"] == 1
+        p = fleet.bgs("flip", "tls", "--etcd", e.url, "--cacert", f"{d}/ca.pem", "--cert",
+                      f"{d}/client.pem")
+        assert p.returncode == 1 and "--cert and --key go together" in p.stderr, p.stderr
+    finally:
+        e.cleanup()
+        shutil.rmtree(d, ignore_errors=True)

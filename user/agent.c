@@ -823,7 +823,8 @@ int do_agent(int argc, char **argv)
 			pr_warn("agent %s: etcd unreachable or the watch broke (%s): forwarding goes "
 				"on with the last applied state (revision %lld); retrying with "
 				"backoff\n",
-				ag->node, strerror(-err), (long long)ag->rev);
+				ag->node, err == -ENOTCONN ? ag->e.last_error : strerror(-err),
+				(long long)ag->rev);
 		snprintf(ag->error, sizeof(ag->error), "etcd: %s", strerror(-err));
 		fflush(stdout);
 		agent_sleep(backoff);

@@ -320,7 +320,9 @@ int etcd_call(struct etcd *e, const char *path, json_object *req, json_object **
 		curl_easy_setopt(e->curl, CURLOPT_ERRORBUFFER, ebuf);
 		rc = curl_easy_perform(e->curl);
 		if (rc != CURLE_OK) {
-			pr_debug("etcd %s: %s\n", url, ebuf[0] ? ebuf : curl_easy_strerror(rc));
+			snprintf(e->last_error, sizeof(e->last_error), "%s: %s", url,
+				 ebuf[0] ? ebuf : curl_easy_strerror(rc));
+			pr_debug("etcd %s\n", e->last_error);
 			continue;
 		}
 		e->cur = k;

@@ -27,6 +27,7 @@ struct etcd {
 	struct etcd_opts o;
 	void *curl; /* CURL *, for the unary calls */
 	long timeout_ms;
+	char last_error[800]; /* why the last call reached no endpoint */
 };
 
 struct etcd_kv {

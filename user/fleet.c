@@ -407,7 +407,7 @@ static void fleet_done(struct fleet_args *a)
 static int unreachable(struct fleet_args *a, int err)
 {
 	if (err == -ENOTCONN)
-		pr_warn("etcd is unreachable at %s\n", a->conn.eo.endpoints);
+		pr_warn("etcd is unreachable (%s)\n", a->e.last_error);
 	return err;
 }
 
