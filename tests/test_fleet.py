@@ -443,6 +443,38 @@ def test_fleet_etcd_down_traffic_goes_on(fleet):
         assert set(fleet.probe(i, count=2)) == {want}
 
 
+def etcd_put(url, key, value):
+    import base64
+    body = json.dumps({"key": base64.b64encode(key.encode()).decode(),
+                       "value": base64.b64encode(value.encode()).decode()}).encode()
+    req = urllib.request.Request(url + "/v3/kv/put", data=body,
+                                 headers={"Content-Type": "application/json"})
+    urllib.request.urlopen(req, timeout=5).read()
+
+
+def test_fleet_unsupported_share_is_reported_not_applied(fleet):
+    """A green share between 0 and 10000 (weighted splits, not in this data plane): every node
+    reports the error and keeps forwarding with its last applied state."""
+    st = fleet.status("web")
+    before = {i: fleet.local(i, "web") for i in range(NODES)}
+    doc = {"name": "web", "vip": f"{VIP}:{PORT}", "proto": "tcp",
+           "generation": st["generation"] + 1, "green_share": 2500, "previous_share": 0,
+           "backends": {"blue": [{"addr": f"{a}:{p}", "weight": 1} for a, p in BLUE],
+                        "green": [{"addr": f"{a}:{p}", "weight": 1} for a, p in GREEN]}}
+    etcd_put(fleet.etcd.url, f"{fleet.key_prefix}/services/web", json.dumps(doc))
+    assert " split " in fleet.ok(fleet.fleet("service", "list"))
+    p = fleet.fleet("status", "web", "--wait", "--timeout", "1s")
+    assert p.returncode == 5 and "green share 25.00%" in p.stderr, p.stderr
+    st = fleet.status("web")
+    assert sorted(st["lagging"]) == [f"n{i}" for i in range(NODES)], st
+    assert all(n["state"] == "error" and "25.00%" in n["error"] for n in st["nodes"]), st
+    assert {i: fleet.local(i, "web") for i in range(NODES)} == before
+    # a flip to a whole color applies again everywhere
+    fleet.ok(fleet.fleet("flip", "web", before[0][0], "--wait", "--timeout", "10s"))
+    st = fleet.status("web")
+    assert all(n["state"] == "ok" and not n["error"] for n in st["nodes"]), st
+
+
 def test_fleet_changes_and_refusals(fleet):
     # plain http:// to a non-loopback address is refused before any connection
     p = fleet.bgs("flip", "web", "--etcd", "http://10.79.1.1:2379")
