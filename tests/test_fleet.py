@@ -352,7 +352,7 @@ def test_fleet_flip_under_load(fleet):
         assert res["tcp_new"]["by_color"].get("green", 0) > 0, res["tcp_new"]["by_color"]
         assert res["tcp_new"]["by_color"].get("blue", 0) > 0, res["tcp_new"]["by_color"]
     figures = {"nodes": NODES, "flips": len(per_flip_max),
-               "write_to_all_applied_ms": {"median": statistics.median(per_flip_max),
+               "write_to_all_applied_ms": {"median": round(statistics.median(per_flip_max), 2),
                                            "max": max(per_flip_max), "all": per_flip_max},
                "write_to_node_applied_ms_median_per_flip": per_node_median,
                "requests": sum(r["tcp_new"]["ok"] + r["udp_new"]["ok"] for r in results),
@@ -498,6 +498,36 @@ def test_fleet_changes_and_refusals(fleet):
     assert all(fleet.local(i, "tmp")[0] == "blue" for i in range(NODES))
     fleet.ok(fleet.fleet("service", "del", "tmp", "--wait", "--timeout", "10s"))
     assert all(fleet.local(i, "tmp")[0] is None for i in range(NODES))
+
+
+def test_fleet_agent_with_nothing_in_etcd_deletes_nothing(fleet):
+    """An agent that finds no service at all under its prefix (a wrong --prefix, a wiped etcd)
+    keeps the node's services and says so in its report, instead of deleting them."""
+    before = fleet.local(0, "web")
+    fleet.kill_agent(0, signal.SIGTERM)
+    wrong = fleet.key_prefix + "-empty"
+    log = open(os.path.join(fleet.tmp, "agent-n0-wrong.log"), "w")
+    p = subprocess.Popen([BGSWITCH, "--pin-root", fleet.pin_root(0), "agent", "--etcd",
+                          fleet.etcd.url, "--node", "n0", "--prefix", wrong],
+                         stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=fleet.env)
+    log.close()
+    fleet.procs.append(p)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            with open(os.path.join(fleet.tmp, "agent-n0-wrong.log")) as f:
+                text = f.read()
+            if "local services kept" in text or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert "no service under " + wrong in text, text
+        assert fleet.local(0, "web") == before
+    finally:
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(10) == 0
+        fleet.procs.remove(p)
+    fleet.start_agent(0)
+    fleet.ok(fleet.fleet("status", "web", "--wait", "--timeout", "10s"))
 
 
 def test_fleet_agents_stop_cleanly(fleet):

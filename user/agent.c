@@ -58,6 +58,7 @@ struct agent {
 	__s64 rev; /* etcd revision the local state reflects */
 	struct agent_svc svcs[MAX_SVCS];
 	char error[256];
+	bool seen_any; /* some reconcile found a service in etcd */
 	bool dirty; /* the report changed since it was last written */
 	__u64 last_keepalive, last_report, last_census;
 };
@@ -438,7 +439,23 @@ static int reconcile(struct agent *ag)
 		if (name)
 			apply_kv(ag, name, kvs[i].value);
 	}
-	/* Local services the fleet no longer has. */
+	/* Local services the fleet no longer has; but an agent that has never seen a service in
+	 * etcd (a wrong --prefix, an empty or wiped etcd) deletes nothing: it says so instead.
+	 */
+	if (!n && !ag->seen_any) {
+		__u32 kept = 0;
+
+		for (svc = 0; svc < BGS_MAX_SERVICES; svc++)
+			kept += service_get(&ag->st, svc, &rec);
+		if (kept) {
+			snprintf(ag->error, sizeof(ag->error),
+				 "no service under %s/services in etcd: %u local services kept",
+				 ag->conn.prefix, kept);
+			pr_warn("agent %s: %s\n", ag->node, ag->error);
+			goto done;
+		}
+	}
+	ag->seen_any = ag->seen_any || n;
 	for (svc = 0; svc < BGS_MAX_SERVICES; svc++) {
 		struct agent_svc *as;
 
@@ -451,6 +468,9 @@ static int reconcile(struct agent *ag)
 	for (i = 0; i < MAX_SVCS; i++)
 		if (ag->svcs[i].used && !ag->svcs[i].seen)
 			ag->svcs[i].used = false;
+	if (!strncmp(ag->error, "no service under", 16))
+		ag->error[0] = '\0';
+done:
 	pr_debug("agent %s: reconciled %zu services at revision %lld\n", ag->node, n,
 		 (long long)rev);
 	ag->rev = rev;
@@ -627,6 +647,7 @@ static int on_watch(json_object *res, void *ctx)
 			delete_svc(ag, name);
 		else if (name)
 			apply_kv(ag, name, kv.value ? kv.value : "");
+		ag->seen_any = true;
 		ag->rev = etcd_json_int(jkv, "mod_revision");
 		free(kv.key);
 		free(kv.value);
@@ -647,6 +668,8 @@ static int agent_session(struct agent *ag, __u64 *backoff)
 		err = lease_ensure(ag, true);
 	if (err)
 		goto out;
+	if (!strncmp(ag->error, "etcd:", 5))
+		ag->error[0] = '\0'; /* connected again */
 	census(ag);
 	ag->last_census = now_ns();
 	err = report(ag);
@@ -655,7 +678,6 @@ static int agent_session(struct agent *ag, __u64 *backoff)
 	pr_info("agent %s: connected to %s, watching from revision %lld\n", ag->node,
 		etcd_endpoint(&ag->e), (long long)ag->rev + 1);
 	*backoff = BACKOFF_MIN_NS;
-	ag->error[0] = '\0';
 	while (!agent_stop) {
 		if (!watching) {
 			char key[256];
