@@ -32,6 +32,8 @@
 #define LEASE_TTL 5 /* seconds */
 #define KEEPALIVE_NS (1500 * MS)
 #define REPORT_NS (2000 * MS)
+#define RECONCILE_NS (30000 * MS) /* a full reconcile also undoes local drift */
+#define RETRY_NS (10000 * MS) /* how soon a change that could not be applied is tried again */
 #define BACKOFF_MIN_NS (100 * MS)
 #define BACKOFF_MAX_NS (5000 * MS)
 #define MAX_SVCS BGS_MAX_SERVICES
@@ -60,7 +62,7 @@ struct agent {
 	char error[256];
 	bool seen_any; /* some reconcile found a service in etcd */
 	bool dirty; /* the report changed since it was last written */
-	__u64 last_keepalive, last_report, last_census;
+	__u64 last_keepalive, last_report, last_census, last_reconcile;
 };
 
 static volatile sig_atomic_t agent_stop;
@@ -274,6 +276,7 @@ static int apply_doc(struct agent *ag, const struct fleet_service *s)
 	char reason[128], proto[8], name[BGS_NAME_LEN], vip[BGS_ADDRSTR_LEN];
 	struct bgs_service rec;
 	struct bgs_endpoint ep;
+	char before[256];
 	__s32 share;
 	__u32 svc;
 	bool have;
@@ -281,6 +284,7 @@ static int apply_doc(struct agent *ag, const struct fleet_service *s)
 
 	if (!as)
 		return -ENOSPC;
+	snprintf(before, sizeof(before), "%s", bgs_log_last_warn());
 	as->seen = true;
 	snprintf(reason, sizeof(reason), "fleet generation %lld via agent %s",
 		 (long long)s->generation, ag->node);
@@ -353,7 +357,7 @@ out:
 		const char *w = bgs_log_last_warn();
 
 		snprintf(as->error, sizeof(as->error), "generation %lld not applied: %s",
-			 (long long)s->generation, w && *w ? w : strerror(-err));
+			 (long long)s->generation, *w && strcmp(w, before) ? w : strerror(-err));
 		as->error[strcspn(as->error, "\n")] = '\0';
 		pr_warn("agent %s: %s: %s\n", ag->node, s->name, as->error);
 	}
@@ -431,6 +435,7 @@ static int reconcile(struct agent *ag)
 	err = etcd_range(&ag->e, key, true, &kvs, &n, &rev);
 	if (err)
 		return err;
+	ag->last_reconcile = now_ns();
 	for (i = 0; i < MAX_SVCS; i++)
 		ag->svcs[i].seen = false;
 	for (i = 0; i < n; i++) {
@@ -655,6 +660,16 @@ static int on_watch(json_object *res, void *ctx)
 	return 0;
 }
 
+static bool agent_failing(const struct agent *ag)
+{
+	int i;
+
+	for (i = 0; i < MAX_SVCS; i++)
+		if (ag->svcs[i].used && ag->svcs[i].error[0])
+			return true;
+	return false;
+}
+
 /* One connected period: reconcile, lease, report, then the watch until it breaks. */
 static int agent_session(struct agent *ag, __u64 *backoff)
 {
@@ -699,6 +714,11 @@ static int agent_session(struct agent *ag, __u64 *backoff)
 		now = now_ns();
 		if (now - ag->last_keepalive >= KEEPALIVE_NS) {
 			err = lease_ensure(ag, true);
+			if (err)
+				goto out;
+		}
+		if (now - ag->last_reconcile >= (agent_failing(ag) ? RETRY_NS : RECONCILE_NS)) {
+			err = reconcile(ag);
 			if (err)
 				goto out;
 		}
