@@ -420,6 +420,21 @@ static const char *svc_name_of(const struct agent *ag, const char *key)
 	return key + n;
 }
 
+/* Open the pinned state afresh: after a `detach --purge` and a new `attach` the maps are new. */
+static int state_reopen(struct agent *ag)
+{
+	struct bgs_state st;
+	int err = state_open(&st, false);
+
+	if (err)
+		return err;
+	if (ag->st_open)
+		state_close(&ag->st);
+	ag->st = st;
+	ag->st_open = true;
+	return 0;
+}
+
 /* Range every document, apply each, delete what vanished. ag->rev: the range's revision. */
 static int reconcile(struct agent *ag)
 {
@@ -433,8 +448,12 @@ static int reconcile(struct agent *ag)
 
 	fleet_key(key, sizeof(key), ag->conn.prefix, "services", NULL);
 	err = etcd_range(&ag->e, key, true, &kvs, &n, &rev);
-	if (err)
+	if (!err)
+		err = state_reopen(ag);
+	if (err) {
+		etcd_kvs_free(kvs, n);
 		return err;
+	}
 	ag->last_reconcile = now_ns();
 	for (i = 0; i < MAX_SVCS; i++)
 		ag->svcs[i].seen = false;
@@ -862,9 +881,8 @@ int do_agent(int argc, char **argv)
 		if (agent_stop)
 			break;
 		if (backoff == BACKOFF_MIN_NS || bgs_verbosity > BGS_LOG_INFO)
-			pr_warn("agent %s: etcd unreachable or the watch broke (%s): forwarding goes "
-				"on with the last applied state (revision %lld); retrying with "
-				"backoff\n",
+			pr_warn("agent %s: cannot follow etcd (%s): forwarding goes on with the last "
+				"applied state (revision %lld); retrying with backoff\n",
 				ag->node, err == -ENOTCONN ? ag->e.last_error : strerror(-err),
 				(long long)ag->rev);
 		snprintf(ag->error, sizeof(ag->error), "etcd: %s", strerror(-err));
