@@ -482,6 +482,11 @@ def test_fleet_changes_and_refusals(fleet):
     p = fleet.bgs("agent", "--etcd", "http://10.79.1.1:2379", "--node", "x",
                   pin_root=fleet.pin_root(0))
     assert p.returncode == 1 and "refusing plain http://" in p.stderr, p.stderr
+    # a dead endpoint first: the next one answers
+    out = fleet.ok(fleet.bgs("status", "web", "--json", "--etcd",
+                             f"http://127.0.0.1:{free_port()},{fleet.etcd.url}", "--prefix",
+                             fleet.key_prefix))
+    assert json.loads(out)["services"][0]["name"] == "web"
     p = fleet.fleet("flip", "web", "--check-http", "/")
     assert p.returncode != 0 and p.stderr.count("\n") == 1, p.stderr
     # backend del drains; backend add; an unknown service
