@@ -86,7 +86,7 @@ static void usage(FILE *f)
 		"  -h, --help             this help; 'bgswitch COMMAND --help' for a command\n"
 		"\n"
 		"Exit status: 0 success, 1 error, 2 usage, 3 a check failed, 4 the guard rolled\n"
-		"back, 5 drain timeout, 6 --if-generation mismatch.\n",
+		"back, 5 drain or --wait timeout, 6 --if-generation mismatch or a lost race.\n",
 		BGS_DEFAULT_PIN_ROOT, BGS_DEFAULT_AUDIT_LOG);
 }
 
