@@ -85,6 +85,8 @@ test: deps
 	$(Q)$(PYTEST) -q tests
 	@echo "  SANITIZE command-line and attach tests with the ASan/UBSan build"
 	$(Q)BGSWITCH=$(CURDIR)/$(OUTPUT)/san/bgswitch $(PYTEST) -q tests/test_e2e.py -k "cli or attach"
+	@echo "  SANITIZE fleet tests (etcd client, agent) with the ASan/UBSan build"
+	$(Q)BGSWITCH=$(CURDIR)/$(OUTPUT)/san/bgswitch $(PYTEST) -q tests/test_fleet.py
 
 # make fuzz [FUZZ_SEED=N] [FUZZ_COUNT=N]: the differential test (tests/test_differential.py) on
 # FUZZ_COUNT packets (default 200000) from FUZZ_SEED (default: a random seed, printed first).
