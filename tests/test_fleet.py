@@ -20,6 +20,7 @@ Run: /usr/bin/pytest -q -s tests/test_fleet.py (the convergence figures are prin
 written to .output/fleet-convergence.json).
 """
 
+import base64
 import json
 import os
 import secrets
@@ -34,7 +35,6 @@ import urllib.request
 
 import pytest
 
-import netns
 from netns import BGSWITCH, BPFFS, PY, HERE, REPO, run, read_line
 
 NODES = 4
@@ -84,7 +84,8 @@ class Etcd:
                 if self.proc.poll() is not None:
                     break
                 time.sleep(0.05)
-        raise RuntimeError(f"etcd did not start: {open(os.path.join(self.dir, 'etcd.log')).read()[-2000:]}")
+        with open(os.path.join(self.dir, "etcd.log")) as f:
+            raise RuntimeError(f"etcd did not start: {f.read()[-2000:]}")
 
     def kill(self):
         """SIGKILL by PID: etcd is gone at once, as in a crash."""
@@ -444,7 +445,6 @@ def test_fleet_etcd_down_traffic_goes_on(fleet):
 
 
 def etcd_put(url, key, value):
-    import base64
     body = json.dumps({"key": base64.b64encode(key.encode()).decode(),
                        "value": base64.b64encode(value.encode()).decode()}).encode()
     req = urllib.request.Request(url + "/v3/kv/put", data=body,
