@@ -575,7 +575,7 @@ int etcd_watch_start(struct etcd *e, struct etcd_watch *w, const char *prefix, _
 	json_object *req = json_object_new_object(), *cr = json_object_new_object();
 	struct buf dummy = { 0 };
 	char url[512], *end = etcd_prefix_end(prefix);
-	int err = 0;
+	int err = 0, running = 0;
 
 	memset(w, 0, sizeof(*w));
 	if (!end) {
@@ -597,8 +597,13 @@ int etcd_watch_start(struct etcd *e, struct etcd_watch *w, const char *prefix, _
 	setup_handle(e, w->easy, url, w->body, &dummy);
 	curl_easy_setopt(w->easy, CURLOPT_WRITEFUNCTION, watch_write);
 	curl_easy_setopt(w->easy, CURLOPT_WRITEDATA, w);
-	if (curl_multi_add_handle(w->multi, w->easy) != CURLM_OK)
+	if (curl_multi_add_handle(w->multi, w->easy) != CURLM_OK) {
 		err = -ENOMEM;
+		goto out;
+	}
+	/* Start connecting now rather than at the first poll. */
+	if (curl_multi_perform(w->multi, &running) != CURLM_OK)
+		err = -EIO;
 out:
 	free(end);
 	json_object_put(req);
