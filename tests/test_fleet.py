@@ -397,6 +397,8 @@ def test_fleet_agent_killed_converges_after_restart(fleet):
     assert set(fleet.probe(1)) == {before[0]}
     st = fleet.status("web")
     assert "n1" in st["lagging"], st
+    text = fleet.ok(fleet.fleet("status", "web"))
+    assert "4 nodes: 3 ok, lagging: n1\n" in text, text
     fleet.start_agent(1)
     fleet.ok(fleet.fleet("status", "web", "--wait", "--timeout", "10s"))
     assert fleet.local(1, "web")[0] == want
@@ -417,6 +419,7 @@ def test_fleet_agent_killed_converges_after_restart(fleet):
     assert fleet.kill_agent(3, signal.SIGTERM) == 0
     st = fleet.status("web")
     assert st["missing"] == ["n3"], st
+    assert "4 nodes: 3 ok, missing: n3\n" in fleet.ok(fleet.fleet("status", "web"))
     fleet.start_agent(3)
     fleet.ok(fleet.fleet("status", "web", "--wait", "--timeout", "10s"))
 

@@ -1050,6 +1050,31 @@ static const char *node_state(const struct node_view *nv, __s64 gen)
 	return node_done(nv, gen) ? "ok" : "lagging";
 }
 
+/* "4 nodes: 2 ok, lagging: n1, missing: n3": the line a reader wants first. */
+static void status_summary(const struct node_view *v, size_t n, __s64 gen)
+{
+	static const char *const kinds[] = { "lagging", "error", "missing" };
+	size_t i, k, ok = 0;
+
+	for (i = 0; i < n; i++)
+		ok += !strcmp(node_state(&v[i], gen), "ok");
+	printf("  %zu nodes: %zu ok", n, ok);
+	for (k = 0; k < sizeof(kinds) / sizeof(kinds[0]); k++) {
+		bool any = false;
+
+		for (i = 0; i < n; i++) {
+			if (strcmp(node_state(&v[i], gen), kinds[k]))
+				continue;
+			if (any)
+				printf(" %s", v[i].node);
+			else
+				printf(", %s: %s", kinds[k], v[i].node);
+			any = true;
+		}
+	}
+	printf("\n");
+}
+
 static void status_one(struct fleet_args *a, const struct fleet_service *s,
 		       const struct node_view *v, size_t n, bool first)
 {
@@ -1118,8 +1143,11 @@ static void status_one(struct fleet_args *a, const struct fleet_service *s,
 		       (unsigned long long)v[i].live_flows[BGS_BLUE],
 		       (unsigned long long)v[i].live_flows[BGS_GREEN], v[i].error);
 	}
-	if (!n)
+	if (!n) {
 		printf("  (no node has reported)\n");
+		return;
+	}
+	status_summary(v, n, s->generation);
 }
 
 int fleet_status(int argc, char **argv)
