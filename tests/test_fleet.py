@@ -478,6 +478,30 @@ def test_fleet_unsupported_share_is_reported_not_applied(fleet):
     assert all(n["state"] == "ok" and not n["error"] for n in st["nodes"]), st
 
 
+def test_fleet_backend_changing_color_in_one_change(fleet):
+    """A document that moves a backend from green to blue (written by another tool): each agent
+    removes it from green first, then adds it to blue."""
+    gen = fleet.status("web")["generation"]
+    color = fleet.local(0, "web")[0]
+    moved = f"{GREEN[1][0]}:{GREEN[1][1]}"
+
+    def doc(gen, blue, green):
+        return json.dumps({"name": "web", "vip": f"{VIP}:{PORT}", "proto": "tcp",
+                           "generation": gen, "green_share": 10000 if color == "green" else 0,
+                           "previous_share": None,
+                           "backends": {"blue": [{"addr": a, "weight": 1} for a in blue],
+                                        "green": [{"addr": a, "weight": 1} for a in green]}})
+    blue = [f"{a}:{p}" for a, p in BLUE]
+    green = [f"{a}:{p}" for a, p in GREEN]
+    etcd_put(fleet.etcd.url, f"{fleet.key_prefix}/services/web",
+             doc(gen + 1, blue + [moved], green[:1]))
+    fleet.ok(fleet.fleet("status", "web", "--wait", "--timeout", "10s"))
+    assert all(fleet.local(i, "web", sets=True)[2:] == (3, 1) for i in range(NODES))
+    etcd_put(fleet.etcd.url, f"{fleet.key_prefix}/services/web", doc(gen + 2, blue, green))
+    fleet.ok(fleet.fleet("status", "web", "--wait", "--timeout", "10s"))
+    assert all(fleet.local(i, "web", sets=True)[2:] == (2, 2) for i in range(NODES))
+
+
 def test_fleet_changes_and_refusals(fleet):
     # plain http:// to a non-loopback address is refused before any connection
     p = fleet.bgs("flip", "web", "--etcd", "http://10.79.1.1:2379")

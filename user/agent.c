@@ -199,6 +199,20 @@ static bool ep_eq(const struct bgs_endpoint *a, const struct bgs_endpoint *b)
 	       !memcmp(a->addr, b->addr, sizeof(a->addr));
 }
 
+/* The backend is in the current set of that color of the local service. */
+static bool local_has(const struct agent *ag, __u32 svc, __u8 color, const struct bgs_endpoint *ep)
+{
+	struct local_be *lb = calloc(BGS_MAX_BACKENDS, sizeof(*lb));
+	bool found = false;
+	__u32 n = 0, j;
+
+	if (lb && !local_backends(ag, svc, color, lb, &n))
+		for (j = 0; j < n && !found; j++)
+			found = ep_eq(&lb[j].ep, ep);
+	free(lb);
+	return found;
+}
+
 /* Bring one color's set to the document's: additions (add) or removals (!add, with --drain). */
 static int sync_color(struct agent *ag, const struct fleet_service *s, __u32 svc, __u8 color,
 		      bool add, char *reason)
@@ -229,7 +243,8 @@ static int sync_color(struct agent *ag, const struct fleet_service *s, __u32 svc
 				have = true;
 			}
 		}
-		if (have || !add)
+		/* A backend moving from the other color is added once it has left it. */
+		if (have || !add || local_has(ag, svc, !color, &ep))
 			continue;
 		snprintf(addr, sizeof(addr), "%s", s->be[color][i].addr);
 		{
@@ -342,6 +357,11 @@ static int apply_doc(struct agent *ag, const struct fleet_service *s)
 		err = sync_color(ag, s, svc, BGS_BLUE, false, reason);
 	if (!err)
 		err = sync_color(ag, s, svc, BGS_GREEN, false, reason);
+	/* And the backends that changed color, now out of their old one. */
+	if (!err)
+		err = sync_color(ag, s, svc, BGS_BLUE, true, reason);
+	if (!err)
+		err = sync_color(ag, s, svc, BGS_GREEN, true, reason);
 	if (err)
 		goto out;
 	if (as->generation != s->generation) {
