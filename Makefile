@@ -21,7 +21,9 @@ LIBBPF_CFLAGS := $(shell $(PKG_CONFIG) --cflags libbpf 2>/dev/null)
 LIBBPF_LIBS := $(shell $(PKG_CONFIG) --libs libbpf 2>/dev/null)
 MHD_CFLAGS := $(shell $(PKG_CONFIG) --cflags libmicrohttpd 2>/dev/null)
 MHD_LIBS := $(shell $(PKG_CONFIG) --libs libmicrohttpd 2>/dev/null)
-LDLIBS += $(LIBBPF_LIBS) $(MHD_LIBS) -lpthread
+FLEET_CFLAGS := $(shell $(PKG_CONFIG) --cflags libcurl json-c 2>/dev/null)
+FLEET_LIBS := $(shell $(PKG_CONFIG) --libs libcurl json-c 2>/dev/null)
+LDLIBS += $(LIBBPF_LIBS) $(MHD_LIBS) $(FLEET_LIBS) -lpthread
 
 # make SANITIZE=1 builds the command with AddressSanitizer and UBSan into .output/san/.
 ifeq ($(SANITIZE),1)
@@ -67,7 +69,7 @@ $(OUTPUT)/bgswitch.skel.h: $(OUTPUT)/bgswitch.bpf.o
 
 $(OBJDIR)/%.o: user/%.c $(USER_HDRS) $(OUTPUT)/bgswitch.skel.h | $(OBJDIR)
 	$(call msg,CC,$@)
-	$(Q)$(CC) $(CFLAGS) $(LIBBPF_CFLAGS) $(MHD_CFLAGS) -c $< -o $@
+	$(Q)$(CC) $(CFLAGS) $(LIBBPF_CFLAGS) $(MHD_CFLAGS) $(FLEET_CFLAGS) -c $< -o $@
 
 $(OBJDIR)/bgswitch: $(USER_OBJS)
 	$(call msg,LINK,$@)
@@ -83,6 +85,8 @@ test: deps
 	$(Q)$(PYTEST) -q tests
 	@echo "  SANITIZE command-line and attach tests with the ASan/UBSan build"
 	$(Q)BGSWITCH=$(CURDIR)/$(OUTPUT)/san/bgswitch $(PYTEST) -q tests/test_e2e.py -k "cli or attach"
+	@echo "  SANITIZE fleet tests (etcd client, agent) with the ASan/UBSan build"
+	$(Q)BGSWITCH=$(CURDIR)/$(OUTPUT)/san/bgswitch $(PYTEST) -q tests/test_fleet.py
 
 # make fuzz [FUZZ_SEED=N] [FUZZ_COUNT=N]: the differential test (tests/test_differential.py) on
 # FUZZ_COUNT packets (default 200000) from FUZZ_SEED (default: a random seed, printed first).
@@ -145,7 +149,8 @@ bench: deps
 	$(Q)$(PYTHON) tests/bench/bench.py --out $(BENCH_RESULTS) $(BENCH_ARGS)
 
 # make install [PREFIX=/usr/local] [DESTDIR=staging]: the command (the BPF object is embedded in
-# it by the skeleton), its man page, its bash completion and the exporter's systemd unit.
+# it by the skeleton), its man page, its bash completion and the exporter's and the agent's
+# systemd units.
 SBINDIR := $(PREFIX)/sbin
 MAN8DIR := $(PREFIX)/share/man/man8
 BASHCOMPDIR := $(PREFIX)/share/bash-completion/completions
@@ -162,12 +167,16 @@ install: all
 	$(Q)sed 's|@SBINDIR@|$(SBINDIR)|g' contrib/systemd/bgswitch-exporter.service \
 		> $(DESTDIR)$(UNITDIR)/bgswitch-exporter.service
 	$(Q)chmod 0644 $(DESTDIR)$(UNITDIR)/bgswitch-exporter.service
+	$(Q)sed 's|@SBINDIR@|$(SBINDIR)|g' contrib/systemd/bgswitch-agent.service \
+		> $(DESTDIR)$(UNITDIR)/bgswitch-agent.service
+	$(Q)chmod 0644 $(DESTDIR)$(UNITDIR)/bgswitch-agent.service
 
 .PHONY: uninstall
 uninstall:
 	$(call msg,UNINSTALL,$(DESTDIR)$(PREFIX))
 	$(Q)rm -f $(DESTDIR)$(SBINDIR)/bgswitch $(DESTDIR)$(MAN8DIR)/bgswitch.8.gz \
-		$(DESTDIR)$(BASHCOMPDIR)/bgswitch $(DESTDIR)$(UNITDIR)/bgswitch-exporter.service
+		$(DESTDIR)$(BASHCOMPDIR)/bgswitch $(DESTDIR)$(UNITDIR)/bgswitch-exporter.service \
+		$(DESTDIR)$(UNITDIR)/bgswitch-agent.service
 
 clean:
 	$(call msg,CLEAN,$(OUTPUT))

@@ -19,10 +19,11 @@ TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAN = os.path.join(TOP, "doc", "bgswitch.8")
 COMPLETION = os.path.join(TOP, "contrib", "bash-completion", "bgswitch")
 UNIT = os.path.join(TOP, "contrib", "systemd", "bgswitch-exporter.service")
+AGENT_UNIT = os.path.join(TOP, "contrib", "systemd", "bgswitch-agent.service")
 
 # The command table of user/main.c, in its order (test_packaging_commands_match_main checks it).
 COMMANDS = ["attach", "detach", "service", "backend", "flip", "shift", "rollout", "rollback",
-            "check", "drain", "status", "timeouts", "gc", "limits", "watch", "exporter"]
+            "check", "drain", "status", "timeouts", "gc", "limits", "watch", "exporter", "agent"]
 GLOBAL_OPTS = ["-r", "--pin-root", "-a", "--audit-log", "-v", "--verbose", "-V", "--version",
                "-h", "--help"]
 # Where each getopt table of user/*.c is used: the function that holds it (or, for a shared table
@@ -49,6 +50,7 @@ TABLES = {
     "do_limits": "limits",
     "do_watch": "watch",
     "do_exporter": "exporter",
+    "do_agent": "agent",
     "parse_help_only": "*",
 }
 # A command line whose last word, "-", lists the options of each completion case.
@@ -72,6 +74,7 @@ CASE_LINES = {
     "limits": "bgswitch limits -",
     "watch": "bgswitch watch -",
     "exporter": "bgswitch exporter -",
+    "agent": "bgswitch agent -",
     "*": "bgswitch service list -",
 }
 
@@ -910,6 +913,28 @@ def test_packaging_unit_is_hardened():
     assert "User" not in lines and "DynamicUser" not in lines  # bgswitch requires uid 0
 
 
+def test_packaging_agent_unit_is_hardened():
+    with open(AGENT_UNIT) as f:
+        unit = f.read()
+    lines = {ln.split("=", 1)[0]: ln.split("=", 1)[1]
+             for ln in unit.splitlines() if "=" in ln and not ln.startswith("#")}
+    assert lines["ExecStart"] == "@SBINDIR@/bgswitch agent $BGSWITCH_AGENT_ARGS"
+    assert set(lines["CapabilityBoundingSet"].split()) == {"CAP_BPF", "CAP_SYS_ADMIN"}
+    assert lines["ProtectSystem"] == "strict"
+    assert "/sys/fs/bpf" in lines["ReadWritePaths"]
+    for key in ("ProtectHome", "NoNewPrivileges", "PrivateTmp"):
+        assert lines[key] == "yes", key
+    assert lines["Restart"] == "always"
+
+
+def test_packaging_daemonset_manifest():
+    with open(os.path.join(TOP, "deploy", "bgswitch-agent.yaml")) as f:
+        text = f.read()
+    for word in ("kind: DaemonSet", "hostNetwork: true", '"BPF"', '"NET_ADMIN"', '"PERFMON"',
+                 "path: /sys/fs/bpf", "- agent", "--cacert", "spec.nodeName"):
+        assert word in text, word
+
+
 # -- make install --------------------------------------------------------------------------------
 
 def _make(*args, check=True):
@@ -931,6 +956,7 @@ INSTALLED = {
     "usr/share/man/man8/bgswitch.8.gz": 0o644,
     "usr/share/bash-completion/completions/bgswitch": 0o644,
     "usr/lib/systemd/system/bgswitch-exporter.service": 0o644,
+    "usr/lib/systemd/system/bgswitch-agent.service": 0o644,
 }
 
 
@@ -961,6 +987,8 @@ def test_packaging_install_destdir_prefix(built, tmp_path):
     assert "@SBINDIR@" not in unit
     assert "\nExecStart=/usr/sbin/bgswitch exporter --listen 127.0.0.1:9465\n" in unit
     assert str(dest) not in unit, "DESTDIR must not leak into the installed unit"
+    agent = (dest / "usr/lib/systemd/system/bgswitch-agent.service").read_text()
+    assert "\nExecStart=/usr/sbin/bgswitch agent $BGSWITCH_AGENT_ARGS\n" in agent
 
 
 def test_packaging_install_default_prefix_and_uninstall(built, tmp_path):

@@ -19,5 +19,6 @@ int do_watch(int argc, char **argv);
 int do_timeouts(int argc, char **argv);
 int do_gc(int argc, char **argv);
 int do_limits(int argc, char **argv);
+int do_agent(int argc, char **argv);
 
 #endif /* BGS_COMMANDS_H */

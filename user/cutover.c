@@ -15,6 +15,7 @@
 
 #include "audit.h"
 #include "commands.h"
+#include "fleet.h"
 #include "log.h"
 #include "probe.h"
 #include "state.h"
@@ -779,6 +780,8 @@ int do_flip(int argc, char **argv)
 	struct cut_opts o;
 	int err;
 
+	if (fleet_wanted(argc, argv))
+		return fleet_flip(argc, argv);
 	err = cut_getopt(argc, argv, CUT_CHECKS | CUT_GUARD | CUT_WAIT, flip_usage, &o);
 	if (err)
 		return err > 0 ? 0 : err;
@@ -832,6 +835,8 @@ int do_shift(int argc, char **argv)
 	struct cut_opts o;
 	int err;
 
+	if (fleet_wanted(argc, argv))
+		return fleet_shift(argc, argv);
 	err = cut_getopt(argc, argv, CUT_CHECKS | CUT_GUARD | CUT_WAIT, shift_usage, &o);
 	if (err)
 		return err > 0 ? 0 : err;
@@ -869,6 +874,8 @@ int do_rollback(int argc, char **argv)
 	struct cut_opts o;
 	int err;
 
+	if (fleet_wanted(argc, argv))
+		return fleet_rollback(argc, argv);
 	err = cut_getopt(argc, argv, CUT_CHECKS, rollback_usage, &o);
 	if (err)
 		return err > 0 ? 0 : err;

@@ -48,6 +48,7 @@ static const struct command commands[] = {
 	{ "limits", do_limits, "limits [--new-flows N] [--burst N]" },
 	{ "watch", do_watch, "watch [NAME] [--interval MS]" },
 	{ "exporter", do_exporter, "exporter --listen ADDR:PORT [--gc-interval D]" },
+	{ "agent", do_agent, "agent --etcd URL[,URL...] [--node NAME] [--prefix P]" },
 };
 
 /* The exit status of a command's error: most are 1; those a pipeline acts on have their own. */
@@ -91,7 +92,7 @@ static void usage(FILE *f)
 		"  -h, --help             this help; 'bgswitch COMMAND --help' for a command\n"
 		"\n"
 		"Exit status: 0 success, 1 error, 2 usage, 3 a check failed, 4 the guard rolled\n"
-		"back, 5 drain timeout, 6 --if-generation mismatch.\n",
+		"back, 5 drain or --wait timeout, 6 --if-generation mismatch or a lost race.\n",
 		BGS_DEFAULT_PIN_ROOT, BGS_DEFAULT_AUDIT_LOG);
 }
 

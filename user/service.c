@@ -10,6 +10,7 @@
 
 #include "audit.h"
 #include "commands.h"
+#include "fleet.h"
 #include "log.h"
 #include "maglev.h"
 #include "state.h"
@@ -617,6 +618,8 @@ out:
 
 int do_service(int argc, char **argv)
 {
+	if (fleet_wanted(argc, argv))
+		return fleet_service(argc, argv);
 	if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
 		service_usage();
 		return argc < 2 ? -EINVAL : 0;
@@ -1093,6 +1096,8 @@ out:
 
 int do_backend(int argc, char **argv)
 {
+	if (fleet_wanted(argc, argv))
+		return fleet_backend(argc, argv);
 	if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
 		backend_usage();
 		return argc < 2 ? -EINVAL : 0;

@@ -11,6 +11,7 @@
 #include <bpf/bpf.h>
 
 #include "commands.h"
+#include "fleet.h"
 #include "log.h"
 #include "snapshot.h"
 #include "state.h"
@@ -256,6 +257,8 @@ int do_status(int argc, char **argv)
 	int opt, err;
 	size_t i;
 
+	if (fleet_wanted(argc, argv))
+		return fleet_status(argc, argv);
 	while ((opt = getopt_long(argc, argv, "ji:h", opts, NULL)) != -1) {
 		switch (opt) {
 		case 'j':

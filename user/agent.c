@@ -1,0 +1,928 @@
+// SPDX-License-Identifier: GPL-2.0
+/* agent.c: `agent`: one node of a fleet. It watches the desired state of every service under
+ * <prefix>/services/ in etcd and applies it to the local pinned state, and reports what it
+ * applied under <prefix>/nodes/<node> with a lease (a dead agent's report expires).
+ *
+ * On start and after every reconnect it reconciles fully (ranges the prefix at revision R,
+ * applies every document, deletes the local services that are not there) and then watches
+ * from R + 1: no event is missed or replayed. A compacted watch reconciles again. While etcd is
+ * unreachable the node keeps forwarding with what it applied last and the agent retries with
+ * backoff (100 ms doubling to 5 s); the data plane never depends on the agent being alive.
+ *
+ * The agent owns every service of its pin root. It applies a document with the local commands
+ * themselves (service add/del, backend add/del --drain, in process, each under the state lock)
+ * and the color with agent_apply_switch(), the one place that reads or writes the switch word.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <netinet/in.h>
+#include <bpf/bpf.h>
+
+#include "commands.h"
+#include "fleet.h"
+#include "log.h"
+#include "state.h"
+
+#define MS 1000000ULL
+#define LEASE_TTL 5 /* seconds */
+#define KEEPALIVE_NS (1500 * MS)
+#define REPORT_NS (2000 * MS)
+#define RECONCILE_NS (30000 * MS) /* a full reconcile also undoes local drift */
+#define RETRY_NS (10000 * MS) /* how soon a change that could not be applied is tried again */
+#define BACKOFF_MIN_NS (100 * MS)
+#define BACKOFF_MAX_NS (5000 * MS)
+#define MAX_SVCS BGS_MAX_SERVICES
+
+/* What the agent applied, per service name. */
+struct agent_svc {
+	char name[BGS_NAME_LEN];
+	bool used;
+	bool seen; /* in the desired state of the current reconcile */
+	__s64 generation; /* fleet generation applied, -1: none yet */
+	__s32 share; /* green share in force locally */
+	__u64 applied_us;
+	__u64 live[BGS_NCOLORS];
+	char error[200];
+};
+
+struct agent {
+	struct fleet_conn conn;
+	const char *node;
+	struct etcd e;
+	struct bgs_state st;
+	bool st_open;
+	__s64 lease;
+	__s64 rev; /* etcd revision the local state reflects */
+	struct agent_svc svcs[MAX_SVCS];
+	char error[256];
+	bool seen_any; /* some reconcile found a service in etcd */
+	bool dirty; /* the report changed since it was last written */
+	__u64 last_keepalive, last_report, last_census, last_reconcile;
+};
+
+static volatile sig_atomic_t agent_stop;
+
+static void on_signal(int sig)
+{
+	(void)sig;
+	agent_stop = 1;
+}
+
+static struct agent_svc *svc_get(struct agent *ag, const char *name, bool create)
+{
+	struct agent_svc *free_one = NULL;
+	int i;
+
+	for (i = 0; i < MAX_SVCS; i++) {
+		if (ag->svcs[i].used && !strncmp(ag->svcs[i].name, name, BGS_NAME_LEN))
+			return &ag->svcs[i];
+		if (!ag->svcs[i].used && !free_one)
+			free_one = &ag->svcs[i];
+	}
+	if (!create || !free_one)
+		return NULL;
+	memset(free_one, 0, sizeof(*free_one));
+	free_one->used = true;
+	free_one->generation = -1;
+	free_one->share = -1;
+	snprintf(free_one->name, sizeof(free_one->name), "%s", name);
+	return free_one;
+}
+
+/* Run a local command in process: argv[0] is "bgswitch". */
+static int run_local(int (*cmd)(int, char **), char **argv)
+{
+	int argc = 0;
+
+	while (argv[argc])
+		argc++;
+	optind = 0; /* glibc re-initialises getopt */
+	return cmd(argc, argv);
+}
+
+/* The local service of that name, visible (its VIP entry written). */
+static bool local_find(const struct agent *ag, const char *name, __u32 *svc,
+		       struct bgs_service *rec)
+{
+	__u32 i;
+
+	for (i = 0; i < BGS_MAX_SERVICES; i++) {
+		if (service_get(&ag->st, i, rec) && !strncmp(rec->name, name, BGS_NAME_LEN)) {
+			*svc = i;
+			return true;
+		}
+	}
+	return false;
+}
+
+/* The one function of the agent that reads or writes struct bgs_switch (the data plane's
+ * switch word): the local green share of service svc is made `share` (0: blue, 10000: green,
+ * a split in between), under the state lock, with the semantics of a local flip or shift (the
+ * previous share kept for the second chance and rollback, draining flag, local generation + 1).
+ * share < 0 only reads. *now: the share in force afterwards.
+ */
+static int agent_apply_switch(struct agent *ag, __u32 svc, __s32 share, __s32 *now)
+{
+	struct bgs_switch sw;
+	int lock_fd = -1, err = 0;
+	char pct[16];
+
+	if (share < 0) {
+		*now = switch_read(&ag->st, svc).share;
+		return 0;
+	}
+	if (share > FLEET_SHARE_MAX)
+		return -EINVAL;
+	err = state_lock(&lock_fd);
+	if (err)
+		goto out;
+	sw = switch_read(&ag->st, svc);
+	if (sw.share != (__u32)share) {
+		sw.prev_share = sw.share;
+		sw.share = share;
+		sw.flags |= BGS_SW_DRAINING | BGS_SW_HAS_PREV;
+		sw.generation++;
+		switch_write(&ag->st, svc, sw);
+		pr_info("agent: service %u -> green %s (local generation %u)\n", svc,
+			fmt_share(share, pct, sizeof(pct)), sw.generation);
+	}
+	*now = share;
+out:
+	if (lock_fd >= 0)
+		close(lock_fd);
+	return err;
+}
+
+struct local_be {
+	struct bgs_endpoint ep;
+	__u16 weight;
+	bool wanted;
+};
+
+/* The backends of one color of the local service: its current set. */
+static int local_backends(const struct agent *ag, __u32 svc, __u8 color, struct local_be *out,
+			  __u32 *n)
+{
+	struct bgs_backend be;
+	struct bgs_set set;
+	__u32 i;
+	int err;
+
+	*n = 0;
+	err = set_read(&ag->st, svc, color, &set);
+	if (err)
+		return err;
+	for (i = 0; i < set.count && i < BGS_MAX_BACKENDS; i++) {
+		if (bpf_map_lookup_elem(ag->st.fd[BGS_M_BACKENDS], &set.slot[i], &be))
+			continue;
+		memset(&out[*n], 0, sizeof(out[*n]));
+		memcpy(out[*n].ep.addr, be.addr, sizeof(be.addr));
+		out[*n].ep.port = be.port;
+		out[*n].ep.family = be.family;
+		out[*n].weight = be.weight;
+		(*n)++;
+	}
+	return 0;
+}
+
+static bool ep_eq(const struct bgs_endpoint *a, const struct bgs_endpoint *b)
+{
+	return a->family == b->family && a->port == b->port &&
+	       !memcmp(a->addr, b->addr, sizeof(a->addr));
+}
+
+/* The backend is in the current set of that color of the local service. */
+static bool local_has(const struct agent *ag, __u32 svc, __u8 color, const struct bgs_endpoint *ep)
+{
+	struct local_be *lb = calloc(BGS_MAX_BACKENDS, sizeof(*lb));
+	bool found = false;
+	__u32 n = 0, j;
+
+	if (lb && !local_backends(ag, svc, color, lb, &n))
+		for (j = 0; j < n && !found; j++)
+			found = ep_eq(&lb[j].ep, ep);
+	free(lb);
+	return found;
+}
+
+/* Bring one color's set to the document's: additions (add) or removals (!add, with --drain). */
+static int sync_color(struct agent *ag, const struct fleet_service *s, __u32 svc, __u8 color,
+		      bool add, char *reason)
+{
+	struct local_be *lb = calloc(BGS_MAX_BACKENDS, sizeof(*lb));
+	char name[BGS_NAME_LEN], addr[BGS_ADDRSTR_LEN], col[8], weight[16];
+	struct bgs_endpoint ep;
+	__u32 n = 0, i, j;
+	int err;
+
+	if (!lb)
+		return -ENOMEM;
+	snprintf(name, sizeof(name), "%s", s->name);
+	snprintf(col, sizeof(col), "%s", color_name(color));
+	err = local_backends(ag, svc, color, lb, &n);
+	if (err)
+		goto out;
+	for (i = 0; i < s->nbe[color]; i++) {
+		bool have = false;
+
+		if (parse_endpoint(s->be[color][i].addr, &ep)) {
+			err = -EINVAL;
+			goto out;
+		}
+		for (j = 0; j < n; j++) {
+			if (ep_eq(&lb[j].ep, &ep)) {
+				lb[j].wanted = true;
+				/* there with another weight: `backend add --weight` changes it */
+				have = lb[j].weight == s->be[color][i].weight;
+			}
+		}
+		/* A backend moving from the other color is added once it has left it. */
+		if (have || !add || local_has(ag, svc, !color, &ep))
+			continue;
+		snprintf(addr, sizeof(addr), "%s", s->be[color][i].addr);
+		snprintf(weight, sizeof(weight), "%u", s->be[color][i].weight);
+		{
+			char *argv[] = { "bgswitch", "add",  name,	 col,	 addr,
+					 "--weight", weight, "--reason", reason, NULL };
+
+			err = run_local(do_backend, argv);
+			if (err)
+				goto out;
+		}
+	}
+	for (j = 0; j < n && !add; j++) {
+		if (lb[j].wanted)
+			continue;
+		fmt_endpoint(lb[j].ep.addr, lb[j].ep.port, lb[j].ep.family, addr, sizeof(addr));
+		{
+			char *argv[] = { "bgswitch", "del",	 name,	 col, addr,
+					 "--drain",  "--reason", reason, NULL };
+
+			err = run_local(do_backend, argv);
+			if (err)
+				goto out;
+		}
+	}
+out:
+	free(lb);
+	return err;
+}
+
+static int local_delete(struct agent *ag, const char *name, const char *why)
+{
+	char n[BGS_NAME_LEN], reason[128];
+	char *argv[] = { "bgswitch", "del", n, "--force", "--reason", reason, NULL };
+
+	snprintf(n, sizeof(n), "%s", name);
+	snprintf(reason, sizeof(reason), "fleet agent %s: %s", ag->node, why);
+	return run_local(do_service, argv);
+}
+
+/* Apply one document to the local state; idempotent. */
+static int apply_doc(struct agent *ag, const struct fleet_service *s)
+{
+	struct agent_svc *as = svc_get(ag, s->name, true);
+	char reason[128], proto[8], name[BGS_NAME_LEN], vip[BGS_ADDRSTR_LEN];
+	struct bgs_service rec;
+	struct bgs_endpoint ep;
+	char before[256];
+	__s32 share;
+	__u32 svc;
+	bool have;
+	int err;
+
+	if (!as)
+		return -ENOSPC;
+	snprintf(before, sizeof(before), "%s", bgs_log_last_warn());
+	as->seen = true;
+	snprintf(reason, sizeof(reason), "fleet generation %lld via agent %s",
+		 (long long)s->generation, ag->node);
+	snprintf(name, sizeof(name), "%s", s->name);
+	snprintf(vip, sizeof(vip), "%s", s->vip);
+	snprintf(proto, sizeof(proto), "%s", proto_name(s->proto));
+	err = parse_endpoint(s->vip, &ep);
+	if (err)
+		goto out;
+	have = local_find(ag, s->name, &svc, &rec);
+	if (have && (rec.vip.family != ep.family || rec.vip.port != ep.port ||
+		     rec.vip.proto != s->proto || memcmp(rec.vip.addr, ep.addr, sizeof(ep.addr)))) {
+		err = local_delete(ag, s->name, "its VIP changed");
+		if (err)
+			goto out;
+		have = false;
+	}
+	if (!have) {
+		char *argv[] = { "bgswitch", "add",	 name,	 vip, "--proto",
+				 proto,	     "--reason", reason, NULL };
+
+		err = run_local(do_service, argv);
+		if (err)
+			goto out;
+		if (!local_find(ag, s->name, &svc, &rec)) {
+			err = -ENOENT;
+			goto out;
+		}
+	}
+	/* New backends first, then the color, then the removals: a color is never left empty
+	 * while it takes new flows.
+	 */
+	err = sync_color(ag, s, svc, BGS_BLUE, true, reason);
+	if (!err)
+		err = sync_color(ag, s, svc, BGS_GREEN, true, reason);
+	if (err)
+		goto out;
+	err = agent_apply_switch(ag, svc, -1, &share);
+	if (!err && share != s->green_share) {
+		struct bgs_set set;
+		__u8 to = s->green_share > share ? BGS_GREEN : BGS_BLUE;
+
+		/* Like a local flip or shift: never more new flows to a color that cannot take
+		 * them.
+		 */
+		err = set_read(&ag->st, svc, to, &set);
+		if (!err && !set_takes_flows(&ag->st, &set)) {
+			pr_warn("%s: %s has no backends of weight above 0; not sending it more new "
+				"flows\n",
+				s->name, color_name(to));
+			err = -ENOENT;
+		}
+	}
+	if (!err)
+		err = agent_apply_switch(ag, svc, s->green_share, &share);
+	if (!err)
+		err = sync_color(ag, s, svc, BGS_BLUE, false, reason);
+	if (!err)
+		err = sync_color(ag, s, svc, BGS_GREEN, false, reason);
+	/* And the backends that changed color, now out of their old one. */
+	if (!err)
+		err = sync_color(ag, s, svc, BGS_BLUE, true, reason);
+	if (!err)
+		err = sync_color(ag, s, svc, BGS_GREEN, true, reason);
+	if (err)
+		goto out;
+	if (as->generation != s->generation) {
+		as->applied_us = fleet_now_us();
+		pr_info("agent %s: %s at fleet generation %lld (%s)\n", ag->node, s->name,
+			(long long)s->generation, share_label(share));
+	}
+	as->generation = s->generation;
+	as->share = share;
+	as->error[0] = '\0';
+out:
+	if (err) {
+		const char *w = bgs_log_last_warn();
+
+		snprintf(as->error, sizeof(as->error), "generation %lld not applied: %s",
+			 (long long)s->generation, *w && strcmp(w, before) ? w : strerror(-err));
+		as->error[strcspn(as->error, "\n")] = '\0';
+		pr_warn("agent %s: %s: %s\n", ag->node, s->name, as->error);
+	}
+	ag->dirty = true;
+	return err;
+}
+
+/* A document from etcd (key and value): decode and apply; a bad one is reported, not applied. */
+static void apply_kv(struct agent *ag, const char *name, const char *value)
+{
+	struct fleet_service *s = calloc(1, sizeof(*s));
+	struct agent_svc *as;
+
+	if (!s) {
+		snprintf(ag->error, sizeof(ag->error), "out of memory");
+		return;
+	}
+	if (fleet_doc_decode(value, s) || strncmp(s->name, name, BGS_NAME_LEN)) {
+		as = svc_get(ag, name, true);
+		if (as) {
+			as->seen = true;
+			snprintf(as->error, sizeof(as->error),
+				 "the document is not valid; the last applied state stays");
+		}
+		ag->dirty = true;
+		goto out;
+	}
+	apply_doc(ag, s);
+out:
+	free(s);
+}
+
+static void delete_svc(struct agent *ag, const char *name)
+{
+	struct agent_svc *as = svc_get(ag, name, false);
+	struct bgs_service rec;
+	__u32 svc;
+
+	if (local_find(ag, name, &svc, &rec) && local_delete(ag, name, "deleted from the fleet")) {
+		if (as)
+			snprintf(as->error, sizeof(as->error), "delete not applied");
+		ag->dirty = true;
+		return;
+	}
+	if (as)
+		as->used = false;
+	pr_info("agent %s: %s deleted\n", ag->node, name);
+	ag->dirty = true;
+}
+
+static const char *svc_name_of(const struct agent *ag, const char *key)
+{
+	char pfx[256];
+	size_t n;
+
+	fleet_key(pfx, sizeof(pfx), ag->conn.prefix, "services", NULL);
+	n = strlen(pfx);
+	if (strncmp(key, pfx, n) || !key[n] || strlen(key + n) >= BGS_NAME_LEN)
+		return NULL;
+	return key + n;
+}
+
+/* Open the pinned state afresh: after a `detach --purge` and a new `attach` the maps are new. */
+static int state_reopen(struct agent *ag)
+{
+	struct bgs_state st;
+	int err = state_open(&st, false);
+
+	if (err)
+		return err;
+	if (ag->st_open)
+		state_close(&ag->st);
+	ag->st = st;
+	ag->st_open = true;
+	return 0;
+}
+
+/* Range every document, apply each, delete what vanished. ag->rev: the range's revision. */
+static int reconcile(struct agent *ag)
+{
+	struct bgs_service rec;
+	struct etcd_kv *kvs = NULL;
+	char key[256];
+	size_t n = 0, i;
+	__s64 rev = 0;
+	__u32 svc;
+	int err;
+
+	fleet_key(key, sizeof(key), ag->conn.prefix, "services", NULL);
+	err = etcd_range(&ag->e, key, true, &kvs, &n, &rev);
+	if (!err)
+		err = state_reopen(ag);
+	if (err) {
+		etcd_kvs_free(kvs, n);
+		return err;
+	}
+	ag->last_reconcile = now_ns();
+	for (i = 0; i < MAX_SVCS; i++)
+		ag->svcs[i].seen = false;
+	for (i = 0; i < n; i++) {
+		const char *name = svc_name_of(ag, kvs[i].key);
+
+		if (name)
+			apply_kv(ag, name, kvs[i].value);
+	}
+	/* Local services the fleet no longer has; but an agent that has never seen a service in
+	 * etcd (a wrong --prefix, an empty or wiped etcd) deletes nothing: it says so instead.
+	 */
+	if (!n && !ag->seen_any) {
+		__u32 kept = 0;
+
+		for (svc = 0; svc < BGS_MAX_SERVICES; svc++)
+			kept += service_get(&ag->st, svc, &rec);
+		if (kept) {
+			snprintf(ag->error, sizeof(ag->error),
+				 "no service under %s/services in etcd: %u local services kept",
+				 ag->conn.prefix, kept);
+			pr_warn("agent %s: %s\n", ag->node, ag->error);
+			goto done;
+		}
+	}
+	ag->seen_any = ag->seen_any || n;
+	for (svc = 0; svc < BGS_MAX_SERVICES; svc++) {
+		struct agent_svc *as;
+
+		if (!service_get(&ag->st, svc, &rec))
+			continue;
+		as = svc_get(ag, rec.name, false);
+		if (!as || !as->seen)
+			delete_svc(ag, rec.name);
+	}
+	for (i = 0; i < MAX_SVCS; i++)
+		if (ag->svcs[i].used && !ag->svcs[i].seen)
+			ag->svcs[i].used = false;
+	if (!strncmp(ag->error, "no service under", 16))
+		ag->error[0] = '\0';
+done:
+	pr_debug("agent %s: reconciled %zu services at revision %lld\n", ag->node, n,
+		 (long long)rev);
+	ag->rev = rev;
+	ag->dirty = true;
+	etcd_kvs_free(kvs, n);
+	return 0;
+}
+
+/* Live flows per color of every service, from one pass over the flow table. */
+static int census(struct agent *ag)
+{
+	struct bgs_flow_census *c = malloc(sizeof(*c));
+	__u64(*live)[BGS_NCOLORS] = calloc(BGS_MAX_SERVICES, sizeof(*live));
+	struct bgs_service rec;
+	struct bgs_backend be;
+	__u32 slot, svc;
+	int err, i;
+
+	if (!c || !live) {
+		err = -ENOMEM;
+		goto out;
+	}
+	err = flows_census(&ag->st, c);
+	if (err)
+		goto out;
+	for (slot = 0; slot < BGS_MAX_SLOTS; slot++)
+		if (c->live[slot] && !bpf_map_lookup_elem(ag->st.fd[BGS_M_BACKENDS], &slot, &be) &&
+		    be.state != BGS_BACKEND_FREE && be.svc < BGS_MAX_SERVICES &&
+		    be.color < BGS_NCOLORS)
+			live[be.svc][be.color] += c->live[slot];
+	for (i = 0; i < MAX_SVCS; i++)
+		memset(ag->svcs[i].live, 0, sizeof(ag->svcs[i].live));
+	for (svc = 0; svc < BGS_MAX_SERVICES; svc++) {
+		struct agent_svc *as;
+
+		if (!service_get(&ag->st, svc, &rec))
+			continue;
+		as = svc_get(ag, rec.name, false);
+		if (as)
+			memcpy(as->live, live[svc], sizeof(as->live));
+	}
+	/* Also the moment to clear the draining flag of colors that have drained. */
+	err = drain_settle(&ag->st);
+out:
+	free(c);
+	free(live);
+	return err;
+}
+
+static int report(struct agent *ag)
+{
+	json_object *o = json_object_new_object(), *svcs = json_object_new_object();
+	bool healthy = !ag->error[0];
+	char key[256];
+	int i, err;
+
+	for (i = 0; i < MAX_SVCS; i++) {
+		struct agent_svc *as = &ag->svcs[i];
+		json_object *s, *live;
+
+		if (!as->used)
+			continue;
+		s = json_object_new_object();
+		live = json_object_new_object();
+		json_object_object_add(s, "generation", json_object_new_int64(as->generation));
+		json_object_object_add(s, "green_share", json_object_new_int(as->share));
+		json_object_object_add(s, "color",
+				       json_object_new_string(as->share < 0 ? "none" :
+							      as->share == FLEET_SHARE_MAX ?
+									      "green" :
+							      as->share ? "split" :
+									  "blue"));
+		json_object_object_add(s, "applied_us", json_object_new_int64(as->applied_us));
+		json_object_object_add(live, "blue", json_object_new_int64(as->live[BGS_BLUE]));
+		json_object_object_add(live, "green", json_object_new_int64(as->live[BGS_GREEN]));
+		json_object_object_add(s, "live", live);
+		json_object_object_add(s, "error", json_object_new_string(as->error));
+		json_object_object_add(svcs, as->name, s);
+		if (as->error[0])
+			healthy = false;
+	}
+	json_object_object_add(o, "node", json_object_new_string(ag->node));
+	json_object_object_add(o, "health", json_object_new_string(healthy ? "ok" : "degraded"));
+	json_object_object_add(o, "error", json_object_new_string(ag->error));
+	json_object_object_add(o, "revision", json_object_new_int64(ag->rev));
+	json_object_object_add(o, "updated_us", json_object_new_int64(fleet_now_us()));
+	json_object_object_add(o, "pin_root", json_object_new_string(bgs_pin_root));
+	json_object_object_add(o, "pid", json_object_new_int(getpid()));
+	json_object_object_add(o, "services", svcs);
+	fleet_key(key, sizeof(key), ag->conn.prefix, "nodes", ag->node);
+	err = etcd_put(&ag->e, key, json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN),
+		       ag->lease);
+	json_object_put(o);
+	if (!err) {
+		ag->dirty = false;
+		ag->last_report = now_ns();
+	}
+	return err;
+}
+
+/* A lease of our own, and the membership record (no lease: a missing node stays known). */
+static int lease_ensure(struct agent *ag, bool keepalive)
+{
+	char key[256], val[160];
+	__s64 ttl = 0;
+	int err;
+
+	if (ag->lease && keepalive) {
+		err = etcd_lease_keepalive(&ag->e, ag->lease, &ttl);
+		if (err)
+			return err;
+		ag->last_keepalive = now_ns();
+		if (ttl > 0)
+			return 0;
+		pr_info("agent %s: lease expired; a new one\n", ag->node);
+		ag->lease = 0;
+	}
+	if (ag->lease)
+		return 0;
+	err = etcd_lease_grant(&ag->e, LEASE_TTL, &ag->lease);
+	if (err)
+		return err;
+	ag->last_keepalive = now_ns();
+	fleet_key(key, sizeof(key), ag->conn.prefix, "members", ag->node);
+	snprintf(val, sizeof(val), "{\"node\":\"%s\",\"since_us\":%llu}", ag->node,
+		 (unsigned long long)fleet_now_us());
+	err = etcd_put(&ag->e, key, val, 0);
+	ag->dirty = true;
+	return err;
+}
+
+static int on_watch(json_object *res, void *ctx)
+{
+	struct agent *ag = ctx;
+	json_object *evs, *v;
+	size_t i, n;
+
+	if ((json_object_object_get_ex(res, "canceled", &v) && json_object_get_boolean(v)) ||
+	    etcd_json_int(res, "compact_revision")) {
+		pr_info("agent %s: watch canceled (compacted at %lld): reconciling\n", ag->node,
+			(long long)etcd_json_int(res, "compact_revision"));
+		return -ESTALE;
+	}
+	if (!json_object_object_get_ex(res, "events", &evs))
+		return 0;
+	n = json_object_array_length(evs);
+	for (i = 0; i < n; i++) {
+		json_object *ev = json_object_array_get_idx(evs, i), *jkv, *t;
+		struct etcd_kv kv = { 0 };
+		const char *name;
+		bool del;
+
+		if (!json_object_object_get_ex(ev, "kv", &jkv))
+			continue;
+		del = json_object_object_get_ex(ev, "type", &t) &&
+		      !strcmp(json_object_get_string(t), "DELETE");
+		if (etcd_json_int(jkv, "mod_revision") <= ag->rev)
+			continue; /* already in the reconciled state */
+		{
+			json_object *k;
+			size_t len;
+
+			if (!json_object_object_get_ex(jkv, "key", &k) ||
+			    etcd_b64_decode(json_object_get_string(k), &kv.key, &len))
+				continue;
+			if (!del && json_object_object_get_ex(jkv, "value", &k) &&
+			    etcd_b64_decode(json_object_get_string(k), &kv.value, &len)) {
+				free(kv.key);
+				continue;
+			}
+		}
+		name = svc_name_of(ag, kv.key);
+		if (name && del)
+			delete_svc(ag, name);
+		else if (name)
+			apply_kv(ag, name, kv.value ? kv.value : "");
+		ag->seen_any = true;
+		ag->rev = etcd_json_int(jkv, "mod_revision");
+		free(kv.key);
+		free(kv.value);
+	}
+	return 0;
+}
+
+static bool agent_failing(const struct agent *ag)
+{
+	int i;
+
+	for (i = 0; i < MAX_SVCS; i++)
+		if (ag->svcs[i].used && ag->svcs[i].error[0])
+			return true;
+	return false;
+}
+
+/* One connected period: reconcile, lease, report, then the watch until it breaks. */
+static int agent_session(struct agent *ag, __u64 *backoff)
+{
+	struct etcd_watch w = { 0 };
+	bool watching = false;
+	__u64 now;
+	int err;
+
+	err = reconcile(ag);
+	if (!err)
+		err = lease_ensure(ag, true);
+	if (err)
+		goto out;
+	if (!strncmp(ag->error, "etcd:", 5))
+		ag->error[0] = '\0'; /* connected again */
+	census(ag);
+	ag->last_census = now_ns();
+	err = report(ag);
+	if (err)
+		goto out;
+	pr_info("agent %s: connected to %s, watching from revision %lld\n", ag->node,
+		etcd_endpoint(&ag->e), (long long)ag->rev + 1);
+	*backoff = BACKOFF_MIN_NS;
+	while (!agent_stop) {
+		if (!watching) {
+			char key[256];
+
+			fleet_key(key, sizeof(key), ag->conn.prefix, "services", NULL);
+			err = etcd_watch_start(&ag->e, &w, key, ag->rev + 1);
+			if (err)
+				goto out;
+			watching = true;
+		}
+		err = etcd_watch_poll(&w, 100, on_watch, ag);
+		if (err == -ESTALE) {
+			etcd_watch_stop(&w);
+			watching = false;
+			err = reconcile(ag);
+		}
+		if (err)
+			goto out;
+		now = now_ns();
+		if (now - ag->last_keepalive >= KEEPALIVE_NS) {
+			err = lease_ensure(ag, true);
+			if (err)
+				goto out;
+		}
+		if (now - ag->last_reconcile >= (agent_failing(ag) ? RETRY_NS : RECONCILE_NS)) {
+			err = reconcile(ag);
+			if (err)
+				goto out;
+		}
+		if (now - ag->last_census >= REPORT_NS) {
+			ag->last_census = now;
+			census(ag);
+			ag->dirty = true;
+		}
+		if (ag->dirty) {
+			err = report(ag);
+			if (err)
+				goto out;
+		}
+	}
+out:
+	if (watching)
+		etcd_watch_stop(&w);
+	return err;
+}
+
+static void agent_usage(void)
+{
+	printf("Usage: bgswitch agent --etcd URL[,URL...] [--node NAME] [--prefix P] [TLS options]\n"
+	       "\n"
+	       "Run one node of a fleet: apply the desired state of every service under\n"
+	       "PREFIX/services/ in etcd to this pin root as it changes, and report the applied\n"
+	       "generations, colors, live flows and health under PREFIX/nodes/NAME with a lease.\n"
+	       "The agent owns every service of its pin root. When etcd is unreachable the node\n"
+	       "keeps its last applied state and the agent retries (100 ms doubling to 5 s).\n"
+	       "SIGTERM or SIGINT revokes the lease and exits 0.\n"
+	       "\n"
+	       "  -E, --etcd URL[,URL...]  etcd endpoints (http:// only to loopback unless\n"
+	       "                           --insecure)\n"
+	       "  -N, --node NAME          this node's name (default: the host name)\n"
+	       "  -x, --prefix P           key prefix (default %s)\n"
+	       "  -C, --cacert FILE        CA certificate of the etcd servers\n"
+	       "  -c, --cert FILE          client certificate\n"
+	       "  -k, --key FILE           client key\n"
+	       "  -I, --insecure           allow plain http:// to a non-loopback address\n"
+	       "  -h, --help               this help\n",
+	       FLEET_DEFAULT_PREFIX);
+}
+
+static void agent_sleep(__u64 ns)
+{
+	__u64 end = now_ns() + ns;
+
+	while (!agent_stop && now_ns() < end)
+		usleep(20000);
+}
+
+int do_agent(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "etcd", required_argument, NULL, 'E' },
+		{ "node", required_argument, NULL, 'N' },
+		{ "prefix", required_argument, NULL, 'x' },
+		{ "cacert", required_argument, NULL, 'C' },
+		{ "cert", required_argument, NULL, 'c' },
+		{ "key", required_argument, NULL, 'k' },
+		{ "insecure", no_argument, NULL, 'I' },
+		{ "help", no_argument, NULL, 'h' },
+		{ 0 },
+	};
+	struct agent *ag = calloc(1, sizeof(*ag));
+	struct sigaction sa = { 0 };
+	char host[FLEET_NODE_LEN] = "";
+	__u64 backoff = BACKOFF_MIN_NS;
+	bool etcd_open_ok = false, warned = false;
+	int c, err = 0;
+
+	if (!ag)
+		return -ENOMEM;
+	ag->conn.prefix = FLEET_DEFAULT_PREFIX;
+	while ((c = getopt_long(argc, argv, "E:N:x:C:c:k:Ih", opts, NULL)) != -1) {
+		int r = fleet_conn_opt(&ag->conn, c, optarg);
+
+		if (r < 0) {
+			err = r;
+			goto out;
+		}
+		if (r)
+			continue;
+		switch (c) {
+		case 'N':
+			ag->node = optarg;
+			break;
+		case 'h':
+			agent_usage();
+			goto out;
+		default:
+			err = -EINVAL;
+			goto out;
+		}
+	}
+	if (argc - optind != 0) {
+		err = bad_args("agent");
+		goto out;
+	}
+	if (!ag->conn.eo.endpoints) {
+		pr_warn("agent: --etcd URL is required\n");
+		err = -EINVAL;
+		goto out;
+	}
+	if (!ag->node) {
+		gethostname(host, sizeof(host) - 1);
+		ag->node = host;
+	}
+	err = fleet_check_node(ag->node);
+	if (!err)
+		err = state_need_root();
+	if (!err)
+		err = etcd_open(&ag->e, &ag->conn.eo);
+	if (err)
+		goto out;
+	etcd_open_ok = true;
+	sa.sa_handler = on_signal;
+	sigaction(SIGINT, &sa, NULL);
+	sigaction(SIGTERM, &sa, NULL);
+	signal(SIGPIPE, SIG_IGN);
+
+	/* The pinned state may come later (an agent started before `attach`). */
+	while (!agent_stop) {
+		err = access(bgs_pin_root, F_OK) ? -ENOENT : state_open(&ag->st, false);
+		if (!err)
+			break;
+		if (!warned)
+			pr_warn("agent %s: waiting for the pinned state at %s\n", ag->node,
+				bgs_pin_root);
+		warned = true;
+		agent_sleep(1000 * MS);
+	}
+	if (agent_stop)
+		goto stop;
+	ag->st_open = true;
+	pr_info("agent %s: pin root %s, etcd %s, prefix %s\n", ag->node, bgs_pin_root,
+		ag->conn.eo.endpoints, ag->conn.prefix);
+	fflush(stdout);
+	while (!agent_stop) {
+		err = agent_session(ag, &backoff);
+		if (agent_stop)
+			break;
+		if (backoff == BACKOFF_MIN_NS || bgs_verbosity > BGS_LOG_INFO)
+			pr_warn("agent %s: cannot follow etcd (%s): forwarding goes on with the last "
+				"applied state (revision %lld); retrying with backoff\n",
+				ag->node, err == -ENOTCONN ? ag->e.last_error : strerror(-err),
+				(long long)ag->rev);
+		snprintf(ag->error, sizeof(ag->error), "etcd: %s", strerror(-err));
+		fflush(stdout);
+		agent_sleep(backoff);
+		backoff = backoff * 2 > BACKOFF_MAX_NS ? BACKOFF_MAX_NS : backoff * 2;
+		/* The next endpoint, in case this one is the one that is gone. */
+		ag->e.cur = (ag->e.cur + 1) % ag->e.nurl;
+	}
+stop:
+	err = 0;
+	if (ag->lease && etcd_lease_revoke(&ag->e, ag->lease))
+		pr_debug("agent %s: could not revoke the lease (it expires)\n", ag->node);
+	pr_info("agent %s: stopped\n", ag->node);
+out:
+	if (etcd_open_ok)
+		etcd_close(&ag->e);
+	if (ag->st_open)
+		state_close(&ag->st);
+	free(ag);
+	return err;
+}

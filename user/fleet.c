@@ -1,0 +1,1291 @@
+// SPDX-License-Identifier: GPL-2.0
+/* fleet.c: the fleet forms of flip, rollback, service, backend and status (`--etcd URL`).
+ *
+ * A change reads the service's document with its mod_revision, checks --if-generation against
+ * the document's generation, builds the next document (generation + 1) and writes it with one
+ * etcd transaction that compares the mod_revision (create_revision 0 for a new service): of two
+ * racing writers exactly one wins, the other gets the exit status of a generation mismatch.
+ * The agents on the nodes (agent.c) apply it; --wait waits until every live node reports it.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "fleet.h"
+#include "log.h"
+#include "state.h"
+
+#define NS 1000000000ULL
+#define MS 1000000ULL
+#define WAIT_DEFAULT_NS (30 * NS)
+#define WAIT_POLL_NS (5 * MS)
+#define MAX_NODES 1024
+
+bool fleet_wanted(int argc, char **argv)
+{
+	int i;
+
+	for (i = 1; i < argc; i++) {
+		if (!strcmp(argv[i], "--"))
+			return false;
+		if (!strcmp(argv[i], "--etcd") || !strncmp(argv[i], "--etcd=", 7))
+			return true;
+	}
+	return false;
+}
+
+__u64 fleet_now_us(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (__u64)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+static bool name_chars(const char *s, const char *extra)
+{
+	for (; *s; s++)
+		if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') ||
+		      (*s >= '0' && *s <= '9') || strchr(extra, *s)))
+			return false;
+	return true;
+}
+
+int fleet_check_prefix(const char *prefix)
+{
+	size_t n = strlen(prefix);
+
+	if (prefix[0] != '/' || n < 2 || n >= FLEET_PREFIX_LEN || prefix[n - 1] == '/' ||
+	    strstr(prefix, "//") || !name_chars(prefix, "/._-")) {
+		pr_warn("--prefix '%s': an absolute key prefix like /bgswitch (A-Z a-z 0-9 / . _ -, "
+			"no trailing /, under %d characters)\n",
+			prefix, FLEET_PREFIX_LEN);
+		return -EINVAL;
+	}
+	return 0;
+}
+
+int fleet_check_node(const char *node)
+{
+	if (!node[0] || strlen(node) >= FLEET_NODE_LEN || node[0] == '-' ||
+	    !name_chars(node, "._-")) {
+		pr_warn("--node '%s': a node name of 1-%d of A-Z a-z 0-9 . _ -\n", node,
+			FLEET_NODE_LEN - 1);
+		return -EINVAL;
+	}
+	return 0;
+}
+
+void fleet_key(char *buf, size_t len, const char *prefix, const char *kind, const char *name)
+{
+	snprintf(buf, len, "%s/%s/%s", prefix, kind, name ? name : "");
+}
+
+/* The connection options shared by the agent and the fleet commands: 1 if opt was one. */
+int fleet_conn_opt(struct fleet_conn *c, int opt, const char *arg)
+{
+	switch (opt) {
+	case 'E':
+		c->eo.endpoints = arg;
+		return 1;
+	case 'x':
+		if (fleet_check_prefix(arg))
+			return -EINVAL;
+		c->prefix = arg;
+		return 1;
+	case 'C':
+		c->eo.cacert = arg;
+		return 1;
+	case 'c':
+		c->eo.cert = arg;
+		return 1;
+	case 'k':
+		c->eo.key = arg;
+		return 1;
+	case 'I':
+		c->eo.insecure = true;
+		return 1;
+	default:
+		return 0;
+	}
+}
+
+/* ---- the document ---- */
+
+static int doc_backends(json_object *arr, struct fleet_service *s, __u8 color)
+{
+	struct bgs_endpoint ep;
+	size_t i, n;
+
+	if (!arr)
+		return 0;
+	if (!json_object_is_type(arr, json_type_array))
+		return -EINVAL;
+	n = json_object_array_length(arr);
+	if (n > BGS_MAX_BACKENDS)
+		return -E2BIG;
+	for (i = 0; i < n; i++) {
+		json_object *b = json_object_array_get_idx(arr, i), *v;
+		struct fleet_backend *fb = &s->be[color][i];
+
+		if (!json_object_object_get_ex(b, "addr", &v) ||
+		    !json_object_is_type(v, json_type_string) ||
+		    strlen(json_object_get_string(v)) >= sizeof(fb->addr) ||
+		    parse_endpoint(json_object_get_string(v), &ep))
+			return -EINVAL;
+		snprintf(fb->addr, sizeof(fb->addr), "%s", json_object_get_string(v));
+		fb->weight = 1;
+		if (json_object_object_get_ex(b, "weight", &v)) {
+			__s64 w = json_object_get_int64(v);
+
+			if (w < 0 || w > BGS_WEIGHT_MAX)
+				return -EINVAL;
+			fb->weight = w;
+		}
+	}
+	s->nbe[color] = n;
+	return 0;
+}
+
+/* Parse and check a document. -EINVAL (with a warning) for anything the agents cannot apply. */
+int fleet_doc_decode(const char *json, struct fleet_service *s)
+{
+	json_object *o = json_tokener_parse(json), *v, *bes;
+	struct bgs_endpoint ep;
+	int err = -EINVAL;
+
+	memset(s, 0, sizeof(*s));
+	s->previous_share = -1;
+	if (!o || !json_object_is_type(o, json_type_object))
+		goto out;
+	if (!json_object_object_get_ex(o, "name", &v) ||
+	    !json_object_is_type(v, json_type_string) ||
+	    strlen(json_object_get_string(v)) >= BGS_NAME_LEN)
+		goto out;
+	snprintf(s->name, sizeof(s->name), "%s", json_object_get_string(v));
+	if (!json_object_object_get_ex(o, "vip", &v) || !json_object_is_type(v, json_type_string) ||
+	    strlen(json_object_get_string(v)) >= sizeof(s->vip))
+		goto out;
+	snprintf(s->vip, sizeof(s->vip), "%s", json_object_get_string(v));
+	s->proto = IPPROTO_TCP;
+	if (json_object_object_get_ex(o, "proto", &v) &&
+	    parse_proto(json_object_get_string(v), &s->proto))
+		goto out;
+	if (!json_object_object_get_ex(o, "generation", &v))
+		goto out;
+	s->generation = json_object_get_int64(v);
+	if (json_object_object_get_ex(o, "green_share", &v))
+		s->green_share = json_object_get_int(v);
+	if (json_object_object_get_ex(o, "previous_share", &v) &&
+	    !json_object_is_type(v, json_type_null))
+		s->previous_share = json_object_get_int(v);
+	if (s->generation < 1 || s->green_share < 0 || s->green_share > FLEET_SHARE_MAX ||
+	    s->previous_share > FLEET_SHARE_MAX || check_name(s->name) ||
+	    parse_endpoint(s->vip, &ep))
+		goto out;
+	if (json_object_object_get_ex(o, "backends", &bes)) {
+		json_object *blue = NULL, *green = NULL;
+
+		json_object_object_get_ex(bes, "blue", &blue);
+		json_object_object_get_ex(bes, "green", &green);
+		err = doc_backends(blue, s, BGS_BLUE);
+		if (!err)
+			err = doc_backends(green, s, BGS_GREEN);
+		if (err)
+			goto out;
+	}
+	err = 0;
+out:
+	if (err)
+		pr_warn("a service document that is not valid: %.200s\n", json);
+	json_object_put(o);
+	return err;
+}
+
+char *fleet_doc_encode(const struct fleet_service *s)
+{
+	json_object *o = json_object_new_object(), *bes = json_object_new_object();
+	char *out;
+	__u32 c, i;
+
+	json_object_object_add(o, "name", json_object_new_string(s->name));
+	json_object_object_add(o, "vip", json_object_new_string(s->vip));
+	json_object_object_add(o, "proto", json_object_new_string(proto_name(s->proto)));
+	json_object_object_add(o, "generation", json_object_new_int64(s->generation));
+	json_object_object_add(o, "green_share", json_object_new_int(s->green_share));
+	json_object_object_add(o, "previous_share",
+			       s->previous_share < 0 ? NULL :
+						       json_object_new_int(s->previous_share));
+	for (c = 0; c < BGS_NCOLORS; c++) {
+		json_object *arr = json_object_new_array();
+
+		for (i = 0; i < s->nbe[c]; i++) {
+			json_object *b = json_object_new_object();
+
+			json_object_object_add(b, "addr", json_object_new_string(s->be[c][i].addr));
+			json_object_object_add(b, "weight",
+					       json_object_new_int(s->be[c][i].weight));
+			json_object_array_add(arr, b);
+		}
+		json_object_object_add(bes, color_name(c), arr);
+	}
+	json_object_object_add(o, "backends", bes);
+	out = strdup(json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN));
+	json_object_put(o);
+	return out;
+}
+
+/* ---- options ---- */
+
+struct fleet_args {
+	struct fleet_conn conn;
+	struct etcd e;
+	bool opened;
+	bool wait, force, drain, json;
+	__u64 timeout_ns;
+	__s64 if_gen;
+	const char *reason;
+	__u8 proto;
+	int weight; /* --weight, or -1 */
+	int nargs;
+	char **args;
+};
+
+enum { F_WAIT = 1, F_FORCE = 2, F_DRAIN = 4, F_JSON = 8, F_GEN = 16, F_PROTO = 32, F_WEIGHT = 64 };
+
+static void fleet_usage(const char *cmd, unsigned int allowed)
+{
+	printf("Usage: bgswitch %s ... --etcd URL[,URL...] [options]\n"
+	       "\n"
+	       "The fleet form: the change is written to etcd (one conditional transaction) and\n"
+	       "every node's agent applies it. Options:\n"
+	       "  -E, --etcd URL[,URL...]  etcd endpoints (http:// only to loopback unless\n"
+	       "                           --insecure; https:// with --cacert)\n"
+	       "  -x, --prefix P           key prefix (default %s)\n"
+	       "  -C, --cacert FILE        CA certificate of the etcd servers\n"
+	       "  -c, --cert FILE          client certificate\n"
+	       "  -k, --key FILE           client key\n"
+	       "  -I, --insecure           allow plain http:// to a non-loopback address\n",
+	       cmd, FLEET_DEFAULT_PREFIX);
+	if (allowed & F_GEN)
+		printf("  -G, --if-generation G    change only if the fleet generation is G\n");
+	if (allowed & F_WAIT)
+		printf("  -W, --wait               wait until every live node has applied it\n"
+		       "  -t, --timeout D          how long to wait (default 30s)\n");
+	if (allowed & F_PROTO)
+		printf("  -p, --proto P            tcp (default) or udp\n");
+	if (allowed & F_WEIGHT)
+		printf("  -w, --weight W           the backend's weight, 0 to %d (default 1; on a\n"
+		       "                           backend there already: its new weight)\n",
+		       BGS_WEIGHT_MAX);
+	if (allowed & F_FORCE)
+		printf("  -f, --force              delete although nodes report live flows\n");
+	if (allowed & F_DRAIN)
+		printf("  -d, --drain              (the default in a fleet: flows drain)\n");
+	if (allowed & F_JSON)
+		printf("  -j, --json               machine-readable output\n");
+	printf("  -m, --reason TEXT        why (recorded in the document)\n"
+	       "  -h, --help               this help\n");
+}
+
+/* Parse the fleet options of one command; args[] are the positional arguments. Returns 1
+ * after --help.
+ */
+static int fleet_parse(int argc, char **argv, const char *cmd, unsigned int allowed,
+		       struct fleet_args *a)
+{
+	static const struct option fleet_long_opts[] = {
+		{ "etcd", required_argument, NULL, 'E' },
+		{ "prefix", required_argument, NULL, 'x' },
+		{ "cacert", required_argument, NULL, 'C' },
+		{ "cert", required_argument, NULL, 'c' },
+		{ "key", required_argument, NULL, 'k' },
+		{ "insecure", no_argument, NULL, 'I' },
+		{ "if-generation", required_argument, NULL, 'G' },
+		{ "wait", no_argument, NULL, 'W' },
+		{ "timeout", required_argument, NULL, 't' },
+		{ "proto", required_argument, NULL, 'p' },
+		{ "force", no_argument, NULL, 'f' },
+		{ "drain", no_argument, NULL, 'd' },
+		{ "json", no_argument, NULL, 'j' },
+		{ "weight", required_argument, NULL, 'w' },
+		{ "reason", required_argument, NULL, 'm' },
+		{ "help", no_argument, NULL, 'h' },
+		{ 0 },
+	};
+	unsigned int seen = 0;
+	int c;
+
+	memset(a, 0, sizeof(*a));
+	a->conn.prefix = FLEET_DEFAULT_PREFIX;
+	a->timeout_ns = WAIT_DEFAULT_NS;
+	a->if_gen = -1;
+	a->proto = IPPROTO_TCP;
+	a->weight = -1;
+	opterr = 0; /* one error line: ours */
+	while ((c = getopt_long(argc, argv, "E:x:C:c:k:IG:Wt:p:fdjw:m:h", fleet_long_opts, NULL)) !=
+	       -1) {
+		int r = fleet_conn_opt(&a->conn, c, optarg);
+
+		if (r < 0)
+			return r;
+		if (r)
+			continue;
+		switch (c) {
+		case 'G':
+			if (parse_generation(optarg, &a->if_gen))
+				return -EINVAL;
+			seen |= F_GEN;
+			break;
+		case 'W':
+			a->wait = true;
+			seen |= F_WAIT;
+			break;
+		case 't':
+			if (parse_duration_ns(optarg, 0, 24 * 3600 * NS, &a->timeout_ns))
+				return -EINVAL;
+			seen |= F_WAIT;
+			break;
+		case 'p':
+			if (parse_proto(optarg, &a->proto))
+				return -EINVAL;
+			seen |= F_PROTO;
+			break;
+		case 'f':
+			a->force = true;
+			seen |= F_FORCE;
+			break;
+		case 'd':
+			a->drain = true;
+			seen |= F_DRAIN;
+			break;
+		case 'j':
+			a->json = true;
+			seen |= F_JSON;
+			break;
+		case 'w': {
+			__u16 w;
+
+			if (parse_weight(optarg, &w))
+				return -EINVAL;
+			a->weight = w;
+			seen |= F_WEIGHT;
+			break;
+		}
+		case 'm':
+			if (strlen(optarg) > 200) {
+				pr_warn("--reason: at most 200 characters\n");
+				return -EINVAL;
+			}
+			a->reason = optarg;
+			break;
+		case 'h':
+			fleet_usage(cmd, allowed);
+			return 1;
+		default:
+			pr_warn("'%s --etcd': unknown option '%s' (the fleet options only: see "
+				"'%s --etcd x --help')\n",
+				cmd, argv[optind - 1], cmd);
+			return -EINVAL;
+		}
+	}
+	if (seen & ~allowed) {
+		pr_warn("'%s --etcd': an option that only a local %s takes (see --help)\n", cmd,
+			cmd);
+		return -EINVAL;
+	}
+	a->nargs = argc - optind;
+	a->args = argv + optind;
+	return 0;
+}
+
+static int fleet_connect(struct fleet_args *a)
+{
+	int err = etcd_open(&a->e, &a->conn.eo);
+
+	if (!err)
+		a->opened = true;
+	return err;
+}
+
+static void fleet_done(struct fleet_args *a)
+{
+	if (a->opened)
+		etcd_close(&a->e);
+	a->opened = false;
+}
+
+static int unreachable(struct fleet_args *a, int err)
+{
+	if (err == -ENOTCONN)
+		pr_warn("etcd is unreachable (%s)\n", a->e.last_error);
+	return err;
+}
+
+/* The service's document; -ENOENT (with a warning when warn) if there is none. */
+static int doc_read(struct fleet_args *a, const char *name, struct fleet_service *s, bool warn)
+{
+	struct etcd_kv *kvs = NULL;
+	char key[256];
+	size_t n = 0;
+	int err;
+
+	fleet_key(key, sizeof(key), a->conn.prefix, "services", name);
+	err = etcd_range(&a->e, key, false, &kvs, &n, NULL);
+	if (err)
+		return unreachable(a, err);
+	if (!n) {
+		if (warn)
+			pr_warn("unknown service '%s' in the fleet (%s)\n", name, a->conn.prefix);
+		err = -ENOENT;
+		goto out;
+	}
+	err = fleet_doc_decode(kvs[0].value, s);
+	s->mod_rev = kvs[0].mod_rev;
+out:
+	etcd_kvs_free(kvs, n);
+	return err;
+}
+
+static int gen_check(const struct fleet_args *a, const struct fleet_service *s)
+{
+	if (a->if_gen < 0 || s->generation == a->if_gen)
+		return 0;
+	pr_warn("%s: fleet generation is %lld, not %lld; someone changed it first "
+		"(--if-generation)\n",
+		s->name, (long long)s->generation, (long long)a->if_gen);
+	return BGS_ERR_GENERATION;
+}
+
+/* Connect, read the service's document and check --if-generation against it. */
+static int doc_open(struct fleet_args *a, const char *name, struct fleet_service *s)
+{
+	int err = fleet_connect(a);
+
+	if (!err)
+		err = doc_read(a, name, s, true);
+	if (!err)
+		err = gen_check(a, s);
+	return err;
+}
+
+/* Write the next document: one transaction on the mod_revision the change was built from. */
+static int doc_write(struct fleet_args *a, struct fleet_service *s, __u64 *t_us, __s64 *rev)
+{
+	char key[256], *doc = NULL;
+	bool ok = false;
+	int err;
+
+	fleet_key(key, sizeof(key), a->conn.prefix, "services", s->name);
+	doc = fleet_doc_encode(s);
+	if (!doc)
+		return -ENOMEM;
+	*t_us = fleet_now_us();
+	err = etcd_txn_put(&a->e, key, doc, s->mod_rev, &ok, rev);
+	free(doc);
+	if (err)
+		return unreachable(a, err);
+	if (!ok) {
+		pr_warn("%s: changed in etcd by someone else since it was read; nothing written "
+			"(read it again)\n",
+			s->name);
+		return s->mod_rev ? BGS_ERR_GENERATION : -EEXIST;
+	}
+	return 0;
+}
+
+/* ---- node reports ---- */
+
+struct node_view {
+	char node[FLEET_NODE_LEN];
+	bool live; /* a report under its lease */
+	bool member;
+	bool has_svc;
+	bool health_ok;
+	char health[16];
+	char error[256]; /* the service's or the node's */
+	__s64 generation;
+	__s32 share;
+	char color[8];
+	__u64 applied_us;
+	__u64 live_flows[BGS_NCOLORS];
+};
+
+static int node_cmp(const void *x, const void *y)
+{
+	return strcmp(((const struct node_view *)x)->node, ((const struct node_view *)y)->node);
+}
+
+static struct node_view *node_get(struct node_view *v, size_t *n, const char *node)
+{
+	size_t i;
+
+	for (i = 0; i < *n; i++)
+		if (!strcmp(v[i].node, node))
+			return &v[i];
+	if (*n == MAX_NODES)
+		return NULL;
+	memset(&v[*n], 0, sizeof(v[*n]));
+	snprintf(v[*n].node, sizeof(v[*n].node), "%s", node);
+	v[*n].generation = -1;
+	v[*n].share = -1;
+	return &v[(*n)++];
+}
+
+static const char *str_field(json_object *o, const char *f)
+{
+	json_object *v;
+
+	if (o && json_object_object_get_ex(o, f, &v) && json_object_is_type(v, json_type_string))
+		return json_object_get_string(v);
+	return "";
+}
+
+static __s64 int_field(json_object *o, const char *f, __s64 dflt)
+{
+	json_object *v;
+
+	if (o && json_object_object_get_ex(o, f, &v) && !json_object_is_type(v, json_type_null))
+		return json_object_get_int64(v);
+	return dflt;
+}
+
+static void node_fill(struct node_view *nv, json_object *rep, const char *svc)
+{
+	json_object *svcs, *s = NULL, *live;
+
+	nv->live = true;
+	snprintf(nv->health, sizeof(nv->health), "%s", str_field(rep, "health"));
+	nv->health_ok = !strcmp(nv->health, "ok");
+	snprintf(nv->error, sizeof(nv->error), "%s", str_field(rep, "error"));
+	if (json_object_object_get_ex(rep, "services", &svcs))
+		json_object_object_get_ex(svcs, svc, &s);
+	if (!s)
+		return;
+	nv->has_svc = true;
+	nv->generation = int_field(s, "generation", -1);
+	nv->share = int_field(s, "green_share", -1);
+	nv->applied_us = int_field(s, "applied_us", 0);
+	snprintf(nv->color, sizeof(nv->color), "%s", str_field(s, "color"));
+	if (str_field(s, "error")[0])
+		snprintf(nv->error, sizeof(nv->error), "%s", str_field(s, "error"));
+	if (json_object_object_get_ex(s, "live", &live)) {
+		nv->live_flows[BGS_BLUE] = int_field(live, "blue", 0);
+		nv->live_flows[BGS_GREEN] = int_field(live, "green", 0);
+	}
+}
+
+/* Every node the fleet knows (members) and every live report, for service svc. */
+static int nodes_read(struct fleet_args *a, const char *svc, struct node_view **out, size_t *n)
+{
+	struct etcd_kv *kvs = NULL;
+	struct node_view *v;
+	char key[256];
+	size_t i, cnt = 0, plen;
+	int err;
+
+	*n = 0;
+	v = calloc(MAX_NODES, sizeof(*v));
+	if (!v)
+		return -ENOMEM;
+	fleet_key(key, sizeof(key), a->conn.prefix, "members", NULL);
+	plen = strlen(key);
+	err = etcd_range(&a->e, key, true, &kvs, &cnt, NULL);
+	if (err)
+		goto out;
+	for (i = 0; i < cnt; i++) {
+		struct node_view *nv = node_get(v, n, kvs[i].key + plen);
+
+		if (nv)
+			nv->member = true;
+	}
+	etcd_kvs_free(kvs, cnt);
+	kvs = NULL;
+	cnt = 0;
+	fleet_key(key, sizeof(key), a->conn.prefix, "nodes", NULL);
+	plen = strlen(key);
+	err = etcd_range(&a->e, key, true, &kvs, &cnt, NULL);
+	if (err)
+		goto out;
+	for (i = 0; i < cnt; i++) {
+		json_object *rep = json_tokener_parse(kvs[i].value);
+		struct node_view *nv = node_get(v, n, kvs[i].key + plen);
+
+		if (nv && rep)
+			node_fill(nv, rep, svc);
+		json_object_put(rep);
+	}
+	qsort(v, *n, sizeof(*v), node_cmp);
+out:
+	etcd_kvs_free(kvs, cnt);
+	if (err) {
+		free(v);
+		return unreachable(a, err);
+	}
+	*out = v;
+	return 0;
+}
+
+/* A live node is done with generation gen of svc (gen < 0: svc deleted). */
+static bool node_done(const struct node_view *nv, __s64 gen)
+{
+	if (gen < 0)
+		return !nv->has_svc;
+	return nv->has_svc && nv->generation >= gen && !nv->error[0];
+}
+
+static int cmp_u64(const void *x, const void *y)
+{
+	__u64 a = *(const __u64 *)x, b = *(const __u64 *)y;
+
+	return a < b ? -1 : a > b;
+}
+
+/* Wait until every live node has applied generation gen of svc (written at t_us). */
+static int fleet_wait(struct fleet_args *a, const char *svc, __s64 gen, __u64 t_us)
+{
+	__u64 t0 = now_ns(), lat[MAX_NODES];
+	struct node_view *v = NULL;
+	size_t n = 0, i, nlive, ndone;
+	char lag[1024];
+	int err;
+
+	for (;;) {
+		free(v);
+		v = NULL;
+		err = nodes_read(a, svc, &v, &n);
+		if (err)
+			return err;
+		nlive = ndone = 0;
+		lag[0] = '\0';
+		for (i = 0; i < n; i++) {
+			if (!v[i].live)
+				continue;
+			if (node_done(&v[i], gen)) {
+				lat[ndone++] = v[i].applied_us > t_us ? v[i].applied_us - t_us : 0;
+			} else {
+				size_t used = strlen(lag);
+
+				snprintf(lag + used, sizeof(lag) - used,
+					 "%s%s (generation %lld%s%s)", used ? ", " : "", v[i].node,
+					 (long long)v[i].generation, v[i].error[0] ? ": " : "",
+					 v[i].error);
+			}
+			nlive++;
+		}
+		if (nlive && ndone == nlive)
+			break;
+		if (now_ns() - t0 >= a->timeout_ns) {
+			pr_warn("%s: %zu of %zu live nodes applied generation %lld within %.1fs; "
+				"not: %s\n",
+				svc, ndone, nlive, (long long)gen, (now_ns() - t0) / 1e9,
+				nlive ? lag : "(no live node)");
+			err = BGS_ERR_TIMEOUT;
+			goto out;
+		}
+		sleep_until_ns(now_ns() + WAIT_POLL_NS);
+	}
+	if (gen >= 0) {
+		qsort(lat, ndone, sizeof(lat[0]), cmp_u64);
+		printf("%s: generation %lld applied by %zu/%zu live nodes; after the write: median "
+		       "%.2f ms, max %.2f ms\n",
+		       svc, (long long)gen, ndone, nlive, lat[ndone / 2] / 1e3,
+		       lat[ndone - 1] / 1e3);
+	} else {
+		printf("%s: deleted by %zu/%zu live nodes\n", svc, ndone, nlive);
+	}
+	for (i = 0; i < n; i++)
+		if (!v[i].live && v[i].member)
+			printf("%s: node %s is missing (no live report)\n", svc, v[i].node);
+out:
+	free(v);
+	return err;
+}
+
+/* After a write: the line that says what was written, then --wait. */
+static int fleet_after(struct fleet_args *a, const char *svc, __s64 gen, __u64 t_us, __s64 rev)
+{
+	printf("%s: generation %lld written to etcd at revision %lld\n", svc, (long long)gen,
+	       (long long)rev);
+	fflush(stdout);
+	if (!a->wait)
+		return 0;
+	return fleet_wait(a, svc, gen, t_us);
+}
+
+/* ---- flip and rollback ---- */
+
+/* "blue", "green" or "green 12.5%" */
+static const char *share_name(__s32 share, char *buf, size_t len)
+{
+	char pct[16];
+
+	if (share_color(share) != BGS_COLOR_NONE)
+		snprintf(buf, len, "%s", share_label(share));
+	else
+		snprintf(buf, len, "green %s", fmt_share(share, pct, sizeof(pct)));
+	return buf;
+}
+
+static int share_set(struct fleet_args *a, struct fleet_service *s, __s32 share)
+{
+	char from[24], to_s[24];
+	__u64 t_us;
+	__s64 rev = 0;
+	__u8 gain = share > s->green_share ? BGS_GREEN : BGS_BLUE;
+	__u32 i;
+	bool weighted = false;
+	int err;
+
+	share_name(s->green_share, from, sizeof(from));
+	share_name(share, to_s, sizeof(to_s));
+	if (s->green_share == share) {
+		printf("%s: already %s (fleet generation %lld)\n", s->name, to_s,
+		       (long long)s->generation);
+		if (a->wait)
+			return fleet_wait(a, s->name, s->generation, fleet_now_us());
+		return 0;
+	}
+	for (i = 0; i < s->nbe[gain]; i++)
+		weighted |= s->be[gain][i].weight > 0;
+	if (!weighted) {
+		pr_warn("%s of '%s' has no backends%s; refusing to send new flows there\n",
+			color_name(gain), s->name, s->nbe[gain] ? " of weight above 0" : "");
+		return -ENOENT;
+	}
+	s->previous_share = s->green_share;
+	s->green_share = share;
+	s->generation++;
+	err = doc_write(a, s, &t_us, &rev);
+	if (err)
+		return err;
+	printf("%s: %s -> %s in the fleet\n", s->name, from, to_s);
+	return fleet_after(a, s->name, s->generation, t_us, rev);
+}
+
+int fleet_flip(int argc, char **argv)
+{
+	struct fleet_service *s = calloc(1, sizeof(*s));
+	struct fleet_args a;
+	__u8 to = BGS_COLOR_NONE;
+	int err;
+
+	if (!s)
+		return -ENOMEM;
+	err = fleet_parse(argc, argv, "flip", F_GEN | F_WAIT, &a);
+	if (err)
+		goto out;
+	if (a.nargs < 1 || a.nargs > 2) {
+		err = bad_args("flip");
+		goto out;
+	}
+	if (a.nargs == 2 && parse_color(a.args[1], &to)) {
+		err = -EINVAL;
+		goto out;
+	}
+	err = doc_open(&a, a.args[0], s);
+	if (err)
+		goto out;
+	if (to == BGS_COLOR_NONE && share_color(s->green_share) == BGS_COLOR_NONE) {
+		pr_warn("'%s' is split in the fleet: say which color to flip to\n", s->name);
+		err = -EINVAL;
+		goto out;
+	}
+	if (to == BGS_COLOR_NONE)
+		to = !share_color(s->green_share);
+	err = share_set(&a, s, to == BGS_GREEN ? FLEET_SHARE_MAX : 0);
+out:
+	fleet_done(&a);
+	free(s);
+	return err > 0 ? 0 : err;
+}
+
+int fleet_shift(int argc, char **argv)
+{
+	struct fleet_service *s = calloc(1, sizeof(*s));
+	struct fleet_args a;
+	__u32 pct;
+	__u8 color;
+	int err;
+
+	if (!s)
+		return -ENOMEM;
+	err = fleet_parse(argc, argv, "shift", F_GEN | F_WAIT, &a);
+	if (err)
+		goto out;
+	if (a.nargs != 3) {
+		err = bad_args("shift");
+		goto out;
+	}
+	if (parse_color(a.args[1], &color) || parse_share(a.args[2], &pct)) {
+		err = -EINVAL;
+		goto out;
+	}
+	err = doc_open(&a, a.args[0], s);
+	if (!err)
+		err = share_set(&a, s, color == BGS_GREEN ? pct : FLEET_SHARE_MAX - pct);
+out:
+	fleet_done(&a);
+	free(s);
+	return err > 0 ? 0 : err;
+}
+
+int fleet_rollback(int argc, char **argv)
+{
+	struct fleet_service *s = calloc(1, sizeof(*s));
+	struct fleet_args a;
+	int err;
+
+	if (!s)
+		return -ENOMEM;
+	err = fleet_parse(argc, argv, "rollback", F_GEN | F_WAIT, &a);
+	if (err)
+		goto out;
+	if (a.nargs != 1) {
+		err = bad_args("rollback");
+		goto out;
+	}
+	err = doc_open(&a, a.args[0], s);
+	if (err)
+		goto out;
+	if (s->previous_share < 0) {
+		pr_warn("'%s' has not been flipped in the fleet: nothing to roll back\n", s->name);
+		err = -ENOENT;
+		goto out;
+	}
+	err = share_set(&a, s, s->previous_share);
+out:
+	fleet_done(&a);
+	free(s);
+	return err > 0 ? 0 : err;
+}
+
+/* ---- service and backend ---- */
+
+static int fleet_service_add(struct fleet_args *a, struct fleet_service *s)
+{
+	struct bgs_endpoint ep;
+	__u64 t_us;
+	__s64 rev = 0;
+	int err;
+
+	if (a->nargs != 3)
+		return bad_args("service");
+	if (check_name(a->args[1]) || parse_endpoint(a->args[2], &ep))
+		return -EINVAL;
+	if (!endpoint_is_unicast(&ep)) {
+		pr_warn("'%s': a VIP must be a unicast address\n", a->args[2]);
+		return -EINVAL;
+	}
+	err = fleet_connect(a);
+	if (err)
+		return err;
+	err = doc_read(a, a->args[1], s, false);
+	if (!err) {
+		pr_warn("service '%s' already exists in the fleet\n", a->args[1]);
+		return -EEXIST;
+	}
+	if (err != -ENOENT)
+		return err;
+	memset(s, 0, sizeof(*s));
+	snprintf(s->name, sizeof(s->name), "%s", a->args[1]);
+	snprintf(s->vip, sizeof(s->vip), "%s", a->args[2]);
+	s->proto = a->proto;
+	s->generation = 1;
+	s->previous_share = -1;
+	err = doc_write(a, s, &t_us, &rev);
+	if (err)
+		return err;
+	printf("service %s: %s/%s, active blue, in the fleet\n", s->name, s->vip,
+	       proto_name(s->proto));
+	return fleet_after(a, s->name, s->generation, t_us, rev);
+}
+
+static int fleet_service_del(struct fleet_args *a, struct fleet_service *s)
+{
+	struct node_view *v = NULL;
+	char key[256];
+	size_t n = 0, i;
+	__u64 live = 0, t_us;
+	__s64 rev = 0;
+	bool ok = false;
+	int err;
+
+	if (a->nargs != 2)
+		return bad_args("service");
+	err = doc_open(a, a->args[1], s);
+	if (!err)
+		err = nodes_read(a, s->name, &v, &n);
+	if (err)
+		return err;
+	for (i = 0; i < n; i++)
+		if (v[i].live && v[i].has_svc)
+			live += v[i].live_flows[BGS_BLUE] + v[i].live_flows[BGS_GREEN];
+	free(v);
+	if (live && !a->force) {
+		pr_warn("service '%s' has %llu live flows on the nodes; --force deletes it and cuts "
+			"them\n",
+			s->name, (unsigned long long)live);
+		return -EBUSY;
+	}
+	fleet_key(key, sizeof(key), a->conn.prefix, "services", s->name);
+	t_us = fleet_now_us();
+	err = etcd_txn_delete(&a->e, key, s->mod_rev, &ok, &rev);
+	if (err)
+		return unreachable(a, err);
+	if (!ok) {
+		pr_warn("%s: changed in etcd by someone else since it was read; nothing deleted\n",
+			s->name);
+		return BGS_ERR_GENERATION;
+	}
+	printf("service %s deleted from the fleet (etcd revision %lld)\n", s->name, (long long)rev);
+	fflush(stdout);
+	return a->wait ? fleet_wait(a, s->name, -1, t_us) : 0;
+}
+
+static int fleet_service_list(struct fleet_args *a)
+{
+	struct fleet_service *s = calloc(1, sizeof(*s));
+	struct etcd_kv *kvs = NULL;
+	char key[256];
+	size_t n = 0, i;
+	int err;
+
+	if (!s)
+		return -ENOMEM;
+	err = fleet_connect(a);
+	if (err)
+		goto out;
+	fleet_key(key, sizeof(key), a->conn.prefix, "services", NULL);
+	err = etcd_range(&a->e, key, true, &kvs, &n, NULL);
+	if (err) {
+		unreachable(a, err);
+		goto out;
+	}
+	if (!n)
+		printf("no services\n");
+	else
+		printf("%-20s %-24s %-5s %-6s %10s %5s %5s\n", "NAME", "VIP", "PROTO", "ACTIVE",
+		       "GENERATION", "BLUE", "GREEN");
+	for (i = 0; i < n; i++) {
+		if (fleet_doc_decode(kvs[i].value, s))
+			continue;
+		printf("%-20s %-24s %-5s %-6s %10lld %5u %5u\n", s->name, s->vip,
+		       proto_name(s->proto),
+		       s->green_share == FLEET_SHARE_MAX ? "green" :
+		       s->green_share			 ? "split" :
+							   "blue",
+		       (long long)s->generation, s->nbe[BGS_BLUE], s->nbe[BGS_GREEN]);
+	}
+out:
+	etcd_kvs_free(kvs, n);
+	free(s);
+	return err;
+}
+
+int fleet_service(int argc, char **argv)
+{
+	struct fleet_service *s = calloc(1, sizeof(*s));
+	struct fleet_args a;
+	const char *sub = argc > 1 ? argv[1] : "";
+	int err;
+
+	if (!s)
+		return -ENOMEM;
+	if (!strcmp(sub, "add"))
+		err = fleet_parse(argc, argv, "service add", F_PROTO | F_WAIT, &a);
+	else if (!strcmp(sub, "del"))
+		err = fleet_parse(argc, argv, "service del", F_FORCE | F_GEN | F_WAIT, &a);
+	else if (!strcmp(sub, "list"))
+		err = fleet_parse(argc, argv, "service list", 0, &a);
+	else
+		err = fleet_parse(argc, argv, "service", 0, &a);
+	if (err)
+		goto out;
+	if (!strcmp(sub, "add"))
+		err = fleet_service_add(&a, s);
+	else if (!strcmp(sub, "del"))
+		err = fleet_service_del(&a, s);
+	else if (!strcmp(sub, "list"))
+		err = fleet_service_list(&a);
+	else
+		err = bad_args("service");
+out:
+	fleet_done(&a);
+	free(s);
+	return err > 0 ? 0 : err;
+}
+
+int fleet_backend(int argc, char **argv)
+{
+	struct fleet_service *s = calloc(1, sizeof(*s));
+	struct bgs_endpoint ep, vip, other;
+	struct fleet_args a;
+	const char *sub = argc > 1 ? argv[1] : "";
+	bool add = !strcmp(sub, "add");
+	__u64 t_us;
+	__s64 rev = 0;
+	__u32 i, c;
+	__u8 color;
+	int err, pos = -1;
+
+	if (!s)
+		return -ENOMEM;
+	err = fleet_parse(argc, argv, add ? "backend add" : "backend del",
+			  F_GEN | F_WAIT | (add ? F_WEIGHT : F_DRAIN | F_FORCE), &a);
+	if (err)
+		goto out;
+	if ((!add && strcmp(sub, "del")) || a.nargs != 4) {
+		err = bad_args("backend");
+		goto out;
+	}
+	if (a.force) {
+		pr_warn("backend del --etcd: backends leave a fleet with --drain (their flows "
+			"finish); --force is for one node\n");
+		err = -EINVAL;
+		goto out;
+	}
+	if (parse_color(a.args[2], &color) || parse_endpoint(a.args[3], &ep)) {
+		err = -EINVAL;
+		goto out;
+	}
+	err = doc_open(&a, a.args[1], s);
+	if (err)
+		goto out;
+	parse_endpoint(s->vip, &vip);
+	if (add && (ep.family != vip.family || !endpoint_is_unicast(&ep))) {
+		pr_warn("'%s' is not a unicast address of the family of service '%s'\n", a.args[3],
+			s->name);
+		err = -EINVAL;
+		goto out;
+	}
+	for (c = 0; c < BGS_NCOLORS; c++) {
+		for (i = 0; i < s->nbe[c]; i++) {
+			if (parse_endpoint(s->be[c][i].addr, &other) ||
+			    memcmp(other.addr, ep.addr, sizeof(ep.addr)) || other.port != ep.port)
+				continue;
+			if (add &&
+			    (c != color || a.weight < 0 || s->be[c][i].weight == (__u32)a.weight)) {
+				pr_warn("%s is already a %s backend of '%s'\n", a.args[3],
+					color_name(c), s->name);
+				err = -EEXIST;
+				goto out;
+			}
+			if (c == color)
+				pos = i;
+		}
+	}
+	if (add && pos >= 0) {
+		s->be[color][pos].weight = a.weight; /* a new weight for a backend there */
+	} else if (add) {
+		if (s->nbe[color] >= BGS_MAX_BACKENDS) {
+			pr_warn("%s of '%s' is full\n", color_name(color), s->name);
+			err = -ENOSPC;
+			goto out;
+		}
+		snprintf(s->be[color][s->nbe[color]].addr, BGS_ADDRSTR_LEN, "%s", a.args[3]);
+		s->be[color][s->nbe[color]++].weight = a.weight < 0 ? 1 : a.weight;
+	} else {
+		if (pos < 0) {
+			pr_warn("%s is not a %s backend of '%s'\n", a.args[3], color_name(color),
+				s->name);
+			err = -ENOENT;
+			goto out;
+		}
+		s->be[color][pos] = s->be[color][--s->nbe[color]];
+	}
+	s->generation++;
+	err = doc_write(&a, s, &t_us, &rev);
+	if (err)
+		goto out;
+	printf("%s: %s backend %s %s in the fleet\n", s->name, color_name(color), a.args[3],
+	       add && pos >= 0 ? "reweighed" :
+	       add	       ? "added" :
+				 "removed (its flows drain)");
+	err = fleet_after(&a, s->name, s->generation, t_us, rev);
+out:
+	fleet_done(&a);
+	free(s);
+	return err > 0 ? 0 : err;
+}
+
+/* ---- status ---- */
+
+static const char *node_state(const struct node_view *nv, __s64 gen)
+{
+	if (!nv->live)
+		return "missing";
+	if (nv->error[0] && !node_done(nv, gen))
+		return "error";
+	return node_done(nv, gen) ? "ok" : "lagging";
+}
+
+/* "4 nodes: 2 ok, lagging: n1, missing: n3": the line a reader wants first. */
+static void status_summary(const struct node_view *v, size_t n, __s64 gen)
+{
+	static const char *const kinds[] = { "lagging", "error", "missing" };
+	size_t i, k, ok = 0;
+
+	for (i = 0; i < n; i++)
+		ok += !strcmp(node_state(&v[i], gen), "ok");
+	printf("  %zu nodes: %zu ok", n, ok);
+	for (k = 0; k < sizeof(kinds) / sizeof(kinds[0]); k++) {
+		bool any = false;
+
+		for (i = 0; i < n; i++) {
+			if (strcmp(node_state(&v[i], gen), kinds[k]))
+				continue;
+			if (any)
+				printf(" %s", v[i].node);
+			else
+				printf(", %s: %s", kinds[k], v[i].node);
+			any = true;
+		}
+	}
+	printf("\n");
+}
+
+static void status_one(struct fleet_args *a, const struct fleet_service *s,
+		       const struct node_view *v, size_t n, bool first)
+{
+	const char *desired = s->green_share == FLEET_SHARE_MAX ? "green" :
+			      s->green_share			? "split" :
+								  "blue";
+	size_t i;
+
+	if (a->json) {
+		json_object *o = json_object_new_object(), *nodes = json_object_new_array();
+		json_object *lag = json_object_new_array(), *miss = json_object_new_array();
+
+		json_object_object_add(o, "name", json_object_new_string(s->name));
+		json_object_object_add(o, "vip", json_object_new_string(s->vip));
+		json_object_object_add(o, "generation", json_object_new_int64(s->generation));
+		json_object_object_add(o, "green_share",
+				       json_object_new_double(s->green_share / 100.0));
+		json_object_object_add(o, "color", json_object_new_string(desired));
+		for (i = 0; i < n; i++) {
+			json_object *nd = json_object_new_object(), *live;
+			const char *st = node_state(&v[i], s->generation);
+
+			json_object_object_add(nd, "node", json_object_new_string(v[i].node));
+			json_object_object_add(nd, "state", json_object_new_string(st));
+			json_object_object_add(
+				nd, "generation",
+				v[i].has_svc ? json_object_new_int64(v[i].generation) : NULL);
+			json_object_object_add(nd, "color",
+					       v[i].has_svc ? json_object_new_string(v[i].color) :
+							      NULL);
+			live = json_object_new_object();
+			json_object_object_add(live, "blue",
+					       json_object_new_int64(v[i].live_flows[BGS_BLUE]));
+			json_object_object_add(live, "green",
+					       json_object_new_int64(v[i].live_flows[BGS_GREEN]));
+			json_object_object_add(nd, "live_flows", live);
+			json_object_object_add(nd, "health",
+					       json_object_new_string(v[i].live ? v[i].health :
+										  "missing"));
+			json_object_object_add(nd, "error", json_object_new_string(v[i].error));
+			json_object_array_add(nodes, nd);
+			if (!strcmp(st, "missing"))
+				json_object_array_add(miss, json_object_new_string(v[i].node));
+			else if (strcmp(st, "ok"))
+				json_object_array_add(lag, json_object_new_string(v[i].node));
+		}
+		json_object_object_add(o, "nodes", nodes);
+		json_object_object_add(o, "lagging", lag);
+		json_object_object_add(o, "missing", miss);
+		printf("%s%s", first ? "" : ",",
+		       json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN));
+		json_object_put(o);
+		return;
+	}
+	printf("%s%s %s/%s: fleet generation %lld, %s (green share %d.%02d%%)\n", first ? "" : "\n",
+	       s->name, s->vip, proto_name(s->proto), (long long)s->generation, desired,
+	       s->green_share / 100, s->green_share % 100);
+	printf("  %-20s %-8s %10s %-6s %10s %10s  %s\n", "NODE", "STATE", "GENERATION", "COLOR",
+	       "LIVE_BLUE", "LIVE_GREEN", "ERROR");
+	for (i = 0; i < n; i++) {
+		char gen[24] = "-";
+
+		if (v[i].has_svc)
+			snprintf(gen, sizeof(gen), "%lld", (long long)v[i].generation);
+		printf("  %-20s %-8s %10s %-6s %10llu %10llu  %s\n", v[i].node,
+		       node_state(&v[i], s->generation), gen, v[i].has_svc ? v[i].color : "-",
+		       (unsigned long long)v[i].live_flows[BGS_BLUE],
+		       (unsigned long long)v[i].live_flows[BGS_GREEN], v[i].error);
+	}
+	if (!n) {
+		printf("  (no node has reported)\n");
+		return;
+	}
+	status_summary(v, n, s->generation);
+}
+
+int fleet_status(int argc, char **argv)
+{
+	struct fleet_service *s = calloc(1, sizeof(*s));
+	struct etcd_kv *kvs = NULL;
+	struct node_view *v = NULL;
+	struct fleet_args a;
+	size_t n = 0, nkv = 0, i, shown = 0;
+	char key[256];
+	int err;
+
+	if (!s)
+		return -ENOMEM;
+	err = fleet_parse(argc, argv, "status", F_JSON | F_WAIT, &a);
+	if (err)
+		goto out;
+	if (a.nargs > 1) {
+		err = bad_args("status");
+		goto out;
+	}
+	err = fleet_connect(&a);
+	if (err)
+		goto out;
+	if (a.nargs == 1 && a.wait) {
+		err = doc_read(&a, a.args[0], s, true);
+		if (!err)
+			err = fleet_wait(&a, s->name, s->generation, fleet_now_us());
+		if (err)
+			goto out;
+	}
+	fleet_key(key, sizeof(key), a.conn.prefix, "services", a.nargs ? a.args[0] : NULL);
+	err = etcd_range(&a.e, key, !a.nargs, &kvs, &nkv, NULL);
+	if (err) {
+		unreachable(&a, err);
+		goto out;
+	}
+	if (a.nargs && !nkv) {
+		pr_warn("unknown service '%s' in the fleet (%s)\n", a.args[0], a.conn.prefix);
+		err = -ENOENT;
+		goto out;
+	}
+	if (a.json)
+		printf("{\"services\":[");
+	for (i = 0; i < nkv; i++) {
+		if (fleet_doc_decode(kvs[i].value, s))
+			continue;
+		free(v);
+		v = NULL;
+		err = nodes_read(&a, s->name, &v, &n);
+		if (err)
+			goto out;
+		status_one(&a, s, v, n, !shown++);
+	}
+	if (a.json)
+		printf("]}\n");
+	else if (!shown)
+		printf("no services in the fleet\n");
+out:
+	etcd_kvs_free(kvs, nkv);
+	free(v);
+	fleet_done(&a);
+	free(s);
+	return err > 0 ? 0 : err;
+}

@@ -1,0 +1,62 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/* fleet.h: a fleet of nodes driven through etcd: the desired state of a service (one JSON
+ * document per service under <prefix>/services/), the nodes' reports (<prefix>/nodes/, with a
+ * lease), and the fleet forms of the change commands and of status.
+ */
+#ifndef BGS_FLEET_H
+#define BGS_FLEET_H
+
+#include <stdbool.h>
+#include <linux/types.h>
+#include "bgswitch.h"
+#include "etcd.h"
+#include "util.h"
+
+#define FLEET_DEFAULT_PREFIX "/bgswitch"
+#define FLEET_SHARE_MAX 10000 /* green_share: 0.01% units; 0 all blue, 10000 all green */
+#define FLEET_PREFIX_LEN 128
+#define FLEET_NODE_LEN 64
+
+struct fleet_backend {
+	char addr[BGS_ADDRSTR_LEN]; /* as written: "10.0.1.1:8080", "[fd00::1]:8080" */
+	__u32 weight;
+};
+
+/* A service's desired state, as one etcd document. */
+struct fleet_service {
+	char name[BGS_NAME_LEN];
+	char vip[BGS_ADDRSTR_LEN];
+	__u8 proto; /* IPPROTO_TCP or IPPROTO_UDP */
+	__s64 generation;
+	__s32 green_share;
+	__s32 previous_share; /* before the last flip, or -1 */
+	__u32 nbe[BGS_NCOLORS];
+	struct fleet_backend be[BGS_NCOLORS][BGS_MAX_BACKENDS];
+	/* etcd's view of the document, not part of it */
+	__s64 mod_rev;
+};
+
+/* The connection options every fleet command and the agent share. */
+struct fleet_conn {
+	struct etcd_opts eo;
+	const char *prefix;
+};
+
+bool fleet_wanted(int argc, char **argv);
+int fleet_conn_opt(struct fleet_conn *c, int opt, const char *arg);
+int fleet_check_prefix(const char *prefix);
+int fleet_check_node(const char *node);
+void fleet_key(char *buf, size_t len, const char *prefix, const char *kind, const char *name);
+
+int fleet_doc_decode(const char *json, struct fleet_service *s);
+char *fleet_doc_encode(const struct fleet_service *s);
+__u64 fleet_now_us(void);
+
+int fleet_flip(int argc, char **argv);
+int fleet_rollback(int argc, char **argv);
+int fleet_shift(int argc, char **argv);
+int fleet_status(int argc, char **argv);
+int fleet_service(int argc, char **argv);
+int fleet_backend(int argc, char **argv);
+
+#endif /* BGS_FLEET_H */
