@@ -35,12 +35,7 @@ static __always_inline __u32 flow_hash(const struct bgs_flow_key *k)
 	}
 	h = flow_mix(h, ((__u32)k->sport << 16) | k->dport);
 	h = flow_mix(h, k->proto);
-	h ^= h >> 16;
-	h *= 0x85ebca6b;
-	h ^= h >> 13;
-	h *= 0xc2b2ae35;
-	h ^= h >> 16;
-	return h;
+	return bgs_fmix32(h);
 }
 
 /* Hash of the client's address alone, for a split between colors by client. */
@@ -53,12 +48,7 @@ static __always_inline __u32 flow_client_hash(const struct bgs_flow_key *k)
 	for (i = 0; i < 4; i++)
 		h = flow_mix(h, k->saddr[i]);
 	h = flow_mix(h, k->family);
-	h ^= h >> 16;
-	h *= 0x85ebca6b;
-	h ^= h >> 13;
-	h *= 0xc2b2ae35;
-	h ^= h >> 16;
-	return h;
+	return bgs_fmix32(h);
 }
 
 /* The service a packet is addressed to, or NULL when it is not ours. */

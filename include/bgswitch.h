@@ -122,19 +122,24 @@ struct bgs_switch {
 #define BGS_SW_DRAINING 0x1
 #define BGS_SW_HAS_PREV 0x2
 
-/* The bucket, 0 to BGS_SHARE_ALL - 1, of a flow in the split between colors, from its flow hash
- * h: remixed (murmur3's finalizer on a seeded value) so that it does not follow the table
- * position h % M. tests/model.py mirrors it.
- */
-static inline __u32 bgs_share_bucket(__u32 h)
+/* murmur3's 32-bit finalizer: every input bit moves every output bit. */
+static inline __u32 bgs_fmix32(__u32 h)
 {
-	h ^= 0x9e3779b9;
 	h ^= h >> 16;
 	h *= 0x85ebca6b;
 	h ^= h >> 13;
 	h *= 0xc2b2ae35;
 	h ^= h >> 16;
-	return h % BGS_SHARE_ALL;
+	return h;
+}
+
+/* The bucket, 0 to BGS_SHARE_ALL - 1, of a flow in the split between colors, from its flow hash
+ * h: remixed (the finalizer on a seeded value) so that it does not follow the table position
+ * h % M. tests/model.py mirrors it.
+ */
+static inline __u32 bgs_share_bucket(__u32 h)
+{
+	return bgs_fmix32(h ^ 0x9e3779b9) % BGS_SHARE_ALL;
 }
 
 /* The color a new flow with flow hash h gets under a share. */
