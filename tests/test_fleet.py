@@ -541,11 +541,23 @@ def test_fleet_changes_and_refusals(fleet):
     assert all(fleet.local(i, "web", sets=True)[2:] == (2, 2) for i in range(NODES))
     p = fleet.fleet("flip", "nosuch")
     assert p.returncode == 1 and "unknown service" in p.stderr
-    # a service deleted from the fleet leaves every node
-    fleet.ok(fleet.fleet("service", "add", "tmp", "10.79.100.2:81", "--wait", "--timeout", "10s"))
+    # a service deleted from the fleet leaves every node; its table size and split-by (in the
+    # document) reach every node; a weight on a modulo service is refused
+    fleet.ok(fleet.fleet("service", "add", "tmp", "10.79.100.2:81", "--table-size", "251",
+                         "--split-by", "client", "--wait", "--timeout", "10s"))
     assert all(fleet.local(i, "tmp")[0] == "blue" for i in range(NODES))
+    for i in range(NODES):
+        js = json.loads(fleet.ok(fleet.bgs("status", "tmp", "--json", pin_root=fleet.pin_root(i))))
+        svc = js["services"][0]
+        assert (svc["table_size"], svc["split_by"], svc["lb"]) == (251, "client", "maglev"), svc
     fleet.ok(fleet.fleet("service", "del", "tmp", "--wait", "--timeout", "10s"))
     assert all(fleet.local(i, "tmp")[0] is None for i in range(NODES))
+    p = fleet.fleet("service", "add", "tmp", "10.79.100.2:81", "--table-size", "1000")
+    assert p.returncode == 1 and p.stderr.count("\n") == 1 and "prime" in p.stderr, p.stderr
+    fleet.ok(fleet.fleet("service", "add", "mod", "10.79.100.3:81", "--lb", "modulo"))
+    p = fleet.fleet("backend", "add", "mod", "blue", "10.79.200.11:8081", "--weight", "2")
+    assert p.returncode == 1 and "modulo" in p.stderr, p.stderr
+    fleet.ok(fleet.fleet("service", "del", "mod", "--wait", "--timeout", "10s"))
 
 
 def test_fleet_agent_with_nothing_in_etcd_deletes_nothing(fleet):

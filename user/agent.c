@@ -287,7 +287,8 @@ static int local_delete(struct agent *ag, const char *name, const char *why)
 static int apply_doc(struct agent *ag, const struct fleet_service *s)
 {
 	struct agent_svc *as = svc_get(ag, s->name, true);
-	char reason[128], proto[8], name[BGS_NAME_LEN], vip[BGS_ADDRSTR_LEN];
+	char reason[128], proto[8], name[BGS_NAME_LEN], vip[BGS_ADDRSTR_LEN], lb[8], size[16],
+		split[8];
 	struct bgs_service rec;
 	struct bgs_endpoint ep;
 	char before[256];
@@ -308,18 +309,38 @@ static int apply_doc(struct agent *ag, const struct fleet_service *s)
 	err = parse_endpoint(s->vip, &ep);
 	if (err)
 		goto out;
+	snprintf(lb, sizeof(lb), "%s", s->lb == BGS_LB_MODULO ? "modulo" : "maglev");
+	snprintf(size, sizeof(size), "%u", s->table_size ? s->table_size : BGS_TABLE_SIZE);
+	snprintf(split, sizeof(split), "%s",
+		 s->vip_flags & BGS_VIP_SPLIT_CLIENT ? "client" : "flow");
 	have = local_find(ag, s->name, &svc, &rec);
-	if (have && (rec.vip.family != ep.family || rec.vip.port != ep.port ||
-		     rec.vip.proto != s->proto || memcmp(rec.vip.addr, ep.addr, sizeof(ep.addr)))) {
-		err = local_delete(ag, s->name, "its VIP changed");
+	if (have &&
+	    (rec.vip.family != ep.family || rec.vip.port != ep.port || rec.vip.proto != s->proto ||
+	     memcmp(rec.vip.addr, ep.addr, sizeof(ep.addr)) || rec.lb != s->lb)) {
+		err = local_delete(ag, s->name, "its VIP or --lb changed");
 		if (err)
 			goto out;
 		have = false;
 	}
-	if (!have) {
-		char *argv[] = { "bgswitch", "add",	 name,	 vip, "--proto",
-				 proto,	     "--reason", reason, NULL };
+	if (have && (rec.vip_flags != s->vip_flags ||
+		     (s->lb == BGS_LB_MAGLEV && rec.table_size != s->table_size))) {
+		char *argv[] = { "bgswitch",   "set", name,	  "--table-size", size,
+				 "--split-by", split, "--reason", reason,	  NULL };
 
+		if (s->lb != BGS_LB_MAGLEV) /* no table: only the split */
+			argv[3] = "--split-by", argv[4] = split, argv[5] = "--reason",
+			argv[6] = reason, argv[7] = NULL;
+		err = run_local(do_service, argv);
+		if (err)
+			goto out;
+	}
+	if (!have) {
+		char *argv[] = { "bgswitch",	 "add",	 name,	     vip,	   "--proto",
+				 proto,		 "--lb", lb,	     "--split-by", split,
+				 "--table-size", size,	 "--reason", reason,	   NULL };
+
+		if (s->lb != BGS_LB_MAGLEV) /* a modulo service takes no --table-size */
+			argv[10] = "--reason", argv[11] = reason, argv[12] = NULL;
 		err = run_local(do_service, argv);
 		if (err)
 			goto out;

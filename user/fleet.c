@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "fleet.h"
+#include "maglev.h"
 #include "log.h"
 #include "state.h"
 
@@ -184,6 +185,29 @@ int fleet_doc_decode(const char *json, struct fleet_service *s)
 	if (json_object_object_get_ex(o, "previous_share", &v) &&
 	    !json_object_is_type(v, json_type_null))
 		s->previous_share = json_object_get_int(v);
+	s->lb = BGS_LB_MAGLEV;
+	s->table_size = BGS_TABLE_SIZE;
+	if (json_object_object_get_ex(o, "lb", &v) && !json_object_is_type(v, json_type_null)) {
+		if (!strcmp(json_object_get_string(v), "modulo"))
+			s->lb = BGS_LB_MODULO;
+		else if (strcmp(json_object_get_string(v), "maglev"))
+			goto out;
+	}
+	if (json_object_object_get_ex(o, "table_size", &v) &&
+	    !json_object_is_type(v, json_type_null))
+		s->table_size = json_object_get_int64(v);
+	if (s->lb == BGS_LB_MODULO)
+		s->table_size = 0;
+	else if (s->table_size < 251 || s->table_size > BGS_TABLE_MAX ||
+		 !maglev_is_prime(s->table_size))
+		goto out;
+	if (json_object_object_get_ex(o, "split_by", &v) &&
+	    !json_object_is_type(v, json_type_null)) {
+		if (!strcmp(json_object_get_string(v), "client"))
+			s->vip_flags |= BGS_VIP_SPLIT_CLIENT;
+		else if (strcmp(json_object_get_string(v), "flow"))
+			goto out;
+	}
 	if (s->generation < 1 || s->green_share < 0 || s->green_share > FLEET_SHARE_MAX ||
 	    s->previous_share > FLEET_SHARE_MAX || check_name(s->name) ||
 	    parse_endpoint(s->vip, &ep))
@@ -221,6 +245,12 @@ char *fleet_doc_encode(const struct fleet_service *s)
 	json_object_object_add(o, "previous_share",
 			       s->previous_share < 0 ? NULL :
 						       json_object_new_int(s->previous_share));
+	json_object_object_add(
+		o, "lb", json_object_new_string(s->lb == BGS_LB_MODULO ? "modulo" : "maglev"));
+	json_object_object_add(o, "table_size", json_object_new_int64(s->table_size));
+	json_object_object_add(
+		o, "split_by",
+		json_object_new_string(s->vip_flags & BGS_VIP_SPLIT_CLIENT ? "client" : "flow"));
 	for (c = 0; c < BGS_NCOLORS; c++) {
 		json_object *arr = json_object_new_array();
 
@@ -252,11 +282,23 @@ struct fleet_args {
 	const char *reason;
 	__u8 proto;
 	int weight; /* --weight, or -1 */
+	__u8 lb;
+	bool sized;
+	__u32 table_size, vip_flags;
 	int nargs;
 	char **args;
 };
 
-enum { F_WAIT = 1, F_FORCE = 2, F_DRAIN = 4, F_JSON = 8, F_GEN = 16, F_PROTO = 32, F_WEIGHT = 64 };
+enum {
+	F_WAIT = 1,
+	F_FORCE = 2,
+	F_DRAIN = 4,
+	F_JSON = 8,
+	F_GEN = 16,
+	F_PROTO = 32,
+	F_WEIGHT = 64,
+	F_TABLE = 128, /* --lb, --table-size, --split-by */
+};
 
 static void fleet_usage(const char *cmd, unsigned int allowed)
 {
@@ -279,6 +321,11 @@ static void fleet_usage(const char *cmd, unsigned int allowed)
 		       "  -t, --timeout D          how long to wait (default 30s)\n");
 	if (allowed & F_PROTO)
 		printf("  -p, --proto P            tcp (default) or udp\n");
+	if (allowed & F_TABLE)
+		printf("  -l, --lb maglev|modulo   how new flows are spread in a color (default maglev)\n"
+		       "  -M, --table-size M       Maglev table size, a prime (default %d)\n"
+		       "  -s, --split-by K         flow (default) or client\n",
+		       BGS_TABLE_SIZE);
 	if (allowed & F_WEIGHT)
 		printf("  -w, --weight W           the backend's weight, 0 to %d (default 1; on a\n"
 		       "                           backend there already: its new weight)\n",
@@ -314,6 +361,9 @@ static int fleet_parse(int argc, char **argv, const char *cmd, unsigned int allo
 		{ "drain", no_argument, NULL, 'd' },
 		{ "json", no_argument, NULL, 'j' },
 		{ "weight", required_argument, NULL, 'w' },
+		{ "lb", required_argument, NULL, 'l' },
+		{ "table-size", required_argument, NULL, 'M' },
+		{ "split-by", required_argument, NULL, 's' },
 		{ "reason", required_argument, NULL, 'm' },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 },
@@ -327,9 +377,10 @@ static int fleet_parse(int argc, char **argv, const char *cmd, unsigned int allo
 	a->if_gen = -1;
 	a->proto = IPPROTO_TCP;
 	a->weight = -1;
+	a->table_size = BGS_TABLE_SIZE;
 	opterr = 0; /* one error line: ours */
-	while ((c = getopt_long(argc, argv, "E:x:C:c:k:IG:Wt:p:fdjw:m:h", fleet_long_opts, NULL)) !=
-	       -1) {
+	while ((c = getopt_long(argc, argv, "E:x:C:c:k:IG:Wt:p:fdjw:l:M:s:m:h", fleet_long_opts,
+				NULL)) != -1) {
 		int r = fleet_conn_opt(&a->conn, c, optarg);
 
 		if (r < 0)
@@ -367,6 +418,34 @@ static int fleet_parse(int argc, char **argv, const char *cmd, unsigned int allo
 		case 'j':
 			a->json = true;
 			seen |= F_JSON;
+			break;
+		case 'l':
+			if (!strcmp(optarg, "maglev") || !strcmp(optarg, "modulo")) {
+				a->lb = !strcmp(optarg, "modulo") ? BGS_LB_MODULO : BGS_LB_MAGLEV;
+			} else {
+				pr_warn("unknown --lb '%s' (maglev or modulo)\n", optarg);
+				return -EINVAL;
+			}
+			seen |= F_TABLE;
+			break;
+		case 'M':
+			if (parse_u32(optarg, 251, BGS_TABLE_MAX, &a->table_size) ||
+			    !maglev_is_prime(a->table_size)) {
+				pr_warn("--table-size '%s' is not a prime from 251 to %d\n", optarg,
+					BGS_TABLE_MAX);
+				return -EINVAL;
+			}
+			a->sized = true;
+			seen |= F_TABLE;
+			break;
+		case 's':
+			if (!strcmp(optarg, "client")) {
+				a->vip_flags = BGS_VIP_SPLIT_CLIENT;
+			} else if (strcmp(optarg, "flow")) {
+				pr_warn("unknown --split-by '%s' (flow or client)\n", optarg);
+				return -EINVAL;
+			}
+			seen |= F_TABLE;
 			break;
 		case 'w': {
 			__u16 w;
@@ -878,6 +957,10 @@ static int fleet_service_add(struct fleet_args *a, struct fleet_service *s)
 		return bad_args("service");
 	if (check_name(a->args[1]) || parse_endpoint(a->args[2], &ep))
 		return -EINVAL;
+	if (a->sized && a->lb == BGS_LB_MODULO) {
+		pr_warn("--table-size: a service with --lb modulo has no table\n");
+		return -EINVAL;
+	}
 	if (!endpoint_is_unicast(&ep)) {
 		pr_warn("'%s': a VIP must be a unicast address\n", a->args[2]);
 		return -EINVAL;
@@ -896,6 +979,9 @@ static int fleet_service_add(struct fleet_args *a, struct fleet_service *s)
 	snprintf(s->name, sizeof(s->name), "%s", a->args[1]);
 	snprintf(s->vip, sizeof(s->vip), "%s", a->args[2]);
 	s->proto = a->proto;
+	s->lb = a->lb;
+	s->table_size = a->lb == BGS_LB_MODULO ? 0 : a->table_size;
+	s->vip_flags = a->vip_flags;
 	s->generation = 1;
 	s->previous_share = -1;
 	err = doc_write(a, s, &t_us, &rev);
@@ -998,7 +1084,7 @@ int fleet_service(int argc, char **argv)
 	if (!s)
 		return -ENOMEM;
 	if (!strcmp(sub, "add"))
-		err = fleet_parse(argc, argv, "service add", F_PROTO | F_WAIT, &a);
+		err = fleet_parse(argc, argv, "service add", F_PROTO | F_WAIT | F_TABLE, &a);
 	else if (!strcmp(sub, "del"))
 		err = fleet_parse(argc, argv, "service del", F_FORCE | F_GEN | F_WAIT, &a);
 	else if (!strcmp(sub, "list"))
@@ -1079,6 +1165,12 @@ int fleet_backend(int argc, char **argv)
 			if (c == color)
 				pos = i;
 		}
+	}
+	if (add && a.weight >= 0 && a.weight != 1 && s->lb == BGS_LB_MODULO) {
+		pr_warn("--weight: '%s' spreads flows by modulo (--lb modulo), without weights\n",
+			s->name);
+		err = -EINVAL;
+		goto out;
 	}
 	if (add && pos >= 0) {
 		s->be[color][pos].weight = a.weight; /* a new weight for a backend there */

@@ -30,6 +30,9 @@ struct fleet_service {
 	__s64 generation;
 	__s32 green_share;
 	__s32 previous_share; /* before the last flip, or -1 */
+	__u8 lb; /* enum bgs_lb */
+	__u32 table_size; /* Maglev table size (0 with BGS_LB_MODULO) */
+	__u32 vip_flags; /* BGS_VIP_SPLIT_CLIENT: split by client */
 	__u32 nbe[BGS_NCOLORS];
 	struct fleet_backend be[BGS_NCOLORS][BGS_MAX_BACKENDS];
 	/* etcd's view of the document, not part of it */
