@@ -560,6 +560,30 @@ def test_fleet_changes_and_refusals(fleet):
     fleet.ok(fleet.fleet("service", "del", "mod", "--wait", "--timeout", "10s"))
 
 
+def test_fleet_one_revision_deleting_two_services_reaches_every_node(fleet):
+    """Two services deleted by one etcd request (one range delete: both events carry the same
+    revision): every agent applies both events from its watch, well before its 30 s full
+    reconcile (within 5 s)."""
+    for name, port in (("ra", 82), ("rb", 83)):
+        fleet.ok(fleet.fleet("service", "add", name, f"10.79.100.2:{port}", "--wait",
+                             "--timeout", "10s"))
+    assert all(fleet.local(i, n)[0] == "blue" for i in range(NODES) for n in ("ra", "rb"))
+    b64 = lambda s: base64.b64encode(s.encode()).decode()  # noqa: E731
+    body = json.dumps({"key": b64(f"{fleet.key_prefix}/services/ra"),
+                       "range_end": b64(f"{fleet.key_prefix}/services/rc")}).encode()
+    req = urllib.request.Request(f"{fleet.etcd.url}/v3/kv/deleterange", data=body,
+                                 headers={"Content-Type": "application/json"})
+    assert json.loads(urllib.request.urlopen(req, timeout=5).read())["deleted"] == "2"
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        left = [(i, n) for i in range(NODES) for n in ("ra", "rb")
+                if fleet.local(i, n)[0] is not None]
+        if not left:
+            break
+        time.sleep(0.1)
+    assert not left, f"still there after 5 s: {left}"
+
+
 def test_fleet_agent_with_nothing_in_etcd_deletes_nothing(fleet):
     """An agent that finds no service at all under its prefix (a wrong --prefix, a wiped etcd)
     keeps the node's services and says so in its report, instead of deleting them."""

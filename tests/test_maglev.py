@@ -325,3 +325,25 @@ def test_maglev_table_size_must_be_prime_in_range(bgs):
         bgs.cli("service", "set", "web", "--table-size", str(size))
         assert bgs.service(s.svc).table_size == size
         assert len(s.table()) == size
+
+
+def test_maglev_service_set_checks_everything_before_writing(bgs):
+    """`service set` applies all of its options or none: `--split-by client --table-size 251`
+    on a modulo service (which has no table) is refused with one error line and leaves the
+    split as it was (record and VIP entry); on a Maglev service both apply, with one
+    generation for the tables."""
+    bgs.add_service("mod", "10.0.5.2", 80, "tcp", "--lb", "modulo")
+    svc = bgs.services["mod"]
+    res = bgs.cli("service", "set", "mod", "--split-by", "client", "--table-size", "251",
+                  check=False)
+    assert res.returncode != 0 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert bgs.service(svc).vip_flags == 0
+    raw = bgs.map("bgs_vips").lookup(model.pack_vip_key("10.0.5.2", 80, model.IPPROTO_TCP))
+    assert raw[4:8] == bytes(4), raw
+    s = Svc(bgs, "web", 0)
+    s.add(0)
+    gen = bgs.switch(s.svc).generation
+    bgs.cli("service", "set", "web", "--split-by", "client", "--table-size", "251")
+    rec = bgs.service(s.svc)
+    assert (rec.vip_flags, rec.table_size) == (model.BGS_VIP_SPLIT_CLIENT, 251)
+    assert bgs.switch(s.svc).generation == gen + 1 and len(s.table()) == 251

@@ -553,7 +553,7 @@ static int census(struct agent *ag)
 	struct bgs_service rec;
 	struct bgs_backend be;
 	__u32 slot, svc;
-	int err, i;
+	int err, i, lock_fd = -1;
 
 	if (!c || !live) {
 		err = -ENOMEM;
@@ -578,8 +578,14 @@ static int census(struct agent *ag)
 		if (as)
 			memcpy(as->live, live[svc], sizeof(as->live));
 	}
-	/* Also the moment to clear the draining flag of colors that have drained. */
-	err = drain_settle(&ag->st);
+	/* Also the moment to clear the draining flag of colors that have drained: a switch write,
+	 * so under the state lock like every other.
+	 */
+	err = state_lock(&lock_fd);
+	if (!err)
+		err = drain_settle(&ag->st);
+	if (lock_fd >= 0)
+		close(lock_fd);
 out:
 	free(c);
 	free(live);
@@ -673,6 +679,7 @@ static int on_watch(json_object *res, void *ctx)
 	struct agent *ag = ctx;
 	json_object *evs, *v;
 	size_t i, n;
+	__s64 base;
 
 	if ((json_object_object_get_ex(res, "canceled", &v) && json_object_get_boolean(v)) ||
 	    etcd_json_int(res, "compact_revision")) {
@@ -683,6 +690,10 @@ static int on_watch(json_object *res, void *ctx)
 	if (!json_object_object_get_ex(res, "events", &evs))
 		return 0;
 	n = json_object_array_length(evs);
+	/* Events of one transaction (or one prefix delete) share a revision: compare them all with
+	 * the revision the state reflected before this response, and move it on afterwards.
+	 */
+	base = ag->rev;
 	for (i = 0; i < n; i++) {
 		json_object *ev = json_object_array_get_idx(evs, i), *jkv, *t;
 		struct etcd_kv kv = { 0 };
@@ -693,7 +704,7 @@ static int on_watch(json_object *res, void *ctx)
 			continue;
 		del = json_object_object_get_ex(ev, "type", &t) &&
 		      !strcmp(json_object_get_string(t), "DELETE");
-		if (etcd_json_int(jkv, "mod_revision") <= ag->rev)
+		if (etcd_json_int(jkv, "mod_revision") <= base)
 			continue; /* already in the reconciled state */
 		{
 			json_object *k;
@@ -714,7 +725,8 @@ static int on_watch(json_object *res, void *ctx)
 		else if (name)
 			apply_kv(ag, name, kv.value ? kv.value : "");
 		ag->seen_any = true;
-		ag->rev = etcd_json_int(jkv, "mod_revision");
+		if (etcd_json_int(jkv, "mod_revision") > ag->rev)
+			ag->rev = etcd_json_int(jkv, "mod_revision");
 		free(kv.key);
 		free(kv.value);
 	}

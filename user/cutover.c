@@ -1042,11 +1042,16 @@ int do_rollout(int argc, char **argv)
 		st.lock_fd = -1;
 		audit_record(&au, err);
 		audit_close(&au);
-		if (err == BGS_ERR_CHECK && i > 0)
+		if (err == BGS_ERR_CHECK && i > 0) {
+			/* a later step's probe failed: back to where the rollout began */
 			err = guard_rollback(&st, svc, &rec, start, gen, "a probe failed",
-					     o.reason) == BGS_ERR_GUARD ?
-				      BGS_ERR_CHECK :
-				      BGS_ERR_GENERATION;
+					     o.reason);
+			if (err == BGS_ERR_GUARD)
+				err = BGS_ERR_CHECK;
+			else if (err != BGS_ERR_GENERATION)
+				pr_warn("rollout: %s was not rolled back: %s\n", rec.name,
+					strerror(-err));
+		}
 		if (err)
 			goto out;
 		gen = switch_read(&st, svc).generation;

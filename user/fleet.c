@@ -153,6 +153,26 @@ static int doc_backends(json_object *arr, struct fleet_service *s, __u8 color)
 	return 0;
 }
 
+/* A backend listed twice, in one color or in both, is a document no agent can converge to. */
+static int doc_unique(const struct fleet_service *s)
+{
+	struct bgs_endpoint a, b;
+	__u32 c, i, d, j;
+
+	for (c = 0; c < BGS_NCOLORS; c++)
+		for (i = 0; i < s->nbe[c]; i++) {
+			if (parse_endpoint(s->be[c][i].addr, &a))
+				return -EINVAL;
+			for (d = c; d < BGS_NCOLORS; d++)
+				for (j = d == c ? i + 1 : 0; j < s->nbe[d]; j++)
+					if (!parse_endpoint(s->be[d][j].addr, &b) &&
+					    !memcmp(a.addr, b.addr, sizeof(a.addr)) &&
+					    a.port == b.port && a.family == b.family)
+						return -EINVAL;
+		}
+	return 0;
+}
+
 /* Parse and check a document. -EINVAL (with a warning) for anything the agents cannot apply. */
 int fleet_doc_decode(const char *json, struct fleet_service *s)
 {
@@ -220,6 +240,8 @@ int fleet_doc_decode(const char *json, struct fleet_service *s)
 		err = doc_backends(blue, s, BGS_BLUE);
 		if (!err)
 			err = doc_backends(green, s, BGS_GREEN);
+		if (!err)
+			err = doc_unique(s);
 		if (err)
 			goto out;
 	}

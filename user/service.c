@@ -486,20 +486,34 @@ static int service_list(int argc, char **argv)
 static int service_set_split(struct bgs_state *st, __u32 svc, struct bgs_service *rec, __u32 vflags)
 {
 	struct bgs_vip vip = { .svc = svc, .flags = vflags };
+	__u32 old;
+	int err;
 
 	if (rec->vip_flags == vflags) {
 		pr_info("%s: already split by %s\n", rec->name,
 			vflags & BGS_VIP_SPLIT_CLIENT ? "client" : "flow");
 		return 0;
 	}
+	/* The VIP entry (what the data plane reads) first, then the record; a record that cannot
+	 * be written puts the entry back.
+	 */
+	if (bpf_map_update_elem(st->fd[BGS_M_VIPS], &rec->vip, &vip, BPF_EXIST))
+		goto err;
+	old = rec->vip_flags;
 	rec->vip_flags = vflags;
-	if (bpf_map_update_elem(st->fd[BGS_M_SERVICES], &svc, rec, BPF_ANY) ||
-	    bpf_map_update_elem(st->fd[BGS_M_VIPS], &rec->vip, &vip, BPF_EXIST)) {
-		pr_warn("cannot write the service: %s\n", strerror(errno));
-		return -errno;
+	if (bpf_map_update_elem(st->fd[BGS_M_SERVICES], &svc, rec, BPF_ANY)) {
+		err = -errno;
+		vip.flags = rec->vip_flags = old;
+		bpf_map_update_elem(st->fd[BGS_M_VIPS], &rec->vip, &vip, BPF_EXIST);
+		errno = -err;
+		goto err;
 	}
 	pr_info("%s: split by %s\n", rec->name, vflags & BGS_VIP_SPLIT_CLIENT ? "client" : "flow");
 	return 0;
+err:
+	err = -errno;
+	pr_warn("cannot write the service: %s\n", strerror(errno));
+	return err;
 }
 
 static int service_set(int argc, char **argv)
@@ -565,32 +579,26 @@ static int service_set(int argc, char **argv)
 		goto out;
 	snprintf(au.service, sizeof(au.service), "%s", rec.name);
 	au.gen_before = au.gen_after = switch_read(&st, svc).generation;
-	if (split_by) {
-		snprintf(au.from, sizeof(au.from), "split-by %s",
-			 rec.vip_flags & BGS_VIP_SPLIT_CLIENT ? "client" : "flow");
-		snprintf(au.to, sizeof(au.to), "split-by %s", split_by);
-		err = service_set_split(&st, svc, &rec, vflags);
-		if (err || !m)
-			goto out;
-	}
-	snprintf(au.from, sizeof(au.from), "table-size %u", rec.table_size);
-	snprintf(au.to, sizeof(au.to), "table-size %u", m);
-	if (rec.lb != BGS_LB_MAGLEV) {
+	snprintf(au.from, sizeof(au.from), "table-size %u, split-by %s", rec.table_size,
+		 rec.vip_flags & BGS_VIP_SPLIT_CLIENT ? "client" : "flow");
+	snprintf(au.to, sizeof(au.to), "table-size %u, split-by %s", m ? m : rec.table_size,
+		 split_by			      ? split_by :
+		 rec.vip_flags & BGS_VIP_SPLIT_CLIENT ? "client" :
+							"flow");
+	/* Everything checked before anything is written. */
+	if (m && rec.lb != BGS_LB_MAGLEV) {
 		pr_warn("'%s' has no table (--lb modulo)\n", rec.name);
 		err = -EINVAL;
 		goto out;
 	}
-	if (rec.table_size == m) {
-		pr_info("%s: table size already %u\n", rec.name, m);
-		au.service[0] = '\0';
-		goto out;
+	if (m) {
+		err = set_read(&st, svc, BGS_BLUE, &sets[BGS_BLUE]);
+		if (!err)
+			err = set_read(&st, svc, BGS_GREEN, &sets[BGS_GREEN]);
+		if (err)
+			goto out;
 	}
-	err = set_read(&st, svc, BGS_BLUE, &sets[BGS_BLUE]);
-	if (!err)
-		err = set_read(&st, svc, BGS_GREEN, &sets[BGS_GREEN]);
-	if (err)
-		goto out;
-	if (sets[BGS_BLUE].count > m || sets[BGS_GREEN].count > m) {
+	if (m && (sets[BGS_BLUE].count > m || sets[BGS_GREEN].count > m)) {
 		pr_warn("a table of %u positions cannot hold the %u backends of a color of '%s'\n",
 			m,
 			sets[BGS_BLUE].count > sets[BGS_GREEN].count ? sets[BGS_BLUE].count :
@@ -599,15 +607,21 @@ static int service_set(int argc, char **argv)
 		err = -EINVAL;
 		goto out;
 	}
-	rec.table_size = m;
-	/* Both colors' tables at the new size, made current with one switch store. */
-	err = sets_commit(&st, svc, &rec, sets, (1 << BGS_BLUE) | (1 << BGS_GREEN));
-	if (!err && bpf_map_update_elem(st.fd[BGS_M_SERVICES], &svc, &rec, BPF_ANY))
-		err = -errno;
-	if (err)
-		goto out;
-	au.gen_after = switch_read(&st, svc).generation;
-	pr_info("%s: table size %u, generation %u\n", rec.name, m, au.gen_after);
+	if (m && rec.table_size == m) {
+		pr_info("%s: table size already %u\n", rec.name, m);
+	} else if (m) {
+		rec.table_size = m;
+		/* Both colors' tables at the new size, made current with one switch store. */
+		err = sets_commit(&st, svc, &rec, sets, (1 << BGS_BLUE) | (1 << BGS_GREEN));
+		if (!err && bpf_map_update_elem(st.fd[BGS_M_SERVICES], &svc, &rec, BPF_ANY))
+			err = -errno;
+		if (err)
+			goto out;
+		au.gen_after = switch_read(&st, svc).generation;
+		pr_info("%s: table size %u, generation %u\n", rec.name, m, au.gen_after);
+	}
+	if (split_by)
+		err = service_set_split(&st, svc, &rec, vflags);
 out:
 	audit_record(&au, err);
 	audit_close(&au);
@@ -802,6 +816,7 @@ static int backend_reweigh(struct backend_args *a, const char *ebuf, int weight,
 {
 	__u32 slot = a->set.slot[a->pos];
 	struct bgs_backend be;
+	__u16 old;
 	int err;
 
 	if (bpf_map_lookup_elem(a->st.fd[BGS_M_BACKENDS], &slot, &be))
@@ -812,12 +827,17 @@ static int backend_reweigh(struct backend_args *a, const char *ebuf, int weight,
 		return -EEXIST;
 	}
 	snprintf(au->detail, sizeof(au->detail), "weight %u -> %d", be.weight, weight);
+	old = be.weight;
 	be.weight = weight;
 	if (bpf_map_update_elem(a->st.fd[BGS_M_BACKENDS], &slot, &be, BPF_ANY))
 		return -errno;
 	err = set_commit(&a->st, a->svc, a->color, &a->set);
-	if (err)
+	if (err) {
+		/* the table in force still has the old weight: so must the record */
+		be.weight = old;
+		bpf_map_update_elem(a->st.fd[BGS_M_BACKENDS], &slot, &be, BPF_ANY);
 		return err;
+	}
 	au->gen_after = switch_read(&a->st, a->svc).generation;
 	pr_info("%s: %s backend %s weight %d, generation %u\n", a->rec.name, color_name(a->color),
 		ebuf, weight, au->gen_after);
