@@ -22,7 +22,8 @@ LIBBPF_LIBS := $(shell $(PKG_CONFIG) --libs libbpf 2>/dev/null)
 MHD_CFLAGS := $(shell $(PKG_CONFIG) --cflags libmicrohttpd 2>/dev/null)
 MHD_LIBS := $(shell $(PKG_CONFIG) --libs libmicrohttpd 2>/dev/null)
 FLEET_CFLAGS := $(shell $(PKG_CONFIG) --cflags libcurl json-c 2>/dev/null)
-FLEET_LIBS := $(shell $(PKG_CONFIG) --libs libcurl json-c 2>/dev/null)
+# libcurl is dlopen()ed by user/etcd.c when a fleet command runs (its headers only at build time).
+FLEET_LIBS := $(shell $(PKG_CONFIG) --libs json-c 2>/dev/null) -ldl
 LDLIBS += $(LIBBPF_LIBS) $(MHD_LIBS) $(FLEET_LIBS) -lpthread
 
 # make SANITIZE=1 builds the command with AddressSanitizer and UBSan into .output/san/.

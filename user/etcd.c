@@ -9,10 +9,70 @@
 #include <stdlib.h>
 #include <string.h>
 #include <arpa/inet.h>
+#include <dlfcn.h>
 #include <curl/curl.h>
 
 #include "etcd.h"
 #include "log.h"
+
+#define CURL_SONAME "libcurl.so.4"
+
+/* libcurl is loaded when a fleet command or the agent first talks to etcd, not linked: with its
+ * TLS, LDAP, Kerberos, SSH and HTTP/2 libraries it would double the start-up time of every
+ * bgswitch command (a flip included).
+ */
+static struct {
+	CURLcode (*global_init)(long flags);
+	CURL *(*easy_init)(void);
+	CURLcode (*easy_setopt)(CURL *h, CURLoption opt, ...);
+	CURLcode (*easy_getinfo)(CURL *h, CURLINFO info, ...);
+	void (*easy_cleanup)(CURL *h);
+	void (*easy_reset)(CURL *h);
+	CURLcode (*easy_perform)(CURL *h);
+	const char *(*easy_strerror)(CURLcode rc);
+	struct curl_slist *(*slist_append)(struct curl_slist *l, const char *s);
+	CURLM *(*multi_init)(void);
+	CURLMcode (*multi_add_handle)(CURLM *m, CURL *h);
+	CURLMcode (*multi_remove_handle)(CURLM *m, CURL *h);
+	CURLMcode (*multi_perform)(CURLM *m, int *running);
+	CURLMcode (*multi_poll)(CURLM *m, struct curl_waitfd *fds, unsigned int n, int ms,
+				int *ret);
+	CURLMsg *(*multi_info_read)(CURLM *m, int *left);
+	CURLMcode (*multi_cleanup)(CURLM *m);
+} cu;
+
+static int curl_load(void)
+{
+	static const char *const names[] = {
+		"curl_global_init",   "curl_easy_init",	       "curl_easy_setopt",
+		"curl_easy_getinfo",  "curl_easy_cleanup",     "curl_easy_reset",
+		"curl_easy_perform",  "curl_easy_strerror",    "curl_slist_append",
+		"curl_multi_init",    "curl_multi_add_handle", "curl_multi_remove_handle",
+		"curl_multi_perform", "curl_multi_poll",       "curl_multi_info_read",
+		"curl_multi_cleanup",
+	};
+	void **slot = (void **)&cu;
+	static void *lib;
+	size_t i;
+
+	if (lib)
+		return 0;
+	lib = dlopen(CURL_SONAME, RTLD_NOW | RTLD_LOCAL);
+	if (!lib) {
+		pr_warn("cannot load libcurl (%s): %s\n", CURL_SONAME, dlerror());
+		return -ENOENT;
+	}
+	for (i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+		slot[i] = dlsym(lib, names[i]);
+		if (!slot[i]) {
+			pr_warn("libcurl (%s) lacks %s\n", CURL_SONAME, names[i]);
+			dlclose(lib);
+			lib = NULL;
+			return -ENOENT;
+		}
+	}
+	return cu.global_init(CURL_GLOBAL_DEFAULT) ? -EIO : 0;
+}
 
 #define CALL_TIMEOUT_MS 2000
 #define CONNECT_TIMEOUT_MS 500
@@ -214,7 +274,9 @@ int etcd_open(struct etcd *e, const struct etcd_opts *o)
 		pr_warn("--cert and --key go together\n");
 		return -EINVAL;
 	}
-	curl_global_init(CURL_GLOBAL_DEFAULT);
+	err = curl_load();
+	if (err)
+		return err;
 	list = strdup(o->endpoints);
 	if (!list)
 		return -ENOMEM;
@@ -243,7 +305,7 @@ int etcd_open(struct etcd *e, const struct etcd_opts *o)
 		err = -EINVAL;
 		goto out;
 	}
-	e->curl = curl_easy_init();
+	e->curl = cu.easy_init();
 	if (!e->curl)
 		err = -ENOMEM;
 out:
@@ -261,7 +323,7 @@ void etcd_close(struct etcd *e)
 		free(e->url[i]);
 	e->nurl = 0;
 	if (e->curl)
-		curl_easy_cleanup(e->curl);
+		cu.easy_cleanup(e->curl);
 	e->curl = NULL;
 }
 
@@ -276,25 +338,25 @@ static void setup_handle(const struct etcd *e, CURL *h, const char *url, const c
 	static struct curl_slist *hdrs;
 
 	if (!hdrs)
-		hdrs = curl_slist_append(NULL, "Content-Type: application/json");
-	curl_easy_setopt(h, CURLOPT_URL, url);
-	curl_easy_setopt(h, CURLOPT_POSTFIELDS, body);
-	curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdrs);
-	curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, write_cb);
-	curl_easy_setopt(h, CURLOPT_WRITEDATA, b);
-	curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
-	curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, (long)CONNECT_TIMEOUT_MS);
-	curl_easy_setopt(h, CURLOPT_TCP_NODELAY, 1L);
-	curl_easy_setopt(h, CURLOPT_TCP_KEEPALIVE, 1L);
-	curl_easy_setopt(h, CURLOPT_TCP_KEEPIDLE, 2L);
-	curl_easy_setopt(h, CURLOPT_TCP_KEEPINTVL, 1L);
-	curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https");
+		hdrs = cu.slist_append(NULL, "Content-Type: application/json");
+	cu.easy_setopt(h, CURLOPT_URL, url);
+	cu.easy_setopt(h, CURLOPT_POSTFIELDS, body);
+	cu.easy_setopt(h, CURLOPT_HTTPHEADER, hdrs);
+	cu.easy_setopt(h, CURLOPT_WRITEFUNCTION, write_cb);
+	cu.easy_setopt(h, CURLOPT_WRITEDATA, b);
+	cu.easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
+	cu.easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, (long)CONNECT_TIMEOUT_MS);
+	cu.easy_setopt(h, CURLOPT_TCP_NODELAY, 1L);
+	cu.easy_setopt(h, CURLOPT_TCP_KEEPALIVE, 1L);
+	cu.easy_setopt(h, CURLOPT_TCP_KEEPIDLE, 2L);
+	cu.easy_setopt(h, CURLOPT_TCP_KEEPINTVL, 1L);
+	cu.easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https");
 	if (e->o.cacert)
-		curl_easy_setopt(h, CURLOPT_CAINFO, e->o.cacert);
+		cu.easy_setopt(h, CURLOPT_CAINFO, e->o.cacert);
 	if (e->o.cert)
-		curl_easy_setopt(h, CURLOPT_SSLCERT, e->o.cert);
+		cu.easy_setopt(h, CURLOPT_SSLCERT, e->o.cert);
 	if (e->o.key)
-		curl_easy_setopt(h, CURLOPT_SSLKEY, e->o.key);
+		cu.easy_setopt(h, CURLOPT_SSLKEY, e->o.key);
 }
 
 /* POST req to path on the first endpoint that answers. *resp: the parsed answer. */
@@ -313,20 +375,20 @@ int etcd_call(struct etcd *e, const char *path, json_object *req, json_object **
 
 		b.len = 0;
 		snprintf(url, sizeof(url), "%s%s", e->url[k], path);
-		curl_easy_reset(e->curl);
+		cu.easy_reset(e->curl);
 		setup_handle(e, e->curl, url, body, &b);
-		curl_easy_setopt(e->curl, CURLOPT_TIMEOUT_MS, e->timeout_ms);
+		cu.easy_setopt(e->curl, CURLOPT_TIMEOUT_MS, e->timeout_ms);
 		ebuf[0] = '\0';
-		curl_easy_setopt(e->curl, CURLOPT_ERRORBUFFER, ebuf);
-		rc = curl_easy_perform(e->curl);
+		cu.easy_setopt(e->curl, CURLOPT_ERRORBUFFER, ebuf);
+		rc = cu.easy_perform(e->curl);
 		if (rc != CURLE_OK) {
 			snprintf(e->last_error, sizeof(e->last_error), "%s: %s", url,
-				 ebuf[0] ? ebuf : curl_easy_strerror(rc));
+				 ebuf[0] ? ebuf : cu.easy_strerror(rc));
 			pr_debug("etcd %s\n", e->last_error);
 			continue;
 		}
 		e->cur = k;
-		curl_easy_getinfo(e->curl, CURLINFO_RESPONSE_CODE, &code);
+		cu.easy_getinfo(e->curl, CURLINFO_RESPONSE_CODE, &code);
 		*resp = b.p ? json_tokener_parse(b.p) : NULL;
 		if (code != 200) {
 			json_object *m = NULL;
@@ -346,7 +408,7 @@ int etcd_call(struct etcd *e, const char *path, json_object *req, json_object **
 		err = 0;
 		goto out;
 	}
-	pr_debug("etcd: no endpoint answered (%s)\n", curl_easy_strerror(rc));
+	pr_debug("etcd: no endpoint answered (%s)\n", cu.easy_strerror(rc));
 out:
 	if (err && *resp) {
 		json_object_put(*resp);
@@ -587,22 +649,22 @@ int etcd_watch_start(struct etcd *e, struct etcd_watch *w, const char *prefix, _
 	json_add_i64s(cr, "start_revision", start_rev);
 	json_object_object_add(req, "create_request", cr);
 	w->body = strdup(json_object_to_json_string_ext(req, JSON_C_TO_STRING_PLAIN));
-	w->easy = curl_easy_init();
-	w->multi = curl_multi_init();
+	w->easy = cu.easy_init();
+	w->multi = cu.multi_init();
 	if (!w->body || !w->easy || !w->multi) {
 		err = -ENOMEM;
 		goto out;
 	}
 	snprintf(url, sizeof(url), "%s/v3/watch", e->url[e->cur]);
 	setup_handle(e, w->easy, url, w->body, &dummy);
-	curl_easy_setopt(w->easy, CURLOPT_WRITEFUNCTION, watch_write);
-	curl_easy_setopt(w->easy, CURLOPT_WRITEDATA, w);
-	if (curl_multi_add_handle(w->multi, w->easy) != CURLM_OK) {
+	cu.easy_setopt(w->easy, CURLOPT_WRITEFUNCTION, watch_write);
+	cu.easy_setopt(w->easy, CURLOPT_WRITEDATA, w);
+	if (cu.multi_add_handle(w->multi, w->easy) != CURLM_OK) {
 		err = -ENOMEM;
 		goto out;
 	}
 	/* Start connecting now rather than at the first poll. */
-	if (curl_multi_perform(w->multi, &running) != CURLM_OK)
+	if (cu.multi_perform(w->multi, &running) != CURLM_OK)
 		err = -EIO;
 out:
 	free(end);
@@ -667,14 +729,14 @@ int etcd_watch_poll(struct etcd_watch *w, int timeout_ms, etcd_watch_cb cb, void
 
 	if (w->done)
 		return -ENOTCONN;
-	if (curl_multi_poll(w->multi, NULL, 0, timeout_ms, NULL) != CURLM_OK)
+	if (cu.multi_poll(w->multi, NULL, 0, timeout_ms, NULL) != CURLM_OK)
 		return -EIO;
-	if (curl_multi_perform(w->multi, &running) != CURLM_OK)
+	if (cu.multi_perform(w->multi, &running) != CURLM_OK)
 		return -EIO;
 	err = watch_parse(w, cb, ctx);
 	if (err)
 		return err;
-	while ((m = curl_multi_info_read(w->multi, &left))) {
+	while ((m = cu.multi_info_read(w->multi, &left))) {
 		if (m->msg == CURLMSG_DONE) {
 			w->done = true;
 			w->result = m->data.result;
@@ -683,8 +745,8 @@ int etcd_watch_poll(struct etcd_watch *w, int timeout_ms, etcd_watch_cb cb, void
 	if (w->done) {
 		long code = 0;
 
-		curl_easy_getinfo(w->easy, CURLINFO_RESPONSE_CODE, &code);
-		pr_debug("etcd watch ended: %s (HTTP %ld)\n", curl_easy_strerror(w->result), code);
+		cu.easy_getinfo(w->easy, CURLINFO_RESPONSE_CODE, &code);
+		pr_debug("etcd watch ended: %s (HTTP %ld)\n", cu.easy_strerror(w->result), code);
 		return -ENOTCONN;
 	}
 	return 0;
@@ -693,11 +755,11 @@ int etcd_watch_poll(struct etcd_watch *w, int timeout_ms, etcd_watch_cb cb, void
 void etcd_watch_stop(struct etcd_watch *w)
 {
 	if (w->multi && w->easy)
-		curl_multi_remove_handle(w->multi, w->easy);
+		cu.multi_remove_handle(w->multi, w->easy);
 	if (w->easy)
-		curl_easy_cleanup(w->easy);
+		cu.easy_cleanup(w->easy);
 	if (w->multi)
-		curl_multi_cleanup(w->multi);
+		cu.multi_cleanup(w->multi);
 	free(w->body);
 	free(w->buf);
 	memset(w, 0, sizeof(*w));
