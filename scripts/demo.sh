@@ -6,7 +6,8 @@
 # service web 10.77.100.1:80 with two blue and two green backends, and runs client load from
 # tests/traffic.py: 50 new connections a second plus 4 long-lived connections. It then shows,
 # second by second, where new connections go before and after a flip, the long-lived ones
-# staying on blue and blue's live-flow count draining to zero as they close, and a rollback.
+# staying on blue and blue's live-flow count draining to zero as they close, a rollback, and a
+# canary: 10% of new connections to green, then a rollout to 30% and 60%.
 # Everything it made is removed on exit, Ctrl-C included. Takes about 40 seconds.
 set -euo pipefail
 
@@ -200,6 +201,16 @@ say "ROLLBACK: back to ${BLUE}blue${N}${B} (the color before the last flip)"
 show rollback web | colorize
 watch_for 5
 
+say "CANARY: 10% of new connections to ${GREEN}green${N}${B}, chosen by a hash of each connection"
+note "Still one 8-byte write: the switch word carries green's share of new flows."
+show shift web green 10% | colorize
+watch_for 4
+
+say "ROLLOUT: ${GREEN}green${N}${B} 30%, then 60%, 2 s each"
+note "A guarded rollout (--guard) would watch green's backends through every step and roll back."
+show rollout web green --steps 30,60 --interval 2s | colorize
+watch_for 3
+
 say "Stopping the load"
 kill -INT "$LOAD_PID"
 for _ in $(seq 100); do kill -0 "$LOAD_PID" 2>/dev/null || break; sleep 0.1; done
@@ -209,7 +220,7 @@ progress
 show status web | colorize
 say "Summary of the client's view"
 if tail -n 1 "$OUT" | $PY -c "$SUMMARY" | colorize; then
-	say "Done: zero failed requests across a flip and a rollback."
+	say "Done: zero failed requests across a flip, a rollback, a canary and a rollout."
 else
 	say "Some requests failed (see above)."
 	exit 1
