@@ -174,6 +174,15 @@ def _port_host(port: int) -> int:
     return struct.unpack("<H", struct.pack("!H", port))[0]
 
 
+def fmix32(h: int) -> int:
+    """bgs_fmix32() of include/bgswitch.h: murmur3's 32-bit finalizer."""
+    h ^= h >> 16
+    h = (h * 0x85EBCA6B) & _M32
+    h ^= h >> 13
+    h = (h * 0xC2B2AE35) & _M32
+    return h ^ (h >> 16)
+
+
 def flow_hash_raw(saddr16: bytes, daddr16: bytes, sport: int, dport: int, proto: int) -> int:
     """flow_hash() of bpf/flow.bpf.h on raw 16-byte address fields (ports as numbers)."""
     s, d = _words(saddr16), _words(daddr16)
@@ -182,13 +191,7 @@ def flow_hash_raw(saddr16: bytes, daddr16: bytes, sport: int, dport: int, proto:
         h = _mix(h, s[i])
         h = _mix(h, d[i])
     h = _mix(h, ((_port_host(sport) << 16) | _port_host(dport)) & _M32)
-    h = _mix(h, proto)
-    h ^= h >> 16
-    h = (h * 0x85EBCA6B) & _M32
-    h ^= h >> 13
-    h = (h * 0xC2B2AE35) & _M32
-    h ^= h >> 16
-    return h
+    return fmix32(_mix(h, proto))
 
 
 def client_hash_raw(saddr16: bytes, family: int) -> int:
@@ -197,13 +200,7 @@ def client_hash_raw(saddr16: bytes, family: int) -> int:
     h = 0x636C6E74  # "clnt"
     for i in range(4):
         h = _mix(h, s[i])
-    h = _mix(h, family)
-    h ^= h >> 16
-    h = (h * 0x85EBCA6B) & _M32
-    h ^= h >> 13
-    h = (h * 0xC2B2AE35) & _M32
-    h ^= h >> 16
-    return h
+    return fmix32(_mix(h, family))
 
 
 def client_hash(saddr: str) -> int:
@@ -568,13 +565,7 @@ def share_color_of(share: int) -> int:
 
 def share_bucket(h: int) -> int:
     """bgs_share_bucket() of include/bgswitch.h: a flow's bucket in the split, from its hash."""
-    h ^= 0x9E3779B9
-    h ^= h >> 16
-    h = (h * 0x85EBCA6B) & _M32
-    h ^= h >> 13
-    h = (h * 0xC2B2AE35) & _M32
-    h ^= h >> 16
-    return h % BGS_SHARE_ALL
+    return fmix32(h ^ 0x9E3779B9) % BGS_SHARE_ALL
 
 
 def share_color(h: int, share: int) -> int:

@@ -2016,25 +2016,33 @@ def _icmp_error(src, dst, quote: bytes, kind: str = "frag", vlan=None) -> bytes:
     return bytes(_l2(vlan) / IP(src=src, dst=dst, id=0x0EEE, ttl=60) / icmp / Raw(quote))
 
 
+def _icmp_flows(bgs: BgsState) -> Dict[str, List[int]]:
+    """The flows the ICMP tests quote: services web, dns and web6, the TCP flow of _open, a UDP
+    query and an IPv6 SYN (each checked on its way in). Returns web's slots."""
+    slots = web(bgs)
+    dns(bgs)
+    web6(bgs)
+    b6, bp6 = BLUE6[0]
+    _open(bgs)
+    run_table(bgs, "ingress", [
+        Case("UDP query", udp(CLIENT, UDP_VIP, CPORT, UDP_PORT), XDP_PASS,
+             out=udp(CLIENT, BLUE[0][0], CPORT, 5353), stats=NEW_UDP),
+        Case("IPv6 SYN", tcp(CLIENT6, VIP6, CPORT, VIP_PORT), XDP_PASS,
+             out=tcp(CLIENT6, b6, CPORT, bp6), stats=NEW_SYN),
+    ])
+    return slots
+
+
 def test_icmp_errors_ingress_translated_to_backend(bgs):
     """An ICMP error sent to a VIP about one of our replies (it quotes VIP:port -> client)
     goes to the flow's backend: outer destination, quoted source address and port rewritten;
     the quoted transport checksum (when quoted), the quoted IPv4 header checksum, the outer
     IPv4 checksum and the ICMP/ICMPv6 checksum (v6: pseudo-header) all right, each expected
     frame built by scapy from scratch. Counted ICMP_IN and in the backend's rx."""
-    slots = web(bgs)
-    dns(bgs)
-    web6(bgs)
+    slots = _icmp_flows(bgs)
     be, bport = BLUE[0]
     ube = BLUE[0][0]
     b6, bp6 = BLUE6[0]
-    _open(bgs)
-    run_table(bgs, "ingress", [
-        Case("UDP query", udp(CLIENT, UDP_VIP, CPORT, UDP_PORT), XDP_PASS,
-             out=udp(CLIENT, ube, CPORT, 5353), stats=NEW_UDP),
-        Case("IPv6 SYN", tcp(CLIENT6, VIP6, CPORT, VIP_PORT), XDP_PASS,
-             out=tcp(CLIENT6, b6, CPORT, bp6), stats=NEW_SYN),
-    ])
     vip_reply = _reply(VIP, CLIENT, VIP_PORT, CPORT)
     be_reply = _reply(be, CLIENT, bport, CPORT)
     uvip = _reply(UDP_VIP, CLIENT, UDP_PORT, CPORT, IPPROTO_UDP)
@@ -2126,19 +2134,10 @@ def test_icmp_errors_egress_translated_to_vip(bgs):
     the VIP:port instead, and the backend's own outer source address becomes the VIP; a
     router's stays. Every checksum checked against scapy. Counted ICMP_OUT and in the
     backend's tx; without reverse entry ICMP_NO_FLOW; others untouched and uncounted."""
-    slots = web(bgs)
-    dns(bgs)
-    web6(bgs)
+    slots = _icmp_flows(bgs)
     be, bport = BLUE[0]
     ube = BLUE[0][0]
     b6, bp6 = BLUE6[0]
-    _open(bgs)
-    run_table(bgs, "ingress", [
-        Case("UDP query", udp(CLIENT, UDP_VIP, CPORT, UDP_PORT), XDP_PASS,
-             out=udp(CLIENT, ube, CPORT, 5353), stats=NEW_UDP),
-        Case("IPv6 SYN", tcp(CLIENT6, VIP6, CPORT, VIP_PORT), XDP_PASS,
-             out=tcp(CLIENT6, b6, CPORT, bp6), stats=NEW_SYN),
-    ])
     to_be = _reply(CLIENT, be, CPORT, bport)
     to_vip = _reply(CLIENT, VIP, CPORT, VIP_PORT)
     uto_be = _reply(CLIENT, ube, CPORT, 5353, IPPROTO_UDP)
