@@ -3,11 +3,11 @@
 #include "common.bpf.h"
 #include "maps.bpf.h"
 #include "parse.bpf.h"
+#include "fwd.bpf.h"
 #include "flow.bpf.h"
 #include "frag.bpf.h"
 #include "nat.bpf.h"
 #include "icmp.bpf.h"
-#include "fwd.bpf.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -32,7 +32,7 @@ int bgs_ingress(struct xdp_md *ctx)
 	void *data_end = (void *)(long)ctx->data_end;
 	void *data = (void *)(long)ctx->data;
 	struct bgs_pkt pkt = {};
-	struct bgs_flow flow;
+	struct bgs_dest dest;
 	struct bgs_frag *fr;
 	struct bgs_vip *vip;
 	int ret;
@@ -55,7 +55,8 @@ int bgs_ingress(struct xdp_md *ctx)
 		stat_inc(BGS_STAT_FRAG_LATER);
 		count_rx(fr->slot, pkt.len);
 		nat_dnat_xdp(&pkt, fr->addr, 0, data_end);
-		return fwd_xdp(ctx, &pkt, data, data_end);
+		return fwd_xdp(ctx, &pkt, data, data_end,
+			       fwd_nexthop(ctx, &pkt, fr->slot, fr->addr, pkt.key.dport));
 	}
 	if (parse_is_icmp(&pkt))
 		return icmp_ingress(&pkt, data_end);
@@ -67,14 +68,14 @@ int bgs_ingress(struct xdp_md *ctx)
 	}
 	stat_inc(BGS_STAT_VIP);
 
-	ret = flow_steer(&pkt, vip, &flow);
+	ret = flow_steer(ctx, &pkt, vip, &dest);
 	if (ret != BGS_CONTINUE)
 		return ret;
 
-	frag_track(&pkt, flow.daddr, flow.slot);
-	nat_dnat_xdp(&pkt, flow.daddr, flow.dport, data_end);
-	count_rx(flow.slot, pkt.len);
-	return fwd_xdp(ctx, &pkt, data, data_end);
+	frag_track(&pkt, dest.be->addr, dest.slot);
+	nat_dnat_xdp(&pkt, dest.be->addr, dest.be->port, data_end);
+	count_rx(dest.slot, pkt.len);
+	return fwd_xdp(ctx, &pkt, data, data_end, dest.nh);
 }
 
 /* Egress: a reply from a backend leaves with the VIP as its source (its later fragments too),
@@ -84,11 +85,13 @@ SEC("tc")
 int bgs_egress(struct __sk_buff *skb)
 {
 	struct bgs_backend_stats *bs;
-	struct bgs_reverse *rev;
+	struct bgs_service *svc;
 	struct bgs_pkt pkt = {};
+	struct bgs_conn_key key;
 	void *data, *data_end;
 	struct bgs_frag *fr;
-	__u32 to[4], slot;
+	struct bgs_flow *f;
+	__u32 to[4], slot, id;
 	__u16 port;
 
 	stat_inc(BGS_STAT_TX);
@@ -106,17 +109,19 @@ int bgs_egress(struct __sk_buff *skb)
 		slot = fr->slot;
 		port = 0;
 	} else if (parse_is_icmp(&pkt)) {
-		icmp_egress(&pkt, data_end);
+		icmp_egress(skb, &pkt, data_end);
 		return TC_ACT_OK;
 	} else {
-		rev = nat_reverse_lookup(&pkt);
-		if (!rev)
+		f = nat_reply_flow(skb, &pkt, &key);
+		id = key.svc;
+		svc = f ? bpf_map_lookup_elem(&bgs_services, &id) : NULL;
+		if (!svc)
 			return TC_ACT_OK;
-		__builtin_memcpy(to, rev->vaddr, sizeof(to));
-		slot = rev->slot;
-		port = rev->vport;
-		if (pkt.key.proto == IPPROTO_TCP && (pkt.tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST)))
-			flow_mark_server(&pkt, rev);
+		__builtin_memcpy(to, svc->vip.addr, sizeof(to));
+		port = svc->vip.port;
+		slot = f->slot;
+		if (pkt.key.proto == IPPROTO_TCP)
+			flow_mark(f, pkt.tcp_flags, BGS_FLOW_FIN_SERVER, BGS_FLOW_SERVER_ON);
 		frag_track(&pkt, to, slot);
 	}
 	if (nat_snat_tc(skb, &pkt, to, port))

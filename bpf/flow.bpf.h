@@ -1,9 +1,10 @@
 /* SPDX-License-Identifier: GPL-2.0 */
-/* flow.bpf.h: service lookup, the flow table, and the choice of a backend for a new flow. */
+/* flow.bpf.h: service lookup, the flow table (one entry per connection), and new flows' backends. */
 #ifndef BGS_FLOW_BPF_H
 #define BGS_FLOW_BPF_H
 
 #include "common.bpf.h"
+#include "fwd.bpf.h"
 #include "maps.bpf.h"
 #include "parse.bpf.h"
 
@@ -65,57 +66,119 @@ static __always_inline struct bgs_vip *flow_service(const struct bgs_pkt *pkt)
 	return bpf_map_lookup_elem(&bgs_vips, &vk);
 }
 
+/* Where a client packet goes: its backend, and the next hop toward it. */
+struct bgs_dest {
+	const struct bgs_backend *be;
+	struct bgs_nexthop *nh;
+	__u32 slot;
+};
+
+/* The flow-table key of a connection: its client's address and port, and its service. */
+static __always_inline void flow_key(struct bgs_conn_key *k, const struct bgs_flow_key *t,
+				     bool client_is_src, __u32 svc)
+{
+	__builtin_memcpy(k->caddr, client_is_src ? t->saddr : t->daddr, sizeof(k->caddr));
+	k->cport = client_is_src ? t->sport : t->dport;
+	k->svc = svc;
+	k->proto = t->proto;
+	k->family = t->family;
+	k->pad = 0;
+}
+
+/* Now, in the units of bgs_flow.seen. */
+static __always_inline __u32 flow_clock(void)
+{
+	return bpf_ktime_get_coarse_ns() >> BGS_SEEN_SHIFT;
+}
+
+/* How long ago a flow's client was last seen, in ns (0 if another CPU saw it after now). */
+static __always_inline __u64 flow_age(const struct bgs_flow *f, __u32 now)
+{
+	__s32 d = now - f->seen;
+
+	return d > 0 ? (__u64)d << BGS_SEEN_SHIFT : 0;
+}
+
 static __always_inline bool flow_is_syn(const struct bgs_pkt *pkt)
 {
 	return (pkt->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN;
 }
 
-/* A flow that a new first packet may replace: closed, or idle past its protocol's timeout. */
-static __always_inline bool flow_is_dead(const struct bgs_flow *f, __u8 proto, __u64 now)
+/* Closed: a TCP flow after an RST (until both sides go on) or a FIN from each side. */
+static __always_inline bool flow_is_closed(const struct bgs_flow *f, __u8 proto)
 {
-	__u32 zero = 0;
-	struct bgs_config *cfg;
-	__u64 idle;
-
-	if (proto == IPPROTO_TCP &&
-	    ((f->state & BGS_FLOW_RST) || (f->state & BGS_FLOW_BOTH_FIN) == BGS_FLOW_BOTH_FIN))
-		return true;
-	cfg = bpf_map_lookup_elem(&bgs_config, &zero);
-	if (!cfg)
-		return false;
-	idle = proto == IPPROTO_TCP ? cfg->tcp_idle_ns : cfg->udp_idle_ns;
-	return now - f->last_seen > idle;
+	return proto == IPPROTO_TCP &&
+	       ((f->state & BGS_FLOW_RST) || (f->state & BGS_FLOW_BOTH_FIN) == BGS_FLOW_BOTH_FIN);
 }
 
-/* Record a client packet on an existing flow: time, and FIN or RST. */
-static __always_inline void flow_touch(const struct bgs_pkt *pkt, struct bgs_flow *f, __u64 now)
+/* A flow that a new first packet may replace: closed, or idle past its protocol's timeout. */
+static __always_inline bool flow_is_dead(const struct bgs_flow *f, __u8 proto, __u32 now,
+					 const struct bgs_config *cfg)
 {
-	if (now - f->last_seen > BGS_TOUCH_NS)
-		f->last_seen = now;
-	if (pkt->key.proto != IPPROTO_TCP)
+	return flow_is_closed(f, proto) ||
+	       flow_age(f, now) > (proto == IPPROTO_TCP ? cfg->tcp_idle_ns : cfg->udp_idle_ns);
+}
+
+/* A flow whose packets are no longer translated: idle past its timeout, or closed for longer
+ * than the closing timeout.
+ */
+static __always_inline bool flow_is_expired(const struct bgs_flow *f, __u8 proto, __u32 now,
+					    const struct bgs_config *cfg)
+{
+	if (flow_is_closed(f, proto))
+		return flow_age(f, now) > cfg->closing_ns;
+	return flow_age(f, now) > (proto == IPPROTO_TCP ? cfg->tcp_idle_ns : cfg->udp_idle_ns);
+}
+
+/* Record one side's TCP flags on its flow: its FIN, and an RST from either side. An RST makes
+ * the flow closed; a segment without RST from each side after it (*on) makes it live again,
+ * since the RST did not end the connection (an out-of-window or spoofed RST, RFC 5961).
+ */
+static __always_inline void flow_mark(struct bgs_flow *f, __u8 flags, __u32 fin, __u32 on)
+{
+	__u32 st = f->state;
+
+	if (flags & TCP_FLAG_RST) {
+		if ((st & (BGS_FLOW_RST | BGS_FLOW_BOTH_ON)) != BGS_FLOW_RST) {
+			__sync_fetch_and_and(&f->state, ~BGS_FLOW_BOTH_ON);
+			__sync_fetch_and_or(&f->state, BGS_FLOW_RST);
+		}
 		return;
-	if ((pkt->tcp_flags & TCP_FLAG_RST) && !(f->state & BGS_FLOW_RST))
-		__sync_fetch_and_or(&f->state, BGS_FLOW_RST);
-	if ((pkt->tcp_flags & TCP_FLAG_FIN) && !(f->state & BGS_FLOW_FIN_CLIENT))
-		__sync_fetch_and_or(&f->state, BGS_FLOW_FIN_CLIENT);
+	}
+	if ((flags & TCP_FLAG_FIN) && !(st & fin))
+		__sync_fetch_and_or(&f->state, fin);
+	if ((st & BGS_FLOW_RST) && !(st & on)) {
+		st = __sync_fetch_and_or(&f->state, on) | on;
+		if ((st & BGS_FLOW_BOTH_ON) == BGS_FLOW_BOTH_ON)
+			__sync_fetch_and_and(&f->state, ~(BGS_FLOW_RST | BGS_FLOW_BOTH_ON));
+	}
+}
+
+/* Record a client packet on its flow: the time (at most every BGS_TOUCH_NS), FIN and RST. */
+static __always_inline void flow_touch(const struct bgs_pkt *pkt, struct bgs_flow *f, __u32 now)
+{
+	if ((__s32)(now - f->seen) > (__s32)(BGS_TOUCH_NS >> BGS_SEEN_SHIFT))
+		f->seen = now;
+	if (pkt->key.proto == IPPROTO_TCP)
+		flow_mark(f, pkt->tcp_flags, BGS_FLOW_FIN_CLIENT, BGS_FLOW_CLIENT_ON);
 }
 
 /* May this CPU insert one more flow now? A token bucket refilled at cfg->new_flow_rate per
- * second, in millionths of an insert so that slow rates still refill.
+ * second (this CPU's part of the node's rate), in millionths of an insert so that slow rates
+ * still refill.
  */
-static __always_inline bool flow_insert_allowed(__u64 now)
+static __always_inline bool flow_insert_allowed(const struct bgs_config *cfg)
 {
-	struct bgs_config *cfg;
 	struct bgs_bucket *b;
 	__u32 zero = 0;
-	__u64 cap;
+	__u64 cap, now;
 
-	cfg = bpf_map_lookup_elem(&bgs_config, &zero);
-	if (!cfg || !cfg->new_flow_rate)
+	if (!cfg->new_flow_rate)
 		return true;
 	b = bpf_map_lookup_elem(&bgs_insert_budget, &zero);
 	if (!b)
 		return true;
+	now = bpf_ktime_get_coarse_ns();
 	cap = (__u64)(cfg->new_flow_burst + 1) * 1000000;
 	if (now > b->last_ns) {
 		/* rate inserts per second = rate millionths per microsecond; the elapsed time is
@@ -188,136 +251,174 @@ static __always_inline bool flow_pick(__u32 idx, __u32 h, __u32 *slot, __u32 *wh
 	return true;
 }
 
-/* Pick a backend of `color` for a new flow whose hash is h, and record the flow both ways.
- * Returns BGS_CONTINUE with *out filled, or XDP_DROP with the reason counted.
- */
-static __always_inline int flow_create(const struct bgs_pkt *pkt, __u32 svc, __u8 color, __u32 h,
-				       const struct bgs_switch *sw, __u64 now, struct bgs_flow *out)
+/* The backend of a slot, or NULL when the slot is free. */
+static __always_inline const struct bgs_backend *flow_backend(__u32 slot)
 {
+	struct bgs_backend *be = bpf_map_lookup_elem(&bgs_backends, &slot);
+
+	return be && be->state != BGS_BACKEND_FREE ? be : NULL;
+}
+
+/* Pick a backend of `color` for a new flow whose hash is h, and record the flow, unless the
+ * packet is an RST (it opens nothing) or the insert budget is spent (a flood: the packet still
+ * goes where its flow belongs, only its entry is skipped). Returns BGS_CONTINUE with *dest
+ * filled, or XDP_DROP with the reason counted.
+ */
+static __always_inline int flow_create(struct xdp_md *ctx, const struct bgs_pkt *pkt,
+				       const struct bgs_conn_key *key, __u8 color, __u32 h,
+				       const struct bgs_switch *sw, const struct bgs_config *cfg,
+				       struct bgs_dest *dest)
+{
+	bool tcp = pkt->key.proto == IPPROTO_TCP;
 	struct bgs_backend_stats *bs;
-	struct bgs_flow_key rkey = {};
-	struct bgs_reverse rev = {};
-	struct bgs_backend *be;
+	struct bgs_flow f = {};
 	__u32 slot = 0, why = 0;
 
-	if (!flow_insert_allowed(now))
-		return stat_drop(svc, BGS_DROP_INSERT_LIMIT);
-	if (!flow_pick(bgs_set_index(svc, color, sw->set_sel >> (color & 1)), h, &slot, &why))
-		return stat_drop(svc, why);
-	be = bpf_map_lookup_elem(&bgs_backends, &slot);
-	if (!be || be->state != BGS_BACKEND_ACTIVE)
-		return stat_drop(svc, BGS_DROP_BAD_BACKEND);
-
-	__builtin_memcpy(out->daddr, be->addr, sizeof(out->daddr));
-	out->dport = be->port;
-	out->color = color;
-	out->pad = 0;
-	out->pad2 = 0;
-	out->slot = slot;
-	out->state = pkt->key.proto == IPPROTO_TCP && flow_is_syn(pkt) ? BGS_FLOW_SYN : 0;
-	out->last_seen = now;
-
-	__builtin_memcpy(rkey.saddr, be->addr, sizeof(rkey.saddr));
-	__builtin_memcpy(rkey.daddr, pkt->key.saddr, sizeof(rkey.daddr));
-	rkey.sport = be->port;
-	rkey.dport = pkt->key.sport;
-	rkey.proto = pkt->key.proto;
-	rkey.family = pkt->key.family;
-	__builtin_memcpy(rev.vaddr, pkt->key.daddr, sizeof(rev.vaddr));
-	rev.vport = pkt->key.dport;
-	rev.slot = slot;
-
-	/* Reverse first: a forward entry must never exist without its way back. */
-	if (bpf_map_update_elem(&bgs_reverse, &rkey, &rev, BPF_ANY) ||
-	    bpf_map_update_elem(&bgs_flows, &pkt->key, out, BPF_ANY))
-		return stat_drop(svc, BGS_DROP_FLOW_INSERT);
-
-	stat_inc(BGS_STAT_FLOW_NEW);
+	if (!flow_pick(bgs_set_index(key->svc, color, sw->set_sel >> (color & 1)), h, &slot, &why))
+		return stat_drop(key->svc, why);
+	dest->be = bpf_map_lookup_elem(&bgs_backends, &slot);
+	if (!dest->be || dest->be->state != BGS_BACKEND_ACTIVE)
+		return stat_drop(key->svc, BGS_DROP_BAD_BACKEND);
+	dest->slot = slot;
+	dest->nh = fwd_nexthop(ctx, pkt, slot, dest->be->addr, dest->be->port);
 	bs = stat_backend(slot);
 	if (bs)
 		bs->new_flows++;
+	if (tcp && (pkt->tcp_flags & TCP_FLAG_RST)) {
+		stat_inc(BGS_STAT_RST_MISS);
+		return BGS_CONTINUE;
+	}
+	if (!flow_insert_allowed(cfg)) {
+		stat_inc(BGS_STAT_UNTRACKED);
+		return BGS_CONTINUE;
+	}
+	f.slot = slot;
+	f.color = color;
+	f.state = tcp && flow_is_syn(pkt) ? BGS_FLOW_SYN : 0;
+	if (tcp && (pkt->tcp_flags & TCP_FLAG_FIN))
+		f.state |= BGS_FLOW_FIN_CLIENT;
+	f.ifindex = dest->nh ? dest->nh->ifindex : 0;
+	f.seen = flow_clock();
+	if (bpf_map_update_elem(&bgs_flows, key, &f, BPF_ANY))
+		return stat_drop(key->svc, BGS_DROP_FLOW_INSERT);
+	stat_inc(BGS_STAT_FLOW_NEW);
 	return BGS_CONTINUE;
 }
 
-/* Find the flow of a client packet, or start one. Returns BGS_CONTINUE with *out set to where
- * the packet goes, or a verdict. A TCP segment without SYN that misses is re-pinned to the
- * color its connection can be on, never simply to whichever color is active now.
- */
-static __always_inline int flow_steer(const struct bgs_pkt *pkt, const struct bgs_vip *vip,
-				      struct bgs_flow *out)
+/* Follow a live flow entry: record the packet on it, and keep its reply interface current. */
+static __always_inline void flow_follow(struct xdp_md *ctx, const struct bgs_pkt *pkt,
+					struct bgs_flow *f, __u32 now, struct bgs_dest *dest)
 {
-	__u64 now = bpf_ktime_get_coarse_ns();
-	bool tcp = pkt->key.proto == IPPROTO_TCP;
-	bool first = tcp ? flow_is_syn(pkt) : true;
-	struct bgs_service_stats *ss;
-	__u32 svc = vip->svc, h, hs, share;
-	struct bgs_switch sw;
-	struct bgs_flow *f;
+	stat_inc(BGS_STAT_FLOW_HIT);
+	flow_touch(pkt, f, now);
+	dest->slot = f->slot;
+	dest->nh = fwd_nexthop(ctx, pkt, dest->slot, dest->be->addr, dest->be->port);
+	if (dest->nh && dest->nh->ifindex && dest->nh->ifindex != f->ifindex)
+		f->ifindex = dest->nh->ifindex;
+}
 
-	f = bpf_map_lookup_elem(&bgs_flows, &pkt->key);
-	if (f && !(first && flow_is_dead(f, pkt->key.proto, now))) {
-		stat_inc(BGS_STAT_FLOW_HIT);
-		flow_touch(pkt, f, now);
-		__builtin_memcpy(out, f, sizeof(*out));
-		return BGS_CONTINUE;
-	}
-	ss = stat_service(svc);
-	if (flow_switch(svc, &sw))
-		return stat_drop(svc, BGS_DROP_NO_BACKEND);
-	share = sw.share;
+/* Count a miss, and return the share that places it: a TCP segment without SYN (its entry is
+ * gone: evicted, or collected after a long idle) and a UDP flow whose entry expired are
+ * re-pinned where their flow can be: while the last change drains, by the share before it (a
+ * second chance, as GLB and Beamer give), since that is where flows older than the change live;
+ * otherwise by the share now.
+ */
+static __always_inline __u32 flow_miss_share(const struct bgs_pkt *pkt, bool first, bool had,
+					     __u32 svc, const struct bgs_switch *sw)
+{
+	struct bgs_service_stats *ss = stat_service(svc);
+	bool tcp = pkt->key.proto == IPPROTO_TCP;
+	bool draining = (sw->flags & (BGS_SW_DRAINING | BGS_SW_HAS_PREV)) ==
+			(BGS_SW_DRAINING | BGS_SW_HAS_PREV);
+
 	if (!first) {
 		stat_inc(BGS_STAT_NOSYN_MISS);
 		if (ss)
 			ss->nosyn_miss++;
-		/* Its entry is gone (evicted, or collected after a long idle). Re-pin it to the
-		 * color it can belong to: while the last change drains, a second chance toward
-		 * where the share before it put this flow (GLB, Beamer), since that is where
-		 * connections older than the change live; once drained, where the share puts it.
-		 */
-		stat_inc(BGS_STAT_SECOND_CHANCE);
-		if (ss)
-			ss->second_chance++;
-		if ((sw.flags & (BGS_SW_DRAINING | BGS_SW_HAS_PREV)) ==
-		    (BGS_SW_DRAINING | BGS_SW_HAS_PREV))
-			share = sw.prev_share;
-	} else if (f) {
+	} else if (had) {
 		stat_inc(BGS_STAT_FLOW_REOPEN);
 		if (ss)
 			ss->reopen++;
-	} else if (tcp) {
-		stat_inc(BGS_STAT_SYN_MISS);
-		if (ss)
-			ss->syn_miss++;
+		if (tcp || !draining)
+			return sw->share;
+	} else {
+		if (tcp) {
+			stat_inc(BGS_STAT_SYN_MISS);
+			if (ss)
+				ss->syn_miss++;
+		}
+		return sw->share;
 	}
+	stat_inc(BGS_STAT_SECOND_CHANCE);
+	if (ss)
+		ss->second_chance++;
+	return draining ? sw->prev_share : sw->share;
+}
+
+/* Find the flow of a client packet, or start one. Returns BGS_CONTINUE with *dest set to where
+ * the packet goes, or a verdict.
+ */
+static __always_inline int flow_steer(struct xdp_md *ctx, const struct bgs_pkt *pkt,
+				      const struct bgs_vip *vip, struct bgs_dest *dest)
+{
+	bool first = pkt->key.proto == IPPROTO_TCP ? flow_is_syn(pkt) : true;
+	__u32 now = flow_clock(), zero = 0, h, hs, share;
+	struct bgs_conn_key key;
+	struct bgs_config *cfg;
+	struct bgs_switch sw;
+	struct bgs_flow *f;
+
+	cfg = bpf_map_lookup_elem(&bgs_config, &zero);
+	if (!cfg)
+		return XDP_PASS;
+	flow_key(&key, &pkt->key, true, vip->svc);
+	f = bpf_map_lookup_elem(&bgs_flows, &key);
+	if (f) {
+		dest->be = flow_backend(f->slot);
+		if (!dest->be)
+			f = NULL;
+		else if (!(first && flow_is_dead(f, pkt->key.proto, now, cfg))) {
+			flow_follow(ctx, pkt, f, now, dest);
+			return BGS_CONTINUE;
+		}
+	}
+	if (flow_switch(vip->svc, &sw))
+		return stat_drop(vip->svc, BGS_DROP_NO_BACKEND);
+	share = flow_miss_share(pkt, first, f, vip->svc, &sw);
 	/* The flow's hash places it in its color's table; the split between colors goes by it
 	 * too, or by the client's address alone (--split-by client).
 	 */
 	h = flow_hash(&pkt->key);
 	hs = (vip->flags & BGS_VIP_SPLIT_CLIENT) ? flow_client_hash(&pkt->key) : h;
-	return flow_create(pkt, svc, bgs_share_color(hs, share), h, &sw, now, out);
+	return flow_create(ctx, pkt, &key, bgs_share_color(hs, share), h, &sw, cfg, dest);
 }
 
-/* Mark the backend's FIN or RST on the flow the reply belongs to. */
-static __always_inline void flow_mark_server(const struct bgs_pkt *pkt,
-					     const struct bgs_reverse *rev)
+/* The flow a packet from a backend (the tuple's source) to a client belongs to, with its key:
+ * looked up under each service the backend's address and port serve, and only a flow whose
+ * backend is that very address and port. NULL when there is none.
+ */
+static __always_inline struct bgs_flow *flow_of_reply(const struct bgs_flow_key *t,
+						      const struct bgs_backend_ref *ref,
+						      struct bgs_conn_key *key)
 {
-	struct bgs_flow_key k = {};
+	const struct bgs_backend *be;
 	struct bgs_flow *f;
+	__u32 i;
 
-	__builtin_memcpy(k.saddr, pkt->key.daddr, sizeof(k.saddr));
-	__builtin_memcpy(k.daddr, rev->vaddr, sizeof(k.daddr));
-	k.sport = pkt->key.dport;
-	k.dport = rev->vport;
-	k.proto = pkt->key.proto;
-	k.family = pkt->key.family;
-	f = bpf_map_lookup_elem(&bgs_flows, &k);
-	/* A late FIN or RST from the backend of an earlier flow on this 5-tuple is not ours. */
-	if (!f || f->slot != rev->slot)
-		return;
-	if (pkt->tcp_flags & TCP_FLAG_RST)
-		__sync_fetch_and_or(&f->state, BGS_FLOW_RST);
-	if (pkt->tcp_flags & TCP_FLAG_FIN)
-		__sync_fetch_and_or(&f->state, BGS_FLOW_FIN_SERVER);
+	flow_key(key, t, false, 0);
+#pragma unroll
+	for (i = 0; i < BGS_ADDR_SVCS; i++) {
+		if (i >= ref->nsvc)
+			break;
+		key->svc = ref->svc[i];
+		f = bpf_map_lookup_elem(&bgs_flows, key);
+		if (!f)
+			continue;
+		be = flow_backend(f->slot);
+		if (be && be->port == t->sport && addr_eq(be->addr, t->saddr))
+			return f;
+	}
+	return NULL;
 }
 
 #endif /* BGS_FLOW_BPF_H */

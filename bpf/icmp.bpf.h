@@ -185,13 +185,14 @@ static __always_inline void icmp_apply(const struct bgs_pkt *pkt, __u32 diff, vo
  */
 static __always_inline int icmp_ingress(struct bgs_pkt *pkt, void *data_end)
 {
+	const struct bgs_backend *be;
 	struct bgs_backend_stats *bs;
 	struct icmp_quote q = {};
-	struct bgs_flow_key fk = {};
 	struct bgs_vip_key vk = {};
+	struct bgs_conn_key fk;
+	struct bgs_vip *vip;
 	struct bgs_flow *f;
-	__u32 to[4], diff, slot;
-	__u16 port;
+	__u32 diff, slot;
 
 	if (!icmp_is_error(pkt) || icmp_parse_quote(pkt, data_end, &q)) {
 		stat_inc(BGS_STAT_NOT_VIP);
@@ -201,27 +202,22 @@ static __always_inline int icmp_ingress(struct bgs_pkt *pkt, void *data_end)
 	vk.port = q.key.sport;
 	vk.proto = q.key.proto;
 	vk.family = q.key.family;
-	if (!bpf_map_lookup_elem(&bgs_vips, &vk)) {
+	vip = bpf_map_lookup_elem(&bgs_vips, &vk);
+	if (!vip) {
 		stat_inc(BGS_STAT_NOT_VIP);
 		return XDP_PASS;
 	}
-	__builtin_memcpy(fk.saddr, q.key.daddr, sizeof(fk.saddr));
-	__builtin_memcpy(fk.daddr, q.key.saddr, sizeof(fk.daddr));
-	fk.sport = q.key.dport;
-	fk.dport = q.key.sport;
-	fk.proto = q.key.proto;
-	fk.family = q.key.family;
+	flow_key(&fk, &q.key, false, vip->svc);
 	f = bpf_map_lookup_elem(&bgs_flows, &fk);
-	if (!f || !addr_eq(pkt->key.daddr, q.key.saddr)) {
+	be = f ? flow_backend(f->slot) : NULL;
+	if (!be || !addr_eq(pkt->key.daddr, q.key.saddr)) {
 		stat_inc(BGS_STAT_ICMP_NO_FLOW);
 		return XDP_PASS;
 	}
-	__builtin_memcpy(to, f->daddr, sizeof(to));
-	port = f->dport;
 	slot = f->slot;
 
-	diff = icmp_rewrite_quote(&q, true, to, port, data_end);
-	diff += icmp_rewrite_outer(pkt, true, to, data_end);
+	diff = icmp_rewrite_quote(&q, true, be->addr, be->port, data_end);
+	diff += icmp_rewrite_outer(pkt, true, be->addr, data_end);
 	icmp_apply(pkt, diff, data_end);
 
 	stat_inc(BGS_STAT_ICMP_IN);
@@ -237,35 +233,43 @@ static __always_inline int icmp_ingress(struct bgs_pkt *pkt, void *data_end)
  * backend or a router on the way sent it, leaves quoting the VIP instead; the backend's own
  * address as the outer source becomes the VIP too.
  */
-static __always_inline void icmp_egress(struct bgs_pkt *pkt, void *data_end)
+static __always_inline void icmp_egress(const struct __sk_buff *skb, struct bgs_pkt *pkt,
+					void *data_end)
 {
+	struct bgs_flow_key rt = {};
 	struct bgs_backend_stats *bs;
+	struct bgs_backend_ref *ref;
+	struct bgs_service *svc;
 	struct icmp_quote q = {};
-	struct bgs_flow_key rk = {};
-	struct bgs_reverse *rev;
-	__u32 to[4], diff, slot;
-	__u16 port;
+	struct bgs_conn_key key;
+	struct bgs_flow *f;
+	__u32 diff, slot, id;
+	__u32 *to;
 
 	if (!icmp_is_error(pkt) || icmp_parse_quote(pkt, data_end, &q))
 		return;
-	if (!nat_is_backend(q.key.daddr, q.key.dport, q.key.proto, q.key.family))
+	ref = nat_backend_ref(q.key.daddr, q.key.dport, q.key.proto, q.key.family);
+	if (!ref)
 		return;
-	__builtin_memcpy(rk.saddr, q.key.daddr, sizeof(rk.saddr));
-	__builtin_memcpy(rk.daddr, q.key.saddr, sizeof(rk.daddr));
-	rk.sport = q.key.dport;
-	rk.dport = q.key.sport;
-	rk.proto = q.key.proto;
-	rk.family = q.key.family;
-	rev = bpf_map_lookup_elem(&bgs_reverse, &rk);
-	if (!rev) {
+	/* The quoted packet went client -> backend: its flow is the one of a reply going back. */
+	__builtin_memcpy(rt.saddr, q.key.daddr, sizeof(rt.saddr));
+	__builtin_memcpy(rt.daddr, q.key.saddr, sizeof(rt.daddr));
+	rt.sport = q.key.dport;
+	rt.dport = q.key.sport;
+	rt.proto = q.key.proto;
+	rt.family = q.key.family;
+	f = flow_of_reply(&rt, ref, &key);
+	id = key.svc;
+	svc = f && skb->ingress_ifindex == f->ifindex ? bpf_map_lookup_elem(&bgs_services, &id) :
+							NULL;
+	if (!svc) {
 		stat_inc(BGS_STAT_ICMP_NO_FLOW);
 		return;
 	}
-	__builtin_memcpy(to, rev->vaddr, sizeof(to));
-	port = rev->vport;
-	slot = rev->slot;
+	to = svc->vip.addr;
+	slot = f->slot;
 
-	diff = icmp_rewrite_quote(&q, false, to, port, data_end);
+	diff = icmp_rewrite_quote(&q, false, to, svc->vip.port, data_end);
 	if (addr_eq(pkt->key.saddr, q.key.daddr))
 		diff += icmp_rewrite_outer(pkt, false, to, data_end);
 	icmp_apply(pkt, diff, data_end);

@@ -80,8 +80,8 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } bgs_backends SEC(".maps");
 
-/* Backend (address, port, protocol) to its reference count and service: the egress program's
- * first filter.
+/* Backend (address, port, protocol) to its reference count and the services it serves: the
+ * egress program's first filter, and where a reply looks for its flow.
  */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -92,23 +92,25 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } bgs_backend_addrs SEC(".maps");
 
-/* Flow table: client-to-VIP 5-tuple to the backend that took the flow's first packet. */
+/* Flow table: one entry per connection, (client, port, service) to the backend that took its
+ * first packet; replies find it too.
+ */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, BGS_DEFAULT_FLOWS);
-	__type(key, struct bgs_flow_key);
+	__type(key, struct bgs_conn_key);
 	__type(value, struct bgs_flow);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } bgs_flows SEC(".maps");
 
-/* Reverse NAT: backend-to-client 5-tuple to the VIP the reply must come from. */
+/* The fast path's next hop toward each backend slot, per CPU (see struct bgs_nexthop). */
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, BGS_DEFAULT_FLOWS);
-	__type(key, struct bgs_flow_key);
-	__type(value, struct bgs_reverse);
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, BGS_MAX_SLOTS);
+	__type(key, __u32);
+	__type(value, struct bgs_nexthop);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} bgs_reverse SEC(".maps");
+} bgs_nexthops SEC(".maps");
 
 /* Addresses services listen on, with a reference count: fragments carry no port. */
 struct {

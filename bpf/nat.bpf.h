@@ -5,6 +5,7 @@
 
 #include "common.bpf.h"
 #include "csum.bpf.h"
+#include "flow.bpf.h"
 #include "maps.bpf.h"
 #include "parse.bpf.h"
 
@@ -78,62 +79,39 @@ static __always_inline struct bgs_backend_ref *nat_backend_ref(const __u32 *addr
 	return bpf_map_lookup_elem(&bgs_backend_addrs, &ba);
 }
 
-static __always_inline bool nat_is_backend(const __u32 *addr, __u16 port, __u8 proto, __u8 family)
-{
-	return nat_backend_ref(addr, port, proto, family);
-}
-
-/* A reply whose reverse entry is gone (the LRU evicted it) still belongs to a flow when its
- * backend serves one service: rebuild the reverse entry from the flow entry, which must point
- * at this very backend.
+/* The flow a packet leaving the node belongs to as a reply, with its key: from a backend's
+ * address and port, to a client with a live flow on that very backend, and in by the interface
+ * that backend is reached by. NULL otherwise (counted): the packet leaves untouched. A SYN from
+ * the backend on a closed flow is a new connection on the same addresses and ports (the client
+ * reused its port to reach the backend directly): that flow is over, and its entry is deleted.
  */
-static __always_inline struct bgs_reverse *nat_reverse_recover(const struct bgs_pkt *pkt,
-							       const struct bgs_backend_ref *ref)
-{
-	struct bgs_flow_key fk = {};
-	struct bgs_reverse rev = {};
-	struct bgs_service *svc;
-	struct bgs_flow *f;
-	__u32 id = ref->svc;
-
-	if (id == BGS_SVC_MANY)
-		return NULL;
-	svc = bpf_map_lookup_elem(&bgs_services, &id);
-	if (!svc)
-		return NULL;
-	__builtin_memcpy(fk.saddr, pkt->key.daddr, sizeof(fk.saddr));
-	__builtin_memcpy(fk.daddr, svc->vip.addr, sizeof(fk.daddr));
-	fk.sport = pkt->key.dport;
-	fk.dport = svc->vip.port;
-	fk.proto = pkt->key.proto;
-	fk.family = pkt->key.family;
-	f = bpf_map_lookup_elem(&bgs_flows, &fk);
-	if (!f || !addr_eq(f->daddr, pkt->key.saddr) || f->dport != pkt->key.sport)
-		return NULL;
-	__builtin_memcpy(rev.vaddr, svc->vip.addr, sizeof(rev.vaddr));
-	rev.vport = svc->vip.port;
-	rev.slot = f->slot;
-	if (bpf_map_update_elem(&bgs_reverse, &pkt->key, &rev, BPF_ANY))
-		return NULL;
-	stat_inc(BGS_STAT_REPLY_RECOVERED);
-	return bpf_map_lookup_elem(&bgs_reverse, &pkt->key);
-}
-
-/* The reverse entry of a reply from a backend, or NULL when the packet is not one. */
-static __always_inline struct bgs_reverse *nat_reverse_lookup(const struct bgs_pkt *pkt)
+static __always_inline struct bgs_flow *
+nat_reply_flow(const struct __sk_buff *skb, const struct bgs_pkt *pkt, struct bgs_conn_key *key)
 {
 	struct bgs_backend_ref *ref;
-	struct bgs_reverse *rev;
+	struct bgs_config *cfg;
+	struct bgs_flow *f;
+	__u32 zero = 0;
 
 	ref = nat_backend_ref(pkt->key.saddr, pkt->key.sport, pkt->key.proto, pkt->key.family);
 	if (!ref)
 		return NULL;
-	rev = bpf_map_lookup_elem(&bgs_reverse, &pkt->key);
-	if (!rev)
-		rev = nat_reverse_recover(pkt, ref);
-	if (!rev)
+	f = flow_of_reply(&pkt->key, ref, key);
+	cfg = bpf_map_lookup_elem(&bgs_config, &zero);
+	if (!f || !cfg || flow_is_expired(f, pkt->key.proto, flow_clock(), cfg)) {
 		stat_inc(BGS_STAT_REPLY_NO_FLOW);
-	return rev;
+		return NULL;
+	}
+	if ((pkt->tcp_flags & TCP_FLAG_SYN) && flow_is_closed(f, pkt->key.proto)) {
+		bpf_map_delete_elem(&bgs_flows, key);
+		stat_inc(BGS_STAT_REPLY_SUPERSEDED);
+		return NULL;
+	}
+	if (skb->ingress_ifindex != f->ifindex) {
+		stat_inc(BGS_STAT_REPLY_WRONG_DEV);
+		return NULL;
+	}
+	return f;
 }
 
 /* Rewrite a reply's source (and, unless it is a later fragment, its source port) to the VIP

@@ -11,7 +11,7 @@
 /* Version of the pinned map layout. Bump it whenever a key, a value or a map changes shape, so
  * that a build never misreads state pinned by another one.
  */
-#define BGS_LAYOUT_VERSION 3
+#define BGS_LAYOUT_VERSION 4
 
 /* Map sizes. Each is a default that a build can override with -D. */
 #ifndef BGS_MAX_SERVICES
@@ -28,8 +28,9 @@
 #endif
 #define BGS_WEIGHT_MAX 1000 /* largest backend weight */
 #ifndef BGS_MAX_SLOTS
-#define BGS_MAX_SLOTS 8192 /* backend identities on the node, live or draining */
+#define BGS_MAX_SLOTS 8192 /* backend identities on the node, live or draining; at most 65536 */
 #endif
+#define BGS_ADDR_SVCS 4 /* services one backend address and port may serve at once */
 #ifndef BGS_DEFAULT_FLOWS
 #define BGS_DEFAULT_FLOWS (1 << 20) /* flow-table entries; `attach --flows N` overrides */
 #endif
@@ -51,11 +52,22 @@
 #define BGS_UDP_IDLE_SEC 30 /* a UDP flow with no packet is dead after this */
 #define BGS_CLOSING_SEC 10 /* a TCP flow after RST or FIN from both sides */
 
-/* Default flow-table insert limit (`bgswitch limits`), per CPU: Katran stops inserting at about
- * this rate per core to protect its table.
+/* Default flow-table insert limit (`bgswitch limits`), for the whole node: the flow table's size
+ * every BGS_NEW_FLOW_TURNOVER seconds, with a burst of an eighth of the table. The node's budget is
+ * split evenly between its CPUs (bgs_config holds each CPU's part), so it does not grow with them.
  */
-#define BGS_NEW_FLOW_RATE 125000
-#define BGS_NEW_FLOW_BURST 10000
+#define BGS_NEW_FLOW_TURNOVER 2
+#define BGS_NEW_FLOW_BURST_DIV 8
+
+/* A flow's last-seen time is kept in units of 2^BGS_SEEN_SHIFT ns (16.8 ms) in 32 bits: a
+ * precision far below every timeout, and 2.3 years before it wraps.
+ */
+#define BGS_SEEN_SHIFT 24
+
+/* The fast path's next hop toward a backend is looked up again after this long (ns). */
+#ifndef BGS_NEXTHOP_NS
+#define BGS_NEXTHOP_NS 1000000000ULL
+#endif
 
 /* Fixed identifiers of the TC egress filter, so that detach removes only ours. */
 #define BGS_TC_HANDLE 0xb65
@@ -201,7 +213,9 @@ enum bgs_backend_state {
 	BGS_BACKEND_DRAINING = 2, /* removed from the set; existing flows still go there */
 };
 
-/* bgs_flows key (client to VIP) and bgs_reverse key (backend to client): a 5-tuple. */
+/* A packet's 5-tuple as it is on the wire (saddr and sport are the sender's): what the flow hash
+ * is taken over and what fragments and ICMP errors are matched by.
+ */
 struct bgs_flow_key {
 	__u32 saddr[4];
 	__u32 daddr[4];
@@ -212,33 +226,52 @@ struct bgs_flow_key {
 	__u16 pad;
 };
 
-/* bgs_flows value: where a flow goes. The rewrite target is held in the entry itself, so an
- * established packet needs this one lookup and nothing else to be forwarded.
+/* bgs_flows key: one connection, found from both directions. The client's address and port and
+ * the service id stand for the whole client-to-VIP 5-tuple (the service is one VIP, port,
+ * protocol and family); a reply (backend to client) finds it from its destination and the
+ * services its source serves (bgs_backend_addrs). 24 bytes.
+ */
+struct bgs_conn_key {
+	__u32 caddr[4]; /* client address */
+	__u16 cport; /* client port, network byte order */
+	__u16 svc;
+	__u8 proto;
+	__u8 family;
+	__u16 pad;
+};
+
+/* bgs_flows value: where a connection goes, 16 bytes. The backend's address and port are its
+ * slot's (bgs_backends); a reply is the flow's only if it comes from them, and in by ifindex.
  */
 struct bgs_flow {
-	__u32 daddr[4]; /* backend address */
-	__u16 dport; /* backend port, network byte order */
+	__u16 slot; /* backend identity: address, port, color, counters, drain */
 	__u8 color;
 	__u8 pad;
-	__u32 slot; /* backend identity, for counters and drain */
 	__u32 state; /* BGS_FLOW_* bits, set atomically by either direction */
-	__u32 pad2;
-	__u64 last_seen; /* bpf_ktime_get_coarse_ns() of the client's last packet */
+	__u32 ifindex; /* where the backend's packets come in: its next hop's interface, 0: local */
+	__u32 seen; /* the client's last packet: bpf_ktime_get_coarse_ns() >> BGS_SEEN_SHIFT */
 };
 
 #define BGS_FLOW_SYN 0x01 /* opened by a SYN (TCP) */
 #define BGS_FLOW_FIN_CLIENT 0x02 /* client sent FIN */
 #define BGS_FLOW_FIN_SERVER 0x04 /* backend sent FIN */
-#define BGS_FLOW_RST 0x08 /* either side sent RST */
-#define BGS_FLOW_CLOSED_MASK (BGS_FLOW_RST)
+#define BGS_FLOW_RST 0x08 /* either side sent RST: not live, unless both sides go on */
+#define BGS_FLOW_CLIENT_ON 0x10 /* client sent a segment without RST after the RST */
+#define BGS_FLOW_SERVER_ON 0x20 /* backend sent a segment without RST after the RST */
 #define BGS_FLOW_BOTH_FIN (BGS_FLOW_FIN_CLIENT | BGS_FLOW_FIN_SERVER)
+#define BGS_FLOW_BOTH_ON (BGS_FLOW_CLIENT_ON | BGS_FLOW_SERVER_ON)
 
-/* bgs_reverse value: what a reply's source is rewritten to, and whose reply it is. */
-struct bgs_reverse {
-	__u32 vaddr[4];
-	__u16 vport; /* network byte order */
-	__u16 pad;
-	__u32 slot; /* backend identity, for counters */
+/* bgs_nexthops value (per CPU), indexed by slot: the fast path's route to a backend, looked up
+ * with bpf_fib_lookup() by the first packet that needs it and again BGS_NEXTHOP_NS later.
+ */
+struct bgs_nexthop {
+	__u64 expires; /* bpf_ktime_get_ns() after which it is looked up again */
+	__u32 ifindex; /* egress interface (also on NO_NEIGH and FRAG_NEEDED) */
+	__u16 mtu; /* that interface's MTU: a longer packet takes the kernel's path */
+	__u8 dmac[6];
+	__u8 smac[6];
+	__u8 rc; /* BPF_FIB_LKUP_RET_* of the lookup */
+	__u8 pad;
 };
 
 /* bgs_backend_addrs key: a backend address the egress program must look at. */
@@ -249,15 +282,14 @@ struct bgs_backend_addr {
 	__u8 family;
 };
 
-/* bgs_backend_addrs value. When the backend serves one service only, its replies can be tied
- * back to their flow even if the reverse entry was evicted: the VIP comes from the service.
+/* bgs_backend_addrs value: the services a backend address and port serves, where a reply from
+ * it looks for its flow (one bgs_flows lookup each).
  */
 struct bgs_backend_ref {
 	__u32 refs; /* slots with this address */
-	__u32 svc; /* the one service they belong to, or BGS_SVC_MANY */
+	__u32 nsvc; /* services in svc[], at most BGS_ADDR_SVCS */
+	__u16 svc[BGS_ADDR_SVCS];
 };
-
-#define BGS_SVC_MANY 0xffffffff
 
 /* bgs_vip_addrs key: an address some service listens on (for fragments, which carry no port). */
 struct bgs_vip_addr {
@@ -299,9 +331,11 @@ struct bgs_config {
 	__u64 tcp_idle_ns;
 	__u64 udp_idle_ns;
 	__u64 closing_ns;
-	__u32 new_flow_rate; /* flow-table inserts per second per CPU; 0: no limit */
-	__u32 new_flow_burst; /* inserts a CPU may make at once above the rate */
+	__u32 new_flow_rate; /* flow-table inserts per second, each CPU's part; 0: no limit */
+	__u32 new_flow_burst; /* inserts a CPU may make at once above the rate, its part */
 	__u64 collected; /* flow entries deleted by user space (gc, cuts), for evictions */
+	__u32 node_flow_rate; /* the node's insert limit as set (`bgswitch limits`) */
+	__u32 node_flow_burst;
 };
 
 /* bgs_ifaces value, keyed by ifindex: where this pinned state is attached. */
@@ -345,8 +379,8 @@ enum bgs_stat {
 	BGS_STAT_SECOND_CHANCE, /* non-SYN miss re-pinned: by the previous share while it drains */
 	BGS_STAT_TX, /* packets seen by the egress program */
 	BGS_STAT_REPLY_NAT, /* replies whose source was rewritten to the VIP */
-	BGS_STAT_REPLY_NO_FLOW, /* from a backend address, but no reverse entry: untouched */
-	BGS_STAT_REPLY_RECOVERED, /* reverse entry gone, rebuilt from the flow entry */
+	BGS_STAT_REPLY_NO_FLOW, /* from a backend address, but no live flow of it: untouched */
+	BGS_STAT_REPLY_WRONG_DEV, /* a flow's reply that came in from elsewhere than its backend */
 	BGS_STAT_ICMP_IN, /* ICMP error about a reply, translated toward its backend */
 	BGS_STAT_ICMP_OUT, /* ICMP error about a client packet, translated toward the client */
 	BGS_STAT_ICMP_NO_FLOW, /* ICMP error quoting a VIP or backend but no flow: untouched */
@@ -354,6 +388,9 @@ enum bgs_stat {
 	BGS_STAT_FWD_REDIRECT, /* fast path: redirected to a registered egress interface */
 	BGS_STAT_FWD_NO_NEIGH, /* passed to the stack: the next hop's neighbour is unresolved */
 	BGS_STAT_FWD_STACK, /* passed to the stack: no route, not registered, tagged, or TTL */
+	BGS_STAT_UNTRACKED, /* new flow over the insert limit: forwarded, no entry written */
+	BGS_STAT_REPLY_SUPERSEDED, /* backend SYN on a closed flow: a new connection, entry deleted */
+	BGS_STAT_RST_MISS, /* RST that missed the table: forwarded, no entry written */
 	BGS_STAT_MAX,
 };
 
@@ -363,7 +400,6 @@ enum bgs_drop_reason {
 	BGS_DROP_BAD_BACKEND, /* a set names a slot that is not a usable backend */
 	BGS_DROP_FLOW_INSERT, /* the flow table refused the new entry */
 	BGS_DROP_FRAG_MISS, /* later fragment to a VIP whose first fragment was not seen */
-	BGS_DROP_INSERT_LIMIT, /* a new flow over the insert rate limit (a flood): not recorded */
 	BGS_DROP_MAX,
 };
 

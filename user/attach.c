@@ -233,8 +233,7 @@ static int config_init(struct bgswitch_bpf *skel, __u32 flows)
 	cfg.tcp_idle_ns = BGS_TCP_IDLE_SEC * 1000000000ULL;
 	cfg.udp_idle_ns = BGS_UDP_IDLE_SEC * 1000000000ULL;
 	cfg.closing_ns = BGS_CLOSING_SEC * 1000000000ULL;
-	cfg.new_flow_rate = BGS_NEW_FLOW_RATE;
-	cfg.new_flow_burst = BGS_NEW_FLOW_BURST;
+	config_set_limits(&cfg, flows / BGS_NEW_FLOW_TURNOVER, flows / BGS_NEW_FLOW_BURST_DIV);
 	if (bpf_map_update_elem(fd, &zero, &cfg, BPF_ANY)) {
 		pr_warn("cannot write bgs_config: %s\n", strerror(errno));
 		return -errno;
@@ -533,7 +532,6 @@ int do_attach(int argc, char **argv)
 		goto out;
 	}
 	bpf_map__set_max_entries(skel->maps.bgs_flows, flows);
-	bpf_map__set_max_entries(skel->maps.bgs_reverse, flows);
 	adopt_pinned_flags(skel);
 	err = bgswitch_bpf__load(skel);
 	if (err) {

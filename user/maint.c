@@ -149,15 +149,16 @@ static void limits_usage(void)
 {
 	printf("Usage: bgswitch limits [--new-flows N] [--burst N]\n"
 	       "\n"
-	       "Show, or set, the flow-table insert limit. Each CPU may insert at most N new flows\n"
-	       "per second (default %u; 0: no limit), plus a burst (default %u). Above it, the\n"
-	       "first packet of a new flow is dropped (drop reason insert_limit) and the client\n"
-	       "retries: a flood of new flows cannot evict the table's established flows.\n"
+	       "Show, or set, the flow-table insert limit of the node: at most N new flow entries\n"
+	       "per second (default: the flow table's size every %u s; 0: no limit), plus a burst\n"
+	       "(default: an eighth of the table), split evenly between the CPUs. Above it, a new\n"
+	       "flow's packets are still forwarded where the flow belongs, but get no entry\n"
+	       "(counted untracked): a flood of new flows cannot evict the established ones.\n"
 	       "\n"
-	       "  -n, --new-flows N   inserts per second per CPU\n"
-	       "  -b, --burst N       inserts a CPU may make at once above the rate\n"
+	       "  -n, --new-flows N   inserts per second, for the whole node\n"
+	       "  -b, --burst N       inserts the node may make at once above the rate\n"
 	       "  -h, --help          this help\n",
-	       BGS_NEW_FLOW_RATE, BGS_NEW_FLOW_BURST);
+	       BGS_NEW_FLOW_TURNOVER);
 }
 
 int do_limits(int argc, char **argv)
@@ -206,10 +207,8 @@ int do_limits(int argc, char **argv)
 		return err;
 	cfg = st.cfg;
 	if (set_rate || set_burst) {
-		if (set_rate)
-			cfg.new_flow_rate = rate;
-		if (set_burst)
-			cfg.new_flow_burst = burst;
+		config_set_limits(&cfg, set_rate ? rate : cfg.node_flow_rate,
+				  set_burst ? burst : cfg.node_flow_burst);
 		if (bpf_map_update_elem(st.fd[BGS_M_CONFIG], &zero, &cfg, BPF_EXIST)) {
 			err = -errno;
 			pr_warn("cannot write bgs_config: %s\n", strerror(errno));
@@ -217,7 +216,8 @@ int do_limits(int argc, char **argv)
 		}
 	}
 	if (cfg.new_flow_rate)
-		printf("new flows %u per second per CPU, burst %u\n", cfg.new_flow_rate,
+		printf("new flows %u per second, burst %u (per CPU: %u, burst %u)\n",
+		       cfg.node_flow_rate, cfg.node_flow_burst, cfg.new_flow_rate,
 		       cfg.new_flow_burst);
 	else
 		printf("new flows: no limit\n");

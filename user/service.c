@@ -772,6 +772,30 @@ static int backend_prepare(int argc, char **argv, __s64 if_gen, struct bgs_audit
 }
 
 /* A slot for the backend: its own draining slot if it is coming back, else a free one. */
+/* A reply finds its flow under each service its backend's address and port serve, up to
+ * BGS_ADDR_SVCS of them: refuse one more.
+ */
+static int backend_services_check(const struct backend_args *a, const char *ebuf)
+{
+	struct bgs_backend_addr ba = { 0 };
+	struct bgs_backend_ref ref;
+	__u32 i;
+
+	memcpy(ba.addr, a->ep.addr, sizeof(ba.addr));
+	ba.port = a->ep.port;
+	ba.proto = a->rec.vip.proto;
+	ba.family = a->ep.family;
+	if (bpf_map_lookup_elem(a->st.fd[BGS_M_BACKEND_ADDRS], &ba, &ref) ||
+	    ref.nsvc < BGS_ADDR_SVCS)
+		return 0;
+	for (i = 0; i < ref.nsvc; i++)
+		if (ref.svc[i] == a->svc)
+			return 0;
+	pr_warn("%s already serves %d services, the most one backend address and port can\n", ebuf,
+		BGS_ADDR_SVCS);
+	return -ENOSPC;
+}
+
 static int backend_slot(struct backend_args *a, __u32 *out, bool *reused)
 {
 	struct bgs_backend be;
@@ -917,6 +941,9 @@ static int backend_add(int argc, char **argv)
 			goto out;
 		}
 	}
+	err = backend_services_check(&a, ebuf);
+	if (err)
+		goto out;
 	if (a.rec.lb == BGS_LB_MAGLEV && a.set.count >= a.rec.table_size) {
 		pr_warn("%s of '%s' has %u backends, as many as its table has positions (raise "
 			"--table-size with 'service set')\n",

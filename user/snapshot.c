@@ -31,7 +31,7 @@ const char *const bgs_stat_names[BGS_STAT_MAX] = {
 	[BGS_STAT_TX] = "tx",
 	[BGS_STAT_REPLY_NAT] = "reply_nat",
 	[BGS_STAT_REPLY_NO_FLOW] = "reply_no_flow",
-	[BGS_STAT_REPLY_RECOVERED] = "reply_recovered",
+	[BGS_STAT_REPLY_WRONG_DEV] = "reply_wrong_dev",
 	[BGS_STAT_ICMP_IN] = "icmp_in",
 	[BGS_STAT_ICMP_OUT] = "icmp_out",
 	[BGS_STAT_ICMP_NO_FLOW] = "icmp_no_flow",
@@ -39,12 +39,16 @@ const char *const bgs_stat_names[BGS_STAT_MAX] = {
 	[BGS_STAT_FWD_REDIRECT] = "fwd_redirect",
 	[BGS_STAT_FWD_NO_NEIGH] = "fwd_no_neigh",
 	[BGS_STAT_FWD_STACK] = "fwd_stack",
+	[BGS_STAT_UNTRACKED] = "untracked",
+	[BGS_STAT_REPLY_SUPERSEDED] = "reply_superseded",
+	[BGS_STAT_RST_MISS] = "rst_miss",
 };
 
 const char *const bgs_drop_names[BGS_DROP_MAX] = {
-	[BGS_DROP_NO_BACKEND] = "no_backend",	  [BGS_DROP_BAD_BACKEND] = "bad_backend",
-	[BGS_DROP_FLOW_INSERT] = "flow_insert",	  [BGS_DROP_FRAG_MISS] = "frag_miss",
-	[BGS_DROP_INSERT_LIMIT] = "insert_limit",
+	[BGS_DROP_NO_BACKEND] = "no_backend",
+	[BGS_DROP_BAD_BACKEND] = "bad_backend",
+	[BGS_DROP_FLOW_INSERT] = "flow_insert",
+	[BGS_DROP_FRAG_MISS] = "frag_miss",
 };
 
 #define FIELDS(t) (sizeof(t) / sizeof(__u64))

@@ -30,7 +30,7 @@ const char *const bgs_map_names[BGS_M_COUNT] = {
 	[BGS_M_BACKENDS] = "bgs_backends",
 	[BGS_M_BACKEND_ADDRS] = "bgs_backend_addrs",
 	[BGS_M_FLOWS] = "bgs_flows",
-	[BGS_M_REVERSE] = "bgs_reverse",
+	[BGS_M_NEXTHOPS] = "bgs_nexthops",
 	[BGS_M_IFACES] = "bgs_ifaces",
 	[BGS_M_STATS] = "bgs_stats",
 	[BGS_M_DROPS] = "bgs_drops",
@@ -498,26 +498,50 @@ out:
 	return err;
 }
 
-bool flow_live(const struct bgs_state *st, const struct bgs_flow_key *k, const struct bgs_flow *f,
+/* Set the node's flow-table insert limit: each CPU gets its part of the rate and the burst. */
+void config_set_limits(struct bgs_config *cfg, __u32 rate, __u32 burst)
+{
+	int ncpus = libbpf_num_possible_cpus();
+
+	if (ncpus < 1)
+		ncpus = 1;
+	cfg->node_flow_rate = rate;
+	cfg->node_flow_burst = burst;
+	cfg->new_flow_rate = rate ? (rate + ncpus - 1) / ncpus : 0;
+	cfg->new_flow_burst = (burst + ncpus - 1) / ncpus;
+}
+
+/* How long ago a flow's client was last seen, in ns, at now (CLOCK_MONOTONIC ns). */
+static __u64 flow_age(const struct bgs_flow *f, __u64 now)
+{
+	__s32 d = (__u32)(now >> BGS_SEEN_SHIFT) - f->seen;
+
+	return d > 0 ? (__u64)d << BGS_SEEN_SHIFT : 0;
+}
+
+static bool flow_closed(const struct bgs_conn_key *k, const struct bgs_flow *f)
+{
+	return k->proto == IPPROTO_TCP &&
+	       ((f->state & BGS_FLOW_RST) || (f->state & BGS_FLOW_BOTH_FIN) == BGS_FLOW_BOTH_FIN);
+}
+
+bool flow_live(const struct bgs_state *st, const struct bgs_conn_key *k, const struct bgs_flow *f,
 	       __u64 now)
 {
 	__u64 idle = k->proto == IPPROTO_TCP ? st->cfg.tcp_idle_ns : st->cfg.udp_idle_ns;
 
-	if (k->proto == IPPROTO_TCP &&
-	    ((f->state & BGS_FLOW_RST) || (f->state & BGS_FLOW_BOTH_FIN) == BGS_FLOW_BOTH_FIN))
-		return false;
-	return f->last_seen >= now || now - f->last_seen <= idle;
+	return !flow_closed(k, f) && flow_age(f, now) <= idle;
 }
 
 #define SCAN_BATCH 4096
 
 /* Call cb on every flow entry; a non-zero return from cb stops the walk and is returned. */
 int flows_scan(const struct bgs_state *st,
-	       int (*cb)(const struct bgs_flow_key *k, const struct bgs_flow *f, void *ctx),
+	       int (*cb)(const struct bgs_conn_key *k, const struct bgs_flow *f, void *ctx),
 	       void *ctx)
 {
 	LIBBPF_OPTS(bpf_map_batch_opts, opts);
-	struct bgs_flow_key *keys = NULL;
+	struct bgs_conn_key *keys = NULL;
 	struct bgs_flow *vals = NULL;
 	__u32 in = 0, out = 0, count, i;
 	bool first = true, last = false;
@@ -561,7 +585,7 @@ struct census_ctx {
 	__u64 now;
 };
 
-static int census_cb(const struct bgs_flow_key *k, const struct bgs_flow *f, void *ctx)
+static int census_cb(const struct bgs_conn_key *k, const struct bgs_flow *f, void *ctx)
 {
 	struct census_ctx *cc = ctx;
 
@@ -584,17 +608,16 @@ int flows_census(const struct bgs_state *st, struct bgs_flow_census *c)
 /* Flow keys gathered in a walk, to delete after it (deleting during a walk disturbs it). */
 struct doomed {
 	const struct bgs_state *st;
-	bool (*pick)(const struct doomed *d, const struct bgs_flow_key *k,
+	bool (*pick)(const struct doomed *d, const struct bgs_conn_key *k,
 		     const struct bgs_flow *f);
 	__u32 slot;
 	bool live_too;
 	__u64 now;
-	struct bgs_flow_key *keys;
-	struct bgs_flow_key *rkeys;
+	struct bgs_conn_key *keys;
 	size_t n, cap;
 };
 
-static int doomed_cb(const struct bgs_flow_key *k, const struct bgs_flow *f, void *ctx)
+static int doomed_cb(const struct bgs_conn_key *k, const struct bgs_flow *f, void *ctx)
 {
 	struct doomed *d = ctx;
 
@@ -602,31 +625,18 @@ static int doomed_cb(const struct bgs_flow_key *k, const struct bgs_flow *f, voi
 		return 0;
 	if (d->n == d->cap) {
 		size_t cap = d->cap ? d->cap * 2 : 256;
-		struct bgs_flow_key *nk = realloc(d->keys, cap * sizeof(*nk));
+		struct bgs_conn_key *nk = realloc(d->keys, cap * sizeof(*nk));
 
 		if (!nk)
 			return -ENOMEM;
 		d->keys = nk;
-		nk = realloc(d->rkeys, cap * sizeof(*nk));
-		if (!nk)
-			return -ENOMEM;
-		d->rkeys = nk;
 		d->cap = cap;
 	}
-	d->keys[d->n] = *k;
-	/* The reverse entry: backend to client. */
-	memset(&d->rkeys[d->n], 0, sizeof(d->rkeys[d->n]));
-	memcpy(d->rkeys[d->n].saddr, f->daddr, sizeof(f->daddr));
-	memcpy(d->rkeys[d->n].daddr, k->saddr, sizeof(k->saddr));
-	d->rkeys[d->n].sport = f->dport;
-	d->rkeys[d->n].dport = k->sport;
-	d->rkeys[d->n].proto = k->proto;
-	d->rkeys[d->n].family = k->family;
-	d->n++;
+	d->keys[d->n++] = *k;
 	return 0;
 }
 
-/* Walk the flow table, then delete the entries d->pick chose, with their reverse entries. */
+/* Walk the flow table, then delete the entries d->pick chose. */
 static int flows_delete(struct bgs_state *st, struct doomed *d, __u64 *deleted)
 {
 	size_t i;
@@ -639,7 +649,6 @@ static int flows_delete(struct bgs_state *st, struct doomed *d, __u64 *deleted)
 	for (i = 0; !err && i < d->n; i++) {
 		if (!bpf_map_delete_elem(st->fd[BGS_M_FLOWS], &d->keys[i]))
 			(*deleted)++;
-		bpf_map_delete_elem(st->fd[BGS_M_REVERSE], &d->rkeys[i]);
 	}
 	if (*deleted) {
 		/* Counted, so that inserts - entries - collected tells how many the LRU evicted. */
@@ -649,19 +658,16 @@ static int flows_delete(struct bgs_state *st, struct doomed *d, __u64 *deleted)
 		bpf_map_update_elem(st->fd[BGS_M_CONFIG], &zero, &st->cfg, BPF_EXIST);
 	}
 	free(d->keys);
-	free(d->rkeys);
 	return err;
 }
 
-static bool pick_slot(const struct doomed *d, const struct bgs_flow_key *k,
+static bool pick_slot(const struct doomed *d, const struct bgs_conn_key *k,
 		      const struct bgs_flow *f)
 {
 	return f->slot == d->slot && (d->live_too || !flow_live(d->st, k, f, d->now));
 }
 
-/* Delete the flow entries (and their reverse entries) that point at a slot: the dead ones, or
- * all of them with live_too.
- */
+/* Delete the flow entries that point at a slot: the dead ones, or all of them with live_too. */
 int flows_delete_slot(struct bgs_state *st, __u32 slot, bool live_too, __u64 *deleted)
 {
 	struct doomed d = { .pick = pick_slot, .slot = slot, .live_too = live_too };
@@ -670,19 +676,20 @@ int flows_delete_slot(struct bgs_state *st, __u32 slot, bool live_too, __u64 *de
 }
 
 /* An entry past its time: closed for longer than the closing timeout, or idle past its
- * protocol's idle timeout.
+ * protocol's idle timeout. A UDP entry is kept while its service drains: its next datagram is
+ * re-pinned by the second chance from it (UDP has no SYN to tell a new flow from an old one).
  */
-static bool pick_expired(const struct doomed *d, const struct bgs_flow_key *k,
+static bool pick_expired(const struct doomed *d, const struct bgs_conn_key *k,
 			 const struct bgs_flow *f)
 {
 	const struct bgs_config *cfg = &d->st->cfg;
-	__u64 age = d->now > f->last_seen ? d->now - f->last_seen : 0;
-	bool closed =
-		k->proto == IPPROTO_TCP &&
-		((f->state & BGS_FLOW_RST) || (f->state & BGS_FLOW_BOTH_FIN) == BGS_FLOW_BOTH_FIN);
+	__u64 age = flow_age(f, d->now);
 
-	if (closed)
+	if (flow_closed(k, f))
 		return age > cfg->closing_ns;
+	if (k->proto == IPPROTO_UDP && k->svc < BGS_MAX_SERVICES &&
+	    (switch_read(d->st, k->svc).flags & BGS_SW_DRAINING))
+		return false;
 	return age > (k->proto == IPPROTO_TCP ? cfg->tcp_idle_ns : cfg->udp_idle_ns);
 }
 
@@ -876,8 +883,22 @@ static int services_collect(struct bgs_state *st)
 struct addr_count {
 	__u8 key[sizeof(struct bgs_backend_addr)];
 	__u32 count;
-	__u32 svc; /* bgs_backend_addrs: the one service of the address, or BGS_SVC_MANY */
+	struct bgs_backend_ref ref; /* bgs_backend_addrs: the services of the address */
 };
+
+/* Add the services of b to a's, once each (`backend add` keeps them to BGS_ADDR_SVCS). */
+static void addr_merge(struct addr_count *a, const struct addr_count *b)
+{
+	__u32 i, j;
+
+	a->count += b->count;
+	for (i = 0; i < b->ref.nsvc; i++) {
+		for (j = 0; j < a->ref.nsvc && a->ref.svc[j] != b->ref.svc[i]; j++)
+			;
+		if (j == a->ref.nsvc && j < BGS_ADDR_SVCS)
+			a->ref.svc[a->ref.nsvc++] = b->ref.svc[i];
+	}
+}
 
 static int addr_cmp(const void *a, const void *b)
 {
@@ -897,9 +918,7 @@ static int addrs_sync(struct bgs_state *st, enum bgs_map_id m, struct addr_count
 	qsort(want, n, sizeof(*want), addr_cmp);
 	for (i = 0; i < n; i++) {
 		if (k && !memcmp(want[k - 1].key, want[i].key, sizeof(want[i].key))) {
-			want[k - 1].count += want[i].count;
-			if (want[k - 1].svc != want[i].svc)
-				want[k - 1].svc = BGS_SVC_MANY;
+			addr_merge(&want[k - 1], &want[i]);
 		} else {
 			want[k++] = want[i];
 		}
@@ -916,10 +935,11 @@ static int addrs_sync(struct bgs_state *st, enum bgs_map_id m, struct addr_count
 		}
 	}
 	for (i = 0; i < n; i++) {
-		/* bgs_vip_addrs holds a count; bgs_backend_addrs a count and its service. */
-		struct bgs_backend_ref have, ref = { .refs = want[i].count, .svc = want[i].svc };
+		/* bgs_vip_addrs holds a count; bgs_backend_addrs a count and its services. */
+		struct bgs_backend_ref have, ref = want[i].ref;
 		size_t vsize = m == BGS_M_BACKEND_ADDRS ? sizeof(ref) : sizeof(ref.refs);
 
+		ref.refs = want[i].count;
 		memset(&have, 0, sizeof(have));
 		if (!bpf_map_lookup_elem(st->fd[m], want[i].key, &have) &&
 		    !memcmp(&have, &ref, vsize))
@@ -971,7 +991,8 @@ int addrs_resync(struct bgs_state *st)
 		ba.family = be.family;
 		memset(&want[n], 0, sizeof(want[n]));
 		memcpy(want[n].key, &ba, sizeof(ba));
-		want[n].svc = be.svc;
+		want[n].ref.svc[0] = be.svc;
+		want[n].ref.nsvc = 1;
 		want[n++].count = 1;
 	}
 	err = addrs_sync(st, BGS_M_BACKEND_ADDRS, want, n, sizeof(struct bgs_backend_addr));

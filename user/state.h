@@ -27,7 +27,7 @@ enum bgs_map_id {
 	BGS_M_BACKENDS,
 	BGS_M_BACKEND_ADDRS,
 	BGS_M_FLOWS,
-	BGS_M_REVERSE,
+	BGS_M_NEXTHOPS,
 	BGS_M_IFACES,
 	BGS_M_STATS,
 	BGS_M_DROPS,
@@ -80,10 +80,11 @@ int tables_clear(struct bgs_state *st, __u32 svc);
 int table_read(const struct bgs_state *st, __u32 svc, __u8 color, __u32 **table, __u32 *m);
 bool set_takes_flows(const struct bgs_state *st, const struct bgs_set *set);
 
-bool flow_live(const struct bgs_state *st, const struct bgs_flow_key *k, const struct bgs_flow *f,
+void config_set_limits(struct bgs_config *cfg, __u32 rate, __u32 burst);
+bool flow_live(const struct bgs_state *st, const struct bgs_conn_key *k, const struct bgs_flow *f,
 	       __u64 now);
 int flows_scan(const struct bgs_state *st,
-	       int (*cb)(const struct bgs_flow_key *k, const struct bgs_flow *f, void *ctx),
+	       int (*cb)(const struct bgs_conn_key *k, const struct bgs_flow *f, void *ctx),
 	       void *ctx);
 int flows_census(const struct bgs_state *st, struct bgs_flow_census *c);
 int flows_delete_slot(struct bgs_state *st, __u32 slot, bool live_too, __u64 *deleted);
