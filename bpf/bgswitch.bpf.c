@@ -121,7 +121,8 @@ int bgs_egress(struct __sk_buff *skb)
 		port = svc->vip.port;
 		slot = f->slot;
 		if (pkt.key.proto == IPPROTO_TCP)
-			flow_mark(f, pkt.tcp_flags, BGS_FLOW_FIN_SERVER, BGS_FLOW_SERVER_ON);
+			flow_mark(f, pkt.tcp_flags, BGS_FLOW_FIN_SERVER, BGS_FLOW_SERVER_ON,
+				  BGS_FLOW_RST | BGS_FLOW_RST_SERVER);
 		frag_track(&pkt, to, slot);
 	}
 	if (nat_snat_tc(skb, &pkt, to, port))

@@ -120,28 +120,32 @@ static __always_inline bool flow_is_dead(const struct bgs_flow *f, __u8 proto, _
 }
 
 /* A flow whose packets are no longer translated: idle past its timeout, or closed for longer
- * than the closing timeout.
+ * than the closing timeout. A flow closed only by its client's RST keeps the idle timeout: the
+ * backend may not have taken that RST (a spoofed one), and the connection go on.
  */
 static __always_inline bool flow_is_expired(const struct bgs_flow *f, __u8 proto, __u32 now,
 					    const struct bgs_config *cfg)
 {
-	if (flow_is_closed(f, proto))
+	if (flow_is_closed(f, proto) && ((f->state & BGS_FLOW_RST_SERVER) ||
+					 (f->state & BGS_FLOW_BOTH_FIN) == BGS_FLOW_BOTH_FIN))
 		return flow_age(f, now) > cfg->closing_ns;
 	return flow_age(f, now) > (proto == IPPROTO_TCP ? cfg->tcp_idle_ns : cfg->udp_idle_ns);
 }
 
-/* Record one side's TCP flags on its flow: its FIN, and an RST from either side. An RST makes
- * the flow closed; a segment without RST from each side after it (*on) makes it live again,
- * since the RST did not end the connection (an out-of-window or spoofed RST, RFC 5961).
+/* Record one side's TCP flags on its flow: its FIN, and its RST (rst: the bits an RST from that
+ * side sets). An RST makes the flow closed; a segment without RST from each side after it (on:
+ * that side's bit) makes it live again, since the RST did not end the connection (an
+ * out-of-window or spoofed RST, which the peer ignores, RFC 5961).
  */
-static __always_inline void flow_mark(struct bgs_flow *f, __u8 flags, __u32 fin, __u32 on)
+static __always_inline void flow_mark(struct bgs_flow *f, __u8 flags, __u32 fin, __u32 on,
+				      __u32 rst)
 {
 	__u32 st = f->state;
 
 	if (flags & TCP_FLAG_RST) {
-		if ((st & (BGS_FLOW_RST | BGS_FLOW_BOTH_ON)) != BGS_FLOW_RST) {
+		if ((st & (rst | BGS_FLOW_BOTH_ON)) != rst) {
 			__sync_fetch_and_and(&f->state, ~BGS_FLOW_BOTH_ON);
-			__sync_fetch_and_or(&f->state, BGS_FLOW_RST);
+			__sync_fetch_and_or(&f->state, rst);
 		}
 		return;
 	}
@@ -150,7 +154,8 @@ static __always_inline void flow_mark(struct bgs_flow *f, __u8 flags, __u32 fin,
 	if ((st & BGS_FLOW_RST) && !(st & on)) {
 		st = __sync_fetch_and_or(&f->state, on) | on;
 		if ((st & BGS_FLOW_BOTH_ON) == BGS_FLOW_BOTH_ON)
-			__sync_fetch_and_and(&f->state, ~(BGS_FLOW_RST | BGS_FLOW_BOTH_ON));
+			__sync_fetch_and_and(&f->state, ~(BGS_FLOW_RST | BGS_FLOW_RST_SERVER |
+							  BGS_FLOW_BOTH_ON));
 	}
 }
 
@@ -160,7 +165,7 @@ static __always_inline void flow_touch(const struct bgs_pkt *pkt, struct bgs_flo
 	if ((__s32)(now - f->seen) > (__s32)(BGS_TOUCH_NS >> BGS_SEEN_SHIFT))
 		f->seen = now;
 	if (pkt->key.proto == IPPROTO_TCP)
-		flow_mark(f, pkt->tcp_flags, BGS_FLOW_FIN_CLIENT, BGS_FLOW_CLIENT_ON);
+		flow_mark(f, pkt->tcp_flags, BGS_FLOW_FIN_CLIENT, BGS_FLOW_CLIENT_ON, BGS_FLOW_RST);
 }
 
 /* May this CPU insert one more flow now? A token bucket refilled at cfg->new_flow_rate per

@@ -258,6 +258,7 @@ struct bgs_flow {
 #define BGS_FLOW_RST 0x08 /* either side sent RST: not live, unless both sides go on */
 #define BGS_FLOW_CLIENT_ON 0x10 /* client sent a segment without RST after the RST */
 #define BGS_FLOW_SERVER_ON 0x20 /* backend sent a segment without RST after the RST */
+#define BGS_FLOW_RST_SERVER 0x40 /* the RST came from the backend: the flow is over */
 #define BGS_FLOW_BOTH_FIN (BGS_FLOW_FIN_CLIENT | BGS_FLOW_FIN_SERVER)
 #define BGS_FLOW_BOTH_ON (BGS_FLOW_CLIENT_ON | BGS_FLOW_SERVER_ON)
 

@@ -685,7 +685,9 @@ static bool pick_expired(const struct doomed *d, const struct bgs_conn_key *k,
 	const struct bgs_config *cfg = &d->st->cfg;
 	__u64 age = flow_age(f, d->now);
 
-	if (flow_closed(k, f))
+	/* Closed by the client's RST alone, an entry waits for the idle timeout (see flow.bpf.h). */
+	if (flow_closed(k, f) && ((f->state & BGS_FLOW_RST_SERVER) ||
+				  (f->state & BGS_FLOW_BOTH_FIN) == BGS_FLOW_BOTH_FIN))
 		return age > cfg->closing_ns;
 	if (k->proto == IPPROTO_UDP && k->svc < BGS_MAX_SERVICES &&
 	    (switch_read(d->st, k->svc).flags & BGS_SW_DRAINING))
