@@ -38,7 +38,7 @@ int bgs_ingress(struct xdp_md *ctx)
 	int ret;
 
 	stat_inc(BGS_STAT_RX);
-	ret = parse_packet(data, data_end, data_end - data, &pkt);
+	ret = parse_packet(ctx, false, data, data_end, data_end - data, &pkt);
 	if (ret < 0) {
 		stat_inc(-ret);
 		return XDP_PASS;
@@ -95,7 +95,7 @@ int bgs_egress(struct __sk_buff *skb)
 	nat_pull(skb);
 	data = (void *)(long)skb->data;
 	data_end = (void *)(long)skb->data_end;
-	if (parse_packet(data, data_end, skb->len, &pkt) < 0)
+	if (parse_packet(skb, true, data, data_end, skb->len, &pkt) < 0)
 		return TC_ACT_OK;
 
 	if (pkt.frag == BGS_FRAG_LATER) {

@@ -97,19 +97,110 @@ static __always_inline int parse_iphdr(struct hdr_cursor *nh, void *data_end, __
 	return iph->protocol;
 }
 
-/* IPv6, walking at most BGS_MAX_EXTHDRS extension headers (hop-by-hop, routing, destination
- * options, fragment). Returns the upper-layer protocol, or -BGS_STAT_*.
+/* The documented range of BGS_MAX_EXTHDRS: within it every program verifies well under the
+ * verifier's limit (tests/test_verifier.py), and the walk's furthest offset stays far below
+ * PARSE_OFF_MAX.
  */
-static __always_inline int parse_ip6hdr(struct hdr_cursor *nh, void *data_end, __u32 room,
-					struct bgs_pkt *pkt)
+#if BGS_MAX_EXTHDRS < 1 || BGS_MAX_EXTHDRS > 8
+#error "BGS_MAX_EXTHDRS must be from 1 to 8"
+#endif
+
+/* Largest offset of a header from the start of the frame that the IPv6 walk hands back: a bound
+ * the verifier can see, so that data + offset plus a header is a packet pointer it can check
+ * (an IP header at most 62 bytes in, then at most 8 extension headers of at most 2048 bytes).
+ */
+#define PARSE_OFF_MAX 0x7fff
+
+/* What the IPv6 extension-header walk found. */
+struct bgs_ip6_ext {
+	__u32 frag_id; /* the last fragment header's identification (network order), or 0 */
+	__u32 l4_off; /* where the upper-layer header starts, from the start of the frame */
+	__u8 next; /* the upper-layer protocol */
+	__u8 frag; /* enum bgs_frag_kind */
+	__u16 pad;
+};
+
+/* Walk at most BGS_MAX_EXTHDRS extension headers (hop-by-hop, routing, destination options,
+ * fragment) from offset off, where a header of type next starts. Returns 0 with *ext filled, or
+ * -BGS_STAT_*. Offsets, not pointers, carry the walk, so that it hands back only scalars.
+ */
+static __always_inline int parse_ip6_walk(void *data, void *data_end, __u32 off, __u8 next,
+					  struct bgs_ip6_ext *ext)
 {
-	struct ipv6hdr *ip6 = nh->pos;
 	struct ipv6_opt_hdr *oh;
 	struct bgs_frag6 *fh;
-	__u32 plen;
-	__u8 next;
-	__u16 off;
+	__u32 len;
+	__u16 fo;
 	int i;
+
+	if (!ext || off > PARSE_OFF_MAX)
+		return -BGS_STAT_PARSE_IP_HDR;
+	ext->frag = BGS_FRAG_NONE;
+	ext->frag_id = 0;
+#pragma unroll
+	for (i = 0; i < BGS_MAX_EXTHDRS; i++) {
+		if (next == IPPROTO_HOPOPTS || next == IPPROTO_ROUTING || next == IPPROTO_DSTOPTS) {
+			oh = data + off;
+			if ((void *)(oh + 1) > data_end)
+				return -BGS_STAT_PARSE_IP_HDR;
+			len = (oh->hdrlen + 1) * 8;
+			if (data + off + len > data_end)
+				return -BGS_STAT_PARSE_IP_HDR;
+			next = oh->nexthdr;
+			off += len;
+		} else if (next == IPPROTO_FRAGMENT) {
+			fh = data + off;
+			if ((void *)(fh + 1) > data_end)
+				return -BGS_STAT_PARSE_IP_HDR;
+			fo = bpf_ntohs(fh->frag_off);
+			if (fo & 0xfff8)
+				ext->frag = BGS_FRAG_LATER;
+			else if (fo & 1)
+				ext->frag = BGS_FRAG_FIRST;
+			ext->frag_id = fh->identification;
+			next = fh->nexthdr;
+			off += sizeof(*fh);
+		} else {
+			break;
+		}
+	}
+	if (next == IPPROTO_HOPOPTS || next == IPPROTO_ROUTING || next == IPPROTO_DSTOPTS ||
+	    next == IPPROTO_FRAGMENT)
+		return -BGS_STAT_EXTHDR_LIMIT;
+	if (off > PARSE_OFF_MAX)
+		return -BGS_STAT_PARSE_IP_HDR;
+	ext->l4_off = off;
+	ext->next = next;
+	return 0;
+}
+
+/* The walk as a global subprogram, one per program type (its context differs): the verifier
+ * checks it once on its own, and its caller sees only a scalar verdict and scalar results.
+ * Inlined, each path through the walk left a different packet-pointer range, and everything
+ * after it was verified once per path.
+ */
+__noinline int bgs_ip6_walk_xdp(struct xdp_md *ctx, __u32 off, __u32 next, struct bgs_ip6_ext *ext)
+{
+	return parse_ip6_walk((void *)(long)ctx->data, (void *)(long)ctx->data_end, off, next, ext);
+}
+
+__noinline int bgs_ip6_walk_tc(struct __sk_buff *skb, __u32 off, __u32 next,
+			       struct bgs_ip6_ext *ext)
+{
+	return parse_ip6_walk((void *)(long)skb->data, (void *)(long)skb->data_end, off, next, ext);
+}
+
+/* IPv6 and its extension headers. ctx is the program's context (struct __sk_buff when tc,
+ * struct xdp_md otherwise), data the start of its frame. Returns the upper-layer protocol with
+ * nh->pos at its header, or -BGS_STAT_*.
+ */
+static __always_inline int parse_ip6hdr(void *ctx, bool tc, void *data, struct hdr_cursor *nh,
+					void *data_end, __u32 room, struct bgs_pkt *pkt)
+{
+	struct ipv6hdr *ip6 = nh->pos;
+	struct bgs_ip6_ext ext = {};
+	__u32 plen, off;
+	int ret;
 
 	if ((void *)(ip6 + 1) > data_end)
 		return -BGS_STAT_PARSE_IP_HDR;
@@ -118,44 +209,29 @@ static __always_inline int parse_ip6hdr(struct hdr_cursor *nh, void *data_end, _
 	plen = bpf_ntohs(ip6->payload_len);
 	if (!plen || plen + sizeof(*ip6) > room)
 		return -BGS_STAT_PARSE_IP_LEN; /* a jumbogram, or a length that lies */
-	nh->pos = ip6 + 1;
-	next = ip6->nexthdr;
 
-#pragma unroll
-	for (i = 0; i < BGS_MAX_EXTHDRS; i++) {
-		if (next == IPPROTO_HOPOPTS || next == IPPROTO_ROUTING || next == IPPROTO_DSTOPTS) {
-			oh = nh->pos;
-			if ((void *)(oh + 1) > data_end ||
-			    nh->pos + (oh->hdrlen + 1) * 8 > data_end)
-				return -BGS_STAT_PARSE_IP_HDR;
-			next = oh->nexthdr;
-			nh->pos += (oh->hdrlen + 1) * 8;
-		} else if (next == IPPROTO_FRAGMENT) {
-			fh = nh->pos;
-			if ((void *)(fh + 1) > data_end)
-				return -BGS_STAT_PARSE_IP_HDR;
-			off = bpf_ntohs(fh->frag_off);
-			if (off & 0xfff8)
-				pkt->frag = BGS_FRAG_LATER;
-			else if (off & 1)
-				pkt->frag = BGS_FRAG_FIRST;
-			pkt->frag_id = fh->identification;
-			next = fh->nexthdr;
-			nh->pos = fh + 1;
-		} else {
-			break;
-		}
-	}
-	if (next == IPPROTO_HOPOPTS || next == IPPROTO_ROUTING || next == IPPROTO_DSTOPTS ||
-	    next == IPPROTO_FRAGMENT)
-		return -BGS_STAT_EXTHDR_LIMIT;
+	off = (void *)(ip6 + 1) - data;
+	if (tc)
+		ret = bgs_ip6_walk_tc(ctx, off, ip6->nexthdr, &ext);
+	else
+		ret = bgs_ip6_walk_xdp(ctx, off, ip6->nexthdr, &ext);
+	if (ret < 0)
+		return ret;
+	/* The transport header's pointer, derived afresh from the walk's scalar offset. */
+	off = ext.l4_off;
+	if (off > PARSE_OFF_MAX || data + off > data_end)
+		return -BGS_STAT_PARSE_IP_HDR;
+	nh->pos = data + off;
+	if (ext.frag != BGS_FRAG_NONE)
+		pkt->frag = ext.frag;
+	pkt->frag_id = ext.frag_id;
 
 	pkt->l3 = ip6;
 	pkt->len = plen + sizeof(*ip6);
 	__builtin_memcpy(pkt->key.saddr, &ip6->saddr, 16);
 	__builtin_memcpy(pkt->key.daddr, &ip6->daddr, 16);
 	pkt->key.family = BGS_AF_INET6;
-	return next;
+	return ext.next;
 }
 
 /* Returns the TCP flags byte, or -BGS_STAT_PARSE_L4. The whole header, options included,
@@ -197,12 +273,13 @@ static __always_inline bool parse_is_icmp(const struct bgs_pkt *pkt)
 	return pkt->key.proto == (pkt->key.family == BGS_AF_INET6 ? IPPROTO_ICMPV6 : IPPROTO_ICMP);
 }
 
-/* Fill pkt from a frame of frame_len bytes (data_end may end sooner on a non-linear skb).
+/* Fill pkt from a frame of frame_len bytes (data_end may end sooner on a non-linear skb); ctx
+ * is the program's context, a struct __sk_buff when tc, else a struct xdp_md.
  * Returns 0 for a TCP, UDP or ICMP packet (or a later fragment, with no transport header), or
  * -BGS_STAT_* to count and pass untouched.
  */
-static __always_inline int parse_packet(void *data, void *data_end, __u32 frame_len,
-					struct bgs_pkt *pkt)
+static __always_inline int parse_packet(void *ctx, bool tc, void *data, void *data_end,
+					__u32 frame_len, struct bgs_pkt *pkt)
 {
 	struct hdr_cursor nh = { .pos = data };
 	struct tcphdr *th;
@@ -218,7 +295,7 @@ static __always_inline int parse_packet(void *data, void *data_end, __u32 frame_
 	if (proto == bpf_htons(ETH_P_IP))
 		proto = parse_iphdr(&nh, data_end, frame_len - pkt->l3_off, pkt);
 	else if (proto == bpf_htons(ETH_P_IPV6))
-		proto = parse_ip6hdr(&nh, data_end, frame_len - pkt->l3_off, pkt);
+		proto = parse_ip6hdr(ctx, tc, data, &nh, data_end, frame_len - pkt->l3_off, pkt);
 	else
 		return -BGS_STAT_NOT_IP;
 	if (proto < 0)
