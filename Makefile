@@ -50,7 +50,7 @@ endif
 
 .DELETE_ON_ERROR:
 .PHONY: all deps clean test test-unit test-e2e demo format format-check sanitize install vmlinux
-.PHONY: bench bench-build
+.PHONY: bench bench-build FORCE
 
 all: $(OBJDIR)/bgswitch
 
@@ -60,7 +60,12 @@ deps:
 $(sort $(OUTPUT) $(OBJDIR)):
 	$(Q)mkdir -p $@
 
-$(OUTPUT)/bgswitch.bpf.o: bpf/bgswitch.bpf.c $(BPF_HDRS) $(VMLINUX) | $(OUTPUT)
+# The BPF objects depend on their flags: `make BPF_EXTRA_CFLAGS=-DBGS_MAX_EXTHDRS=8` rebuilds
+# them (and the command that embeds one), and a plain `make` after it rebuilds them back.
+$(OUTPUT)/bpf-cflags: FORCE | $(OUTPUT)
+	$(Q)echo '$(BPF_CFLAGS)' | cmp -s - $@ || echo '$(BPF_CFLAGS)' > $@
+
+$(OUTPUT)/bgswitch.bpf.o: bpf/bgswitch.bpf.c $(BPF_HDRS) $(VMLINUX) $(OUTPUT)/bpf-cflags | $(OUTPUT)
 	$(call msg,BPF,$@)
 	$(Q)$(CLANG) $(BPF_CFLAGS) -c $< -o $@
 
@@ -120,7 +125,7 @@ BENCH_RESULTS ?= bench-results
 BENCH_BINS := $(OUTPUT)/floor.bpf.o $(BENCH_OUT)/libbgsbench.so $(BENCH_OUT)/flipbench \
 	$(BENCH_OUT)/bench-httpd $(BENCH_OUT)/connload
 
-$(OUTPUT)/floor.bpf.o: bpf/floor.bpf.c $(VMLINUX) | $(OUTPUT)
+$(OUTPUT)/floor.bpf.o: bpf/floor.bpf.c $(VMLINUX) $(OUTPUT)/bpf-cflags | $(OUTPUT)
 	$(call msg,BPF,$@)
 	$(Q)$(CLANG) $(BPF_CFLAGS) -c $< -o $@
 

@@ -5,6 +5,7 @@ Everything works on raw bytes: keys and values are ``bytes`` exactly as the kern
 
     fd = obj_get("/sys/fs/bpf/bgswitch/progs/bgs_ingress")
     res = prog_test_run(fd, frame)          # -> TestRun(retval, data, duration)
+    info = prog_info(fd)                    # -> ProgInfo(id, name, verified_insns)
 
     flows = Map.open("/sys/fs/bpf/bgswitch/bgs_flows")
     value = flows.lookup(key)               # -> bytes, or None when absent
@@ -235,6 +236,33 @@ def map_info(fd: int) -> MapInfo:
 
 
 # --- programs -------------------------------------------------------------------------------------
+
+# struct bpf_prog_info (uapi/linux/bpf.h): the offsets of the fields read here.
+_PROG_INFO_SIZE = 232  # up to and including attach_btf_id; the kernel fills what fits
+_PROG_INFO_ID = 4
+_PROG_INFO_NAME = 64  # char name[BPF_OBJ_NAME_LEN = 16]
+_PROG_INFO_VERIFIED_INSNS = 216
+
+
+class ProgInfo(NamedTuple):
+    """What BPF_OBJ_GET_INFO_BY_FD says of a program (the fields the tests read)."""
+
+    id: int
+    name: str
+    verified_insns: int  # instructions the verifier processed to accept it
+
+
+def prog_info(fd: int) -> ProgInfo:
+    """BPF_OBJ_GET_INFO_BY_FD on a program fd."""
+    info = ctypes.create_string_buffer(_PROG_INFO_SIZE)
+    attr = _InfoAttr(bpf_fd=fd, info_len=_PROG_INFO_SIZE, info=ctypes.addressof(info))
+    bpf(BPF_OBJ_GET_INFO_BY_FD, attr)
+    raw = info.raw
+    name = raw[_PROG_INFO_NAME:_PROG_INFO_NAME + 16].split(b"\0", 1)[0]
+    return ProgInfo(struct.unpack_from("<I", raw, _PROG_INFO_ID)[0],
+                    name.decode(errors="replace"),
+                    struct.unpack_from("<I", raw, _PROG_INFO_VERIFIED_INSNS)[0])
+
 
 class TestRun(NamedTuple):
     """Result of BPF_PROG_TEST_RUN: the program's return value, the packet after it, the
