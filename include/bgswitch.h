@@ -282,6 +282,12 @@ struct bgs_frag {
 	__u32 slot;
 };
 
+/* bgs_frag.slot of a pass marker: the first fragment went to a VIP address but to no service
+ * (another port, or an ICMP message other than an error about a flow), so the fragments that
+ * follow it pass untouched too (addr is zero).
+ */
+#define BGS_FRAG_PASS 0xffffffff
+
 /* bgs_services value, indexed by service id: the control plane's record of a service. */
 struct bgs_service {
 	char name[BGS_NAME_LEN];
@@ -354,6 +360,7 @@ enum bgs_stat {
 	BGS_STAT_FWD_REDIRECT, /* fast path: redirected to a registered egress interface */
 	BGS_STAT_FWD_NO_NEIGH, /* passed to the stack: the next hop's neighbour is unresolved */
 	BGS_STAT_FWD_STACK, /* passed to the stack: no route, not registered, tagged, or TTL */
+	BGS_STAT_FRAG_PASS, /* passed untouched: later fragment of a datagram to no service */
 	BGS_STAT_MAX,
 };
 

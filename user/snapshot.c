@@ -39,6 +39,7 @@ const char *const bgs_stat_names[BGS_STAT_MAX] = {
 	[BGS_STAT_FWD_REDIRECT] = "fwd_redirect",
 	[BGS_STAT_FWD_NO_NEIGH] = "fwd_no_neigh",
 	[BGS_STAT_FWD_STACK] = "fwd_stack",
+	[BGS_STAT_FRAG_PASS] = "frag_pass",
 };
 
 const char *const bgs_drop_names[BGS_DROP_MAX] = {
