@@ -621,45 +621,56 @@ def upload(args):
     return r
 
 
+def each_result(count, blank, attempt):
+    """{"results": [...]}: attempt(i, r) for each i below count, r a fresh copy of blank that it
+    fills; an exception it raises becomes r's error."""
+    results = []
+    for i in range(min(count, 100)):
+        r = dict(blank)
+        try:
+            attempt(i, r)
+        except BadReply as e:
+            r.update(error="bad_reply", detail=str(e))
+        except Exception as e:
+            r.update(error=classify(e), detail=str(e))
+        results.append(r)
+    return {"results": results}
+
+
 def bigudp(args):
     """Large datagrams ("big" requests) from one socket; each reply checked and its source
     recorded."""
     size = max(64, min(args.size, MAX_DATAGRAM))
     reply_size = max(0, min(args.reply_size, MAX_DATAGRAM))
-    results = []
+    blank = {"ok": False, "color": None, "backend": None, "from": None, "reply_len": None,
+             "server_len": None, "digest_ok": False, "error": None, "detail": ""}
+
+    def attempt(i, r):
+        token = f"big{os.getpid()}-{i}"
+        head = f"big {reply_size} {token}\n".encode()
+        data = head + b"x" * (size - len(head))
+        s.settimeout(args.timeout)
+        s.sendto(data, (args.addr, args.port))
+        deadline = time.monotonic() + args.timeout
+        for _ in range(100):  # skip stray datagrams (an earlier reply); bounded
+            s.settimeout(max(deadline - time.monotonic(), 0.01))
+            reply, src = s.recvfrom(MAX_DATAGRAM + 1000)
+            line = reply.split(b"\n", 1)[0] + b"\n"
+            m = REPLY_RE.match(line.decode("ascii", "replace"))
+            if m and m.group(3).startswith(token + ":"):
+                break
+        else:
+            raise BadReply("no reply with the token")
+        _, slen, dig = m.group(3).split(":")
+        r.update(color=m.group(1), backend=m.group(2), reply_len=len(reply),
+                 server_len=int(slen), digest_ok=dig == digest(data))
+        r["from"] = [src[0], src[1]]
+        r["ok"] = (r["server_len"] == len(data) and r["digest_ok"] and
+                   (reply_size == 0 or r["reply_len"] == reply_size))
+
     with socket.socket(family_of(args.addr), socket.SOCK_DGRAM) as s:
         s.bind((any_addr(args.addr), 0))
-        for i in range(min(args.count, 100)):
-            token = f"big{os.getpid()}-{i}"
-            head = f"big {reply_size} {token}\n".encode()
-            data = head + b"x" * (size - len(head))
-            r = {"ok": False, "color": None, "backend": None, "from": None, "reply_len": None,
-                 "server_len": None, "digest_ok": False, "error": None, "detail": ""}
-            try:
-                s.settimeout(args.timeout)
-                s.sendto(data, (args.addr, args.port))
-                deadline = time.monotonic() + args.timeout
-                for _ in range(100):  # skip stray datagrams (an earlier reply); bounded
-                    s.settimeout(max(deadline - time.monotonic(), 0.01))
-                    reply, src = s.recvfrom(MAX_DATAGRAM + 1000)
-                    line = reply.split(b"\n", 1)[0] + b"\n"
-                    m = REPLY_RE.match(line.decode("ascii", "replace"))
-                    if m and m.group(3).startswith(token + ":"):
-                        break
-                else:
-                    raise BadReply("no reply with the token")
-                _, slen, dig = m.group(3).split(":")
-                r.update(color=m.group(1), backend=m.group(2), reply_len=len(reply),
-                         server_len=int(slen), digest_ok=dig == digest(data))
-                r["from"] = [src[0], src[1]]
-                r["ok"] = (r["server_len"] == len(data) and r["digest_ok"] and
-                           (reply_size == 0 or r["reply_len"] == reply_size))
-            except BadReply as e:
-                r.update(error="bad_reply", detail=str(e))
-            except Exception as e:
-                r.update(error=classify(e), detail=str(e))
-            results.append(r)
-    return {"results": results}
+        return each_result(args.count, blank, attempt)
 
 
 ICMP_ECHO = {socket.AF_INET: (8, 0), socket.AF_INET6: (128, 129)}  # (request, reply) types
@@ -690,35 +701,29 @@ def ping(args):
     fam = family_of(args.addr)
     size = max(0, min(args.size, MAX_DATAGRAM))
     ident = os.getpid() & 0xFFFF
-    results = []
     proto = socket.IPPROTO_ICMPV6 if fam == socket.AF_INET6 else socket.IPPROTO_ICMP
+    blank = {"ok": False, "from": None, "len": None, "error": None, "detail": ""}
+
+    def attempt(seq, r):
+        payload = (digest(f"{ident}-{seq}".encode()).encode() * (size // 16 + 1))[:size]
+        s.sendto(echo_request(fam, ident, seq, payload), (args.addr, 0))
+        deadline = time.monotonic() + args.timeout
+        for _ in range(1000):  # skip other ICMP messages (neighbour discovery); bounded
+            s.settimeout(max(deadline - time.monotonic(), 0.01))
+            pkt, src = s.recvfrom(MAX_DATAGRAM + 1000)
+            msg = pkt[(pkt[0] & 0xF) * 4:] if fam == socket.AF_INET else pkt
+            if (len(msg) >= 8 and msg[0] == ICMP_ECHO[fam][1] and
+                    struct.unpack_from("!HH", msg, 4) == (ident, seq)):
+                break
+        else:
+            raise BadReply("no echo reply")
+        r.update(ok=src[0] == args.addr and msg[8:] == payload, len=len(msg) - 8)
+        r["from"] = src[0]
+
     with socket.socket(fam, socket.SOCK_RAW, proto) as s:
         if fam == socket.AF_INET:
             s.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DONT)
-        for seq in range(min(args.count, 100)):
-            payload = digest(f"{ident}-{seq}".encode()).encode() * (size // 16 + 1)
-            payload = payload[:size]
-            r = {"ok": False, "from": None, "len": None, "error": None, "detail": ""}
-            try:
-                s.sendto(echo_request(fam, ident, seq, payload), (args.addr, 0))
-                deadline = time.monotonic() + args.timeout
-                for _ in range(1000):  # skip other ICMP messages (neighbour discovery); bounded
-                    s.settimeout(max(deadline - time.monotonic(), 0.01))
-                    pkt, src = s.recvfrom(MAX_DATAGRAM + 1000)
-                    msg = pkt[(pkt[0] & 0xF) * 4:] if fam == socket.AF_INET else pkt
-                    if (len(msg) >= 8 and msg[0] == ICMP_ECHO[fam][1] and
-                            struct.unpack_from("!HH", msg, 4) == (ident, seq)):
-                        break
-                else:
-                    raise BadReply("no echo reply")
-                r.update(ok=src[0] == args.addr and msg[8:] == payload, len=len(msg) - 8)
-                r["from"] = src[0]
-            except BadReply as e:
-                r.update(error="bad_reply", detail=str(e))
-            except Exception as e:
-                r.update(error=classify(e), detail=str(e))
-            results.append(r)
-    return {"results": results}
+        return each_result(args.count, blank, attempt)
 
 
 def main():
