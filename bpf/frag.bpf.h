@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: GPL-2.0 */
-/* frag.bpf.h: fragments follow their first fragment, which alone carries the ports, or pass with it. */
+/* frag.bpf.h: later fragments follow (or pass with) their first fragment, which alone has ports. */
 #ifndef BGS_FRAG_BPF_H
 #define BGS_FRAG_BPF_H
 
