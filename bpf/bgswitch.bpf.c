@@ -22,9 +22,9 @@ static __always_inline void count_rx(__u32 slot, __u32 len)
 }
 
 /* Ingress: a client packet for a VIP goes to its flow's backend, or starts a flow on the active
- * color; a later fragment follows its first fragment; an ICMP error about a reply goes to that
- * reply's backend. Rewritten packets leave by the fast path where it can take them. Everything
- * else passes untouched.
+ * color; a later fragment follows its first fragment (untouched when that went to no service);
+ * an ICMP error about a reply goes to that reply's backend. Rewritten packets leave by the fast
+ * path where it can take them. Everything else passes untouched.
  */
 SEC("xdp")
 int bgs_ingress(struct xdp_md *ctx)
@@ -52,17 +52,25 @@ int bgs_ingress(struct xdp_md *ctx)
 			stat_inc(BGS_STAT_NOT_VIP);
 			return XDP_PASS;
 		}
+		if (frag_is_pass(fr)) {
+			stat_inc(BGS_STAT_FRAG_PASS);
+			return XDP_PASS;
+		}
 		stat_inc(BGS_STAT_FRAG_LATER);
 		count_rx(fr->slot, pkt.len);
 		nat_dnat_xdp(&pkt, fr->addr, 0, data_end);
 		return fwd_xdp(ctx, &pkt, data, data_end,
 			       fwd_nexthop(ctx, &pkt, fr->slot, fr->addr, pkt.key.dport));
 	}
-	if (parse_is_icmp(&pkt))
+	if (parse_is_icmp(&pkt)) {
+		if (!icmp_is_error(&pkt))
+			frag_pass(&pkt);
 		return icmp_ingress(&pkt, data_end);
+	}
 
 	vip = flow_service(&pkt);
 	if (!vip) {
+		frag_pass(&pkt);
 		stat_inc(BGS_STAT_NOT_VIP);
 		return XDP_PASS;
 	}
@@ -103,7 +111,7 @@ int bgs_egress(struct __sk_buff *skb)
 
 	if (pkt.frag == BGS_FRAG_LATER) {
 		fr = frag_lookup(&pkt);
-		if (!fr)
+		if (!fr || frag_is_pass(fr))
 			return TC_ACT_OK;
 		__builtin_memcpy(to, fr->addr, sizeof(to));
 		slot = fr->slot;

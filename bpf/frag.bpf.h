@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: GPL-2.0 */
-/* frag.bpf.h: fragments follow their first fragment, which alone carries the ports. */
+/* frag.bpf.h: later fragments follow (or pass with) their first fragment, which alone has ports. */
 #ifndef BGS_FRAG_BPF_H
 #define BGS_FRAG_BPF_H
 
@@ -50,6 +50,25 @@ static __always_inline bool frag_to_vip(const struct bgs_pkt *pkt)
 	};
 
 	return bpf_map_lookup_elem(&bgs_vip_addrs, &va);
+}
+
+/* A first fragment to a VIP address that no service steers leaves a pass marker, so that the
+ * fragments that follow it pass untouched instead of being dropped as frag_miss.
+ */
+static __always_inline void frag_pass(const struct bgs_pkt *pkt)
+{
+	struct bgs_frag v = { .slot = BGS_FRAG_PASS };
+	struct bgs_frag_key k;
+
+	if (pkt->frag != BGS_FRAG_FIRST || !frag_to_vip(pkt))
+		return;
+	frag_key(pkt, &k);
+	bpf_map_update_elem(&bgs_frags, &k, &v, BPF_ANY);
+}
+
+static __always_inline bool frag_is_pass(const struct bgs_frag *fr)
+{
+	return fr->slot == BGS_FRAG_PASS;
 }
 
 #endif /* BGS_FRAG_BPF_H */

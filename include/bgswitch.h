@@ -315,6 +315,12 @@ struct bgs_frag {
 	__u32 slot;
 };
 
+/* bgs_frag.slot of a pass marker: the first fragment went to a VIP address but to no service
+ * (another port, or an ICMP message other than an error about a flow), so the fragments that
+ * follow it pass untouched too (addr is zero).
+ */
+#define BGS_FRAG_PASS 0xffffffff
+
 /* bgs_services value, indexed by service id: the control plane's record of a service. */
 struct bgs_service {
 	char name[BGS_NAME_LEN];
@@ -392,6 +398,7 @@ enum bgs_stat {
 	BGS_STAT_UNTRACKED, /* new flow over the insert limit: forwarded, no entry written */
 	BGS_STAT_REPLY_SUPERSEDED, /* backend SYN on a closed flow: a new connection, entry deleted */
 	BGS_STAT_RST_MISS, /* RST that missed the table: forwarded, no entry written */
+	BGS_STAT_FRAG_PASS, /* passed untouched: later fragment of a datagram to no service */
 	BGS_STAT_MAX,
 };
 

@@ -49,6 +49,7 @@ BGS_TABLE_HDR = 1  # entry 0 of a table holds its size M
 BGS_LB_MAGLEV, BGS_LB_MODULO = 0, 1
 BGS_VIP_SPLIT_CLIENT = 0x1  # bgs_vip.flags: split between colors by the client's address
 BGS_SVC_MANY = 0xFFFFFFFF  # bgs_backend_ref.svc: the address serves several services
+BGS_FRAG_PASS = 0xFFFFFFFF  # bgs_frag.slot of a pass marker: the datagram went to no service
 
 BGS_BACKEND_FREE, BGS_BACKEND_ACTIVE, BGS_BACKEND_DRAINING = 0, 1, 2
 
@@ -72,7 +73,7 @@ STATS = [
     "ZERO_PORT", "EXTHDR_LIMIT", "FRAG_FIRST", "FRAG_LATER", "VIP", "FLOW_HIT", "FLOW_NEW",
     "FLOW_REOPEN", "SYN_MISS", "NOSYN_MISS", "SECOND_CHANCE", "TX", "REPLY_NAT",
     "REPLY_NO_FLOW", "REPLY_RECOVERED", "ICMP_IN", "ICMP_OUT", "ICMP_NO_FLOW", "FWD_TX",
-    "FWD_REDIRECT", "FWD_NO_NEIGH", "FWD_STACK",
+    "FWD_REDIRECT", "FWD_NO_NEIGH", "FWD_STACK", "FRAG_PASS",
 ]
 STAT = {name: i for i, name in enumerate(STATS)}
 

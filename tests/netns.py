@@ -470,6 +470,13 @@ class Topology:
                 str(count), "--timeout", str(timeout)]
         return json.loads(self.ns_run("client", argv, timeout=30 + count * timeout).stdout)
 
+    def ping(self, addr, size=3000, count=1, timeout=2.0):
+        """traffic.py ping from the client: count echo requests with size bytes of payload.
+        Returns its JSON ({"results": [...]})."""
+        argv = [PY, os.path.join(HERE, "traffic.py"), "ping", "--addr", addr, "--size",
+                str(size), "--count", str(count), "--timeout", str(timeout)]
+        return json.loads(self.ns_run("client", argv, timeout=30 + count * timeout).stdout)
+
     def colors_of(self, addr, port, udp=False, count=10, timeout=1.0):
         """Colors (or "error:<kind>") that count fresh connections got, as a list."""
         res = self.probe(addr, port, udp=udp, count=count, timeout=timeout)["results"]

@@ -48,8 +48,13 @@ Ingress (XDP, verdict XDP_PASS unless a drop is named):
 
 * Later fragment: a record in bgs_frags (saddr, daddr, id, proto, family) -> destination
   address rewritten to the record's, IPv4 header checksum updated, nothing else; FRAG_LATER,
-  the record's backend rx counters. No record: to a VIP address (bgs_vip_addrs) -> XDP_DROP,
-  drop FRAG_MISS (node counter only); else NOT_VIP.
+  the record's backend rx counters. A pass marker (slot BGS_FRAG_PASS): untouched, FRAG_PASS.
+  No record: to a VIP address (bgs_vip_addrs) -> XDP_DROP, drop FRAG_MISS (node counter
+  only); else NOT_VIP.
+* A first fragment to a VIP address (bgs_vip_addrs) that no service steers leaves a pass
+  marker {address 0, slot BGS_FRAG_PASS} in bgs_frags under its key (replacing a record
+  there), counters as without it: a TCP/UDP one with no service (NOT_VIP), an ICMP one of a
+  type that is not an error above (NOT_VIP). ICMP errors leave none.
 * ICMP / ICMPv6 errors (v4 types 3, 11, 12; v6 types 1, 2, 3, 4) quoting a TCP/UDP packet
   whose source is a service (VIP:port/proto): when the outer destination is that VIP and the
   flow (quoted destination -> quoted source) exists, the outer destination, the quoted source
@@ -94,8 +99,8 @@ Ingress (XDP, verdict XDP_PASS unless a drop is named):
 Egress (TC, verdict TC_ACT_OK always):
 
 * Later fragment with a record (backend, client, id, proto, family): source address becomes
-  the record's (the VIP), IPv4 header checksum updated; REPLY_NAT, backend tx. No record:
-  untouched.
+  the record's (the VIP), IPv4 header checksum updated; REPLY_NAT, backend tx. No record, or
+  a pass marker: untouched.
 * ICMP errors quoting client -> backend:port/proto (a backend address) with a reverse entry:
   quoted destination address and port become the VIP's, the outer source too when it is the
   backend's own address, every checksum as on ingress: ICMP_OUT, backend tx. A backend
@@ -751,15 +756,21 @@ class RefModel:
                     return self._out(XDP_DROP, frame, "FRAG_MISS")
                 self._stat("NOT_VIP")
                 return self._out(XDP_PASS, frame, "NOT_VIP")
+            if rec.slot == model.BGS_FRAG_PASS:
+                self._stat("FRAG_PASS")
+                return self._out(XDP_PASS, frame, "FRAG_PASS")
             self._stat("FRAG_LATER")
             self._be(rec.slot, rx_packets=1, rx_bytes=p.ip_len)
             out = _rewrite_l3l4(frame, p, False, rec.addr, None)
             return self._fast_path(out, "FRAG_LATER")
         if p.is_icmp:
+            if p.icmp_type not in ICMP_ERRORS[p.family]:
+                self._frag_pass(p)
             return self._icmp_in(frame, p)
 
         svc = self.vips.get((p.daddr, p.dport, p.proto, p.family))
         if svc is None:
+            self._frag_pass(p)
             self._stat("NOT_VIP")
             return self._out(XDP_PASS, frame, "NOT_VIP")
         self._stat("VIP")
@@ -823,6 +834,12 @@ class RefModel:
         out = _rewrite_l3l4(frame, p, False, f.daddr, f.dport)
         self._be(f.slot, rx_packets=1, rx_bytes=p.ip_len)
         return self._fast_path(out, reason)
+
+    def _frag_pass(self, p: Pkt) -> None:
+        """A first fragment to a VIP address that no service steers: its pass marker."""
+        if p.frag == FRAG_FIRST and (p.daddr, p.family) in self.vip_addrs:
+            self._tables = True
+            self.frags[p.frag_key()] = FragVal(bytes(16), model.BGS_FRAG_PASS)
 
     def _fast_path(self, out: bytes, reason: str) -> Outcome:
         """The XDP fast path after a rewrite, with no route in the FIB: back to the stack."""
@@ -928,7 +945,7 @@ class RefModel:
             return self._out(TC_ACT_OK, frame, "eg:" + reason)
         if p.frag == FRAG_LATER:
             rec = self.frags.get(p.frag_key())
-            if rec is None:
+            if rec is None or rec.slot == model.BGS_FRAG_PASS:
                 return self._out(TC_ACT_OK, frame, "eg:FRAG_NO_RECORD")
             self._stat("REPLY_NAT")
             self._be(rec.slot, tx_packets=1, tx_bytes=p.ip_len)

@@ -112,7 +112,8 @@ class UdpEcho(asyncio.DatagramProtocol):
 
 async def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--color", required=True, choices=("blue", "green"))
+    # "node": a server on the node itself, at a VIP address outside every service
+    ap.add_argument("--color", required=True, choices=("blue", "green", "node"))
     ap.add_argument("--addr", required=True, action="append",
                     help="an IPv4 or IPv6 address to serve on; repeat for more")
     ap.add_argument("--port", type=int, required=True)

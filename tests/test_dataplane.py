@@ -250,6 +250,7 @@ HIT = {"VIP": 1, "FLOW_HIT": 1, **FWD}
 NEW_UDP = {"VIP": 1, "FLOW_NEW": 1, **FWD}
 REOPEN = {"VIP": 1, "FLOW_REOPEN": 1, "FLOW_NEW": 1, **FWD}
 LATER = {"FRAG_LATER": 1, **FWD}
+PASSED = {"FRAG_PASS": 1}  # a later fragment of a datagram to no service: untouched
 # A TCP segment without SYN that misses the table: counted, then re-pinned (a new entry toward
 # the color the previous share gives it while the last change drains, else the one the share
 # gives it), or dropped when that creation fails.
@@ -604,7 +605,10 @@ def test_ingress_fragments_v4(bgs):
     packet and recorded (FRAG_FIRST), a re-pinned non-SYN one too; later ones follow the
     record, destination address and header checksum only (FRAG_LATER); a later fragment to a
     VIP address with no record (its first one dropped, or never seen) is dropped (FRAG_MISS),
-    one to another address passes (NOT_VIP). DF alone is no fragment."""
+    one to another address passes (NOT_VIP). A first fragment to a VIP address that no service
+    steers (another port or protocol, an echo request) passes and leaves a pass marker, so its
+    later fragments pass untouched (FRAG_PASS); an ICMP error leaves none. DF alone is no
+    fragment."""
     slots = web(bgs)
     dns(bgs)
     bgs.add_service("empty", EMPTY_VIP, VIP_PORT, "tcp")  # no backend: new flows dropped
@@ -634,8 +638,36 @@ def test_ingress_fragments_v4(bgs):
         Case("later fragment, same id, other client: dropped",
              ip_frame(CLIENT2, VIP, Raw(b"w" * 8), proto=6, frag=3, id=FRAG_ID), XDP_DROP,
              drops={"FRAG_MISS": 1}),
-        Case("later fragment to a VIP address on a port of no service (no ports in it)",
+        Case("later fragment to a VIP address, first fragment never seen (no ports in it)",
              ip_frame(CLIENT, UDP_VIP, Raw(b"v" * 8), proto=6, frag=1, id=77), XDP_DROP,
+             drops={"FRAG_MISS": 1}),
+        Case("first fragment of UDP to the VIP address, a port of no service: pass marker",
+             ip_frame(CLIENT, VIP, UDP(sport=CPORT, dport=9999), b"u" * 16, flags="MF",
+                      id=FRAG_ID + 20), XDP_PASS, stats={"NOT_VIP": 1}),
+        Case("... its middle fragment passes untouched",
+             ip_frame(CLIENT, VIP, Raw(b"u" * 16), proto=17, flags="MF", frag=3,
+                      id=FRAG_ID + 20), XDP_PASS, stats=PASSED),
+        Case("... and its last one, tagged",
+             ip_frame(CLIENT, VIP, Raw(b"u" * 5), proto=17, frag=5, id=FRAG_ID + 20, vlan=7),
+             XDP_PASS, stats=PASSED),
+        Case("first fragment of TCP to the UDP service's address: pass marker",
+             ip_frame(CLIENT, UDP_VIP, TCP(sport=CPORT, dport=UDP_PORT, flags="S"), b"t" * 8,
+                      flags="MF", id=FRAG_ID + 21), XDP_PASS, stats={"NOT_VIP": 1}),
+        Case("... its later fragment passes untouched",
+             ip_frame(CLIENT, UDP_VIP, Raw(b"t" * 8), proto=6, frag=4, id=FRAG_ID + 21),
+             XDP_PASS, stats=PASSED),
+        Case("first fragment of an echo request to the VIP address (a large ping): pass marker",
+             ip_frame(CLIENT, VIP, ICMP(type=8, id=3, seq=1), b"p" * 40, flags="MF",
+                      id=FRAG_ID + 22), XDP_PASS, stats={"NOT_VIP": 1}),
+        Case("... its later fragment passes untouched",
+             ip_frame(CLIENT, VIP, Raw(b"p" * 40), proto=1, frag=6, id=FRAG_ID + 22), XDP_PASS,
+             stats=PASSED),
+        Case("first fragment of an ICMP error to the VIP address, about no flow: no marker",
+             ip_frame(CLIENT, VIP, ICMP(type=3, code=1) / IP(src=VIP, dst=OTHER_IP)
+                      / UDP(sport=7, dport=7), b"e" * 16, flags="MF", id=FRAG_ID + 23),
+             XDP_PASS, stats={"NOT_VIP": 1}),
+        Case("... so its later fragment is dropped",
+             ip_frame(CLIENT, VIP, Raw(b"e" * 8), proto=1, frag=6, id=FRAG_ID + 23), XDP_DROP,
              drops={"FRAG_MISS": 1}),
         Case("later fragment to a non-VIP address", ip_frame(CLIENT, OTHER_IP, Raw(b"o" * 8),
                                                              proto=6, frag=3, id=FRAG_ID),
@@ -684,7 +716,18 @@ def test_ingress_fragments_v4(bgs):
     assert bgs.frag(CLIENT, VIP, frag_id4(FRAG_ID + 10), IPPROTO_TCP) == model.Frag(
         be, slots["blue"][0])
     assert bgs.frag(CLIENT, EMPTY_VIP, frag_id4(FRAG_ID + 11), IPPROTO_TCP) is None
-    assert bgs.count("bgs_frags") == 4
+    markers = [(VIP, FRAG_ID + 20, IPPROTO_UDP), (UDP_VIP, FRAG_ID + 21, IPPROTO_TCP),
+               (VIP, FRAG_ID + 22, model.IPPROTO_ICMP)]
+    for dst, ident, proto in markers:
+        assert bgs.frag(CLIENT, dst, frag_id4(ident), proto) == model.Frag(
+            "0.0.0.0", model.BGS_FRAG_PASS), (dst, ident, proto)
+    assert bgs.frag(CLIENT, VIP, frag_id4(FRAG_ID + 23), model.IPPROTO_ICMP) is None
+    assert bgs.count("bgs_frags") == 7
+    run_table(bgs, "egress", [
+        Case("a later fragment with a pass marker's key, on egress: untouched",
+             ip_frame(CLIENT, VIP, Raw(b"u" * 8), proto=17, frag=4, id=FRAG_ID + 20),
+             TC_ACT_OK),
+    ])
     assert bgs.backend_stats(slots["blue"][0])["rx_packets"] == 7
     f = bgs.flow(CLIENT, VIP, CPORT + 1, VIP_PORT)
     assert (f.daddr, f.color, f.slot, f.state) == (be, model.BGS_BLUE, slots["blue"][0], 0)
@@ -699,7 +742,9 @@ def _f6(src: str, dst: str, ident: int, offset: int, m: int, nh: int, body, **kw
 def test_ingress_fragments_v6(bgs):
     """IPv6 fragments (fragment header): first (offset 0, M) steered and recorded, later ones
     follow (destination address only), later without record to a VIP address dropped, to
-    another address passed; an atomic fragment (offset 0, no M) is an ordinary packet."""
+    another address passed; a first fragment to the VIP address that no service steers (an
+    echo request, UDP) leaves a pass marker and its later fragments pass (FRAG_PASS); an atomic
+    fragment (offset 0, no M) is an ordinary packet."""
     slots = web6(bgs)
     b, bp = BLUE6[0]
     run_table(bgs, "ingress", [
@@ -722,6 +767,19 @@ def test_ingress_fragments_v6(bgs):
         Case("later fragment to a non-VIP address",
              _f6(CLIENT6, OTHER6, FRAG_ID6, 5, 0, 6, Raw(b"j" * 8)), XDP_PASS,
              stats={"NOT_VIP": 1}),
+        Case("first fragment of an echo request to the VIP address: pass marker",
+             _f6(CLIENT6, VIP6, FRAG_ID6 + 2, 0, 1, 58, ICMPv6EchoRequest(id=4) / Raw(b"p" * 32)),
+             XDP_PASS, stats={"NOT_VIP": 1}),
+        Case("... its last fragment passes untouched",
+             _f6(CLIENT6, VIP6, FRAG_ID6 + 2, 5, 0, 58, Raw(b"p" * 8)), XDP_PASS, stats=PASSED),
+        Case("first fragment of UDP to a port of no service, behind a hop-by-hop header",
+             ip6_frame(CLIENT6, VIP6, UDP(sport=CPORT, dport=4789) / Raw(b"v" * 24),
+                       ext=IPv6ExtHdrHopByHop()
+                       / IPv6ExtHdrFragment(offset=0, m=1, id=FRAG_ID6 + 3, nh=17)),
+             XDP_PASS, stats={"NOT_VIP": 1}),
+        Case("... its later fragment passes untouched",
+             _f6(CLIENT6, VIP6, FRAG_ID6 + 3, 4, 1, 17, Raw(b"v" * 16)), XDP_PASS,
+             stats=PASSED),
         Case("atomic fragment (offset 0, no M): an ordinary SYN",
              _f6(CLIENT6, VIP6, 99, 0, 0, 6, TCP(sport=CPORT + 1, dport=VIP_PORT, flags="S")),
              XDP_PASS, out=_f6(CLIENT6, b, 99, 0, 0, 6, TCP(sport=CPORT + 1, dport=bp,
@@ -729,7 +787,11 @@ def test_ingress_fragments_v6(bgs):
     ])
     assert bgs.frag(CLIENT6, VIP6, frag_id6(FRAG_ID6), IPPROTO_TCP) == model.Frag(
         b, slots["blue"][0])
-    assert bgs.count("bgs_frags") == 1
+    assert bgs.frag(CLIENT6, VIP6, frag_id6(FRAG_ID6 + 2), model.IPPROTO_ICMPV6) == model.Frag(
+        "::", model.BGS_FRAG_PASS)
+    assert bgs.frag(CLIENT6, VIP6, frag_id6(FRAG_ID6 + 3), IPPROTO_UDP) == model.Frag(
+        "::", model.BGS_FRAG_PASS)
+    assert bgs.count("bgs_frags") == 3
 
 
 def test_egress_reply_fragments(bgs):

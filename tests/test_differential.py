@@ -140,7 +140,7 @@ class Gen:
         self.mdl = mdl
         self.svcs = svcs
         self.tuples: List[Tuple[Svc, str, int]] = []  # (service, client, client port) used
-        self.in_frags: List[tuple] = []  # (svc, client, cport, id) of sent first fragments
+        self.in_frags: List[tuple] = []  # (VIP, client, id, proto) of sent first fragments
         self.out_frags: List[tuple] = []  # (backend, client, id, proto) of reply first frags
         self.kinds = [
             (self.in_flow, 30), (self.in_nonvip, 6), (self.eg_reply, 16),
@@ -335,25 +335,27 @@ class Gen:
         return ip6 / self.frag_hdr(ident, first, proto)
 
     def in_frag(self):
-        """Client fragments: first (steered, tracked), later following a first, later without
-        one (to a VIP address: dropped; elsewhere: passed), IPv6 atomic fragments."""
+        """Client fragments: first (steered, tracked), first to a VIP address but to no service
+        (another port, or an echo request: a pass marker), later following a first, later
+        without one (to a VIP address: dropped; elsewhere: passed), IPv6 atomic fragments."""
         r = self.rng
-        k = r.randrange(10)
+        k = r.randrange(12)
         if k < 4:
             svc, client, cport = self.pick_tuple()
             ident = r.getrandbits(32) if svc.family == 6 else r.getrandbits(16)
             flags = r.choice(["S", "S", "A", "PA"])
             pkt = (self.ip_frag(client, svc.vip, ident, True, svc.proto)
                    / self.l4(svc.proto, cport, svc.port, flags) / Raw(self.payload(200)))
-            if len(self.in_frags) < 2000:
-                self.in_frags.append((svc, client, cport, ident))
+            self.note_frag(svc.vip, client, ident, svc.proto)
             return "in-frag-first", "in", self.l2() / pkt
-        if k < 7 and self.in_frags:
-            svc, client, cport, ident = r.choice(self.in_frags)
-            pkt = self.ip_frag(client, svc.vip, ident, False, svc.proto) / Raw(
+        if k < 6:
+            return self.in_frag_nonsvc()
+        if k < 9 and self.in_frags:
+            vip, client, ident, proto = r.choice(self.in_frags)
+            pkt = self.ip_frag(client, vip, ident, False, proto) / Raw(
                 self.payload(200) + b"L" * 8)
             return "in-frag-later", "in", self.l2() / pkt
-        if k < 9:
+        if k < 11:
             v6 = r.random() < 0.5
             client = r.choice(CLIENTS6 if v6 else CLIENTS4)
             if r.random() < 0.6:
@@ -371,6 +373,33 @@ class Gen:
                / IPv6ExtHdrFragment(offset=0, m=0, id=r.getrandbits(32), nh=svc.proto)
                / self.l4(svc.proto, cport, svc.port, "S") / Raw(self.payload()))
         return "in-frag-atomic6", "in", self.l2() / pkt
+
+    def note_frag(self, vip: str, client: str, ident: int, proto: int) -> None:
+        if len(self.in_frags) < 2000:
+            self.in_frags.append((vip, client, ident, proto))
+
+    def in_frag_nonsvc(self):
+        """A first fragment to a VIP address that no service steers: TCP/UDP to a port without
+        a service, or an ICMP/ICMPv6 echo request (a large ping to the VIP)."""
+        r = self.rng
+        svc = r.choice(self.svcs)
+        client = r.choice(CLIENTS6 if svc.family == model.BGS_AF_INET6 else CLIENTS4)
+        ident = r.getrandbits(32) if svc.family == 6 else r.getrandbits(16)
+        if r.random() < 0.5:
+            proto = model.IPPROTO_ICMPV6 if svc.family == 6 else model.IPPROTO_ICMP
+            l4 = (ICMPv6EchoRequest(id=r.getrandbits(16)) if svc.family == 6
+                  else ICMP(type=8, id=r.getrandbits(16)))
+            cls = "in-frag-first-echo"
+        else:
+            proto = r.choice([model.IPPROTO_TCP, model.IPPROTO_UDP])
+            port = r.randrange(1024, 65536)
+            if (model.addr16(svc.vip), port, proto, svc.family) in self.mdl.vips:
+                port = 9  # discard: no service of the tables above listens there
+            l4 = self.l4(proto, r.randrange(1024, 65536), port)
+            cls = "in-frag-first-other-port"
+        pkt = self.ip_frag(client, svc.vip, ident, True, proto) / l4 / Raw(self.payload(200))
+        self.note_frag(svc.vip, client, ident, proto)
+        return cls, "in", self.l2() / pkt
 
     def eg_frag(self):
         """Reply fragments: first (reverse NAT, tracked), later following it, later without."""

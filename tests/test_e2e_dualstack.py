@@ -417,3 +417,41 @@ def test_fragments_udp_datagram_whole_to_one_backend(topo, sw, family):
     assert len(sent) == 3 * count and all(d == vip for _, d in sent), capture
     assert len(got) == 3 * count and all(s == vip for s, _ in got), capture
     assert drops(sw) == {}
+
+
+NODE_UDP_PORT = 5300  # a port of the VIP address that no service uses
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_fragments_to_vip_address_outside_services_pass(topo, sw, family):
+    """The VIP address is also one of the node's own (on lo), and a TCP service listens on it.
+    Fragmented traffic to that address that is no service's passes untouched: a 3000-byte
+    ping (three fragments each way) is answered, and 4000-byte datagrams to another UDP port
+    reach a server on the node whole, its replies too. Each first fragment leaves a pass
+    marker, so the two later fragments of each datagram pass (frag_pass), and none is
+    dropped as frag_miss."""
+    vip = FAMILIES[family]
+    sw.setup_service("web", vip=vip, port=VIP_PORT, proto="tcp")
+    count = 3
+    plen = 128 if family == 6 else 32
+    topo.ip("node", "addr", "add", f"{vip}/{plen}", "dev", "lo")
+    try:
+        srv = topo.spawn_server("node", vip, NODE_UDP_PORT)
+        try:
+            pings = topo.ping(vip, size=3000, count=count)["results"]
+            big = topo.bigudp(vip, NODE_UDP_PORT, size=4000, reply_size=4000,
+                              count=count)["results"]
+        finally:
+            topo.end(srv)
+    finally:
+        topo.ip("node", "addr", "del", f"{vip}/{plen}", "dev", "lo")
+
+    for r in pings:
+        assert r["ok"] and r["len"] == 3000 and r["from"] == vip, pings
+    for r in big:
+        assert r["ok"] and r["server_len"] == 4000 and r["digest_ok"], big
+        assert r["color"] == "node" and r["from"] == [vip, NODE_UDP_PORT], big
+    c = counters(sw)
+    assert c["frag_pass"] == 2 * count * 2, c  # two later fragments per request, both kinds
+    assert (c["frag_first"], c["frag_later"], c["flow_new"]) == (0, 0, 0), c
+    assert drops(sw) == {}

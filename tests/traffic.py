@@ -6,6 +6,7 @@
     traffic.py probe --addr 10.77.100.1 --port 80 [--udp] [--count 5]
     traffic.py upload --addr fd77:77:77:100::1 --port 80 --bytes 200000
     traffic.py bigudp --addr 10.77.100.1 --port 53 --size 4000 --reply-size 4000
+    traffic.py ping --addr 10.77.100.1 --size 3000 --count 3
 
 Every address may be IPv4 or IPv6 (a literal: the family follows from it).
 
@@ -39,6 +40,11 @@ and so does a large reply. It prints {"results": [{"ok", "color", "backend", "fr
 "reply_len", "server_len", "digest_ok", "error"}]}; "from" is the reply's source address and
 port as the socket received it.
 
+ping sends --count ICMP (ICMPv6) echo requests with --size bytes of payload from a raw socket,
+one after the other, each waiting for its echo reply; a request larger than the path MTU leaves
+fragmented, and so does its reply. It prints {"results": [{"ok", "from", "len", "error"}]}: ok
+when the reply came from --addr with the payload whole.
+
 Every loop is bounded in time (the run's deadline, each operation's --timeout) and in count.
 """
 
@@ -61,7 +67,8 @@ MAX_LONG = 256
 MAX_FAILURES_KEPT = 200
 MAX_UPLOAD = 16 << 20
 MAX_DATAGRAM = 65000
-REPLY_RE = re.compile(r"^(blue|green) (\S+) (\S+)\n$")
+# "node": a server on the node itself, at a VIP address outside every service
+REPLY_RE = re.compile(r"^(blue|green|node) (\S+) (\S+)\n$")
 
 
 def family_of(addr):
@@ -614,45 +621,109 @@ def upload(args):
     return r
 
 
+def each_result(count, blank, attempt):
+    """{"results": [...]}: attempt(i, r) for each i below count, r a fresh copy of blank that it
+    fills; an exception it raises becomes r's error."""
+    results = []
+    for i in range(min(count, 100)):
+        r = dict(blank)
+        try:
+            attempt(i, r)
+        except BadReply as e:
+            r.update(error="bad_reply", detail=str(e))
+        except Exception as e:
+            r.update(error=classify(e), detail=str(e))
+        results.append(r)
+    return {"results": results}
+
+
 def bigudp(args):
     """Large datagrams ("big" requests) from one socket; each reply checked and its source
     recorded."""
     size = max(64, min(args.size, MAX_DATAGRAM))
     reply_size = max(0, min(args.reply_size, MAX_DATAGRAM))
-    results = []
+    blank = {"ok": False, "color": None, "backend": None, "from": None, "reply_len": None,
+             "server_len": None, "digest_ok": False, "error": None, "detail": ""}
+
+    def attempt(i, r):
+        token = f"big{os.getpid()}-{i}"
+        head = f"big {reply_size} {token}\n".encode()
+        data = head + b"x" * (size - len(head))
+        s.settimeout(args.timeout)
+        s.sendto(data, (args.addr, args.port))
+        deadline = time.monotonic() + args.timeout
+        for _ in range(100):  # skip stray datagrams (an earlier reply); bounded
+            s.settimeout(max(deadline - time.monotonic(), 0.01))
+            reply, src = s.recvfrom(MAX_DATAGRAM + 1000)
+            line = reply.split(b"\n", 1)[0] + b"\n"
+            m = REPLY_RE.match(line.decode("ascii", "replace"))
+            if m and m.group(3).startswith(token + ":"):
+                break
+        else:
+            raise BadReply("no reply with the token")
+        _, slen, dig = m.group(3).split(":")
+        r.update(color=m.group(1), backend=m.group(2), reply_len=len(reply),
+                 server_len=int(slen), digest_ok=dig == digest(data))
+        r["from"] = [src[0], src[1]]
+        r["ok"] = (r["server_len"] == len(data) and r["digest_ok"] and
+                   (reply_size == 0 or r["reply_len"] == reply_size))
+
     with socket.socket(family_of(args.addr), socket.SOCK_DGRAM) as s:
         s.bind((any_addr(args.addr), 0))
-        for i in range(min(args.count, 100)):
-            token = f"big{os.getpid()}-{i}"
-            head = f"big {reply_size} {token}\n".encode()
-            data = head + b"x" * (size - len(head))
-            r = {"ok": False, "color": None, "backend": None, "from": None, "reply_len": None,
-                 "server_len": None, "digest_ok": False, "error": None, "detail": ""}
-            try:
-                s.settimeout(args.timeout)
-                s.sendto(data, (args.addr, args.port))
-                deadline = time.monotonic() + args.timeout
-                for _ in range(100):  # skip stray datagrams (an earlier reply); bounded
-                    s.settimeout(max(deadline - time.monotonic(), 0.01))
-                    reply, src = s.recvfrom(MAX_DATAGRAM + 1000)
-                    line = reply.split(b"\n", 1)[0] + b"\n"
-                    m = REPLY_RE.match(line.decode("ascii", "replace"))
-                    if m and m.group(3).startswith(token + ":"):
-                        break
-                else:
-                    raise BadReply("no reply with the token")
-                _, slen, dig = m.group(3).split(":")
-                r.update(color=m.group(1), backend=m.group(2), reply_len=len(reply),
-                         server_len=int(slen), digest_ok=dig == digest(data))
-                r["from"] = [src[0], src[1]]
-                r["ok"] = (r["server_len"] == len(data) and r["digest_ok"] and
-                           (reply_size == 0 or r["reply_len"] == reply_size))
-            except BadReply as e:
-                r.update(error="bad_reply", detail=str(e))
-            except Exception as e:
-                r.update(error=classify(e), detail=str(e))
-            results.append(r)
-    return {"results": results}
+        return each_result(args.count, blank, attempt)
+
+
+ICMP_ECHO = {socket.AF_INET: (8, 0), socket.AF_INET6: (128, 129)}  # (request, reply) types
+IP_MTU_DISCOVER, IP_PMTUDISC_DONT = 10, 0  # <linux/in.h>: let the kernel fragment
+
+
+def inet_checksum(data):
+    """The Internet checksum (RFC 1071) of data."""
+    if len(data) & 1:
+        data += b"\0"
+    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return ~s & 0xFFFF
+
+
+def echo_request(fam, ident, seq, payload):
+    """An ICMP echo request; ICMPv6's checksum is the kernel's (it covers a pseudo-header)."""
+    hdr = struct.pack("!BBHHH", ICMP_ECHO[fam][0], 0, 0, ident, seq)
+    if fam == socket.AF_INET:
+        hdr = struct.pack("!BBHHH", ICMP_ECHO[fam][0], 0, inet_checksum(hdr + payload), ident,
+                          seq)
+    return hdr + payload
+
+
+def ping(args):
+    """Echo requests of --size bytes of payload, each waiting for its echo reply."""
+    fam = family_of(args.addr)
+    size = max(0, min(args.size, MAX_DATAGRAM))
+    ident = os.getpid() & 0xFFFF
+    proto = socket.IPPROTO_ICMPV6 if fam == socket.AF_INET6 else socket.IPPROTO_ICMP
+    blank = {"ok": False, "from": None, "len": None, "error": None, "detail": ""}
+
+    def attempt(seq, r):
+        payload = (digest(f"{ident}-{seq}".encode()).encode() * (size // 16 + 1))[:size]
+        s.sendto(echo_request(fam, ident, seq, payload), (args.addr, 0))
+        deadline = time.monotonic() + args.timeout
+        for _ in range(1000):  # skip other ICMP messages (neighbour discovery); bounded
+            s.settimeout(max(deadline - time.monotonic(), 0.01))
+            pkt, src = s.recvfrom(MAX_DATAGRAM + 1000)
+            msg = pkt[(pkt[0] & 0xF) * 4:] if fam == socket.AF_INET else pkt
+            if (len(msg) >= 8 and msg[0] == ICMP_ECHO[fam][1] and
+                    struct.unpack_from("!HH", msg, 4) == (ident, seq)):
+                break
+        else:
+            raise BadReply("no echo reply")
+        r.update(ok=src[0] == args.addr and msg[8:] == payload, len=len(msg) - 8)
+        r["from"] = src[0]
+
+    with socket.socket(fam, socket.SOCK_RAW, proto) as s:
+        if fam == socket.AF_INET:
+            s.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DONT)
+        return each_result(args.count, blank, attempt)
 
 
 def main():
@@ -691,6 +762,11 @@ def main():
     bu.add_argument("--reply-size", type=int, default=4000)
     bu.add_argument("--count", type=int, default=1)
     bu.add_argument("--timeout", type=float, default=2.0)
+    pg = sub.add_parser("ping")
+    pg.add_argument("--addr", required=True)
+    pg.add_argument("--size", type=int, default=3000)
+    pg.add_argument("--count", type=int, default=1)
+    pg.add_argument("--timeout", type=float, default=2.0)
     args = ap.parse_args()
     if args.cmd == "load":
         if args.udp_port is None:
@@ -701,6 +777,8 @@ def main():
         out = upload(args)
     elif args.cmd == "bigudp":
         out = bigudp(args)
+    elif args.cmd == "ping":
+        out = ping(args)
     else:
         out = asyncio.run(probe(args))
     print(json.dumps(out), flush=True)

@@ -75,6 +75,7 @@ static void render(FILE *f, const struct bgs_state *st, const struct bgs_snapsho
 		{ BGS_STAT_PARSE_L4, "parse_l4" },
 		{ BGS_STAT_ZERO_PORT, "zero_port" },
 		{ BGS_STAT_EXTHDR_LIMIT, "ipv6_exthdr_limit" },
+		{ BGS_STAT_FRAG_PASS, "frag_pass" },
 	};
 	char b[BGS_ADDRSTR_LEN];
 	size_t i, j;

@@ -42,6 +42,7 @@ const char *const bgs_stat_names[BGS_STAT_MAX] = {
 	[BGS_STAT_UNTRACKED] = "untracked",
 	[BGS_STAT_REPLY_SUPERSEDED] = "reply_superseded",
 	[BGS_STAT_RST_MISS] = "rst_miss",
+	[BGS_STAT_FRAG_PASS] = "frag_pass",
 };
 
 const char *const bgs_drop_names[BGS_DROP_MAX] = {
