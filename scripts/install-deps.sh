@@ -1,16 +1,15 @@
 #!/usr/bin/env bash
-# Install, from Debian's packages, exactly what bgswitch needs to build, test and demo and is missing.
+# Install, from Debian's packages, what scripts/programs.txt lists and is missing: everything the
+# build, the tests, the demo, the benchmarks and the fuzzing run.
 set -euo pipefail
 
-PKGS=(
-	make gcc pkg-config clang llvm libbpf-dev libelf-dev zlib1g-dev bpftool libmicrohttpd-dev
-	libcurl4-openssl-dev libjson-c-dev etcd-server etcd-client openssl
-	iproute2 ethtool iptables nftables procps util-linux
-	python3 python3-pytest python3-scapy tmux
-	wrk python3-matplotlib
-	clang-format
-	man-db groff-base
-)
+MANIFEST="$(dirname "$0")/programs.txt"
+
+mapfile -t PKGS < <(sed -e 's/#.*//' "$MANIFEST" | awk 'NF == 2 && !seen[$2]++ { print $2 }')
+if [ ${#PKGS[@]} -eq 0 ]; then
+	echo "install-deps: no package in $MANIFEST" >&2
+	exit 1
+fi
 
 missing=()
 for p in "${PKGS[@]}"; do

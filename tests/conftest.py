@@ -3,7 +3,11 @@
 Keep this file tiny: import fixtures here, define them elsewhere.
 """
 
-from unit_fixtures import bgs  # noqa: F401  (data-plane unit tests: tests/test_dataplane.py)
+from lib import programs
+
+programs.install()  # every program a test spawns must be in scripts/programs.txt
+
+from unit_fixtures import bgs  # noqa: F401,E402  (data-plane unit tests: tests/test_dataplane.py)
 
 
 import pytest  # noqa: E402

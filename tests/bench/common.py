@@ -35,6 +35,10 @@ PREFIX = "bgsb"  # every namespace and pin root of the suite starts with it
 
 sys.path.insert(0, TESTS)  # bpfsys.py, model.py
 
+from lib import programs  # noqa: E402
+
+programs.install()  # every program the suite runs must be in scripts/programs.txt
+
 
 class BenchError(RuntimeError):
     pass
