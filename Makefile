@@ -52,7 +52,7 @@ endif
 .PHONY: all deps clean test test-unit test-e2e demo format format-check sanitize install vmlinux
 .PHONY: bench bench-build
 
-all: $(OBJDIR)/bgswitch
+all: $(OBJDIR)/bgswitch $(OBJDIR)/bgs-doccheck
 
 deps:
 	$(Q)scripts/install-deps.sh
@@ -75,6 +75,12 @@ $(OBJDIR)/%.o: user/%.c $(USER_HDRS) $(OUTPUT)/bgswitch.skel.h | $(OBJDIR)
 $(OBJDIR)/bgswitch: $(USER_OBJS)
 	$(call msg,LINK,$@)
 	$(Q)$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
+
+# The fleet document decoder alone, for its table and fuzz tests (tests/test_fleet_doc.py).
+DOC_OBJS := $(addprefix $(OBJDIR)/,fleet_doc.o util.o maglev.o log.o)
+$(OBJDIR)/bgs-doccheck: tests/fuzz/doccheck.c $(DOC_OBJS) $(USER_HDRS)
+	$(call msg,LINK,$@)
+	$(Q)$(CC) $(CFLAGS) $(FLEET_CFLAGS) -Iuser $(LDFLAGS) $< $(DOC_OBJS) $(LDLIBS) -o $@
 
 sanitize:
 	$(Q)$(MAKE) --no-print-directory SANITIZE=1
