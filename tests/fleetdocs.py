@@ -65,7 +65,8 @@ def _append(tail):
 
 
 # (case id, the bad document from a valid one, words the refusal must contain). Issue 16,
-# "What failed", points 1 to 4, first; then the rest of the rules.
+# "What failed", points 1 to 4, first; then the rest of the rules. Each is bad whatever the
+# valid document it starts from (its color, its generation).
 BAD = [
     # 1. the repro: proto null (with the other keys missing, and alone)
     ("issue1-repro", _raw('{"name":"web","vip":"10.79.100.1:80","proto":null,"generation":5}'),
@@ -88,8 +89,8 @@ BAD = [
     ("issue3-green-empty", lambda d: _set(["backends", "green"], [])(
         dict(d, green_share=SHARE_MAX)), "green takes new flows"),
     ("issue3-blue-weight0", lambda d: _set(["backends", "blue"],
-                                          [{"addr": "10.79.200.11:8081", "weight": 0}])(d),
-     "blue takes new flows"),
+                                          [{"addr": "10.79.200.11:8081", "weight": 0}])(
+        dict(d, green_share=0)), "blue takes new flows"),
     ("issue3-split-green-empty", lambda d: _set(["backends", "green"], [])(
         dict(d, green_share=2500)), "green takes new flows"),
     # 4. wrong types, coerced before

@@ -10,6 +10,7 @@ set the fuzz run; `make fuzz` runs 200,000 documents against the sanitizer build
 
 import json
 import os
+import random
 import time
 
 import pytest
@@ -86,7 +87,8 @@ def test_fleet_doc_fuzz():
     """Mutated and random documents from a seed: no crash or sanitizer report, one verdict per
     document, every accepted one re-encodes to itself, every JSON one judged as the model
     judges it, and a valid document afterwards is accepted. Prints the count and the time."""
-    seed = int(os.environ.get("FLEET_DOC_FUZZ_SEED", "0"))
+    seed = os.environ.get("FLEET_DOC_FUZZ_SEED", "0")
+    seed = int(seed) if seed.isdigit() else random.randrange(2 ** 32)
     count = int(os.environ.get("FLEET_DOC_FUZZ_COUNT", "4000"))
     base = fleetdocs.doc()
     docs = fleetdocs.generate(seed, count, base)

@@ -289,21 +289,19 @@ static int local_delete(struct agent *ag, const char *name, const char *why)
  */
 static int vip_taken(const struct agent *ag, const struct fleet_service *s)
 {
+	struct bgs_vip_key key = { .port = s->vip_ep.port,
+				   .proto = s->proto,
+				   .family = s->vip_ep.family };
 	struct bgs_service rec;
-	__u32 i;
+	struct bgs_vip vip;
 
-	for (i = 0; i < BGS_MAX_SERVICES; i++) {
-		if (!service_get(&ag->st, i, &rec) || !strncmp(rec.name, s->name, BGS_NAME_LEN))
-			continue;
-		if (rec.vip.family == s->vip_ep.family && rec.vip.port == s->vip_ep.port &&
-		    rec.vip.proto == s->proto &&
-		    !memcmp(rec.vip.addr, s->vip_ep.addr, sizeof(rec.vip.addr))) {
-			pr_warn("%s/%s belongs to service '%s' on this node\n", s->vip,
-				proto_name(s->proto), rec.name);
-			return -EEXIST;
-		}
-	}
-	return 0;
+	memcpy(key.addr, s->vip_ep.addr, sizeof(key.addr));
+	if (bpf_map_lookup_elem(ag->st.fd[BGS_M_VIPS], &key, &vip) ||
+	    !service_get(&ag->st, vip.svc, &rec) || !strncmp(rec.name, s->name, BGS_NAME_LEN))
+		return 0;
+	pr_warn("%s/%s belongs to service '%s' on this node\n", s->vip, proto_name(s->proto),
+		rec.name);
+	return -EEXIST;
 }
 
 /* Apply one (valid) document to the local state; idempotent. */

@@ -820,10 +820,8 @@ static int fleet_service_add(struct fleet_args *a, struct fleet_service *s)
 		pr_warn("--table-size: a service with --lb modulo has no table\n");
 		return -EINVAL;
 	}
-	if (!endpoint_is_unicast(&ep)) {
-		pr_warn("'%s': a VIP must be a unicast address\n", a->args[2]);
+	if (check_vip_addr(a->args[2], &ep))
 		return -EINVAL;
-	}
 	err = fleet_connect(a);
 	if (err)
 		return err;
@@ -981,7 +979,7 @@ out:
 int fleet_backend(int argc, char **argv)
 {
 	struct fleet_service *s = calloc(1, sizeof(*s));
-	struct bgs_endpoint ep, vip, other;
+	struct bgs_endpoint ep, other;
 	struct fleet_args a;
 	const char *sub = argc > 1 ? argv[1] : "";
 	bool add = !strcmp(sub, "add");
@@ -1014,10 +1012,8 @@ int fleet_backend(int argc, char **argv)
 	err = doc_open(&a, a.args[1], s);
 	if (err)
 		goto out;
-	parse_endpoint(s->vip, &vip);
-	if (add && (ep.family != vip.family || !endpoint_is_unicast(&ep))) {
-		pr_warn("'%s' is not a unicast address of the family of service '%s'\n", a.args[3],
-			s->name);
+	if (add && (check_backend_addr(a.args[3], &ep) ||
+		    check_backend_of(a.args[3], &ep, s->vip_ep.addr, s->vip_ep.family, s->name))) {
 		err = -EINVAL;
 		goto out;
 	}
