@@ -4,7 +4,7 @@
  * transaction) goes through, and the encoder.
  *
  * A document is checked completely before anything uses it: one JSON object and nothing after
- * it, strict types (an integer is a JSON integer, a string a JSON string, no null but for
+ * it (no key twice), strict types (an integer is a JSON integer, a string a JSON string, no null but for
  * previous_share), exactly the known keys, and the local commands' own rules through their own
  * check functions (service name, addresses, protocol, lb, table size, split-by, weights,
  * duplicates, a color taking new flows has a backend of weight above 0). The first failure is
@@ -313,24 +313,69 @@ static int doc_takes_flows(const struct fleet_service *s, struct doc_ctx *c)
 	return 0;
 }
 
-/* A \u0000 escape in a string or a key: json-c ends its C strings there ("blue\u0000x" would
- * be the key "blue"), so no document may have one. json is valid JSON.
+/* In valid JSON text: the members (KEY: VALUE) of all its objects, and *nul if a string or a
+ * key has a \u0000 escape (json-c ends its C strings there: "blue\u0000x" would be "blue").
  */
-static bool escaped_nul(const char *json, size_t len)
+static size_t text_members(const char *json, size_t len, bool *nul)
 {
 	bool in_str = false;
-	size_t i;
+	size_t i, n = 0;
 
+	*nul = false;
 	for (i = 0; i < len; i++) {
-		if (json[i] == '"')
+		if (json[i] == '"') {
 			in_str = !in_str;
-		else if (in_str && json[i] == '\\' && i + 1 < len) {
-			if (json[i + 1] == 'u' && len - i >= 6 && !strncmp(json + i + 2, "0000", 4))
-				return true;
+		} else if (in_str && json[i] == '\\' && i + 1 < len) {
+			*nul |= json[i + 1] == 'u' && len - i >= 6 &&
+				!strncmp(json + i + 2, "0000", 4);
 			i++;
+		} else if (!in_str && json[i] == ':') {
+			n++;
 		}
 	}
-	return false;
+	return n;
+}
+
+/* The members of all objects of the parsed tree: fewer than the text's when a key is there twice
+ * in one object (json-c keeps the last silently).
+ */
+static size_t tree_members(json_object *o)
+{
+	size_t n = 0, i;
+
+	if (json_object_is_type(o, json_type_object)) {
+		json_object_object_foreach(o, k, v)
+		{
+			(void)k;
+			n += 1 + tree_members(v);
+		}
+	} else if (json_object_is_type(o, json_type_array)) {
+		for (i = 0; i < json_object_array_length(o); i++)
+			n += tree_members(json_object_array_get_idx(o, i));
+	}
+	return n;
+}
+
+/* What the parse does not catch: not an object, a \u0000, a key twice. */
+static int doc_text(const char *json, size_t len, json_object *o)
+{
+	size_t members;
+	bool nul;
+
+	if (!json_object_is_type(o, json_type_object)) {
+		pr_warn("not a JSON object\n");
+		return -EINVAL;
+	}
+	members = text_members(json, len, &nul);
+	if (nul) {
+		pr_warn("a NUL character (\\u0000) in a string\n");
+		return -EINVAL;
+	}
+	if (members != tree_members(o)) {
+		pr_warn("a key given twice in one object\n");
+		return -EINVAL;
+	}
+	return 0;
 }
 
 /* The parse: one JSON object, nothing after it but white space. NULL with the reason. */
@@ -363,16 +408,9 @@ static json_object *doc_parse(const char *json, size_t len, struct doc_ctx *c)
 	end = json_tokener_get_parse_end(tok);
 	for (i = end; i < len && strchr(" \t\r\n", json[i]); i++)
 		;
-	if (i < len) {
+	if (i < len)
 		pr_warn("bytes after the JSON object, at byte %zu\n", i);
-		json_object_put(o);
-		o = NULL;
-	} else if (!json_object_is_type(o, json_type_object)) {
-		pr_warn("not a JSON object\n");
-		json_object_put(o);
-		o = NULL;
-	} else if (escaped_nul(json, end)) {
-		pr_warn("a NUL character (\\u0000) in a string\n");
+	if (i < len || doc_text(json, end, o)) {
 		json_object_put(o);
 		o = NULL;
 	}
