@@ -647,6 +647,31 @@ def test_fleet_fuzzed_documents_through_agents(fleet):
           f"in {took:.1f} s, 0 crashes")
 
 
+def test_fleet_document_taking_another_services_vip_changes_nothing(fleet):
+    """A valid document that moves web onto webu's VIP (udp): no node deletes web to make room
+    (before, web was deleted and never re-created); each reports why, and the next document
+    applies."""
+    key = f"{fleet.key_prefix}/services/web"
+    base = json.loads(etcd_get(fleet.etcd.url, key))
+    before = {i: node_snapshot(fleet, i) for i in range(NODES)}
+    etcd_put(fleet.etcd.url, key, fleetdocs.text(dict(base, proto="udp",
+                                                      generation=base["generation"] + 1)))
+    deadline = time.monotonic() + 10
+    while True:
+        st = fleet.status("web")
+        if all("belongs to service 'webu'" in n["error"] for n in st["nodes"]) \
+                or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert all(n["state"] == "error" and n["generation"] == base["generation"]
+               for n in st["nodes"]), st
+    assert {i: node_snapshot(fleet, i) for i in range(NODES)} == before
+    base["generation"] += 2
+    etcd_put(fleet.etcd.url, key, fleetdocs.text(base))
+    fleet.ok(fleet.fleet("status", "web", "--wait", "--timeout", "10s"))
+    assert {i: node_snapshot(fleet, i) for i in range(NODES)} == before
+
+
 def test_fleet_bad_keys_reported_not_skipped(fleet):
     """A document under a key that is no service name (32 characters or more, a space) is
     reported under that key by every node, not skipped; the node's services are untouched;

@@ -863,6 +863,8 @@ static void agent_usage(void)
 	       "generations, colors, live flows and health under PREFIX/nodes/NAME with a lease.\n"
 	       "The agent owns every service of its pin root. When etcd is unreachable the node\n"
 	       "keeps its last applied state and the agent retries (100 ms doubling to 5 s).\n"
+	       "A document that is not valid changes nothing: the node keeps its last applied\n"
+	       "state and reports the refusal with the document's revision.\n"
 	       "SIGTERM or SIGINT revokes the lease and exits 0.\n"
 	       "\n"
 	       "  -E, --etcd URL[,URL...]  etcd endpoints (http:// only to loopback unless\n"
