@@ -52,7 +52,7 @@ endif
 .PHONY: all deps clean test test-unit test-e2e demo format format-check sanitize install vmlinux
 .PHONY: bench bench-build FORCE
 
-all: $(OBJDIR)/bgswitch
+all: $(OBJDIR)/bgswitch $(OBJDIR)/bgs-doccheck
 
 deps:
 	$(Q)scripts/install-deps.sh
@@ -81,6 +81,12 @@ $(OBJDIR)/bgswitch: $(USER_OBJS)
 	$(call msg,LINK,$@)
 	$(Q)$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
 
+# The fleet document decoder alone, for its table and fuzz tests (tests/test_fleet_doc.py).
+DOC_OBJS := $(addprefix $(OBJDIR)/,fleet_doc.o util.o maglev.o log.o)
+$(OBJDIR)/bgs-doccheck: tests/fuzz/doccheck.c $(DOC_OBJS) $(USER_HDRS)
+	$(call msg,LINK,$@)
+	$(Q)$(CC) $(CFLAGS) $(FLEET_CFLAGS) -Iuser $(LDFLAGS) $< $(DOC_OBJS) $(LDLIBS) -o $@
+
 sanitize:
 	$(Q)$(MAKE) --no-print-directory SANITIZE=1
 
@@ -91,15 +97,21 @@ test: deps
 	$(Q)$(PYTEST) -q tests
 	@echo "  SANITIZE command-line and attach tests with the ASan/UBSan build"
 	$(Q)BGSWITCH=$(CURDIR)/$(OUTPUT)/san/bgswitch $(PYTEST) -q tests/test_e2e.py -k "cli or attach"
-	@echo "  SANITIZE fleet tests (etcd client, agent) with the ASan/UBSan build"
-	$(Q)BGSWITCH=$(CURDIR)/$(OUTPUT)/san/bgswitch $(PYTEST) -q tests/test_fleet.py
+	@echo "  SANITIZE fleet tests (etcd client, agent, document decoder) with the ASan/UBSan build"
+	$(Q)BGSWITCH=$(CURDIR)/$(OUTPUT)/san/bgswitch $(PYTEST) -q tests/test_fleet_doc.py \
+		tests/test_fleet.py
 
 # make fuzz [FUZZ_SEED=N] [FUZZ_COUNT=N]: the differential test (tests/test_differential.py) on
-# FUZZ_COUNT packets (default 200000) from FUZZ_SEED (default: a random seed, printed first).
+# FUZZ_COUNT packets (default 200000) from FUZZ_SEED (default: a random seed, printed first);
+# then the fleet document fuzz test (tests/test_fleet_doc.py) on FUZZ_COUNT documents from
+# FUZZ_SEED (default 1) through the ASan/UBSan build's decoder.
 .PHONY: fuzz
 fuzz: all
+	$(Q)$(MAKE) --no-print-directory sanitize
 	$(Q)FUZZ_SEED='$(or $(FUZZ_SEED),random)' FUZZ_COUNT='$(or $(FUZZ_COUNT),200000)' \
 		$(PYTEST) -q -s tests/test_differential.py
+	$(Q)FLEET_DOC_FUZZ_SEED='$(or $(FUZZ_SEED),1)' FLEET_DOC_FUZZ_COUNT='$(or $(FUZZ_COUNT),200000)' \
+		BGSWITCH=$(CURDIR)/$(OUTPUT)/san/bgswitch $(PYTEST) -q -s tests/test_fleet_doc.py -k fuzz
 
 demo: deps
 	$(Q)$(MAKE) --no-print-directory all

@@ -23,6 +23,7 @@
 #ifndef BGS_TABLE_SIZE
 #define BGS_TABLE_SIZE 16381 /* default Maglev table size, a prime: > 100 x 163 backends */
 #endif
+#define BGS_TABLE_MIN 251 /* smallest table `service add --table-size` accepts (a prime) */
 #ifndef BGS_TABLE_MAX
 #define BGS_TABLE_MAX 131071 /* largest table `service add --table-size` accepts (a prime) */
 #endif

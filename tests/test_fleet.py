@@ -35,6 +35,7 @@ import urllib.request
 
 import pytest
 
+import fleetdocs
 from netns import BGSWITCH, BPFFS, PY, HERE, REPO, run, read_line
 
 NODES = 4
@@ -447,12 +448,30 @@ def test_fleet_etcd_down_traffic_goes_on(fleet):
         assert set(fleet.probe(i, count=2)) == {want}
 
 
-def etcd_put(url, key, value):
-    body = json.dumps({"key": base64.b64encode(key.encode()).decode(),
-                       "value": base64.b64encode(value.encode()).decode()}).encode()
-    req = urllib.request.Request(url + "/v3/kv/put", data=body,
+def etcd_call(url, path, req):
+    req = urllib.request.Request(url + path, data=json.dumps(req).encode(),
                                  headers={"Content-Type": "application/json"})
-    urllib.request.urlopen(req, timeout=5).read()
+    return json.loads(urllib.request.urlopen(req, timeout=5).read())
+
+
+def b64(v):
+    return base64.b64encode(v if isinstance(v, bytes) else v.encode()).decode()
+
+
+def etcd_put(url, key, value):
+    """Put value (str or bytes) at key: the revision of the put."""
+    return int(etcd_call(url, "/v3/kv/put", {"key": b64(key), "value": b64(value)})["header"]
+               ["revision"])
+
+
+def etcd_get(url, key):
+    """The value at key (bytes), or None."""
+    kvs = etcd_call(url, "/v3/kv/range", {"key": b64(key)}).get("kvs", [])
+    return base64.b64decode(kvs[0].get("value", "")) if kvs else None
+
+
+def etcd_delete(url, key):
+    etcd_call(url, "/v3/kv/deleterange", {"key": b64(key)})
 
 
 def test_fleet_shift_and_weights_reach_every_node(fleet):
@@ -502,11 +521,9 @@ def test_fleet_backend_changing_color_in_one_change(fleet):
     moved = f"{GREEN[1][0]}:{GREEN[1][1]}"
 
     def doc(gen, blue, green):
-        return json.dumps({"name": "web", "vip": f"{VIP}:{PORT}", "proto": "tcp",
-                           "generation": gen, "green_share": 10000 if color == "green" else 0,
-                           "previous_share": None,
-                           "backends": {"blue": [{"addr": a, "weight": 1} for a in blue],
-                                        "green": [{"addr": a, "weight": 1} for a in green]}})
+        return fleetdocs.text(fleetdocs.doc(vip=f"{VIP}:{PORT}", generation=gen,
+                                            green_share=10000 if color == "green" else 0,
+                                            blue=blue, green=green))
     blue = [f"{a}:{p}" for a, p in BLUE]
     green = [f"{a}:{p}" for a, p in GREEN]
     etcd_put(fleet.etcd.url, f"{fleet.key_prefix}/services/web",
@@ -516,6 +533,183 @@ def test_fleet_backend_changing_color_in_one_change(fleet):
     etcd_put(fleet.etcd.url, f"{fleet.key_prefix}/services/web", doc(gen + 2, blue, green))
     fleet.ok(fleet.fleet("status", "web", "--wait", "--timeout", "10s"))
     assert all(fleet.local(i, "web", sets=True)[2:] == (2, 2) for i in range(NODES))
+
+
+def node_snapshot(fleet, i):
+    """What node i's data plane does with new and open flows, from its own `status --json`: each
+    service's VIP, color, share, local generation (every switch write moves it), table and
+    backends with weight, state and table positions (no counters)."""
+    js = json.loads(fleet.ok(fleet.bgs("status", "--json", pin_root=fleet.pin_root(i))))
+    keep = ("name", "vip", "port", "proto", "active", "green_share", "previous_green_share",
+            "lb", "table_size", "split_by", "generation")
+    snap = []
+    for svc in js["services"]:
+        bes = {c: sorted((b["address"], b["port"], b["weight"], b["state"], b["table_positions"])
+                         for b in svc["colors"][c]["backends"]) for c in ("blue", "green")}
+        snap.append(tuple(svc[k] for k in keep) + (json.dumps(bes),))
+    return sorted(snap)
+
+
+def wait_refused(fleet, name, rev, timeout=10):
+    """status NAME --etcd --json until every node reports the document at rev refused."""
+    deadline = time.monotonic() + timeout
+    while True:
+        p = fleet.fleet("status", name, "--json")
+        assert p.returncode == 0 and not p.stderr, (p.returncode, p.stderr)
+        st = json.loads(p.stdout)["services"][0]
+        if all(n["refused_revision"] == rev for n in st["nodes"]) or time.monotonic() > deadline:
+            return st
+        time.sleep(0.05)
+
+
+def test_fleet_bad_documents_change_nothing(fleet):
+    """Every bad document of issue 16 (and the rest of the rules, tests/fleetdocs.py) written
+    over web's in etcd: every agent refuses it, changing nothing on its node (the data plane's
+    own view before and after is the same), and reports it under its node key with the
+    document's revision and the reason; `status --etcd` shows it (state "refused"); the change
+    commands refuse to build on it (one line, exit 1); no agent or command crashes. A valid
+    document afterwards applies on every node."""
+    key = f"{fleet.key_prefix}/services/web"
+    base = json.loads(etcd_get(fleet.etcd.url, key))
+    before = {i: node_snapshot(fleet, i) for i in range(NODES)}
+    refused, changes, t0 = 0, [], time.monotonic()
+    for cid, fn, want in fleetdocs.bad_cases():
+        rev = etcd_put(fleet.etcd.url, key, fleetdocs.render(fn, base))
+        st = wait_refused(fleet, "web", rev)
+        assert not st["valid"] and st["revision"] == rev and want in st["document_error"], (
+            cid, st)
+        for n in st["nodes"]:
+            assert n["state"] == "refused" and f"revision {rev} is not valid" in n["error"] \
+                and want in n["error"] and n["generation"] == base["generation"], (cid, n)
+        refused += 1
+        p = fleet.fleet("flip", "web")
+        assert p.returncode == 1 and p.stderr.count("\n") == 1 and "not valid" in p.stderr, (
+            cid, p.stderr)
+        for i in range(NODES):
+            if node_snapshot(fleet, i) != before[i]:
+                changes.append((cid, i))
+        assert all(a.poll() is None for a in fleet.agents.values()), f"an agent died at {cid}"
+    took = time.monotonic() - t0
+    text = fleet.ok(fleet.fleet("status", "web"))
+    assert "is not valid" in text and "4 nodes: 0 ok, refused: n0 n1 n2 n3" in text, text
+    assert "not valid" in fleet.ok(fleet.fleet("service", "list"))
+    # a valid document (the next generation) applies on every node; the refusal is cleared
+    base["generation"] += 1
+    etcd_put(fleet.etcd.url, key, fleetdocs.text(base))
+    fleet.ok(fleet.fleet("status", "web", "--wait", "--timeout", "10s"))
+    st = fleet.status("web")
+    assert st["valid"] and all(n["state"] == "ok" and n["refused_revision"] == 0
+                               and not n["error"] for n in st["nodes"]), st
+    assert {i: node_snapshot(fleet, i) for i in range(NODES)} == before
+    for i in range(NODES):
+        assert set(fleet.probe(i, count=2)) == {st["color"]}
+    print(f"\nFLEET BAD DOCUMENTS: {refused} of {len(fleetdocs.bad_cases())} refused with the "
+          f"error and revision in all {NODES} node reports, 0 crashes, {len(changes)} "
+          f"data-plane changes ({took:.1f} s)")
+    assert not changes, changes
+
+
+def test_fleet_fuzzed_documents_through_agents(fleet):
+    """Mutated, damaged and random documents (tests/fleetdocs.py, seeded) written over web's one
+    after another, as fast as etcd takes them: the valid ones apply, the others are refused; no
+    agent crashes; then the document from before (next generation) brings every node back to
+    the same data plane (generations aside) and traffic goes to its color."""
+    seed = os.environ.get("FLEET_DOC_FUZZ_SEED", "0")
+    seed = int(seed) if seed.isdigit() else 0
+    count = int(os.environ.get("FLEET_AGENT_FUZZ_COUNT", "100"))
+    key = f"{fleet.key_prefix}/services/web"
+    base = json.loads(etcd_get(fleet.etcd.url, key))
+
+    def plane(i):  # the snapshot without the switch's generation and previous share
+        return [t[:6] + t[7:10] + t[11:] for t in node_snapshot(fleet, i)]
+    before = {i: plane(i) for i in range(NODES)}
+    t0 = time.monotonic()
+    for _, d in fleetdocs.generate(seed, count, base):
+        etcd_put(fleet.etcd.url, key, d)
+    base["generation"] += 1
+    etcd_put(fleet.etcd.url, key, fleetdocs.text(base))
+    # not --wait: a fuzzed document of a higher generation, applied before, would satisfy it
+    deadline = time.monotonic() + 30
+    while True:
+        st = fleet.status("web")
+        done = all(n["state"] == "ok" and n["generation"] == base["generation"]
+                   for n in st["nodes"])
+        if done or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    took = time.monotonic() - t0
+    assert all(a.poll() is None for a in fleet.agents.values()), "an agent died"
+    assert done, st
+    assert {i: plane(i) for i in range(NODES)} == before
+    for i in range(NODES):
+        assert set(fleet.probe(i, count=2)) == {st["color"]}
+    print(f"\nFLEET AGENT FUZZ seed {seed}: {count} documents through {NODES} agents and back "
+          f"in {took:.1f} s, 0 crashes")
+
+
+def test_fleet_document_taking_another_services_vip_changes_nothing(fleet):
+    """A valid document that moves web onto webu's VIP (udp): no node deletes web to make room
+    (before, web was deleted and never re-created); each reports why, and the next document
+    applies."""
+    key = f"{fleet.key_prefix}/services/web"
+    base = json.loads(etcd_get(fleet.etcd.url, key))
+    before = {i: node_snapshot(fleet, i) for i in range(NODES)}
+    etcd_put(fleet.etcd.url, key, fleetdocs.text(dict(base, proto="udp",
+                                                      generation=base["generation"] + 1)))
+    deadline = time.monotonic() + 10
+    while True:
+        st = fleet.status("web")
+        if all("belongs to service 'webu'" in n["error"] for n in st["nodes"]) \
+                or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert all(n["state"] == "error" and n["generation"] == base["generation"]
+               for n in st["nodes"]), st
+    assert {i: node_snapshot(fleet, i) for i in range(NODES)} == before
+    base["generation"] += 2
+    etcd_put(fleet.etcd.url, key, fleetdocs.text(base))
+    fleet.ok(fleet.fleet("status", "web", "--wait", "--timeout", "10s"))
+    assert {i: node_snapshot(fleet, i) for i in range(NODES)} == before
+
+
+def test_fleet_bad_keys_reported_not_skipped(fleet):
+    """A document under a key that is no service name (32 characters or more, a space) is
+    reported under that key by every node, not skipped; the node's services are untouched;
+    deleting the key clears it."""
+    before = {i: node_snapshot(fleet, i) for i in range(NODES)}
+    for name in ("w" * 32, "x" * 100, "we b"):
+        key = f"{fleet.key_prefix}/services/{name}"
+        rev = etcd_put(fleet.etcd.url, key, fleetdocs.text(fleetdocs.doc(
+            name=name, vip="10.79.100.9:80")))
+        st = wait_refused(fleet, name, rev)
+        assert all(n["state"] == "refused" and "name" in n["error"] for n in st["nodes"]), st
+        etcd_delete(fleet.etcd.url, key)
+    assert {i: node_snapshot(fleet, i) for i in range(NODES)} == before
+    fleet.ok(fleet.fleet("status", "web", "--wait", "--timeout", "10s"))
+
+
+def test_fleet_writers_refuse_invalid_documents(fleet):
+    """An --etcd writer never writes what the agents would refuse: weight 0 on every backend of
+    the color taking new flows is refused (one line, exit 1, the generation unchanged); a
+    document that is not valid can be deleted with service del --etcd."""
+    st = fleet.status("web")
+    color, gen = st["color"], st["generation"]
+    addrs = [f"{a}:{p}" for a, p in (BLUE if color == "blue" else GREEN)]
+    fleet.ok(fleet.fleet("backend", "add", "web", color, addrs[0], "--weight", "0"))
+    p = fleet.fleet("backend", "add", "web", color, addrs[1], "--weight", "0")
+    assert p.returncode == 1 and p.stderr.count("\n") == 1, p.stderr
+    assert "refusing to write" in p.stderr and f"{color} takes new flows" in p.stderr, p.stderr
+    assert fleet.status("web")["generation"] == gen + 1
+    fleet.ok(fleet.fleet("backend", "add", "web", color, addrs[0], "--weight", "1", "--wait",
+                         "--timeout", "10s"))
+    # a bad document under a new key: readers refuse it in one line, service del removes it
+    key = f"{fleet.key_prefix}/services/junk"
+    etcd_put(fleet.etcd.url, key, '{"name":"junk","proto":null}')
+    p = fleet.fleet("shift", "junk", "green", "10%")
+    assert p.returncode == 1 and p.stderr.count("\n") == 1 and "vip: missing" in p.stderr \
+        and "not valid" in p.stderr, p.stderr
+    fleet.ok(fleet.fleet("service", "del", "junk", "--wait", "--timeout", "10s"))
+    assert etcd_get(fleet.etcd.url, key) is None
 
 
 def test_fleet_changes_and_refusals(fleet):

@@ -40,14 +40,15 @@
 
 /* What the agent applied, per service name. */
 struct agent_svc {
-	char name[BGS_NAME_LEN];
+	char name[FLEET_KEY_NAME_LEN]; /* a refused document's key may be longer than a name */
 	bool used;
 	bool seen; /* in the desired state of the current reconcile */
 	__s64 generation; /* fleet generation applied, -1: none yet */
 	__s32 share; /* green share in force locally */
 	__u64 applied_us;
 	__u64 live[BGS_NCOLORS];
-	char error[200];
+	__s64 refused_rev; /* the revision of a document that is not valid, 0: none */
+	char error[400];
 };
 
 struct agent {
@@ -79,7 +80,7 @@ static struct agent_svc *svc_get(struct agent *ag, const char *name, bool create
 	int i;
 
 	for (i = 0; i < MAX_SVCS; i++) {
-		if (ag->svcs[i].used && !strncmp(ag->svcs[i].name, name, BGS_NAME_LEN))
+		if (ag->svcs[i].used && !strncmp(ag->svcs[i].name, name, FLEET_KEY_NAME_LEN - 1))
 			return &ag->svcs[i];
 		if (!ag->svcs[i].used && !free_one)
 			free_one = &ag->svcs[i];
@@ -283,7 +284,27 @@ static int local_delete(struct agent *ag, const char *name, const char *why)
 	return run_local(do_service, argv);
 }
 
-/* Apply one document to the local state; idempotent. */
+/* Another local service with the VIP (address, port, protocol) of the document: a document the
+ * node cannot take without first deleting its own service, so it is refused before any change.
+ */
+static int vip_taken(const struct agent *ag, const struct fleet_service *s)
+{
+	struct bgs_vip_key key = { .port = s->vip_ep.port,
+				   .proto = s->proto,
+				   .family = s->vip_ep.family };
+	struct bgs_service rec;
+	struct bgs_vip vip;
+
+	memcpy(key.addr, s->vip_ep.addr, sizeof(key.addr));
+	if (bpf_map_lookup_elem(ag->st.fd[BGS_M_VIPS], &key, &vip) ||
+	    !service_get(&ag->st, vip.svc, &rec) || !strncmp(rec.name, s->name, BGS_NAME_LEN))
+		return 0;
+	pr_warn("%s/%s belongs to service '%s' on this node\n", s->vip, proto_name(s->proto),
+		rec.name);
+	return -EEXIST;
+}
+
+/* Apply one (valid) document to the local state; idempotent. */
 static int apply_doc(struct agent *ag, const struct fleet_service *s)
 {
 	struct agent_svc *as = svc_get(ag, s->name, true);
@@ -313,6 +334,9 @@ static int apply_doc(struct agent *ag, const struct fleet_service *s)
 	snprintf(size, sizeof(size), "%u", s->table_size ? s->table_size : BGS_TABLE_SIZE);
 	snprintf(split, sizeof(split), "%s",
 		 s->vip_flags & BGS_VIP_SPLIT_CLIENT ? "client" : "flow");
+	err = vip_taken(ag, s);
+	if (err)
+		goto out;
 	have = local_find(ag, s->name, &svc, &rec);
 	if (have &&
 	    (rec.vip.family != ep.family || rec.vip.port != ep.port || rec.vip.proto != s->proto ||
@@ -407,27 +431,41 @@ out:
 	return err;
 }
 
-/* A document from etcd (key and value): decode and apply; a bad one is reported, not applied. */
-static void apply_kv(struct agent *ag, const char *name, const char *value)
+/* A document from etcd (its key's name, value and mod_revision): decoded and checked whole, then
+ * applied. One that is not valid changes nothing: the node keeps its last applied state and
+ * reports the refusal with the document's revision.
+ */
+static void apply_kv(struct agent *ag, const char *name, const char *value, size_t len, __s64 rev)
 {
 	struct fleet_service *s = calloc(1, sizeof(*s));
+	char why[FLEET_WHY_LEN];
 	struct agent_svc *as;
 
 	if (!s) {
 		snprintf(ag->error, sizeof(ag->error), "out of memory");
 		return;
 	}
-	if (fleet_doc_decode(value, s) || strncmp(s->name, name, BGS_NAME_LEN)) {
-		as = svc_get(ag, name, true);
-		if (as) {
-			as->seen = true;
-			snprintf(as->error, sizeof(as->error),
-				 "the document is not valid; the last applied state stays");
-		}
-		ag->dirty = true;
+	if (!fleet_doc_decode(value, len, name, s, why, sizeof(why))) {
+		as = svc_get(ag, s->name, false);
+		if (as)
+			as->refused_rev = 0;
+		apply_doc(ag, s);
 		goto out;
 	}
-	apply_doc(ag, s);
+	as = svc_get(ag, name, true);
+	if (as) {
+		as->seen = true;
+		if (as->refused_rev != rev)
+			pr_warn("agent %s: %.60s: the document at revision %lld is refused, nothing "
+				"changed: %s\n",
+				ag->node, name, (long long)rev, why);
+		as->refused_rev = rev;
+		snprintf(as->error, sizeof(as->error),
+			 "the document at revision %lld is not valid: %s; the node keeps its last "
+			 "applied state",
+			 (long long)rev, why);
+	}
+	ag->dirty = true;
 out:
 	free(s);
 }
@@ -457,9 +495,9 @@ static const char *svc_name_of(const struct agent *ag, const char *key)
 
 	fleet_key(pfx, sizeof(pfx), ag->conn.prefix, "services", NULL);
 	n = strlen(pfx);
-	if (strncmp(key, pfx, n) || !key[n] || strlen(key + n) >= BGS_NAME_LEN)
+	if (strncmp(key, pfx, n) || !key[n])
 		return NULL;
-	return key + n;
+	return key + n; /* checked with the document: a name that is not valid is reported */
 }
 
 /* Open the pinned state afresh: after a `detach --purge` and a new `attach` the maps are new. */
@@ -503,7 +541,7 @@ static int reconcile(struct agent *ag)
 		const char *name = svc_name_of(ag, kvs[i].key);
 
 		if (name)
-			apply_kv(ag, name, kvs[i].value);
+			apply_kv(ag, name, kvs[i].value, kvs[i].vlen, kvs[i].mod_rev);
 	}
 	/* Local services the fleet no longer has; but an agent that has never seen a service in
 	 * etcd (a wrong --prefix, an empty or wiped etcd) deletes nothing: it says so instead.
@@ -620,6 +658,8 @@ static int report(struct agent *ag)
 		json_object_object_add(live, "green", json_object_new_int64(as->live[BGS_GREEN]));
 		json_object_object_add(s, "live", live);
 		json_object_object_add(s, "error", json_object_new_string(as->error));
+		json_object_object_add(s, "refused_revision",
+				       json_object_new_int64(as->refused_rev));
 		json_object_object_add(svcs, as->name, s);
 		if (as->error[0])
 			healthy = false;
@@ -713,8 +753,9 @@ static int on_watch(json_object *res, void *ctx)
 			if (!json_object_object_get_ex(jkv, "key", &k) ||
 			    etcd_b64_decode(json_object_get_string(k), &kv.key, &len))
 				continue;
+			kv.vlen = 0;
 			if (!del && json_object_object_get_ex(jkv, "value", &k) &&
-			    etcd_b64_decode(json_object_get_string(k), &kv.value, &len)) {
+			    etcd_b64_decode(json_object_get_string(k), &kv.value, &kv.vlen)) {
 				free(kv.key);
 				continue;
 			}
@@ -723,7 +764,8 @@ static int on_watch(json_object *res, void *ctx)
 		if (name && del)
 			delete_svc(ag, name);
 		else if (name)
-			apply_kv(ag, name, kv.value ? kv.value : "");
+			apply_kv(ag, name, kv.value ? kv.value : "", kv.vlen,
+				 etcd_json_int(jkv, "mod_revision"));
 		ag->seen_any = true;
 		if (etcd_json_int(jkv, "mod_revision") > ag->rev)
 			ag->rev = etcd_json_int(jkv, "mod_revision");
@@ -821,6 +863,8 @@ static void agent_usage(void)
 	       "generations, colors, live flows and health under PREFIX/nodes/NAME with a lease.\n"
 	       "The agent owns every service of its pin root. When etcd is unreachable the node\n"
 	       "keeps its last applied state and the agent retries (100 ms doubling to 5 s).\n"
+	       "A document that is not valid changes nothing: the node keeps its last applied\n"
+	       "state and reports the refusal with the document's revision.\n"
 	       "SIGTERM or SIGINT revokes the lease and exits 0.\n"
 	       "\n"
 	       "  -E, --etcd URL[,URL...]  etcd endpoints (http:// only to loopback unless\n"

@@ -116,182 +116,6 @@ int fleet_conn_opt(struct fleet_conn *c, int opt, const char *arg)
 	}
 }
 
-/* ---- the document ---- */
-
-static int doc_backends(json_object *arr, struct fleet_service *s, __u8 color)
-{
-	struct bgs_endpoint ep;
-	size_t i, n;
-
-	if (!arr)
-		return 0;
-	if (!json_object_is_type(arr, json_type_array))
-		return -EINVAL;
-	n = json_object_array_length(arr);
-	if (n > BGS_MAX_BACKENDS)
-		return -E2BIG;
-	for (i = 0; i < n; i++) {
-		json_object *b = json_object_array_get_idx(arr, i), *v;
-		struct fleet_backend *fb = &s->be[color][i];
-
-		if (!json_object_object_get_ex(b, "addr", &v) ||
-		    !json_object_is_type(v, json_type_string) ||
-		    strlen(json_object_get_string(v)) >= sizeof(fb->addr) ||
-		    parse_endpoint(json_object_get_string(v), &ep))
-			return -EINVAL;
-		snprintf(fb->addr, sizeof(fb->addr), "%s", json_object_get_string(v));
-		fb->weight = 1;
-		if (json_object_object_get_ex(b, "weight", &v)) {
-			__s64 w = json_object_get_int64(v);
-
-			if (w < 0 || w > BGS_WEIGHT_MAX)
-				return -EINVAL;
-			fb->weight = w;
-		}
-	}
-	s->nbe[color] = n;
-	return 0;
-}
-
-/* A backend listed twice, in one color or in both, is a document no agent can converge to. */
-static int doc_unique(const struct fleet_service *s)
-{
-	struct bgs_endpoint a, b;
-	__u32 c, i, d, j;
-
-	for (c = 0; c < BGS_NCOLORS; c++)
-		for (i = 0; i < s->nbe[c]; i++) {
-			if (parse_endpoint(s->be[c][i].addr, &a))
-				return -EINVAL;
-			for (d = c; d < BGS_NCOLORS; d++)
-				for (j = d == c ? i + 1 : 0; j < s->nbe[d]; j++)
-					if (!parse_endpoint(s->be[d][j].addr, &b) &&
-					    !memcmp(a.addr, b.addr, sizeof(a.addr)) &&
-					    a.port == b.port && a.family == b.family)
-						return -EINVAL;
-		}
-	return 0;
-}
-
-/* Parse and check a document. -EINVAL (with a warning) for anything the agents cannot apply. */
-int fleet_doc_decode(const char *json, struct fleet_service *s)
-{
-	json_object *o = json_tokener_parse(json), *v, *bes;
-	struct bgs_endpoint ep;
-	int err = -EINVAL;
-
-	memset(s, 0, sizeof(*s));
-	s->previous_share = -1;
-	if (!o || !json_object_is_type(o, json_type_object))
-		goto out;
-	if (!json_object_object_get_ex(o, "name", &v) ||
-	    !json_object_is_type(v, json_type_string) ||
-	    strlen(json_object_get_string(v)) >= BGS_NAME_LEN)
-		goto out;
-	snprintf(s->name, sizeof(s->name), "%s", json_object_get_string(v));
-	if (!json_object_object_get_ex(o, "vip", &v) || !json_object_is_type(v, json_type_string) ||
-	    strlen(json_object_get_string(v)) >= sizeof(s->vip))
-		goto out;
-	snprintf(s->vip, sizeof(s->vip), "%s", json_object_get_string(v));
-	s->proto = IPPROTO_TCP;
-	if (json_object_object_get_ex(o, "proto", &v) &&
-	    parse_proto(json_object_get_string(v), &s->proto))
-		goto out;
-	if (!json_object_object_get_ex(o, "generation", &v))
-		goto out;
-	s->generation = json_object_get_int64(v);
-	if (json_object_object_get_ex(o, "green_share", &v))
-		s->green_share = json_object_get_int(v);
-	if (json_object_object_get_ex(o, "previous_share", &v) &&
-	    !json_object_is_type(v, json_type_null))
-		s->previous_share = json_object_get_int(v);
-	s->lb = BGS_LB_MAGLEV;
-	s->table_size = BGS_TABLE_SIZE;
-	if (json_object_object_get_ex(o, "lb", &v) && !json_object_is_type(v, json_type_null)) {
-		if (!strcmp(json_object_get_string(v), "modulo"))
-			s->lb = BGS_LB_MODULO;
-		else if (strcmp(json_object_get_string(v), "maglev"))
-			goto out;
-	}
-	if (json_object_object_get_ex(o, "table_size", &v) &&
-	    !json_object_is_type(v, json_type_null))
-		s->table_size = json_object_get_int64(v);
-	if (s->lb == BGS_LB_MODULO)
-		s->table_size = 0;
-	else if (s->table_size < 251 || s->table_size > BGS_TABLE_MAX ||
-		 !maglev_is_prime(s->table_size))
-		goto out;
-	if (json_object_object_get_ex(o, "split_by", &v) &&
-	    !json_object_is_type(v, json_type_null)) {
-		if (!strcmp(json_object_get_string(v), "client"))
-			s->vip_flags |= BGS_VIP_SPLIT_CLIENT;
-		else if (strcmp(json_object_get_string(v), "flow"))
-			goto out;
-	}
-	if (s->generation < 1 || s->green_share < 0 || s->green_share > FLEET_SHARE_MAX ||
-	    s->previous_share > FLEET_SHARE_MAX || check_name(s->name) ||
-	    parse_endpoint(s->vip, &ep))
-		goto out;
-	if (json_object_object_get_ex(o, "backends", &bes)) {
-		json_object *blue = NULL, *green = NULL;
-
-		json_object_object_get_ex(bes, "blue", &blue);
-		json_object_object_get_ex(bes, "green", &green);
-		err = doc_backends(blue, s, BGS_BLUE);
-		if (!err)
-			err = doc_backends(green, s, BGS_GREEN);
-		if (!err)
-			err = doc_unique(s);
-		if (err)
-			goto out;
-	}
-	err = 0;
-out:
-	if (err)
-		pr_warn("a service document that is not valid: %.200s\n", json);
-	json_object_put(o);
-	return err;
-}
-
-char *fleet_doc_encode(const struct fleet_service *s)
-{
-	json_object *o = json_object_new_object(), *bes = json_object_new_object();
-	char *out;
-	__u32 c, i;
-
-	json_object_object_add(o, "name", json_object_new_string(s->name));
-	json_object_object_add(o, "vip", json_object_new_string(s->vip));
-	json_object_object_add(o, "proto", json_object_new_string(proto_name(s->proto)));
-	json_object_object_add(o, "generation", json_object_new_int64(s->generation));
-	json_object_object_add(o, "green_share", json_object_new_int(s->green_share));
-	json_object_object_add(o, "previous_share",
-			       s->previous_share < 0 ? NULL :
-						       json_object_new_int(s->previous_share));
-	json_object_object_add(
-		o, "lb", json_object_new_string(s->lb == BGS_LB_MODULO ? "modulo" : "maglev"));
-	json_object_object_add(o, "table_size", json_object_new_int64(s->table_size));
-	json_object_object_add(
-		o, "split_by",
-		json_object_new_string(s->vip_flags & BGS_VIP_SPLIT_CLIENT ? "client" : "flow"));
-	for (c = 0; c < BGS_NCOLORS; c++) {
-		json_object *arr = json_object_new_array();
-
-		for (i = 0; i < s->nbe[c]; i++) {
-			json_object *b = json_object_new_object();
-
-			json_object_object_add(b, "addr", json_object_new_string(s->be[c][i].addr));
-			json_object_object_add(b, "weight",
-					       json_object_new_int(s->be[c][i].weight));
-			json_object_array_add(arr, b);
-		}
-		json_object_object_add(bes, color_name(c), arr);
-	}
-	json_object_object_add(o, "backends", bes);
-	out = strdup(json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN));
-	json_object_put(o);
-	return out;
-}
-
 /* ---- options ---- */
 
 struct fleet_args {
@@ -442,31 +266,19 @@ static int fleet_parse(int argc, char **argv, const char *cmd, unsigned int allo
 			seen |= F_JSON;
 			break;
 		case 'l':
-			if (!strcmp(optarg, "maglev") || !strcmp(optarg, "modulo")) {
-				a->lb = !strcmp(optarg, "modulo") ? BGS_LB_MODULO : BGS_LB_MAGLEV;
-			} else {
-				pr_warn("unknown --lb '%s' (maglev or modulo)\n", optarg);
+			if (parse_lb(optarg, &a->lb))
 				return -EINVAL;
-			}
 			seen |= F_TABLE;
 			break;
 		case 'M':
-			if (parse_u32(optarg, 251, BGS_TABLE_MAX, &a->table_size) ||
-			    !maglev_is_prime(a->table_size)) {
-				pr_warn("--table-size '%s' is not a prime from 251 to %d\n", optarg,
-					BGS_TABLE_MAX);
+			if (parse_table_size(optarg, &a->table_size))
 				return -EINVAL;
-			}
 			a->sized = true;
 			seen |= F_TABLE;
 			break;
 		case 's':
-			if (!strcmp(optarg, "client")) {
-				a->vip_flags = BGS_VIP_SPLIT_CLIENT;
-			} else if (strcmp(optarg, "flow")) {
-				pr_warn("unknown --split-by '%s' (flow or client)\n", optarg);
+			if (parse_split_by(optarg, &a->vip_flags))
 				return -EINVAL;
-			}
 			seen |= F_TABLE;
 			break;
 		case 'w': {
@@ -528,11 +340,18 @@ static int unreachable(struct fleet_args *a, int err)
 	return err;
 }
 
-/* The service's document; -ENOENT (with a warning when warn) if there is none. */
-static int doc_read(struct fleet_args *a, const char *name, struct fleet_service *s, bool warn)
+enum {
+	DOC_WARN = 1, /* say so when there is none */
+	DOC_ANY = 2, /* a document that is not valid too (s: its name and mod_revision only) */
+};
+
+/* The service's document; -ENOENT if there is none; -EBADMSG (with a warning) if it is not
+ * valid, unless DOC_ANY.
+ */
+static int doc_read(struct fleet_args *a, const char *name, struct fleet_service *s, int flags)
 {
 	struct etcd_kv *kvs = NULL;
-	char key[256];
+	char key[256], why[FLEET_WHY_LEN];
 	size_t n = 0;
 	int err;
 
@@ -541,12 +360,22 @@ static int doc_read(struct fleet_args *a, const char *name, struct fleet_service
 	if (err)
 		return unreachable(a, err);
 	if (!n) {
-		if (warn)
+		if (flags & DOC_WARN)
 			pr_warn("unknown service '%s' in the fleet (%s)\n", name, a->conn.prefix);
 		err = -ENOENT;
 		goto out;
 	}
-	err = fleet_doc_decode(kvs[0].value, s);
+	err = fleet_doc_decode(kvs[0].value, kvs[0].vlen, name, s, why, sizeof(why));
+	if (err && (flags & DOC_ANY)) {
+		memset(s, 0, sizeof(*s));
+		snprintf(s->name, sizeof(s->name), "%s", name);
+		err = 0;
+	} else if (err) {
+		pr_warn("%s: the document in etcd (revision %lld) is not valid: %s; the nodes keep "
+			"their last applied state (write a valid one, or 'service del --etcd')\n",
+			name, (long long)kvs[0].mod_rev, why);
+		err = -EBADMSG;
+	}
 	s->mod_rev = kvs[0].mod_rev;
 out:
 	etcd_kvs_free(kvs, n);
@@ -569,23 +398,29 @@ static int doc_open(struct fleet_args *a, const char *name, struct fleet_service
 	int err = fleet_connect(a);
 
 	if (!err)
-		err = doc_read(a, name, s, true);
+		err = doc_read(a, name, s, DOC_WARN);
 	if (!err)
 		err = gen_check(a, s);
 	return err;
 }
 
-/* Write the next document: one transaction on the mod_revision the change was built from. */
+/* Write the next document: one transaction on the mod_revision the change was built from. A
+ * document the agents would refuse is not written.
+ */
 static int doc_write(struct fleet_args *a, struct fleet_service *s, __u64 *t_us, __s64 *rev)
 {
-	char key[256], *doc = NULL;
+	char key[256], why[FLEET_WHY_LEN], *doc = NULL;
 	bool ok = false;
 	int err;
 
 	fleet_key(key, sizeof(key), a->conn.prefix, "services", s->name);
-	doc = fleet_doc_encode(s);
-	if (!doc)
-		return -ENOMEM;
+	err = fleet_doc_encode_checked(s, &doc, why, sizeof(why));
+	if (err == -EINVAL)
+		pr_warn("%s: refusing to write a document the nodes would refuse: %s; nothing "
+			"written\n",
+			s->name, why);
+	if (err)
+		return err;
 	*t_us = fleet_now_us();
 	err = etcd_txn_put(&a->e, key, doc, s->mod_rev, &ok, rev);
 	free(doc);
@@ -615,6 +450,7 @@ struct node_view {
 	char color[8];
 	__u64 applied_us;
 	__u64 live_flows[BGS_NCOLORS];
+	__s64 refused_rev; /* the revision of the document it refused, 0: none */
 };
 
 static int node_cmp(const void *x, const void *y)
@@ -672,6 +508,7 @@ static void node_fill(struct node_view *nv, json_object *rep, const char *svc)
 	nv->generation = int_field(s, "generation", -1);
 	nv->share = int_field(s, "green_share", -1);
 	nv->applied_us = int_field(s, "applied_us", 0);
+	nv->refused_rev = int_field(s, "refused_revision", 0);
 	snprintf(nv->color, sizeof(nv->color), "%s", str_field(s, "color"));
 	if (str_field(s, "error")[0])
 		snprintf(nv->error, sizeof(nv->error), "%s", str_field(s, "error"));
@@ -983,14 +820,12 @@ static int fleet_service_add(struct fleet_args *a, struct fleet_service *s)
 		pr_warn("--table-size: a service with --lb modulo has no table\n");
 		return -EINVAL;
 	}
-	if (!endpoint_is_unicast(&ep)) {
-		pr_warn("'%s': a VIP must be a unicast address\n", a->args[2]);
+	if (check_vip_addr(a->args[2], &ep))
 		return -EINVAL;
-	}
 	err = fleet_connect(a);
 	if (err)
 		return err;
-	err = doc_read(a, a->args[1], s, false);
+	err = doc_read(a, a->args[1], s, DOC_ANY);
 	if (!err) {
 		pr_warn("service '%s' already exists in the fleet\n", a->args[1]);
 		return -EEXIST;
@@ -1026,9 +861,14 @@ static int fleet_service_del(struct fleet_args *a, struct fleet_service *s)
 
 	if (a->nargs != 2)
 		return bad_args("service");
-	err = doc_open(a, a->args[1], s);
+	/* a document that is not valid can be deleted: one way out of it */
+	err = fleet_connect(a);
 	if (!err)
-		err = nodes_read(a, s->name, &v, &n);
+		err = doc_read(a, a->args[1], s, DOC_WARN | DOC_ANY);
+	if (!err)
+		err = gen_check(a, s);
+	if (!err)
+		err = nodes_read(a, a->args[1], &v, &n);
 	if (err)
 		return err;
 	for (i = 0; i < n; i++)
@@ -1041,19 +881,20 @@ static int fleet_service_del(struct fleet_args *a, struct fleet_service *s)
 			s->name, (unsigned long long)live);
 		return -EBUSY;
 	}
-	fleet_key(key, sizeof(key), a->conn.prefix, "services", s->name);
+	fleet_key(key, sizeof(key), a->conn.prefix, "services", a->args[1]);
 	t_us = fleet_now_us();
 	err = etcd_txn_delete(&a->e, key, s->mod_rev, &ok, &rev);
 	if (err)
 		return unreachable(a, err);
 	if (!ok) {
 		pr_warn("%s: changed in etcd by someone else since it was read; nothing deleted\n",
-			s->name);
+			a->args[1]);
 		return BGS_ERR_GENERATION;
 	}
-	printf("service %s deleted from the fleet (etcd revision %lld)\n", s->name, (long long)rev);
+	printf("service %s deleted from the fleet (etcd revision %lld)\n", a->args[1],
+	       (long long)rev);
 	fflush(stdout);
-	return a->wait ? fleet_wait(a, s->name, -1, t_us) : 0;
+	return a->wait ? fleet_wait(a, a->args[1], -1, t_us) : 0;
 }
 
 static int fleet_service_list(struct fleet_args *a)
@@ -1081,8 +922,14 @@ static int fleet_service_list(struct fleet_args *a)
 		printf("%-20s %-24s %-5s %-6s %10s %5s %5s\n", "NAME", "VIP", "PROTO", "ACTIVE",
 		       "GENERATION", "BLUE", "GREEN");
 	for (i = 0; i < n; i++) {
-		if (fleet_doc_decode(kvs[i].value, s))
+		const char *name = kvs[i].key + strlen(key);
+		char why[FLEET_WHY_LEN];
+
+		if (fleet_doc_decode(kvs[i].value, kvs[i].vlen, name, s, why, sizeof(why))) {
+			printf("%-20.40s (the document at revision %lld is not valid: %s)\n", name,
+			       (long long)kvs[i].mod_rev, why);
 			continue;
+		}
 		printf("%-20s %-24s %-5s %-6s %10lld %5u %5u\n", s->name, s->vip,
 		       proto_name(s->proto),
 		       s->green_share == FLEET_SHARE_MAX ? "green" :
@@ -1132,7 +979,7 @@ out:
 int fleet_backend(int argc, char **argv)
 {
 	struct fleet_service *s = calloc(1, sizeof(*s));
-	struct bgs_endpoint ep, vip, other;
+	struct bgs_endpoint ep, other;
 	struct fleet_args a;
 	const char *sub = argc > 1 ? argv[1] : "";
 	bool add = !strcmp(sub, "add");
@@ -1165,10 +1012,8 @@ int fleet_backend(int argc, char **argv)
 	err = doc_open(&a, a.args[1], s);
 	if (err)
 		goto out;
-	parse_endpoint(s->vip, &vip);
-	if (add && (ep.family != vip.family || !endpoint_is_unicast(&ep))) {
-		pr_warn("'%s' is not a unicast address of the family of service '%s'\n", a.args[3],
-			s->name);
+	if (add && (check_backend_addr(a.args[3], &ep) ||
+		    check_backend_of(a.args[3], &ep, s->vip_ep.addr, s->vip_ep.family, s->name))) {
 		err = -EINVAL;
 		goto out;
 	}
@@ -1230,29 +1075,39 @@ out:
 
 /* ---- status ---- */
 
-static const char *node_state(const struct node_view *nv, __s64 gen)
+/* One service as status shows it: its document, or why its document is not valid. */
+struct doc_view {
+	const char *name; /* from its key */
+	const struct fleet_service *s; /* valid: the document */
+	const char *why; /* not valid: why (s unused) */
+	__s64 rev; /* the document's mod_revision */
+};
+
+static const char *node_state(const struct node_view *nv, const struct doc_view *d)
 {
 	if (!nv->live)
 		return "missing";
-	if (nv->error[0] && !node_done(nv, gen))
+	if (d->why)
+		return nv->refused_rev == d->rev ? "refused" : "lagging";
+	if (nv->error[0] && !node_done(nv, d->s->generation))
 		return "error";
-	return node_done(nv, gen) ? "ok" : "lagging";
+	return node_done(nv, d->s->generation) ? "ok" : "lagging";
 }
 
 /* "4 nodes: 2 ok, lagging: n1, missing: n3": the line a reader wants first. */
-static void status_summary(const struct node_view *v, size_t n, __s64 gen)
+static void status_summary(const struct node_view *v, size_t n, const struct doc_view *d)
 {
-	static const char *const kinds[] = { "lagging", "error", "missing" };
+	static const char *const kinds[] = { "lagging", "error", "refused", "missing" };
 	size_t i, k, ok = 0;
 
 	for (i = 0; i < n; i++)
-		ok += !strcmp(node_state(&v[i], gen), "ok");
+		ok += !strcmp(node_state(&v[i], d), "ok");
 	printf("  %zu nodes: %zu ok", n, ok);
 	for (k = 0; k < sizeof(kinds) / sizeof(kinds[0]); k++) {
 		bool any = false;
 
 		for (i = 0; i < n; i++) {
-			if (strcmp(node_state(&v[i], gen), kinds[k]))
+			if (strcmp(node_state(&v[i], d), kinds[k]))
 				continue;
 			if (any)
 				printf(" %s", v[i].node);
@@ -1264,63 +1119,79 @@ static void status_summary(const struct node_view *v, size_t n, __s64 gen)
 	printf("\n");
 }
 
-static void status_one(struct fleet_args *a, const struct fleet_service *s,
-		       const struct node_view *v, size_t n, bool first)
+static json_object *status_node_json(const struct node_view *nv, const char *st)
 {
-	const char *desired = s->green_share == FLEET_SHARE_MAX ? "green" :
-			      s->green_share			? "split" :
-								  "blue";
+	json_object *nd = json_object_new_object(), *live = json_object_new_object();
+
+	json_object_object_add(nd, "node", json_object_new_string(nv->node));
+	json_object_object_add(nd, "state", json_object_new_string(st));
+	json_object_object_add(nd, "generation",
+			       nv->has_svc ? json_object_new_int64(nv->generation) : NULL);
+	json_object_object_add(nd, "color", nv->has_svc ? json_object_new_string(nv->color) : NULL);
+	json_object_object_add(live, "blue", json_object_new_int64(nv->live_flows[BGS_BLUE]));
+	json_object_object_add(live, "green", json_object_new_int64(nv->live_flows[BGS_GREEN]));
+	json_object_object_add(nd, "live_flows", live);
+	json_object_object_add(nd, "health",
+			       json_object_new_string(nv->live ? nv->health : "missing"));
+	json_object_object_add(nd, "error", json_object_new_string(nv->error));
+	json_object_object_add(nd, "refused_revision", json_object_new_int64(nv->refused_rev));
+	return nd;
+}
+
+static void status_json(const struct doc_view *d, const struct node_view *v, size_t n, bool first)
+{
+	json_object *o = json_object_new_object(), *nodes = json_object_new_array();
+	json_object *lag = json_object_new_array(), *miss = json_object_new_array();
+	const struct fleet_service *s = d->s;
 	size_t i;
 
-	if (a->json) {
-		json_object *o = json_object_new_object(), *nodes = json_object_new_array();
-		json_object *lag = json_object_new_array(), *miss = json_object_new_array();
-
-		json_object_object_add(o, "name", json_object_new_string(s->name));
+	json_object_object_add(o, "name", json_object_new_string(d->name));
+	json_object_object_add(o, "valid", json_object_new_boolean(!d->why));
+	json_object_object_add(o, "revision", json_object_new_int64(d->rev));
+	json_object_object_add(o, "document_error", json_object_new_string(d->why ? d->why : ""));
+	if (!d->why) {
 		json_object_object_add(o, "vip", json_object_new_string(s->vip));
 		json_object_object_add(o, "generation", json_object_new_int64(s->generation));
 		json_object_object_add(o, "green_share",
 				       json_object_new_double(s->green_share / 100.0));
-		json_object_object_add(o, "color", json_object_new_string(desired));
-		for (i = 0; i < n; i++) {
-			json_object *nd = json_object_new_object(), *live;
-			const char *st = node_state(&v[i], s->generation);
+		json_object_object_add(o, "color",
+				       json_object_new_string(share_label(s->green_share)));
+	}
+	for (i = 0; i < n; i++) {
+		const char *st = node_state(&v[i], d);
 
-			json_object_object_add(nd, "node", json_object_new_string(v[i].node));
-			json_object_object_add(nd, "state", json_object_new_string(st));
-			json_object_object_add(
-				nd, "generation",
-				v[i].has_svc ? json_object_new_int64(v[i].generation) : NULL);
-			json_object_object_add(nd, "color",
-					       v[i].has_svc ? json_object_new_string(v[i].color) :
-							      NULL);
-			live = json_object_new_object();
-			json_object_object_add(live, "blue",
-					       json_object_new_int64(v[i].live_flows[BGS_BLUE]));
-			json_object_object_add(live, "green",
-					       json_object_new_int64(v[i].live_flows[BGS_GREEN]));
-			json_object_object_add(nd, "live_flows", live);
-			json_object_object_add(nd, "health",
-					       json_object_new_string(v[i].live ? v[i].health :
-										  "missing"));
-			json_object_object_add(nd, "error", json_object_new_string(v[i].error));
-			json_object_array_add(nodes, nd);
-			if (!strcmp(st, "missing"))
-				json_object_array_add(miss, json_object_new_string(v[i].node));
-			else if (strcmp(st, "ok"))
-				json_object_array_add(lag, json_object_new_string(v[i].node));
-		}
-		json_object_object_add(o, "nodes", nodes);
-		json_object_object_add(o, "lagging", lag);
-		json_object_object_add(o, "missing", miss);
-		printf("%s%s", first ? "" : ",",
-		       json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN));
-		json_object_put(o);
+		json_object_array_add(nodes, status_node_json(&v[i], st));
+		if (!strcmp(st, "missing"))
+			json_object_array_add(miss, json_object_new_string(v[i].node));
+		else if (strcmp(st, "ok"))
+			json_object_array_add(lag, json_object_new_string(v[i].node));
+	}
+	json_object_object_add(o, "nodes", nodes);
+	json_object_object_add(o, "lagging", lag);
+	json_object_object_add(o, "missing", miss);
+	printf("%s%s", first ? "" : ",", json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN));
+	json_object_put(o);
+}
+
+static void status_one(struct fleet_args *a, const struct doc_view *d, const struct node_view *v,
+		       size_t n, bool first)
+{
+	const struct fleet_service *s = d->s;
+	size_t i;
+
+	if (a->json) {
+		status_json(d, v, n, first);
 		return;
 	}
-	printf("%s%s %s/%s: fleet generation %lld, %s (green share %d.%02d%%)\n", first ? "" : "\n",
-	       s->name, s->vip, proto_name(s->proto), (long long)s->generation, desired,
-	       s->green_share / 100, s->green_share % 100);
+	if (d->why)
+		printf("%s%s: the document at etcd revision %lld is not valid: %s\n"
+		       "  the nodes keep their last applied state\n",
+		       first ? "" : "\n", d->name, (long long)d->rev, d->why);
+	else
+		printf("%s%s %s/%s: fleet generation %lld, %s (green share %d.%02d%%)\n",
+		       first ? "" : "\n", s->name, s->vip, proto_name(s->proto),
+		       (long long)s->generation, share_label(s->green_share), s->green_share / 100,
+		       s->green_share % 100);
 	printf("  %-20s %-8s %10s %-6s %10s %10s  %s\n", "NODE", "STATE", "GENERATION", "COLOR",
 	       "LIVE_BLUE", "LIVE_GREEN", "ERROR");
 	for (i = 0; i < n; i++) {
@@ -1329,7 +1200,7 @@ static void status_one(struct fleet_args *a, const struct fleet_service *s,
 		if (v[i].has_svc)
 			snprintf(gen, sizeof(gen), "%lld", (long long)v[i].generation);
 		printf("  %-20s %-8s %10s %-6s %10llu %10llu  %s\n", v[i].node,
-		       node_state(&v[i], s->generation), gen, v[i].has_svc ? v[i].color : "-",
+		       node_state(&v[i], d), gen, v[i].has_svc ? v[i].color : "-",
 		       (unsigned long long)v[i].live_flows[BGS_BLUE],
 		       (unsigned long long)v[i].live_flows[BGS_GREEN], v[i].error);
 	}
@@ -1337,7 +1208,7 @@ static void status_one(struct fleet_args *a, const struct fleet_service *s,
 		printf("  (no node has reported)\n");
 		return;
 	}
-	status_summary(v, n, s->generation);
+	status_summary(v, n, d);
 }
 
 int fleet_status(int argc, char **argv)
@@ -1346,7 +1217,7 @@ int fleet_status(int argc, char **argv)
 	struct etcd_kv *kvs = NULL;
 	struct node_view *v = NULL;
 	struct fleet_args a;
-	size_t n = 0, nkv = 0, i, shown = 0;
+	size_t n = 0, nkv = 0, i, shown = 0, plen;
 	char key[256];
 	int err;
 
@@ -1363,12 +1234,14 @@ int fleet_status(int argc, char **argv)
 	if (err)
 		goto out;
 	if (a.nargs == 1 && a.wait) {
-		err = doc_read(&a, a.args[0], s, true);
+		err = doc_read(&a, a.args[0], s, DOC_WARN);
 		if (!err)
 			err = fleet_wait(&a, s->name, s->generation, fleet_now_us());
 		if (err)
 			goto out;
 	}
+	fleet_key(key, sizeof(key), a.conn.prefix, "services", NULL);
+	plen = strlen(key);
 	fleet_key(key, sizeof(key), a.conn.prefix, "services", a.nargs ? a.args[0] : NULL);
 	err = etcd_range(&a.e, key, !a.nargs, &kvs, &nkv, NULL);
 	if (err) {
@@ -1383,14 +1256,17 @@ int fleet_status(int argc, char **argv)
 	if (a.json)
 		printf("{\"services\":[");
 	for (i = 0; i < nkv; i++) {
-		if (fleet_doc_decode(kvs[i].value, s))
-			continue;
+		char why[FLEET_WHY_LEN];
+		struct doc_view d = { .name = kvs[i].key + plen, .s = s, .rev = kvs[i].mod_rev };
+
+		if (fleet_doc_decode(kvs[i].value, kvs[i].vlen, d.name, s, why, sizeof(why)))
+			d.why = why;
 		free(v);
 		v = NULL;
-		err = nodes_read(&a, s->name, &v, &n);
+		err = nodes_read(&a, d.name, &v, &n);
 		if (err)
 			goto out;
-		status_one(&a, s, v, n, !shown++);
+		status_one(&a, &d, v, n, !shown++);
 	}
 	if (a.json)
 		printf("]}\n");

@@ -16,6 +16,8 @@
 #define FLEET_SHARE_MAX 10000 /* green_share: 0.01% units; 0 all blue, 10000 all green */
 #define FLEET_PREFIX_LEN 128
 #define FLEET_NODE_LEN 64
+#define FLEET_WHY_LEN 256 /* why a document is not valid: one line */
+#define FLEET_KEY_NAME_LEN 128 /* a key's name the agent reports a refusal under (cut) */
 
 struct fleet_backend {
 	char addr[BGS_ADDRSTR_LEN]; /* as written: "10.0.1.1:8080", "[fd00::1]:8080" */
@@ -26,6 +28,7 @@ struct fleet_backend {
 struct fleet_service {
 	char name[BGS_NAME_LEN];
 	char vip[BGS_ADDRSTR_LEN];
+	struct bgs_endpoint vip_ep; /* vip, parsed */
 	__u8 proto; /* IPPROTO_TCP or IPPROTO_UDP */
 	__s64 generation;
 	__s32 green_share;
@@ -51,8 +54,10 @@ int fleet_check_prefix(const char *prefix);
 int fleet_check_node(const char *node);
 void fleet_key(char *buf, size_t len, const char *prefix, const char *kind, const char *name);
 
-int fleet_doc_decode(const char *json, struct fleet_service *s);
+int fleet_doc_decode(const char *json, size_t len, const char *key_name, struct fleet_service *s,
+		     char *why, size_t why_len);
 char *fleet_doc_encode(const struct fleet_service *s);
+int fleet_doc_encode_checked(const struct fleet_service *s, char **out, char *why, size_t why_len);
 __u64 fleet_now_us(void);
 
 int fleet_flip(int argc, char **argv);

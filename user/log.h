@@ -3,6 +3,8 @@
 #ifndef BGS_LOG_H
 #define BGS_LOG_H
 
+#include <stddef.h>
+
 enum bgs_log_level {
 	BGS_LOG_WARN = 0,
 	BGS_LOG_INFO = 1,
@@ -14,6 +16,7 @@ extern int bgs_verbosity;
 void bgs_log(enum bgs_log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void bgs_log_setup(int verbosity);
 const char *bgs_log_last_warn(void);
+void bgs_log_capture(char *buf, size_t len);
 
 #define pr_warn(...) bgs_log(BGS_LOG_WARN, __VA_ARGS__)
 #define pr_info(...) bgs_log(BGS_LOG_INFO, __VA_ARGS__)

@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "maglev.h"
+#include "bgswitch.h"
 
 #define MAGLEV_EMPTY 0xffffffffU
 
@@ -27,6 +28,14 @@ bool maglev_is_prime(__u32 m)
 		if (m % d == 0)
 			return false;
 	return true;
+}
+
+/* A table size a service may have: a prime from BGS_TABLE_MIN to BGS_TABLE_MAX, big enough for a
+ * few backends, small enough to build quickly.
+ */
+bool maglev_size_ok(__u32 m)
+{
+	return m >= BGS_TABLE_MIN && m <= BGS_TABLE_MAX && maglev_is_prime(m);
 }
 
 /* FNV-1a over the key, then splitmix64's finalizer: stable across builds and nodes. */

@@ -19,6 +19,7 @@ struct maglev_backend {
 };
 
 bool maglev_is_prime(__u32 m);
+bool maglev_size_ok(__u32 m);
 void maglev_key(struct maglev_backend *b, const __u32 addr[4], __u16 port, __u8 family);
 int maglev_build(struct maglev_backend *be, __u32 n, __u32 m, __u32 *table);
 

@@ -66,32 +66,6 @@ static void service_usage(void)
 	       BGS_TABLE_MAX, BGS_TABLE_SIZE);
 }
 
-#define TABLE_MIN 251
-
-/* --table-size: a prime, big enough for a few backends, small enough to build quickly. */
-static int parse_table_size(const char *s, __u32 *m)
-{
-	if (parse_u32(s, TABLE_MIN, BGS_TABLE_MAX, m) || !maglev_is_prime(*m)) {
-		pr_warn("--table-size '%s' is not a prime from %d to %d (like 16381 or 65537)\n", s,
-			TABLE_MIN, BGS_TABLE_MAX);
-		return -EINVAL;
-	}
-	return 0;
-}
-
-static int parse_split_by(const char *s, __u32 *flags)
-{
-	if (!strcmp(s, "flow")) {
-		*flags &= ~BGS_VIP_SPLIT_CLIENT;
-	} else if (!strcmp(s, "client")) {
-		*flags |= BGS_VIP_SPLIT_CLIENT;
-	} else {
-		pr_warn("unknown --split-by '%s' (flow or client)\n", s);
-		return -EINVAL;
-	}
-	return 0;
-}
-
 static int service_add(int argc, char **argv)
 {
 	static const struct option opts[] = {
@@ -126,14 +100,8 @@ static int service_add(int argc, char **argv)
 				return -EINVAL;
 			break;
 		case 'l':
-			if (!strcmp(optarg, "maglev")) {
-				lb = BGS_LB_MAGLEV;
-			} else if (!strcmp(optarg, "modulo")) {
-				lb = BGS_LB_MODULO;
-			} else {
-				pr_warn("unknown --lb '%s' (maglev or modulo)\n", optarg);
+			if (parse_lb(optarg, &lb))
 				return -EINVAL;
-			}
 			break;
 		case 'M':
 			if (parse_table_size(optarg, &table_size))
@@ -164,12 +132,8 @@ static int service_add(int argc, char **argv)
 		pr_warn("--table-size: a service with --lb modulo has no table\n");
 		return -EINVAL;
 	}
-	if (!endpoint_is_unicast(&ep)) {
-		pr_warn("'%s': a VIP must be a unicast address (not unspecified, loopback, "
-			"multicast or broadcast)\n",
-			argv[optind + 1]);
+	if (check_vip_addr(argv[optind + 1], &ep))
 		return -EINVAL;
-	}
 	err = state_need_root();
 	if (err)
 		return err;
@@ -719,12 +683,8 @@ static int backend_prepare(int argc, char **argv, __s64 if_gen, struct bgs_audit
 		return bad_args("backend");
 	if (parse_color(argv[optind + 1], &a->color) || parse_endpoint(argv[optind + 2], &a->ep))
 		return -EINVAL;
-	if (!endpoint_is_unicast(&a->ep)) {
-		pr_warn("'%s': a backend must be a unicast address (not unspecified, loopback, "
-			"multicast or broadcast)\n",
-			argv[optind + 2]);
+	if (check_backend_addr(argv[optind + 2], &a->ep))
 		return -EINVAL;
-	}
 	err = state_need_root();
 	if (err)
 		return err;
@@ -740,16 +700,9 @@ static int backend_prepare(int argc, char **argv, __s64 if_gen, struct bgs_audit
 		au->gen_before = au->gen_after = switch_read(&a->st, a->svc).generation;
 		err = generation_check(&a->st, a->svc, a->rec.name, if_gen);
 	}
-	if (!err && a->ep.family != a->rec.vip.family) {
-		pr_warn("'%s' is not of the address family of service '%s'\n", argv[optind + 2],
-			a->rec.name);
-		err = -EAFNOSUPPORT;
-	}
-	if (!err && !memcmp(a->ep.addr, a->rec.vip.addr, sizeof(a->ep.addr))) {
-		pr_warn("'%s': a backend cannot be the VIP of '%s' itself\n", argv[optind + 2],
-			a->rec.name);
-		err = -EINVAL;
-	}
+	if (!err)
+		err = check_backend_of(argv[optind + 2], &a->ep, a->rec.vip.addr, a->rec.vip.family,
+				       a->rec.name);
 	if (!err) {
 		a->had_slot = backend_find_slot(a, &slot);
 		err = state_repair(&a->st);

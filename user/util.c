@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "maglev.h"
 #include "util.h"
 
 /* "A.B.C.D:PORT" or "[V6]:PORT" with a port from 1 to 65535. */
@@ -125,6 +126,84 @@ int parse_proto(const char *s, __u8 *proto)
 		*proto = IPPROTO_UDP;
 	else {
 		pr_warn("unknown protocol '%s' (tcp or udp)\n", s);
+		return -EINVAL;
+	}
+	return 0;
+}
+
+/* --table-size M: see maglev_size_ok(). */
+int parse_table_size(const char *s, __u32 *m)
+{
+	if (parse_u32(s, 0, 0xffffffffU, m) || !maglev_size_ok(*m)) {
+		pr_warn("--table-size '%s' is not a prime from %d to %d (like 16381 or 65537)\n", s,
+			BGS_TABLE_MIN, BGS_TABLE_MAX);
+		return -EINVAL;
+	}
+	return 0;
+}
+
+/* --lb maglev|modulo */
+int parse_lb(const char *s, __u8 *lb)
+{
+	if (!strcmp(s, "maglev")) {
+		*lb = BGS_LB_MAGLEV;
+	} else if (!strcmp(s, "modulo")) {
+		*lb = BGS_LB_MODULO;
+	} else {
+		pr_warn("unknown --lb '%s' (maglev or modulo)\n", s);
+		return -EINVAL;
+	}
+	return 0;
+}
+
+/* --split-by flow|client: BGS_VIP_SPLIT_CLIENT in *flags. */
+int parse_split_by(const char *s, __u32 *flags)
+{
+	if (!strcmp(s, "flow")) {
+		*flags &= ~BGS_VIP_SPLIT_CLIENT;
+	} else if (!strcmp(s, "client")) {
+		*flags |= BGS_VIP_SPLIT_CLIENT;
+	} else {
+		pr_warn("unknown --split-by '%s' (flow or client)\n", s);
+		return -EINVAL;
+	}
+	return 0;
+}
+
+/* A VIP (text: as given) is a unicast address. */
+int check_vip_addr(const char *text, const struct bgs_endpoint *ep)
+{
+	if (endpoint_is_unicast(ep))
+		return 0;
+	pr_warn("'%s': a VIP must be a unicast address (not unspecified, loopback, multicast or "
+		"broadcast)\n",
+		text);
+	return -EINVAL;
+}
+
+/* A backend (text: as given) is a unicast address. */
+int check_backend_addr(const char *text, const struct bgs_endpoint *ep)
+{
+	if (endpoint_is_unicast(ep))
+		return 0;
+	pr_warn("'%s': a backend must be a unicast address (not unspecified, loopback, multicast "
+		"or broadcast)\n",
+		text);
+	return -EINVAL;
+}
+
+/* A backend of service svc (VIP address vip_addr of family vip_family): of the VIP's family,
+ * and not the VIP's address itself.
+ */
+int check_backend_of(const char *text, const struct bgs_endpoint *ep, const __u32 vip_addr[4],
+		     __u8 vip_family, const char *svc)
+{
+	if (ep->family != vip_family) {
+		pr_warn("'%s' is not of the address family of service '%s'\n", text, svc);
+		return -EAFNOSUPPORT;
+	}
+	if (!memcmp(ep->addr, vip_addr, sizeof(ep->addr))) {
+		pr_warn("'%s': a backend cannot be the VIP of '%s' itself\n", text, svc);
 		return -EINVAL;
 	}
 	return 0;

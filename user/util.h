@@ -26,6 +26,13 @@ int parse_duration_ns(const char *s, __u64 min_ns, __u64 max_ns, __u64 *out);
 int parse_generation(const char *s, __s64 *out);
 int parse_share(const char *s, __u32 *share);
 int parse_weight(const char *s, __u16 *weight);
+int parse_table_size(const char *s, __u32 *m);
+int parse_lb(const char *s, __u8 *lb);
+int parse_split_by(const char *s, __u32 *flags);
+int check_vip_addr(const char *text, const struct bgs_endpoint *ep);
+int check_backend_addr(const char *text, const struct bgs_endpoint *ep);
+int check_backend_of(const char *text, const struct bgs_endpoint *ep, const __u32 vip_addr[4],
+		     __u8 vip_family, const char *svc);
 
 const char *color_name(__u8 color);
 __u8 share_color(__u32 share);
