@@ -22,6 +22,9 @@ Parts (all by default):
                                                                             netbench.py)
   net    wrk through namespaces: direct, bgswitch native and generic XDP, nftables DNAT;
          failed requests while flipping                                    (netbench.py)
+  factors (only when asked for) what made part 1's figures before issue 13 differ
+         from a user's node's: the fast path's route, TCP options, flows
+         cycled, CPU pinning, added one at a time                         (pktbench.py)
   mem    map memory at default sizes (bpftool bytes_memlock), and per
          tracked flow (memlock growth over flow growth; Katran's too)     (microbench.py)
 
@@ -47,6 +50,7 @@ import netbench  # noqa: E402
 import pktbench  # noqa: E402
 
 PARTS = ("pkt", "scale", "flip", "net", "mem")
+EXTRA_PARTS = ("factors",)  # run only when asked for (--parts)
 TIME_LIMIT_S = 900  # a hard stop, far above the expected ~3 minutes
 
 PROFILES = {
@@ -59,7 +63,7 @@ PROFILES = {
                  flip_runs=5, flips=1000000, flip_cli=31,
                  cut_rounds=5, cut_rate=20000, cut_ms=1200,
                  net_rounds=9, net_seconds=1, net_conns=32, net_flips=3, net_flip_seconds=1,
-                 net_cases=list(netbench.CASES), state_flows=None),
+                 net_cases=list(netbench.CASES), state_flows=None, mem_flows=131072),
     "smoke": dict(pkt_runs=2, pkt_calls=300, pkt_warmup=50, pkt_new_calls=300,
                   pkt_new_warmup=50,
                   scale_runs=2, scale_calls=300, scale_warmup=50, scale_flips=10000,
@@ -68,7 +72,7 @@ PROFILES = {
                   flip_runs=2, flips=100000, flip_cli=3,
                   cut_rounds=1, cut_rate=10000, cut_ms=600,
                   net_rounds=1, net_seconds=1, net_conns=16, net_flips=2, net_flip_seconds=1,
-                  net_cases=["direct", "native", "nft"], state_flows=65536),
+                  net_cases=["direct", "native", "nft"], state_flows=65536, mem_flows=16384),
 }
 
 
@@ -115,14 +119,14 @@ def _pkt_rows(p: dict):
             if kv:
                 lo, hi = v["ratio_range"]
                 vs = f"{v['ratio']:.2f}x Katran ({lo:.2f}-{hi:.2f})"
-                kcol = f"{kv['ns']:.0f} ns (+{kv['over_floor_ns']:.0f}) {kv['verdict']}"
+                kcol = f"{kv['ns']:.0f} ns ({kv['over_floor_ns']:+.0f}) {kv['verdict']}"
                 if v["ratio"] > 1:
                     losses.append(f"IPv{fam} {kind} {v['ratio']:.2f}x")
             else:
                 vs = f"{v['ns'] / floor:.2f}x {'tc ' if kind == 'reply' else ''}floor"
                 kcol = "n/a: replies bypass it (DSR)" if kind == "reply" else NOT_MEASURED
             rows.append((sec, f"IPv{fam} {what.format(est=p['est_flows'])}",
-                         f"{v['ns']:.0f} ns (+{v['over_floor_ns']:.0f}) {v['verdict']}", vs,
+                         f"{v['ns']:.0f} ns ({v['over_floor_ns']:+.0f}) {v['verdict']}", vs,
                          kcol))
     if kat:
         rows.append((sec, "cases where bgswitch costs more than Katran (median ratio > 1)",
@@ -139,6 +143,15 @@ def table_rows(res: dict):
     rows = []
     if res.get("per_packet"):
         rows += _pkt_rows(res["per_packet"])
+    if res.get("factors"):
+        sec = "1b what part 1 measures, and what it measured before (IPv4)"
+        base = res["factors"]["summary"][0]
+        for f in res["factors"]["summary"]:
+            rows.append((sec, f["name"], f"est +{f['est']['over_floor_ns']:.0f} / new "
+                         f"+{f['new']['over_floor_ns']:.0f} ns",
+                         f"{f['est']['over_floor_ns'] / base['est']['over_floor_ns']:.2f}x / "
+                         f"{f['new']['over_floor_ns'] / base['new']['over_floor_ns']:.2f}x "
+                         "first", f"{f['est']['verdict']}"))
     if res.get("scale"):
         sc = res["scale"]
         sec = "2 as things grow"
@@ -304,14 +317,15 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="bench-results", help="results folder")
     ap.add_argument("--smoke", action="store_true", help="minimal counts (seconds)")
     ap.add_argument("--parts", default=",".join(PARTS),
-                    help=f"comma-separated subset of {','.join(PARTS)}")
+                    help=f"comma-separated subset of {','.join(PARTS)}, or "
+                    f"{','.join(EXTRA_PARTS)} (not run by default)")
     ap.add_argument("--no-plots", action="store_true")
     ap.add_argument("--katran-obj", metavar="PATH",
                     help="Katran's balancer.bpf.o, built from its own source with its own "
                     "pipeline: measured side by side in parts pkt and mem")
     args = ap.parse_args(argv)
     parts = [p for p in args.parts.split(",") if p]
-    bad = [p for p in parts if p not in PARTS]
+    bad = [p for p in parts if p not in PARTS + EXTRA_PARTS]
     if bad:
         ap.error(f"unknown part(s) {bad}")
     cfg = PROFILES["smoke" if args.smoke else "full"]
@@ -322,6 +336,7 @@ def main(argv=None) -> int:
     signal.alarm(TIME_LIMIT_S)
 
     microbench.STATE_FLOWS = netbench.ATTACH_FLOWS = cfg["state_flows"]
+    microbench.MEM_FLOWS = cfg["mem_flows"]
     cleanup = Cleanup()
     prefix = new_run_prefix()
     mach = machine()
@@ -347,6 +362,10 @@ def main(argv=None) -> int:
                                           cfg["pkt_runs"], cfg["pkt_calls"], cfg["pkt_warmup"],
                                           cfg["pkt_new_calls"], cfg["pkt_new_warmup"],
                                           args.katran_obj)
+        if "factors" in parts:
+            results["factors"] = timed("factors", pktbench.part_factors, cleanup, prefix,
+                                       cfg["pkt_runs"], cfg["pkt_calls"], cfg["pkt_warmup"],
+                                       cfg["pkt_new_calls"], cfg["pkt_new_warmup"])
         if "scale" in parts:
             results["scale"] = timed(
                 "scale", microbench.part_scale, cleanup, prefix, cfg["scale_runs"],

@@ -84,9 +84,12 @@ class State:
     The node is set up as a user's: forwarding on, the attached interface (bga) up with an
     address, a route toward the backends through a gateway (its peer, bgb) whose neighbour
     entry is resolved. So the fast path's FIB lookup succeeds and a rewritten packet leaves as
-    XDP_TX when the program is told it arrived on bga (self.ifindex, see benchlib.c)."""
+    XDP_TX when the program is told it arrived on bga (self.ifindex, see benchlib.c). With
+    node=False the links stay down and nothing is routed: the fast path falls back to the stack
+    (XDP_PASS), as in the suite's runs before issue 13 (pktbench.part_factors())."""
 
-    def __init__(self, cleanup: Cleanup, prefix: str, name: str, flows: Optional[int] = 0):
+    def __init__(self, cleanup: Cleanup, prefix: str, name: str, flows: Optional[int] = 0,
+                 node: bool = True):
         self.cleanup = cleanup
         self.ns = f"{prefix}-{name}"
         self.pin_root = f"{BPFFS}/{prefix}-{name}"
@@ -97,7 +100,12 @@ class State:
         self.next_fresh = {4: 0, 6: 0}
         netns_add(cleanup, self.ns)
         self._down_idx = cleanup.push(f"state {self.pin_root}", self._down)
-        self.ifindex = self._node_network()
+        if node:
+            self.ifindex = self._node_network()
+        else:  # what the suite measured before: links down, no route (tests/bench/factors)
+            run(["ip", "-n", self.ns, "link", "add", "bga", "type", "veth", "peer", "name",
+                 "bgb"])
+            self.ifindex = 0
         if flows == 0:
             flows = STATE_FLOWS
         self.flows = flows or header_define("BGS_DEFAULT_FLOWS")
@@ -282,10 +290,11 @@ class Case:
 
 
 def run_case(ns: Optional[str], ifindex: int, fd: int, case: Case, calls: int, warmup: int,
-             counters=None) -> Dict:
+             counters=None, pin: bool = True) -> Dict:
     """Run case.frames (cycled) calls+warmup times inside network namespace ns (None: ours),
-    telling an XDP program the frames arrive on ifindex (0: nothing said); return the figures
-    of the last `calls`. counters() -> {name: count}: case.stat must move by one per call."""
+    telling an XDP program the frames arrive on ifindex (0: nothing said), on one CPU unless
+    pin is False; return the figures of the last `calls`. counters() -> {name: count}:
+    case.stat must move by one per call."""
     total = calls + warmup
     flen, wlen = len(case.frames[0]), len(case.expects[0])
     if any(len(f) != flen for f in case.frames) or any(len(f) != wlen for f in case.expects):
@@ -295,7 +304,8 @@ def run_case(ns: Optional[str], ifindex: int, fd: int, case: Case, calls: int, w
     before = counters() if counters and case.stat else None
     # From inside the namespace: a program that looks up routes (bpf_fib_lookup) sees that
     # namespace's, never the host's.
-    with in_netns(ns) if ns else contextlib.nullcontext(), on_one_cpu():
+    with in_netns(ns) if ns else contextlib.nullcontext(), \
+            on_one_cpu() if pin else contextlib.nullcontext():
         rc = lib().bb_run(fd, b"".join(case.frames), flen, len(case.frames),
                           b"".join(case.expects), wlen, pkt.ETH_LEN, ifindex, total,
                           durations, ctypes.byref(res))
@@ -686,7 +696,9 @@ def part_scale(cleanup: Cleanup, prefix: str, runs: int, calls: int, warmup: int
 
 # --- part 5: memory ---------------------------------------------------------------------------
 
-MEM_FLOWS = 131072  # the two states of the per-flow figure: this many flows, then twice as many
+# The two states of the per-flow figure: this many flows, then twice as many (bench.py sets
+# it from its profile: the smoke run's states are smaller).
+MEM_FLOWS = 131072
 
 
 def _memlock_by_map(st: State) -> Dict[str, int]:

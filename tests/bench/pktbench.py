@@ -191,63 +191,90 @@ def _open_est(sides: Sides, est: Dict[int, List]) -> None:
             sides.run_katran(fam, "new", clients, len(clients), 0)
 
 
+CHUNKS = 4  # each block is run in this many pieces, the programs' pieces interleaved
+
+
+def _merge(parts: List[Dict]) -> Dict:
+    """One figure from the pieces of a block: the mean of their means."""
+    return {"ns": round(sum(p["ns"] for p in parts) / len(parts), 1),
+            "verdict": parts[0]["verdict"], "calls": sum(p["calls"] for p in parts),
+            "exact": sum(p["exact"] for p in parts)}
+
+
+def _interleaved(runs: Dict[str, object], clients, calls: int, warmup: int, fresh_each: bool,
+                 r: int) -> Dict[str, Dict]:
+    """runs: {name: fn(clients, calls, warmup)}. Run each in CHUNKS pieces, the pieces of
+    the names interleaved (the order turned by one each round and piece). fresh_each: every
+    call has its own client (new flows): each piece gets its own slice of `clients`."""
+    c, w = max(1, calls // CHUNKS), warmup // CHUNKS
+    names = list(runs)
+    parts: Dict[str, List[Dict]] = {n: [] for n in names}
+    for k in range(CHUNKS):
+        sl = clients[k * (c + w):(k + 1) * (c + w)] if fresh_each else clients
+        shift = (r + k) % len(names)
+        for n in names[shift:] + names[:shift]:
+            parts[n].append(runs[n](sl, c, w))
+    return {n: _merge(p) for n, p in parts.items()}
+
+
 def _one_round(sides: Sides, r: int, est, calls, warmup, new_calls, new_warmup) -> Dict:
     out: Dict[str, Dict] = {}
-    order = ("bgs", "kat") if r % 2 == 0 else ("kat", "bgs")
-
-    def both(fam, kind, clients, c, w):
-        for who in order:
-            if who == "bgs":
-                out[f"v{fam}.{kind}"] = sides.run_bgs(fam, kind, clients, c, w)
-            elif sides.kat:
-                out[f"katran.v{fam}.{kind}"] = sides.run_katran(fam, kind, clients, c, w)
-
     floor_xdp, floor_tc = sides.floors
+
+    def block(fam, kind, clients, c, w):
+        ref = sides.bgs(fam, kind, clients[:1] if clients else None)[1]
+        f = ref.frames[:1]
+        floor = Case("floor", ref.prog, f, f, None, {TC_ACT_OK if kind == "reply" else XDP_TX},
+                     True)
+        runs = {"floor": lambda cl, c, w: run_case(
+            sides.st.ns, 0 if kind == "reply" else sides.st.ifindex,
+            floor_tc if kind == "reply" else floor_xdp, floor, c, w),
+            "bgs": lambda cl, c, w: sides.run_bgs(fam, kind, cl, c, w)}
+        if sides.kat and kind != "reply":
+            runs["kat"] = lambda cl, c, w: sides.run_katran(fam, kind, cl, c, w)
+        res = _interleaved(runs, clients, c, w, kind.startswith("new"), r)
+        out[f"v{fam}.{kind}"] = res["bgs"]
+        out[f"v{fam}.{kind}.floor"] = res["floor"]
+        if "kat" in res:
+            out[f"katran.v{fam}.{kind}"] = res["kat"]
+
     for fam in (4, 6):
-        f = sides.bgs(fam, "nonvip", None)[1].frames[0]
-        out[f"v{fam}.floor"] = run_case(sides.st.ns, sides.st.ifindex, floor_xdp,
-                                        Case("floor", "floor_xdp", [f], [f], None, {XDP_TX},
-                                             True), calls, warmup)
-        both(fam, "nonvip", None, calls, warmup)
-        both(fam, "est", est[fam], calls, warmup)
-        both(fam, "new", fresh(fam, new_calls + new_warmup), new_calls, new_warmup)
+        block(fam, "nonvip", None, calls, warmup)
+        block(fam, "est", est[fam], calls, warmup)
+        block(fam, "new", fresh(fam, new_calls + new_warmup), new_calls, new_warmup)
     if sides.kat:
         sides.kat.use_lrus("full")
     for fam in (4, 6):
-        both(fam, "new_full", fresh(fam, new_calls + new_warmup), new_calls, new_warmup)
+        block(fam, "new_full", fresh(fam, new_calls + new_warmup), new_calls, new_warmup)
     if sides.kat:
         sides.kat.use_lrus("fresh")
     for fam in (4, 6):
-        rep = sides.bgs(fam, "reply", est[fam])[1]
-        out[f"v{fam}.floor_tc"] = run_case(sides.st.ns, 0, floor_tc, Case(
-            "floor_tc", "tc", rep.frames[:1], rep.frames[:1], None, {TC_ACT_OK}, True),
-            calls, warmup)
-        out[f"v{fam}.reply"] = sides.run_bgs(fam, "reply", est[fam], calls, warmup)
+        block(fam, "reply", est[fam], calls, warmup)
     return out
 
 
 def _summary(rounds: List[Dict], katran: bool) -> Dict:
     s = {}
     for fam in (4, 6):
-        s[f"v{fam}.floor"] = {"ns": median([r[f"v{fam}.floor"]["ns"] for r in rounds])}
-        s[f"v{fam}.floor_tc"] = {"ns": median([r[f"v{fam}.floor_tc"]["ns"] for r in rounds])}
         for kind in KINDS:
-            floor = f"v{fam}.floor_tc" if kind == "reply" else f"v{fam}.floor"
             name = f"v{fam}.{kind}"
-            b = [r[name]["ns"] - r[floor]["ns"] for r in rounds]
+            fl = [r[f"{name}.floor"]["ns"] for r in rounds]
+            b = [r[name]["ns"] - f for r, f in zip(rounds, fl)]
             v = {"ns": median([r[name]["ns"] for r in rounds]), "over_floor_ns": median(b),
-                 "over_floor_runs": b, "verdict": rounds[0][name]["verdict"],
-                 "katran": None}
+                 "over_floor_runs": b, "floor_ns": median(fl),
+                 "verdict": rounds[0][name]["verdict"], "katran": None}
             if katran and kind != "reply":
-                k = [r[f"katran.{name}"]["ns"] - r[floor]["ns"] for r in rounds]
-                ratios = [x / y if y > 0 else None for x, y in zip(b, k)]
-                ok = [x for x in ratios if x is not None]
+                k = [r[f"katran.{name}"]["ns"] - f for r, f in zip(rounds, fl)]
+                ratios = [x / y for x, y in zip(b, k) if y > 0]
                 v["katran"] = {"ns": median([r[f"katran.{name}"]["ns"] for r in rounds]),
                                "over_floor_ns": median(k), "over_floor_runs": k,
                                "verdict": rounds[0][f"katran.{name}"]["verdict"]}
-                v["ratio"] = round(median(ok), 3) if ok else None
-                v["ratio_range"] = [round(min(ok), 3), round(max(ok), 3)] if ok else None
+                v["ratio"] = round(median(ratios), 3) if ratios else None
+                v["ratio_range"] = [round(min(ratios), 3), round(max(ratios), 3)] \
+                    if ratios else None
             s[name] = v
+        s[f"v{fam}.floor"] = {"ns": s[f"v{fam}.nonvip"]["floor_ns"]}
+        s[f"v{fam}.floor_tc"] = {"ns": s[f"v{fam}.reply"]["floor_ns"]}
     return s
 
 
@@ -287,3 +314,90 @@ def part_pkt(cleanup: Cleanup, prefix: str, runs: int, calls: int, warmup: int, 
     st.down()
     full.down()
     return out
+
+
+# --- what makes the difference: part "factors" ----------------------------------------------
+
+# (name, user's node state, TCP options, established flows cycled, pinned), cumulative: each
+# adds one difference between the suite's runs before issue 13 and part 1 as it is now.
+FACTORS = (("before: links down (no route: XDP_PASS), no TCP options, 1 flow", False, False, 1,
+            True),
+           ("+ fast path: route and neighbour, XDP_TX", True, False, 1, True),
+           ("+ TCP options (66-byte frames)", True, True, 1, True),
+           (f"+ {EST_FLOWS} established flows cycled", True, True, EST_FLOWS, True),
+           ("the same, not pinned to one CPU", True, True, EST_FLOWS, False))
+
+
+def _factor_cases(st: State, opts: bool, est, new) -> Dict[str, Case]:
+    """IPv4 est and new cases on a state, with or without TCP options; the expected frames
+    as the fast path sends them (node state) or as the stack gets them (no route)."""
+    a = ADDRS[4]
+    baddr, bport = a["blue"]
+    kw = {"ttl": 63, "macs": (pkt.MAC_GATEWAY, pkt.MAC_NODE)} if st.ifindex else {}
+    verdict = {XDP_TX} if st.ifindex else {XDP_PASS}
+
+    def frame(kind, c, sp, dst, dport, **k):
+        if opts:
+            return (pkt.client_ack if kind == "est" else pkt.client_syn)(c, dst, sp, dport, **k)
+        if kind == "est":
+            return pkt.tcp_frame(c, dst, sp, dport, pkt.TCP_ACK, seq=1001, ack=1, **k)
+        return pkt.tcp_frame(c, dst, sp, dport, pkt.TCP_SYN, **k)
+
+    out = {}
+    for kind, clients in (("est", est), ("new", new)):
+        out[kind] = Case(f"factor {kind}", "xdp",
+                         [frame(kind, c, sp, a["vip"], VPORT) for c, sp in clients],
+                         [frame(kind, c, sp, baddr, bport, **kw) for c, sp in clients],
+                         "FLOW_HIT" if kind == "est" else "FLOW_NEW", verdict, True)
+    return out
+
+
+def part_factors(cleanup: Cleanup, prefix: str, runs: int, calls: int, warmup: int,
+                 new_calls: int, new_warmup: int) -> Dict:
+    """bgswitch's IPv4 established and new-flow costs under FACTORS, in the same rounds: what
+    made the suite's figures before issue 13 differ from a user's node's."""
+    log(f"factors: {len(FACTORS)} configurations x {runs} rounds")
+    floor_xdp = lib().bb_load(FLOOR_OBJ.encode(), b"floor_xdp")
+    if floor_xdp < 0:
+        raise BenchError(f"cannot load {FLOOR_OBJ}: {os.strerror(-floor_xdp)}")
+    cleanup.push("floor program", lambda: os.close(floor_xdp))
+    states = {}
+    for node in (False, True):
+        st = State(cleanup, prefix, "fnode" if node else "fdown", node=node)
+        a = ADDRS[4]
+        st.add_service("web", a["vip"], VPORT)
+        st.add_backend("web", "blue", *a["blue"])
+        st.add_backend("web", "green", *a["green"])
+        states[node] = st
+    est = fresh(4, EST_FLOWS)
+    for st in states.values():  # open the established flows with their SYNs
+        run_case(st.ns, st.ifindex, st.ingress_fd, _factor_cases(st, False, est, est)["new"],
+                 len(est), 0, st.stats)
+    rounds = []
+    for _ in range(runs):
+        rr = {}
+        for i, (name, node, opts, nflows, pin) in enumerate(FACTORS):
+            st = states[node]
+            cases = _factor_cases(st, opts, est[:nflows], fresh(4, new_calls + new_warmup))
+            f = cases["est"].frames[0]
+            fl = run_case(st.ns, st.ifindex, floor_xdp, Case("floor", "floor_xdp", [f], [f],
+                                                             None, {XDP_TX}, True),
+                          calls, warmup, pin=pin)["ns"]
+            for kind in ("est", "new"):
+                c, w = (calls, warmup) if kind == "est" else (new_calls, new_warmup)
+                r = run_case(st.ns, st.ifindex, st.ingress_fd, cases[kind], c, w, st.stats,
+                             pin=pin)
+                rr[f"{i}.{kind}"] = {"over_floor_ns": round(r["ns"] - fl, 1),
+                                     "verdict": r["verdict"], "floor_ns": fl}
+        rounds.append(rr)
+    for st in states.values():
+        st.down()
+    summary = []
+    for i, (name, node, opts, nflows, pin) in enumerate(FACTORS):
+        summary.append({"name": name, "node": node, "tcp_options": opts, "est_flows": nflows,
+                        "pinned": pin, **{
+                            kind: {"over_floor_ns": median([r[f"{i}.{kind}"]["over_floor_ns"]
+                                                            for r in rounds]),
+                                   "verdict": rounds[0][f"{i}.{kind}"]["verdict"]}
+                            for kind in ("est", "new")}})
+    return {"rounds": rounds, "summary": summary, "calls": calls, "new_calls": new_calls}
