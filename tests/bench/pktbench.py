@@ -374,21 +374,36 @@ def part_factors(cleanup: Cleanup, prefix: str, runs: int, calls: int, warmup: i
         run_case(st.ns, st.ifindex, st.ingress_fd, _factor_cases(st, False, est, est)["new"],
                  len(est), 0, st.stats)
     rounds = []
-    for _ in range(runs):
+    for r in range(runs):
         rr = {}
-        for i, (name, node, opts, nflows, pin) in enumerate(FACTORS):
-            st = states[node]
-            cases = _factor_cases(st, opts, est[:nflows], fresh(4, new_calls + new_warmup))
-            f = cases["est"].frames[0]
-            fl = run_case(st.ns, st.ifindex, floor_xdp, Case("floor", "floor_xdp", [f], [f],
-                                                             None, {XDP_TX}, True),
-                          calls, warmup, pin=pin)["ns"]
-            for kind in ("est", "new"):
-                c, w = (calls, warmup) if kind == "est" else (new_calls, new_warmup)
-                r = run_case(st.ns, st.ifindex, st.ingress_fd, cases[kind], c, w, st.stats,
-                             pin=pin)
-                rr[f"{i}.{kind}"] = {"over_floor_ns": round(r["ns"] - fl, 1),
-                                     "verdict": r["verdict"], "floor_ns": fl}
+        for kind in ("est", "new"):
+            c, w = (calls, warmup) if kind == "est" else (new_calls, new_warmup)
+            # New flows: each configuration its own clients, the pieces by index.
+            clients = est if kind == "est" else list(range(c + w))
+            own = [est if kind == "est" else fresh(4, c + w) for _ in FACTORS]
+            fns = {}
+            for i, (name, node, opts, nflows, pin) in enumerate(FACTORS):
+                st = states[node]
+
+                def timed(cl, c, w, st=st, opts=opts, nflows=nflows, pin=pin, mine=own[i]):
+                    if kind == "new":
+                        cl = mine[cl[0]:cl[-1] + 1]
+                    case = _factor_cases(st, opts, cl[:nflows], cl)[kind]
+                    return run_case(st.ns, st.ifindex, st.ingress_fd, case, c, w, st.stats,
+                                    pin=pin)
+
+                def floor(cl, c, w, st=st, opts=opts, pin=pin, mine=own[i]):
+                    f = _factor_cases(st, opts, mine[:1], mine[:1])[kind].frames[:1]
+                    return run_case(st.ns, st.ifindex, floor_xdp, Case(
+                        "floor", "floor_xdp", f, f, None, {XDP_TX}, True), c, w, pin=pin)
+
+                fns[f"{i}"], fns[f"{i}.floor"] = timed, floor
+            res = _interleaved(fns, clients, c, w, kind == "new", r)
+            for i in range(len(FACTORS)):
+                rr[f"{i}.{kind}"] = {"over_floor_ns": round(res[f"{i}"]["ns"]
+                                                            - res[f"{i}.floor"]["ns"], 1),
+                                     "verdict": res[f"{i}"]["verdict"],
+                                     "floor_ns": res[f"{i}.floor"]["ns"]}
         rounds.append(rr)
     for st in states.values():
         st.down()
