@@ -55,7 +55,7 @@ TIME_LIMIT_S = 900  # a hard stop, far above the expected ~3 minutes
 
 PROFILES = {
     "full": dict(pkt_runs=7, pkt_calls=20000, pkt_warmup=2000, pkt_new_calls=10000,
-                 pkt_new_warmup=1000,
+                 pkt_new_warmup=1000, pkt_chunks=4,
                  scale_runs=5, scale_calls=10000, scale_warmup=1000, scale_flips=200000,
                  scale_cli=21, flows_levels=[1000, 100000, 1000000],
                  svc_levels=[1, 100, 1000], be_levels=[1, 16, 256], ncycle=1024,
@@ -65,7 +65,7 @@ PROFILES = {
                  net_rounds=9, net_seconds=1, net_conns=32, net_flips=3, net_flip_seconds=1,
                  net_cases=list(netbench.CASES), state_flows=None, mem_flows=131072),
     "smoke": dict(pkt_runs=2, pkt_calls=300, pkt_warmup=50, pkt_new_calls=300,
-                  pkt_new_warmup=50,
+                  pkt_new_warmup=50, pkt_chunks=1,
                   scale_runs=2, scale_calls=300, scale_warmup=50, scale_flips=10000,
                   scale_cli=3, flows_levels=[1000, 5000], svc_levels=[1, 10],
                   be_levels=[1, 4], ncycle=256, lb_levels=[4],
@@ -145,13 +145,11 @@ def table_rows(res: dict):
         rows += _pkt_rows(res["per_packet"])
     if res.get("factors"):
         sec = "1b what part 1 measures, and what it measured before (IPv4)"
-        base = res["factors"]["summary"][0]
-        for f in res["factors"]["summary"]:
+        for i, f in enumerate(res["factors"]["summary"]):
             rows.append((sec, f["name"], f"est +{f['est']['over_floor_ns']:.0f} / new "
                          f"+{f['new']['over_floor_ns']:.0f} ns",
-                         f"{f['est']['over_floor_ns'] / base['est']['over_floor_ns']:.2f}x / "
-                         f"{f['new']['over_floor_ns'] / base['new']['over_floor_ns']:.2f}x "
-                         "first", f"{f['est']['verdict']}"))
+                         f"{f['est']['step_ns']:+.0f} / {f['new']['step_ns']:+.0f} ns on the "
+                         "row above" if i else "", f"{f['est']['verdict']}"))
     if res.get("scale"):
         sc = res["scale"]
         sec = "2 as things grow"
@@ -337,6 +335,7 @@ def main(argv=None) -> int:
 
     microbench.STATE_FLOWS = netbench.ATTACH_FLOWS = cfg["state_flows"]
     microbench.MEM_FLOWS = cfg["mem_flows"]
+    pktbench.CHUNKS = cfg["pkt_chunks"]
     cleanup = Cleanup()
     prefix = new_run_prefix()
     mach = machine()

@@ -19,13 +19,14 @@ permitted on SYNs; timestamps on ACKs), 66 bytes over IPv4, 86 over IPv6. Cases:
             lru_mapping for these blocks
   reply     bgswitch's reply path (TC egress); Katran has none (replies bypass it: DSR)
 
-Each round times, per family, the floor program (bpf/floor.bpf.c) and then every case for
-both programs, one block after the other (which program goes first alternates by round), all
-on one CPU, with BPF_PROG_TEST_RUN repeat=1 (benchlib.c). Every call's verdict and output are
-checked (bgswitch: the DNAT'd frame toward the backend, MACs from the neighbour entry, TTL
-decremented; Katran: the IPIP / IPv6-in-IPv6 frame toward the real), and each program's
-counters must say every call took the case's path. A case's cost is its time less the same
-round's floor; the ratio bgswitch / Katran is taken within each round and its median reported.
+Each round times every case of each family as one block: the floor program (bpf/floor.bpf.c,
+on the case's first frame), bgswitch and Katran, each in CHUNKS pieces, their pieces interleaved
+(the order turned by one each piece and round), all on one CPU, with BPF_PROG_TEST_RUN repeat=1
+(benchlib.c). Every call's verdict and output are checked (bgswitch: the DNAT'd frame toward
+the backend, MACs from the neighbour entry, TTL decremented; Katran: the IPIP / IPv6-in-IPv6
+frame toward the real), and each program's counters must say every call took the case's path.
+A case's cost is its time less the floor's in the same block; the ratio bgswitch / Katran is
+taken within each round and its median reported.
 """
 
 import ctypes
@@ -191,7 +192,9 @@ def _open_est(sides: Sides, est: Dict[int, List]) -> None:
             sides.run_katran(fam, "new", clients, len(clients), 0)
 
 
-CHUNKS = 4  # each block is run in this many pieces, the programs' pieces interleaved
+# Each block is run in this many pieces, the programs' pieces interleaved (bench.py sets it
+# from its profile).
+CHUNKS = 4
 
 
 def _merge(parts: List[Dict]) -> Dict:
@@ -409,10 +412,14 @@ def part_factors(cleanup: Cleanup, prefix: str, runs: int, calls: int, warmup: i
         st.down()
     summary = []
     for i, (name, node, opts, nflows, pin) in enumerate(FACTORS):
-        summary.append({"name": name, "node": node, "tcp_options": opts, "est_flows": nflows,
-                        "pinned": pin, **{
-                            kind: {"over_floor_ns": median([r[f"{i}.{kind}"]["over_floor_ns"]
-                                                            for r in rounds]),
-                                   "verdict": rounds[0][f"{i}.{kind}"]["verdict"]}
-                            for kind in ("est", "new")}})
+        row = {"name": name, "node": node, "tcp_options": opts, "est_flows": nflows,
+               "pinned": pin}
+        for kind in ("est", "new"):
+            this = [r[f"{i}.{kind}"]["over_floor_ns"] for r in rounds]
+            # What this row adds to the one before: the median of the per-round differences.
+            prev = [r[f"{i - 1}.{kind}"]["over_floor_ns"] for r in rounds] if i else this
+            row[kind] = {"over_floor_ns": median(this),
+                         "step_ns": round(median([a - b for a, b in zip(this, prev)]), 1),
+                         "verdict": rounds[0][f"{i}.{kind}"]["verdict"]}
+        summary.append(row)
     return {"rounds": rounds, "summary": summary, "calls": calls, "new_calls": new_calls}
