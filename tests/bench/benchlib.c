@@ -16,7 +16,9 @@
  * maps' fds (another balancer's object, measured side by side); bb_map_create() makes a map.
  */
 #include <errno.h>
+#include <stdarg.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -454,12 +456,21 @@ out:
 	return err;
 }
 
+/* libbpf's warnings only: its notes on sections another toolchain emits are not ours to fix. */
+static int bb_libbpf_print(enum libbpf_print_level level, const char *fmt, va_list args)
+{
+	return level == LIBBPF_WARN ? vfprintf(stderr, fmt, args) : 0;
+}
+
 /* Open an object file (not loaded yet: see bb_obj_load()). Returns the object (bb_obj_close()
  * it), or NULL with *err set to -errno.
  */
 struct bpf_object *bb_obj_open(const char *path, int *err)
 {
-	struct bpf_object *obj = bpf_object__open_file(path, NULL);
+	struct bpf_object *obj;
+
+	libbpf_set_print(bb_libbpf_print);
+	obj = bpf_object__open_file(path, NULL);
 
 	*err = obj ? 0 : -errno;
 	return obj;
