@@ -158,12 +158,6 @@ class Katran:
         if rc:
             raise BenchError(f"filling Katran's LRU: {os.strerror(-rc)}")
 
-    def lru_has(self, cpu: int, name: str, client: str, sport: int, vip: str,
-                port: int) -> bool:
-        fd = self.lrus[name][cpu]
-        key = _flow_key(client, vip, sport, port, self.lru_key_size)
-        return bpfsys.map_lookup(fd, key, self.lru_value_size) is not None
-
     def reset_conn_rate(self) -> None:
         """Zero the new-connection rate counter of every CPU (see the module docstring)."""
         m = self.maps["stats"]

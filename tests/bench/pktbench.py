@@ -310,9 +310,14 @@ def part_pkt(cleanup: Cleanup, prefix: str, runs: int, calls: int, warmup: int, 
            "fresh_fill": fresh_fill, "full_fill": {"pushed": push, "tables": flow_tables(full)},
            "frame_bytes": {4: 66, 6: 86}, "katran": None}
     if kinfo:
+        # Every flow it saw a SYN of went into its LRU: none was skipped as a flood.
         kat = kinfo.pop("kat")
-        kinfo["fresh_fill"] = lib().bb_count(kat.lrus["fresh"][bench_cpu()],
-                                             kat.lru_key_size) / kinfo["lru_per_core"]
+        keys = lib().bb_count(kat.lrus["fresh"][bench_cpu()], kat.lru_key_size)
+        pieces = CHUNKS * (max(1, new_calls // CHUNKS) + new_warmup // CHUNKS)
+        want = 2 * (EST_FLOWS + runs * pieces)
+        if keys != want:
+            raise BenchError(f"Katran's LRU holds {keys} flows, want {want}")
+        kinfo["fresh_fill"] = keys / kinfo["lru_per_core"]
         out["katran"] = kinfo
     st.down()
     full.down()
