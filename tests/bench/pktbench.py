@@ -360,6 +360,52 @@ def _factor_cases(st: State, opts: bool, est, new) -> Dict[str, Case]:
     return out
 
 
+def _factor_block(states: Dict[bool, State], floor_xdp: int, kind: str, est, calls: int,
+                  warmup: int, r: int) -> Dict[str, Dict]:
+    """One round's block of one kind ("est" or "new"): every configuration of FACTORS and its
+    floor, in interleaved pieces. New flows: each configuration its own clients, the pieces
+    handed out by index."""
+    clients = est if kind == "est" else list(range(calls + warmup))
+    own = [est if kind == "est" else fresh(4, calls + warmup) for _ in FACTORS]
+    fns = {}
+    for i, (name, node, opts, nflows, pin) in enumerate(FACTORS):
+        st = states[node]
+
+        def timed(cl, c, w, st=st, opts=opts, nflows=nflows, pin=pin, mine=own[i]):
+            if kind == "new":
+                cl = mine[cl[0]:cl[-1] + 1]
+            case = _factor_cases(st, opts, cl[:nflows], cl)[kind]
+            return run_case(st.ns, st.ifindex, st.ingress_fd, case, c, w, st.stats, pin=pin)
+
+        def floor(cl, c, w, st=st, opts=opts, pin=pin, mine=own[i]):
+            f = _factor_cases(st, opts, mine[:1], mine[:1])[kind].frames[:1]
+            return run_case(st.ns, st.ifindex, floor_xdp, Case(
+                "floor", "floor_xdp", f, f, None, {XDP_TX}, True), c, w, pin=pin)
+
+        fns[f"{i}"], fns[f"{i}.floor"] = timed, floor
+    res = _interleaved(fns, clients, calls, warmup, kind == "new", r)
+    return {f"{i}.{kind}": {"over_floor_ns": round(res[f"{i}"]["ns"] - res[f"{i}.floor"]["ns"],
+                                                   1),
+                            "verdict": res[f"{i}"]["verdict"],
+                            "floor_ns": res[f"{i}.floor"]["ns"]} for i in range(len(FACTORS))}
+
+
+def _factor_summary(rounds: List[Dict]) -> List[Dict]:
+    summary = []
+    for i, (name, node, opts, nflows, pin) in enumerate(FACTORS):
+        row = {"name": name, "node": node, "tcp_options": opts, "est_flows": nflows,
+               "pinned": pin}
+        for kind in ("est", "new"):
+            this = [r[f"{i}.{kind}"]["over_floor_ns"] for r in rounds]
+            # What this row adds to the one before: the median of the per-round differences.
+            prev = [r[f"{i - 1}.{kind}"]["over_floor_ns"] for r in rounds] if i else this
+            row[kind] = {"over_floor_ns": median(this),
+                         "step_ns": round(median([a - b for a, b in zip(this, prev)]), 1),
+                         "verdict": rounds[0][f"{i}.{kind}"]["verdict"]}
+        summary.append(row)
+    return summary
+
+
 def part_factors(cleanup: Cleanup, prefix: str, runs: int, calls: int, warmup: int,
                  new_calls: int, new_warmup: int) -> Dict:
     """bgswitch's IPv4 established and new-flow costs under FACTORS, in the same rounds: what
@@ -383,48 +429,10 @@ def part_factors(cleanup: Cleanup, prefix: str, runs: int, calls: int, warmup: i
                  len(est), 0, st.stats)
     rounds = []
     for r in range(runs):
-        rr = {}
-        for kind in ("est", "new"):
-            c, w = (calls, warmup) if kind == "est" else (new_calls, new_warmup)
-            # New flows: each configuration its own clients, the pieces by index.
-            clients = est if kind == "est" else list(range(c + w))
-            own = [est if kind == "est" else fresh(4, c + w) for _ in FACTORS]
-            fns = {}
-            for i, (name, node, opts, nflows, pin) in enumerate(FACTORS):
-                st = states[node]
-
-                def timed(cl, c, w, st=st, opts=opts, nflows=nflows, pin=pin, mine=own[i]):
-                    if kind == "new":
-                        cl = mine[cl[0]:cl[-1] + 1]
-                    case = _factor_cases(st, opts, cl[:nflows], cl)[kind]
-                    return run_case(st.ns, st.ifindex, st.ingress_fd, case, c, w, st.stats,
-                                    pin=pin)
-
-                def floor(cl, c, w, st=st, opts=opts, pin=pin, mine=own[i]):
-                    f = _factor_cases(st, opts, mine[:1], mine[:1])[kind].frames[:1]
-                    return run_case(st.ns, st.ifindex, floor_xdp, Case(
-                        "floor", "floor_xdp", f, f, None, {XDP_TX}, True), c, w, pin=pin)
-
-                fns[f"{i}"], fns[f"{i}.floor"] = timed, floor
-            res = _interleaved(fns, clients, c, w, kind == "new", r)
-            for i in range(len(FACTORS)):
-                rr[f"{i}.{kind}"] = {"over_floor_ns": round(res[f"{i}"]["ns"]
-                                                            - res[f"{i}.floor"]["ns"], 1),
-                                     "verdict": res[f"{i}"]["verdict"],
-                                     "floor_ns": res[f"{i}.floor"]["ns"]}
+        rr = _factor_block(states, floor_xdp, "est", est, calls, warmup, r)
+        rr.update(_factor_block(states, floor_xdp, "new", est, new_calls, new_warmup, r))
         rounds.append(rr)
     for st in states.values():
         st.down()
-    summary = []
-    for i, (name, node, opts, nflows, pin) in enumerate(FACTORS):
-        row = {"name": name, "node": node, "tcp_options": opts, "est_flows": nflows,
-               "pinned": pin}
-        for kind in ("est", "new"):
-            this = [r[f"{i}.{kind}"]["over_floor_ns"] for r in rounds]
-            # What this row adds to the one before: the median of the per-round differences.
-            prev = [r[f"{i - 1}.{kind}"]["over_floor_ns"] for r in rounds] if i else this
-            row[kind] = {"over_floor_ns": median(this),
-                         "step_ns": round(median([a - b for a, b in zip(this, prev)]), 1),
-                         "verdict": rounds[0][f"{i}.{kind}"]["verdict"]}
-        summary.append(row)
-    return {"rounds": rounds, "summary": summary, "calls": calls, "new_calls": new_calls}
+    return {"rounds": rounds, "summary": _factor_summary(rounds), "calls": calls,
+            "new_calls": new_calls}
