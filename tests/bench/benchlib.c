@@ -521,8 +521,8 @@ void bb_obj_close(struct bpf_object *obj)
 }
 
 /* Create a map (the caller closes the fd). Returns the fd or -errno. */
-int bb_map_create(uint32_t type, const char *name, uint32_t ksz, uint32_t vsz,
-		  uint32_t max_entries, uint32_t flags)
+int bb_map_create(uint32_t type, const char *name, uint32_t ksz, uint32_t vsz, uint32_t max_entries,
+		  uint32_t flags)
 {
 	LIBBPF_OPTS(bpf_map_create_opts, opts, .map_flags = flags);
 	int fd = bpf_map_create(type, name, ksz, vsz, max_entries, &opts);
