@@ -128,8 +128,10 @@ format-check:
 vmlinux:
 	$(Q)scripts/gen-vmlinux.sh
 
-# make bench [BENCH_RESULTS=dir] [BENCH_ARGS=...]: the benchmark suite of tests/bench/ (not part
-# of make test): one table on stdout, JSON and PNG plots in BENCH_RESULTS. bench-build builds
+# make bench [BENCH_RESULTS=dir] [BENCH_ARGS=...] [KATRAN_OBJ=path]: the benchmark suite of
+# tests/bench/ (not part of make test): one table on stdout, JSON and PNG plots in BENCH_RESULTS.
+# KATRAN_OBJ: Katran's balancer.bpf.o, built by the user from Katran's own source with its own
+# pipeline, measured side by side (without it, its column says "not measured"). bench-build builds
 # the command and the suite's helpers: the floor programs (same BPF flags as the data plane), a
 # ctypes library of tight BPF_PROG_TEST_RUN loops, the flip timer, an HTTP backend, a client.
 BENCH_OUT := $(OUTPUT)/bench
@@ -164,7 +166,8 @@ bench-build: $(OUTPUT)/bgswitch $(BENCH_BINS)
 
 bench: deps
 	$(Q)$(MAKE) -s --no-print-directory bench-build
-	$(Q)$(PYTHON) tests/bench/bench.py --out $(BENCH_RESULTS) $(BENCH_ARGS)
+	$(Q)$(PYTHON) tests/bench/bench.py --out $(BENCH_RESULTS) \
+		$(if $(KATRAN_OBJ),--katran-obj $(KATRAN_OBJ)) $(BENCH_ARGS)
 
 # make install [PREFIX=/usr/local] [DESTDIR=staging]: the command (the BPF object is embedded in
 # it by the skeleton), its man page, its bash completion and the exporter's and the agent's

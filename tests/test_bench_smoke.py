@@ -3,8 +3,9 @@
 It runs tests/bench/bench.py --smoke (every part, a few hundred packets per case, one round of
 one-second wrk runs; about 15 s) into a temporary folder, and checks that it printed its table,
 wrote results.json and every figure, verified every packet case, saw no failed request, and
-left no namespace or pin root behind. The figures themselves are not judged here: the suite's
-numbers on a shared test machine say nothing.
+left no namespace or pin root behind, and that without a Katran object (KATRAN_OBJ) its column
+says "not measured". The figures themselves are not judged here: the suite's numbers on a shared
+test machine say nothing.
 """
 
 import json
@@ -45,10 +46,16 @@ def test_bench_smoke(tmp_path):
         assert res.get(key), f"results.json has no {key}"
     pkt = res["per_packet"]["summary"]
     for fam in (4, 6):
-        for kind in ("nonvip", "new", "est", "reply"):
+        for kind in ("nonvip", "new", "new_full", "est", "reply"):
             case = pkt[f"v{fam}.{kind}"]
             assert case["ns"] > 0 and case["verdict"] in (
                 "XDP_PASS", "XDP_TX", "XDP_REDIRECT", "TC_ACT_OK", "TC_ACT_REDIRECT"), case
+            # A user's node: rewritten packets leave by the fast path.
+            assert kind in ("nonvip", "reply") or case["verdict"] == "XDP_TX", case
+    # No Katran object given: its column says so, and nothing stands in for it.
+    assert res["per_packet"]["katran"] is None and res["memory"]["katran"] is None
+    assert "not measured" in p.stdout, p.stdout
+    assert all(n > 0 for n in res["per_packet"]["verified_insns"].values()), res["per_packet"]
     for axis in ("flows", "services", "backends"):
         assert len(res["scale"][axis]) >= 2 and all(
             pt["est_ns"] > 0 and pt["new_ns"] > 0 and pt["flip_ns"] > 0

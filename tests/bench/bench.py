@@ -2,11 +2,16 @@
 """bgswitch's benchmark suite (`make bench`): prints one table, and writes results.json, the
 table (table.txt, table.md) and PNG figures into the results folder.
 
-    sudo make bench                              # builds, then runs this with --out bench-results
+    sudo make bench [KATRAN_OBJ=path]            # builds, then runs this with --out bench-results
     sudo /usr/bin/python3 tests/bench/bench.py --out DIR [--smoke] [--parts pkt,scale,...]
+                                               [--katran-obj path]
 
 Parts (all by default):
-  pkt    per-packet cost with BPF_PROG_TEST_RUN against a floor program   (microbench.py)
+  pkt    per-packet cost with BPF_PROG_TEST_RUN against a floor program, the
+         state a user's node gets (fast path on), and Katran's balancer.bpf.o
+         on the same frames in the same rounds when --katran-obj is given
+         (built by the user from Katran's source; else "not measured")    (pktbench.py,
+                                                                            katran.py)
   scale  established / new-flow / flip cost with 1k-1M flows, 1-1000 services,
          1-256 backends per color; the new-flow cost with Maglev tables of
          16381 and 65537 positions against --lb modulo, side by side, and
@@ -17,10 +22,14 @@ Parts (all by default):
                                                                             netbench.py)
   net    wrk through namespaces: direct, bgswitch native and generic XDP, nftables DNAT;
          failed requests while flipping                                    (netbench.py)
-  mem    map memory at default sizes (bpftool bytes_memlock)               (microbench.py)
+  factors (only when asked for) what made part 1's figures before issue 13 differ
+         from a user's node's: the fast path's route, TCP options, flows
+         cycled, CPU pinning, added one at a time                         (pktbench.py)
+  mem    map memory at default sizes (bpftool bytes_memlock), and per
+         tracked flow (memlock growth over flow growth; Katran's too)     (microbench.py)
 
 Every figure is the median of several runs, and every ratio is taken within one run, then
-its median over the runs is reported. Needs root; runs about 3 minutes on 2 cores (--smoke:
+its median over the runs is reported. Needs root; runs 5-10 minutes on 2 cores (--smoke:
 seconds, minimal counts, for tests/test_bench_smoke.py). Everything it creates is named
 bgsb<4 hex digits>-* and removed on exit, on errors and on SIGINT/SIGTERM too.
 """
@@ -38,12 +47,15 @@ from common import (BGSWITCH, BPFFS, CONNLOAD, FLIPBENCH, FLOOR_OBJ, HTTPD, LIBB
                     BenchError, Cleanup, log, machine, new_run_prefix, run)
 import microbench  # noqa: E402
 import netbench  # noqa: E402
+import pktbench  # noqa: E402
 
 PARTS = ("pkt", "scale", "flip", "net", "mem")
-TIME_LIMIT_S = 900  # a hard stop, far above the expected ~3 minutes
+EXTRA_PARTS = ("factors",)  # run only when asked for (--parts)
+TIME_LIMIT_S = 1800  # a hard stop, far above the expected 5-10 minutes
 
 PROFILES = {
-    "full": dict(pkt_runs=7, pkt_calls=20000, pkt_warmup=2000,
+    "full": dict(pkt_runs=7, pkt_calls=20000, pkt_warmup=2000, pkt_new_calls=10000,
+                 pkt_new_warmup=1000, pkt_chunks=4,
                  scale_runs=5, scale_calls=10000, scale_warmup=1000, scale_flips=200000,
                  scale_cli=21, flows_levels=[1000, 100000, 1000000],
                  svc_levels=[1, 100, 1000], be_levels=[1, 16, 256], ncycle=1024,
@@ -51,15 +63,16 @@ PROFILES = {
                  flip_runs=5, flips=1000000, flip_cli=31,
                  cut_rounds=5, cut_rate=20000, cut_ms=1200,
                  net_rounds=9, net_seconds=1, net_conns=32, net_flips=3, net_flip_seconds=1,
-                 net_cases=list(netbench.CASES), state_flows=None),
-    "smoke": dict(pkt_runs=2, pkt_calls=300, pkt_warmup=50,
+                 net_cases=list(netbench.CASES), state_flows=None, mem_flows=131072),
+    "smoke": dict(pkt_runs=2, pkt_calls=300, pkt_warmup=50, pkt_new_calls=300,
+                  pkt_new_warmup=50, pkt_chunks=1,
                   scale_runs=2, scale_calls=300, scale_warmup=50, scale_flips=10000,
                   scale_cli=3, flows_levels=[1000, 5000], svc_levels=[1, 10],
                   be_levels=[1, 4], ncycle=256, lb_levels=[4],
                   flip_runs=2, flips=100000, flip_cli=3,
                   cut_rounds=1, cut_rate=10000, cut_ms=600,
                   net_rounds=1, net_seconds=1, net_conns=16, net_flips=2, net_flip_seconds=1,
-                  net_cases=["direct", "native", "nft"], state_flows=65536),
+                  net_cases=["direct", "native", "nft"], state_flows=65536, mem_flows=16384),
 }
 
 
@@ -81,27 +94,62 @@ def _ns(x) -> str:
     return "-" if x is None else f"{x:.0f} ns"
 
 
+NOT_MEASURED = "not measured (make bench KATRAN_OBJ=path)"
+PKT_KINDS = {"nonvip": "non-VIP", "est": "VIP established ({est} flows cycled)",
+             "new": "VIP new flow, tables under 25 % full",
+             "new_full": "VIP new flow, tables full (every insert evicts)",
+             "reply": "reply, reverse NAT (TC egress)"}
+
+
+def _pkt_rows(p: dict):
+    """Part 1's rows: bgswitch, and Katran from the same rounds when it was measured."""
+    s, kat, sec = p["summary"], p.get("katran"), "1 per packet"
+    rows = [(sec, "floor: XDP, Ethernet check, XDP_TX (IPv4 66 B / IPv6 86 B)",
+             f"{s['v4.floor']['ns']:.0f} / {s['v6.floor']['ns']:.0f} ns", "1.00x floor",
+             "the same floor" if kat else ""),
+            (sec, "floor: TC, Ethernet check, TC_ACT_OK",
+             f"{s['v4.floor_tc']['ns']:.0f} / {s['v6.floor_tc']['ns']:.0f} ns",
+             "1.00x tc floor", "")]
+    losses = []
+    for fam in (4, 6):
+        for kind, what in PKT_KINDS.items():
+            v = s[f"v{fam}.{kind}"]
+            floor = s[f"v{fam}.floor_tc" if kind == "reply" else f"v{fam}.floor"]["ns"]
+            kv = v.get("katran")
+            if kv:
+                lo, hi = v["ratio_range"]
+                vs = f"{v['ratio']:.2f}x Katran ({lo:.2f}-{hi:.2f})"
+                kcol = f"{kv['ns']:.0f} ns ({kv['over_floor_ns']:+.0f}) {kv['verdict']}"
+                if v["ratio"] > 1:
+                    losses.append(f"IPv{fam} {kind} {v['ratio']:.2f}x")
+            else:
+                vs = f"{v['ns'] / floor:.2f}x {'tc ' if kind == 'reply' else ''}floor"
+                kcol = "n/a: replies bypass it (DSR)" if kind == "reply" else NOT_MEASURED
+            rows.append((sec, f"IPv{fam} {what.format(est=p['est_flows'])}",
+                         f"{v['ns']:.0f} ns ({v['over_floor_ns']:+.0f}) {v['verdict']}", vs,
+                         kcol))
+    if kat:
+        rows.append((sec, "cases where bgswitch costs more than Katran (median ratio > 1)",
+                     f"{len(losses)} of 8", "", ", ".join(losses) or "none"))
+    for prog, n in p["verified_insns"].items():
+        rows.append((sec, f"verified_insns: {prog}", f"{n:,}", f"{n / 1e6:.0%} of 1,000,000",
+                     f"balancer_ingress {kat['verified_insns']:,}"
+                     if kat and prog == "bgs_ingress" else ""))
+    return rows
+
+
 def table_rows(res: dict):
-    """[(section, measure, value, vs baseline, reference)]."""
+    """[(section, measure, value, vs baseline, Katran or notes)]."""
     rows = []
-    fam_names = {"nonvip": "non-VIP", "new": "VIP first packet (miss + insert)",
-                 "est": "VIP established (table hit)", "reply": "reply, reverse NAT (TC egress)"}
     if res.get("per_packet"):
-        s = res["per_packet"]["summary"]
-        ref = res["per_packet"]["reference_over_floor_ns"]
-        sec = "1 per packet"
-        rows.append((sec, "floor: XDP, Ethernet check, XDP_TX", _ns(s["floor_xdp"]["ns"]),
-                     "1.00x floor", ""))
-        rows.append((sec, "floor: TC, Ethernet check, TC_ACT_OK", _ns(s["floor_tc"]["ns"]),
-                     "1.00x tc floor", ""))
-        for fam in (4, 6):
-            for kind in ("nonvip", "new", "est", "reply"):
-                v = s[f"v{fam}.{kind}"]
-                verdict = v["verdict"] + (", L2/TTL rewritten" if v["fastpath_rewrites"] else "")
-                rows.append((sec, f"IPv{fam} {fam_names[kind]} [{verdict}]",
-                              f"{v['ns']:.0f} ns (+{v['over_floor_ns']:.0f})",
-                              f"{v['ratio_floor']:.2f}x {'tc ' if kind == 'reply' else ''}floor",
-                              f"+{ref[kind]} ns" if kind in ref else ""))
+        rows += _pkt_rows(res["per_packet"])
+    if res.get("factors"):
+        sec = "1b what part 1 measures, and what it measured before (IPv4)"
+        for i, f in enumerate(res["factors"]["summary"]):
+            rows.append((sec, f["name"], f"est +{f['est']['over_floor_ns']:.0f} / new "
+                         f"+{f['new']['over_floor_ns']:.0f} ns",
+                         f"{f['est']['step_ns']:+.0f} / {f['new']['step_ns']:+.0f} ns on the "
+                         "row above" if i else "", f"{f['est']['verdict']}"))
     if res.get("scale"):
         sc = res["scale"]
         sec = "2 as things grow"
@@ -192,16 +240,19 @@ def table_rows(res: dict):
     if res.get("memory"):
         m = res["memory"]
         sec = "5 memory"
-        rows.append((sec, "bytes per tracked flow (bgs_flows + bgs_reverse)",
-                     f"{m['bytes_per_flow']:.0f} B",
-                     f"{m['bytes_per_flow_forward_only']:.0f} B forward only", ""))
+        k = m.get("katran")
+        parts = " + ".join(f"{n} {v:.0f}" for n, v in m["bytes_per_flow_by_map"].items())
+        rows.append((sec, "bytes per tracked flow (memlock growth over flow growth)",
+                     f"{m['bytes_per_flow']:.0f} B ({parts})",
+                     f"{m['bytes_per_flow'] / k['bytes_per_flow']:.2f}x Katran" if k else "",
+                     f"{k['bytes_per_flow']:.0f} B (its per-core LRU)" if k else NOT_MEASURED))
         rows.append((sec, f"all maps at default sizes ({m['flow_entries']:,} flows)",
                      f"{m['total_bytes'] / 2**20:.1f} MiB", "", ""))
     return rows
 
 
 def format_table(rows, mach, load=("?", "?")) -> str:
-    head = ("measure", "bgswitch", "vs baseline", "reference")
+    head = ("measure", "bgswitch", "vs baseline", "Katran, same run / notes")
     w = [max(len(head[i]), *(len(r[i + 1]) for r in rows)) for i in range(4)]
     lines = [f"bgswitch benchmark: {mach['nproc']} CPUs, {mach['cpu']}, kernel {mach['kernel']}"
              f", load average {load[0]} at start, {load[1]} at end",
@@ -217,7 +268,8 @@ def format_table(rows, mach, load=("?", "?")) -> str:
 
 
 def format_markdown(rows) -> str:
-    out = ["| part | measure | bgswitch | vs baseline | reference |", "|---|---|---|---|---|"]
+    out = ["| part | measure | bgswitch | vs baseline | Katran, same run / notes |",
+           "|---|---|---|---|---|"]
     for r in rows:
         out.append("| " + " | ".join(x.replace("|", "\\|") for x in r) + " |")
     return "\n".join(out)
@@ -225,7 +277,7 @@ def format_markdown(rows) -> str:
 
 # --- main ---------------------------------------------------------------------------------------
 
-def _check_environment(parts) -> None:
+def _check_environment(parts, katran_obj) -> None:
     if os.geteuid() != 0:
         raise BenchError("needs root (BPF, network namespaces)")
     need = [BGSWITCH, LIBBENCH, FLOOR_OBJ, FLIPBENCH]
@@ -238,6 +290,8 @@ def _check_environment(parts) -> None:
         for tool in ("wrk", "nft", "taskset"):
             if run(["sh", "-c", f"command -v {tool}"], check=False).returncode:
                 raise BenchError(f"{tool} not found: run scripts/install-deps.sh")
+    if katran_obj and not os.path.isfile(katran_obj):
+        raise BenchError(f"KATRAN_OBJ {katran_obj}: no such file")
     if not os.path.ismount(BPFFS):
         run(["mount", "-t", "bpf", "bpf", BPFFS])
 
@@ -261,11 +315,15 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="bench-results", help="results folder")
     ap.add_argument("--smoke", action="store_true", help="minimal counts (seconds)")
     ap.add_argument("--parts", default=",".join(PARTS),
-                    help=f"comma-separated subset of {','.join(PARTS)}")
+                    help=f"comma-separated subset of {','.join(PARTS)}, or "
+                    f"{','.join(EXTRA_PARTS)} (not run by default)")
     ap.add_argument("--no-plots", action="store_true")
+    ap.add_argument("--katran-obj", metavar="PATH",
+                    help="Katran's balancer.bpf.o, built from its own source with its own "
+                    "pipeline: measured side by side in parts pkt and mem")
     args = ap.parse_args(argv)
     parts = [p for p in args.parts.split(",") if p]
-    bad = [p for p in parts if p not in PARTS]
+    bad = [p for p in parts if p not in PARTS + EXTRA_PARTS]
     if bad:
         ap.error(f"unknown part(s) {bad}")
     cfg = PROFILES["smoke" if args.smoke else "full"]
@@ -276,16 +334,19 @@ def main(argv=None) -> int:
     signal.alarm(TIME_LIMIT_S)
 
     microbench.STATE_FLOWS = netbench.ATTACH_FLOWS = cfg["state_flows"]
+    microbench.MEM_FLOWS = cfg["mem_flows"]
+    pktbench.CHUNKS = cfg["pkt_chunks"]
     cleanup = Cleanup()
     prefix = new_run_prefix()
     mach = machine()
     results = {"machine": mach, "profile": "smoke" if args.smoke else "full", "config": cfg,
+               "katran_obj": args.katran_obj,
                "prefix": prefix, "command": "make bench" if not args.smoke else
                "tests/bench/bench.py --smoke"}
     t_start = time.monotonic()
     results["loadavg_start"] = _loadavg()
     try:
-        _check_environment(parts)
+        _check_environment(parts, args.katran_obj)
         os.makedirs(args.out, exist_ok=True)
         timing = results["part_seconds"] = {}
 
@@ -296,8 +357,14 @@ def main(argv=None) -> int:
             return r
 
         if "pkt" in parts:
-            results["per_packet"] = timed("pkt", microbench.part_pkt, cleanup, prefix,
-                                          cfg["pkt_runs"], cfg["pkt_calls"], cfg["pkt_warmup"])
+            results["per_packet"] = timed("pkt", pktbench.part_pkt, cleanup, prefix,
+                                          cfg["pkt_runs"], cfg["pkt_calls"], cfg["pkt_warmup"],
+                                          cfg["pkt_new_calls"], cfg["pkt_new_warmup"],
+                                          args.katran_obj)
+        if "factors" in parts:
+            results["factors"] = timed("factors", pktbench.part_factors, cleanup, prefix,
+                                       cfg["pkt_runs"], cfg["pkt_calls"], cfg["pkt_warmup"],
+                                       cfg["pkt_new_calls"], cfg["pkt_new_warmup"])
         if "scale" in parts:
             results["scale"] = timed(
                 "scale", microbench.part_scale, cleanup, prefix, cfg["scale_runs"],
@@ -308,7 +375,8 @@ def main(argv=None) -> int:
             results["flip"] = timed("flip", microbench.part_flip, cleanup, prefix,
                                     cfg["flip_runs"], cfg["flips"], cfg["flip_cli"])
         if "mem" in parts:
-            results["memory"] = timed("mem", microbench.part_memory, cleanup, prefix)
+            results["memory"] = timed("mem", microbench.part_memory, cleanup, prefix,
+                                      args.katran_obj)
         if "flip" in parts or "net" in parts:
             topo = timed("topology", netbench.Topology, cleanup, prefix)
             if "flip" in parts:

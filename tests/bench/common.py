@@ -98,6 +98,16 @@ class Cleanup:
         self.actions.clear()
 
 
+def close_all(maps: Dict, fds: List[int]) -> None:
+    """Close every Map of a {name: Map} dict and every fd of a list, and empty both."""
+    for m in maps.values():
+        m.close()
+    maps.clear()
+    for fd in fds:
+        os.close(fd)
+    fds.clear()
+
+
 def new_run_prefix() -> str:
     return PREFIX + secrets.token_hex(2)
 
@@ -170,12 +180,17 @@ def in_netns(name: str):
         os.close(here)
 
 
+def bench_cpu() -> int:
+    """The CPU on_one_cpu() pins to."""
+    return max(os.sched_getaffinity(0))
+
+
 @contextlib.contextmanager
 def on_one_cpu():
     """Pin the calling thread to the last CPU it may use (BPF_PROG_TEST_RUN runs the program
     on the calling CPU: keep every call of a measurement on the same one), then unpin."""
     allowed = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, {max(allowed)})
+    os.sched_setaffinity(0, {bench_cpu()})
     try:
         yield
     finally:
@@ -266,22 +281,32 @@ def lib():
         if not os.path.exists(LIBBENCH):
             raise BenchError(f"{LIBBENCH} missing: run 'make bench-build'")
         _lib = ctypes.CDLL(LIBBENCH, use_errno=True)
-        _lib.bb_run.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32, ctypes.c_uint32,
-                                ctypes.c_char_p, ctypes.c_uint32, ctypes.c_uint32,
-                                ctypes.POINTER(ctypes.c_uint32), ctypes.POINTER(BBResult)]
-        _lib.bb_run.restype = ctypes.c_int
-        _lib.bb_fill_flows.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_uint32,
-                                       ctypes.c_uint32, ctypes.c_char_p, ctypes.c_char_p,
-                                       ctypes.c_char_p, ctypes.c_char_p,
-                                       ctypes.POINTER(ctypes.c_int)]
-        _lib.bb_fill_flows.restype = ctypes.c_int
-        _lib.bb_delete_flows.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_uint32,
-                                         ctypes.c_uint32, ctypes.c_char_p, ctypes.c_char_p]
-        _lib.bb_delete_flows.restype = ctypes.c_long
-        _lib.bb_count.argtypes = [ctypes.c_int, ctypes.c_uint32]
-        _lib.bb_count.restype = ctypes.c_long
-        _lib.bb_load.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
-        _lib.bb_load.restype = ctypes.c_int
+        u32, c_int, cp = ctypes.c_uint32, ctypes.c_int, ctypes.c_char_p
+        sigs = {
+            "bb_run": (c_int, [c_int, cp, u32, u32, cp, u32, u32, u32, u32,
+                               ctypes.POINTER(u32), ctypes.POINTER(BBResult)]),
+            "bb_prime": (c_int, [c_int, cp, u32, u32, u32, u32, u32, u32,
+                                 ctypes.POINTER(ctypes.c_uint64)]),
+            "bb_fill_flows": (c_int, [c_int, c_int, u32, u32, cp, cp, cp, cp,
+                                      ctypes.POINTER(c_int)]),
+            "bb_delete_flows": (ctypes.c_long, [c_int, c_int, u32, u32, cp, cp]),
+            "bb_fill_keys": (c_int, [c_int, cp, u32, cp, u32, u32, u32, u32, u32]),
+            "bb_fill_u32": (c_int, [c_int, u32, u32, u32]),
+            "bb_count": (ctypes.c_long, [c_int, u32]),
+            "bb_load": (c_int, [cp, cp]),
+            "bb_obj_open": (ctypes.c_void_p, [cp, ctypes.POINTER(c_int)]),
+            "bb_obj_load": (c_int, [ctypes.c_void_p]),
+            "bb_obj_prog_fd": (c_int, [ctypes.c_void_p, cp]),
+            "bb_obj_map_fd": (c_int, [ctypes.c_void_p, cp]),
+            "bb_obj_inner_sizes": (c_int, [ctypes.c_void_p, cp, ctypes.POINTER(u32),
+                                           ctypes.POINTER(u32)]),
+            "bb_obj_close": (None, [ctypes.c_void_p]),
+            "bb_map_create": (c_int, [u32, cp, u32, u32, u32, u32]),
+            "bb_prog_verified_insns": (ctypes.c_long, [c_int]),
+        }
+        for name, (res, args) in sigs.items():
+            fn = getattr(_lib, name)
+            fn.restype, fn.argtypes = res, args
     return _lib
 
 

@@ -1,10 +1,14 @@
-"""Parts 1, 2, 3 (in-process and command flips) and 5 of the suite: the data plane's per-packet
-cost with BPF_PROG_TEST_RUN, its cost as the tables grow, the cost of a flip, and map memory.
+"""Parts 2, 3 (in-process and command flips) and 5 of the suite: the data plane's cost as the
+tables grow, the cost of a flip, and map memory; and what part 1 (pktbench.py) runs on: a
+private state, a case, and how one is timed.
 
 Each measurement runs on a private bgswitch state made by the real command: a network
-namespace with a veth pair (links down, nothing but our own test runs reaches the programs),
+namespace set up as a forwarding node (see State: a veth pair up, a route and a resolved
+neighbour toward the backends; nothing but our own test runs reaches the programs),
 `bgswitch --pin-root /sys/fs/bpf/<run>-<name> attach <veth>`, and the pinned programs and maps
-opened with BPF_OBJ_GET (tests/bpfsys.py), as tests/unit_fixtures.py does.
+opened with BPF_OBJ_GET (tests/bpfsys.py), as tests/unit_fixtures.py does. XDP programs are told
+the frames arrive on the attached interface, so the fast path's route lookup succeeds and a
+rewritten packet leaves as XDP_TX, as on a node.
 
 How a packet is timed: see benchlib.c. Many BPF_PROG_TEST_RUN calls with repeat=1, one frame
 each; the figure is the mean of the per-call durations the kernel reports, the slowest 1% of
@@ -29,7 +33,7 @@ from typing import Dict, List, Optional, Tuple
 import bpfsys
 import model
 import pkt
-from common import (BBResult, BenchError, BGSWITCH, BPFFS, FLIPBENCH, FLOOR_OBJ, Cleanup,
+from common import (BBResult, BenchError, BGSWITCH, BPFFS, FLIPBENCH, Cleanup, close_all,
                     header_define, header_enum, in_netns, lib, log, median, netns_add, nsargv,
                     on_one_cpu, remove_pin_root, run, timed_run, trimmed_mean)
 
@@ -40,9 +44,6 @@ TC_VERDICTS = {0: "TC_ACT_OK", 2: "TC_ACT_SHOT", 7: "TC_ACT_REDIRECT"}
 XDP_FORWARD = {2, 3, 4}  # what the data plane may answer for a packet it lets through
 TC_FORWARD = {0, 7}
 CLOCK_MONOTONIC_COARSE = 6
-
-# Reference figures for a well-known XDP balancer on this kind of machine (ns over the floor).
-REFERENCE = {"nonvip": "≈46", "new": "≈270–300", "est": "≈115"}
 
 ADDRS = {
     4: {"vip": "10.0.0.100", "other": "10.0.0.200", "client": "192.0.2.7",
@@ -71,10 +72,24 @@ def fresh_client(fam: int, k: int) -> Tuple[str, int]:
 
 # --- a private bgswitch state ---------------------------------------------------------------------
 
-class State:
-    """A private attached bgswitch state (see the module docstring); torn down by cleanup."""
+# The node's side of its link toward the backends (all of ADDRS' backends and the part 2 ones
+# are behind the gateway): a route and a resolved neighbour, as on a node that forwards.
+NODE_NET = {4: ("10.9.0.2/24", "10.9.0.1", "10.0.0.0/8"),
+            6: ("fd09::2/64", "fd09::1", "fd00::/16")}
 
-    def __init__(self, cleanup: Cleanup, prefix: str, name: str, flows: Optional[int] = 0):
+
+class State:
+    """A private attached bgswitch state (see the module docstring); torn down by cleanup.
+
+    The node is set up as a user's: forwarding on, the attached interface (bga) up with an
+    address, a route toward the backends through a gateway (its peer, bgb) whose neighbour
+    entry is resolved. So the fast path's FIB lookup succeeds and a rewritten packet leaves as
+    XDP_TX when the program is told it arrived on bga (self.ifindex, see benchlib.c). With
+    node=False the links stay down and nothing is routed: the fast path falls back to the stack
+    (XDP_PASS), as in the suite's runs before issue 13 (pktbench.part_factors())."""
+
+    def __init__(self, cleanup: Cleanup, prefix: str, name: str, flows: Optional[int] = 0,
+                 node: bool = True):
         self.cleanup = cleanup
         self.ns = f"{prefix}-{name}"
         self.pin_root = f"{BPFFS}/{prefix}-{name}"
@@ -85,11 +100,15 @@ class State:
         self.next_fresh = {4: 0, 6: 0}
         netns_add(cleanup, self.ns)
         self._down_idx = cleanup.push(f"state {self.pin_root}", self._down)
-        for conf in ("default", "all"):
-            run(nsargv(self.ns, ["sysctl", "-q", "-w", f"net.ipv6.conf.{conf}.disable_ipv6=1"]))
-        run(["ip", "-n", self.ns, "link", "add", "bga", "type", "veth", "peer", "name", "bgb"])
+        if node:
+            self.ifindex = self._node_network()
+        else:  # what the suite measured before: links down, no route (tests/bench/factors)
+            run(["ip", "-n", self.ns, "link", "add", "bga", "type", "veth", "peer", "name",
+                 "bgb"])
+            self.ifindex = 0
         if flows == 0:
             flows = STATE_FLOWS
+        self.flows = flows or header_define("BGS_DEFAULT_FLOWS")
         argv = ["attach", self.iface] + (["--flows", str(flows)] if flows else [])
         self.cli(*argv, netns=True)
         # The insert limit (125000 new flows a second per CPU, burst 10000 by default) would
@@ -99,23 +118,54 @@ class State:
         self.ingress_fd = self._fd(bpfsys.obj_get(f"{self.pin_root}/progs/bgs_ingress"))
         self.egress_fd = self._fd(bpfsys.obj_get(f"{self.pin_root}/progs/bgs_egress"))
 
+    def _node_network(self) -> int:
+        """Forwarding, bga/bgb up, NODE_NET's addresses, routes and permanent neighbours (IPv6
+        on bga only, without autoconfiguration: nothing but our test runs reaches the
+        programs). Returns bga's ifindex."""
+        ip = ["ip", "-n", self.ns]
+        for key, val in (("net.ipv6.conf.default.disable_ipv6", 1),
+                         ("net.ipv4.ip_forward", 1), ("net.ipv6.conf.all.forwarding", 1)):
+            run(nsargv(self.ns, ["sysctl", "-q", "-w", f"{key}={val}"]))
+        run(ip + ["link", "add", "bga", "address", pkt.MAC_NODE.hex(":"), "type", "veth",
+                  "peer", "name", "bgb", "address", pkt.MAC_GATEWAY.hex(":")])
+        for key, val in (("accept_ra", 0), ("autoconf", 0), ("addr_gen_mode", 1),
+                         ("disable_ipv6", 0)):
+            run(nsargv(self.ns, ["sysctl", "-q", "-w", f"net.ipv6.conf.bga.{key}={val}"]))
+        for dev in ("bgb", "bga"):
+            run(ip + ["link", "set", dev, "up"])
+        for fam, (addr, gw, dst) in NODE_NET.items():
+            run(ip + [f"-{fam}", "addr", "add", addr, "dev", "bga"]
+                + (["nodad"] if fam == 6 else []))
+            run(ip + [f"-{fam}", "neigh", "replace", gw, "lladdr", pkt.MAC_GATEWAY.hex(":"),
+                      "dev", "bga", "nud", "permanent"])
+            run(ip + [f"-{fam}", "route", "add", dst, "via", gw, "dev", "bga"])
+        return json.loads(run(ip + ["-j", "link", "show", "bga"]).stdout)[0]["ifindex"]
+
     def _fd(self, fd: int) -> int:
         self.fds.append(fd)
         return fd
 
     def _down(self) -> None:
-        for m in self.maps.values():
-            m.close()
-        self.maps.clear()
-        for fd in self.fds:
-            os.close(fd)
-        self.fds.clear()
+        close_all(self.maps, self.fds)
         if os.path.isdir(self.pin_root) and os.path.exists(f"/run/netns/{self.ns}"):
             self.cli("detach", self.iface, "--purge", netns=True, check=False)
         remove_pin_root(self.pin_root)
 
     def down(self) -> None:
         self.cleanup.run_one(self._down_idx)
+
+    def prog_maps(self) -> Dict[str, Dict]:
+        """bpftool's view of every map the state's pinned programs use, by name."""
+        ids = set()
+        for p in sorted(os.listdir(f"{self.pin_root}/progs")):
+            info = json.loads(run(["bpftool", "prog", "show", "pinned",
+                                   f"{self.pin_root}/progs/{p}", "-j"]).stdout)
+            ids.update(info.get("map_ids", []))
+        maps = {}
+        for mid in sorted(ids):
+            m = json.loads(run(["bpftool", "map", "show", "id", str(mid), "-j"]).stdout)
+            maps[m["name"]] = m
+        return maps
 
     def run_prog(self, fd: int, frame: bytes) -> bpfsys.TestRun:
         """One BPF_PROG_TEST_RUN of a frame, from inside the state's namespace."""
@@ -226,31 +276,39 @@ class State:
 # --- timing one case --------------------------------------------------------------------------
 
 class Case:
-    """Frames to run through a program and what each must come out as."""
+    """Frames to run through a program and what each must come out as. exact: every output
+    must be the expected frame byte for byte (else MACs, TTL and the IPv4 header checksum may
+    differ, as a forwarding fast path writes them)."""
 
     def __init__(self, name: str, prog: str, frames: List[bytes], expects: List[bytes],
-                 stat: Optional[str], verdicts=None):
+                 stat: Optional[str], verdicts=None, exact: bool = False):
         self.name, self.prog, self.frames, self.expects, self.stat = (name, prog, frames,
                                                                       expects, stat)
         self.verdicts = verdicts or (XDP_FORWARD if prog in ("xdp", "floor_xdp")
                                      else TC_FORWARD)
+        self.exact = exact
 
 
-def time_case(st: Optional[State], fd: int, case: Case, calls: int, warmup: int) -> Dict:
-    """Run case.frames (cycled) calls+warmup times; return the figures of the last `calls`."""
+def run_case(ns: Optional[str], ifindex: int, fd: int, case: Case, calls: int, warmup: int,
+             counters=None, pin: bool = True) -> Dict:
+    """Run case.frames (cycled) calls+warmup times inside network namespace ns (None: ours),
+    telling an XDP program the frames arrive on ifindex (0: nothing said), on one CPU unless
+    pin is False; return the figures of the last `calls`. counters() -> {name: count}:
+    case.stat must move by one per call."""
     total = calls + warmup
-    flen = len(case.frames[0])
-    if any(len(f) != flen for f in case.frames):
+    flen, wlen = len(case.frames[0]), len(case.expects[0])
+    if any(len(f) != flen for f in case.frames) or any(len(f) != wlen for f in case.expects):
         raise BenchError(f"{case.name}: frames of different lengths")
     durations = (ctypes.c_uint32 * total)()
     res = BBResult()
-    before = st.stats() if st and case.stat else None
-    # From inside the state's namespace: a program that looks up routes (bpf_fib_lookup) sees
-    # that namespace's, never the host's.
-    with in_netns(st.ns) if st else contextlib.nullcontext(), on_one_cpu():
+    before = counters() if counters and case.stat else None
+    # From inside the namespace: a program that looks up routes (bpf_fib_lookup) sees that
+    # namespace's, never the host's.
+    with in_netns(ns) if ns else contextlib.nullcontext(), \
+            on_one_cpu() if pin else contextlib.nullcontext():
         rc = lib().bb_run(fd, b"".join(case.frames), flen, len(case.frames),
-                          b"".join(case.expects), pkt.ETH_LEN, total, durations,
-                          ctypes.byref(res))
+                          b"".join(case.expects), wlen, pkt.ETH_LEN, ifindex, total,
+                          durations, ctypes.byref(res))
     if rc:
         raise BenchError(f"{case.name}: BPF_PROG_TEST_RUN failed: {os.strerror(-rc)}")
     names = XDP_VERDICTS if case.prog in ("xdp", "floor_xdp") else TC_VERDICTS
@@ -258,13 +316,14 @@ def time_case(st: Optional[State], fd: int, case: Case, calls: int, warmup: int)
     if res.verdict not in case.verdicts or res.verdict_mismatch:
         raise BenchError(f"{case.name}: verdict {vname}, {res.verdict_mismatch} calls differing "
                          f"(want one of {sorted(names.get(v, v) for v in case.verdicts)})")
-    if res.bad:
-        i = res.first_bad % len(case.frames)
-        raise BenchError(f"{case.name}: {res.bad} of {total} outputs wrong; first at call "
-                         f"{res.first_bad}: input {pkt.parse_tcp(case.frames[i])}, expected "
-                         f"{pkt.parse_tcp(case.expects[i])}, output length {res.out_len}")
+    if res.bad or (case.exact and res.exact != total):
+        i = (res.first_bad if res.bad else 0) % len(case.frames)
+        raise BenchError(f"{case.name}: {res.bad + (res.masked if case.exact else 0)} of "
+                         f"{total} outputs wrong; first at call {max(res.first_bad, 0)}: input "
+                         f"{pkt.parse_tcp(case.frames[i])}, expected "
+                         f"{case.expects[i].hex()}, output length {res.out_len}")
     if before is not None:
-        after = st.stats()
+        after = counters()
         moved = after[case.stat] - before[case.stat]
         if moved != total:
             delta = {k: after[k] - before[k] for k in after if after[k] != before[k]}
@@ -275,92 +334,13 @@ def time_case(st: Optional[State], fd: int, case: Case, calls: int, warmup: int)
             "exact": res.exact, "fastpath_rewrites": res.masked}
 
 
-# --- part 1: per-packet cost ------------------------------------------------------------------
-
-def setup_pkt_state(cleanup: Cleanup, prefix: str) -> State:
-    st = State(cleanup, prefix, "pkt")
-    for fam, name in ((4, "web"), (6, "web6")):
-        a = ADDRS[fam]
-        st.add_service(name, a["vip"], VPORT)
-        st.add_backend(name, "blue", *a["blue"])
-        st.add_backend(name, "green", *a["green"])
-    return st
-
-
-def _est_frames(fam: int):
-    a = ADDRS[fam]
-    baddr, bport = a["blue"]
-    syn = pkt.tcp_frame(a["client"], a["vip"], EST_SPORT, VPORT, pkt.TCP_SYN)
-    ack = pkt.tcp_frame(a["client"], a["vip"], EST_SPORT, VPORT, pkt.TCP_ACK, seq=1001, ack=1)
-    ack_out = pkt.tcp_frame(a["client"], baddr, EST_SPORT, bport, pkt.TCP_ACK, seq=1001, ack=1)
-    rep = pkt.tcp_frame(baddr, a["client"], bport, EST_SPORT, pkt.TCP_ACK, seq=1, ack=1001)
-    rep_out = pkt.tcp_frame(a["vip"], a["client"], VPORT, EST_SPORT, pkt.TCP_ACK, seq=1,
-                            ack=1001)
-    return syn, ack, ack_out, rep, rep_out
-
-
-def pkt_cases(st: State, fam: int, total: int) -> List[Case]:
-    """The cases of one family: non-VIP, new flow, established, reply (egress)."""
-    a = ADDRS[fam]
-    baddr, bport = a["blue"]
-    nonvip = pkt.tcp_frame(a["client"], a["other"], EST_SPORT, VPORT, pkt.TCP_ACK, seq=1001,
-                           ack=1)
-    new_in, new_out = [], []
-    for c, sp in st.fresh(fam, total):
-        new_in.append(pkt.tcp_frame(c, a["vip"], sp, VPORT, pkt.TCP_SYN))
-        new_out.append(pkt.tcp_frame(c, baddr, sp, bport, pkt.TCP_SYN))
-    syn, ack, ack_out, rep, rep_out = _est_frames(fam)
-    r = st.run_prog(st.ingress_fd, syn)  # the established flow (and its reverse entry)
-    if r.retval not in XDP_FORWARD:
-        raise BenchError(f"IPv{fam}: the SYN of the established flow got {r.retval}")
-    return [
-        Case(f"v{fam}.nonvip", "xdp", [nonvip], [nonvip], "NOT_VIP"),
-        Case(f"v{fam}.new", "xdp", new_in, new_out, "FLOW_NEW"),
-        Case(f"v{fam}.est", "xdp", [ack], [ack_out], "FLOW_HIT"),
-        Case(f"v{fam}.reply", "tc", [rep], [rep_out], "REPLY_NAT"),
-    ]
-
-
-def part_pkt(cleanup: Cleanup, prefix: str, runs: int, calls: int, warmup: int) -> Dict:
-    """Part 1. Returns {"runs": [{case: figures}], "summary": {case: medians and ratios}}."""
-    log(f"per-packet cost: {runs} runs x {calls} calls per case")
-    st = setup_pkt_state(cleanup, prefix)
-    floor_xdp = lib().bb_load(FLOOR_OBJ.encode(), b"floor_xdp")
-    floor_tc = lib().bb_load(FLOOR_OBJ.encode(), b"floor_tc")
-    if floor_xdp < 0 or floor_tc < 0:
-        raise BenchError(f"cannot load {FLOOR_OBJ}: {os.strerror(-min(floor_xdp, floor_tc))}")
-    st.fds += [floor_xdp, floor_tc]
-    frame4 = pkt.tcp_frame(ADDRS[4]["client"], ADDRS[4]["other"], EST_SPORT, VPORT, pkt.TCP_ACK)
-    runs_out = []
-    for r in range(runs):
-        res = {}
-        res["floor_xdp"] = time_case(None, floor_xdp, Case("floor_xdp", "floor_xdp", [frame4],
-                                                           [frame4], None, {3}), calls, warmup)
-        res["floor_tc"] = time_case(None, floor_tc, Case("floor_tc", "floor_tc", [frame4],
-                                                         [frame4], None, {0}), calls, warmup)
-        for fam in (4, 6):
-            for case in pkt_cases(st, fam, calls + warmup):
-                fd = st.ingress_fd if case.prog == "xdp" else st.egress_fd
-                res[case.name] = time_case(st, fd, case, calls, warmup)
-        for name, v in res.items():
-            if name.startswith("v"):
-                fl = res["floor_tc" if name.endswith("reply") else "floor_xdp"]["ns"]
-                v["over_floor_ns"] = round(v["ns"] - fl, 1)
-                v["ratio_floor"] = round(v["ns"] / fl, 2) if fl else None
-        runs_out.append(res)
-    summary = {}
-    for name in runs_out[0]:
-        rows = [r[name] for r in runs_out]
-        summary[name] = {
-            "ns": median([x["ns"] for x in rows]),
-            "over_floor_ns": median([x.get("over_floor_ns") for x in rows]),
-            "ratio_floor": median([x.get("ratio_floor") for x in rows]),
-            "verdict": rows[0]["verdict"],
-            "fastpath_rewrites": sum(x["fastpath_rewrites"] for x in rows),
-        }
-    st.down()
-    return {"runs": runs_out, "summary": summary, "calls": calls, "warmup": warmup,
-            "reference_over_floor_ns": REFERENCE}
+def time_case(st: Optional[State], fd: int, case: Case, calls: int, warmup: int) -> Dict:
+    """run_case() on a state: in its namespace, XDP frames arriving on its interface, its
+    counters checked."""
+    if st is None:
+        return run_case(None, 0, fd, case, calls, warmup)
+    return run_case(st.ns, st.ifindex if case.prog == "xdp" else 0, fd, case, calls, warmup,
+                    st.stats)
 
 
 # --- flips ------------------------------------------------------------------------------------
@@ -716,9 +696,22 @@ def part_scale(cleanup: Cleanup, prefix: str, runs: int, calls: int, warmup: int
 
 # --- part 5: memory ---------------------------------------------------------------------------
 
-def part_memory(cleanup: Cleanup, prefix: str) -> Dict:
-    """bytes_memlock of every map of a state attached with the default sizes."""
-    log("memory at default sizes")
+# The two states of the per-flow figure: this many flows, then twice as many (bench.py sets
+# it from its profile: the smoke run's states are smaller).
+MEM_FLOWS = 131072
+
+
+def _memlock_by_map(st: State) -> Dict[str, int]:
+    return {n: m["bytes_memlock"] for n, m in st.prog_maps().items()}
+
+
+def part_memory(cleanup: Cleanup, prefix: str, katran_obj: Optional[str] = None) -> Dict:
+    """bytes_memlock of every map of a state attached with the default sizes; the memory per
+    tracked flow: the growth of the summed memlock of every map the programs use, from a state
+    attached with --flows MEM_FLOWS to one with twice as many, over the growth of flows (no
+    map is named: whatever grows with the flow table counts); and Katran's, the same way from
+    its per-core LRU (katran.py) when its object is given."""
+    log("memory at default sizes, and per tracked flow")
     st = State(cleanup, prefix, "mem", flows=None)
     maps = {}
     for name in sorted(os.listdir(st.pin_root)):
@@ -730,12 +723,22 @@ def part_memory(cleanup: Cleanup, prefix: str) -> Dict:
                       "key": info["bytes_key"], "value": info["bytes_value"],
                       "bytes_memlock": info["bytes_memlock"]}
     st.down()
-    flows = maps["bgs_flows"]
-    per_flow = (flows["bytes_memlock"] + maps["bgs_reverse"]["bytes_memlock"]) / \
-        flows["max_entries"]
-    return {"maps": maps, "total_bytes": sum(m["bytes_memlock"] for m in maps.values()),
-            "flow_entries": flows["max_entries"],
-            "bytes_per_flow": round(per_flow, 1),
-            "bytes_per_flow_forward_only": round(flows["bytes_memlock"] / flows["max_entries"],
-                                                 1),
-            "default_flows": header_define("BGS_DEFAULT_FLOWS")}
+    sizes = []
+    for i, n in enumerate((MEM_FLOWS, 2 * MEM_FLOWS)):
+        s = State(cleanup, prefix, f"mem{i}", flows=n)
+        sizes.append(_memlock_by_map(s))
+        s.down()
+    grown = {n: (sizes[1][n] - sizes[0].get(n, 0)) / MEM_FLOWS for n in sizes[1]
+             if sizes[1][n] != sizes[0].get(n, 0)}
+    out = {"maps": maps, "total_bytes": sum(m["bytes_memlock"] for m in maps.values()),
+           "flow_entries": header_define("BGS_DEFAULT_FLOWS"),
+           "growth_flows": [MEM_FLOWS, 2 * MEM_FLOWS],
+           "growth_bytes_memlock": [sum(x.values()) for x in sizes],
+           "bytes_per_flow": round((sum(sizes[1].values()) - sum(sizes[0].values()))
+                                   / MEM_FLOWS, 1),
+           "bytes_per_flow_by_map": {n: round(v, 1) for n, v in grown.items()},
+           "katran": None}
+    if katran_obj:
+        import katran
+        out["katran"] = katran.lru_bytes_per_flow(katran_obj, MEM_FLOWS)
+    return out

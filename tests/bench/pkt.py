@@ -12,7 +12,12 @@ import struct
 ETH_LEN = 14
 MAC_CLIENT = bytes.fromhex("020000000001")
 MAC_NODE = bytes.fromhex("020000000002")
+MAC_GATEWAY = bytes.fromhex("020000000003")  # the next hop toward the backends
 TCP_SYN, TCP_ACK, TCP_PSH = 0x02, 0x10, 0x08
+# TCP options as clients send them (12 bytes each, so that SYNs and ACKs are the same length):
+# a SYN's MSS 1460, window scale 7 and SACK permitted, an ACK's timestamps.
+SYN_OPTS = bytes.fromhex("020405b4" "01030307" "0402" "0101")
+ACK_OPTS = bytes.fromhex("0101" "080a") + bytes.fromhex("0001e240" "00003039")
 
 
 def csum(data: bytes) -> int:
@@ -34,12 +39,15 @@ def family(addr: str) -> int:
 
 
 def tcp_frame(src: str, dst: str, sport: int, dport: int, flags: int = TCP_SYN,
-              payload: bytes = b"", seq: int = 1000, ack: int = 0, ttl: int = 64) -> bytes:
-    """Ethernet / IPv4 or IPv6 / TCP (no options) / payload, every checksum from scratch."""
+              payload: bytes = b"", seq: int = 1000, ack: int = 0, ttl: int = 64,
+              opts: bytes = b"", macs=(MAC_NODE, MAC_CLIENT)) -> bytes:
+    """Ethernet (macs: destination, source) / IPv4 or IPv6 / TCP with opts (a multiple of 4
+    bytes) / payload, every checksum from scratch."""
     s, d = addr_bytes(src), addr_bytes(dst)
     v6 = len(s) == 16
-    tcp_len = 20 + len(payload)
-    tcp = struct.pack("!HHIIBBHHH", sport, dport, seq, ack, 5 << 4, flags, 64240, 0, 0)
+    tcp_len = 20 + len(opts) + len(payload)
+    tcp = struct.pack("!HHIIBBHHH", sport, dport, seq, ack, (5 + len(opts) // 4) << 4, flags,
+                      64240, 0, 0) + opts
     if v6:
         pseudo = s + d + struct.pack("!IxxxB", tcp_len, 6)
     else:
@@ -48,12 +56,22 @@ def tcp_frame(src: str, dst: str, sport: int, dport: int, flags: int = TCP_SYN,
     tcp = tcp[:16] + struct.pack("!H", c) + tcp[18:]
     if v6:
         ip = struct.pack("!IHBB", 6 << 28, tcp_len, 6, ttl) + s + d
-        eth = MAC_NODE + MAC_CLIENT + b"\x86\xdd"
+        eth = macs[0] + macs[1] + b"\x86\xdd"
     else:
         ip = struct.pack("!BBHHHBBH", 0x45, 0, 20 + tcp_len, 0x1234, 0, ttl, 6, 0) + s + d
         ip = ip[:10] + struct.pack("!H", csum(ip)) + ip[12:]
-        eth = MAC_NODE + MAC_CLIENT + b"\x08\x00"
+        eth = macs[0] + macs[1] + b"\x08\x00"
     return eth + ip + tcp + payload
+
+
+def client_syn(src: str, dst: str, sport: int, dport: int, **kw) -> bytes:
+    """A client's first packet, with the options a client's SYN carries."""
+    return tcp_frame(src, dst, sport, dport, TCP_SYN, opts=SYN_OPTS, **kw)
+
+
+def client_ack(src: str, dst: str, sport: int, dport: int, **kw) -> bytes:
+    """A client's packet of an established connection: an ACK with timestamps."""
+    return tcp_frame(src, dst, sport, dport, TCP_ACK, seq=1001, ack=1, opts=ACK_OPTS, **kw)
 
 
 def parse_tcp(frame: bytes):

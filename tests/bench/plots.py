@@ -9,7 +9,6 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 BLUE, GREEN, GREY, RED = "#1f77b4", "#2ca02c", "#7f7f7f", "#d62728"
-REF_OVER_FLOOR = {"nonvip": 46, "new": 285, "est": 115}  # midpoints of the reference figures
 
 
 def _save(fig, out: str, name: str, written: List[str]) -> None:
@@ -22,29 +21,34 @@ def _save(fig, out: str, name: str, written: List[str]) -> None:
 
 def plot_pkt(res: Dict, out: str, written: List[str]) -> None:
     s = res["summary"]
-    names = [n for n in s if n.startswith("v")]
-    labels = {"nonvip": "non-VIP", "new": "new flow", "est": "established",
-              "reply": "reply (TC egress)"}
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    labels = {"nonvip": "non-VIP", "est": "established", "new": "new flow",
+              "new_full": "new flow, tables full", "reply": "reply (TC egress)"}
+    names = [f"v{fam}.{kind}" for fam in (4, 6) for kind in labels]
+    katran = res.get("katran") is not None
+    fig, ax = plt.subplots(figsize=(8, 5.5))
     y = list(range(len(names)))
-    floors = [s["floor_tc" if n.endswith("reply") else "floor_xdp"]["ns"] for n in names]
-    over = [s[n]["ns"] - f for n, f in zip(names, floors)]
-    ax.barh(y, floors, color=GREY, label="floor program (same BPF_PROG_TEST_RUN path)")
-    ax.barh(y, over, left=floors, color=BLUE, label="bgswitch over the floor")
+    h = 0.4 if katran else 0.8
+    ax.barh([i - (h / 2 if katran else 0) for i in y],
+            [s[n]["over_floor_ns"] for n in names], h, color=BLUE, label="bgswitch")
+    if katran:
+        kx = [s[n]["katran"]["over_floor_ns"] if s[n].get("katran") else 0 for n in names]
+        ax.barh([i + h / 2 for i in y], kx, h, color=GREY, label="Katran, same rounds")
     for i, n in enumerate(names):
-        kind = n.split(".")[1]
-        if kind in REF_OVER_FLOOR:
-            ax.plot(floors[i] + REF_OVER_FLOOR[kind], i, marker="D", color=RED,
-                    label="reference balancer (floor + its cost over floor)" if i == 0 else None)
-        ax.text(s[n]["ns"] + 5, i, f"{s[n]['ns']:.0f} ns  {s[n]['verdict']}", va="center",
-                fontsize=8)
+        note = f"+{s[n]['over_floor_ns']:.0f} ns {s[n]['verdict']}"
+        if s[n].get("ratio") is not None:
+            note += f", {s[n]['ratio']:.2f}x Katran"
+        ax.text(s[n]["over_floor_ns"] + 5, i - (h / 2 if katran else 0), note, va="center",
+                fontsize=7)
     ax.set_yticks(y)
     ax.set_yticklabels([f"IPv{n[1]} {labels[n.split('.')[1]]}" for n in names])
     ax.invert_yaxis()
-    ax.set_xlabel("ns per packet (median of runs; mean of repeat=1 calls)")
-    ax.set_title("Per-packet cost, BPF_PROG_TEST_RUN")
+    ax.set_xlabel("ns per packet over the floor program (median of rounds)")
+    ax.set_title("Per-packet cost, BPF_PROG_TEST_RUN" + ("" if katran else
+                                                          " (Katran not measured)"))
     ax.legend(fontsize=8, loc="lower right")
-    ax.set_xlim(0, max(x["ns"] for x in s.values()) * 1.35)
+    top = max(max(s[n]["over_floor_ns"], (s[n].get("katran") or {}).get("over_floor_ns", 0))
+              for n in names)
+    ax.set_xlim(0, top * 1.5)
     _save(fig, out, "per_packet.png", written)
 
 
