@@ -60,7 +60,8 @@ int bgs_ingress(struct xdp_md *ctx)
 		count_rx(fr->slot, pkt.len);
 		nat_dnat_xdp(&pkt, fr->addr, 0, data_end);
 		return fwd_xdp(ctx, &pkt, data, data_end,
-			       fwd_nexthop(ctx, &pkt, fr->slot, fr->addr, pkt.key.dport));
+			       fwd_nexthop(ctx, &pkt, fr->slot, fr->addr, pkt.key.dport,
+					   bpf_ktime_get_coarse_ns()));
 	}
 	if (parse_is_icmp(&pkt)) {
 		if (!icmp_is_error(&pkt))

@@ -52,17 +52,22 @@ static __always_inline __u32 flow_client_hash(const struct bgs_flow_key *k)
 	return bgs_fmix32(h);
 }
 
-/* The service a packet is addressed to, or NULL when it is not ours. */
+/* The service a packet is addressed to, or NULL when it is not ours: the VIP filter first, then
+ * the exact lookup.
+ */
 static __always_inline struct bgs_vip *flow_service(const struct bgs_pkt *pkt)
 {
-	struct bgs_vip_key vk = {
-		.addr = { pkt->key.daddr[0], pkt->key.daddr[1], pkt->key.daddr[2],
-			  pkt->key.daddr[3] },
-		.port = pkt->key.dport,
-		.proto = pkt->key.proto,
-		.family = pkt->key.family,
-	};
+	__u32 bit = bgs_vip_filter_bit(pkt->key.daddr), word = bit >> 6;
+	struct bgs_vip_key vk = {};
+	__u64 *w;
 
+	w = bpf_map_lookup_elem(&bgs_vip_filter, &word);
+	if (!w || !(*w & (1ULL << (bit & 63))))
+		return NULL;
+	__builtin_memcpy(vk.addr, pkt->key.daddr, sizeof(vk.addr));
+	vk.port = pkt->key.dport;
+	vk.proto = pkt->key.proto;
+	vk.family = pkt->key.family;
 	return bpf_map_lookup_elem(&bgs_vips, &vk);
 }
 
@@ -85,10 +90,10 @@ static __always_inline void flow_key(struct bgs_conn_key *k, const struct bgs_fl
 	k->pad = 0;
 }
 
-/* Now, in the units of bgs_flow.seen. */
-static __always_inline __u32 flow_clock(void)
+/* A time in the units of bgs_flow.seen. */
+static __always_inline __u32 flow_units(__u64 ns)
 {
-	return bpf_ktime_get_coarse_ns() >> BGS_SEEN_SHIFT;
+	return ns >> BGS_SEEN_SHIFT;
 }
 
 /* How long ago a flow's client was last seen, in ns (0 if another CPU saw it after now). */
@@ -172,18 +177,17 @@ static __always_inline void flow_touch(const struct bgs_pkt *pkt, struct bgs_flo
  * second (this CPU's part of the node's rate), in millionths of an insert so that slow rates
  * still refill.
  */
-static __always_inline bool flow_insert_allowed(const struct bgs_config *cfg)
+static __always_inline bool flow_insert_allowed(const struct bgs_config *cfg, __u64 now)
 {
 	struct bgs_bucket *b;
 	__u32 zero = 0;
-	__u64 cap, now;
+	__u64 cap;
 
 	if (!cfg->new_flow_rate)
 		return true;
 	b = bpf_map_lookup_elem(&bgs_insert_budget, &zero);
 	if (!b)
 		return true;
-	now = bpf_ktime_get_coarse_ns();
 	cap = (__u64)(cfg->new_flow_burst + 1) * 1000000;
 	if (now > b->last_ns) {
 		/* rate inserts per second = rate millionths per microsecond; the elapsed time is
@@ -272,7 +276,7 @@ static __always_inline const struct bgs_backend *flow_backend(__u32 slot)
 static __always_inline int flow_create(struct xdp_md *ctx, const struct bgs_pkt *pkt,
 				       const struct bgs_conn_key *key, __u8 color, __u32 h,
 				       const struct bgs_switch *sw, const struct bgs_config *cfg,
-				       struct bgs_dest *dest)
+				       __u64 now, struct bgs_dest *dest)
 {
 	bool tcp = pkt->key.proto == IPPROTO_TCP;
 	struct bgs_backend_stats *bs;
@@ -285,7 +289,7 @@ static __always_inline int flow_create(struct xdp_md *ctx, const struct bgs_pkt 
 	if (!dest->be || dest->be->state != BGS_BACKEND_ACTIVE)
 		return stat_drop(key->svc, BGS_DROP_BAD_BACKEND);
 	dest->slot = slot;
-	dest->nh = fwd_nexthop(ctx, pkt, slot, dest->be->addr, dest->be->port);
+	dest->nh = fwd_nexthop(ctx, pkt, slot, dest->be->addr, dest->be->port, now);
 	bs = stat_backend(slot);
 	if (bs)
 		bs->new_flows++;
@@ -293,7 +297,7 @@ static __always_inline int flow_create(struct xdp_md *ctx, const struct bgs_pkt 
 		stat_inc(BGS_STAT_RST_MISS);
 		return BGS_CONTINUE;
 	}
-	if (!flow_insert_allowed(cfg)) {
+	if (!flow_insert_allowed(cfg, now)) {
 		stat_inc(BGS_STAT_UNTRACKED);
 		return BGS_CONTINUE;
 	}
@@ -303,7 +307,7 @@ static __always_inline int flow_create(struct xdp_md *ctx, const struct bgs_pkt 
 	if (tcp && (pkt->tcp_flags & TCP_FLAG_FIN))
 		f.state |= BGS_FLOW_FIN_CLIENT;
 	f.ifindex = dest->nh ? dest->nh->ifindex : 0;
-	f.seen = flow_clock();
+	f.seen = flow_units(now);
 	if (bpf_map_update_elem(&bgs_flows, key, &f, BPF_ANY))
 		return stat_drop(key->svc, BGS_DROP_FLOW_INSERT);
 	stat_inc(BGS_STAT_FLOW_NEW);
@@ -312,12 +316,12 @@ static __always_inline int flow_create(struct xdp_md *ctx, const struct bgs_pkt 
 
 /* Follow a live flow entry: record the packet on it, and keep its reply interface current. */
 static __always_inline void flow_follow(struct xdp_md *ctx, const struct bgs_pkt *pkt,
-					struct bgs_flow *f, __u32 now, struct bgs_dest *dest)
+					struct bgs_flow *f, __u64 now, struct bgs_dest *dest)
 {
 	stat_inc(BGS_STAT_FLOW_HIT);
-	flow_touch(pkt, f, now);
+	flow_touch(pkt, f, flow_units(now));
 	dest->slot = f->slot;
-	dest->nh = fwd_nexthop(ctx, pkt, dest->slot, dest->be->addr, dest->be->port);
+	dest->nh = fwd_nexthop(ctx, pkt, dest->slot, dest->be->addr, dest->be->port, now);
 	if (dest->nh && dest->nh->ifindex && dest->nh->ifindex != f->ifindex)
 		f->ifindex = dest->nh->ifindex;
 }
@@ -367,7 +371,8 @@ static __always_inline int flow_steer(struct xdp_md *ctx, const struct bgs_pkt *
 				      const struct bgs_vip *vip, struct bgs_dest *dest)
 {
 	bool first = pkt->key.proto == IPPROTO_TCP ? flow_is_syn(pkt) : true;
-	__u32 now = flow_clock(), zero = 0, h, hs, share;
+	__u64 now = bpf_ktime_get_coarse_ns();
+	__u32 zero = 0, h, hs, share;
 	struct bgs_conn_key key;
 	struct bgs_config *cfg;
 	struct bgs_switch sw;
@@ -382,7 +387,7 @@ static __always_inline int flow_steer(struct xdp_md *ctx, const struct bgs_pkt *
 		dest->be = flow_backend(f->slot);
 		if (!dest->be)
 			f = NULL;
-		else if (!(first && flow_is_dead(f, pkt->key.proto, now, cfg))) {
+		else if (!(first && flow_is_dead(f, pkt->key.proto, flow_units(now), cfg))) {
 			flow_follow(ctx, pkt, f, now, dest);
 			return BGS_CONTINUE;
 		}
@@ -395,7 +400,7 @@ static __always_inline int flow_steer(struct xdp_md *ctx, const struct bgs_pkt *
 	 */
 	h = flow_hash(&pkt->key);
 	hs = (vip->flags & BGS_VIP_SPLIT_CLIENT) ? flow_client_hash(&pkt->key) : h;
-	return flow_create(ctx, pkt, &key, bgs_share_color(hs, share), h, &sw, cfg, dest);
+	return flow_create(ctx, pkt, &key, bgs_share_color(hs, share), h, &sw, cfg, now, dest);
 }
 
 /* The flow a packet from a backend (the tuple's source) to a client belongs to, with its key:

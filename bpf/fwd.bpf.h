@@ -61,15 +61,14 @@ static __always_inline void fwd_fib(struct xdp_md *ctx, const struct bgs_pkt *pk
  * again when it is older than BGS_NEXTHOP_NS or its neighbour was not resolved yet. NULL only if
  * the slot is out of range.
  */
-static __always_inline struct bgs_nexthop *
-fwd_nexthop(struct xdp_md *ctx, const struct bgs_pkt *pkt, __u32 slot, const __u32 *to, __u16 dport)
+static __always_inline struct bgs_nexthop *fwd_nexthop(struct xdp_md *ctx,
+						       const struct bgs_pkt *pkt, __u32 slot,
+						       const __u32 *to, __u16 dport, __u64 now)
 {
 	struct bgs_nexthop *nh = bpf_map_lookup_elem(&bgs_nexthops, &slot);
-	__u64 now;
 
 	if (!nh)
 		return NULL;
-	now = bpf_ktime_get_coarse_ns();
 	if (now < nh->expires)
 		return nh;
 	fwd_fib(ctx, pkt, to, dport, nh);

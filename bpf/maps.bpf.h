@@ -24,6 +24,15 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } bgs_vips SEC(".maps");
 
+/* VIP addresses as a Bloom filter (see bgs_vip_filter_bit()): the non-VIP packet's fast exit. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, BGS_VIP_FILTER_WORDS);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} bgs_vip_filter SEC(".maps");
+
 /* Control-plane record of each service (name, VIP), indexed by service id. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);

@@ -98,7 +98,8 @@ nat_reply_flow(const struct __sk_buff *skb, const struct bgs_pkt *pkt, struct bg
 		return NULL;
 	f = flow_of_reply(&pkt->key, ref, key);
 	cfg = bpf_map_lookup_elem(&bgs_config, &zero);
-	if (!f || !cfg || flow_is_expired(f, pkt->key.proto, flow_clock(), cfg)) {
+	if (!f || !cfg ||
+	    flow_is_expired(f, pkt->key.proto, flow_units(bpf_ktime_get_coarse_ns()), cfg)) {
 		stat_inc(BGS_STAT_REPLY_NO_FLOW);
 		return NULL;
 	}

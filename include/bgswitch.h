@@ -94,6 +94,18 @@ struct bgs_vip_key {
 #define BGS_AF_INET 4
 #define BGS_AF_INET6 6
 
+/* bgs_vip_filter: a one-hash Bloom filter of the VIP addresses, BGS_VIP_FILTER_WORDS words of
+ * 64 bits. A packet whose destination's bit is clear is not for a service, and skips the
+ * bgs_vips hash lookup: most of a node's traffic costs one array read. User space sets the bits
+ * of every service's address (a stale bit only costs that lookup).
+ */
+#define BGS_VIP_FILTER_WORDS 64
+
+static inline __u32 bgs_vip_filter_bit(const __u32 *addr)
+{
+	return ((addr[0] ^ addr[1] ^ addr[2] ^ addr[3]) * 0x9e3779b1u) >> 20; /* 0 to 4095 */
+}
+
 /* bgs_vips value */
 struct bgs_vip {
 	__u32 svc; /* service id: index into bgs_switch, bgs_services and bgs_sets */

@@ -210,6 +210,8 @@ static int service_add(int argc, char **argv)
 	memcpy(va.addr, rec.vip.addr, sizeof(va.addr));
 	va.family = rec.vip.family;
 	err = refcount_add(&st, BGS_M_VIP_ADDRS, &va, 1);
+	if (!err)
+		err = vip_filter_add(&st, rec.vip.addr);
 	if (err)
 		goto out;
 	fault_point("service-add-before-vip");

@@ -31,6 +31,7 @@ const char *const bgs_map_names[BGS_M_COUNT] = {
 	[BGS_M_BACKEND_ADDRS] = "bgs_backend_addrs",
 	[BGS_M_FLOWS] = "bgs_flows",
 	[BGS_M_NEXTHOPS] = "bgs_nexthops",
+	[BGS_M_VIP_FILTER] = "bgs_vip_filter",
 	[BGS_M_IFACES] = "bgs_ifaces",
 	[BGS_M_STATS] = "bgs_stats",
 	[BGS_M_DROPS] = "bgs_drops",
@@ -952,8 +953,45 @@ static int addrs_sync(struct bgs_state *st, enum bgs_map_id m, struct addr_count
 	return 0;
 }
 
+/* Set the VIP filter's bit of an address (before its service's VIP entry is written). */
+int vip_filter_add(struct bgs_state *st, const __u32 *addr)
+{
+	__u32 bit = bgs_vip_filter_bit(addr), word = bit >> 6;
+	__u64 w = 0;
+
+	bpf_map_lookup_elem(st->fd[BGS_M_VIP_FILTER], &word, &w);
+	w |= 1ULL << (bit & 63);
+	return bpf_map_update_elem(st->fd[BGS_M_VIP_FILTER], &word, &w, BPF_ANY) ? -errno : 0;
+}
+
+/* Set bgs_vip_filter to exactly the bits of the services' addresses: a bit is set before a
+ * packet can need it (a service's VIP entry is written after this runs for it), and cleared
+ * only once no service has it.
+ */
+static int vip_filter_sync(struct bgs_state *st)
+{
+	__u64 want[BGS_VIP_FILTER_WORDS] = { 0 }, have;
+	struct bgs_service rec;
+	__u32 i, bit;
+
+	for (i = 0; i < BGS_MAX_SERVICES; i++) {
+		if (!service_get(st, i, &rec))
+			continue;
+		bit = bgs_vip_filter_bit(rec.vip.addr);
+		want[bit >> 6] |= 1ULL << (bit & 63);
+	}
+	for (i = 0; i < BGS_VIP_FILTER_WORDS; i++) {
+		if (!bpf_map_lookup_elem(st->fd[BGS_M_VIP_FILTER], &i, &have) && have == want[i])
+			continue;
+		if (bpf_map_update_elem(st->fd[BGS_M_VIP_FILTER], &i, &want[i], BPF_ANY))
+			return -errno;
+	}
+	return 0;
+}
+
 /* Recount bgs_vip_addrs from the services and bgs_backend_addrs from the slots in use, so that
- * a command killed between a reference count and the entry it counts leaves nothing stale.
+ * a command killed between a reference count and the entry it counts leaves nothing stale; and
+ * set the VIP filter from the services.
  */
 int addrs_resync(struct bgs_state *st)
 {
@@ -978,6 +1016,8 @@ int addrs_resync(struct bgs_state *st)
 		want[n++].count = 1;
 	}
 	err = addrs_sync(st, BGS_M_VIP_ADDRS, want, n, sizeof(struct bgs_vip_addr));
+	if (!err)
+		err = vip_filter_sync(st);
 	if (err)
 		goto out;
 	n = 0;

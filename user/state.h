@@ -28,6 +28,7 @@ enum bgs_map_id {
 	BGS_M_BACKEND_ADDRS,
 	BGS_M_FLOWS,
 	BGS_M_NEXTHOPS,
+	BGS_M_VIP_FILTER,
 	BGS_M_IFACES,
 	BGS_M_STATS,
 	BGS_M_DROPS,
@@ -99,6 +100,7 @@ int generation_check(const struct bgs_state *st, __u32 svc, const char *name, __
 int percpu_sum(const struct bgs_state *st, enum bgs_map_id m, __u32 key, __u64 *out,
 	       size_t nfields);
 int addrs_resync(struct bgs_state *st);
+int vip_filter_add(struct bgs_state *st, const __u32 *addr);
 int refcount_add(const struct bgs_state *st, enum bgs_map_id m, const void *key, int delta);
 int percpu_zero(const struct bgs_state *st, enum bgs_map_id m, __u32 key, size_t value_size);
 

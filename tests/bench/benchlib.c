@@ -10,8 +10,7 @@
  *
  * bb_prime() pushes synthetic new flows through a program (to fill its tables the way traffic
  * does, whatever their layout); bb_fill_keys() and bb_fill_u32() fill a map of known layout by
- * batched updates; bb_fill_flows() pre-fills bgs_flows (and bgs_reverse) with synthetic live
- * flows; bb_count() counts a hash map's keys; bb_load() loads one program of an object file with
+ * batched updates; bb_fill_flows() pre-fills bgs_flows with synthetic live flows; bb_count() counts a hash map's keys; bb_load() loads one program of an object file with
  * libbpf (the floor programs); bb_obj_*() load a whole object and hand out its programs' and
  * maps' fds (another balancer's object, measured side by side); bb_map_create() makes a map.
  */
@@ -93,13 +92,18 @@ static int bb_check(const uint8_t *out, uint32_t out_len, const uint8_t *want, u
 	return 2;
 }
 
+/* ifindex flag of bb_run(): the program is a TC one, and ifindex its skb->ingress_ifindex. */
+#define BB_TC_CTX (1u << 31)
+
 /* One BPF_PROG_TEST_RUN of a frame; an XDP program gets an xdp_md that says it arrived on
- * interface `ifindex` (of the caller's network namespace) when ifindex is not 0.
+ * interface `ifindex` (of the caller's network namespace) when ifindex is not 0; a TC program
+ * (ifindex with BB_TC_CTX) an __sk_buff that says it came in by that interface.
  */
 static int bb_run_one(int prog_fd, const uint8_t *frame, uint32_t len, uint32_t ifindex,
 		      uint8_t *out, uint32_t out_size, struct bpf_test_run_opts *opts)
 {
 	struct xdp_md ctx = { .data_end = len, .ingress_ifindex = ifindex };
+	struct __sk_buff skb = { .ingress_ifindex = ifindex & ~BB_TC_CTX };
 
 	memset(opts, 0, sizeof(*opts));
 	opts->sz = sizeof(*opts);
@@ -108,7 +112,10 @@ static int bb_run_one(int prog_fd, const uint8_t *frame, uint32_t len, uint32_t 
 	opts->data_out = out;
 	opts->data_size_out = out_size;
 	opts->repeat = 1;
-	if (ifindex) {
+	if (ifindex & BB_TC_CTX) {
+		opts->ctx_in = &skb;
+		opts->ctx_size_in = sizeof(skb);
+	} else if (ifindex) {
 		opts->ctx_in = &ctx;
 		opts->ctx_size_in = sizeof(ctx);
 	}
@@ -199,25 +206,21 @@ static int bb_update(int fd, void *keys, void *vals, uint32_t n, uint32_t ksz, u
 	return 0;
 }
 
-/* Insert flows [start, start + count) of the synthetic clients to the key's VIP, with `val` as
- * their value, into bgs_flows, and their reverse entries (rkey's backend address and port,
- * `rev` as value) into bgs_reverse when rev_fd >= 0. Returns 0 (and *batched says whether the
- * kernel took batches), or -errno.
+/* Insert flows [start, start + count) of the synthetic clients of the key's service, with `val`
+ * as their value, into bgs_flows. Returns 0 (and *batched says whether the kernel took
+ * batches), or -errno.
  */
-int bb_fill_flows(int flows_fd, int rev_fd, uint32_t start, uint32_t count,
-		  const struct bgs_flow_key *key, const struct bgs_flow *val,
-		  const struct bgs_flow_key *rkey, const struct bgs_reverse *rev, int *batched)
+int bb_fill_flows(int flows_fd, uint32_t start, uint32_t count, const struct bgs_conn_key *key,
+		  const struct bgs_flow *val, int *batched)
 {
 	const uint32_t chunk = 8192;
-	struct bgs_flow_key *keys = calloc(chunk, sizeof(*keys));
-	struct bgs_flow_key *rkeys = calloc(chunk, sizeof(*rkeys));
+	struct bgs_conn_key *keys = calloc(chunk, sizeof(*keys));
 	struct bgs_flow *vals = calloc(chunk, sizeof(*vals));
-	struct bgs_reverse *revs = calloc(chunk, sizeof(*revs));
-	int batch_ok = 1, batch_rev_ok = 1, err = 0;
+	int batch_ok = 1, err = 0;
 	uint32_t done, n, j, addr;
 	uint16_t port;
 
-	if (!keys || !rkeys || !vals || !revs) {
+	if (!keys || !vals) {
 		err = -ENOMEM;
 		goto out;
 	}
@@ -226,28 +229,17 @@ int bb_fill_flows(int flows_fd, int rev_fd, uint32_t start, uint32_t count,
 		for (j = 0; j < n; j++) {
 			bb_flow_client(start + done + j, &addr, &port);
 			keys[j] = *key;
-			keys[j].saddr[0] = addr;
-			keys[j].sport = port;
+			keys[j].caddr[0] = addr;
+			keys[j].cport = port;
 			vals[j] = *val;
-			rkeys[j] = *rkey;
-			rkeys[j].daddr[0] = addr;
-			rkeys[j].dport = port;
-			revs[j] = *rev;
 		}
-		if (rev_fd >= 0)
-			err = bb_update(rev_fd, rkeys, revs, n, sizeof(*rkeys), sizeof(*revs),
-					&batch_rev_ok);
-		if (!err)
-			err = bb_update(flows_fd, keys, vals, n, sizeof(*keys), sizeof(*vals),
-					&batch_ok);
+		err = bb_update(flows_fd, keys, vals, n, sizeof(*keys), sizeof(*vals), &batch_ok);
 	}
 	if (batched)
 		*batched = batch_ok;
 out:
 	free(keys);
-	free(rkeys);
 	free(vals);
-	free(revs);
 	return err;
 }
 
@@ -296,25 +288,20 @@ int bb_load(const char *path, const char *name)
 /* Delete what bb_fill_flows() inserted for flows [start, start + count) (missing keys are
  * fine). Returns the number of bgs_flows entries deleted, or -errno.
  */
-long bb_delete_flows(int flows_fd, int rev_fd, uint32_t start, uint32_t count,
-		     const struct bgs_flow_key *key, const struct bgs_flow_key *rkey)
+long bb_delete_flows(int flows_fd, uint32_t start, uint32_t count, const struct bgs_conn_key *key)
 {
-	struct bgs_flow_key k = *key, rk = *rkey;
+	struct bgs_conn_key k = *key;
 	uint32_t i, addr;
 	uint16_t port;
 	long n = 0;
 
 	for (i = 0; i < count; i++) {
 		bb_flow_client(start + i, &addr, &port);
-		k.saddr[0] = addr;
-		k.sport = port;
-		rk.daddr[0] = addr;
-		rk.dport = port;
+		k.caddr[0] = addr;
+		k.cport = port;
 		if (!bpf_map_delete_elem(flows_fd, &k))
 			n++;
 		else if (errno != ENOENT)
-			return -errno;
-		if (rev_fd >= 0 && bpf_map_delete_elem(rev_fd, &rk) && errno != ENOENT)
 			return -errno;
 	}
 	return n;

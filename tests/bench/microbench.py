@@ -44,6 +44,7 @@ TC_VERDICTS = {0: "TC_ACT_OK", 2: "TC_ACT_SHOT", 7: "TC_ACT_REDIRECT"}
 XDP_FORWARD = {2, 3, 4}  # what the data plane may answer for a packet it lets through
 TC_FORWARD = {0, 7}
 CLOCK_MONOTONIC_COARSE = 6
+BB_TC_CTX = 1 << 31  # benchlib.c: the ifindex given to a TC program's skb
 
 ADDRS = {
     4: {"vip": "10.0.0.100", "other": "10.0.0.200", "client": "192.0.2.7",
@@ -268,8 +269,8 @@ class State:
                 return slot
         raise BenchError(f"no slot for backend {ep(addr, port)}")
 
-    def flow_present(self, client: str, sport: int, vip: str, vport: int) -> bool:
-        return self.map("bgs_flows").lookup(model.pack_flow_key(client, vip, sport, vport, 6)) \
+    def flow_present(self, client: str, sport: int, svc: int) -> bool:
+        return self.map("bgs_flows").lookup(model.pack_conn_key(client, sport, svc, 6)) \
             is not None
 
 
@@ -292,10 +293,12 @@ class Case:
 def run_case(ns: Optional[str], ifindex: int, fd: int, case: Case, calls: int, warmup: int,
              counters=None, pin: bool = True) -> Dict:
     """Run case.frames (cycled) calls+warmup times inside network namespace ns (None: ours),
-    telling an XDP program the frames arrive on ifindex (0: nothing said), on one CPU unless
-    pin is False; return the figures of the last `calls`. counters() -> {name: count}:
-    case.stat must move by one per call."""
+    telling the program the frames arrive on ifindex (0: nothing said; a TC program gets it as
+    skb->ingress_ifindex), on one CPU unless pin is False; return the figures of the last
+    `calls`. counters() -> {name: count}: case.stat must move by one per call."""
     total = calls + warmup
+    if ifindex and case.prog in ("tc", "floor_tc"):
+        ifindex |= BB_TC_CTX
     flen, wlen = len(case.frames[0]), len(case.expects[0])
     if any(len(f) != flen for f in case.frames) or any(len(f) != wlen for f in case.expects):
         raise BenchError(f"{case.name}: frames of different lengths")
@@ -339,7 +342,7 @@ def time_case(st: Optional[State], fd: int, case: Case, calls: int, warmup: int)
     counters checked."""
     if st is None:
         return run_case(None, 0, fd, case, calls, warmup)
-    return run_case(st.ns, st.ifindex if case.prog == "xdp" else 0, fd, case, calls, warmup,
+    return run_case(st.ns, st.ifindex, fd, case, calls, warmup,
                     st.stats)
 
 
@@ -429,7 +432,7 @@ def _measure_point(st: State, svc: int, vip: str, est: List[Tuple[str, int, str,
     e_ns, n_ns, h_ns = [], [], []
     for r in range(runs):
         # A full LRU table may have evicted some of them while new flows went in.
-        live = [i for i, (c, sp, _, _) in enumerate(est) if st.flow_present(c, sp, vip, VPORT)]
+        live = [i for i, (c, sp, _, _) in enumerate(est) if st.flow_present(c, sp, svc)]
         if len(live) < len(est) // 2:
             raise BenchError(f"only {len(live)} of {len(est)} established flows left")
         e = time_case(st, st.ingress_fd, Case("est", "xdp", [est_in[i] for i in live],
@@ -468,16 +471,13 @@ def _flip_point(st: State, name: str, svc: int, runs: int, flips: int, cli_n: in
             "cli_flip_ms": median(walls), "cli_own_ms": median(own)}
 
 
-def _flow_templates(fam_vip: str, baddr: str, bport: int, slot: int):
-    """bgs_flows / bgs_reverse key and value templates of the synthetic flows (benchlib.c
+def _flow_templates(svc: int, slot: int):
+    """bgs_flows key and value templates of the synthetic IPv4 flows of a service (benchlib.c
     patches the client address and port)."""
-    key = model.pack_flow_key("0.0.0.0", fam_vip, 0, VPORT, 6)
+    key = model.pack_conn_key("0.0.0.0", 0, svc, 6)
     now = time.clock_gettime_ns(CLOCK_MONOTONIC_COARSE)
-    val = model.pack_flow(model.Flow(baddr, bport, 0, slot, model.BGS_FLOW_SYN, now))
-    rkey = model.pack_flow_key(baddr, "0.0.0.0", bport, 0, 6)
-    rev = pkt.addr_bytes(fam_vip) + bytes(12) + struct.pack("!H", VPORT) + struct.pack(
-        "<HI", 0, slot)
-    return key, val, rkey, rev
+    val = model.pack_flow(model.Flow(slot, 0, model.BGS_FLOW_SYN, 0, model.seen_of(now)))
+    return key, val
 
 
 def scale_flows(cleanup, prefix, levels, runs, calls, warmup, flips, cli_n, ncycle):
@@ -487,14 +487,14 @@ def scale_flows(cleanup, prefix, levels, runs, calls, warmup, flips, cli_n, ncyc
     st.add_backend("web", "blue", *a["blue"])
     st.add_backend("web", "green", *a["green"])
     slot = st.slot_of(svc, 0, *a["blue"])
-    key, val, rkey, rev = _flow_templates(a["vip"], *a["blue"], slot)
-    flows_fd, rev_fd = st.map("bgs_flows").fd, st.map("bgs_reverse").fd
+    key, val = _flow_templates(svc, slot)
+    flows_fd = st.map("bgs_flows").fd
     capacity = st.map("bgs_flows").info.max_entries
     filled, out, batched = 0, [], ctypes.c_int(0)
     scratch = 1 << 21  # synthetic indexes of the new-flow runs: deleted after each run
     for level in levels:
         t0 = time.monotonic()
-        rc = lib().bb_fill_flows(flows_fd, rev_fd, filled, level - filled, key, val, rkey, rev,
+        rc = lib().bb_fill_flows(flows_fd, filled, level - filled, key, val,
                                  ctypes.byref(batched))
         if rc:
             raise BenchError(f"filling bgs_flows: {os.strerror(-rc)}")
@@ -505,7 +505,7 @@ def scale_flows(cleanup, prefix, levels, runs, calls, warmup, flips, cli_n, ncyc
         sample = []
         for i in rng.sample(range(level), min(level, ncycle * 2)):
             c, sp = pkt.flow_client(i)
-            if st.flow_present(c, sp, a["vip"], VPORT):
+            if st.flow_present(c, sp, svc):
                 sample.append((c, sp, *a["blue"]))
             if len(sample) == ncycle:
                 break
@@ -515,8 +515,7 @@ def scale_flows(cleanup, prefix, levels, runs, calls, warmup, flips, cli_n, ncyc
             return [pkt.flow_client(base + i) for i in range(calls + warmup)]
 
         def after_new(r):
-            lib().bb_delete_flows(flows_fd, rev_fd, scratch + r * (calls + warmup),
-                                  calls + warmup, key, rkey)
+            lib().bb_delete_flows(flows_fd, scratch + r * (calls + warmup), calls + warmup, key)
 
         log(f"  {level} flows (present {present}, filled in {fill_s:.1f} s)")
         pt = _measure_point(st, svc, a["vip"], sample, new_clients, runs, calls, warmup,
@@ -572,14 +571,12 @@ def scale_backends(cleanup, prefix, levels, runs, calls, warmup, flips, cli_n, n
     return out
 
 
-def _delete_new_flows(st: State, vip: str, fresh, backends) -> None:
-    """Delete the bgs_flows and bgs_reverse entries a new-flow run made, so that the table
-    does not grow from one measured point to the next."""
-    flows, rev = st.map("bgs_flows"), st.map("bgs_reverse")
+def _delete_new_flows(st: State, svc: int, fresh) -> None:
+    """Delete the bgs_flows entries a new-flow run made, so that the table does not grow from
+    one measured point to the next."""
+    flows = st.map("bgs_flows")
     for c, sp in fresh:
-        ba, bp = _expected_backend(backends, c, sp, vip, VPORT)
-        flows.delete(model.pack_flow_key(c, vip, sp, VPORT, 6))
-        rev.delete(model.pack_flow_key(ba, c, bp, sp, 6))
+        flows.delete(model.pack_conn_key(c, sp, svc, 6))
 
 
 def _scale_new_then_est(st, svc, vip, runs, calls, warmup, ncycle):
@@ -600,7 +597,7 @@ def _scale_new_then_est(st, svc, vip, runs, calls, warmup, ncycle):
         return batches[-1]
 
     return _measure_point(st, svc, vip, opened, new_clients, runs, calls, warmup,
-                          lambda r: _delete_new_flows(st, vip, batches[r], backends))
+                          lambda r: _delete_new_flows(st, svc, batches[r]))
 
 
 # How a color's backend is picked, side by side: (name, service add options).

@@ -150,8 +150,7 @@ class Sides:
     def run_bgs(self, fam, kind, clients, calls, warmup) -> Dict:
         st, case = self.bgs(fam, kind, clients)
         fd = st.egress_fd if kind == "reply" else st.ingress_fd
-        return run_case(st.ns, st.ifindex if case.prog == "xdp" else 0, fd, case, calls,
-                        warmup, st.stats)
+        return run_case(st.ns, st.ifindex, fd, case, calls, warmup, st.stats)
 
     def run_katran(self, fam, kind, clients, calls, warmup) -> Dict:
         case = self.katran(fam, kind, clients)
@@ -230,7 +229,7 @@ def _one_round(sides: Sides, r: int, est, calls, warmup, new_calls, new_warmup) 
         floor = Case("floor", ref.prog, f, f, None, {TC_ACT_OK if kind == "reply" else XDP_TX},
                      True)
         runs = {"floor": lambda cl, c, w: run_case(
-            sides.st.ns, 0 if kind == "reply" else sides.st.ifindex,
+            sides.st.ns, sides.st.ifindex,
             floor_tc if kind == "reply" else floor_xdp, floor, c, w),
             "bgs": lambda cl, c, w: sides.run_bgs(fam, kind, cl, c, w)}
         if sides.kat and kind != "reply":
