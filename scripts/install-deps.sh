@@ -6,7 +6,7 @@ PKGS=(
 	make gcc pkg-config clang llvm libbpf-dev libelf-dev zlib1g-dev bpftool libmicrohttpd-dev
 	libcurl4-openssl-dev libjson-c-dev etcd-server etcd-client openssl
 	iproute2 ethtool iptables nftables procps util-linux
-	python3 python3-pytest python3-scapy tmux
+	python3 python3-pytest python3-scapy tmux tcpdump
 	wrk python3-matplotlib
 	clang-format
 	man-db groff-base

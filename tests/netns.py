@@ -605,6 +605,61 @@ class TrafficRun:
         return self.summary
 
 
+class Capture:
+    """tcpdump on one interface of one namespace, started and ended by PID, its lines kept.
+    The tests read it to show what crossed the client's link."""
+
+    def __init__(self, topo, role, iface, bpf_filter, count=100, verbose=False, direction=None):
+        """direction: "in" or "out" (tcpdump -Q) to keep packets of one direction only."""
+        self.topo = topo
+        argv = ["tcpdump", "-l", "-n", "-i", iface, "-c", str(count)]
+        argv += ["-Q", direction] if direction else []
+        argv += (["-vv"] if verbose else []) + [bpf_filter]
+        self.proc = topo.spawn(role, argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 5
+        err = ""
+        fd = self.proc.stderr.fileno()  # read raw: a buffered readline could hide a line
+        while "listening on" not in err and time.monotonic() < deadline:
+            r, _, _ = select.select([fd], [], [], 0.2)
+            if r:
+                chunk = os.read(fd, 4096)
+                if not chunk:
+                    break
+                err += chunk.decode("ascii", "replace")
+        if "listening on" not in err:
+            topo.end(self.proc)
+            raise CmdError(f"tcpdump did not start: {err}")
+
+    def stop(self, settle=0.3):
+        """End tcpdump (after settle seconds for the last packets); its output lines."""
+        time.sleep(settle)
+        self.topo.end(self.proc)
+        return self.proc.stdout.read().splitlines()
+
+
+def addr_of(token):
+    """The address of a tcpdump endpoint ("10.77.1.2.4000", "fd77::1.53", "10.77.1.2:")."""
+    token = token.rstrip(":,")
+    if ":" in token:  # IPv6: the port, if any, follows the last "."
+        return token.rsplit(".", 1)[0] if "." in token else token
+    parts = token.split(".")
+    return ".".join(parts[:4])
+
+
+PKT_RE = re.compile(r"\bIP6? (\S+) > (\S+?):? ")
+
+
+def endpoints(lines):
+    """[(src address, dst address)] of the packet lines of a tcpdump capture."""
+    out = []
+    for line in lines:
+        m = PKT_RE.search(line)
+        if m:
+            out.append((addr_of(m.group(1)), addr_of(m.group(2))))
+    return out
+
+
 # -- checks and shell interface -------------------------------------------------------------
 
 def csum_check():
