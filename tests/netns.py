@@ -81,6 +81,7 @@ REPO = os.path.dirname(HERE)
 PY = "/usr/bin/python3"  # Debian's python3; never the pyenv one on PATH
 BGSWITCH = os.environ.get("BGSWITCH", os.path.join(REPO, ".output", "bgswitch"))
 BPFFS = "/sys/fs/bpf"
+CONNS = os.path.join(HERE, "conns.py")
 
 ROLES = ("client", "node", "blue", "green")
 NET = "10.77.0.0/16"
@@ -218,6 +219,10 @@ class Topology:
 
     def ip(self, role, *args, **kw):
         return run(["ip", "-n", self.ns[role]] + list(args), **kw)
+
+    def link_mac(self, role, dev):
+        """The MAC address of an interface of a namespace."""
+        return json.loads(self.ip(role, "-j", "link", "show", dev).stdout)[0]["address"]
 
     def sysctl(self, role, key, value):
         path = "/proc/sys/" + key.replace(".", "/")
@@ -470,6 +475,11 @@ class Topology:
                 str(count), "--timeout", str(timeout)]
         return json.loads(self.ns_run("client", argv, timeout=30 + count * timeout).stdout)
 
+    def conns(self, *args, timeout=60):
+        """tests/conns.py (a flow-state scenario) in the client namespace: its JSON."""
+        p = self.ns_run("client", [PY, CONNS] + [str(a) for a in args], timeout=timeout)
+        return json.loads(p.stdout)
+
     def colors_of(self, addr, port, udp=False, count=10, timeout=1.0):
         """Colors (or "error:<kind>") that count fresh connections got, as a list."""
         res = self.probe(addr, port, udp=udp, count=count, timeout=timeout)["results"]
@@ -603,6 +613,36 @@ class TrafficRun:
             raise CmdError(f"traffic exited {self.proc.returncode}: {err}")
         self.summary = json.loads(out)
         return self.summary
+
+
+class Held:
+    """One TCP connection held open by `conns.py hold` in the client namespace; req() sends a
+    request on it and returns conns.py's JSON for it (color, backend, sport, snd_nxt)."""
+
+    def __init__(self, topo, addr, port):
+        self.topo = topo
+        self.proc = topo.spawn("client", [PY, CONNS, "hold", "--addr", addr, "--port",
+                                          str(port), "--iface", CLIENT_IFACE],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+
+    def req(self, timeout=10):
+        self.proc.stdin.write("req\n")
+        self.proc.stdin.flush()
+        line = read_line(self.proc, timeout)
+        if not line:
+            raise CmdError(f"conns.py hold: no answer ({self.proc.poll()})")
+        return json.loads(line)
+
+    def close(self):
+        if self.proc.poll() is None:
+            try:
+                self.proc.stdin.write("quit\n")
+                self.proc.stdin.close()
+                self.proc.wait(5)
+            except (OSError, subprocess.TimeoutExpired):
+                pass
+        self.topo.end(self.proc)
 
 
 class Capture:

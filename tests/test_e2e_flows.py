@@ -11,7 +11,6 @@ Run as root: /usr/bin/pytest -q tests/test_e2e_flows.py
 
 import json
 import os
-import subprocess
 import sys
 import time
 
@@ -24,7 +23,6 @@ from netns import CLIENT_IFACE, CLIENT_IP, NODE_IFACE, VIP, VIP_PORT  # noqa: E4
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces, BPF)")
 
 UDP_PORT = 53
-CONNS = os.path.join(netns.HERE, "conns.py")
 
 
 @pytest.fixture
@@ -42,12 +40,6 @@ def sw(topo):
             print(f"bgswitch {' '.join(map(str, args))} -> {rc}\n{out[:400]}{err}")
         assert s.purge() == []
     assert topo.csum_errors() == csum_before, "packets dropped for bad checksums"
-
-
-def conns(topo, *args, timeout=60):
-    """tests/conns.py in the client namespace: its JSON."""
-    p = topo.ns_run("client", [netns.PY, CONNS] + [str(a) for a in args], timeout=timeout)
-    return json.loads(p.stdout)
 
 
 def counters(sw):
@@ -71,7 +63,7 @@ def test_reply_direct_connection_on_reused_port_after_vip_flow(topo, sw, close, 
     as the VIP's. 10 of 10 such direct connections succeed, each on the backend the VIP
     connection had; the egress program counts each superseded flow once."""
     before = counters(sw)
-    res = conns(topo, "stale", "--vip", VIP, "--port", VIP_PORT, "--count", 10, "--close",
+    res = topo.conns("stale", "--vip", VIP, "--port", VIP_PORT, "--count", 10, "--close",
                 close, "--sport-base", sport_base)["results"]
     d = delta(counters(sw), before)
     print(json.dumps({"results": res, "counters": d}))
@@ -81,45 +73,15 @@ def test_reply_direct_connection_on_reused_port_after_vip_flow(topo, sw, close, 
     assert d.get(counter) == 10, d
 
 
-# -- helpers: a held connection, the node's MAC ----------------------------------------------
-
-class Held:
-    """One TCP connection held open by `conns.py hold` in the client namespace; req() sends a
-    request on it and returns conns.py's JSON for it (color, backend, sport, snd_nxt)."""
-
-    def __init__(self, topo, addr=VIP, port=VIP_PORT):
-        self.topo = topo
-        self.proc = topo.spawn("client", [netns.PY, CONNS, "hold", "--addr", addr, "--port",
-                                          str(port), "--iface", CLIENT_IFACE],
-                               stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
-
-    def req(self, timeout=10):
-        self.proc.stdin.write("req\n")
-        self.proc.stdin.flush()
-        line = netns.read_line(self.proc, timeout)
-        if not line:
-            raise netns.CmdError(f"conns.py hold: no answer ({self.proc.poll()})")
-        return json.loads(line)
-
-    def close(self):
-        if self.proc.poll() is None:
-            try:
-                self.proc.stdin.write("quit\n")
-                self.proc.stdin.close()
-                self.proc.wait(5)
-            except (OSError, subprocess.TimeoutExpired):
-                pass
-        self.topo.end(self.proc)
-
+# -- helpers: held connections, the node's MAC -----------------------------------------------
 
 @pytest.fixture
 def held(topo):
-    """Connections held open for a test (Held), each closed at its end."""
+    """Connections held open for a test (netns.Held), each closed at its end."""
     opened = []
 
     def open_(addr=VIP, port=VIP_PORT):
-        h = Held(topo, addr, port)
+        h = netns.Held(topo, addr, port)
         opened.append(h)
         return h
     try:
@@ -127,11 +89,6 @@ def held(topo):
     finally:
         for h in opened:
             h.close()
-
-
-def node_mac(topo):
-    """The MAC of the node's client-facing interface: where the client's frames go."""
-    return json.loads(topo.ip("node", "-j", "link", "show", NODE_IFACE).stdout)[0]["address"]
 
 
 def split_ident(ident):
@@ -150,8 +107,8 @@ def spoofed_rst_after_flip(topo, sw, h, offset):
     again = h.req()  # the latest sequence number
     assert again["ok"] and again["snd_nxt"] is not None, again
     seq = (again["snd_nxt"] + offset) & 0xFFFFFFFF
-    conns(topo, "spoof", "--src", CLIENT_IP, "--sport", again["sport"], "--dst", VIP,
-          "--dport", VIP_PORT, "--flags", "R", "--seq", seq)
+    topo.conns("spoof", "--src", CLIENT_IP, "--sport", again["sport"], "--dst", VIP,
+               "--dport", VIP_PORT, "--flags", "R", "--seq", seq)
     return first
 
 
@@ -213,7 +170,7 @@ def test_udp_flow_silent_past_idle_timeout_keeps_backend_while_draining(topo, sw
     sw.setup_service("dns", port=UDP_PORT, proto="udp")
     sw("timeouts", "--udp-idle", "2s")
     udp = ("udp", "--addr", VIP, "--port", UDP_PORT, "--sport", 40001)
-    first = conns(topo, *udp)["results"][0]
+    first = topo.conns(*udp)["results"][0]
     assert first["ok"] and first["color"] == "blue", first
     run = topo.traffic("--vip", VIP, "--udp-port", UDP_PORT, "--duration", 15, "--udp-long", 1,
                        "--long-interval", 0.2)
@@ -223,8 +180,8 @@ def test_udp_flow_silent_past_idle_timeout_keeps_backend_while_draining(topo, sw
         time.sleep(3.0)
         sw("gc")
         dns = sw.service("dns")
-        again = conns(topo, *udp)["results"][0]
-        fresh = conns(topo, "udp", "--addr", VIP, "--port", UDP_PORT, "--sport", 40002)
+        again = topo.conns(*udp)["results"][0]
+        fresh = topo.conns("udp", "--addr", VIP, "--port", UDP_PORT, "--sport", 40002)
     finally:
         res = run.finish(early=True, timeout=40)
     print(json.dumps({"first": first, "again": again, "second_chance": dns["second_chance"],
@@ -252,7 +209,7 @@ def test_reply_from_client_side_with_backend_source_not_laundered(topo, sw, held
     else:
         sw.setup_service("dns", port=UDP_PORT, proto="udp")
         sport = 40011
-        first = conns(topo, "udp", "--addr", VIP, "--port", UDP_PORT, "--sport", sport)
+        first = topo.conns("udp", "--addr", VIP, "--port", UDP_PORT, "--sport", sport)
         first = first["results"][0]
     assert first["ok"] and first["color"] == "blue", first
     baddr, bport = split_ident(first["backend"])
@@ -261,9 +218,10 @@ def test_reply_from_client_side_with_backend_source_not_laundered(topo, sw, held
                         f"{proto} and dst port {sport} and (src host {VIP} or src host {baddr})",
                         direction="in")
     before = counters(sw)
-    conns(topo, "spoof", "--proto", proto, "--src", baddr, "--sport", bport, "--dst",
-          CLIENT_IP, "--dport", sport, "--flags", "PA", "--seq", 1, "--ack", 1, "--payload",
-          "launder", "--l2", CLIENT_IFACE, "--dmac", node_mac(topo), "--count", 5)
+    topo.conns("spoof", "--proto", proto, "--src", baddr, "--sport", bport, "--dst",
+               CLIENT_IP, "--dport", sport, "--flags", "PA", "--seq", 1, "--ack", 1,
+               "--payload", "launder", "--l2", CLIENT_IFACE, "--dmac",
+               topo.link_mac("node", NODE_IFACE), "--count", 5)
     lines = cap.stop(settle=0.5)
     d = delta(counters(sw), before)
     got = netns.endpoints(lines)
@@ -274,7 +232,7 @@ def test_reply_from_client_side_with_backend_source_not_laundered(topo, sw, held
     if proto == "tcp":
         after = h.req()
     else:
-        after = conns(topo, "udp", "--addr", VIP, "--port", vport, "--sport", sport)
+        after = topo.conns("udp", "--addr", VIP, "--port", vport, "--sport", sport)
         after = after["results"][0]
     assert after["ok"] and after["backend"] == first["backend"], after
 

@@ -61,38 +61,12 @@ static void backend_series(FILE *f, const struct bgs_snapshot *s, const char *na
 			}
 }
 
-static void render(FILE *f, const struct bgs_state *st, const struct bgs_snapshot *s)
+/* Per service: its colors, shares, generation and live flows. */
+static void render_services(FILE *f, const struct bgs_snapshot *s)
 {
-	static const struct {
-		enum bgs_stat id;
-		const char *reason;
-	} passed[] = {
-		{ BGS_STAT_NOT_VIP, "not_vip" },
-		{ BGS_STAT_NOT_IP, "not_ip" },
-		{ BGS_STAT_PARSE_L2, "parse_l2" },
-		{ BGS_STAT_PARSE_IP_HDR, "parse_ip_header" },
-		{ BGS_STAT_PARSE_IP_LEN, "parse_ip_length" },
-		{ BGS_STAT_PARSE_L4, "parse_l4" },
-		{ BGS_STAT_ZERO_PORT, "zero_port" },
-		{ BGS_STAT_EXTHDR_LIMIT, "ipv6_exthdr_limit" },
-	};
 	char b[BGS_ADDRSTR_LEN];
 	size_t i, j;
 	int c;
-
-	metric_head(f, "bgswitch_info", "gauge", "Version of bgswitch and of its map layout.");
-	fprintf(f, "bgswitch_info{version=\"%s\",layout=\"%u\"} 1\n", BGS_VERSION,
-		st->cfg.layout_version);
-	metric_head(f, "bgswitch_flow_table_capacity", "gauge", "Entries the flow table holds.");
-	fprintf(f, "bgswitch_flow_table_capacity %u\n", st->cfg.flow_entries);
-	metric_head(f, "bgswitch_flow_table_entries", "gauge",
-		    "Entries in the flow table, live or not.");
-	fprintf(f, "bgswitch_flow_table_entries %llu\n", (unsigned long long)s->flow_entries);
-
-	metric_head(f, "bgswitch_flow_table_evictions_total", "counter",
-		    "Entries the flow table's LRU dropped to make room (inserts - entries - "
-		    "collected).");
-	fprintf(f, "bgswitch_flow_table_evictions_total %llu\n", (unsigned long long)s->evicted);
 
 	metric_head(f, "bgswitch_active_color", "gauge",
 		    "1 for the color every new flow of a service goes to, 0 otherwise (both 0: "
@@ -136,6 +110,12 @@ static void render(FILE *f, const struct bgs_state *st, const struct bgs_snapsho
 					s->svcs[i].rec.name, color_name(c), b,
 					backend_state_name(bv->be.state), bv->live);
 			}
+}
+
+/* Per backend and per service: packets, bytes, new flows, misses and drops. */
+static void render_traffic(FILE *f, const struct bgs_snapshot *s)
+{
+	size_t i, j;
 
 	metric_head(f, "bgswitch_packets_total", "counter",
 		    "Packets per backend; direction in is client to backend, out is the reply.");
@@ -180,6 +160,56 @@ static void render(FILE *f, const struct bgs_state *st, const struct bgs_snapsho
 			fprintf(f, "bgswitch_drops_total{service=\"%s\",reason=\"%s\"} %llu\n",
 				s->svcs[i].rec.name, bgs_drop_names[j],
 				(unsigned long long)s->svcs[i].st.drops[j]);
+}
+
+/* Replies rewritten or left untouched, and flows given no entry: one node counter each. */
+static void render_replies(FILE *f, const struct bgs_snapshot *s)
+{
+	static const struct {
+		enum bgs_stat id;
+		const char *name, *help;
+	} m[] = {
+		{ BGS_STAT_REPLY_NAT, "bgswitch_reply_nat_total",
+		  "Replies whose source was rewritten from backend to VIP." },
+		{ BGS_STAT_REPLY_NO_FLOW, "bgswitch_reply_no_flow_total",
+		  "Packets from a backend address and port with no live flow of theirs, left "
+		  "untouched." },
+		{ BGS_STAT_REPLY_WRONG_DEV, "bgswitch_reply_wrong_dev_total",
+		  "Packets from a flow's backend that came in elsewhere than from the backend, left "
+		  "untouched." },
+		{ BGS_STAT_REPLY_SUPERSEDED, "bgswitch_reply_superseded_total",
+		  "Backend SYNs on a closed flow (a new connection on its addresses and ports): the "
+		  "flow's entry deleted, the packet left untouched." },
+		{ BGS_STAT_UNTRACKED, "bgswitch_untracked_flows_total",
+		  "New flows over the insert limit: forwarded, but given no flow entry." },
+		{ BGS_STAT_RST_MISS, "bgswitch_rst_misses_total",
+		  "TCP RSTs that missed the flow table: forwarded, no entry created." },
+	};
+	size_t i;
+
+	for (i = 0; i < sizeof(m) / sizeof(m[0]); i++) {
+		metric_head(f, m[i].name, "counter", m[i].help);
+		fprintf(f, "%s %llu\n", m[i].name, (unsigned long long)s->stats[m[i].id]);
+	}
+}
+
+/* The node's counters: drops, packets passed, fragments, ICMP, the fast path, replies. */
+static void render_node(FILE *f, const struct bgs_snapshot *s)
+{
+	static const struct {
+		enum bgs_stat id;
+		const char *reason;
+	} passed[] = {
+		{ BGS_STAT_NOT_VIP, "not_vip" },
+		{ BGS_STAT_NOT_IP, "not_ip" },
+		{ BGS_STAT_PARSE_L2, "parse_l2" },
+		{ BGS_STAT_PARSE_IP_HDR, "parse_ip_header" },
+		{ BGS_STAT_PARSE_IP_LEN, "parse_ip_length" },
+		{ BGS_STAT_PARSE_L4, "parse_l4" },
+		{ BGS_STAT_ZERO_PORT, "zero_port" },
+		{ BGS_STAT_EXTHDR_LIMIT, "ipv6_exthdr_limit" },
+	};
+	size_t i, j;
 
 	metric_head(f, "bgswitch_node_drops_total", "counter",
 		    "Every drop on the node by reason, those that belong to no service included.");
@@ -228,14 +258,27 @@ static void render(FILE *f, const struct bgs_state *st, const struct bgs_snapsho
 		(unsigned long long)s->stats[BGS_STAT_FWD_REDIRECT],
 		(unsigned long long)s->stats[BGS_STAT_FWD_NO_NEIGH],
 		(unsigned long long)s->stats[BGS_STAT_FWD_STACK]);
-	metric_head(f, "bgswitch_reply_nat_total", "counter",
-		    "Replies whose source was rewritten from backend to VIP.");
-	fprintf(f, "bgswitch_reply_nat_total %llu\n",
-		(unsigned long long)s->stats[BGS_STAT_REPLY_NAT]);
-	metric_head(f, "bgswitch_reply_no_flow_total", "counter",
-		    "Packets from a backend address with no reverse entry, left untouched.");
-	fprintf(f, "bgswitch_reply_no_flow_total %llu\n",
-		(unsigned long long)s->stats[BGS_STAT_REPLY_NO_FLOW]);
+	render_replies(f, s);
+}
+
+static void render(FILE *f, const struct bgs_state *st, const struct bgs_snapshot *s)
+{
+	metric_head(f, "bgswitch_info", "gauge", "Version of bgswitch and of its map layout.");
+	fprintf(f, "bgswitch_info{version=\"%s\",layout=\"%u\"} 1\n", BGS_VERSION,
+		st->cfg.layout_version);
+	metric_head(f, "bgswitch_flow_table_capacity", "gauge", "Entries the flow table holds.");
+	fprintf(f, "bgswitch_flow_table_capacity %u\n", st->cfg.flow_entries);
+	metric_head(f, "bgswitch_flow_table_entries", "gauge",
+		    "Entries in the flow table, live or not.");
+	fprintf(f, "bgswitch_flow_table_entries %llu\n", (unsigned long long)s->flow_entries);
+
+	metric_head(f, "bgswitch_flow_table_evictions_total", "counter",
+		    "Entries the flow table's LRU dropped to make room (inserts - entries - "
+		    "collected).");
+	fprintf(f, "bgswitch_flow_table_evictions_total %llu\n", (unsigned long long)s->evicted);
+	render_services(f, s);
+	render_traffic(f, s);
+	render_node(f, s);
 }
 
 static enum MHD_Result reply(struct MHD_Connection *conn, unsigned int code, const char *type,
