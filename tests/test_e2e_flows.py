@@ -288,8 +288,9 @@ def config_layout(sw, version=None):
 
 def test_upgrade_replace_refuses_layout_3_state(topo, sw):
     """A state pinned by a layout-3 build (simulated: layout_version 3 written into
-    bgs_config): `attach --replace` refuses with one error line and a non-zero exit, and
-    leaves the attached programs and the traffic alone."""
+    bgs_config): `attach --replace` refuses with one error line and a non-zero exit that
+    names the way out (`detach --purge` with the build that made it: this build refuses that
+    too), and leaves the attached programs and the traffic alone."""
     xdp_before = sw.status()["interfaces"]
     run = topo.traffic("--vip", VIP, "--port", VIP_PORT, "--duration", 6, "--long", 4,
                        "--new-rate", 50)
@@ -298,6 +299,8 @@ def test_upgrade_replace_refuses_layout_3_state(topo, sw):
         assert config_layout(sw, 3) == 3
         try:
             p = sw.run("attach", NODE_IFACE, "--replace")
+            # This build cannot purge it either: only the build that made it can.
+            purge = sw.run("detach", NODE_IFACE, "--purge")
         finally:
             config_layout(sw, 4)
         xdp_after = sw.status()["interfaces"]
@@ -306,8 +309,10 @@ def test_upgrade_replace_refuses_layout_3_state(topo, sw):
     print(p.returncode, p.stderr, json.dumps(xdp_before), json.dumps(xdp_after))
     assert p.returncode != 0
     assert len(p.stderr.strip().splitlines()) == 1, p.stderr
-    assert "layout 3" in p.stderr and "4" in p.stderr, p.stderr
+    assert "layout 3, this build uses 4" in p.stderr, p.stderr
+    assert "with the build that made it" in p.stderr, p.stderr  # the way out it names
     assert xdp_after == xdp_before
+    assert purge.returncode != 0 and purge.stderr == p.stderr, purge.stderr
     assert res["tcp_new"]["failed"] == 0 and res["tcp_new"]["ok"] > 100, res["tcp_new"]
     for c in res["tcp_long"]:
         assert c["failures"] == [] and c["changes"] == [], c

@@ -61,6 +61,24 @@ static void backend_series(FILE *f, const struct bgs_snapshot *s, const char *na
 			}
 }
 
+/* The build, and the flow table's size, use and evictions. */
+static void render_head(FILE *f, const struct bgs_state *st, const struct bgs_snapshot *s)
+{
+	metric_head(f, "bgswitch_info", "gauge", "Version of bgswitch and of its map layout.");
+	fprintf(f, "bgswitch_info{version=\"%s\",layout=\"%u\"} 1\n", BGS_VERSION,
+		st->cfg.layout_version);
+	metric_head(f, "bgswitch_flow_table_capacity", "gauge", "Entries the flow table holds.");
+	fprintf(f, "bgswitch_flow_table_capacity %u\n", st->cfg.flow_entries);
+	metric_head(f, "bgswitch_flow_table_entries", "gauge",
+		    "Entries in the flow table, live or not.");
+	fprintf(f, "bgswitch_flow_table_entries %llu\n", (unsigned long long)s->flow_entries);
+
+	metric_head(f, "bgswitch_flow_table_evictions_total", "counter",
+		    "Entries the flow table's LRU dropped to make room (inserts - entries - "
+		    "collected).");
+	fprintf(f, "bgswitch_flow_table_evictions_total %llu\n", (unsigned long long)s->evicted);
+}
+
 /* Per service: its colors, shares, generation and live flows. */
 static void render_services(FILE *f, const struct bgs_snapshot *s)
 {
@@ -162,38 +180,7 @@ static void render_traffic(FILE *f, const struct bgs_snapshot *s)
 				(unsigned long long)s->svcs[i].st.drops[j]);
 }
 
-/* Replies rewritten or left untouched, and flows given no entry: one node counter each. */
-static void render_replies(FILE *f, const struct bgs_snapshot *s)
-{
-	static const struct {
-		enum bgs_stat id;
-		const char *name, *help;
-	} m[] = {
-		{ BGS_STAT_REPLY_NAT, "bgswitch_reply_nat_total",
-		  "Replies whose source was rewritten from backend to VIP." },
-		{ BGS_STAT_REPLY_NO_FLOW, "bgswitch_reply_no_flow_total",
-		  "Packets from a backend address and port with no live flow of theirs, left "
-		  "untouched." },
-		{ BGS_STAT_REPLY_WRONG_DEV, "bgswitch_reply_wrong_dev_total",
-		  "Packets from a flow's backend that came in elsewhere than from the backend, left "
-		  "untouched." },
-		{ BGS_STAT_REPLY_SUPERSEDED, "bgswitch_reply_superseded_total",
-		  "Backend SYNs on a closed flow (a new connection on its addresses and ports): the "
-		  "flow's entry deleted, the packet left untouched." },
-		{ BGS_STAT_UNTRACKED, "bgswitch_untracked_flows_total",
-		  "New flows over the insert limit: forwarded, but given no flow entry." },
-		{ BGS_STAT_RST_MISS, "bgswitch_rst_misses_total",
-		  "TCP RSTs that missed the flow table: forwarded, no entry created." },
-	};
-	size_t i;
-
-	for (i = 0; i < sizeof(m) / sizeof(m[0]); i++) {
-		metric_head(f, m[i].name, "counter", m[i].help);
-		fprintf(f, "%s %llu\n", m[i].name, (unsigned long long)s->stats[m[i].id]);
-	}
-}
-
-/* The node's counters: drops, packets passed, fragments, ICMP, the fast path, replies. */
+/* The node's counters: drops, packets passed, fragments, ICMP errors, the fast path. */
 static void render_node(FILE *f, const struct bgs_snapshot *s)
 {
 	static const struct {
@@ -258,27 +245,48 @@ static void render_node(FILE *f, const struct bgs_snapshot *s)
 		(unsigned long long)s->stats[BGS_STAT_FWD_REDIRECT],
 		(unsigned long long)s->stats[BGS_STAT_FWD_NO_NEIGH],
 		(unsigned long long)s->stats[BGS_STAT_FWD_STACK]);
-	render_replies(f, s);
+}
+
+/* One node-wide counter: its help, its type and its one sample. */
+static void node_counter(FILE *out, const char *name, const char *help, __u64 value)
+{
+	metric_head(out, name, "counter", help);
+	fprintf(out, "%s %llu\n", name, (unsigned long long)value);
+}
+
+/* Replies rewritten or left untouched, and flows given no entry. */
+static void render_replies(FILE *f, const struct bgs_snapshot *s)
+{
+	node_counter(f, "bgswitch_reply_nat_total",
+		     "Replies whose source was rewritten from backend to VIP.",
+		     s->stats[BGS_STAT_REPLY_NAT]);
+	node_counter(f, "bgswitch_reply_no_flow_total",
+		     "Packets from a backend address and port with no live flow of theirs, left "
+		     "untouched.",
+		     s->stats[BGS_STAT_REPLY_NO_FLOW]);
+	node_counter(f, "bgswitch_reply_wrong_dev_total",
+		     "Packets from a flow's backend that came in elsewhere than from the backend, "
+		     "left untouched.",
+		     s->stats[BGS_STAT_REPLY_WRONG_DEV]);
+	node_counter(f, "bgswitch_reply_superseded_total",
+		     "Backend SYNs on a closed flow (a new connection on its addresses and ports): "
+		     "the flow's entry deleted, the packet left untouched.",
+		     s->stats[BGS_STAT_REPLY_SUPERSEDED]);
+	node_counter(f, "bgswitch_untracked_flows_total",
+		     "New flows over the insert limit: forwarded, but given no flow entry.",
+		     s->stats[BGS_STAT_UNTRACKED]);
+	node_counter(f, "bgswitch_rst_misses_total",
+		     "TCP RSTs that missed the flow table: forwarded, no entry created.",
+		     s->stats[BGS_STAT_RST_MISS]);
 }
 
 static void render(FILE *f, const struct bgs_state *st, const struct bgs_snapshot *s)
 {
-	metric_head(f, "bgswitch_info", "gauge", "Version of bgswitch and of its map layout.");
-	fprintf(f, "bgswitch_info{version=\"%s\",layout=\"%u\"} 1\n", BGS_VERSION,
-		st->cfg.layout_version);
-	metric_head(f, "bgswitch_flow_table_capacity", "gauge", "Entries the flow table holds.");
-	fprintf(f, "bgswitch_flow_table_capacity %u\n", st->cfg.flow_entries);
-	metric_head(f, "bgswitch_flow_table_entries", "gauge",
-		    "Entries in the flow table, live or not.");
-	fprintf(f, "bgswitch_flow_table_entries %llu\n", (unsigned long long)s->flow_entries);
-
-	metric_head(f, "bgswitch_flow_table_evictions_total", "counter",
-		    "Entries the flow table's LRU dropped to make room (inserts - entries - "
-		    "collected).");
-	fprintf(f, "bgswitch_flow_table_evictions_total %llu\n", (unsigned long long)s->evicted);
+	render_head(f, st, s);
 	render_services(f, s);
 	render_traffic(f, s);
 	render_node(f, s);
+	render_replies(f, s);
 }
 
 static enum MHD_Result reply(struct MHD_Connection *conn, unsigned int code, const char *type,
