@@ -370,8 +370,9 @@ static void exporter_gc(void)
 
 	if (state_open(&st, true))
 		return;
-	if (!flows_collect(&st, &deleted) && !state_repair(&st))
-		drain_settle(&st);
+	/* As gc does: the drain first, so that a finished one keeps no expired UDP entry. */
+	if (!drain_settle(&st) && !flows_collect(&st, &deleted))
+		state_repair(&st);
 	if (deleted)
 		pr_debug("exporter: collected %llu expired flow entries\n",
 			 (unsigned long long)deleted);

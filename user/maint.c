@@ -136,11 +136,12 @@ int do_gc(int argc, char **argv)
 	err = state_open(&st, true);
 	if (err)
 		return err;
-	err = flows_collect(&st, &deleted);
+	/* The drain first: a finished one no longer keeps its expired UDP entries. */
+	err = drain_settle(&st);
+	if (!err)
+		err = flows_collect(&st, &deleted);
 	if (!err)
 		err = state_repair(&st);
-	if (!err)
-		err = drain_settle(&st);
 	if (!err)
 		pr_info("collected %llu expired flow entries\n", (unsigned long long)deleted);
 	state_close(&st);
