@@ -8,11 +8,12 @@ itself, so every packet can carry another source port (and address) without a so
 packet. The source is --src, or with --spoof-net A.B.0.0 an address of A.B.0.0/16 taken in turn
 (spoofed: the caller routes that network nowhere, so answers die at the node). Bounded by
 --count (at most 1,000,000) and --duration, whichever ends first; the packets are built
-before the clock starts. Prints the number sent.
+before the clock starts. Prints the number sent (and, on stderr, the rate).
 """
 import argparse
 import socket
 import struct
+import sys
 import time
 
 TCP_SYN, TCP_ACK = 0x02, 0x10
@@ -74,13 +75,16 @@ def main():
         else:
             sip = base + (i // 60000)  # more flows than ports: next address
         pkts.append(packet(kinds[i % len(kinds)], struct.pack("!I", sip), dst, sport, a.port, i))
-    end = time.monotonic() + a.duration
+    start = time.monotonic()
+    end = start + a.duration
     sent = 0
     for pkt in pkts:
         if sent % 256 == 0 and time.monotonic() > end:
             break
         s.sendto(pkt, (a.dst, 0))
         sent += 1
+    took = max(time.monotonic() - start, 1e-6)
+    print(f"flood: {sent} packets in {took:.2f} s, {sent / took:.0f}/s", file=sys.stderr)
     print(sent)
 
 

@@ -62,17 +62,18 @@ def flood(topo, count=FLOOD, kind="udp", port=UDP_PORT, spoof=False):
 
 
 def floods(topo, jobs):
-    """Flooders run side by side, [(kind, port, count)]: {kind: packets sent}."""
+    """Flooders run side by side, [(kind, port, count)]: {kind: packets sent}, and
+    {kind: what the flooder said of its rate}."""
     procs = [(kind, topo.spawn("client", flood_argv(VIP, port, kind, count),
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
              for kind, port, count in jobs]
-    sent = {}
+    sent, rates = {}, {}
     for kind, p in procs:
         out, err = p.communicate(timeout=90)
         topo.end(p)
         assert p.returncode == 0, err
-        sent[kind] = int(out)
-    return sent
+        sent[kind], rates[kind] = int(out), err.strip()
+    return sent, rates
 
 
 def possible_cpus():
@@ -109,8 +110,8 @@ def test_pressure_flood_during_drain_breaks_no_connection(topo, sw):
         sw("flip", "web")
         sw("flip", "dns")
         t0 = time.monotonic()
-        sent = floods(topo, [("syn", VIP_PORT, each), ("ack", VIP_PORT, each),
-                             ("udp", UDP_PORT, each)])
+        sent, rates = floods(topo, [("syn", VIP_PORT, each), ("ack", VIP_PORT, each),
+                                    ("udp", UDP_PORT, each)])
         took = time.monotonic() - t0
         time.sleep(2.0)
         st = sw.status()
@@ -119,6 +120,7 @@ def test_pressure_flood_during_drain_breaks_no_connection(topo, sw):
     web = next(s for s in st["services"] if s["name"] == "web")
     new = res["tcp_new"]
     print(json.dumps({"sent": sent, "flows": sum(sent.values()), "seconds": round(took, 2),
+                      "rates": rates,
                       "flow_table": st["flow_table"], "counters": {
                           k: st["counters"][k] for k in ("flow_new", "untracked", "nosyn_miss",
                                                          "second_chance", "reply_no_flow")},
