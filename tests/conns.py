@@ -10,11 +10,11 @@ in the client namespace of the test topology (tests/netns.py); every subcommand 
     conns.py udp --addr 10.77.100.1 --port 53 --sport 40001 [--count 1]
         Datagrams from one fixed source port (the same UDP flow across runs), one reply each:
         {"results": [{"ok", "color", "backend", "from", "error"}]}.
-    conns.py hold --addr 10.77.100.1 --port 80 --iface c-node
-        One connection held open; every line "req" on stdin sends one request and prints
+    conns.py hold --addr 10.77.100.1 --port 80 --iface c-node [--sport P]
+        One connection held open (from source port P, or any); every line "req" on stdin sends one request and prints
         {"ok", "sport", "color", "backend", "snd_nxt", "error"} (snd_nxt: the sequence number
         after the request, read from the client's own segment captured on --iface); "quit"
-        (or end of input) closes it.
+        (or end of input) closes it (FIN).
     conns.py spoof --src A --sport P --dst B --dport Q --proto tcp --flags R --seq N
                    [--payload TEXT] [--l2 IFACE --dmac MAC] [--count 1]
         Packets with the given addresses, ports and TCP flags, built with scapy: routed by
@@ -176,7 +176,9 @@ def own_seq(cap, sport, deadline):
 def cmd_hold(a):
     cap = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
     cap.bind((a.iface, 0))
-    s = socket.create_connection((a.addr, a.port), timeout=a.timeout)
+    s = tcp_socket(a.addr, a.sport)
+    s.settimeout(a.timeout)
+    s.connect((a.addr, a.port))
     sport = s.getsockname()[1]
     try:
         for n in range(10000):
@@ -234,6 +236,7 @@ def main():
     ho.add_argument("--addr", required=True)
     ho.add_argument("--port", type=int, required=True)
     ho.add_argument("--iface", required=True)
+    ho.add_argument("--sport", type=int, default=0)
     ho.add_argument("--timeout", type=float, default=REQUEST_TIMEOUT)
     sp = sub.add_parser("spoof")
     sp.add_argument("--src", required=True)

@@ -619,10 +619,11 @@ class Held:
     """One TCP connection held open by `conns.py hold` in the client namespace; req() sends a
     request on it and returns conns.py's JSON for it (color, backend, sport, snd_nxt)."""
 
-    def __init__(self, topo, addr, port):
+    def __init__(self, topo, addr, port, sport=0):
         self.topo = topo
         self.proc = topo.spawn("client", [PY, CONNS, "hold", "--addr", addr, "--port",
-                                          str(port), "--iface", CLIENT_IFACE],
+                                          str(port), "--iface", CLIENT_IFACE, "--sport",
+                                          str(sport)],
                                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
 
