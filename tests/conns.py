@@ -17,9 +17,9 @@ in the client namespace of the test topology (tests/netns.py); every subcommand 
         (or end of input) closes it (FIN).
     conns.py spoof --src A --sport P --dst B --dport Q --proto tcp --flags R --seq N
                    [--payload TEXT] [--l2 IFACE --dmac MAC] [--count 1]
-        Packets with the given addresses, ports and TCP flags, built with scapy: routed by
-        the client's stack, or with --l2 sent as frames to MAC on IFACE (for a destination the
-        client's routes would keep local). {"sent": n}.
+        Packets (IPv4 or IPv6) with the given addresses, ports and TCP flags, built with
+        scapy: routed by the client's stack, or with --l2 sent as frames to MAC on IFACE (for
+        a destination the client's routes would keep local). {"sent": n}.
 
 Every loop is bounded in count and every socket operation in time (--timeout).
 """
@@ -202,12 +202,14 @@ def cmd_hold(a):
 
 def cmd_spoof(a):
     from scapy.layers.inet import IP, TCP, UDP
+    from scapy.layers.inet6 import IPv6
     from scapy.layers.l2 import Ether
     from scapy.sendrecv import send, sendp
 
     l4 = (TCP(sport=a.sport, dport=a.dport, flags=a.flags, seq=a.seq, ack=a.ack,
               window=a.window) if a.proto == "tcp" else UDP(sport=a.sport, dport=a.dport))
-    pkt = IP(src=a.src, dst=a.dst) / l4 / a.payload.encode()
+    l3 = IPv6(src=a.src, dst=a.dst) if ":" in a.src else IP(src=a.src, dst=a.dst)
+    pkt = l3 / l4 / a.payload.encode()
     count = max(1, min(a.count, 1000))
     if a.l2:
         sendp(Ether(dst=a.dmac) / pkt, iface=a.l2, count=count, verbose=False)

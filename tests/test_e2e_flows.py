@@ -52,25 +52,30 @@ def delta(after, before):
 
 # -- 1. a stale flow never rewrites a direct connection ------------------------------------
 
-@pytest.mark.parametrize("close,sport_base,counter", [
-    ("rst", 41000, "reply_superseded"),
-    ("fin", 41100, "reply_superseded"),
+@pytest.mark.parametrize("family,close,sport_base", [
+    (4, "rst", 41000),
+    (4, "fin", 41100),
+    (6, "rst", 41200),
+    (6, "fin", 41300),
 ])
-def test_reply_direct_connection_on_reused_port_after_vip_flow(topo, sw, close, sport_base,
-                                                                counter):
+def test_reply_direct_connection_on_reused_port_after_vip_flow(topo, sw, family, close,
+                                                                sport_base):
     """A client connects to the VIP from port p (a blue backend B answers), ends it (RST, or
     FIN both ways), then connects from p straight to B: B's SYN-ACK must leave as B's, not
     as the VIP's. 10 of 10 such direct connections succeed, each on the backend the VIP
     connection had; the egress program counts each superseded flow once."""
+    vip = VIP if family == 4 else netns.VIP6
+    if family == 6:
+        sw.setup_service("web6", vip=vip)
     before = counters(sw)
-    res = topo.conns("stale", "--vip", VIP, "--port", VIP_PORT, "--count", 10, "--close",
-                close, "--sport-base", sport_base)["results"]
+    res = topo.conns("stale", "--vip", vip, "--port", VIP_PORT, "--count", 10, "--close",
+                     close, "--sport-base", sport_base)["results"]
     d = delta(counters(sw), before)
     print(json.dumps({"results": res, "counters": d}))
     ok = [r for r in res if r["ok"]]
     assert len(ok) == 10, [r for r in res if not r["ok"]]
     assert all(r["vip"][0] == "blue" for r in res), res
-    assert d.get(counter) == 10, d
+    assert d.get("reply_superseded") == 10, d
 
 
 # -- helpers: held connections, the node's MAC -----------------------------------------------
@@ -196,43 +201,46 @@ def test_udp_flow_silent_past_idle_timeout_keeps_backend_while_draining(topo, sw
 
 # -- 5. a client-side packet with a backend's source is never rewritten as the VIP -----------
 
-@pytest.mark.parametrize("proto", ["tcp", "udp"])
-def test_reply_from_client_side_with_backend_source_not_laundered(topo, sw, held, proto):
+@pytest.mark.parametrize("family,proto", [(4, "tcp"), (4, "udp"), (6, "tcp"), (6, "udp")])
+def test_reply_from_client_side_with_backend_source_not_laundered(topo, sw, held, family,
+                                                                  proto):
     """A client has a live flow on blue backend B. Frames sent from the client side, with B's
     address and port as source, toward that client, are forwarded by the node back out of
     its client-facing interface: they arrive as B's (not rewritten as the VIP), and the
     egress program counts them reply_wrong_dev. The flow itself keeps working."""
+    vip, client = (VIP, CLIENT_IP) if family == 4 else (netns.VIP6, netns.CLIENT_IP6)
+    vport = VIP_PORT if proto == "tcp" else UDP_PORT
+    if family == 6 or proto == "udp":
+        sw.setup_service("other", vip=vip, port=vport, proto=proto)
     if proto == "tcp":
-        h = held()
+        h = held(vip)
         first = h.req()
         sport = first["sport"]
     else:
-        sw.setup_service("dns", port=UDP_PORT, proto="udp")
         sport = 40011
-        first = topo.conns("udp", "--addr", VIP, "--port", UDP_PORT, "--sport", sport)
+        first = topo.conns("udp", "--addr", vip, "--port", vport, "--sport", sport)
         first = first["results"][0]
     assert first["ok"] and first["color"] == "blue", first
     baddr, bport = split_ident(first["backend"])
-    vport = VIP_PORT if proto == "tcp" else UDP_PORT
     cap = netns.Capture(topo, "client", CLIENT_IFACE,
-                        f"{proto} and dst port {sport} and (src host {VIP} or src host {baddr})",
+                        f"{proto} and dst port {sport} and (src host {vip} or src host {baddr})",
                         direction="in")
     before = counters(sw)
-    topo.conns("spoof", "--proto", proto, "--src", baddr, "--sport", bport, "--dst",
-               CLIENT_IP, "--dport", sport, "--flags", "PA", "--seq", 1, "--ack", 1,
-               "--payload", "launder", "--l2", CLIENT_IFACE, "--dmac",
-               topo.link_mac("node", NODE_IFACE), "--count", 5)
+    topo.conns("spoof", "--proto", proto, "--src", baddr, "--sport", bport, "--dst", client,
+               "--dport", sport, "--flags", "PA", "--seq", 1, "--ack", 1, "--payload",
+               "launder", "--l2", CLIENT_IFACE, "--dmac", topo.link_mac("node", NODE_IFACE),
+               "--count", 5)
     lines = cap.stop(settle=0.5)
     d = delta(counters(sw), before)
     got = netns.endpoints(lines)
     print(json.dumps({"counters": d, "captured": lines}))
-    assert (VIP, CLIENT_IP) not in got, lines
-    assert got.count((baddr, CLIENT_IP)) == 5, lines
+    assert (vip, client) not in got, lines
+    assert got.count((baddr, client)) == 5, lines
     assert d.get("reply_wrong_dev") == 5 and "reply_nat" not in d, d
     if proto == "tcp":
         after = h.req()
     else:
-        after = topo.conns("udp", "--addr", VIP, "--port", vport, "--sport", sport)
+        after = topo.conns("udp", "--addr", vip, "--port", vport, "--sport", sport)
         after = after["results"][0]
     assert after["ok"] and after["backend"] == first["backend"], after
 
