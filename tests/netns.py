@@ -81,6 +81,7 @@ REPO = os.path.dirname(HERE)
 PY = "/usr/bin/python3"  # Debian's python3; never the pyenv one on PATH
 BGSWITCH = os.environ.get("BGSWITCH", os.path.join(REPO, ".output", "bgswitch"))
 BPFFS = "/sys/fs/bpf"
+CONNS = os.path.join(HERE, "conns.py")
 
 ROLES = ("client", "node", "blue", "green")
 NET = "10.77.0.0/16"
@@ -218,6 +219,10 @@ class Topology:
 
     def ip(self, role, *args, **kw):
         return run(["ip", "-n", self.ns[role]] + list(args), **kw)
+
+    def link_mac(self, role, dev):
+        """The MAC address of an interface of a namespace."""
+        return json.loads(self.ip(role, "-j", "link", "show", dev).stdout)[0]["address"]
 
     def sysctl(self, role, key, value):
         path = "/proc/sys/" + key.replace(".", "/")
@@ -477,6 +482,11 @@ class Topology:
                 str(size), "--count", str(count), "--timeout", str(timeout)]
         return json.loads(self.ns_run("client", argv, timeout=30 + count * timeout).stdout)
 
+    def conns(self, *args, timeout=60):
+        """tests/conns.py (a flow-state scenario) in the client namespace: its JSON."""
+        p = self.ns_run("client", [PY, CONNS] + [str(a) for a in args], timeout=timeout)
+        return json.loads(p.stdout)
+
     def colors_of(self, addr, port, udp=False, count=10, timeout=1.0):
         """Colors (or "error:<kind>") that count fresh connections got, as a list."""
         res = self.probe(addr, port, udp=udp, count=count, timeout=timeout)["results"]
@@ -610,6 +620,92 @@ class TrafficRun:
             raise CmdError(f"traffic exited {self.proc.returncode}: {err}")
         self.summary = json.loads(out)
         return self.summary
+
+
+class Held:
+    """One TCP connection held open by `conns.py hold` in the client namespace; req() sends a
+    request on it and returns conns.py's JSON for it (color, backend, sport, snd_nxt)."""
+
+    def __init__(self, topo, addr, port, sport=0):
+        self.topo = topo
+        self.proc = topo.spawn("client", [PY, CONNS, "hold", "--addr", addr, "--port",
+                                          str(port), "--iface", CLIENT_IFACE, "--sport",
+                                          str(sport)],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+
+    def req(self, timeout=10):
+        self.proc.stdin.write("req\n")
+        self.proc.stdin.flush()
+        line = read_line(self.proc, timeout)
+        if not line:
+            raise CmdError(f"conns.py hold: no answer ({self.proc.poll()})")
+        return json.loads(line)
+
+    def close(self):
+        if self.proc.poll() is None:
+            try:
+                self.proc.stdin.write("quit\n")
+                self.proc.stdin.close()
+                self.proc.wait(5)
+            except (OSError, subprocess.TimeoutExpired):
+                pass
+        self.topo.end(self.proc)
+
+
+class Capture:
+    """tcpdump on one interface of one namespace, started and ended by PID, its lines kept.
+    The tests read it to show what crossed the client's link."""
+
+    def __init__(self, topo, role, iface, bpf_filter, count=100, verbose=False, direction=None):
+        """direction: "in" or "out" (tcpdump -Q) to keep packets of one direction only."""
+        self.topo = topo
+        argv = ["tcpdump", "-l", "-n", "-i", iface, "-c", str(count)]
+        argv += ["-Q", direction] if direction else []
+        argv += (["-vv"] if verbose else []) + [bpf_filter]
+        self.proc = topo.spawn(role, argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 5
+        err = ""
+        fd = self.proc.stderr.fileno()  # read raw: a buffered readline could hide a line
+        while "listening on" not in err and time.monotonic() < deadline:
+            r, _, _ = select.select([fd], [], [], 0.2)
+            if r:
+                chunk = os.read(fd, 4096)
+                if not chunk:
+                    break
+                err += chunk.decode("ascii", "replace")
+        if "listening on" not in err:
+            topo.end(self.proc)
+            raise CmdError(f"tcpdump did not start: {err}")
+
+    def stop(self, settle=0.3):
+        """End tcpdump (after settle seconds for the last packets); its output lines."""
+        time.sleep(settle)
+        self.topo.end(self.proc)
+        return self.proc.stdout.read().splitlines()
+
+
+def addr_of(token):
+    """The address of a tcpdump endpoint ("10.77.1.2.4000", "fd77::1.53", "10.77.1.2:")."""
+    token = token.rstrip(":,")
+    if ":" in token:  # IPv6: the port, if any, follows the last "."
+        return token.rsplit(".", 1)[0] if "." in token else token
+    parts = token.split(".")
+    return ".".join(parts[:4])
+
+
+PKT_RE = re.compile(r"\bIP6? (\S+) > (\S+?):? ")
+
+
+def endpoints(lines):
+    """[(src address, dst address)] of the packet lines of a tcpdump capture."""
+    out = []
+    for line in lines:
+        m = PKT_RE.search(line)
+        if m:
+            out.append((addr_of(m.group(1)), addr_of(m.group(2))))
+    return out
 
 
 # -- checks and shell interface -------------------------------------------------------------

@@ -19,6 +19,10 @@ reply answers. Two requests carry a payload, to prove it arrived whole:
   * a UDP datagram "big <m> <token>\\n<payload>": the reply datagram is
     "<color> IDENT <token>:<len>:<sha256 of the whole datagram, 16 hex digits>\\n", padded
     with "." to m bytes (m <= 65000), so that a reply can be made larger than the MTU.
+One request makes the server speak on its own:
+  * TCP "push <ms> <n> <token>\\n": n lines "<color> IDENT <token>-<i>\\n" (i from 0), one every
+    ms milliseconds (10 <= ms, n <= 100000), while the client only acknowledges them; it ends
+    early when the client closes.
 "ready" is printed on stdout once every socket listens; nothing is printed to stdout after
 that. SIGTERM or SIGINT ends the process.
 """
@@ -33,6 +37,7 @@ import sys
 MAX_LINE = 4096  # a longer request line ends the connection
 MAX_UPLOAD = 16 << 20
 MAX_UDP_REPLY = 65000
+MAX_PUSH = 100000
 
 
 def reply_for(color, ident, request):
@@ -61,6 +66,29 @@ def parse_upload(line):
     return (n, words[2][:64].decode("ascii", "replace")) if n <= MAX_UPLOAD else None
 
 
+def parse_push(line):
+    """(seconds, n, token) of a "push <ms> <n> <token>" line, or None."""
+    words = line.split()
+    if len(words) != 4 or words[0] != b"push" or not (words[1].isdigit() and words[2].isdigit()):
+        return None
+    ms, n = int(words[1]), int(words[2])
+    if ms < 10 or n > MAX_PUSH:
+        return None
+    return ms / 1000.0, n, words[3][:64].decode("ascii", "replace")
+
+
+async def push(reader, writer, color, ident, interval, n, token):
+    """Send n lines, one every interval seconds; stop at the client's end of stream."""
+    for i in range(n):
+        writer.write(f"{color} {ident} {token}-{i}\n".encode())
+        await writer.drain()
+        try:
+            if not await asyncio.wait_for(reader.read(MAX_LINE), interval):
+                return
+        except asyncio.TimeoutError:
+            pass
+
+
 async def handle_tcp(reader, writer, color, ident):
     try:
         while True:
@@ -70,6 +98,10 @@ async def handle_tcp(reader, writer, color, ident):
             if len(line) > MAX_LINE:
                 break
             up = parse_upload(line)
+            pu = parse_push(line)
+            if pu:
+                await push(reader, writer, color, ident, *pu)
+                break
             if up:
                 data = await reader.readexactly(up[0])
                 writer.write(f"{color} {ident} {up[1]}:{len(data)}:{digest(data)}\n".encode())

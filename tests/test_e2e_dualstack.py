@@ -12,8 +12,6 @@ binary)
 
 import os
 import re
-import select
-import subprocess
 import sys
 import time
 
@@ -139,59 +137,6 @@ def assert_cli_error(s, *args):
     assert p.stdout == "", f"{cmd}: stdout {p.stdout!r}"
     assert after == before, f"{cmd} changed the state"
     return lines[0]
-
-
-class Capture:
-    """tcpdump on one interface of one namespace, started and ended by PID, its lines kept.
-    The tests read it to show what crossed the client's link."""
-
-    def __init__(self, topo, role, iface, bpf_filter, count=100, verbose=False):
-        self.topo = topo
-        argv = ["tcpdump", "-l", "-n", "-i", iface, "-c", str(count)]
-        argv += (["-vv"] if verbose else []) + [bpf_filter]
-        self.proc = topo.spawn(role, argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + 5
-        err = ""
-        fd = self.proc.stderr.fileno()  # read raw: a buffered readline could hide a line
-        while "listening on" not in err and time.monotonic() < deadline:
-            r, _, _ = select.select([fd], [], [], 0.2)
-            if r:
-                chunk = os.read(fd, 4096)
-                if not chunk:
-                    break
-                err += chunk.decode("ascii", "replace")
-        if "listening on" not in err:
-            topo.end(self.proc)
-            raise netns.CmdError(f"tcpdump did not start: {err}")
-
-    def stop(self, settle=0.3):
-        """End tcpdump (after settle seconds for the last packets); its output lines."""
-        time.sleep(settle)
-        self.topo.end(self.proc)
-        return self.proc.stdout.read().splitlines()
-
-
-def addr_of(token):
-    """The address of a tcpdump endpoint ("10.77.1.2.4000", "fd77::1.53", "10.77.1.2:")."""
-    token = token.rstrip(":,")
-    if ":" in token:  # IPv6: the port, if any, follows the last "."
-        return token.rsplit(".", 1)[0] if "." in token else token
-    parts = token.split(".")
-    return ".".join(parts[:4])
-
-
-PKT_RE = re.compile(r"\bIP6? (\S+) > (\S+?):? ")
-
-
-def endpoints(lines):
-    """[(src address, dst address)] of the packet lines of a tcpdump capture."""
-    out = []
-    for line in lines:
-        m = PKT_RE.search(line)
-        if m:
-            out.append((addr_of(m.group(1)), addr_of(m.group(2))))
-    return out
 
 
 # -- IPv6: flip under load ---------------------------------------------------------------------
@@ -333,7 +278,7 @@ def test_pmtu_discovery_across_the_switch(topo, sw, family, mtu):
     topo.ip("node", *limit)
     cap = None
     try:
-        cap = Capture(topo, "client", netns.CLIENT_IFACE, ptb, count=50, verbose=True)
+        cap = netns.Capture(topo, "client", netns.CLIENT_IFACE, ptb, count=50, verbose=True)
         up = topo.upload(vip, VIP_PORT, 200000, timeout=10)
         st = sw.status()
         cached = topo.ns_run("client", ["ip", fam, "route", "get", vip]).stdout
@@ -392,7 +337,7 @@ def test_fragments_udp_datagram_whole_to_one_backend(topo, sw, family):
     blue = backend_names(topo, "blue", family)
     count = 3
     frags = "ip6 and ip6[6] == 44" if family == 6 else "ip and (ip[6:2] & 0x3fff) != 0"
-    cap = Capture(topo, "client", netns.CLIENT_IFACE, frags, count=100)
+    cap = netns.Capture(topo, "client", netns.CLIENT_IFACE, frags, count=100)
     try:
         res = topo.bigudp(vip, UDP_PORT, size=4000, reply_size=4000, count=count)["results"]
     finally:
@@ -411,7 +356,7 @@ def test_fragments_udp_datagram_whole_to_one_backend(topo, sw, family):
     # two later fragments each way, of which ingress counts the client's.
     assert (c["frag_first"], c["frag_later"]) == (2 * count, 2 * count), c
     assert c["flow_new"] == 1, c
-    pkts = endpoints(lines)
+    pkts = netns.endpoints(lines)
     sent = [p for p in pkts if p[0] == client]
     got = [p for p in pkts if p[1] == client]
     assert len(sent) == 3 * count and all(d == vip for _, d in sent), capture

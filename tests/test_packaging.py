@@ -761,7 +761,7 @@ def test_packaging_man_documents_every_command_and_option():
             tag = '.BR %s ", " %s' % (short.replace("-", "\\-"), long.replace("-", "\\-"))
             assert re.search(rf"^{re.escape(tag)}( |$)", roff, re.M), (func, short, long)
     for path in ("/sys/fs/bpf/bgswitch", "bgs_config", "bgs_vips", "bgs_services", "bgs_switch",
-                 "bgs_sets", "bgs_backends", "bgs_backend_addrs", "bgs_flows", "bgs_reverse",
+                 "bgs_sets", "bgs_backends", "bgs_backend_addrs", "bgs_flows", "bgs_nexthops",
                  "bgs_ifaces", "bgs_stats", "bgs_drops", "bgs_backend_stats",
                  "bgs_service_stats", "bgs_vip_addrs", "bgs_frags", "bgs_tx_ports",
                  "bgs_insert_budget", "bgs_tables"):
@@ -824,8 +824,9 @@ def test_packaging_man_lists_every_counter():
 def test_packaging_man_lists_every_metric():
     with open(os.path.join(TOP, "user", "exporter.c")) as f:
         src = f.read()
-    metrics = re.findall(r'metric_head\(f, "(bgswitch_[a-z_]+)"', src)
-    assert len(metrics) == src.count("metric_head(f,"), "a metric name the test cannot read"
+    metrics = re.findall(r'(?:metric_head|node_counter)\(f, "(bgswitch_[a-z_]+)"', src)
+    assert len(metrics) == src.count("metric_head(f,") + src.count("node_counter(f,"), \
+        "a metric name the test cannot read"
     with open(MAN) as f:
         roff = f.read()
     section = re.search(r"^\.SS Metrics\n(.*?)^\.S[SH] ", roff, re.M | re.S).group(1)

@@ -371,3 +371,68 @@ def test_views_watch_refuses_without_terminal(sw):
     p = subprocess.run([netns.BGSWITCH, "--pin-root", sw.pin_root, "watch"],
                        capture_output=True, text=True, timeout=10, stdin=subprocess.DEVNULL)
     assert p.returncode != 0 and "terminal" in p.stderr and len(p.stderr.splitlines()) == 1
+
+
+# -- the flow path's counters (layout 4) in every view ----------------------------------------
+
+FLOW_PATH = {  # status counter: its exporter metric
+    "untracked": "bgswitch_untracked_flows_total",
+    "rst_miss": "bgswitch_rst_misses_total",
+    "reply_no_flow": "bgswitch_reply_no_flow_total",
+    "reply_wrong_dev": "bgswitch_reply_wrong_dev_total",
+    "reply_superseded": "bgswitch_reply_superseded_total",
+}
+
+
+def flow_path_events(topo, sw):
+    """At least one packet of each FLOW_PATH counter, then nothing more."""
+    # reply_superseded: a direct connection from a port a VIP flow used (and its later
+    # replies: reply_no_flow).
+    res = topo.conns("stale", "--vip", VIP, "--port", VIP_PORT, "--count", 1, "--close", "rst",
+                     "--sport-base", 41500)["results"]
+    assert res[0]["ok"], res
+    # reply_wrong_dev: a frame from the client side with a live flow's backend as its source.
+    h = netns.Held(topo, VIP, VIP_PORT)
+    try:
+        r = h.req()
+        baddr, bport = r["backend"].rsplit(":", 1)
+        topo.conns("spoof", "--src", baddr, "--sport", bport, "--dst", netns.CLIENT_IP,
+                   "--dport", r["sport"], "--flags", "A", "--seq", 1, "--ack", 1, "--l2",
+                   netns.CLIENT_IFACE, "--dmac", topo.link_mac("node", NODE_IFACE))
+    finally:
+        h.close()
+    # rst_miss: an RST of no flow.
+    topo.conns("spoof", "--src", netns.CLIENT_IP, "--sport", 41600, "--dst", VIP, "--dport",
+               VIP_PORT, "--flags", "R", "--seq", 1)
+    # untracked: new flows over an insert limit of one a second.
+    sw("limits", "--new-flows", 1, "--burst", 0)
+    topo.ns_run("client", [netns.PY, os.path.join(netns.HERE, "flood.py"), "--src",
+                           netns.CLIENT_IP, "--dst", VIP, "--port", str(VIP_PORT), "--kind",
+                           "syn", "--count", "50"])
+    time.sleep(1.0)  # the client's resets of the SYN-ACKs it did not ask for
+
+
+def test_views_flow_path_counters_in_status_exporter_and_watch(topo, sw, exporter, tmux):
+    """untracked, rst_miss and the replies left untouched (no flow, wrong device, superseded)
+    appear with the same values in status --json, status, the exporter and watch; the insert
+    limit's drop reason is gone from all of them."""
+    flow_path_events(topo, sw)
+    st = sw.status()
+    got = {k: st["counters"][k] for k in FLOW_PATH}
+    print(json.dumps(got))
+    assert got["untracked"] >= 40 and all(v >= 1 for v in got.values()), got
+    assert "insert_limit" not in st["drops"] and "insert_limit" not in st["counters"]
+    text = sw("status")
+    for k, v in got.items():
+        assert f" {k}={v}" in text, (k, v, text)
+    assert "insert_limit" not in text
+    ss = samples(scrape(exporter[0]))
+    assert {k: total(ss, m) for k, m in FLOW_PATH.items()} == got
+    assert not [lab for n, lab, _ in ss if lab.get("reason") == "insert_limit"]
+    send, screen = tmux
+    send(f"{netns.BGSWITCH} --pin-root {sw.pin_root} watch --interval 300", "Enter")
+    s = wait_screen(screen, lambda s: "replies untouched" in s, timeout=20)
+    send("q")
+    for k, v in got.items():
+        assert re.search(rf"\b{k} {v}\b", s), (k, v, s)
+    assert re.search(r"flow table\s+evicted \d+", s), s

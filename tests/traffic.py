@@ -16,6 +16,9 @@ load runs, for at most --duration seconds, any of:
     reset, end of stream, wrong reply.
   * --long TCP connections opened at the start, each sending a request every --long-interval
     seconds and recording which color and backend answered; a change is recorded as a failure.
+  * --push-long TCP connections where the server speaks: each sends servers.py's "push"
+    request once, then only reads, a line every --long-interval seconds, recording which color
+    and backend wrote it (the client sends nothing but acknowledgements);
   * the UDP equivalents: --udp-new-rate new flows per second (a new socket, from a source port
     never used before in this run, taken in turn from --udp-sport-range), and --udp-long flows
     that each send a datagram every --long-interval seconds from one socket.
@@ -304,6 +307,7 @@ class Load:
         self.udp_new = NewStats(self.t0)
         self.tcp_long = [LongConn(f"tcp{i}") for i in range(min(args.long, MAX_LONG))]
         self.udp_long = [LongConn(f"udp{i}") for i in range(min(args.udp_long, MAX_LONG))]
+        self.tcp_push = [LongConn(f"push{i}") for i in range(min(args.push_long, MAX_LONG))]
         lo, hi = (int(x) for x in args.udp_sport_range.split("-"))
         self.udp_sports = iter(range(lo, hi + 1))
         self.ready = asyncio.Event()
@@ -327,7 +331,7 @@ class Load:
 
     def long_opened(self):
         self.n_ready += 1
-        if self.n_ready >= len(self.tcp_long) + len(self.udp_long):
+        if self.n_ready >= len(self.tcp_long) + len(self.udp_long) + len(self.tcp_push):
             self.ready.set()
 
     # -- new connections / flows -------------------------------------------------------------
@@ -398,19 +402,27 @@ class Load:
         await self.close_long.wait()
         await asyncio.sleep(index * self.a.long_close_spread)
 
-    async def long_tcp(self, index, rec):
-        a = self.a
+    async def open_long(self, index, rec):
+        """Open a long-lived connection: (reader, writer, its close turn), or None (failed,
+        recorded)."""
         try:
-            reader, writer = await asyncio.wait_for(asyncio.open_connection(a.vip, a.port),
-                                                    a.timeout)
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(self.a.vip, self.a.port), self.a.timeout)
         except Exception as e:
             rec.fail(classify(e), str(e))
             self.long_opened()
-            return
+            return None
         rec.opened_at = time.time()
         rec.sport = writer.get_extra_info("sockname")[1]
         rec.open = True
-        turn = asyncio.ensure_future(self.close_turn(index))
+        return reader, writer, asyncio.ensure_future(self.close_turn(index))
+
+    async def long_tcp(self, index, rec):
+        a = self.a
+        opened = await self.open_long(index, rec)
+        if not opened:
+            return
+        reader, writer, turn = opened
         max_requests = int(min(a.duration, MAX_DURATION) / a.long_interval) + 2
         try:
             for n in range(max_requests):
@@ -438,6 +450,51 @@ class Load:
                 nap.cancel()
             else:
                 rec.fail("max_requests")
+        finally:
+            if rec.ok == 0:
+                self.long_opened()
+            turn.cancel()
+            await close(writer, bool(rec.failures))
+            rec.open = False
+            rec.closed_at = time.time()
+
+    async def long_push(self, index, rec):
+        """A connection where the server speaks: one "push" request, then a line every
+        --long-interval seconds from the server, each checked in order."""
+        a = self.a
+        opened = await self.open_long(index, rec)
+        if not opened:
+            return
+        reader, writer, turn = opened
+        max_lines = int(min(a.duration, MAX_DURATION) / a.long_interval) + 2
+        try:
+            writer.write(f"push {int(a.long_interval * 1000)} {max_lines} {rec.ident}\n"
+                         .encode())
+            for n in range(max_lines):
+                if n and (turn.done() or not self.running()):
+                    break
+                rec.requests += 1
+                try:
+                    read = asyncio.ensure_future(reader.readline())
+                    await asyncio.wait([read, turn], timeout=a.timeout,
+                                       return_when=asyncio.FIRST_COMPLETED)
+                    if not read.done():
+                        read.cancel()
+                        if turn.done() or not self.running():
+                            break
+                        raise asyncio.TimeoutError()
+                    line = read.result()
+                    if not line:
+                        rec.fail("eof")
+                        break
+                    rec.answer(*parse_reply(line, f"{rec.ident}-{n}"))
+                except BadReply as e:
+                    rec.fail("bad_reply", str(e))
+                except Exception as e:
+                    rec.fail(classify(e), str(e))
+                    break
+                if n == 0:
+                    self.long_opened()
         finally:
             if rec.ok == 0:
                 self.long_opened()
@@ -521,6 +578,7 @@ class Load:
         loop.add_signal_handler(signal.SIGUSR1, self.close_long.set)
         longs = [asyncio.ensure_future(self.long_tcp(i, r)) for i, r in enumerate(self.tcp_long)]
         longs += [asyncio.ensure_future(self.long_udp(i, r)) for i, r in enumerate(self.udp_long)]
+        longs += [asyncio.ensure_future(self.long_push(i, r)) for i, r in enumerate(self.tcp_push)]
         if not longs:
             self.ready.set()
         try:
@@ -549,6 +607,7 @@ class Load:
             "udp_new": self.udp_new.summary(),
             "tcp_long": [r.summary() for r in self.tcp_long],
             "udp_long": [r.summary() for r in self.udp_long],
+            "tcp_push": [r.summary() for r in self.tcp_push],
         }
 
 
@@ -738,6 +797,7 @@ def main():
     ld.add_argument("--long", type=int, default=0)
     ld.add_argument("--udp-new-rate", type=float, default=0.0)
     ld.add_argument("--udp-long", type=int, default=0)
+    ld.add_argument("--push-long", type=int, default=0)
     ld.add_argument("--long-interval", type=float, default=0.1)
     ld.add_argument("--long-close-spread", type=float, default=0.0)
     ld.add_argument("--udp-sport-range", default="10000-31999")

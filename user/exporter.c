@@ -61,26 +61,9 @@ static void backend_series(FILE *f, const struct bgs_snapshot *s, const char *na
 			}
 }
 
-static void render(FILE *f, const struct bgs_state *st, const struct bgs_snapshot *s)
+/* The build, and the flow table's size, use and evictions. */
+static void render_head(FILE *f, const struct bgs_state *st, const struct bgs_snapshot *s)
 {
-	static const struct {
-		enum bgs_stat id;
-		const char *reason;
-	} passed[] = {
-		{ BGS_STAT_NOT_VIP, "not_vip" },
-		{ BGS_STAT_NOT_IP, "not_ip" },
-		{ BGS_STAT_PARSE_L2, "parse_l2" },
-		{ BGS_STAT_PARSE_IP_HDR, "parse_ip_header" },
-		{ BGS_STAT_PARSE_IP_LEN, "parse_ip_length" },
-		{ BGS_STAT_PARSE_L4, "parse_l4" },
-		{ BGS_STAT_ZERO_PORT, "zero_port" },
-		{ BGS_STAT_EXTHDR_LIMIT, "ipv6_exthdr_limit" },
-		{ BGS_STAT_FRAG_PASS, "frag_pass" },
-	};
-	char b[BGS_ADDRSTR_LEN];
-	size_t i, j;
-	int c;
-
 	metric_head(f, "bgswitch_info", "gauge", "Version of bgswitch and of its map layout.");
 	fprintf(f, "bgswitch_info{version=\"%s\",layout=\"%u\"} 1\n", BGS_VERSION,
 		st->cfg.layout_version);
@@ -94,6 +77,14 @@ static void render(FILE *f, const struct bgs_state *st, const struct bgs_snapsho
 		    "Entries the flow table's LRU dropped to make room (inserts - entries - "
 		    "collected).");
 	fprintf(f, "bgswitch_flow_table_evictions_total %llu\n", (unsigned long long)s->evicted);
+}
+
+/* Per service: its colors, shares, generation and live flows. */
+static void render_services(FILE *f, const struct bgs_snapshot *s)
+{
+	char b[BGS_ADDRSTR_LEN];
+	size_t i, j;
+	int c;
 
 	metric_head(f, "bgswitch_active_color", "gauge",
 		    "1 for the color every new flow of a service goes to, 0 otherwise (both 0: "
@@ -137,6 +128,12 @@ static void render(FILE *f, const struct bgs_state *st, const struct bgs_snapsho
 					s->svcs[i].rec.name, color_name(c), b,
 					backend_state_name(bv->be.state), bv->live);
 			}
+}
+
+/* Per backend and per service: packets, bytes, new flows, misses and drops. */
+static void render_traffic(FILE *f, const struct bgs_snapshot *s)
+{
+	size_t i, j;
 
 	metric_head(f, "bgswitch_packets_total", "counter",
 		    "Packets per backend; direction in is client to backend, out is the reply.");
@@ -181,6 +178,26 @@ static void render(FILE *f, const struct bgs_state *st, const struct bgs_snapsho
 			fprintf(f, "bgswitch_drops_total{service=\"%s\",reason=\"%s\"} %llu\n",
 				s->svcs[i].rec.name, bgs_drop_names[j],
 				(unsigned long long)s->svcs[i].st.drops[j]);
+}
+
+/* The node's counters: drops, packets passed, fragments, ICMP errors, the fast path. */
+static void render_node(FILE *f, const struct bgs_snapshot *s)
+{
+	static const struct {
+		enum bgs_stat id;
+		const char *reason;
+	} passed[] = {
+		{ BGS_STAT_NOT_VIP, "not_vip" },
+		{ BGS_STAT_NOT_IP, "not_ip" },
+		{ BGS_STAT_PARSE_L2, "parse_l2" },
+		{ BGS_STAT_PARSE_IP_HDR, "parse_ip_header" },
+		{ BGS_STAT_PARSE_IP_LEN, "parse_ip_length" },
+		{ BGS_STAT_PARSE_L4, "parse_l4" },
+		{ BGS_STAT_ZERO_PORT, "zero_port" },
+		{ BGS_STAT_EXTHDR_LIMIT, "ipv6_exthdr_limit" },
+		{ BGS_STAT_FRAG_PASS, "frag_pass" },
+	};
+	size_t i, j;
 
 	metric_head(f, "bgswitch_node_drops_total", "counter",
 		    "Every drop on the node by reason, those that belong to no service included.");
@@ -229,14 +246,48 @@ static void render(FILE *f, const struct bgs_state *st, const struct bgs_snapsho
 		(unsigned long long)s->stats[BGS_STAT_FWD_REDIRECT],
 		(unsigned long long)s->stats[BGS_STAT_FWD_NO_NEIGH],
 		(unsigned long long)s->stats[BGS_STAT_FWD_STACK]);
-	metric_head(f, "bgswitch_reply_nat_total", "counter",
-		    "Replies whose source was rewritten from backend to VIP.");
-	fprintf(f, "bgswitch_reply_nat_total %llu\n",
-		(unsigned long long)s->stats[BGS_STAT_REPLY_NAT]);
-	metric_head(f, "bgswitch_reply_no_flow_total", "counter",
-		    "Packets from a backend address with no reverse entry, left untouched.");
-	fprintf(f, "bgswitch_reply_no_flow_total %llu\n",
-		(unsigned long long)s->stats[BGS_STAT_REPLY_NO_FLOW]);
+}
+
+/* One node-wide counter: its help, its type and its one sample. */
+static void node_counter(FILE *out, const char *name, const char *help, __u64 value)
+{
+	metric_head(out, name, "counter", help);
+	fprintf(out, "%s %llu\n", name, (unsigned long long)value);
+}
+
+/* Replies rewritten or left untouched, and flows given no entry. */
+static void render_replies(FILE *f, const struct bgs_snapshot *s)
+{
+	node_counter(f, "bgswitch_reply_nat_total",
+		     "Replies whose source was rewritten from backend to VIP.",
+		     s->stats[BGS_STAT_REPLY_NAT]);
+	node_counter(f, "bgswitch_reply_no_flow_total",
+		     "Packets from a backend address and port with no live flow of theirs, left "
+		     "untouched.",
+		     s->stats[BGS_STAT_REPLY_NO_FLOW]);
+	node_counter(f, "bgswitch_reply_wrong_dev_total",
+		     "Packets from a flow's backend that came in elsewhere than from the backend, "
+		     "left untouched.",
+		     s->stats[BGS_STAT_REPLY_WRONG_DEV]);
+	node_counter(f, "bgswitch_reply_superseded_total",
+		     "Backend SYNs on a closed flow (a new connection on its addresses and ports): "
+		     "the flow's entry deleted, the packet left untouched.",
+		     s->stats[BGS_STAT_REPLY_SUPERSEDED]);
+	node_counter(f, "bgswitch_untracked_flows_total",
+		     "New flows over the insert limit: forwarded, but given no flow entry.",
+		     s->stats[BGS_STAT_UNTRACKED]);
+	node_counter(f, "bgswitch_rst_misses_total",
+		     "TCP RSTs that missed the flow table: forwarded, no entry created.",
+		     s->stats[BGS_STAT_RST_MISS]);
+}
+
+static void render(FILE *f, const struct bgs_state *st, const struct bgs_snapshot *s)
+{
+	render_head(f, st, s);
+	render_services(f, s);
+	render_traffic(f, s);
+	render_node(f, s);
+	render_replies(f, s);
 }
 
 static enum MHD_Result reply(struct MHD_Connection *conn, unsigned int code, const char *type,
@@ -320,8 +371,9 @@ static void exporter_gc(void)
 
 	if (state_open(&st, true))
 		return;
-	if (!flows_collect(&st, &deleted) && !state_repair(&st))
-		drain_settle(&st);
+	/* As gc does: the drain first, so that a finished one keeps no expired UDP entry. */
+	if (!drain_settle(&st) && !flows_collect(&st, &deleted))
+		state_repair(&st);
 	if (deleted)
 		pr_debug("exporter: collected %llu expired flow entries\n",
 			 (unsigned long long)deleted);

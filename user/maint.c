@@ -104,9 +104,11 @@ static void gc_usage(void)
 	printf("Usage: bgswitch gc\n"
 	       "\n"
 	       "Delete flow entries past their time (closed for longer than the closing timeout,\n"
-	       "or idle past their idle timeout) with their reverse entries, and free the slots of\n"
-	       "removed backends that no live flow needs any more. It also repairs what a command\n"
-	       "killed half way left: unfinished service records, slots in no set, stale counts.\n"
+	       "or idle past their idle timeout; a UDP entry stays while its service drains),\n"
+	       "free the slots of removed backends that no live flow needs any more, and clear the\n"
+	       "draining flag of services whose other color has drained. It also repairs what a\n"
+	       "command killed half way left: unfinished service records, slots in no set, stale\n"
+	       "counts.\n"
 	       "The exporter runs it periodically; run it from a timer where no exporter runs.\n");
 }
 
@@ -134,11 +136,12 @@ int do_gc(int argc, char **argv)
 	err = state_open(&st, true);
 	if (err)
 		return err;
-	err = flows_collect(&st, &deleted);
+	/* The drain first: a finished one no longer keeps its expired UDP entries. */
+	err = drain_settle(&st);
+	if (!err)
+		err = flows_collect(&st, &deleted);
 	if (!err)
 		err = state_repair(&st);
-	if (!err)
-		err = drain_settle(&st);
 	if (!err)
 		pr_info("collected %llu expired flow entries\n", (unsigned long long)deleted);
 	state_close(&st);

@@ -1076,7 +1076,7 @@ static int backend_del(int argc, char **argv)
 			a.rec.name, color_name(a.color), ebuf, live);
 		goto out;
 	}
-	/* Its flow and reverse entries go with the slot: live ones are cut (--force). */
+	/* Its flow entries go with the slot: live ones are cut (--force). */
 	err = slot_release(&a.st, slot);
 	if (err)
 		goto out;

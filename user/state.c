@@ -144,7 +144,7 @@ int state_check_layout(const struct bgs_config *cfg)
 {
 	if (cfg->layout_version != BGS_LAYOUT_VERSION) {
 		pr_warn("state at %s has map layout %u, this build uses %u; "
-			"detach it with the build that made it, or 'detach --purge' it\n",
+			"'detach --purge' it with the build that made it, then attach this one\n",
 			bgs_pin_root, cfg->layout_version, BGS_LAYOUT_VERSION);
 		return -EPROTO;
 	}

@@ -91,6 +91,33 @@ static __u64 new_flows_of(const struct bgs_snapshot *s, __u32 svc, int c)
 	return 0;
 }
 
+/* One node counter, and its rate since the last screen. */
+static void draw_stat(const struct bgs_snapshot *prev, const struct bgs_snapshot *cur,
+		      enum bgs_stat id, double secs, bool first)
+{
+	__u64 now = cur->stats[id], before = prev->stats[id];
+
+	printf("  %s %llu", bgs_stat_names[id], (unsigned long long)now);
+	if (!first && secs > 0 && now > before)
+		printf(" (%.0f/s)", (now - before) / secs);
+}
+
+/* The node's flow-table health: LRU evictions, flows over the insert limit (untracked), RSTs
+ * that missed; and packets from backend addresses left untouched, by reason.
+ */
+static void draw_node(const struct bgs_snapshot *prev, const struct bgs_snapshot *cur, double secs,
+		      bool first)
+{
+	printf("flow table  evicted %llu", (unsigned long long)cur->evicted);
+	draw_stat(prev, cur, BGS_STAT_UNTRACKED, secs, first);
+	draw_stat(prev, cur, BGS_STAT_RST_MISS, secs, first);
+	printf("\nreplies untouched");
+	draw_stat(prev, cur, BGS_STAT_REPLY_NO_FLOW, secs, first);
+	draw_stat(prev, cur, BGS_STAT_REPLY_WRONG_DEV, secs, first);
+	draw_stat(prev, cur, BGS_STAT_REPLY_SUPERSEDED, secs, first);
+	printf("\n");
+}
+
 static void draw(const struct bgs_snapshot *prev, const struct bgs_snapshot *cur,
 		 struct watch_hist **h, size_t *nh, double secs, bool first)
 {
@@ -165,6 +192,7 @@ static void draw(const struct bgs_snapshot *prev, const struct bgs_snapshot *cur
 		}
 		printf("\n");
 	}
+	draw_node(prev, cur, secs, first);
 	fflush(stdout);
 }
 
@@ -174,8 +202,9 @@ static void watch_usage(void)
 	       "\n"
 	       "A live view, refreshed every second: new flows per second and live flows per\n"
 	       "color, with their history, for every service (or NAME). After a flip the new\n"
-	       "color rises and the old color's live flows drain away. q or Ctrl-C quits and\n"
-	       "restores the terminal.\n"
+	       "color rises and the old color's live flows drain away. Below them, the node's\n"
+	       "flow-table evictions, flows over the insert limit (untracked), RSTs that missed,\n"
+	       "and replies left untouched by reason. q or Ctrl-C quits and restores the terminal.\n"
 	       "\n"
 	       "  -i, --interval MS   refresh period (default 1000, at least 100)\n"
 	       "  -h, --help          this help\n");
