@@ -405,14 +405,16 @@ static __always_inline int flow_steer(struct xdp_md *ctx, const struct bgs_pkt *
 
 /* The flow a packet from a backend (the tuple's source) to a client belongs to, with its key:
  * looked up under each service the backend's address and port serve, and only a flow whose
- * backend is that very address and port. NULL when there is none.
+ * backend is that very address and port; one that is not closed comes before a closed one (a
+ * client port reused through another service). NULL when there is none.
  */
 static __always_inline struct bgs_flow *flow_of_reply(const struct bgs_flow_key *t,
 						      const struct bgs_backend_ref *ref,
 						      struct bgs_conn_key *key)
 {
+	struct bgs_flow *f, *closed = NULL;
 	const struct bgs_backend *be;
-	struct bgs_flow *f;
+	__u16 closed_svc = 0;
 	__u32 i;
 
 	flow_key(key, t, false, 0);
@@ -425,10 +427,17 @@ static __always_inline struct bgs_flow *flow_of_reply(const struct bgs_flow_key 
 		if (!f)
 			continue;
 		be = flow_backend(f->slot);
-		if (be && be->port == t->sport && addr_eq(be->addr, t->saddr))
+		if (!be || be->port != t->sport || !addr_eq(be->addr, t->saddr))
+			continue;
+		if (!flow_is_closed(f, t->proto))
 			return f;
+		if (!closed) {
+			closed = f;
+			closed_svc = key->svc;
+		}
 	}
-	return NULL;
+	key->svc = closed_svc;
+	return closed;
 }
 
 #endif /* BGS_FLOW_BPF_H */

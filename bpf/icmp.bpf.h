@@ -260,8 +260,10 @@ static __always_inline void icmp_egress(const struct __sk_buff *skb, struct bgs_
 	rt.family = q.key.family;
 	f = flow_of_reply(&rt, ref, &key);
 	id = key.svc;
-	svc = f && skb->ingress_ifindex == f->ifindex ? bpf_map_lookup_elem(&bgs_services, &id) :
-							NULL;
+	/* From the backend's side, or made by the node itself (its "fragmentation needed"). */
+	svc = NULL;
+	if (f && (skb->ingress_ifindex == f->ifindex || !skb->ingress_ifindex))
+		svc = bpf_map_lookup_elem(&bgs_services, &id);
 	if (!svc) {
 		stat_inc(BGS_STAT_ICMP_NO_FLOW);
 		return;
