@@ -310,48 +310,66 @@ static void detach_tc(int ifindex)
 	bpf_tc_detach(&hook, &opts);
 }
 
-/* Make the fast path's redirect targets exactly the interfaces in list (comma-separated). */
-static int set_tx_ports(int fd, const char *list)
-{
-	__u32 want[BGS_MAX_IFACES], n = 0, key, next, i;
-	char buf[BGS_MAX_IFACES * (IF_NAMESIZE + 1)], *tok, *save = NULL;
-	bool keep;
-	int err;
+/* The interfaces of --xdp-egress IF[,IF...], checked before anything changes. */
+struct tx_ports {
+	__u32 ifindex[BGS_MAX_IFACES];
+	__u32 n;
+};
 
+static int parse_tx_ports(const char *list, struct tx_ports *tp)
+{
+	char buf[BGS_MAX_IFACES * (IF_NAMESIZE + 1)], *tok, *rest;
+
+	tp->n = 0;
 	if (snprintf(buf, sizeof(buf), "%s", list) >= (int)sizeof(buf)) {
 		pr_warn("--xdp-egress: too many interfaces\n");
 		return -E2BIG;
 	}
-	for (tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
-		if (n == BGS_MAX_IFACES) {
+	/* strsep, not strtok: ",,," or "a,,b" names an empty interface, refused. */
+	for (rest = buf; (tok = strsep(&rest, ","));) {
+		if (!*tok) {
+			pr_warn("--xdp-egress '%s' has an empty interface name\n", list);
+			return -EINVAL;
+		}
+		if (tp->n == BGS_MAX_IFACES) {
 			pr_warn("--xdp-egress: at most %d interfaces\n", BGS_MAX_IFACES);
 			return -E2BIG;
 		}
-		want[n] = if_nametoindex(tok);
-		if (!want[n]) {
+		tp->ifindex[tp->n] = if_nametoindex(tok);
+		if (!tp->ifindex[tp->n]) {
 			pr_warn("--xdp-egress: no interface '%s'\n", tok);
 			return -ENODEV;
 		}
-		n++;
+		tp->n++;
 	}
-	/* Checked all names first: a bad one changes nothing. */
+	return 0;
+}
+
+/* Make the fast path's redirect targets exactly the interfaces of tp. */
+static int set_tx_ports(int fd, const struct tx_ports *tp)
+{
+	__u32 key, next, i;
+	bool keep;
+	int err;
+
 	for (err = bpf_map_get_next_key(fd, NULL, &key); !err; key = next) {
 		err = bpf_map_get_next_key(fd, &key, &next);
-		for (keep = false, i = 0; i < n && !keep; i++)
-			keep = want[i] == key;
+		for (keep = false, i = 0; i < tp->n && !keep; i++)
+			keep = tp->ifindex[i] == key;
 		if (!keep)
 			bpf_map_delete_elem(fd, &key);
 	}
-	for (i = 0; i < n; i++) {
-		if (bpf_map_update_elem(fd, &want[i], &want[i], BPF_ANY)) {
+	for (i = 0; i < tp->n; i++) {
+		if (bpf_map_update_elem(fd, &tp->ifindex[i], &tp->ifindex[i], BPF_ANY)) {
 			err = -errno;
-			pr_warn("--xdp-egress: cannot register ifindex %u: %s\n", want[i],
+			pr_warn("--xdp-egress: cannot register ifindex %u: %s\n", tp->ifindex[i],
 				strerror(errno));
 			return err;
 		}
 	}
 	return 0;
 }
+
 static int purge_pins(void);
 
 static void attach_usage(void)
@@ -394,11 +412,13 @@ int do_attach(int argc, char **argv)
 	__u32 flows = 0, pinned_flows, zero_key;
 	struct bgs_iface rec = { 0 };
 	struct iface_view v, after;
-	const char *ifname, *egress = NULL;
 	bool xdp_done = false, tc_done = false, force = false, created = false, replace = false;
+	bool egress = false;
+	struct tx_ports tx;
+	const char *ifname;
 	int ifindex, lock_fd = -1, c, err;
 
-	while ((c = getopt_long(argc, argv, "m:f:e:FRh", opts, NULL)) != -1) {
+	while ((c = getopt_cmd(argc, argv, "m:f:e:FRh", opts)) != -1) {
 		switch (c) {
 		case 'F':
 			force = true;
@@ -407,7 +427,9 @@ int do_attach(int argc, char **argv)
 			replace = true;
 			break;
 		case 'e':
-			egress = optarg;
+			if (parse_tx_ports(optarg, &tx))
+				return -EINVAL;
+			egress = true;
 			break;
 		case 'm':
 			if (!strcmp(optarg, "auto"))
@@ -514,7 +536,7 @@ int do_attach(int argc, char **argv)
 
 			state_pin_path(path, sizeof(path), "bgs_tx_ports");
 			fd = bpf_obj_get(path);
-			err = fd < 0 ? -errno : set_tx_ports(fd, egress);
+			err = fd < 0 ? -errno : set_tx_ports(fd, &tx);
 			if (fd >= 0)
 				close(fd);
 			if (err)
@@ -546,7 +568,7 @@ int do_attach(int argc, char **argv)
 		goto out;
 	fault_point("attach-after-load");
 	if (egress) {
-		err = set_tx_ports(bpf_map__fd(skel->maps.bgs_tx_ports), egress);
+		err = set_tx_ports(bpf_map__fd(skel->maps.bgs_tx_ports), &tx);
 		if (err)
 			goto out;
 	}
@@ -658,7 +680,7 @@ int do_detach(int argc, char **argv)
 	const char *ifname;
 	int ifindex, c, err;
 
-	while ((c = getopt_long(argc, argv, "ph", opts, NULL)) != -1) {
+	while ((c = getopt_cmd(argc, argv, "ph", opts)) != -1) {
 		switch (c) {
 		case 'p':
 			purge = true;

@@ -358,7 +358,7 @@ int do_exporter(int argc, char **argv)
 	sigset_t set;
 	int c, sig, err;
 
-	while ((c = getopt_long(argc, argv, "l:g:h", opts, NULL)) != -1) {
+	while ((c = getopt_cmd(argc, argv, "l:g:h", opts)) != -1) {
 		switch (c) {
 		case 'l':
 			listen = optarg;
