@@ -356,6 +356,8 @@ static int parse_tx_ports(const char *list, struct tx_ports *tp)
 	char buf[BGS_MAX_IFACES * (IF_NAMESIZE + 1)], *tok, *rest;
 
 	tp->n = 0;
+	if (!*list)
+		return 0; /* "": no interface, the registered list is emptied */
 	if (snprintf(buf, sizeof(buf), "%s", list) >= (int)sizeof(buf)) {
 		pr_warn("--xdp-egress: too many interfaces\n");
 		return -E2BIG;

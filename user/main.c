@@ -27,7 +27,7 @@ struct command {
 static const struct command commands[] = {
 	{ "attach", do_attach,
 	  "attach IFACE [--mode auto|native|generic] [--flows N] [--xdp-egress IF,...] "
-	  "[--replace] [--force]" },
+	  "[--replace] [--change-mode] [--force]" },
 	{ "detach", do_detach, "detach IFACE [--purge]" },
 	{ "service", do_service,
 	  "service add NAME VIP:PORT [--proto tcp|udp] [--lb maglev|modulo] [--table-size M] | "

@@ -660,7 +660,8 @@ static int subcommand_run(int argc, char **argv, const struct subcommand *subs, 
 		bgs_cmd_name = s->full;
 		return s->func(argc - 1, argv + 1);
 	}
-	pr_warn("unknown %s subcommand '%s' (%s)\n", bgs_cmd_name, argv[1], list);
+	pr_warn("unknown %s subcommand '%s': %s (see 'bgswitch %s --help')\n", bgs_cmd_name,
+		argv[1], list, bgs_cmd_name);
 	return BGS_ERR_USAGE;
 }
 
