@@ -442,9 +442,11 @@ static int old_progs_get(const struct iface_view *v, struct old_progs *old)
 	old->xdp_fd = v->xdp_id ? bpf_prog_get_fd_by_id(v->xdp_id) : -1;
 	old->tc_fd = v->tc_id ? bpf_prog_get_fd_by_id(v->tc_id) : -1;
 	if ((v->xdp_id && old->xdp_fd < 0) || (v->tc_id && old->tc_fd < 0)) {
+		int err = -errno;
+
 		pr_warn("cannot hold the programs attached now (XDP id %u, TC id %u): %s\n",
-			v->xdp_id, v->tc_id, strerror(errno));
-		return -errno;
+			v->xdp_id, v->tc_id, strerror(-err));
+		return err;
 	}
 	return 0;
 }
@@ -687,11 +689,6 @@ int do_attach(int argc, char **argv)
 	if (err)
 		goto out;
 	fault_point("attach-after-load");
-	if (egress) {
-		err = set_tx_ports(bpf_map__fd(skel->maps.bgs_tx_ports), &tx);
-		if (err)
-			goto out;
-	}
 	pins_done = true;
 	err = pin_prog(skel->progs.bgs_ingress, "bgs_ingress");
 	if (!err)
@@ -713,6 +710,12 @@ int do_attach(int argc, char **argv)
 	if (err)
 		goto out;
 	xdp_done = true;
+	/* After the attach: one that fails leaves the registered list as it was. */
+	if (egress) {
+		err = set_tx_ports(bpf_map__fd(skel->maps.bgs_tx_ports), &tx);
+		if (err)
+			goto out;
+	}
 	fault_point("attach-before-record");
 
 	err = iface_inspect(ifindex, &after);
