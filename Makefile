@@ -96,7 +96,8 @@ test: deps
 	$(Q)$(MAKE) --no-print-directory format-check
 	$(Q)$(PYTEST) -q tests
 	@echo "  SANITIZE command-line and attach tests with the ASan/UBSan build"
-	$(Q)BGSWITCH=$(CURDIR)/$(OUTPUT)/san/bgswitch $(PYTEST) -q tests/test_e2e.py -k "cli or attach"
+	$(Q)BGSWITCH=$(CURDIR)/$(OUTPUT)/san/bgswitch $(PYTEST) -q tests/test_e2e.py tests/test_cli.py \
+		-k "cli or attach"
 	@echo "  SANITIZE fleet tests (etcd client, agent, document decoder) with the ASan/UBSan build"
 	$(Q)BGSWITCH=$(CURDIR)/$(OUTPUT)/san/bgswitch $(PYTEST) -q tests/test_fleet_doc.py \
 		tests/test_fleet.py

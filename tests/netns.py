@@ -814,6 +814,30 @@ if __name__ == "__main__":
 
 # -- the pytest fixture every end-to-end suite uses --------------------------------------------
 
+def cli_state_fixture(topo):
+    """Body of a module-scoped fixture for command-line error tests: one state attached to the
+    node (mode auto) with web (blue and green backends), half (blue only, port 81) and echo
+    (UDP, port 53), purged at the end. Error paths must leave it exactly as it was."""
+    s = topo.bgswitch()
+    s("attach", NODE_IFACE)
+    try:
+        s.setup_service("web")
+        s.setup_service("half", port=81, colors=("blue",))
+        s.setup_service("echo", port=53, proto="udp")
+        yield s
+    finally:
+        s.purge()
+
+
+def one_line_error(p, rc=None):
+    """A refused command: non-zero (or rc) exit, one line on stderr. Returns the line."""
+    assert p.returncode != 0 if rc is None else p.returncode == rc, (p.returncode, p.stdout,
+                                                                     p.stderr)
+    lines = p.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("bgswitch: "), p.stderr
+    return lines[0]
+
+
 def _sigterm(*_):
     raise KeyboardInterrupt("SIGTERM")
 

@@ -7,6 +7,7 @@ with a pin root of its own and purges it afterwards, so flow tables never leak b
 Run as root: /usr/bin/pytest -q tests/test_e2e.py   (BGSWITCH=path picks another binary)
 """
 
+import json
 import os
 import sys
 import time
@@ -15,7 +16,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import netns  # noqa: E402
-from netns import NODE_IFACE, VIP, VIP_PORT  # noqa: E402
+from netns import NODE_IFACE, VIP, VIP_PORT, one_line_error  # noqa: E402
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces, BPF)")
 
@@ -413,6 +414,109 @@ def test_attach_second_state_does_not_take_over_interface(topo):
                   check=False)
 
 
+# -- re-attaches and mode changes: atomic, or refused, or put back ---------------------------
+
+XDP_MODES = {1: "native", 2: "generic"}  # XDP_ATTACHED_DRV, XDP_ATTACHED_SKB
+
+
+def xdp_attached(topo, role="node", dev=NODE_IFACE):
+    """(program id, mode) of the XDP program on a device as the kernel reports it, or None."""
+    link = json.loads(topo.ip(role, "-j", "link", "show", dev).stdout)[0]
+    xdp = link.get("xdp")
+    return (xdp["prog"]["id"], XDP_MODES.get(xdp["mode"])) if xdp and "prog" in xdp else None
+
+
+@pytest.mark.parametrize("sw", ["native", "generic"], indirect=True)
+def test_attach_mode_change_refused_and_reattach_atomic_under_load(topo, sw):
+    """20 attempts under load: 10 mode changes, refused with one line, changing nothing; 10
+    re-attaches (--replace) swapped in one step. No connection fails, no flow moves."""
+    sw.setup_service("web")
+    mode = sw.status()["interfaces"][0]["mode"]
+    other = "generic" if mode == "native" else "native"
+    run = topo.traffic("--vip", VIP, "--port", VIP_PORT, "--duration", 120, "--new-rate", 100,
+                       "--long", 8, "--timeout", 2)
+    run.wait_ready()
+    ids = [xdp_attached(topo)]
+    try:
+        for _ in range(10):
+            line = one_line_error(sw.run("attach", NODE_IFACE, "--mode", other), rc=1)
+            assert "cannot be atomic" in line and "--change-mode" in line, line
+            assert xdp_attached(topo) == ids[-1]
+            out = sw("attach", NODE_IFACE, "--replace")
+            assert "programs replaced" in out, out
+            ids.append(xdp_attached(topo))
+            time.sleep(0.2)
+    finally:
+        res = run.finish(early=True, timeout=60)
+    print(f"20 refused mode changes and re-attaches: {res['tcp_new']['ok']} new connections, "
+          f"{res['tcp_new']['failed']} failed")
+    assert len({i for i, _ in ids}) == 11 and {m for _, m in ids} == {mode}, ids
+    assert_no_failures(res["tcp_new"], "new connections")
+    assert_long_steady(res["tcp_long"], "blue", min_requests=20)
+    st = sw.status()
+    assert [(i["name"], i["mode"]) for i in st["interfaces"]] == [(NODE_IFACE, mode)]
+    assert "already attached" in sw("attach", NODE_IFACE)  # the record names what runs
+    assert drops(sw) == {}
+
+
+@pytest.fixture
+def big_mtu(topo):
+    """MTU 9000 on the node's client-facing veth and its peer: native XDP on a veth then
+    fails ("Peer MTU is too large to set XDP"), generic does not. Put back afterwards."""
+    topo.ip("node", "link", "set", NODE_IFACE, "mtu", "9000")
+    topo.ip("client", "link", "set", netns.CLIENT_IFACE, "mtu", "9000")
+    try:
+        yield
+    finally:
+        topo.ip("client", "link", "set", netns.CLIENT_IFACE, "mtu", "1500", check=False)
+        topo.ip("node", "link", "set", NODE_IFACE, "mtu", "1500", check=False)
+
+
+@pytest.mark.parametrize("sw", ["generic"], indirect=True)
+def test_attach_failed_mode_change_leaves_old_program_forwarding(topo, sw, big_mtu):
+    """attach --mode generic; MTU 9000; attach --mode native: refused, nothing changes. With
+    --change-mode it is tried, fails, and the generic program is attached again: the same
+    program, status still right, the VIP still served."""
+    sw.setup_service("web")
+    before = xdp_attached(topo)
+    assert before[1] == "generic"
+    line = one_line_error(sw.run("attach", NODE_IFACE, "--mode", "native"), rc=1)
+    assert "cannot be atomic" in line, line
+    assert xdp_attached(topo) == before
+    line = one_line_error(sw.run("attach", NODE_IFACE, "--mode", "native", "--change-mode"), rc=1)
+    assert "Peer MTU is too large" in line and "attached again" in line, line
+    assert xdp_attached(topo) == before
+    st = sw.status()
+    assert [(i["name"], i["mode"]) for i in st["interfaces"]] == [(NODE_IFACE, "generic")]
+    assert "already attached" in sw("attach", NODE_IFACE)
+    assert colors(topo, 5) == ["blue"] * 5
+
+
+@pytest.mark.parametrize("sw", ["native"], indirect=True)
+def test_attach_change_mode_when_asked_changes_it_and_keeps_serving(topo, sw):
+    """--change-mode 20 times under load, native <-> generic: each change is made and recorded.
+    The connections that fail in the moment between the two modes are counted and shown (the
+    kernel allows no overlap), not asserted: that is why it is refused without --change-mode."""
+    sw.setup_service("web")
+    run = topo.traffic("--vip", VIP, "--port", VIP_PORT, "--duration", 120, "--new-rate", 100,
+                       "--long", 8, "--timeout", 2)
+    run.wait_ready()
+    modes = []
+    try:
+        for i in range(20):
+            want = "generic" if i % 2 == 0 else "native"
+            sw("attach", NODE_IFACE, "--mode", want, "--change-mode")
+            modes.append((want, xdp_attached(topo)[1], sw.status()["interfaces"][0]["mode"]))
+            time.sleep(0.2)
+    finally:
+        res = run.finish(early=True, timeout=60)
+    print(f"20 mode changes with --change-mode: {res['tcp_new']['ok']} new connections, "
+          f"{res['tcp_new']['failed']} failed; long-lived: "
+          f"{sum(len(c['failures']) for c in res['tcp_long'])} failed requests")
+    assert all(w == k == s for w, k, s in modes), modes
+    assert colors(topo, 5) == ["blue"] * 5
+
+
 # -- UDP --------------------------------------------------------------------------------------
 
 def test_udp_flow_pinned_to_blue_after_flip(topo, sw):
@@ -457,14 +561,7 @@ def test_udp_and_tcp_services_on_one_vip_are_independent(topo, sw):
 def cli(topo):
     """One attached state for the error-path tests: web (blue and green backends), half
     (blue backends only), echo (UDP). Error paths must leave it exactly as it was."""
-    s = _attach(topo, None)
-    try:
-        s.setup_service("web")
-        s.setup_service("half", port=81, colors=("blue",))
-        s.setup_service("echo", port=UDP_PORT, proto="udp")
-        yield s
-    finally:
-        s.purge()
+    yield from netns.cli_state_fixture(topo)
 
 
 def snapshot(s):

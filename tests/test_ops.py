@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bpfsys  # noqa: E402
 import model  # noqa: E402
 import netns  # noqa: E402
-from netns import NODE_IFACE, PY, VIP, VIP_PORT  # noqa: E402
+from netns import NODE_IFACE, PY, VIP, VIP_PORT, one_line_error  # noqa: E402
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces, BPF)")
 
@@ -80,15 +80,6 @@ def snapshot(s):
                     for b in svc["colors"][c]["backends"]] for c in COLORS}
         svcs.append((svc["name"], svc["active"], svc["previous"], svc["generation"], cols))
     return svcs
-
-
-def one_line_error(p, rc=None):
-    """A refused command: non-zero (or rc) exit, one line on stderr. Returns the line."""
-    assert p.returncode != 0 if rc is None else p.returncode == rc, (p.returncode, p.stdout,
-                                                                     p.stderr)
-    lines = p.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("bgswitch: "), p.stderr
-    return lines[0]
 
 
 def backends_of(s, name, color):

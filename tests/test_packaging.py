@@ -373,9 +373,10 @@ def test_packaging_completion_colors(stub):
 
 @pytest.mark.parametrize("line,want", [
     ("bgswitch attach -", ["-m", "--mode", "-f", "--flows", "-F", "--force", "-e",
-                           "--xdp-egress", "-R", "--replace", "-h", "--help"]),
+                           "--xdp-egress", "-R", "--replace", "-C", "--change-mode", "-h",
+                           "--help"]),
     ("bgswitch attach eth0 --", ["--mode", "--flows", "--force", "--xdp-egress", "--replace",
-                                 "--help"]),
+                                 "--change-mode", "--help"]),
     ("bgswitch attach eth0 --r", ["--replace"]),
     ("bgswitch attach eth0 --x", ["--xdp-egress"]),
     ("bgswitch attach eth0 -e lo --f", ["--flows", "--force"]),

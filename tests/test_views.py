@@ -7,6 +7,7 @@ green backends. Traffic is counted on the client side and compared with what the
 Run as root: /usr/bin/pytest -q tests/test_views.py
 """
 
+import asyncio
 import json
 import os
 import re
@@ -22,6 +23,7 @@ import urllib.request
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import httpabuse  # noqa: E402
 import netns  # noqa: E402
 from netns import NODE_IFACE, VIP, VIP_PORT  # noqa: E402
 
@@ -290,6 +292,57 @@ def test_views_exporter_http_edges_and_bind(exporter):
     # It binds only where it is told: another loopback address is not served.
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.2", port), timeout=1).close()
+
+
+# -- the exporter under abuse: scrapes still answered --------------------------------------------
+
+EXP_PER_PEER = 64  # user/exporter.c EXP_PER_PEER
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+
+
+# (load, coroutine factory(port) -> result, check(result)). Every load runs from loopback
+# source addresses of its own (httpabuse.sources) while scrapes come from 127.0.0.1.
+ABUSE = [
+    # 1,008 idle connections from 16 peers (63 each, under the per-peer bound): all held, and
+    # 5 scrapes meanwhile all answered.
+    ("idle-1000", lambda port: httpabuse.with_idle("127.0.0.1", port, httpabuse.sources(16),
+                                                   63, count=5, interval=0.5),
+     lambda r: r == (5, 1008, 1008)),
+    # 1,000 idle connections from one peer: it keeps only EXP_PER_PEER of them.
+    ("idle-one-peer", lambda port: httpabuse.with_idle("127.0.0.1", port,
+                                                       httpabuse.sources(1, 50), 1000,
+                                                       count=5, interval=0.5),
+     lambda r: r == (5, 1000, EXP_PER_PEER)),
+    # 64 slow clients (a header line every 2 s) from one peer, then from 4: 8 scrapes answered.
+    ("slow-64", lambda port: httpabuse.with_slow("127.0.0.1", port, httpabuse.sources(1, 60),
+                                                 64, count=8, interval=1.0),
+     lambda r: r == 8),
+    ("slow-64-4-peers", lambda port: httpabuse.with_slow("127.0.0.1", port,
+                                                         httpabuse.sources(4, 70), 16,
+                                                         count=8, interval=1.0),
+     lambda r: r == 8),
+    # 1,000 concurrent scrapes from 20 peers (50 each): every one answered.
+    ("concurrent-1000", lambda port: httpabuse.concurrent("127.0.0.1", port,
+                                                          httpabuse.sources(20, 100), 50),
+     lambda r: r == 1000),
+]
+
+
+@pytest.mark.parametrize("load,run,check", ABUSE, ids=[a[0] for a in ABUSE])
+def test_views_exporter_answers_scrapes_under_abuse(exporter, load, run, check):
+    url, port, p = exporter
+    httpabuse.raise_fd_limit(1200)
+    before = rss_kib(p.pid)
+    result = asyncio.run(run(port))
+    print(f"{load}: {result}, exporter RSS {before} -> {rss_kib(p.pid)} KiB")
+    assert check(result), (load, result)
+    # Memory stays bounded: the connections' buffers are capped, a crowd shares collections.
+    assert rss_kib(p.pid) - before < 64 * 1024, (before, rss_kib(p.pid))
+    assert samples(scrape(url))  # and it still serves afterwards
 
 
 def test_views_exporter_rejects_bad_listen(sw):

@@ -241,43 +241,78 @@ static int config_init(struct bgswitch_bpf *skel, __u32 flows)
 	return 0;
 }
 
+static const char *want_mode_name(enum attach_mode mode)
+{
+	return mode == MODE_NATIVE ? "native" : mode == MODE_GENERIC ? "generic" : "auto";
+}
+
+/* Why the kernel refused, in its own words when it gave some ("veth: Peer MTU is too large to
+ * set XDP"), else the errno's.
+ */
+static const char *attach_why(int err)
+{
+	return *bgs_log_kernel_msg() ? bgs_log_kernel_msg() : strerror(-err);
+}
+
+/* A mode change: the kernel holds one XDP mode at a time ("Native and generic XDP can't be active
+ * at the same time"), so the old mode's program goes first and the new one follows; if the new
+ * mode fails, the old program goes back. Detached with REPLACE: only the program we saw.
+ */
+static int change_xdp_mode(int ifindex, const char *ifname, int prog_fd, enum attach_mode mode,
+			   const struct iface_view *v, int old_fd)
+{
+	LIBBPF_OPTS(bpf_xdp_attach_opts, opts, .old_prog_fd = old_fd);
+	__u32 old_flags = attached_flags(v->xdp_mode);
+	int err, err2;
+
+	err = bpf_xdp_detach(ifindex, old_flags | XDP_FLAGS_REPLACE, &opts);
+	if (err) {
+		pr_warn("cannot detach the %s-mode program from %s: %s\n",
+			xdp_mode_name(v->xdp_mode), ifname, attach_why(err));
+		return err;
+	}
+	bgs_log_kernel_msg_clear();
+	err = bpf_xdp_attach(ifindex, prog_fd, mode_flags(mode) | XDP_FLAGS_UPDATE_IF_NOEXIST,
+			     NULL);
+	if (!err)
+		return 0;
+	err2 = bpf_xdp_attach(ifindex, old_fd, old_flags | XDP_FLAGS_UPDATE_IF_NOEXIST, NULL);
+	if (err2)
+		pr_warn("cannot attach XDP to %s in %s mode: %s; and the %s-mode program (id %u) "
+			"could not be put back (%s): %s has no XDP program\n",
+			ifname, want_mode_name(mode), attach_why(err), xdp_mode_name(v->xdp_mode),
+			v->xdp_id, strerror(-err2), ifname);
+	else
+		pr_warn("cannot attach XDP to %s in %s mode: %s; the %s-mode program (id %u) is "
+			"attached again\n",
+			ifname, want_mode_name(mode), attach_why(err), xdp_mode_name(v->xdp_mode),
+			v->xdp_id);
+	return err;
+}
+
+/* Put prog_fd on the interface: in one step where a program runs in the same mode (REPLACE
+ * against the one we saw, old_fd: no packet meets neither), else as a mode change.
+ */
 static int attach_xdp(int ifindex, const char *ifname, int prog_fd, enum attach_mode mode,
-		      const struct iface_view *v)
+		      const struct iface_view *v, int old_fd)
 {
 	LIBBPF_OPTS(bpf_xdp_attach_opts, opts);
 	__u32 flags = mode_flags(mode);
-	int old_fd = -1, err;
+	int err;
 
+	bgs_log_kernel_msg_clear();
+	if (v->xdp_id && flags && flags != attached_flags(v->xdp_mode))
+		return change_xdp_mode(ifindex, ifname, prog_fd, mode, v, old_fd);
 	if (v->xdp_id) {
-		bool same_mode = !flags || flags == attached_flags(v->xdp_mode);
-
-		if (same_mode) {
-			/* Atomic replacement of the program there: no packet sees neither. */
-			old_fd = bpf_prog_get_fd_by_id(v->xdp_id);
-			if (old_fd >= 0) {
-				opts.old_prog_fd = old_fd;
-				flags = attached_flags(v->xdp_mode) | XDP_FLAGS_REPLACE;
-			}
-		} else {
-			err = bpf_xdp_detach(ifindex, attached_flags(v->xdp_mode), NULL);
-			if (err) {
-				pr_warn("cannot detach the %s-mode program from %s: %s\n",
-					xdp_mode_name(v->xdp_mode), ifname, strerror(-err));
-				return err;
-			}
-		}
+		opts.old_prog_fd = old_fd;
+		flags = attached_flags(v->xdp_mode) | XDP_FLAGS_REPLACE;
 	} else {
 		flags |= XDP_FLAGS_UPDATE_IF_NOEXIST;
 	}
 	err = bpf_xdp_attach(ifindex, prog_fd, flags, &opts);
-	if (old_fd >= 0)
-		close(old_fd);
 	if (err)
-		pr_warn("cannot attach XDP to %s in %s mode: %s\n", ifname,
-			mode == MODE_NATIVE  ? "native" :
-			mode == MODE_GENERIC ? "generic" :
-					       "auto",
-			strerror(-err));
+		pr_warn("cannot attach XDP to %s in %s mode: %s\n", ifname, want_mode_name(mode),
+			attach_why(err));
 	return err;
 }
 
@@ -309,53 +344,151 @@ static void detach_tc(int ifindex)
 	bpf_tc_detach(&hook, &opts);
 }
 
-/* Make the fast path's redirect targets exactly the interfaces in list (comma-separated). */
-static int set_tx_ports(int fd, const char *list)
-{
-	__u32 want[BGS_MAX_IFACES], n = 0, key, next, i;
-	char buf[BGS_MAX_IFACES * (IF_NAMESIZE + 1)], *tok, *save = NULL;
-	bool keep;
-	int err;
+/* The interfaces of --xdp-egress IF[,IF...], checked before anything changes. */
+struct tx_ports {
+	__u32 ifindex[BGS_MAX_IFACES];
+	__u32 n;
+};
 
+static int parse_tx_ports(const char *list, struct tx_ports *tp)
+{
+	char buf[BGS_MAX_IFACES * (IF_NAMESIZE + 1)], *tok, *rest;
+
+	tp->n = 0;
+	if (!*list)
+		return 0; /* "": no interface, the registered list is emptied */
 	if (snprintf(buf, sizeof(buf), "%s", list) >= (int)sizeof(buf)) {
 		pr_warn("--xdp-egress: too many interfaces\n");
 		return -E2BIG;
 	}
-	for (tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
-		if (n == BGS_MAX_IFACES) {
+	/* strsep, not strtok: ",,," or "a,,b" names an empty interface, refused. */
+	for (rest = buf; (tok = strsep(&rest, ","));) {
+		if (!*tok) {
+			pr_warn("--xdp-egress '%s' has an empty interface name\n", list);
+			return -EINVAL;
+		}
+		if (tp->n == BGS_MAX_IFACES) {
 			pr_warn("--xdp-egress: at most %d interfaces\n", BGS_MAX_IFACES);
 			return -E2BIG;
 		}
-		want[n] = if_nametoindex(tok);
-		if (!want[n]) {
+		tp->ifindex[tp->n] = if_nametoindex(tok);
+		if (!tp->ifindex[tp->n]) {
 			pr_warn("--xdp-egress: no interface '%s'\n", tok);
 			return -ENODEV;
 		}
-		n++;
+		tp->n++;
 	}
-	/* Checked all names first: a bad one changes nothing. */
+	return 0;
+}
+
+/* Make the fast path's redirect targets exactly the interfaces of tp. */
+static int set_tx_ports(int fd, const struct tx_ports *tp)
+{
+	__u32 key, next, i;
+	bool keep;
+	int err;
+
 	for (err = bpf_map_get_next_key(fd, NULL, &key); !err; key = next) {
 		err = bpf_map_get_next_key(fd, &key, &next);
-		for (keep = false, i = 0; i < n && !keep; i++)
-			keep = want[i] == key;
+		for (keep = false, i = 0; i < tp->n && !keep; i++)
+			keep = tp->ifindex[i] == key;
 		if (!keep)
 			bpf_map_delete_elem(fd, &key);
 	}
-	for (i = 0; i < n; i++) {
-		if (bpf_map_update_elem(fd, &want[i], &want[i], BPF_ANY)) {
+	for (i = 0; i < tp->n; i++) {
+		if (bpf_map_update_elem(fd, &tp->ifindex[i], &tp->ifindex[i], BPF_ANY)) {
 			err = -errno;
-			pr_warn("--xdp-egress: cannot register ifindex %u: %s\n", want[i],
+			pr_warn("--xdp-egress: cannot register ifindex %u: %s\n", tp->ifindex[i],
 				strerror(errno));
 			return err;
 		}
 	}
 	return 0;
 }
+
 static int purge_pins(void);
+
+/* A change of XDP mode cannot be one step (see change_xdp_mode()): refused unless asked for. */
+static int check_mode_change(const char *ifname, enum attach_mode mode, const struct iface_view *v,
+			     bool replace, bool change_mode)
+{
+	const char *from = xdp_mode_name(v->xdp_mode), *to = want_mode_name(mode);
+
+	if (!v->xdp_id || !mode_flags(mode) || mode_flags(mode) == attached_flags(v->xdp_mode))
+		return 0;
+	if (replace) {
+		pr_warn("--replace keeps the XDP mode (%s); a change of mode cannot be atomic "
+			"(--change-mode without --replace makes one)\n",
+			from);
+		return -EINVAL;
+	}
+	if (change_mode)
+		return 0;
+	pr_warn("%s runs XDP in %s mode: a change to %s mode cannot be atomic (the kernel runs "
+		"one mode at a time, so connections can fail meanwhile); --change-mode makes it "
+		"anyway, and puts %s back if %s fails\n",
+		ifname, from, to, from, to);
+	return -EBUSY;
+}
+
+/* The programs on the interface before this command: what a failure puts back. */
+struct old_progs {
+	int xdp_fd, tc_fd;
+};
+
+static int old_progs_get(const struct iface_view *v, struct old_progs *old)
+{
+	old->xdp_fd = v->xdp_id ? bpf_prog_get_fd_by_id(v->xdp_id) : -1;
+	old->tc_fd = v->tc_id ? bpf_prog_get_fd_by_id(v->tc_id) : -1;
+	if ((v->xdp_id && old->xdp_fd < 0) || (v->tc_id && old->tc_fd < 0)) {
+		int err = -errno;
+
+		pr_warn("cannot hold the programs attached now (XDP id %u, TC id %u): %s\n",
+			v->xdp_id, v->tc_id, strerror(-err));
+		return err;
+	}
+	return 0;
+}
+
+static void old_progs_put(struct old_progs *old)
+{
+	if (old->xdp_fd >= 0)
+		close(old->xdp_fd);
+	if (old->tc_fd >= 0)
+		close(old->tc_fd);
+}
+
+static void repin(int fd, const char *name)
+{
+	char rel[64], path[PATH_MAX];
+
+	snprintf(rel, sizeof(rel), "%s/%s", BGS_PROG_DIR, name);
+	if (fd < 0 || state_pin_path(path, sizeof(path), rel))
+		return;
+	unlink(path);
+	bpf_obj_pin(fd, path);
+}
+
+/* The XDP attach failed (or an earlier step): the old XDP program still runs (or none), so put
+ * back the TC program and the pins as they were, and the interface is exactly as before.
+ */
+static void iface_restore(int ifindex, const char *ifname, const struct iface_view *v,
+			  const struct old_progs *old, bool tc_done, bool pins_done)
+{
+	if (tc_done && v->tc_id)
+		attach_tc(ifindex, ifname, old->tc_fd);
+	else if (tc_done)
+		detach_tc(ifindex);
+	if (pins_done && v->xdp_ours)
+		repin(old->xdp_fd, "bgs_ingress");
+	if (pins_done && v->tc_ours)
+		repin(old->tc_fd, "bgs_egress");
+}
 
 static void attach_usage(void)
 {
 	printf("Usage: bgswitch attach IFACE [--mode auto|native|generic] [--flows N] [--replace]\n"
+	       "                      [--change-mode]\n"
 	       "\n"
 	       "Load the data plane, pin its maps and programs under the pin root, and attach\n"
 	       "XDP on IFACE's ingress and TC on its egress. Running it again changes nothing.\n"
@@ -372,6 +505,9 @@ static void attach_usage(void)
 	       "  -R, --replace     load this build's programs with the pinned maps and swap\n"
 	       "                    them in for the attached ones atomically (an upgrade: no\n"
 	       "                    flow is dropped); IFACE must be attached by this state\n"
+	       "  -C, --change-mode allow a change of XDP mode on an attached IFACE: not atomic\n"
+	       "                    (the kernel runs one mode at a time), so refused without it;\n"
+	       "                    if the new mode fails the old program is attached again\n"
 	       "  -h, --help        this help\n",
 	       BGS_DEFAULT_FLOWS);
 }
@@ -384,6 +520,7 @@ int do_attach(int argc, char **argv)
 		{ "force", no_argument, NULL, 'F' },
 		{ "xdp-egress", required_argument, NULL, 'e' },
 		{ "replace", no_argument, NULL, 'R' },
+		{ "change-mode", no_argument, NULL, 'C' },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 },
 	};
@@ -393,12 +530,18 @@ int do_attach(int argc, char **argv)
 	__u32 flows = 0, pinned_flows, zero_key;
 	struct bgs_iface rec = { 0 };
 	struct iface_view v, after;
-	const char *ifname, *egress = NULL;
 	bool xdp_done = false, tc_done = false, force = false, created = false, replace = false;
+	bool egress = false, change_mode = false, pins_done = false;
+	struct old_progs old = { -1, -1 };
+	struct tx_ports tx;
+	const char *ifname;
 	int ifindex, lock_fd = -1, c, err;
 
-	while ((c = getopt_long(argc, argv, "m:f:e:FRh", opts, NULL)) != -1) {
+	while ((c = getopt_cmd(argc, argv, "m:f:e:FRCh", opts)) != -1) {
 		switch (c) {
+		case 'C':
+			change_mode = true;
+			break;
 		case 'F':
 			force = true;
 			break;
@@ -406,7 +549,9 @@ int do_attach(int argc, char **argv)
 			replace = true;
 			break;
 		case 'e':
-			egress = optarg;
+			if (parse_tx_ports(optarg, &tx))
+				return -EINVAL;
+			egress = true;
 			break;
 		case 'm':
 			if (!strcmp(optarg, "auto"))
@@ -488,6 +633,9 @@ int do_attach(int argc, char **argv)
 		err = -EBUSY;
 		goto out;
 	}
+	err = check_mode_change(ifname, mode, &v, replace, change_mode);
+	if (err)
+		goto out;
 	if (replace) {
 		/* An upgrade in place: both programs are swapped, never detached, so the mode
 		 * stays and no packet meets an interface without its program.
@@ -498,13 +646,6 @@ int do_attach(int argc, char **argv)
 			err = -ENOENT;
 			goto out;
 		}
-		if (mode_flags(mode) && mode_flags(mode) != attached_flags(v.xdp_mode)) {
-			pr_warn("--replace keeps the XDP mode (%s); a change of mode cannot be "
-				"atomic\n",
-				xdp_mode_name(v.xdp_mode));
-			err = -EINVAL;
-			goto out;
-		}
 	} else if (v.xdp_ours && v.tc_ours && v.recorded &&
 		   (!mode_flags(mode) || mode_flags(mode) == attached_flags(v.xdp_mode))) {
 		if (egress) {
@@ -513,7 +654,7 @@ int do_attach(int argc, char **argv)
 
 			state_pin_path(path, sizeof(path), "bgs_tx_ports");
 			fd = bpf_obj_get(path);
-			err = fd < 0 ? -errno : set_tx_ports(fd, egress);
+			err = fd < 0 ? -errno : set_tx_ports(fd, &tx);
 			if (fd >= 0)
 				close(fd);
 			if (err)
@@ -525,6 +666,9 @@ int do_attach(int argc, char **argv)
 		goto out;
 	}
 
+	err = old_progs_get(&v, &old);
+	if (err)
+		goto out;
 	skel = bgswitch_bpf__open_opts(&open_opts);
 	if (!skel) {
 		err = -errno;
@@ -543,11 +687,7 @@ int do_attach(int argc, char **argv)
 	if (err)
 		goto out;
 	fault_point("attach-after-load");
-	if (egress) {
-		err = set_tx_ports(bpf_map__fd(skel->maps.bgs_tx_ports), egress);
-		if (err)
-			goto out;
-	}
+	pins_done = true;
 	err = pin_prog(skel->progs.bgs_ingress, "bgs_ingress");
 	if (!err)
 		err = pin_prog(skel->progs.bgs_egress, "bgs_egress");
@@ -563,10 +703,17 @@ int do_attach(int argc, char **argv)
 		goto out;
 	tc_done = true;
 	fault_point("attach-after-tc");
-	err = attach_xdp(ifindex, ifname, bpf_program__fd(skel->progs.bgs_ingress), mode, &v);
+	err = attach_xdp(ifindex, ifname, bpf_program__fd(skel->progs.bgs_ingress), mode, &v,
+			 old.xdp_fd);
 	if (err)
 		goto out;
 	xdp_done = true;
+	/* After the attach: one that fails leaves the registered list as it was. */
+	if (egress) {
+		err = set_tx_ports(bpf_map__fd(skel->maps.bgs_tx_ports), &tx);
+		if (err)
+			goto out;
+	}
 	fault_point("attach-before-record");
 
 	err = iface_inspect(ifindex, &after);
@@ -595,8 +742,11 @@ out:
 	/* Leave the interface as it was: a half attachment would translate one way only. */
 	if (err && xdp_done && !v.xdp_id)
 		bpf_xdp_detach(ifindex, mode_flags(mode), NULL);
-	if (err && tc_done && !v.tc_id)
+	if (err && !xdp_done)
+		iface_restore(ifindex, ifname, &v, &old, tc_done, pins_done && !created);
+	else if (err && tc_done && !v.tc_id)
 		detach_tc(ifindex);
+	old_progs_put(&old);
 	bgswitch_bpf__destroy(skel);
 	/* A failed first attach leaves no state behind: half a state is worse than none. */
 	if (err && created)
@@ -656,7 +806,7 @@ int do_detach(int argc, char **argv)
 	const char *ifname;
 	int ifindex, c, err;
 
-	while ((c = getopt_long(argc, argv, "ph", opts, NULL)) != -1) {
+	while ((c = getopt_cmd(argc, argv, "ph", opts)) != -1) {
 		switch (c) {
 		case 'p':
 			purge = true;

@@ -541,6 +541,29 @@ static unsigned int cut_group(int c)
 	}
 }
 
+/* Options that would be ignored are refused: an operator who wrote them meant something. */
+static int cut_opts_check(const struct cut_opts *o, bool timeout_set, int thresholds)
+{
+	static const char *const names[] = { ['R'] = "--max-resets",
+					     ['P'] = "--max-reset-ratio",
+					     ['S'] = "--max-silent-backends",
+					     ['N'] = "--min-new-flows" };
+
+	if (o->chk.skip && o->chk.http_path) {
+		pr_warn("--no-check and --check-http contradict each other\n");
+		return -EINVAL;
+	}
+	if (timeout_set && !o->wait) {
+		pr_warn("--timeout is how long --wait-drain waits: it needs --wait-drain\n");
+		return -EINVAL;
+	}
+	if (thresholds && !o->g.duration_ns && !o->guard_steps) {
+		pr_warn("%s is a threshold of the guard: it needs --guard\n", names[thresholds]);
+		return -EINVAL;
+	}
+	return 0;
+}
+
 /* Parse the options of a changing command. Returns 1 after printing help, 0, or -EINVAL. */
 static int cut_getopt(int argc, char **argv, unsigned int allowed, void (*usage)(void),
 		      struct cut_opts *o)
@@ -548,9 +571,10 @@ static int cut_getopt(int argc, char **argv, unsigned int allowed, void (*usage)
 	/* rollout's --guard is a switch: the guard watches every step's interval */
 	static const struct option rollout_guard = { "guard", no_argument, NULL, 'g' };
 	struct option opts[sizeof(cut_options) / sizeof(cut_options[0])];
-	__u32 v;
+	bool timeout_set = false;
+	int c, thresholds = 0;
 	size_t i, n = 0;
-	int c;
+	__u32 v;
 
 	for (i = 0; cut_options[i].name; i++) {
 		if (cut_group(cut_options[i].val) && !(cut_group(cut_options[i].val) & allowed))
@@ -570,14 +594,19 @@ static int cut_getopt(int argc, char **argv, unsigned int allowed, void (*usage)
 	o->timeout_ns = DRAIN_TIMEOUT_NS;
 	o->if_gen = -1;
 
-	while ((c = getopt_long(argc, argv,
-				(allowed & CUT_ROLLOUT) ? "H:T:nfgR:P:S:N:wt:G:m:s:i:h" :
-							  "H:T:nfg:R:P:S:N:wt:G:m:s:i:h",
-				opts, NULL)) != -1) {
+	while ((c = getopt_cmd(argc, argv,
+			       (allowed & CUT_ROLLOUT) ? "H:T:nfgR:P:S:N:wt:G:m:s:i:h" :
+							 "H:T:nfg:R:P:S:N:wt:G:m:s:i:h",
+			       opts)) != -1) {
 		if (c != '?' && cut_group(c) && !(cut_group(c) & allowed)) {
-			pr_warn("%s: unknown option -%c\n", argv[0], c);
+			pr_warn("unknown option '-%c' (see 'bgswitch %s --help')\n", c,
+				bgs_cmd_name);
 			return -EINVAL;
 		}
+		if (c == 't')
+			timeout_set = true;
+		if (c == 'R' || c == 'P' || c == 'S' || c == 'N')
+			thresholds = c;
 		switch (c) {
 		case 'H':
 			if (check_http_path(optarg))
@@ -650,11 +679,7 @@ static int cut_getopt(int argc, char **argv, unsigned int allowed, void (*usage)
 			return -EINVAL;
 		}
 	}
-	if (o->chk.skip && o->chk.http_path) {
-		pr_warn("--no-check and --check-http contradict each other\n");
-		return -EINVAL;
-	}
-	return 0;
+	return cut_opts_check(o, timeout_set, thresholds);
 }
 
 /* What flip, shift and rollback have in common: open the state under the lock, find the
@@ -909,7 +934,7 @@ static void rollout_usage(void)
 /* "5,25,50,100" into rising shares (0.01 % units). */
 static int parse_steps(const char *s, __u32 *steps, __u32 *n)
 {
-	char buf[1024], *tok, *save = NULL;
+	char buf[1024], *tok, *next;
 
 	*n = 0;
 	if (strlen(s) >= sizeof(buf)) {
@@ -917,7 +942,12 @@ static int parse_steps(const char *s, __u32 *steps, __u32 *n)
 		return -EINVAL;
 	}
 	snprintf(buf, sizeof(buf), "%s", s);
-	for (tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+	/* strsep, not strtok: "5,,10" or a trailing comma is an empty step, refused. */
+	for (next = buf; (tok = strsep(&next, ","));) {
+		if (!*tok) {
+			pr_warn("--steps '%s' has an empty step\n", s);
+			return -EINVAL;
+		}
 		if (*n == ROLLOUT_MAX_STEPS) {
 			pr_warn("--steps: at most %d steps\n", ROLLOUT_MAX_STEPS);
 			return -EINVAL;
@@ -1104,7 +1134,7 @@ int do_check(int argc, char **argv)
 	__u8 color;
 	int c, err;
 
-	while ((c = getopt_long(argc, argv, "H:T:h", opts, NULL)) != -1) {
+	while ((c = getopt_cmd(argc, argv, "H:T:h", opts)) != -1) {
 		switch (c) {
 		case 'H':
 			if (check_http_path(optarg))
@@ -1178,7 +1208,7 @@ int do_drain(int argc, char **argv)
 	__u32 svc, interval = 1000;
 	int c, err;
 
-	while ((c = getopt_long(argc, argv, "t:i:h", opts, NULL)) != -1) {
+	while ((c = getopt_cmd(argc, argv, "t:i:h", opts)) != -1) {
 		switch (c) {
 		case 't':
 			if (parse_duration_ns(optarg, 0, MAX_WAIT_NS, &timeout_ns))

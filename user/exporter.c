@@ -10,6 +10,7 @@
 #include <time.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <microhttpd.h>
 
@@ -25,8 +26,44 @@
 
 #define CONTENT_TYPE "text/plain; version=0.0.4; charset=utf-8"
 
-/* One scrape at a time reads the maps; concurrent scrapes wait their turn, never the data plane. */
-static pthread_mutex_t scrape_lock = PTHREAD_MUTEX_INITIALIZER;
+/* What a client gets, so that no client and no crowd of them starves a scrape: the server's
+ * EXP_THREADS threads poll their connections with epoll and never wait on one client (only on a
+ * collection, shared by every scrape waiting); a connection idle (no byte received or sent) for
+ * EXP_IDLE_SEC is closed; one peer address holds at most EXP_PER_PEER connections;
+ * EXP_MAX_CONNS in all, each with a request buffer of at most EXP_CONN_MEMORY bytes (a header
+ * that outgrows it is answered 431), so the memory the exporter can be made to hold is bounded.
+ */
+#define EXP_THREADS 4
+#define EXP_IDLE_SEC 10
+#define EXP_PER_PEER 64
+#define EXP_MAX_CONNS 4096
+#define EXP_CONN_MEMORY (16 * 1024)
+#define EXP_BACKLOG 1024
+
+/* Scrapes share their reads of the maps. A scrape suspends its connection and joins the list
+ * of waiters; the collector thread takes the whole list, reads the maps once (after every scrape
+ * on it arrived, so each sees the state as it is then) and resumes them all with one response,
+ * which each queues on its own connection. A crowd of scrapes costs a collection or two, not one
+ * each; no server thread ever waits on a collection, and the data plane never waits on any.
+ */
+struct batch {
+	struct MHD_Response *resp; /* NULL: none could be made, the connection is closed */
+	unsigned int code;
+	unsigned int refs; /* waiters yet to queue it */
+};
+
+struct waiter {
+	struct waiter *next;
+	struct MHD_Connection *conn;
+	struct batch *batch; /* set by the collector before it resumes the connection */
+};
+
+static struct {
+	pthread_mutex_t lock;
+	pthread_cond_t wake;
+	struct waiter *head;
+	bool stop;
+} coll = { .lock = PTHREAD_MUTEX_INITIALIZER, .wake = PTHREAD_COND_INITIALIZER };
 
 static void metric_head(FILE *f, const char *name, const char *type, const char *help)
 {
@@ -314,10 +351,21 @@ static enum MHD_Result reply_text(struct MHD_Connection *conn, unsigned int code
 	return body ? reply(conn, code, "text/plain; charset=utf-8", body, strlen(body)) : MHD_NO;
 }
 
-static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char *url,
-			      const char *method, const char *version, const char *upload,
-			      size_t *upload_len, void **req_cls)
+static struct MHD_Response *text_response(const char *text)
 {
+	struct MHD_Response *resp;
+
+	resp = MHD_create_response_from_buffer(strlen(text), (void *)text, MHD_RESPMEM_PERSISTENT);
+	if (resp)
+		MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE,
+					"text/plain; charset=utf-8");
+	return resp;
+}
+
+/* Read the maps and render them: the response to every scrape waiting for this collection. */
+static struct MHD_Response *collect(unsigned int *code)
+{
+	struct MHD_Response *resp = NULL;
 	struct bgs_snapshot snap;
 	struct bgs_state st;
 	char *body = NULL;
@@ -325,19 +373,6 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char
 	FILE *f;
 	int err;
 
-	(void)cls;
-	(void)version;
-	(void)upload;
-	(void)upload_len;
-	(void)req_cls;
-	if (strcmp(method, "GET") && strcmp(method, "HEAD"))
-		return reply_text(conn, MHD_HTTP_METHOD_NOT_ALLOWED, "GET /metrics\n");
-	if (!strcmp(url, "/"))
-		return reply_text(conn, MHD_HTTP_OK, "bgswitch exporter: metrics at /metrics\n");
-	if (strcmp(url, "/metrics"))
-		return reply_text(conn, MHD_HTTP_NOT_FOUND, "not found; metrics at /metrics\n");
-
-	pthread_mutex_lock(&scrape_lock);
 	/* Open the pins afresh: a scrape always sees the state as it is now. */
 	err = state_open(&st, false);
 	if (!err) {
@@ -354,13 +389,146 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char
 		}
 		state_close(&st);
 	}
-	pthread_mutex_unlock(&scrape_lock);
-	if (err || !body) {
-		free(body);
-		return reply_text(conn, MHD_HTTP_SERVICE_UNAVAILABLE,
-				  "bgswitch state unavailable (see the exporter's log)\n");
+	if (!err && body)
+		resp = MHD_create_response_from_buffer(len, body, MHD_RESPMEM_MUST_FREE);
+	if (resp) {
+		MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, CONTENT_TYPE);
+		*code = MHD_HTTP_OK;
+		return resp;
 	}
-	return reply(conn, MHD_HTTP_OK, CONTENT_TYPE, body, len);
+	free(body);
+	*code = MHD_HTTP_SERVICE_UNAVAILABLE;
+	return text_response("bgswitch state unavailable (see the exporter's log)\n");
+}
+
+static void batch_put(struct batch *b)
+{
+	bool last;
+
+	pthread_mutex_lock(&coll.lock);
+	last = !--b->refs;
+	pthread_mutex_unlock(&coll.lock);
+	if (!last)
+		return;
+	if (b->resp)
+		MHD_destroy_response(b->resp);
+	free(b);
+}
+
+/* The collector thread: one collection for every scrape waiting, until told to stop and none
+ * is left waiting.
+ */
+static void *collector(void *arg)
+{
+	struct waiter *list, *w, *next;
+	struct batch *b;
+	unsigned int n;
+
+	(void)arg;
+	for (;;) {
+		pthread_mutex_lock(&coll.lock);
+		while (!coll.head && !coll.stop)
+			pthread_cond_wait(&coll.wake, &coll.lock);
+		list = coll.head;
+		coll.head = NULL;
+		pthread_mutex_unlock(&coll.lock);
+		if (!list)
+			return NULL;
+		b = calloc(1, sizeof(*b));
+		if (b)
+			b->resp = collect(&b->code);
+		for (n = 0, w = list; w; w = w->next)
+			n++;
+		if (b)
+			b->refs = n;
+		/* A resumed connection may end (and free its waiter) at once: read next first. */
+		for (w = list; w; w = next) {
+			next = w->next;
+			w->batch = b;
+			MHD_resume_connection(w->conn);
+		}
+	}
+}
+
+static void exporter_stop_collector(pthread_t tid)
+{
+	pthread_mutex_lock(&coll.lock);
+	coll.stop = true;
+	pthread_cond_signal(&coll.wake);
+	pthread_mutex_unlock(&coll.lock);
+	pthread_join(tid, NULL);
+}
+
+/* GET /metrics: the first call suspends the connection for the next collection; the call after
+ * the collector resumed it queues that collection's response.
+ */
+static enum MHD_Result scrape(struct MHD_Connection *conn, void **req_cls)
+{
+	struct waiter *w = *req_cls;
+	enum MHD_Result ret = MHD_NO;
+	struct batch *b;
+
+	if (w) {
+		b = w->batch;
+		w->batch = NULL;
+		if (b && b->resp)
+			ret = MHD_queue_response(conn, b->code, b->resp);
+		if (b)
+			batch_put(b);
+		return ret;
+	}
+	w = calloc(1, sizeof(*w));
+	if (!w)
+		return MHD_NO;
+	w->conn = conn;
+	pthread_mutex_lock(&coll.lock);
+	if (coll.stop) {
+		pthread_mutex_unlock(&coll.lock);
+		free(w);
+		return reply_text(conn, MHD_HTTP_SERVICE_UNAVAILABLE,
+				  "bgswitch exporter stopping\n");
+	}
+	*req_cls = w;
+	MHD_suspend_connection(conn);
+	w->next = coll.head;
+	coll.head = w;
+	pthread_cond_signal(&coll.wake);
+	pthread_mutex_unlock(&coll.lock);
+	return MHD_YES;
+}
+
+/* The end of a request: a waiter whose connection closed before it queued gives its share. */
+static void request_done(void *cls, struct MHD_Connection *conn, void **req_cls,
+			 enum MHD_RequestTerminationCode toe)
+{
+	struct waiter *w = *req_cls;
+
+	(void)cls;
+	(void)conn;
+	(void)toe;
+	if (!w)
+		return;
+	if (w->batch)
+		batch_put(w->batch);
+	free(w);
+	*req_cls = NULL;
+}
+
+static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char *url,
+			      const char *method, const char *version, const char *upload,
+			      size_t *upload_len, void **req_cls)
+{
+	(void)cls;
+	(void)version;
+	(void)upload;
+	(void)upload_len;
+	if (strcmp(method, "GET") && strcmp(method, "HEAD"))
+		return reply_text(conn, MHD_HTTP_METHOD_NOT_ALLOWED, "GET /metrics\n");
+	if (!strcmp(url, "/"))
+		return reply_text(conn, MHD_HTTP_OK, "bgswitch exporter: metrics at /metrics\n");
+	if (strcmp(url, "/metrics"))
+		return reply_text(conn, MHD_HTTP_NOT_FOUND, "not found; metrics at /metrics\n");
+	return scrape(conn, req_cls);
 }
 
 /* Collect expired flows, as `bgswitch gc` does, between scrapes. */
@@ -380,6 +548,26 @@ static void exporter_gc(void)
 	state_close(&st);
 }
 
+/* Room for EXP_MAX_CONNS descriptors (the default soft limit is often 1024): raise the soft
+ * limit as far as the hard one allows, and take no more connections than it leaves room for.
+ */
+static unsigned int exporter_conn_limit(void)
+{
+	rlim_t want = EXP_MAX_CONNS + 64;
+	struct rlimit rl;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl))
+		return 256;
+	if (rl.rlim_cur < want) {
+		rl.rlim_cur = rl.rlim_max < want ? rl.rlim_max : want;
+		setrlimit(RLIMIT_NOFILE, &rl);
+		getrlimit(RLIMIT_NOFILE, &rl);
+	}
+	if (rl.rlim_cur >= want)
+		return EXP_MAX_CONNS;
+	return rl.rlim_cur > 128 ? (unsigned int)rl.rlim_cur - 64 : 64;
+}
+
 static void exporter_usage(void)
 {
 	printf("Usage: bgswitch exporter --listen ADDR:PORT\n"
@@ -387,10 +575,13 @@ static void exporter_usage(void)
 	       "Serve the counters as Prometheus metrics at http://ADDR:PORT/metrics until\n"
 	       "SIGINT or SIGTERM. It binds only ADDR (an IPv4 address, or [IPv6]); scrapes are\n"
 	       "served concurrently and read the pinned maps, never blocking the data plane.\n"
+	       "No client can starve a scrape: a connection idle for %d s is closed, a peer\n"
+	       "holds at most %d connections, %d in all.\n"
 	       "\n"
 	       "  -l, --listen ADDR:PORT   where to listen, e.g. 127.0.0.1:9465\n"
 	       "  -g, --gc-interval D      collect expired flows every D (default 10s; 0: never)\n"
-	       "  -h, --help               this help\n");
+	       "  -h, --help               this help\n",
+	       EXP_IDLE_SEC, EXP_PER_PEER, EXP_MAX_CONNS);
 }
 
 int do_exporter(int argc, char **argv)
@@ -405,13 +596,16 @@ int do_exporter(int argc, char **argv)
 	struct bgs_endpoint ep;
 	struct MHD_Daemon *d;
 	const char *listen = NULL;
-	unsigned int flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION;
+	unsigned int flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL |
+			     MHD_ALLOW_SUSPEND_RESUME,
+		     conns;
+	pthread_t tid;
 	__u64 gc_ns = 10000000000ULL;
 	struct bgs_state st;
 	sigset_t set;
 	int c, sig, err;
 
-	while ((c = getopt_long(argc, argv, "l:g:h", opts, NULL)) != -1) {
+	while ((c = getopt_cmd(argc, argv, "l:g:h", opts)) != -1) {
 		switch (c) {
 		case 'l':
 			listen = optarg;
@@ -462,15 +656,27 @@ int do_exporter(int argc, char **argv)
 	pthread_sigmask(SIG_BLOCK, &set, NULL);
 	signal(SIGPIPE, SIG_IGN);
 
+	conns = exporter_conn_limit();
+	err = pthread_create(&tid, NULL, collector, NULL);
+	if (err) {
+		pr_warn("cannot start the collector thread: %s\n", strerror(err));
+		return -err;
+	}
 	d = MHD_start_daemon(flags, ntohs(ep.port), NULL, NULL, handle, NULL, MHD_OPTION_SOCK_ADDR,
-			     (struct sockaddr *)&ss, MHD_OPTION_CONNECTION_TIMEOUT,
-			     (unsigned int)10, MHD_OPTION_CONNECTION_LIMIT, (unsigned int)64,
-			     MHD_OPTION_END);
+			     (struct sockaddr *)&ss, MHD_OPTION_THREAD_POOL_SIZE,
+			     (unsigned int)EXP_THREADS, MHD_OPTION_CONNECTION_TIMEOUT,
+			     (unsigned int)EXP_IDLE_SEC, MHD_OPTION_PER_IP_CONNECTION_LIMIT,
+			     (unsigned int)EXP_PER_PEER, MHD_OPTION_CONNECTION_LIMIT, conns,
+			     MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)EXP_CONN_MEMORY,
+			     MHD_OPTION_LISTEN_BACKLOG_SIZE, (unsigned int)EXP_BACKLOG,
+			     MHD_OPTION_NOTIFY_COMPLETED, request_done, NULL, MHD_OPTION_END);
 	if (!d) {
 		pr_warn("cannot listen on %s: %s\n", listen, strerror(errno ? errno : EADDRINUSE));
+		exporter_stop_collector(tid);
 		return -EADDRINUSE;
 	}
-	pr_info("exporter: serving http://%s/metrics\n", listen);
+	pr_info("exporter: serving http://%s/metrics (at most %u connections, %u per peer)\n",
+		listen, conns, EXP_PER_PEER);
 	fflush(stdout);
 	for (;;) {
 		struct timespec ts = { gc_ns / 1000000000ULL, gc_ns % 1000000000ULL };
@@ -481,6 +687,10 @@ int do_exporter(int argc, char **argv)
 		if (sig < 0 && errno == EAGAIN)
 			exporter_gc();
 	}
+	/* No suspended connection may outlive the daemon: the collector answers every waiter
+	 * before it ends, and a scrape after that is answered 503 at once.
+	 */
+	exporter_stop_collector(tid);
 	MHD_stop_daemon(d);
 	pr_info("exporter: stopped\n");
 	return 0;

@@ -12,6 +12,7 @@
 #include "commands.h"
 #include "log.h"
 #include "state.h"
+#include "util.h"
 
 #ifndef BGS_VERSION
 #define BGS_VERSION "0.1.0"
@@ -26,7 +27,7 @@ struct command {
 static const struct command commands[] = {
 	{ "attach", do_attach,
 	  "attach IFACE [--mode auto|native|generic] [--flows N] [--xdp-egress IF,...] "
-	  "[--replace] [--force]" },
+	  "[--replace] [--change-mode] [--force]" },
 	{ "detach", do_detach, "detach IFACE [--purge]" },
 	{ "service", do_service,
 	  "service add NAME VIP:PORT [--proto tcp|udp] [--lb maglev|modulo] [--table-size M] | "
@@ -65,6 +66,8 @@ static int exit_status(int err)
 		return 5;
 	case BGS_ERR_GENERATION:
 		return 6;
+	case BGS_ERR_USAGE:
+		return 2;
 	default:
 		return 1;
 	}
@@ -110,7 +113,8 @@ int main(int argc, char **argv)
 	size_t i;
 
 	/* '+': stop at the command, whose own options follow it. */
-	while ((c = getopt_long(argc, argv, "+r:a:vVh", opts, NULL)) != -1) {
+	bgs_cmd_name = "";
+	while ((c = getopt_cmd(argc, argv, "+r:a:vVh", opts)) != -1) {
 		switch (c) {
 		case 'r':
 			bgs_pin_root = optarg;
@@ -128,13 +132,12 @@ int main(int argc, char **argv)
 			usage(stdout);
 			return 0;
 		default:
-			usage(stderr);
-			return 2;
+			return 2; /* getopt_cmd() said which option, in one line */
 		}
 	}
 	bgs_log_setup(verbosity);
 	if (optind >= argc) {
-		usage(stderr);
+		pr_warn("no command given (see 'bgswitch --help')\n");
 		return 2;
 	}
 	if (bgs_pin_root[0] != '/' || strlen(bgs_pin_root) > 200) {
@@ -147,6 +150,7 @@ int main(int argc, char **argv)
 		argc -= optind;
 		argv += optind;
 		argv[0] = "bgswitch"; /* getopt's own messages then read "bgswitch: ..." */
+		bgs_cmd_name = commands[i].name;
 		optind = 0; /* 0: glibc re-initialises getopt for the command's own options */
 		err = commands[i].func(argc, argv);
 		return exit_status(err);

@@ -48,7 +48,7 @@ int do_timeouts(int argc, char **argv)
 	__u32 zero = 0;
 	int c, err;
 
-	while ((c = getopt_long(argc, argv, "t:u:c:h", opts, NULL)) != -1) {
+	while ((c = getopt_cmd(argc, argv, "t:u:c:h", opts)) != -1) {
 		switch (c) {
 		case 't':
 			if (parse_duration_ns(optarg, NS, MAX_TIMEOUT_NS, &tcp))
@@ -122,7 +122,7 @@ int do_gc(int argc, char **argv)
 	__u64 deleted = 0;
 	int c, err;
 
-	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+	while ((c = getopt_cmd(argc, argv, "h", opts)) != -1) {
 		if (c == 'h') {
 			gc_usage();
 			return 0;
@@ -178,7 +178,7 @@ int do_limits(int argc, char **argv)
 	struct bgs_state st;
 	int c, err;
 
-	while ((c = getopt_long(argc, argv, "n:b:h", opts, NULL)) != -1) {
+	while ((c = getopt_cmd(argc, argv, "n:b:h", opts)) != -1) {
 		switch (c) {
 		case 'n':
 			if (parse_u32(optarg, 0, 100000000, &rate)) {

@@ -25,7 +25,7 @@ static int parse_help_only(int argc, char **argv, void (*usage)(void))
 	};
 	int c;
 
-	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+	while ((c = getopt_cmd(argc, argv, "h", opts)) != -1) {
 		if (c == 'h') {
 			usage();
 			return 1;
@@ -93,7 +93,7 @@ static int service_add(int argc, char **argv)
 	__u8 lb = BGS_LB_MAGLEV;
 	int c, err;
 
-	while ((c = getopt_long(argc, argv, "p:l:M:s:m:h", opts, NULL)) != -1) {
+	while ((c = getopt_cmd(argc, argv, "p:l:M:s:m:h", opts)) != -1) {
 		switch (c) {
 		case 'p':
 			if (parse_proto(optarg, &proto))
@@ -188,6 +188,9 @@ static int service_add(int argc, char **argv)
 		goto out;
 	}
 	svc = found;
+	err = slots_forget(&st, svc);
+	if (err)
+		goto out;
 
 	/* Everything the data plane will read first, the VIP entry that makes it visible last:
 	 * killed before that, the service is an invisible record that the next command collects.
@@ -294,7 +297,7 @@ static int service_del(int argc, char **argv)
 	__u32 svc, slot;
 	int c, err;
 
-	while ((c = getopt_long(argc, argv, "fm:h", opts, NULL)) != -1) {
+	while ((c = getopt_cmd(argc, argv, "fm:h", opts)) != -1) {
 		switch (c) {
 		case 'f':
 			force = true;
@@ -501,7 +504,7 @@ static int service_set(int argc, char **argv)
 	bool opened = false;
 	int c, err;
 
-	while ((c = getopt_long(argc, argv, "M:s:m:h", opts, NULL)) != -1) {
+	while ((c = getopt_cmd(argc, argv, "M:s:m:h", opts)) != -1) {
 		switch (c) {
 		case 'M':
 			if (parse_table_size(optarg, &m))
@@ -596,24 +599,53 @@ out:
 	return err;
 }
 
+struct subcommand {
+	const char *name;
+	int (*func)(int argc, char **argv);
+	const char *full; /* as option errors name it */
+};
+
+/* Run argv[1] of subs (NULL func: help). No subcommand, or an unknown one, is a usage error. */
+static int subcommand_run(int argc, char **argv, const struct subcommand *subs, const char *list,
+			  void (*usage)(void))
+{
+	const struct subcommand *s;
+
+	if (argc < 2) {
+		pr_warn("%s needs a subcommand: %s (see 'bgswitch %s --help')\n", bgs_cmd_name,
+			list, bgs_cmd_name);
+		return BGS_ERR_USAGE;
+	}
+	for (s = subs; s->name; s++) {
+		if (strcmp(argv[1], s->name))
+			continue;
+		if (!s->func) {
+			usage();
+			return 0;
+		}
+		bgs_cmd_name = s->full;
+		return s->func(argc - 1, argv + 1);
+	}
+	pr_warn("unknown %s subcommand '%s': %s (see 'bgswitch %s --help')\n", bgs_cmd_name,
+		argv[1], list, bgs_cmd_name);
+	return BGS_ERR_USAGE;
+}
+
 int do_service(int argc, char **argv)
 {
+	static const struct subcommand subs[] = {
+		{ "add", service_add, "service add" },
+		{ "set", service_set, "service set" },
+		{ "del", service_del, "service del" },
+		{ "list", service_list, "service list" },
+		{ "-h", NULL, NULL },
+		{ "--help", NULL, NULL },
+		{ NULL, NULL, NULL },
+	};
+
 	if (fleet_wanted(argc, argv))
 		return fleet_service(argc, argv);
-	if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
-		service_usage();
-		return argc < 2 ? -EINVAL : 0;
-	}
-	if (!strcmp(argv[1], "add"))
-		return service_add(argc - 1, argv + 1);
-	if (!strcmp(argv[1], "set"))
-		return service_set(argc - 1, argv + 1);
-	if (!strcmp(argv[1], "del"))
-		return service_del(argc - 1, argv + 1);
-	if (!strcmp(argv[1], "list"))
-		return service_list(argc - 1, argv + 1);
-	pr_warn("unknown service command '%s' (add, set, del or list)\n", argv[1]);
-	return -EINVAL;
+	return subcommand_run(argc, argv, subs, "add, set, del or list", service_usage);
 }
 
 /* ---- backend ---- */
@@ -667,6 +699,24 @@ static bool backend_find_slot(const struct backend_args *a, __u32 *out)
 			*out = slot;
 			return true;
 		}
+	}
+	return false;
+}
+
+/* A free slot that still names this service, color and address: the backend was removed
+ * (slot_release() keeps whose a slot was until it is used again).
+ */
+static bool backend_was_removed(const struct backend_args *a)
+{
+	struct bgs_backend be;
+	__u32 slot;
+
+	for (slot = 0; slot < BGS_MAX_SLOTS; slot++) {
+		if (!bpf_map_lookup_elem(a->st.fd[BGS_M_BACKENDS], &slot, &be) &&
+		    be.state == BGS_BACKEND_FREE && be.svc == a->svc && be.color == a->color &&
+		    be.family == a->ep.family && !memcmp(be.addr, a->ep.addr, sizeof(be.addr)) &&
+		    be.port == a->ep.port)
+			return true;
 	}
 	return false;
 }
@@ -844,7 +894,7 @@ static int backend_add(int argc, char **argv)
 	__u16 w;
 	int c, err, weight = -1;
 
-	while ((c = getopt_long(argc, argv, "w:G:m:h", opts, NULL)) != -1) {
+	while ((c = getopt_cmd(argc, argv, "w:G:m:h", opts)) != -1) {
 		switch (c) {
 		case 'w':
 			if (parse_weight(optarg, &w))
@@ -973,7 +1023,7 @@ static int backend_del(int argc, char **argv)
 	__u32 slot, live;
 	int c, err;
 
-	while ((c = getopt_long(argc, argv, "dfG:m:h", opts, NULL)) != -1) {
+	while ((c = getopt_cmd(argc, argv, "dfG:m:h", opts)) != -1) {
 		switch (c) {
 		case 'd':
 			drain = true;
@@ -1041,6 +1091,15 @@ static int backend_del(int argc, char **argv)
 				a.rec.name, color_name(a.color), ebuf);
 			goto out;
 		}
+		if (backend_was_removed(&a)) {
+			/* Its removal finished; only the command was cut short (README: a re-run
+			 * says so and exits 0).
+			 */
+			pr_info("%s: %s backend %s already removed\n", a.rec.name,
+				color_name(a.color), ebuf);
+			au.service[0] = '\0'; /* nothing changed */
+			goto out;
+		}
 		pr_warn("%s is not a %s backend of '%s'\n", ebuf, color_name(a.color), a.rec.name);
 		err = -ENOENT;
 		goto out;
@@ -1098,16 +1157,15 @@ out:
 
 int do_backend(int argc, char **argv)
 {
+	static const struct subcommand subs[] = {
+		{ "add", backend_add, "backend add" },
+		{ "del", backend_del, "backend del" },
+		{ "-h", NULL, NULL },
+		{ "--help", NULL, NULL },
+		{ NULL, NULL, NULL },
+	};
+
 	if (fleet_wanted(argc, argv))
 		return fleet_backend(argc, argv);
-	if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
-		backend_usage();
-		return argc < 2 ? -EINVAL : 0;
-	}
-	if (!strcmp(argv[1], "add"))
-		return backend_add(argc - 1, argv + 1);
-	if (!strcmp(argv[1], "del"))
-		return backend_del(argc - 1, argv + 1);
-	pr_warn("unknown backend command '%s' (add or del)\n", argv[1]);
-	return -EINVAL;
+	return subcommand_run(argc, argv, subs, "add or del", backend_usage);
 }

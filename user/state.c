@@ -704,7 +704,10 @@ int flows_collect(struct bgs_state *st, __u64 *deleted)
 	return flows_delete(st, &d, deleted);
 }
 
-/* Free a slot that no set names any more: forget its flows, its address, its counters. */
+/* Free a slot that no set names any more: forget its flows, its address, its counters. The
+ * record keeps whose it was (service, color, address) with state FREE, which nothing serves:
+ * a re-run of a `backend del` killed after this finds it and says it is done.
+ */
 int slot_release(struct bgs_state *st, __u32 slot)
 {
 	struct bgs_backend be;
@@ -723,13 +726,32 @@ int slot_release(struct bgs_state *st, __u32 slot)
 	if (err)
 		return err;
 
-	memset(&be, 0, sizeof(be));
+	be.state = BGS_BACKEND_FREE;
+	be.weight = 0;
 	if (bpf_map_update_elem(st->fd[BGS_M_BACKENDS], &slot, &be, BPF_ANY))
 		return -errno;
 	err = addrs_resync(st);
 	if (err)
 		return err;
 	pr_debug("released backend slot %u\n", slot);
+	return 0;
+}
+
+/* Blank the free slots that still name svc: a new service of that id has no removed backends. */
+int slots_forget(const struct bgs_state *st, __u32 svc)
+{
+	struct bgs_backend be, zero = { 0 };
+	__u32 slot;
+
+	for (slot = 0; slot < BGS_MAX_SLOTS; slot++) {
+		if (bpf_map_lookup_elem(st->fd[BGS_M_BACKENDS], &slot, &be))
+			return -errno;
+		if (be.state != BGS_BACKEND_FREE || be.svc != svc ||
+		    !memcmp(&be, &zero, sizeof(be)))
+			continue;
+		if (bpf_map_update_elem(st->fd[BGS_M_BACKENDS], &slot, &zero, BPF_ANY))
+			return -errno;
+	}
 	return 0;
 }
 

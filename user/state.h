@@ -16,6 +16,7 @@
 #define BGS_ERR_GUARD (-ECANCELED) /* 4: the guard rolled the flip back */
 #define BGS_ERR_TIMEOUT (-ETIMEDOUT) /* 5: the old color did not drain in time */
 #define BGS_ERR_GENERATION (-ESTALE) /* 6: --if-generation did not match */
+#define BGS_ERR_USAGE (-EBADRQC) /* 2: no subcommand, or an unknown one */
 #define BGS_PROG_DIR "progs"
 
 enum bgs_map_id {
@@ -92,6 +93,7 @@ int flows_delete_slot(struct bgs_state *st, __u32 slot, bool live_too, __u64 *de
 int flows_collect(struct bgs_state *st, __u64 *deleted);
 
 int slot_release(struct bgs_state *st, __u32 slot);
+int slots_forget(const struct bgs_state *st, __u32 svc);
 int slots_collect(struct bgs_state *st);
 int drain_settle(struct bgs_state *st);
 int state_repair(struct bgs_state *st);

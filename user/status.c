@@ -9,6 +9,7 @@
 #include <arpa/inet.h>
 #include <linux/if_link.h>
 #include <bpf/bpf.h>
+#include <json-c/json.h>
 
 #include "commands.h"
 #include "fleet.h"
@@ -39,6 +40,20 @@ static void status_usage(void)
 	       "                      and 0 with --json; 0: no rates, no wait)\n"
 	       "  -h, --help          this help\n",
 	       DEFAULT_INTERVAL_MS);
+}
+
+/* A JSON string of at most len bytes of s, escaped by json-c: an interface name or a pin root
+ * may hold '"', '\\' or control characters.
+ */
+static void print_json_str(const char *s, size_t len)
+{
+	struct json_object *o = json_object_new_string_len(s, strnlen(s, len));
+
+	fputs(o ? json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN |
+							    JSON_C_TO_STRING_NOSLASHESCAPE) :
+		  "null",
+	      stdout);
+	json_object_put(o);
 }
 
 static double rate(const struct status_ctx *c, __u64 now, __u64 before)
@@ -100,10 +115,10 @@ static void print_service(struct status_ctx *c, const struct bgs_service_view *s
 	__u8 col, act;
 
 	if (c->json) {
-		printf("%s{\"name\":\"%s\",\"id\":%u,\"vip\":\"%s\",\"port\":%u,\"proto\":\"%s\","
-		       "\"active\":\"%s\",",
-		       first ? "" : ",", sv->rec.name, sv->svc,
-		       fmt_addr(sv->rec.vip.addr, sv->rec.vip.family, ebuf, sizeof(ebuf)),
+		printf("%s{\"name\":", first ? "" : ",");
+		print_json_str(sv->rec.name, sizeof(sv->rec.name));
+		printf(",\"id\":%u,\"vip\":\"%s\",\"port\":%u,\"proto\":\"%s\",\"active\":\"%s\",",
+		       sv->svc, fmt_addr(sv->rec.vip.addr, sv->rec.vip.family, ebuf, sizeof(ebuf)),
 		       ntohs(sv->rec.vip.port), proto_name(sv->rec.vip.proto),
 		       share_label(sw->share));
 		if (sw->flags & BGS_SW_HAS_PREV)
@@ -204,10 +219,11 @@ static void print_header(struct status_ctx *c)
 	struct bgs_iface rec;
 	int err;
 
-	if (c->json)
-		printf("{\"layout_version\":%u,\"pin_root\":\"%s\",\"interfaces\":[",
-		       c->st.cfg.layout_version, bgs_pin_root);
-	else
+	if (c->json) {
+		printf("{\"layout_version\":%u,\"pin_root\":", c->st.cfg.layout_version);
+		print_json_str(bgs_pin_root, PATH_MAX);
+		printf(",\"interfaces\":[");
+	} else
 		printf("state %s (layout %u), attached to:", bgs_pin_root,
 		       c->st.cfg.layout_version);
 	for (err = bpf_map_get_next_key(c->st.fd[BGS_M_IFACES], NULL, &key); !err;
@@ -217,10 +233,11 @@ static void print_header(struct status_ctx *c)
 		if (bpf_map_lookup_elem(c->st.fd[BGS_M_IFACES], &key, &rec))
 			continue;
 		mode = rec.xdp_flags & XDP_FLAGS_SKB_MODE ? "generic" : "native";
-		if (c->json)
-			printf("%s{\"name\":\"%s\",\"ifindex\":%u,\"mode\":\"%s\"}", n ? "," : "",
-			       rec.name, key, mode);
-		else
+		if (c->json) {
+			printf("%s{\"name\":", n ? "," : "");
+			print_json_str(rec.name, sizeof(rec.name));
+			printf(",\"ifindex\":%u,\"mode\":\"%s\"}", key, mode);
+		} else
 			printf(" %s (%s XDP)", rec.name, mode);
 		n++;
 	}
@@ -259,7 +276,7 @@ int do_status(int argc, char **argv)
 
 	if (fleet_wanted(argc, argv))
 		return fleet_status(argc, argv);
-	while ((opt = getopt_long(argc, argv, "ji:h", opts, NULL)) != -1) {
+	while ((opt = getopt_cmd(argc, argv, "ji:h", opts)) != -1) {
 		switch (opt) {
 		case 'j':
 			json = true;

@@ -2,6 +2,7 @@
 /* util.c: parsing and printing of addresses, colors and names shared by the commands. */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <getopt.h>
 #include <limits.h>
 #include <netinet/in.h>
 #include <signal.h>
@@ -214,7 +215,8 @@ int parse_u32(const char *s, __u32 min, __u32 max, __u32 *out)
 	unsigned long long v;
 	char *end;
 
-	if (!s || !*s || *s == '-' || *s == '+')
+	/* Digits only: strtoull() would also take leading blanks and a sign (" 3", "+3"). */
+	if (!s || *s < '0' || *s > '9')
 		return -EINVAL;
 	errno = 0;
 	v = strtoull(s, &end, 10);
@@ -367,6 +369,43 @@ bool endpoint_is_unicast(const struct bgs_endpoint *ep)
 	if (ep->family == BGS_AF_INET)
 		return b[0] != 0 && b[0] != 127 && b[0] < 224;
 	return memcmp(b, zero, 16) && memcmp(b, loop6, 16) && b[0] != 0xff;
+}
+
+/* The command being run, as option errors name it ("service add"); set by main(). */
+const char *bgs_cmd_name = "";
+
+/* getopt_long() for the commands, with errors of our own: one line through pr_warn (so control
+ * characters are escaped) that names the option and where help is, instead of glibc's. Returns
+ * what getopt_long() does, and '?' after printing the error.
+ */
+int getopt_cmd(int argc, char **argv, const char *optstring, const struct option *longopts)
+{
+	const char *lead = optstring[0] == '+' ? "+" : "", *arg, *sp;
+	char spec[128], shortopt[3] = { '-', 0, 0 };
+	int c, saved = opterr;
+
+	snprintf(spec, sizeof(spec), "%s:%s", lead, optstring + strlen(lead));
+	opterr = 0;
+	c = getopt_long(argc, argv, spec, longopts, NULL);
+	opterr = saved;
+	if (c != '?' && c != ':')
+		return c;
+	/* A long option is named as it was written; a short one by its letter. */
+	arg = optind > 0 && optind <= argc ? argv[optind - 1] : "";
+	if (strncmp(arg, "--", 2)) {
+		shortopt[1] = optopt;
+		arg = shortopt;
+	}
+	sp = *bgs_cmd_name ? " " : "";
+	if (c == ':')
+		pr_warn("option '%s' needs a value (see 'bgswitch%s%s --help')\n", arg, sp,
+			bgs_cmd_name);
+	else if (optopt && !strncmp(arg, "--", 2) && strchr(arg, '='))
+		pr_warn("option '%.*s' takes no value (see 'bgswitch%s%s --help')\n",
+			(int)(strchr(arg, '=') - arg), arg, sp, bgs_cmd_name);
+	else
+		pr_warn("unknown option '%s' (see 'bgswitch%s%s --help')\n", arg, sp, bgs_cmd_name);
+	return '?';
 }
 
 /* Usage error of a command: a wrong number of arguments. */

@@ -45,6 +45,9 @@ const char *fmt_endpoint(const __u32 addr[4], __u16 port, __u8 family, char *buf
 __u64 now_ns(void);
 void sleep_until_ns(__u64 when_ns);
 int bad_args(const char *cmd);
+struct option;
+extern const char *bgs_cmd_name;
+int getopt_cmd(int argc, char **argv, const char *optstring, const struct option *longopts);
 void fault_point(const char *name);
 
 #endif /* BGS_UTIL_H */

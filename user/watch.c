@@ -228,7 +228,7 @@ int do_watch(int argc, char **argv)
 	size_t nhist = 0;
 	int c, err;
 
-	while ((c = getopt_long(argc, argv, "i:h", opts, NULL)) != -1) {
+	while ((c = getopt_cmd(argc, argv, "i:h", opts)) != -1) {
 		switch (c) {
 		case 'i':
 			if (parse_u32(optarg, 100, 60000, &interval)) {
