@@ -1699,7 +1699,7 @@ def test_ingress_udp_idle_flow_reopens_by_drain(bgs):
     previous share (second chance, counted SECOND_CHANCE too): a QUIC connection silent for
     longer than the timeout does not move. A new client without entry goes by the current
     share; once nothing drains, an idle entry is placed by the current share too."""
-    slots = dns(bgs)
+    dns(bgs)
     svc = bgs.services["dns"]
     b, g = BLUE[0][0], GREEN[0][0]
     key = (CLIENT, UDP_VIP, CPORT, UDP_PORT)
@@ -1710,27 +1710,24 @@ def test_ingress_udp_idle_flow_reopens_by_drain(bgs):
     bgs.cli("flip", "dns", "--no-check")
     sw = bgs.switch(svc)
     assert sw.flags == model.BGS_SW_DRAINING | model.BGS_SW_HAS_PREV and sw.prev_share == 0
-    _age(bgs, key, IPPROTO_UDP, bgs.config().udp_idle_ns)
-    run_table(bgs, "ingress", [
-        Case("datagram after the idle time, blue draining: blue again", udp(*key), XDP_PASS,
-             out=udp(CLIENT, b, CPORT, 5353), stats=reopen_prev),
-        Case("next datagram follows it", udp(*key), XDP_PASS,
-             out=udp(CLIENT, b, CPORT, 5353), stats=HIT),
-        Case("another client, no entry: green", udp(CLIENT2, UDP_VIP, CPORT, UDP_PORT),
-             XDP_PASS, out=udp(CLIENT2, g, CPORT, 5353), stats=NEW_UDP),
-    ])
-    f = bgs.flow(*key, IPPROTO_UDP)
-    assert (f.color, f.slot, f.state) == (model.BGS_BLUE, slots["blue"][0], 0)
-    assert model.flow_age_ns(f.seen, monotonic_coarse_ns()) < 2 * 10**9
-    bgs.put_switch(svc, sw._replace(flags=model.BGS_SW_HAS_PREV))  # blue has drained
-    _age(bgs, key, IPPROTO_UDP, bgs.config().udp_idle_ns)
-    run_table(bgs, "ingress", [
-        Case("datagram after the idle time, nothing draining: green", udp(*key), XDP_PASS,
-             out=udp(CLIENT, g, CPORT, 5353), stats=REOPEN),
-        Case("next datagram follows it", udp(*key), XDP_PASS,
-             out=udp(CLIENT, g, CPORT, 5353), stats=HIT),
-    ])
-    assert bgs.flow(*key, IPPROTO_UDP).color == model.BGS_GREEN
+    # (switch flags, where the idle entry's next datagram goes and what it counts, cases after)
+    phases = [
+        (sw.flags, "blue draining: blue again", b, reopen_prev, model.BGS_BLUE, [
+            Case("another client, no entry: green", udp(CLIENT2, UDP_VIP, CPORT, UDP_PORT),
+                 XDP_PASS, out=udp(CLIENT2, g, CPORT, 5353), stats=NEW_UDP)]),
+        (model.BGS_SW_HAS_PREV, "blue drained: green", g, REOPEN, model.BGS_GREEN, []),
+    ]
+    for flags, desc, to, stats, color, more in phases:
+        bgs.put_switch(svc, sw._replace(flags=flags))
+        _age(bgs, key, IPPROTO_UDP, bgs.config().udp_idle_ns)
+        run_table(bgs, "ingress", [
+            Case(f"datagram after the idle time, {desc}", udp(*key), XDP_PASS,
+                 out=udp(CLIENT, to, CPORT, 5353), stats=stats),
+            Case("next datagram follows it", udp(*key), XDP_PASS,
+                 out=udp(CLIENT, to, CPORT, 5353), stats=HIT), *more])
+        f = bgs.flow(*key, IPPROTO_UDP)
+        assert (f.color, f.state) == (color, 0), desc
+        assert model.flow_age_ns(f.seen, monotonic_coarse_ns()) < 2 * 10**9, desc
     ss = bgs.service_stats(svc)
     assert ss == {**dict.fromkeys(model.SERVICE_STATS, 0), "reopen": 2, "second_chance": 1}
 
