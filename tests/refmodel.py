@@ -129,10 +129,10 @@ Egress (TC, verdict TC_ACT_OK always):
   uncounted.
 * TCP/UDP from a backend address: its flow (above). None, or one that is expired (closed:
   idle longer than the closing timeout; else idle past its protocol's timeout):
-  REPLY_NO_FLOW, untouched. A segment with SYN (SYN-ACK included) on a closed flow: a new
-  connection on the same addresses and ports, not the flow's: the entry is deleted,
-  REPLY_SUPERSEDED, untouched. A packet that came in by another interface than the flow's
-  ifindex: REPLY_WRONG_DEV, untouched. Otherwise the reply is the flow's: its TCP flags are
+  REPLY_NO_FLOW, untouched. A packet that came in by another interface than the flow's
+  ifindex: REPLY_WRONG_DEV, untouched. A segment with SYN (SYN-ACK included) on a closed
+  flow: a new connection on the same addresses and ports, not the flow's: the entry is
+  deleted, REPLY_SUPERSEDED, untouched. Otherwise the reply is the flow's: its TCP flags are
   recorded as the backend's (see "TCP state"); a first fragment is recorded (its later
   fragments will get the VIP as source), FRAG_FIRST; source address and port become the
   VIP's, checksums by difference; REPLY_NAT, backend tx, resets on RST. From an address that
@@ -1016,14 +1016,14 @@ class RefModel:
         if f is None or self._expired(f, p.proto, now):
             self._stat("REPLY_NO_FLOW")
             return self._out(TC_ACT_OK, frame, "REPLY_NO_FLOW")
+        if ingress_ifindex != f.ifindex:
+            self._stat("REPLY_WRONG_DEV")
+            return self._out(TC_ACT_OK, frame, "REPLY_WRONG_DEV")
         if p.tcp_flags & TCP_SYN and self._closed(f, p.proto):
             del self.flows[key]
             self._tables = True
             self._stat("REPLY_SUPERSEDED")
             return self._out(TC_ACT_OK, frame, "REPLY_SUPERSEDED")
-        if ingress_ifindex != f.ifindex:
-            self._stat("REPLY_WRONG_DEV")
-            return self._out(TC_ACT_OK, frame, "REPLY_WRONG_DEV")
         vip = self.services.get(key[2])
         if vip is None:
             return self._out(TC_ACT_OK, frame, "eg:NO_SERVICE")

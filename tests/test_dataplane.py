@@ -1777,7 +1777,8 @@ def test_egress_stale_reply_superseded(bgs, close):
     it leaves untouched (counted REPLY_SUPERSEDED) and the entry is deleted; B's later packets
     find no flow and leave untouched too (REPLY_NO_FLOW). Before that, the closed flow's own
     late replies are still translated, and a retransmitted SYN-ACK on a live flow is the
-    flow's. A new SYN to the VIP from p then opens a fresh flow."""
+    flow's; a SYN-ACK that does not come in by B's interface ends nothing (REPLY_WRONG_DEV).
+    A new SYN to the VIP from p then opens a fresh flow."""
     slots = web(bgs, blue=1, green=0)
     be, bport = BLUE[0]
     _open(bgs)
@@ -1810,6 +1811,12 @@ def test_egress_stale_reply_superseded(bgs, close):
     run_table(bgs, "ingress", [
         Case("client SYN straight to B from the same port: not ours",
              tcp(CLIENT, be, CPORT, bport, seq=7000), XDP_PASS, stats={"NOT_VIP": 1})])
+    f = bgs.flow(CLIENT, VIP, CPORT, VIP_PORT)
+    run_table(bgs, "egress", [
+        Case("a SYN-ACK as B's, in by another interface than B's: not B's, entry kept",
+             tcp(be, CLIENT, bport, CPORT, "SA", seq=9000, ack=7001), TC_ACT_OK,
+             stats={"REPLY_WRONG_DEV": 1}, ifindex=5)])
+    assert bgs.flow(CLIENT, VIP, CPORT, VIP_PORT) == f
     run_table(bgs, "egress", [
         Case("B's SYN-ACK to it: untouched, the closed flow's entry deleted",
              tcp(be, CLIENT, bport, CPORT, "SA", seq=9000, ack=7001), TC_ACT_OK,

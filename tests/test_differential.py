@@ -759,7 +759,7 @@ class Run:
                         inner.update(k, v)
             self.poked = None
             self.control_log.append(f"#{i} restore {what}")
-        elif kind == "evict":  # entries lost as the LRU loses them: flow, reverse, or both
+        elif kind == "evict":  # flow entries lost as the LRU loses them
             self.evict(i)
         elif kind == "gc":  # expired entries deleted, the drain flag settled
             res = bgs.cli("gc")
