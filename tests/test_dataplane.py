@@ -1937,6 +1937,44 @@ def test_egress_reply_wrong_device_untouched(bgs):
     assert bgs.flow(CLIENT, VIP, CPORT, VIP_PORT).ifindex == 7
 
 
+def test_flow_reply_interface_from_next_hop(bgs):
+    """A flow's reply interface (bgs_flow.ifindex) is its next hop's: 0 while the FIB lookup
+    toward the backend fails (no route), the route's interface once there is one, even
+    before its neighbour is resolved (the packet then goes to the stack: FWD_NO_NEIGH). A
+    flow created before the route takes the interface from the next hop looked up again
+    (after BGS_NEXTHOP_NS) by its client's next packet. Replies come in by that interface
+    only."""
+    web(bgs, blue=1, green=0)
+    be, bport = BLUE[0]
+    slot = bgs.find_slot("web", "blue", be, bport)
+    _open(bgs, sport=CPORT)
+    assert bgs.flow(CLIENT, VIP, CPORT, VIP_PORT).ifindex == 0
+    ifx = bgs.route("10.0.1.254/24")  # the blue backends' subnet
+    time.sleep(model.BGS_NEXTHOP_NS / 1e9 + 0.2)  # the cached failed lookup expires
+    no_neigh = {"FWD_NO_NEIGH": 1}
+    run_table(bgs, "ingress", [
+        Case("client ACK of the flow opened before the route",
+             tcp(CLIENT, VIP, CPORT, VIP_PORT, "A", ack=ACK), XDP_PASS,
+             out=tcp(CLIENT, be, CPORT, bport, "A", ack=ACK),
+             stats={"VIP": 1, "FLOW_HIT": 1, **no_neigh}),
+        Case("new SYN", tcp(CLIENT, VIP, CPORT + 1, VIP_PORT), XDP_PASS,
+             out=tcp(CLIENT, be, CPORT + 1, bport),
+             stats={"VIP": 1, "SYN_MISS": 1, "FLOW_NEW": 1, **no_neigh}),
+    ])
+    nh = bgs.nexthop(slot)
+    assert (nh.ifindex, nh.rc, nh.expires) == (ifx, model.BPF_FIB_LKUP_RET_NO_NEIGH, 0), nh
+    for port in (CPORT, CPORT + 1):
+        assert bgs.flow(CLIENT, VIP, port, VIP_PORT).ifindex == ifx, port
+    run_table(bgs, "egress", [
+        *[Case(f"reply to port {p}, in by the route's interface",
+               tcp(be, CLIENT, bport, p, "A"), TC_ACT_OK,
+               out=tcp(VIP, CLIENT, VIP_PORT, p, "A"), stats=NAT, ifindex=ifx)
+          for p in (CPORT, CPORT + 1)],
+        Case("reply sent by the node itself (0)", tcp(be, CLIENT, bport, CPORT, "A"),
+             TC_ACT_OK, stats={"REPLY_WRONG_DEV": 1}),
+    ])
+
+
 def test_ingress_rst_miss_forwarded_without_entry(bgs):
     """An RST that misses the table opens nothing: it goes where its flow would be (the
     active color, or while a change drains the previous share's for a segment without SYN)

@@ -197,6 +197,19 @@ class BgsState:
                 return slot
         return None
 
+    def route(self, addr_cidr: str) -> int:
+        """Give the namespace a route: ``addr_cidr`` (e.g. "10.0.1.254/24") on the veth, both
+        ends up, IPv4 forwarding on (bpf_fib_lookup() needs it on the packet's interface).
+        Nothing answers ARP there: a lookup toward that subnet finds the route but no
+        neighbour (NO_NEIGH). Returns the veth's ifindex."""
+        ns = ["ip", "-n", self.netns]
+        _run(["nsenter", f"--net=/run/netns/{self.netns}", "--", "sysctl", "-q", "-w",
+              "net.ipv4.ip_forward=1"])
+        _run(ns + ["addr", "add", addr_cidr, "dev", self.iface])
+        for dev in (self.peer, self.iface):
+            _run(ns + ["link", "set", dev, "up"])
+        return int(_run(ns + ["-o", "link", "show", "dev", self.iface]).stdout.split(":", 1)[0])
+
     # --- programs --------------------------------------------------------------------------
 
     def ingress(self, frame: bytes) -> bpfsys.TestRun:
