@@ -22,8 +22,8 @@ mirror of every table the data plane reads or writes:
   by the model from the times it is given; ``load_bucket`` reads it from bgs_insert_budget;
 * every counter: bgs_stats, bgs_drops, bgs_service_stats, bgs_backend_stats.
 
-Semantics modelled (see the module's SPEC list for the exact rules, one per line)
---------------------------------------------------------------------------------
+Semantics modelled
+------------------
 Parsing, ingress and egress alike (a failure passes the packet untouched; ingress counts the
 named reason, egress counts nothing but TX):
 
@@ -97,7 +97,9 @@ Ingress (XDP, verdict XDP_PASS unless a drop is named):
     limit; rate 0: no limit, nothing taken), by whole microseconds elapsed since its last
     refill (at most 10^9 of them) times the rate, in millionths of an insert, only when time
     has moved past its last refill; none left: UNTRACKED, no entry (a flood: forwarded,
-    placed as above, only its entry skipped);
+    placed as above, only its entry skipped), and a TCP reopen's dead entry is deleted (the
+    connection's next segments are then misses placed as above, not sent after the old
+    entry); a UDP one stays (its next datagram is a reopen placed the same way);
   - else the entry {slot, color, state SYN for a TCP first packet, FIN_CLIENT too for a TCP
     FIN, ifindex of the next hop toward the backend, seen now} is written: FLOW_NEW.
   A first fragment is then recorded (FRAG_FIRST). Destination address and port are rewritten
@@ -827,7 +829,7 @@ class RefModel:
             if 0 < share < model.BGS_SHARE_ALL:
                 self.paths["prev-split" if prev else "share-split"] += 1
             slot, err = self._create(p, key, now, sw, model.share_color(h_split, share), h,
-                                     tcp and first)
+                                     tcp and first, f is not None)
             if err is None and slot is None:
                 raise AssertionError("_create gave neither a slot nor a drop")
             if slot is None:
@@ -941,10 +943,10 @@ class RefModel:
         return words[h % count], None
 
     def _create(self, p: Pkt, key: tuple, now: int, sw: model.Switch, color: int, h: int,
-                syn: bool) -> Tuple[Optional[int], Optional[str]]:
+                syn: bool, had: bool) -> Tuple[Optional[int], Optional[str]]:
         """Place a new flow on a backend of ``color`` and record it when it may be: (slot,
         None) with an entry written, (slot, "+RST_MISS" or "+UNTRACKED") without one, or
-        (None, drop reason)."""
+        (None, drop reason). ``had``: a dead entry is being replaced."""
         svc = key[2]
         slot, err = self._pick(sw.set_index(svc, color), h)
         if slot is None:
@@ -959,6 +961,8 @@ class RefModel:
             return slot, "+RST_MISS"
         if not self._insert_allowed(now):
             self._stat("UNTRACKED")
+            if tcp and had:
+                del self.flows[key]
             return slot, "+UNTRACKED"
         state = model.BGS_FLOW_SYN if syn else 0
         if tcp and p.tcp_flags & TCP_FIN:

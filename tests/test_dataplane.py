@@ -2165,8 +2165,9 @@ def test_ingress_insert_limit_forwards_untracked(bgs):
     CPU's budget (here 4 inserts, its last refill set in the future so that it cannot refill
     during the test). With none left the packet is still forwarded, placed by the current
     share or, for a non-SYN miss while the last change drains, by the previous one (second
-    chance), counted UNTRACKED, and no entry is written: a dead entry stays as it was. A
-    creation that fails (NO_BACKEND) and an RST that misses (RST_MISS) take no insert;
+    chance), counted UNTRACKED, and no entry is written; a TCP reopen's dead entry is deleted
+    (test_ingress_untracked_reopen_keeps_connection_together). A creation that fails
+    (NO_BACKEND) and an RST that misses (RST_MISS) take no insert;
     packets of existing flows need none. `--new-flows 0` lifts the limit. (The programs run
     on one CPU: unit_fixtures.)"""
     slots = web(bgs, blue=1, green=1)
@@ -2220,13 +2221,10 @@ def test_ingress_insert_limit_forwards_untracked(bgs):
              stats={**NOSYN, **UNTRACKED}),
     ])
     assert bgs.bucket().tokens == 0
-    assert bgs.count("bgs_flows") == 4
-    for c in (5, 6, 7, 8, 9):
+    assert bgs.count("bgs_flows") == 3
+    for c in (1, 5, 6, 7, 8, 9):
         assert bgs.flow(CLIENT, VIP, CPORT + c, VIP_PORT) is None, c
     assert bgs.flow(CLIENT, UDP_VIP, CPORT, UDP_PORT, IPPROTO_UDP) is None
-    f = bgs.flow(CLIENT, VIP, CPORT + 1, VIP_PORT)  # the closed entry is left as it was
-    assert (f.daddr, f.slot, f.state) == (be, slots["blue"][0],
-                                          model.BGS_FLOW_SYN | model.BGS_FLOW_RST)
     zero = dict.fromkeys(model.SERVICE_STATS, 0)
     assert bgs.service_stats(svc["web"]) == {**zero, "syn_miss": 7, "nosyn_miss": 3,
                                              "second_chance": 3, "reopen": 1}
@@ -2241,9 +2239,9 @@ def test_ingress_insert_limit_forwards_untracked(bgs):
         *[syn(20 + i, client=CLIENT2, to=GREEN[0]) for i in range(8)],
         Case("no limit: UDP", udp(CLIENT, UDP_VIP, CPORT, UDP_PORT), XDP_PASS,
              out=udp(CLIENT, BLUE[0][0], CPORT, 5353), stats=NEW_UDP),
-        syn(1, to=GREEN[0], reopen=True),
+        syn(1, to=GREEN[0]),
     ])
-    assert bgs.count("bgs_flows") == 4 + 8 + 1
+    assert bgs.count("bgs_flows") == 3 + 8 + 2
     assert bgs.flow(CLIENT, VIP, CPORT + 1, VIP_PORT).color == model.BGS_GREEN
 
 
@@ -2669,6 +2667,54 @@ def test_ingress_v6_fragment_header_beyond_payload_length_untouched(bgs, which):
 
 
 # === insert budget and backend references (regressions found while testing them) ============
+
+def test_ingress_untracked_reopen_keeps_connection_together(bgs):
+    """Over the insert budget, a reopen is forwarded without an entry, and the connection's
+    next packets go where its first one went: a TCP SYN on a closed blue flow goes to green
+    (the share now, nothing draining) and the closed entry is deleted, so that the client's
+    ACK is a miss placed by the same share, not sent after the old entry to blue. A UDP
+    datagram on an idle entry keeps that entry: each next datagram is a reopen again, placed
+    the same way (by the previous share while the change drains, else by the share now)."""
+    web(bgs, blue=1, green=1)
+    dns(bgs, blue=1, green=1)
+    b, g = BLUE[0], GREEN[0]
+    ub, ug = BLUE[0][0], GREEN[0][0]
+    _open(bgs)
+    ukey = (CLIENT, UDP_VIP, CPORT, UDP_PORT)
+    run_table(bgs, "ingress", [
+        Case("client RST closes the blue flow", tcp(CLIENT, VIP, CPORT, VIP_PORT, "R"),
+             XDP_PASS, out=tcp(CLIENT, b[0], CPORT, b[1], "R"), stats=HIT),
+        Case("UDP query", udp(*ukey), XDP_PASS, out=udp(CLIENT, ub, CPORT, 5353),
+             stats=NEW_UDP)])
+    for name in ("web", "dns"):
+        bgs.cli("flip", name, "green", "--no-check")
+    web_sw = bgs.switch(bgs.services["web"])
+    bgs.put_switch(bgs.services["web"], web_sw._replace(flags=model.BGS_SW_HAS_PREV))
+    bgs.put_bucket(model.Bucket(monotonic_coarse_ns() + 3600 * 10**9, 0))
+    _age(bgs, ukey, IPPROTO_UDP, bgs.config().udp_idle_ns)
+    uprev = {"VIP": 1, "FLOW_REOPEN": 1, "SECOND_CHANCE": 1, **UNTRACKED}
+    run_table(bgs, "ingress", [
+        Case("SYN reopening the closed flow, over the budget: green",
+             tcp(CLIENT, VIP, CPORT, VIP_PORT, seq=SEQ + 9), XDP_PASS,
+             out=tcp(CLIENT, g[0], CPORT, g[1], seq=SEQ + 9),
+             stats={"VIP": 1, "FLOW_REOPEN": 1, **UNTRACKED}),
+        Case("its ACK: a miss, green too", tcp(CLIENT, VIP, CPORT, VIP_PORT, "A", ack=ACK),
+             XDP_PASS, out=tcp(CLIENT, g[0], CPORT, g[1], "A", ack=ACK),
+             stats={**NOSYN, **UNTRACKED}),
+        Case("UDP on the idle entry while blue drains: blue", udp(*ukey), XDP_PASS,
+             out=udp(CLIENT, ub, CPORT, 5353), stats=uprev),
+        Case("next datagram: blue again", udp(*ukey), XDP_PASS,
+             out=udp(CLIENT, ub, CPORT, 5353), stats=uprev),
+    ])
+    assert bgs.flow(CLIENT, VIP, CPORT, VIP_PORT) is None
+    assert bgs.flow(*ukey, IPPROTO_UDP).color == model.BGS_BLUE
+    dns_sw = bgs.switch(bgs.services["dns"])
+    bgs.put_switch(bgs.services["dns"], dns_sw._replace(flags=model.BGS_SW_HAS_PREV))
+    run_table(bgs, "ingress", [
+        Case(f"UDP on the idle entry, blue drained: green ({i})", udp(*ukey), XDP_PASS,
+             out=udp(CLIENT, ug, CPORT, 5353), stats={"VIP": 1, "FLOW_REOPEN": 1, **UNTRACKED})
+        for i in range(2)])
+
 
 def test_flow_insert_budget_refill_rate(bgs):
     """Each CPU's budget refills at its part of the node's rate, up to its part of the burst
