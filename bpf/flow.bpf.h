@@ -261,14 +261,13 @@ static __always_inline const struct bgs_backend *flow_backend(__u32 slot)
 
 /* Pick a backend of `color` for a new flow whose hash is h, and record the flow, unless the
  * packet is an RST (it opens nothing) or the insert budget is spent (a flood: the packet still
- * goes where its flow belongs, only its entry is skipped; a TCP reopen's dead entry (had) goes
- * too, lest the connection's next segments follow it to the old backend). Returns BGS_CONTINUE
- * with *dest filled, or XDP_DROP with the reason counted.
+ * goes where its flow belongs, only its entry is skipped). Returns BGS_CONTINUE with *dest
+ * filled, or XDP_DROP with the reason counted.
  */
 static __always_inline int flow_create(struct xdp_md *ctx, const struct bgs_pkt *pkt,
 				       const struct bgs_conn_key *key, __u8 color, __u32 h,
 				       const struct bgs_switch *sw, const struct bgs_config *cfg,
-				       struct bgs_dest *dest, bool had)
+				       struct bgs_dest *dest)
 {
 	bool tcp = pkt->key.proto == IPPROTO_TCP;
 	struct bgs_backend_stats *bs;
@@ -291,8 +290,6 @@ static __always_inline int flow_create(struct xdp_md *ctx, const struct bgs_pkt 
 	}
 	if (!flow_insert_allowed(cfg)) {
 		stat_inc(BGS_STAT_UNTRACKED);
-		if (tcp && had)
-			bpf_map_delete_elem(&bgs_flows, key);
 		return BGS_CONTINUE;
 	}
 	f.slot = slot;
@@ -383,6 +380,11 @@ static __always_inline int flow_steer(struct xdp_md *ctx, const struct bgs_pkt *
 		else if (!(first && flow_is_dead(f, pkt->key.proto, now, cfg))) {
 			flow_follow(ctx, pkt, f, now, dest);
 			return BGS_CONTINUE;
+		} else if (pkt->key.proto == IPPROTO_TCP) {
+			/* A new connection on a dead entry: the entry goes now, so that, recorded or
+			 * not (over the insert budget), its next segments never follow the old one.
+			 */
+			bpf_map_delete_elem(&bgs_flows, &key);
 		}
 	}
 	if (flow_switch(vip->svc, &sw))
@@ -393,7 +395,7 @@ static __always_inline int flow_steer(struct xdp_md *ctx, const struct bgs_pkt *
 	 */
 	h = flow_hash(&pkt->key);
 	hs = (vip->flags & BGS_VIP_SPLIT_CLIENT) ? flow_client_hash(&pkt->key) : h;
-	return flow_create(ctx, pkt, &key, bgs_share_color(hs, share), h, &sw, cfg, dest, f);
+	return flow_create(ctx, pkt, &key, bgs_share_color(hs, share), h, &sw, cfg, dest);
 }
 
 /* The flow a packet from a backend (the tuple's source) to a client belongs to, with its key:
