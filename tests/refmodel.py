@@ -78,7 +78,11 @@ Ingress (XDP, verdict XDP_PASS unless a drop is named):
     both BGS_SW_DRAINING and BGS_SW_HAS_PREV ("draining"), else the current share;
   - a first packet on a dead entry: FLOW_REOPEN (node and service); the current share, except
     a UDP datagram while draining: SECOND_CHANCE too (node and service), the previous share
-    (a UDP flow whose entry expired while its service drains is re-pinned where it was);
+    (a UDP flow whose entry expired while its service drains is re-pinned where it was). A
+    TCP SYN's dead entry is deleted first, whatever follows (an entry written, none: RST or
+    over the budget, or a drop), so that the new connection's next segments never follow
+    it to the old backend; a UDP one stays until replaced (its next datagram, if none is
+    written, is a reopen placed the same way);
   - a first packet without entry: SYN_MISS (TCP only; node and service), the current share.
   The color is model.share_color(hs, that share), hs = model.flow_hash of the packet, or
   model.client_hash of its source with BGS_VIP_SPLIT_CLIENT: blue at share 0, green at
@@ -97,9 +101,7 @@ Ingress (XDP, verdict XDP_PASS unless a drop is named):
     limit; rate 0: no limit, nothing taken), by whole microseconds elapsed since its last
     refill (at most 10^9 of them) times the rate, in millionths of an insert, only when time
     has moved past its last refill; none left: UNTRACKED, no entry (a flood: forwarded,
-    placed as above, only its entry skipped), and a TCP reopen's dead entry is deleted (the
-    connection's next segments are then misses placed as above, not sent after the old
-    entry); a UDP one stays (its next datagram is a reopen placed the same way);
+    placed as above, only its entry skipped);
   - else the entry {slot, color, state SYN for a TCP first packet, FIN_CLIENT too for a TCP
     FIN, ifindex of the next hop toward the backend, seen now} is written: FLOW_NEW.
   A first fragment is then recorded (FRAG_FIRST). Destination address and port are rewritten
@@ -828,8 +830,11 @@ class RefModel:
             share, prev, reason = self._miss_share(svc, sw, first, f is not None, tcp)
             if 0 < share < model.BGS_SHARE_ALL:
                 self.paths["prev-split" if prev else "share-split"] += 1
+            if tcp and f is not None:
+                del self.flows[key]  # a new connection on a dead entry: the entry goes now
+                self._tables = True
             slot, err = self._create(p, key, now, sw, model.share_color(h_split, share), h,
-                                     tcp and first, f is not None)
+                                     tcp and first)
             if err is None and slot is None:
                 raise AssertionError("_create gave neither a slot nor a drop")
             if slot is None:
@@ -943,10 +948,10 @@ class RefModel:
         return words[h % count], None
 
     def _create(self, p: Pkt, key: tuple, now: int, sw: model.Switch, color: int, h: int,
-                syn: bool, had: bool) -> Tuple[Optional[int], Optional[str]]:
+                syn: bool) -> Tuple[Optional[int], Optional[str]]:
         """Place a new flow on a backend of ``color`` and record it when it may be: (slot,
         None) with an entry written, (slot, "+RST_MISS" or "+UNTRACKED") without one, or
-        (None, drop reason). ``had``: a dead entry is being replaced."""
+        (None, drop reason)."""
         svc = key[2]
         slot, err = self._pick(sw.set_index(svc, color), h)
         if slot is None:
@@ -961,8 +966,6 @@ class RefModel:
             return slot, "+RST_MISS"
         if not self._insert_allowed(now):
             self._stat("UNTRACKED")
-            if tcp and had:
-                del self.flows[key]
             return slot, "+UNTRACKED"
         state = model.BGS_FLOW_SYN if syn else 0
         if tcp and p.tcp_flags & TCP_FIN:
