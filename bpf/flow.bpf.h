@@ -390,6 +390,11 @@ static __always_inline int flow_steer(struct xdp_md *ctx, const struct bgs_pkt *
 		else if (!(first && flow_is_dead(f, pkt->key.proto, flow_units(now), cfg))) {
 			flow_follow(ctx, pkt, f, now, dest);
 			return BGS_CONTINUE;
+		} else if (pkt->key.proto == IPPROTO_TCP) {
+			/* A new connection on a dead entry: the entry goes now, so that, recorded or
+			 * not (over the insert budget), its next segments never follow the old one.
+			 */
+			bpf_map_delete_elem(&bgs_flows, &key);
 		}
 	}
 	if (flow_switch(vip->svc, &sw))

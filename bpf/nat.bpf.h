@@ -82,8 +82,9 @@ static __always_inline struct bgs_backend_ref *nat_backend_ref(const __u32 *addr
 /* The flow a packet leaving the node belongs to as a reply, with its key: from a backend's
  * address and port, to a client with a live flow on that very backend, and in by the interface
  * that backend is reached by. NULL otherwise (counted): the packet leaves untouched. A SYN from
- * the backend on a closed flow is a new connection on the same addresses and ports (the client
- * reused its port to reach the backend directly): that flow is over, and its entry is deleted.
+ * the backend (in by its interface: no one else can end the flow) on a closed flow is a new
+ * connection on the same addresses and ports (the client reused its port to reach the backend
+ * directly): that flow is over, and its entry is deleted.
  */
 static __always_inline struct bgs_flow *
 nat_reply_flow(const struct __sk_buff *skb, const struct bgs_pkt *pkt, struct bgs_conn_key *key)
@@ -103,13 +104,13 @@ nat_reply_flow(const struct __sk_buff *skb, const struct bgs_pkt *pkt, struct bg
 		stat_inc(BGS_STAT_REPLY_NO_FLOW);
 		return NULL;
 	}
+	if (skb->ingress_ifindex != f->ifindex) {
+		stat_inc(BGS_STAT_REPLY_WRONG_DEV);
+		return NULL;
+	}
 	if ((pkt->tcp_flags & TCP_FLAG_SYN) && flow_is_closed(f, pkt->key.proto)) {
 		bpf_map_delete_elem(&bgs_flows, key);
 		stat_inc(BGS_STAT_REPLY_SUPERSEDED);
-		return NULL;
-	}
-	if (skb->ingress_ifindex != f->ifindex) {
-		stat_inc(BGS_STAT_REPLY_WRONG_DEV);
 		return NULL;
 	}
 	return f;

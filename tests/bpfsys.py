@@ -273,12 +273,24 @@ class TestRun(NamedTuple):
     duration: int
 
 
+# struct __sk_buff (uapi/linux/bpf.h): the offset of the one field the tests set.
+SKB_INGRESS_IFINDEX = 36
+
+
+def skb_ctx(ingress_ifindex: int) -> bytes:
+    """A struct __sk_buff context for BPF_PROG_TEST_RUN of a TC program, up to and including
+    ingress_ifindex (the kernel zeroes the rest): the interface the packet came in by, which
+    the program reads as skb->ingress_ifindex."""
+    return bytes(SKB_INGRESS_IFINDEX) + struct.pack("<I", ingress_ifindex)
+
+
 def prog_test_run(prog_fd: int, data_in: bytes, data_size_out: Optional[int] = None,
-                  repeat: int = 1) -> TestRun:
+                  repeat: int = 1, ctx_in: Optional[bytes] = None) -> TestRun:
     """BPF_PROG_TEST_RUN: run a program once (or ``repeat`` times) on ``data_in``.
 
     ``data_in`` is a whole frame, Ethernet header first (the kernel wants at least 14 bytes).
     ``data_size_out`` is the output buffer size, by default the input size plus 256.
+    ``ctx_in`` is the program's context (e.g. skb_ctx()), None for the kernel's default.
     """
     if data_size_out is None:
         data_size_out = len(data_in) + 256
@@ -287,6 +299,10 @@ def prog_test_run(prog_fd: int, data_in: bytes, data_size_out: Optional[int] = N
     attr = _TestRunAttr(prog_fd=prog_fd, data_size_in=len(data_in),
                         data_size_out=data_size_out, data_in=ctypes.addressof(inb),
                         data_out=ctypes.addressof(outb), repeat=repeat)
+    if ctx_in is not None:
+        ctxb = _buf(ctx_in)
+        attr.ctx_in = ctypes.addressof(ctxb)
+        attr.ctx_size_in = len(ctx_in)
     bpf(BPF_PROG_TEST_RUN, attr)
     return TestRun(attr.retval, outb.raw[:attr.data_size_out], attr.duration)
 

@@ -25,7 +25,7 @@ from typing import List, NamedTuple, Optional, Sequence
 
 # --- constants of include/bgswitch.h -------------------------------------------------------------
 
-BGS_LAYOUT_VERSION = 3
+BGS_LAYOUT_VERSION = 4
 BGS_BLUE, BGS_GREEN = 0, 1
 COLORS = {"blue": BGS_BLUE, "green": BGS_GREEN}
 BGS_COLOR_NONE = 0xFF
@@ -36,8 +36,15 @@ BGS_MAX_SLOTS = 8192
 BGS_MAX_EXTHDRS = 6
 BGS_FRAG_ENTRIES = 16384
 BGS_NAME_LEN = 32
-BGS_NEW_FLOW_RATE = 125000  # default flow-table inserts per second per CPU (attach)
-BGS_NEW_FLOW_BURST = 10000
+BGS_ADDR_SVCS = 4  # services one backend address and port may serve (bgs_backend_ref.svc)
+BGS_NEW_FLOW_TURNOVER = 2  # default node insert limit: the flow table's size every 2 s ...
+BGS_NEW_FLOW_BURST_DIV = 8  # ... with a burst of an eighth of it (attach)
+BGS_SEEN_SHIFT = 24  # bgs_flow.seen is bpf_ktime_get_coarse_ns() >> 24 (16.8 ms units)
+BGS_NEXTHOP_NS = 10**9  # a cached next hop is looked up again after this long
+BPF_FIB_LKUP_RET_NO_NEIGH = 7  # <linux/bpf.h>: route found, neighbour not resolved
+BGS_TCP_IDLE_SEC = 900
+BGS_UDP_IDLE_SEC = 30
+BGS_CLOSING_SEC = 10
 BGS_SW_DRAINING = 0x1  # bgs_switch.flags: flows of the share before the last change may be live
 BGS_SW_HAS_PREV = 0x2  # bgs_switch.flags: prev_share is meaningful
 BGS_SHARE_ALL = 10000  # bgs_switch.share of 100 % (0.01 % units)
@@ -48,7 +55,6 @@ BGS_WEIGHT_MAX = 1000  # largest backend weight
 BGS_TABLE_HDR = 1  # entry 0 of a table holds its size M
 BGS_LB_MAGLEV, BGS_LB_MODULO = 0, 1
 BGS_VIP_SPLIT_CLIENT = 0x1  # bgs_vip.flags: split between colors by the client's address
-BGS_SVC_MANY = 0xFFFFFFFF  # bgs_backend_ref.svc: the address serves several services
 BGS_FRAG_PASS = 0xFFFFFFFF  # bgs_frag.slot of a pass marker: the datagram went to no service
 
 BGS_BACKEND_FREE, BGS_BACKEND_ACTIVE, BGS_BACKEND_DRAINING = 0, 1, 2
@@ -56,7 +62,12 @@ BGS_BACKEND_FREE, BGS_BACKEND_ACTIVE, BGS_BACKEND_DRAINING = 0, 1, 2
 BGS_FLOW_SYN = 0x01
 BGS_FLOW_FIN_CLIENT = 0x02
 BGS_FLOW_FIN_SERVER = 0x04
-BGS_FLOW_RST = 0x08
+BGS_FLOW_RST = 0x08  # either side sent RST: not live, unless both sides go on
+BGS_FLOW_CLIENT_ON = 0x10  # client sent a segment without RST after the RST
+BGS_FLOW_SERVER_ON = 0x20  # backend sent a segment without RST after the RST
+BGS_FLOW_BOTH_FIN = BGS_FLOW_FIN_CLIENT | BGS_FLOW_FIN_SERVER
+BGS_FLOW_BOTH_ON = BGS_FLOW_CLIENT_ON | BGS_FLOW_SERVER_ON
+BGS_FLOW_RST_SERVER = 0x40  # the RST came from the backend: the flow is over
 
 IPPROTO_HOPOPTS = 0
 IPPROTO_ICMP = 1
@@ -72,13 +83,14 @@ STATS = [
     "RX", "NOT_VIP", "NOT_IP", "PARSE_L2", "PARSE_IP_HDR", "PARSE_IP_LEN", "PARSE_L4",
     "ZERO_PORT", "EXTHDR_LIMIT", "FRAG_FIRST", "FRAG_LATER", "VIP", "FLOW_HIT", "FLOW_NEW",
     "FLOW_REOPEN", "SYN_MISS", "NOSYN_MISS", "SECOND_CHANCE", "TX", "REPLY_NAT",
-    "REPLY_NO_FLOW", "REPLY_RECOVERED", "ICMP_IN", "ICMP_OUT", "ICMP_NO_FLOW", "FWD_TX",
-    "FWD_REDIRECT", "FWD_NO_NEIGH", "FWD_STACK", "FRAG_PASS",
+    "REPLY_NO_FLOW", "REPLY_WRONG_DEV", "ICMP_IN", "ICMP_OUT", "ICMP_NO_FLOW", "FWD_TX",
+    "FWD_REDIRECT", "FWD_NO_NEIGH", "FWD_STACK", "UNTRACKED", "REPLY_SUPERSEDED", "RST_MISS",
+    "FRAG_PASS",
 ]
 STAT = {name: i for i, name in enumerate(STATS)}
 
 # enum bgs_drop_reason
-DROPS = ["NO_BACKEND", "BAD_BACKEND", "FLOW_INSERT", "FRAG_MISS", "INSERT_LIMIT"]
+DROPS = ["NO_BACKEND", "BAD_BACKEND", "FLOW_INSERT", "FRAG_MISS"]
 DROP = {name: i for i, name in enumerate(DROPS)}
 
 # struct bgs_backend_stats fields, in order
@@ -96,15 +108,16 @@ SIZES = {
     "bgs_set": 4 + 4 * BGS_MAX_BACKENDS,
     "bgs_backend": 28,  # the last two bytes: weight
     "bgs_flow_key": 40,
-    "bgs_flow": 40,
-    "bgs_reverse": 24,
+    "bgs_conn_key": 24,
+    "bgs_flow": 16,
+    "bgs_nexthop": 32,  # 28 bytes of fields, aligned to 8 by the __u64
     "bgs_backend_addr": 20,
-    "bgs_backend_ref": 8,
+    "bgs_backend_ref": 8 + 2 * BGS_ADDR_SVCS,
     "bgs_vip_addr": 20,
     "bgs_frag_key": 40,
     "bgs_frag": 20,
     "bgs_service": BGS_NAME_LEN + 32,  # name, vip key, table_size, lb, pad, vip_flags
-    "bgs_config": 48,
+    "bgs_config": 56,
     "bgs_backend_stats": 48,
     "bgs_service_stats": 8 * (4 + len(DROPS)),
     "bgs_bucket": 16,
@@ -362,6 +375,25 @@ def unpack_flow_key_raw(raw: bytes) -> tuple:
     return (bytes(raw[0:16]), bytes(raw[16:32]), sport, dport, proto, family)
 
 
+def pack_conn_key(client: str, cport: int, svc: int, proto: int) -> bytes:
+    """struct bgs_conn_key (bgs_flows key, 24 bytes): a connection by its client's address and
+    port and its service id; the family follows from the address."""
+    return addr16(client) + struct.pack("!H", cport) + struct.pack(
+        "<HBBH", svc, proto, family_of(client), 0)
+
+
+def pack_conn_key_raw(caddr16: bytes, cport: int, svc: int, proto: int, family: int) -> bytes:
+    """struct bgs_conn_key from a raw 16-byte address field."""
+    return caddr16 + struct.pack("!H", cport) + struct.pack("<HBBH", svc, proto, family, 0)
+
+
+def unpack_conn_key_raw(raw: bytes) -> tuple:
+    """struct bgs_conn_key as (caddr16, cport, svc, proto, family)."""
+    cport, = struct.unpack_from("!H", raw, 16)
+    svc, proto, family = struct.unpack_from("<HBB", raw, 18)
+    return (bytes(raw[0:16]), cport, svc, proto, family)
+
+
 def pack_vip_key(addr: str, port: int, proto: int) -> bytes:
     """struct bgs_vip_key (20 bytes)."""
     return addr16(addr) + struct.pack("!H", port) + struct.pack("<BB", proto, family_of(addr))
@@ -422,18 +454,23 @@ def unpack_service(raw: bytes) -> Service:
 class BackendRef(NamedTuple):
     """struct bgs_backend_ref (bgs_backend_addrs value), decoded."""
 
-    refs: int
-    svc: int  # the one service whose slots use the address, or BGS_SVC_MANY
+    refs: int  # slots with this address, port and protocol
+    svcs: tuple  # the services they serve (svc[0..nsvc)), where a reply looks for its flow
 
 
 def unpack_backend_ref(raw: bytes) -> BackendRef:
-    """Decode struct bgs_backend_ref (8 bytes)."""
-    return BackendRef(*struct.unpack("<II", raw))
+    """Decode struct bgs_backend_ref (refs, nsvc, svc[BGS_ADDR_SVCS]); svcs holds the first
+    nsvc ids (at most BGS_ADDR_SVCS, as the data plane reads them)."""
+    refs, nsvc = struct.unpack_from("<II", raw, 0)
+    svc = struct.unpack_from(f"<{BGS_ADDR_SVCS}H", raw, 8)
+    return BackendRef(refs, tuple(svc[:min(nsvc, BGS_ADDR_SVCS)]))
 
 
-def pack_backend_ref(r: BackendRef) -> bytes:
-    """Encode struct bgs_backend_ref."""
-    return struct.pack("<II", r.refs, r.svc)
+def pack_backend_ref(r: BackendRef, nsvc: Optional[int] = None) -> bytes:
+    """Encode struct bgs_backend_ref (``nsvc`` may be forced to test bounds)."""
+    svc = list(r.svcs) + [0] * (BGS_ADDR_SVCS - len(r.svcs))
+    return struct.pack(f"<II{BGS_ADDR_SVCS}H", r.refs, len(r.svcs) if nsvc is None else nsvc,
+                       *svc)
 
 
 class Bucket(NamedTuple):
@@ -480,47 +517,54 @@ def unpack_frag(raw: bytes, family: Optional[int] = None) -> Frag:
 
 
 class Flow(NamedTuple):
-    """struct bgs_flow, decoded."""
+    """struct bgs_flow (bgs_flows value, 16 bytes), decoded. The backend's address and port
+    are its slot's (bgs_backends)."""
 
-    daddr: str
-    dport: int
-    color: int
     slot: int
-    state: int
-    last_seen: int
+    color: int
+    state: int  # BGS_FLOW_*
+    ifindex: int  # where the backend's packets come in (its next hop's interface), 0: local
+    seen: int  # the client's last packet: bpf_ktime_get_coarse_ns() >> BGS_SEEN_SHIFT
 
 
-def unpack_flow(raw: bytes, family: Optional[int] = None) -> Flow:
-    """Decode struct bgs_flow (40 bytes: 4 bytes of padding before last_seen). The value does
-    not hold its family: pass the key's (default: IPv4 when bytes 4..15 are zero)."""
-    family = _guess_family(raw) if family is None else family
-    dport, = struct.unpack_from("!H", raw, 16)
-    color, _pad, slot, state = struct.unpack_from("<BBII", raw, 18)
-    last_seen, = struct.unpack_from("<Q", raw, 32)
-    return Flow(addr_str(raw, family), dport, color, slot, state, last_seen)
+def unpack_flow(raw: bytes) -> Flow:
+    """Decode struct bgs_flow (slot u16, color u8, pad u8, state, ifindex, seen u32)."""
+    slot, color, _pad, state, ifindex, seen = struct.unpack("<HBBIII", raw)
+    return Flow(slot, color, state, ifindex, seen)
 
 
 def pack_flow(f: Flow) -> bytes:
     """Encode struct bgs_flow."""
-    return (addr16(f.daddr) + struct.pack("!H", f.dport)
-            + struct.pack("<BBIII", f.color, 0, f.slot, f.state, 0)
-            + struct.pack("<Q", f.last_seen))
+    return struct.pack("<HBBIII", f.slot, f.color, 0, f.state, f.ifindex, f.seen & _M32)
 
 
-class Reverse(NamedTuple):
-    """struct bgs_reverse, decoded."""
-
-    vaddr: str
-    vport: int
-    slot: int
+def seen_of(ns: int) -> int:
+    """bgs_flow.seen of a bpf_ktime_get_coarse_ns() time (``ns``)."""
+    return (ns >> BGS_SEEN_SHIFT) & _M32
 
 
-def unpack_reverse(raw: bytes, family: Optional[int] = None) -> Reverse:
-    """Decode struct bgs_reverse (24 bytes)."""
-    family = _guess_family(raw) if family is None else family
-    vport, = struct.unpack_from("!H", raw, 16)
-    slot, = struct.unpack_from("<I", raw, 20)
-    return Reverse(addr_str(raw, family), vport, slot)
+def flow_age_ns(seen: int, now_ns: int) -> int:
+    """flow_age() of bpf/flow.bpf.h: how long ago (ns) a flow last seen at ``seen`` was seen,
+    at ``now_ns``, in whole units of 2^BGS_SEEN_SHIFT ns; 0 when ``seen`` is ahead of now."""
+    d = (seen_of(now_ns) - seen) & _M32
+    d = d - (1 << 32) if d & 0x80000000 else d
+    return d << BGS_SEEN_SHIFT if d > 0 else 0
+
+
+class Nexthop(NamedTuple):
+    """struct bgs_nexthop (bgs_nexthops value, per CPU), decoded."""
+
+    expires: int
+    ifindex: int
+    mtu: int
+    dmac: bytes
+    smac: bytes
+    rc: int  # BPF_FIB_LKUP_RET_*
+
+
+def unpack_nexthop(raw: bytes) -> Nexthop:
+    """Decode struct bgs_nexthop (28 bytes of fields; the map's value is 32)."""
+    return Nexthop(*struct.unpack_from("<QIH6s6sB", raw))
 
 
 class Switch(NamedTuple):
@@ -640,19 +684,30 @@ class Config(NamedTuple):
     tcp_idle_ns: int
     udp_idle_ns: int
     closing_ns: int
-    new_flow_rate: int = BGS_NEW_FLOW_RATE  # inserts per second per CPU; 0: no limit
-    new_flow_burst: int = BGS_NEW_FLOW_BURST
+    new_flow_rate: int = 0  # inserts per second, this CPU's part of the node's; 0: no limit
+    new_flow_burst: int = 0  # this CPU's part of the node's burst
     collected: int = 0  # flow entries deleted by user space
+    node_flow_rate: int = 0  # the node's insert limit as set (`bgswitch limits`)
+    node_flow_burst: int = 0
+
+
+_CONFIG = "<IIQQQIIQII"
 
 
 def unpack_config(raw: bytes) -> Config:
-    """Decode struct bgs_config (48 bytes)."""
-    return Config(*struct.unpack("<IIQQQIIQ", raw))
+    """Decode struct bgs_config (56 bytes)."""
+    return Config(*struct.unpack(_CONFIG, raw))
 
 
 def pack_config(c: Config) -> bytes:
     """Encode struct bgs_config."""
-    return struct.pack("<IIQQQIIQ", *c)
+    return struct.pack(_CONFIG, *c)
+
+
+def cpu_part(node: int, ncpus: int) -> int:
+    """Each CPU's part of a node-wide insert rate or burst (user/state.c config_set_limits):
+    rounded up."""
+    return (node + ncpus - 1) // ncpus
 
 
 def unpack_u64(raw: bytes) -> int:

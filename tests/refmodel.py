@@ -12,16 +12,18 @@ mirror of every table the data plane reads or writes:
   control-plane command: services (bgs_vips, bgs_vip_addrs, bgs_services), switch words (green
   share, previous share, buffers, flags), backend sets, lookup tables (bgs_tables: each inner
   map opened by its id, read whole), backends, backend addresses (with their reference: the
-  one service using them, or BGS_SVC_MANY), timeouts, the insert limit;
-* dynamic tables, which the model updates itself as packets create or change entries:
-  flows, reverse entries, fragment records; ``load_dynamic`` reads them from the maps, for
-  resynchronising after a reported difference, and ``dump_*`` give them in a comparable form;
+  services they serve, up to BGS_ADDR_SVCS), timeouts, the insert limit;
+* dynamic tables, which the model updates itself as packets create or change entries: the
+  flow table (one entry per connection, keyed by client address, client port, service,
+  protocol and family: struct bgs_conn_key) and fragment records; ``load_dynamic`` reads them
+  from the maps, for resynchronising after a reported difference, and ``dump_*`` give them in
+  a comparable form;
 * the insert budget (a token bucket) of the one CPU the programs are run on (``cpu``), kept
   by the model from the times it is given; ``load_bucket`` reads it from bgs_insert_budget;
 * every counter: bgs_stats, bgs_drops, bgs_service_stats, bgs_backend_stats.
 
-Semantics modelled (see the module's SPEC list for the exact rules, one per line)
---------------------------------------------------------------------------------
+Semantics modelled
+------------------
 Parsing, ingress and egress alike (a failure passes the packet untouched; ingress counts the
 named reason, egress counts nothing but TX):
 
@@ -57,36 +59,56 @@ Ingress (XDP, verdict XDP_PASS unless a drop is named):
   type that is not an error above (NOT_VIP). ICMP errors leave none.
 * ICMP / ICMPv6 errors (v4 types 3, 11, 12; v6 types 1, 2, 3, 4) quoting a TCP/UDP packet
   whose source is a service (VIP:port/proto): when the outer destination is that VIP and the
-  flow (quoted destination -> quoted source) exists, the outer destination, the quoted source
-  address and port become the flow's backend, with the quoted transport checksum (when quoted
+  flow entry (quoted destination address and port, that service) exists and its slot is not
+  a free backend, the outer destination, the quoted source address and port become that
+  backend's (expired or closed flows too), with the quoted transport checksum (when quoted
   whole), the quoted IPv4 header checksum, the outer IPv4 header checksum and the ICMP
   checksum (IPv6: with the pseudo-header) updated: ICMP_IN, backend rx. Quoting a service but
   no flow: ICMP_NO_FLOW. Any other ICMP: NOT_VIP. A quote is an IPv4 header (version 4,
   IHL >= 5, not a later fragment) or a bare IPv6 header, then 8 bytes of TCP/UDP.
-* TCP/UDP to a service (bgs_vips: daddr, dport, proto, family), else NOT_VIP. VIP. A first
-  packet is a UDP datagram, or a TCP segment with SYN and without ACK. A flow entry is
-  followed (FLOW_HIT; last_seen refreshed when older than 100 ms; client RST and FIN set
-  their state bits) unless the packet is a first packet and the entry is dead (TCP: RST or
-  both FINs; any: idle past its protocol's timeout), in which case it is replaced
-  (FLOW_REOPEN, node and service). No entry and not a first packet (a TCP segment without
-  SYN, or with SYN|ACK): NOSYN_MISS and SECOND_CHANCE (node and service), then re-pinned: a
-  flow created toward the color the previous share gives it (model.share_color(h,
-  prev_share), h = model.flow_hash of the packet) when the switch word's flags hold both
-  BGS_SW_DRAINING and BGS_SW_HAS_PREV, else toward the color the current share gives it. A
-  new TCP flow without entry: SYN_MISS (node and service). New flows and reopens take the
-  color model.share_color(h, share): blue at share 0, green at BGS_SHARE_ALL (100 %), in
-  between green exactly when model.share_bucket(h) < share.
-* Creating a flow (toward a color): first one insert from the CPU's budget, a token bucket of
-  new_flow_burst + 1 inserts refilled at new_flow_rate inserts per second (bgs_config;
-  rate 0: no limit, nothing taken); none left: drop INSERT_LIMIT (node and service), nothing
-  recorded. Then the backend, from the color's current buffer (switch set_sel): when
-  bgs_tables has an inner map under that buffer's key (its lookup table, read through the
-  map's id), entry 0 is M; M = 0: drop NO_BACKEND; else the slot at entry 1 + h % M, and an
-  entry beyond the inner map's size drops BAD_BACKEND. Without a table, the set buffer:
-  empty set: drop NO_BACKEND; count beyond BGS_MAX_BACKENDS: BAD_BACKEND; else
-  set[h % count]. A chosen slot that is not an active backend: drop BAD_BACKEND; else flow
-  entry (that color, state SYN for a TCP SYN, else 0) and reverse entry written, FLOW_NEW,
-  backend new_flows.
+* TCP/UDP to a service (bgs_vips: daddr, dport, proto, family), else NOT_VIP. VIP. The flow
+  table is keyed by (client address, client port, service id, proto, family); an entry holds
+  the backend slot, the color, state bits, the interface the backend's packets come in by
+  (ifindex) and the client's last-seen time ``seen`` (coarse ns >> BGS_SEEN_SHIFT; ages in
+  whole units, a seen time ahead of now is age 0). A first packet is a UDP datagram, or a
+  TCP segment with SYN and without ACK. An entry whose slot is a free backend (or beyond
+  bgs_backends) counts as no entry at all (not "had": no FLOW_REOPEN). An entry is followed
+  (FLOW_HIT; ``seen`` set to now when now - seen > BGS_TOUCH_NS >> BGS_SEEN_SHIFT units, 5;
+  TCP flags recorded as the client's, see "TCP state" below) unless the packet is a first
+  packet and the entry is dead (TCP: closed; any: idle past its protocol's timeout), in
+  which case it is replaced. A miss (no entry, or a dead one replaced) is counted and placed
+  by a share:
+  - not a first packet (a TCP segment without SYN, or with SYN|ACK): NOSYN_MISS and
+    SECOND_CHANCE (node and service); the previous share when the switch word's flags hold
+    both BGS_SW_DRAINING and BGS_SW_HAS_PREV ("draining"), else the current share;
+  - a first packet on a dead entry: FLOW_REOPEN (node and service); the current share, except
+    a UDP datagram while draining: SECOND_CHANCE too (node and service), the previous share
+    (a UDP flow whose entry expired while its service drains is re-pinned where it was). A
+    TCP SYN's dead entry is deleted first, whatever follows (an entry written, none: RST or
+    over the budget, or a drop), so that the new connection's next segments never follow
+    it to the old backend; a UDP one stays until replaced (its next datagram, if none is
+    written, is a reopen placed the same way);
+  - a first packet without entry: SYN_MISS (TCP only; node and service), the current share.
+  The color is model.share_color(hs, that share), hs = model.flow_hash of the packet, or
+  model.client_hash of its source with BGS_VIP_SPLIT_CLIENT: blue at share 0, green at
+  BGS_SHARE_ALL (100 %), in between green exactly when model.share_bucket(hs) < share.
+* Creating a flow toward a color: the backend, from the color's current buffer (switch
+  set_sel): when bgs_tables has an inner map under that buffer's key (its lookup table, read
+  through the map's id), entry 0 is M; M = 0: drop NO_BACKEND; else the slot at entry
+  1 + h % M, and an entry beyond the inner map's size drops BAD_BACKEND. Without a table, the
+  set buffer: empty set: drop NO_BACKEND; count beyond BGS_MAX_BACKENDS: BAD_BACKEND; else
+  set[h % count]. A chosen slot that is not an active backend: drop BAD_BACKEND (drops count
+  node and service). Else backend new_flows, and the packet goes to that backend whether or
+  not an entry is written:
+  - a TCP segment with RST opens nothing: RST_MISS, no entry (a dead entry stays as it was);
+  - else one insert from the CPU's budget, a token bucket of new_flow_burst + 1 inserts
+    refilled at new_flow_rate inserts per second (bgs_config, the CPU's part of the node's
+    limit; rate 0: no limit, nothing taken), by whole microseconds elapsed since its last
+    refill (at most 10^9 of them) times the rate, in millionths of an insert, only when time
+    has moved past its last refill; none left: UNTRACKED, no entry (a flood: forwarded,
+    placed as above, only its entry skipped);
+  - else the entry {slot, color, state SYN for a TCP first packet, FIN_CLIENT too for a TCP
+    FIN, ifindex of the next hop toward the backend, seen now} is written: FLOW_NEW.
   A first fragment is then recorded (FRAG_FIRST). Destination address and port are rewritten
   to the backend's; TCP/UDP checksum by difference (UDP 0 stays 0, a result of 0 is 0xffff),
   IPv4 header checksum by difference. Backend rx counters (IP length, IPv6: header included).
@@ -99,22 +121,44 @@ Ingress (XDP, verdict XDP_PASS unless a drop is named):
 Egress (TC, verdict TC_ACT_OK always):
 
 * Later fragment with a record (backend, client, id, proto, family): source address becomes
-  the record's (the VIP), IPv4 header checksum updated; REPLY_NAT, backend tx. No record, or
-  a pass marker: untouched.
-* ICMP errors quoting client -> backend:port/proto (a backend address) with a reverse entry:
-  quoted destination address and port become the VIP's, the outer source too when it is the
-  backend's own address, every checksum as on ingress: ICMP_OUT, backend tx. A backend
-  address but no reverse entry: ICMP_NO_FLOW. Others untouched, uncounted.
-* TCP/UDP from a backend address (bgs_backend_addrs) with a reverse entry: a TCP FIN or RST
-  marks FIN_SERVER / RST on the flow when that flow is still this backend's (same slot); a
-  first fragment is recorded (its later fragments will get the VIP as source), FRAG_FIRST;
-  source address and port become the VIP's, checksums by difference; REPLY_NAT, backend tx,
-  resets on RST. From a backend address without reverse entry: when the address's reference
-  names one service, the flow (the reply's destination address and port -> that service's
-  VIP and port from bgs_services, same protocol and family) is looked up; when it exists
-  and its backend address and port are the reply's source, the reverse entry {VIP, port,
-  the flow's slot} is written, REPLY_RECOVERED, and the reply goes on as above. Otherwise
-  REPLY_NO_FLOW, untouched. Others untouched, uncounted.
+  the record's (the VIP), IPv4 header checksum updated; REPLY_NAT, backend tx. No record,
+  or a pass marker: untouched.
+* The flow of a reply from a backend address:port/proto (bgs_backend_addrs, its reference
+  listing the services it serves) to a client address:port: the first of those services, in
+  the reference's order, under which the flow table holds an entry (client address and port,
+  that service, proto, family) whose slot is not a free backend, whose backend address and
+  port are the reply's source, and that is not closed; else the first such entry that is
+  closed. Each reply thus finds its own service's flow, and a flow on another backend is
+  never its.
+* ICMP errors quoting client -> backend:port/proto (a backend address): the flow of a reply
+  backend -> client; when there is one and the packet came in by the flow's ifindex
+  (skb->ingress_ifindex) or was made by the node itself (ingress_ifindex 0), the quoted destination address and port become the VIP's
+  (bgs_services of the flow's service), the outer source too when it is the backend's own
+  address, every checksum as on ingress: ICMP_OUT, backend tx (expired or closed flows too).
+  A backend address but no such flow, or another interface: ICMP_NO_FLOW. Others untouched,
+  uncounted.
+* TCP/UDP from a backend address: its flow (above). None, or one that is expired (closed:
+  idle longer than the closing timeout; else idle past its protocol's timeout):
+  REPLY_NO_FLOW, untouched. A packet that came in by another interface than the flow's
+  ifindex: REPLY_WRONG_DEV, untouched. A segment with SYN (SYN-ACK included) on a closed
+  flow: a new connection on the same addresses and ports, not the flow's: the entry is
+  deleted, REPLY_SUPERSEDED, untouched. Otherwise the reply is the flow's: its TCP flags are
+  recorded as the backend's (see "TCP state"); a first fragment is recorded (its later
+  fragments will get the VIP as source), FRAG_FIRST; source address and port become the
+  VIP's, checksums by difference; REPLY_NAT, backend tx, resets on RST. From an address that
+  is no backend's: untouched, uncounted.
+
+TCP state (one side's segment on its flow; the client's on ingress, with FIN_CLIENT and
+CLIENT_ON, the backend's on egress, with FIN_SERVER and SERVER_ON):
+
+* an RST sets RST (the backend's also RST_SERVER) and clears both ON bits, unless those bits
+  are set already without ON bits (then nothing changes); nothing else is recorded of it;
+* otherwise a FIN sets the side's FIN bit; and when RST is set without the side's ON bit,
+  that bit is set, and once both ON bits are set RST, RST_SERVER and both ON bits are
+  cleared (the RST did not end the connection: a spoofed or out-of-window RST, RFC 5961).
+* A flow is closed when RST is set, or both FIN bits; closed flows are dead at once (a first
+  packet replaces them). Closed by the backend's RST or by both FINs, a flow expires after
+  the closing timeout; closed by the client's RST alone, after the idle timeout.
 
 Checksums "by difference" follow RFC 1624 eqn. 3, HC' = ~(~HC + ~m + m'), in ones'
 complement arithmetic with end-around carry: a checksum that was wrong stays wrong by the
@@ -126,9 +170,13 @@ UNSPECIFIED so that a report can say which rule a difference rests on):
 * several IPv6 fragment headers in one chain: each one walked updates the state (offset > 0:
   later; offset 0 with M: first; atomic: unchanged), the identification is the last one's;
 * counters of egress parse failures: none (the reasons are ingress counters);
+* the next hop's interface: the tests run the programs where no FIB lookup succeeds
+  (tests/unit_fixtures.py), so every new entry's ifindex is ``RefModel.nh_ifindex`` (0) and a
+  followed entry's is never changed; egress packets come in by the interface the caller
+  names (0 unless told);
 * the insert budget's size: new_flow_burst + 1 inserts (a burst of 0 still lets one insert
-  through at the rate), refilled continuously (in millionths of an insert) from the time of
-  its last refill; the bucket of a CPU never used refills from time 0 (so it starts full);
+  through at the rate); the bucket of a CPU never used refills from time 0 (so it starts
+  full);
 * the TCP/UDP pseudo-header of IPv6 uses the IPv6 header's destination even when a routing
   header with segments left names another final destination.
 """
@@ -146,7 +194,6 @@ TC_ACT_OK = 0
 ETH_P_IP, ETH_P_IPV6, ETH_P_8021Q, ETH_P_8021AD = 0x0800, 0x86DD, 0x8100, 0x88A8
 TCP_FIN, TCP_SYN, TCP_RST, TCP_ACK = 0x01, 0x02, 0x04, 0x10
 TOUCH_NS = 100 * 1000 * 1000
-U64 = (1 << 64) - 1
 V6_EXT = (model.IPPROTO_HOPOPTS, model.IPPROTO_ROUTING, model.IPPROTO_DSTOPTS,
           model.IPPROTO_FRAGMENT)
 ICMP_ERRORS = {model.BGS_AF_INET: (3, 11, 12), model.BGS_AF_INET6: (1, 2, 3, 4)}
@@ -157,8 +204,10 @@ UNSPECIFIED = {
     "v6-multi-frag-hdr": "several IPv6 fragment headers: each updates the state, the last "
                          "identification is kept",
     "egress-parse-count": "egress parse failures are not counted by reason",
-    "insert-budget-size": "the insert budget holds new_flow_burst + 1 inserts, refilled from "
-                          "the last refill's time (from 0 for a CPU never used)",
+    "insert-budget-size": "the insert budget holds new_flow_burst + 1 inserts (from time 0 "
+                          "for a CPU never used)",
+    "nexthop-ifindex": "no FIB lookup succeeds where the tests run: new entries' ifindex is "
+                       "RefModel.nh_ifindex (0), followed entries' never changes",
     "v6-routing-pseudo": "IPv6 pseudo-header uses the header's destination, routing header "
                          "or not",
 }
@@ -486,31 +535,22 @@ def _rewrite_icmp(frame: bytes, p: Pkt, q: Quote, quote_src: bool, to16: bytes, 
 
 @dataclass
 class FlowVal:
-    """A bgs_flows value as the model keeps it."""
+    """A bgs_flows value as the model keeps it (the key: (caddr16, cport, svc, proto,
+    family), model.unpack_conn_key_raw)."""
 
-    daddr: bytes
-    dport: int
-    color: int
     slot: int
+    color: int
     state: int
-    last_seen: int
+    ifindex: int
+    seen: int  # coarse ns >> BGS_SEEN_SHIFT
 
     def pack(self) -> bytes:
-        return (self.daddr + struct.pack("!H", self.dport)
-                + struct.pack("<BBIIIQ", self.color, 0, self.slot, self.state, 0,
-                              self.last_seen))
+        return model.pack_flow(model.Flow(self.slot, self.color, self.state, self.ifindex,
+                                          self.seen))
 
     @classmethod
     def unpack(cls, raw: bytes) -> "FlowVal":
-        dport, = struct.unpack_from("!H", raw, 16)
-        color, _pad, slot, state, _pad2, last_seen = struct.unpack_from("<BBIIIQ", raw, 18)
-        return cls(bytes(raw[:16]), dport, color, slot, state, last_seen)
-
-
-class RevVal(NamedTuple):
-    vaddr: bytes
-    vport: int
-    slot: int
+        return cls(*model.unpack_flow(raw))
 
 
 class FragVal(NamedTuple):
@@ -547,7 +587,7 @@ class Outcome(NamedTuple):
     stats: Tuple[str, ...]
     drops: Tuple[str, ...]
     effects: Tuple[tuple, ...]  # every counter change, for RefModel.undo
-    tables_changed: bool  # flows, reverse entries, fragment records or insert budget written
+    tables_changed: bool  # flows, fragment records or insert budget written
 
 
 # Known departures of the data plane from the specification, which the model can emulate on
@@ -576,17 +616,18 @@ class RefModel:
         # bgs_tables: set index -> every word of the inner map (entry 0: M); absent: no table
         self.tables: Dict[int, List[int]] = {}
         self.backends: Dict[int, BackendVal] = {}
-        # (addr16, port, proto, family) -> model.BackendRef (refs, the one service or MANY)
+        # (addr16, port, proto, family) -> model.BackendRef (refs, the services it serves)
         self.backend_addrs: Dict[tuple, model.BackendRef] = {}
         self.services: Dict[int, tuple] = {}  # bgs_services: id -> VIP (addr16, port, ...)
         self.tcp_idle_ns = 0
         self.udp_idle_ns = 0
+        self.closing_ns = 0
+        self.nh_ifindex = 0  # the next hop's interface of every new entry (see UNSPECIFIED)
         self.new_flow_rate = 0  # 0: no insert limit
         self.new_flow_burst = 0
         self.cpu = 0  # the CPU the programs run on: whose insert budget the model keeps
         self.bucket = Bucket(0, 0)
         self.flows: Dict[tuple, FlowVal] = {}
-        self.reverse: Dict[tuple, RevVal] = {}
         self.frags: Dict[tuple, FragVal] = {}
         self.stats: Counter = Counter()
         self.drops: Counter = Counter()
@@ -615,7 +656,7 @@ class RefModel:
                               for k, v in bgs.map("bgs_backend_addrs").items()}
         svcs = set(self.vips.values())
         self.services = {}
-        for s in svcs | {r.svc for r in self.backend_addrs.values()}:
+        for s in svcs.union(*(r.svcs for r in self.backend_addrs.values())):
             raw = (bgs.map("bgs_services").lookup(model.u32(s))
                    if s < bgs.map("bgs_services").info.max_entries else None)
             if raw is not None:
@@ -635,11 +676,19 @@ class RefModel:
                         tw = model.table_words(inner.array_raw())
                     self.tables[idx] = tw
                     slots.update(tw[1:])
-        for r in self.flows.values():
-            slots.add(r.slot)
         self.backends = {}
+        self._load_backends(bgs, slots)
+        cfg = bgs.config()
+        self.tcp_idle_ns, self.udp_idle_ns = cfg.tcp_idle_ns, cfg.udp_idle_ns
+        self.closing_ns = cfg.closing_ns
+        self.new_flow_rate, self.new_flow_burst = cfg.new_flow_rate, cfg.new_flow_burst
+        for s in svcs:
+            self.svc_stats.setdefault(s, Counter())
+
+    def _load_backends(self, bgs, slots: Iterable[int]) -> None:
+        """Read the backends of ``slots`` and of every flow entry's slot (bgs_backends)."""
         be = bgs.map("bgs_backends")
-        for slot in slots:
+        for slot in set(slots) | {f.slot for f in self.flows.values()}:
             if slot >= be.info.max_entries:
                 continue
             raw = be.lookup(model.u32(slot))
@@ -647,21 +696,13 @@ class RefModel:
             family, state, svc, color, proto = struct.unpack_from("<BBIBB", raw, 18)
             self.backends[slot] = BackendVal(bytes(raw[:16]), port, family, state, svc, color,
                                              proto)
-        cfg = bgs.config()
-        self.tcp_idle_ns, self.udp_idle_ns = cfg.tcp_idle_ns, cfg.udp_idle_ns
-        self.new_flow_rate, self.new_flow_burst = cfg.new_flow_rate, cfg.new_flow_burst
-        for s in svcs:
-            self.svc_stats.setdefault(s, Counter())
 
     def load_dynamic(self, bgs) -> None:
-        """Replace the model's flows, reverse entries and fragment records by the maps'."""
-        self.flows = {model.unpack_flow_key_raw(k): FlowVal.unpack(v)
+        """Replace the model's flows and fragment records by the maps'."""
+        self.flows = {model.unpack_conn_key_raw(k): FlowVal.unpack(v)
                       for k, v in bgs.map("bgs_flows").items()}
-        self.reverse = {}
-        for k, v in bgs.map("bgs_reverse").items():
-            vport, = struct.unpack_from("!H", v, 16)
-            slot, = struct.unpack_from("<I", v, 20)
-            self.reverse[model.unpack_flow_key_raw(k)] = RevVal(bytes(v[:16]), vport, slot)
+        self._load_backends(bgs, [f.slot for f in self.flows.values()
+                                  if f.slot not in self.backends])
         self.frags = {}
         for k, v in bgs.map("bgs_frags").items():
             self.frags[model.unpack_frag_key_raw(k)] = FragVal(bytes(v[:16]),
@@ -734,9 +775,11 @@ class RefModel:
             self._counter(where, key, field, v)
         self._fx = []
 
-    def run(self, hook: str, frame: bytes, now: int) -> Outcome:
-        """ingress() for hook "in", egress() for "out"."""
-        return self.ingress(frame, now) if hook == "in" else self.egress(frame, now)
+    def run(self, hook: str, frame: bytes, now: int, ingress_ifindex: int = 0) -> Outcome:
+        """ingress() for hook "in", egress() (come in by ``ingress_ifindex``) for "out"."""
+        if hook == "in":
+            return self.ingress(frame, now)
+        return self.egress(frame, now, ingress_ifindex)
 
     # --- ingress -------------------------------------------------------------------------
 
@@ -774,20 +817,21 @@ class RefModel:
             self._stat("NOT_VIP")
             return self._out(XDP_PASS, frame, "NOT_VIP")
         self._stat("VIP")
-        key = p.key()
+        key = (p.saddr, p.sport, svc, p.proto, p.family)
         tcp = p.proto == model.IPPROTO_TCP
         first = (p.tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN if tcp else True
         f = self.flows.get(key)
+        if f is not None and self._live_backend(f.slot) is None:
+            f = None  # an entry whose slot is a free backend counts as none
         if f is not None and not (first and self._dead(f, p.proto, now)):
             self._stat("FLOW_HIT")
             self._tables = True
-            if (now - f.last_seen) & U64 > TOUCH_NS:
-                f.last_seen = now
-            if tcp and p.tcp_flags & TCP_RST:
-                f.state |= model.BGS_FLOW_RST
-            if tcp and p.tcp_flags & TCP_FIN:
-                f.state |= model.BGS_FLOW_FIN_CLIENT
-            reason = "FLOW_HIT"
+            if _s32(model.seen_of(now) - f.seen) > TOUCH_UNITS:
+                f.seen = model.seen_of(now)
+            if tcp:
+                _mark(f, p.tcp_flags, model.BGS_FLOW_FIN_CLIENT, model.BGS_FLOW_CLIENT_ON,
+                      model.BGS_FLOW_RST)
+            slot, reason = f.slot, "FLOW_HIT"
         else:
             sw = self.switch.get(svc, model.Switch(0, 0))
             h = model.flow_hash_raw(p.saddr, p.daddr, p.sport, p.dport, p.proto)
@@ -797,42 +841,28 @@ class RefModel:
                 self.paths["split-client"] += 1
             else:
                 h_split = h
-            color = model.share_color(h_split, sw.share)
-            if not first:
-                self._stat("NOSYN_MISS")
-                self._counter("svc", svc, "nosyn_miss")
-                self._stat("SECOND_CHANCE")
-                self._counter("svc", svc, "second_chance")
-                both = model.BGS_SW_DRAINING | model.BGS_SW_HAS_PREV
-                if sw.flags & both == both:
-                    color = model.share_color(h_split, sw.prev_share)
-                    reason = "REPIN_PREVIOUS"
-                    if 0 < sw.prev_share < model.BGS_SHARE_ALL:
-                        self.paths["prev-split"] += 1
-                else:
-                    reason = "REPIN_ACTIVE"
-            elif f is not None:
-                self._stat("FLOW_REOPEN")
-                self._counter("svc", svc, "reopen")
-                reason = "FLOW_REOPEN"
-            else:
-                if tcp:
-                    self._stat("SYN_MISS")
-                    self._counter("svc", svc, "syn_miss")
-                reason = "FLOW_NEW"
-            if 0 < sw.share < model.BGS_SHARE_ALL and reason != "REPIN_PREVIOUS":
-                self.paths["share-split"] += 1
-            f, err = self._create(p, svc, now, sw, color, h, tcp and first)
-            if f is None:
+            share, prev, reason = self._miss_share(svc, sw, first, f is not None, tcp)
+            if 0 < share < model.BGS_SHARE_ALL:
+                self.paths["prev-split" if prev else "share-split"] += 1
+            if tcp and f is not None:
+                del self.flows[key]  # a new connection on a dead entry: the entry goes now
+                self._tables = True
+            slot, err = self._create(p, key, now, sw, model.share_color(h_split, share), h,
+                                     tcp and first)
+            if err is None and slot is None:
+                raise AssertionError("_create gave neither a slot nor a drop")
+            if slot is None:
                 self._drop(err, svc)
                 return self._out(XDP_DROP, frame, err)
+            reason += err or ""
+        be = self.backends[slot]
         if p.frag == FRAG_FIRST:
             self._tables = True
-            self.frags[p.frag_key()] = FragVal(f.daddr, f.slot)
+            self.frags[p.frag_key()] = FragVal(be.addr, slot)
             self._stat("FRAG_FIRST")
             reason += "+FRAG_FIRST"
-        out = _rewrite_l3l4(frame, p, False, f.daddr, f.dport)
-        self._be(f.slot, rx_packets=1, rx_bytes=p.ip_len)
+        out = _rewrite_l3l4(frame, p, False, be.addr, be.port)
+        self._be(slot, rx_packets=1, rx_bytes=p.ip_len)
         return self._fast_path(out, reason)
 
     def _frag_pass(self, p: Pkt) -> None:
@@ -846,15 +876,59 @@ class RefModel:
         self._stat("FWD_STACK")
         return self._out(XDP_PASS, out, reason)
 
+    def _live_backend(self, slot: int) -> Optional["BackendVal"]:
+        """The backend of a slot unless the slot is free (flow_backend())."""
+        be = self.backends.get(slot)
+        return be if be is not None and be.state != model.BGS_BACKEND_FREE else None
+
+    def _miss_share(self, svc: int, sw: model.Switch, first: bool, had: bool, tcp: bool):
+        """Count a miss; (the share that places it, whether that is the previous share, the
+        outcome's reason)."""
+        both = model.BGS_SW_DRAINING | model.BGS_SW_HAS_PREV
+        draining = sw.flags & both == both
+        if not first:
+            self._stat("NOSYN_MISS")
+            self._counter("svc", svc, "nosyn_miss")
+            reason = "REPIN_PREVIOUS" if draining else "REPIN_ACTIVE"
+        elif had:
+            self._stat("FLOW_REOPEN")
+            self._counter("svc", svc, "reopen")
+            if tcp or not draining:
+                return sw.share, False, "FLOW_REOPEN"
+            reason = "REOPEN_PREVIOUS"
+        else:
+            if tcp:
+                self._stat("SYN_MISS")
+                self._counter("svc", svc, "syn_miss")
+            return sw.share, False, "FLOW_NEW"
+        self._stat("SECOND_CHANCE")
+        self._counter("svc", svc, "second_chance")
+        return (sw.prev_share, True, reason) if draining else (sw.share, False, reason)
+
+    def _age(self, f: FlowVal, now: int) -> int:
+        return model.flow_age_ns(f.seen, now)
+
+    def _closed(self, f: FlowVal, proto: int) -> bool:
+        both = model.BGS_FLOW_BOTH_FIN
+        return proto == model.IPPROTO_TCP and bool(
+            f.state & model.BGS_FLOW_RST or f.state & both == both)
+
+    def _idle(self, proto: int) -> int:
+        return self.tcp_idle_ns if proto == model.IPPROTO_TCP else self.udp_idle_ns
+
     def _dead(self, f: FlowVal, proto: int, now: int) -> bool:
-        if proto == model.IPPROTO_TCP:
-            if f.state & model.BGS_FLOW_RST:
-                return True
-            both = model.BGS_FLOW_FIN_CLIENT | model.BGS_FLOW_FIN_SERVER
-            if f.state & both == both:
-                return True
-        idle = self.tcp_idle_ns if proto == model.IPPROTO_TCP else self.udp_idle_ns
-        return (now - f.last_seen) & U64 > idle
+        """A first packet may replace the entry: closed, or idle past its timeout."""
+        return self._closed(f, proto) or self._age(f, now) > self._idle(proto)
+
+    def _expired(self, f: FlowVal, proto: int, now: int) -> bool:
+        """Replies are no longer translated: closed by the backend's RST or by FIN from both
+        sides for longer than the closing timeout, or else idle past the protocol's timeout
+        (a flow closed by the client's RST alone too: the backend may not have taken it)."""
+        both = model.BGS_FLOW_BOTH_FIN
+        if self._closed(f, proto) and (f.state & model.BGS_FLOW_RST_SERVER or
+                                       f.state & both == both):
+            return self._age(f, now) > self.closing_ns
+        return self._age(f, now) > self._idle(proto)
 
     def _insert_allowed(self, now: int) -> bool:
         """Take one insert from the CPU's budget, when there is one (see the module doc)."""
@@ -863,8 +937,8 @@ class RefModel:
         last, tokens = self.bucket
         cap = (self.new_flow_burst + 1) * INSERT
         if now > last:
-            # new_flow_rate inserts per second: rate * INSERT / 10**9 millionths per ns.
-            tokens = min(cap, tokens + (now - last) * self.new_flow_rate * INSERT // 10**9)
+            us = min((now - last) // 1000, 10**9)
+            tokens = min(cap, tokens + us * self.new_flow_rate)
             last = now
         ok = tokens >= INSERT
         self.bucket = Bucket(last, tokens - INSERT if ok else tokens)
@@ -896,24 +970,33 @@ class RefModel:
         self.paths["set"] += 1
         return words[h % count], None
 
-    def _create(self, p: Pkt, svc: int, now: int, sw: model.Switch, color: int, h: int,
-                syn: bool):
-        if not self._insert_allowed(now):
-            return None, "INSERT_LIMIT"
+    def _create(self, p: Pkt, key: tuple, now: int, sw: model.Switch, color: int, h: int,
+                syn: bool) -> Tuple[Optional[int], Optional[str]]:
+        """Place a new flow on a backend of ``color`` and record it when it may be: (slot,
+        None) with an entry written, (slot, "+RST_MISS" or "+UNTRACKED") without one, or
+        (None, drop reason)."""
+        svc = key[2]
         slot, err = self._pick(sw.set_index(svc, color), h)
         if slot is None:
             return None, err
         be = self.backends.get(slot)
         if be is None or be.state != model.BGS_BACKEND_ACTIVE:
             return None, "BAD_BACKEND"
-        f = FlowVal(be.addr, be.port, color, slot, model.BGS_FLOW_SYN if syn else 0, now)
-        self.reverse[(be.addr, p.saddr, be.port, p.sport, p.proto, p.family)] = RevVal(
-            p.daddr, p.dport, slot)
-        self.flows[p.key()] = f
+        self._be(slot, new_flows=1)
+        tcp = p.proto == model.IPPROTO_TCP
+        if tcp and p.tcp_flags & TCP_RST:
+            self._stat("RST_MISS")
+            return slot, "+RST_MISS"
+        if not self._insert_allowed(now):
+            self._stat("UNTRACKED")
+            return slot, "+UNTRACKED"
+        state = model.BGS_FLOW_SYN if syn else 0
+        if tcp and p.tcp_flags & TCP_FIN:
+            state |= model.BGS_FLOW_FIN_CLIENT
+        self.flows[key] = FlowVal(slot, color, state, self.nh_ifindex, model.seen_of(now))
         self._tables = True
         self._stat("FLOW_NEW")
-        self._be(slot, new_flows=1)
-        return f, None
+        return slot, None
 
     def _msg_end(self, frame: bytes, p: Pkt) -> int:
         return len(frame) if "icmp-beyond-ip-length" in self.quirks else p.ip_end
@@ -921,14 +1004,16 @@ class RefModel:
     def _icmp_in(self, frame: bytes, p: Pkt) -> Outcome:
         q = (parse_quote(frame, p, self.quirks) if p.icmp_type in ICMP_ERRORS[p.family]
              else None)
-        if q is None or (q.saddr, q.sport, q.proto, q.family) not in self.vips:
+        svc = None if q is None else self.vips.get((q.saddr, q.sport, q.proto, q.family))
+        if svc is None:
             self._stat("NOT_VIP")
             return self._out(XDP_PASS, frame, "NOT_VIP")
-        f = self.flows.get((q.daddr, q.saddr, q.dport, q.sport, q.proto, q.family))
-        if f is None or p.daddr != q.saddr:
+        f = self.flows.get((q.daddr, q.dport, svc, q.proto, q.family))
+        be = self._live_backend(f.slot) if f is not None else None
+        if be is None or p.daddr != q.saddr:
             self._stat("ICMP_NO_FLOW")
             return self._out(XDP_PASS, frame, "ICMP_NO_FLOW")
-        out = _rewrite_icmp(frame, p, q, True, f.daddr, f.dport, outer_dst=True,
+        out = _rewrite_icmp(frame, p, q, True, be.addr, be.port, outer_dst=True,
                             outer_src=False, msg_end=self._msg_end(frame, p))
         self._stat("ICMP_IN")
         self._be(f.slot, rx_packets=1, rx_bytes=p.ip_len)
@@ -936,8 +1021,8 @@ class RefModel:
 
     # --- egress --------------------------------------------------------------------------
 
-    def egress(self, frame: bytes, now: int) -> Outcome:
-        """What bgs_egress must do with ``frame``."""
+    def egress(self, frame: bytes, now: int, ingress_ifindex: int = 0) -> Outcome:
+        """What bgs_egress must do with ``frame``, come in by ``ingress_ifindex``."""
         self._begin()
         self._stat("TX")
         reason, p = parse(frame, self.quirks)
@@ -952,105 +1037,131 @@ class RefModel:
             return self._out(TC_ACT_OK, _rewrite_l3l4(frame, p, True, rec.addr, None),
                              "eg:FRAG_LATER")
         if p.is_icmp:
-            return self._icmp_out(frame, p)
+            return self._icmp_out(frame, p, ingress_ifindex)
         ref = self.backend_addrs.get((p.saddr, p.sport, p.proto, p.family))
         if ref is None:
             return self._out(TC_ACT_OK, frame, "eg:NOT_BACKEND")
-        rev = self.reverse.get(p.key())
-        reason = "REPLY_NAT"
-        if rev is None:
-            rev = self._recover(p, ref)
-            reason = "REPLY_RECOVERED"
-        if rev is None:
+        f, key = self._flow_of_reply(p.saddr, p.sport, p.daddr, p.dport, p.proto, p.family,
+                                     ref)
+        if f is None or self._expired(f, p.proto, now):
             self._stat("REPLY_NO_FLOW")
             return self._out(TC_ACT_OK, frame, "REPLY_NO_FLOW")
-        if p.proto == model.IPPROTO_TCP and p.tcp_flags & (TCP_FIN | TCP_RST):
-            f = self.flows.get((p.daddr, rev.vaddr, p.dport, rev.vport, p.proto, p.family))
-            if f is not None and f.slot == rev.slot:
-                self._tables = True
-                if p.tcp_flags & TCP_RST:
-                    f.state |= model.BGS_FLOW_RST
-                if p.tcp_flags & TCP_FIN:
-                    f.state |= model.BGS_FLOW_FIN_SERVER
+        if ingress_ifindex != f.ifindex:
+            self._stat("REPLY_WRONG_DEV")
+            return self._out(TC_ACT_OK, frame, "REPLY_WRONG_DEV")
+        if p.tcp_flags & TCP_SYN and self._closed(f, p.proto):
+            del self.flows[key]
+            self._tables = True
+            self._stat("REPLY_SUPERSEDED")
+            return self._out(TC_ACT_OK, frame, "REPLY_SUPERSEDED")
+        vip = self.services.get(key[2])
+        if vip is None:
+            return self._out(TC_ACT_OK, frame, "eg:NO_SERVICE")
+        vaddr, vport = vip[:2]
+        reason = "REPLY_NAT"
+        if p.proto == model.IPPROTO_TCP:
+            self._tables = True
+            _mark(f, p.tcp_flags, model.BGS_FLOW_FIN_SERVER, model.BGS_FLOW_SERVER_ON,
+                  model.BGS_FLOW_RST | model.BGS_FLOW_RST_SERVER)
         if p.frag == FRAG_FIRST:
             self._tables = True
-            self.frags[p.frag_key()] = FragVal(rev.vaddr, rev.slot)
+            self.frags[p.frag_key()] = FragVal(vaddr, f.slot)
             self._stat("FRAG_FIRST")
             reason += "+FRAG_FIRST"
-        out = _rewrite_l3l4(frame, p, True, rev.vaddr, rev.vport)
+        out = _rewrite_l3l4(frame, p, True, vaddr, vport)
         self._stat("REPLY_NAT")
         rst = 1 if p.proto == model.IPPROTO_TCP and p.tcp_flags & TCP_RST else 0
-        self._be(rev.slot, tx_packets=1, tx_bytes=p.ip_len, resets=rst)
+        self._be(f.slot, tx_packets=1, tx_bytes=p.ip_len, resets=rst)
         return self._out(TC_ACT_OK, out, reason)
 
-    def _recover(self, p: Pkt, ref: model.BackendRef) -> Optional[RevVal]:
-        """The reverse entry of a reply rebuilt from its flow, when its backend address serves
-        one service and that service's flow from the reply's destination points at it."""
-        if ref.svc == model.BGS_SVC_MANY or ref.svc not in self.services:
-            return None
-        vaddr, vport = self.services[ref.svc][:2]
-        f = self.flows.get((p.daddr, vaddr, p.dport, vport, p.proto, p.family))
-        if f is None or f.daddr != p.saddr or f.dport != p.sport:
-            return None
-        rev = RevVal(vaddr, vport, f.slot)
-        self.reverse[p.key()] = rev
-        self._tables = True
-        self._stat("REPLY_RECOVERED")
-        return rev
+    def _flow_of_reply(self, baddr: bytes, bport: int, caddr: bytes, cport: int, proto: int,
+                       family: int, ref: model.BackendRef):
+        """(flow, key) of a packet from backend baddr:bport to client caddr:cport: under each
+        service the backend address serves, in order, the first entry whose backend is that
+        address and port and that is not closed, else the first closed one; (None, None) when
+        there is none."""
+        closed = (None, None)
+        for svc in ref.svcs:
+            key = (caddr, cport, svc, proto, family)
+            f = self.flows.get(key)
+            if f is None:
+                continue
+            be = self._live_backend(f.slot)
+            if be is None or be.addr != baddr or be.port != bport:
+                continue
+            if not self._closed(f, proto):
+                return f, key
+            if closed[0] is None:
+                closed = (f, key)
+        return closed
 
-    def _icmp_out(self, frame: bytes, p: Pkt) -> Outcome:
+    def _icmp_out(self, frame: bytes, p: Pkt, ingress_ifindex: int) -> Outcome:
         q = (parse_quote(frame, p, self.quirks) if p.icmp_type in ICMP_ERRORS[p.family]
              else None)
-        if q is None or (q.daddr, q.dport, q.proto, q.family) not in self.backend_addrs:
+        ref = None if q is None else self.backend_addrs.get((q.daddr, q.dport, q.proto,
+                                                             q.family))
+        if ref is None:
             return self._out(TC_ACT_OK, frame, "eg:ICMP_OTHER")
-        rev = self.reverse.get((q.daddr, q.saddr, q.dport, q.sport, q.proto, q.family))
-        if rev is None:
+        f, key = self._flow_of_reply(q.daddr, q.dport, q.saddr, q.sport, q.proto, q.family,
+                                     ref)
+        vip = (self.services.get(key[2])
+               if f is not None and ingress_ifindex in (f.ifindex, 0) else None)
+        if vip is None:
             self._stat("ICMP_NO_FLOW")
             return self._out(TC_ACT_OK, frame, "eg:ICMP_NO_FLOW")
-        out = _rewrite_icmp(frame, p, q, False, rev.vaddr, rev.vport, outer_dst=False,
+        out = _rewrite_icmp(frame, p, q, False, vip[0], vip[1], outer_dst=False,
                             outer_src=p.saddr == q.daddr, msg_end=self._msg_end(frame, p))
         self._stat("ICMP_OUT")
-        self._be(rev.slot, tx_packets=1, tx_bytes=p.ip_len)
+        self._be(f.slot, tx_packets=1, tx_bytes=p.ip_len)
         return self._out(TC_ACT_OK, out, "ICMP_OUT")
 
     # --- comparable dumps ----------------------------------------------------------------
 
     def dump_flows(self, now: int) -> Dict[tuple, tuple]:
-        """Flows as key -> (daddr, dport, color, slot, state, aged): aged when last_seen is more
-        than AGED_NS before ``now`` (the exact time of a touch is not the model's business)."""
-        return {k: (v.daddr, v.dport, v.color, v.slot, v.state, _aged(v.last_seen, now))
+        """Flows as key -> (slot, color, state, ifindex, aged): aged when last seen more than
+        AGED_NS before ``now`` (the exact time of a touch is not the model's business)."""
+        return {k: (v.slot, v.color, v.state, v.ifindex, _aged(v.seen, now))
                 for k, v in self.flows.items()}
-
-    def dump_reverse(self) -> Dict[tuple, tuple]:
-        return {k: tuple(v) for k, v in self.reverse.items()}
 
     def dump_frags(self) -> Dict[tuple, tuple]:
         return {k: tuple(v) for k, v in self.frags.items()}
 
 
 AGED_NS = 1800 * 10**9
+TOUCH_UNITS = TOUCH_NS >> model.BGS_SEEN_SHIFT  # flow_touch(): seen is rewritten after this
 
 
-def _aged(last_seen: int, now: int) -> bool:
-    return (now - last_seen) & U64 > AGED_NS
+def _s32(v: int) -> int:
+    """A 32-bit difference read as signed."""
+    v &= 0xFFFFFFFF
+    return v - (1 << 32) if v & 0x80000000 else v
+
+
+def _mark(f: FlowVal, flags: int, fin: int, on: int, rst: int) -> None:
+    """flow_mark(): one side's TCP flags on its flow (see "TCP state" in the module doc)."""
+    if flags & TCP_RST:
+        if f.state & (rst | model.BGS_FLOW_BOTH_ON) != rst:
+            f.state = (f.state & ~model.BGS_FLOW_BOTH_ON) | rst
+        return
+    if flags & TCP_FIN:
+        f.state |= fin
+    if f.state & model.BGS_FLOW_RST and not f.state & on:
+        f.state |= on
+        if f.state & model.BGS_FLOW_BOTH_ON == model.BGS_FLOW_BOTH_ON:
+            f.state &= ~(model.BGS_FLOW_RST | model.BGS_FLOW_RST_SERVER | model.BGS_FLOW_BOTH_ON)
+
+
+def _aged(seen: int, now: int) -> bool:
+    return model.flow_age_ns(seen, now) > AGED_NS
 
 
 def dump_real_flows(bgs, now: int) -> Dict[tuple, tuple]:
     """bgs_flows in RefModel.dump_flows's form."""
     out = {}
     for k, v in bgs.map("bgs_flows").items():
-        f = FlowVal.unpack(v)
-        out[model.unpack_flow_key_raw(k)] = (f.daddr, f.dport, f.color, f.slot, f.state,
-                                             _aged(f.last_seen, now))
-    return out
-
-
-def dump_real_reverse(bgs) -> Dict[tuple, tuple]:
-    out = {}
-    for k, v in bgs.map("bgs_reverse").items():
-        vport, = struct.unpack_from("!H", v, 16)
-        slot, = struct.unpack_from("<I", v, 20)
-        out[model.unpack_flow_key_raw(k)] = (bytes(v[:16]), vport, slot)
+        f = model.unpack_flow(v)
+        out[model.unpack_conn_key_raw(k)] = (f.slot, f.color, f.state, f.ifindex,
+                                             _aged(f.seen, now))
     return out
 
 

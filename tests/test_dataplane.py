@@ -9,7 +9,7 @@ checked byte for byte. The cases of one table run in order, on one state, so a t
 be a sequence (SYN, then ACK, then FIN ...). Counter deltas are exact: a counter a case does not
 name must not move (RX, resp. TX, is implied for every ingress, resp. egress, case).
 
-Map entries (bgs_flows, bgs_reverse, bgs_frags) are checked directly where a case is about
+Map entries (bgs_flows, bgs_frags) are checked directly where a case is about
 them, and tests/model.py, a Python mirror of flow_hash() and of the share split, predicts which
 backend a new flow gets from the tables the command built: the color from the switch's green
 share (model.share_color), then position hash % M of that color's Maglev table read from
@@ -33,6 +33,7 @@ from scapy.layers.l2 import ARP, Dot1AD, Dot1Q, Ether
 from scapy.packet import NoPayload, Raw
 from scapy.utils import hexdump
 
+import bpfsys
 import model
 from bpfsys import (BPF_MAP_TYPE_ARRAY, BPF_MAP_TYPE_ARRAY_OF_MAPS, BPF_MAP_TYPE_PERCPU_ARRAY,
                     TC_ACT_OK, XDP_DROP, XDP_PASS)
@@ -132,7 +133,8 @@ class Case:
 
     ``out`` is the expected frame, None for "the input, untouched". ``stats`` and ``drops``
     are the exact counter deltas (names of model.STATS / model.DROPS); RX (ingress) or TX
-    (egress) is added implicitly.
+    (egress) is added implicitly. ``ifindex``: the interface an egress packet came in by
+    (skb->ingress_ifindex), None for the test run's default, 0.
     """
 
     desc: str
@@ -141,6 +143,7 @@ class Case:
     out: Optional[bytes] = None
     stats: Dict[str, int] = field(default_factory=dict)
     drops: Dict[str, int] = field(default_factory=dict)
+    ifindex: Optional[int] = None
 
 
 def _delta(after: Dict[str, int], before: Dict[str, int]) -> Dict[str, int]:
@@ -182,7 +185,8 @@ def run_case(bgs: BgsState, hook: str, case: Case) -> List[str]:
         assert name in model.STAT or name in model.DROP, f"unknown counter {name}"
 
     stats0, drops0 = bgs.stats(), bgs.drops()
-    res = bgs.ingress(case.pkt) if hook == "ingress" else bgs.egress(case.pkt)
+    assert case.ifindex is None or hook == "egress", f"{case.desc}: ifindex of an ingress case"
+    res = bgs.ingress(case.pkt) if hook == "ingress" else bgs.egress(case.pkt, case.ifindex)
     got_stats = _delta(bgs.stats(), stats0)
     got_drops = _delta(bgs.drops(), drops0)
 
@@ -256,6 +260,7 @@ PASSED = {"FRAG_PASS": 1}  # a later fragment of a datagram to no service: untou
 # gives it), or dropped when that creation fails.
 NOSYN = {"VIP": 1, "NOSYN_MISS": 1, "SECOND_CHANCE": 1}
 REPIN = {**NOSYN, "FLOW_NEW": 1, **FWD}
+REPIN_RST = {**NOSYN, "RST_MISS": 1, **FWD}  # forwarded where it belongs, no entry
 NAT = {"REPLY_NAT": 1}
 
 
@@ -301,17 +306,19 @@ def ones_add(a: int, b: int) -> int:
 # === state as the command leaves it ===============================================================
 
 def test_state_maps_match_model(bgs):
-    """Every pinned map has the key and value sizes of include/bgswitch.h (layout 3) as
+    """Every pinned map has the key and value sizes of include/bgswitch.h (layout 4) as
     model.py reads them, the pin root holds exactly unit_fixtures.MAP_NAMES, attach --flows
-    sized the flow tables, bgs_tables is a map of maps with a key per service, color and
-    buffer, and bgs_config holds the defaults (insert limit included)."""
+    sized the flow table, bgs_nexthops holds a next hop per slot and CPU, bgs_tables is a map
+    of maps with a key per service, color and buffer, and bgs_config holds the defaults: the
+    insert limit the flow table's size every BGS_NEW_FLOW_TURNOVER seconds with a burst of an
+    eighth of it, for the node, and each CPU's part of both, rounded up."""
     want = {
         "bgs_vips": ("bgs_vip_key", "bgs_vip"), "bgs_switch": (4, "bgs_switch"),
         "bgs_services": (4, "bgs_service"),
         "bgs_sets": (4, "bgs_set"), "bgs_backends": (4, "bgs_backend"),
         "bgs_backend_addrs": ("bgs_backend_addr", "bgs_backend_ref"),
-        "bgs_flows": ("bgs_flow_key", "bgs_flow"),
-        "bgs_reverse": ("bgs_flow_key", "bgs_reverse"), "bgs_config": (4, "bgs_config"),
+        "bgs_flows": ("bgs_conn_key", "bgs_flow"), "bgs_nexthops": (4, "bgs_nexthop"),
+        "bgs_config": (4, "bgs_config"),
         "bgs_stats": (4, 8), "bgs_drops": (4, 8), "bgs_backend_stats": (4, "bgs_backend_stats"),
         "bgs_vip_addrs": ("bgs_vip_addr", 4), "bgs_frags": ("bgs_frag_key", "bgs_frag"),
         "bgs_service_stats": (4, "bgs_service_stats"),
@@ -328,18 +335,23 @@ def test_state_maps_match_model(bgs):
     assert bgs.map("bgs_stats").info.max_entries == len(model.STATS)
     assert bgs.map("bgs_drops").info.max_entries == len(model.DROPS)
     assert bgs.map("bgs_flows").info.max_entries == 4096
-    assert bgs.map("bgs_reverse").info.max_entries == 4096
+    nexthops = bgs.map("bgs_nexthops").info
+    assert (nexthops.type, nexthops.max_entries) == (BPF_MAP_TYPE_PERCPU_ARRAY,
+                                                     model.BGS_MAX_SLOTS)
     assert bgs.map("bgs_frags").info.max_entries == model.BGS_FRAG_ENTRIES
     budget = bgs.map("bgs_insert_budget")
     assert (budget.info.type, budget.info.max_entries) == (BPF_MAP_TYPE_PERCPU_ARRAY, 1)
+    rate, burst = 4096 // model.BGS_NEW_FLOW_TURNOVER, 4096 // model.BGS_NEW_FLOW_BURST_DIV
+    ncpus = bpfsys.possible_cpus()
     assert bgs.config() == model.Config(
         layout_version=model.BGS_LAYOUT_VERSION, flow_entries=4096, tcp_idle_ns=900 * 10**9,
-        udp_idle_ns=30 * 10**9, closing_ns=10 * 10**9, new_flow_rate=125000,
-        new_flow_burst=10000, collected=0)
+        udp_idle_ns=30 * 10**9, closing_ns=10 * 10**9,
+        new_flow_rate=model.cpu_part(rate, ncpus), new_flow_burst=model.cpu_part(burst, ncpus),
+        collected=0, node_flow_rate=rate, node_flow_burst=burst)
     tables = bgs.map("bgs_tables").info
     assert (tables.type, tables.max_entries) == (BPF_MAP_TYPE_ARRAY_OF_MAPS,
                                                   4 * bgs.map("bgs_switch").info.max_entries)
-    assert model.BGS_LAYOUT_VERSION == 3
+    assert model.BGS_LAYOUT_VERSION == 4
 
 
 def test_state_backend_slots_follow_add_order(bgs):
@@ -391,7 +403,7 @@ def test_ingress_non_vip_untouched(bgs):
         Case("TCP ACK to a non-VIP address", tcp(CLIENT, OTHER_IP, CPORT, 22, "A"), XDP_PASS,
              stats=pass_),
     ])
-    assert bgs.count("bgs_flows") == 0 and bgs.count("bgs_reverse") == 0
+    assert bgs.count("bgs_flows") == 0
 
 
 def test_ingress_not_ip_untouched(bgs):
@@ -523,7 +535,7 @@ def test_ingress_parse_reasons_named(bgs):
         Case("ICMPv6 header cut at 4 bytes", v6raw(4, 58, b"\x80\0\0\0"), XDP_PASS,
              stats=r("PARSE_L4")),
     ])
-    assert bgs.count("bgs_flows") == 0 and bgs.count("bgs_reverse") == 0
+    assert bgs.count("bgs_flows") == 0
 
 
 def test_ingress_zero_port_untouched(bgs):
@@ -838,8 +850,10 @@ def test_egress_reply_fragments(bgs):
 # === ingress: new flows ===========================================================================
 
 def test_ingress_vip_syn_creates_flow(bgs):
-    """A SYN to the VIP is rewritten to the blue backend, and leaves a flow entry, a reverse
-    entry and the backend's counters behind."""
+    """A SYN to the VIP is rewritten to the blue backend, and leaves one flow entry, keyed by
+    the client's address and port and the service, and the backend's counters behind. The
+    entry's reply interface is its next hop's: 0 here, where the FIB lookup finds no route
+    (the slot's cached next hop says so)."""
     slots = web(bgs)
     be, bport = BLUE[0]
     syn = tcp(CLIENT, VIP, CPORT, VIP_PORT, "S", payload=b"hello")
@@ -849,12 +863,13 @@ def test_ingress_vip_syn_creates_flow(bgs):
     ])
     f = bgs.flow(CLIENT, VIP, CPORT, VIP_PORT)
     assert f is not None, "no bgs_flows entry after the SYN"
-    assert (f.daddr, f.dport, f.color, f.slot, f.state) == (
-        be, bport, model.BGS_BLUE, slots["blue"][0], model.BGS_FLOW_SYN)
-    assert abs(f.last_seen - monotonic_coarse_ns()) < 2 * 10**9
-    r = bgs.reverse(be, CLIENT, bport, CPORT)
-    assert r == model.Reverse(VIP, VIP_PORT, slots["blue"][0])
-    assert bgs.count("bgs_flows") == 1 and bgs.count("bgs_reverse") == 1
+    assert (f.daddr, f.dport, f.color, f.slot, f.state, f.ifindex) == (
+        be, bport, model.BGS_BLUE, slots["blue"][0], model.BGS_FLOW_SYN, 0)
+    assert model.flow_age_ns(f.seen, monotonic_coarse_ns()) < 2 * 10**9
+    assert list(bgs.map("bgs_flows").keys()) == [
+        model.pack_conn_key(CLIENT, CPORT, bgs.services["web"], IPPROTO_TCP)]
+    nh = bgs.nexthop(slots["blue"][0])
+    assert nh.ifindex == 0 and nh.rc != 0 and nh.expires > 0, nh
     iplen = len(syn) - 14
     assert bgs.backend_stats(slots["blue"][0]) == {
         "rx_packets": 1, "rx_bytes": iplen, "tx_packets": 0, "tx_bytes": 0, "new_flows": 1,
@@ -948,8 +963,7 @@ def test_ingress_udp_new_flow(bgs):
     f = bgs.flow(CLIENT, UDP_VIP, CPORT, UDP_PORT, IPPROTO_UDP)
     assert (f.daddr, f.dport, f.color, f.slot, f.state) == (be, 5353, model.BGS_BLUE,
                                                             slots["blue"][0], 0)
-    assert bgs.reverse(be, CLIENT, 5353, CPORT, IPPROTO_UDP) == model.Reverse(
-        UDP_VIP, UDP_PORT, slots["blue"][0])
+    assert bgs.count("bgs_flows") == 1
     assert bgs.backend_stats(slots["blue"][0])["rx_packets"] == 3
 
 
@@ -1090,7 +1104,8 @@ NOSYN_FLAGS = [("ACK", "A"), ("PSH|ACK", "PA"), ("SYN|ACK", "SA"), ("FIN|ACK", "
 def _repin(bgs: BgsState, desc: str, cport: int, color: int, flags: str = "A",
            client: str = CLIENT) -> Case:
     """A non-SYN segment of a tuple without entry, and where it must be re-pinned: to the
-    backend of ``color``'s current table (or set) that a new flow of that color would get."""
+    backend of ``color``'s current table (or set) that a new flow of that color would get.
+    A segment with RST goes there too, but opens no entry (RST_MISS)."""
     svc = bgs.services["web"]
     _, slot = new_flow_slot(bgs, svc, client, VIP, cport, VIP_PORT, color=color)
     b = bgs.backend(slot)
@@ -1099,27 +1114,32 @@ def _repin(bgs: BgsState, desc: str, cport: int, color: int, flags: str = "A",
                 f"{slot} ({b.addr}:{b.port})",
                 tcp(client, VIP, cport, VIP_PORT, flags, ack=ACK, payload=b"p"), XDP_PASS,
                 out=tcp(client, b.addr, cport, b.port, flags, ack=ACK, payload=b"p"),
-                stats=REPIN)
+                stats=REPIN_RST if "R" in flags else REPIN)
 
 
-def _pinned(bgs: BgsState, cport: int, color: int, client: str = CLIENT) -> None:
-    """The entries a re-pin left: a flow of ``color`` in state 0 (not opened by a SYN) to
-    the chosen backend, and its reverse entry."""
+def _pinned(bgs: BgsState, cport: int, color: int, client: str = CLIENT,
+            flags: str = "A") -> None:
+    """The entry a re-pin of a segment with ``flags`` left: a flow of ``color`` to the chosen
+    backend, in state 0 (not opened by a SYN), FIN_CLIENT for a FIN; none for an RST."""
     svc = bgs.services["web"]
     _, slot = new_flow_slot(bgs, svc, client, VIP, cport, VIP_PORT, color=color)
     b = bgs.backend(slot)
     f = bgs.flow(client, VIP, cport, VIP_PORT)
+    if "R" in flags:
+        assert f is None, f"{client}:{cport}: an RST opened {f}"
+        return
     assert f is not None, f"no flow entry for {client}:{cport}"
-    assert (f.daddr, f.dport, f.color, f.slot, f.state) == (b.addr, b.port, color, slot, 0), (
-        f"{client}:{cport}: {f}")
-    assert bgs.reverse(b.addr, client, b.port, cport) == model.Reverse(VIP, VIP_PORT, slot)
+    state = model.BGS_FLOW_FIN_CLIENT if "F" in flags else 0
+    assert (f.daddr, f.dport, f.color, f.slot, f.state) == (b.addr, b.port, color, slot,
+                                                            state), f"{client}:{cport}: {f}"
 
 
 def test_ingress_nosyn_miss_repinned_to_active(bgs):
     """Nothing draining (no flip yet): a TCP segment without SYN (or with SYN|ACK) that misses
     the table is counted NOSYN_MISS and SECOND_CHANCE (node and service) and re-pinned to the
-    active color by the hash choice of a new flow: flow entry of state 0 and reverse entry
-    written, FLOW_NEW, backend new_flows; later segments follow it."""
+    active color by the hash choice of a new flow: flow entry of state 0 (FIN_CLIENT for a
+    FIN) written, FLOW_NEW, backend new_flows; later segments follow it. With RST it goes to
+    the same backend but writes no entry (RST_MISS)."""
     slots = web(bgs, blue=3, green=2)
     sw = bgs.switch(0)
     assert (sw.active, sw.previous, sw.flags) == (model.BGS_BLUE, model.BGS_COLOR_NONE, 0)
@@ -1133,9 +1153,9 @@ def test_ingress_nosyn_miss_repinned_to_active(bgs):
                       out=tcp(CLIENT, Ether(follow.out)[IP].dst, CPORT,
                               Ether(follow.out)[TCP].dport), stats=HIT))
     run_table(bgs, "ingress", cases)
-    for i in range(len(NOSYN_FLAGS)):
-        _pinned(bgs, CPORT + i, model.BGS_BLUE)
-    assert bgs.count("bgs_flows") == bgs.count("bgs_reverse") == len(NOSYN_FLAGS)
+    for i, (_, flags) in enumerate(NOSYN_FLAGS):
+        _pinned(bgs, CPORT + i, model.BGS_BLUE, flags=flags)
+    assert bgs.count("bgs_flows") == sum("R" not in f for _, f in NOSYN_FLAGS)
     ss = bgs.service_stats(0)
     assert ss == {**dict.fromkeys(model.SERVICE_STATS, 0), "nosyn_miss": len(NOSYN_FLAGS),
                   "second_chance": len(NOSYN_FLAGS)}
@@ -1178,8 +1198,8 @@ def test_ingress_nosyn_miss_second_chance_follows_drain(bgs):
     ]
     repins += [c for c in cases if c.stats is REPIN]
     run_table(bgs, "ingress", cases)
-    for c in draining[:2]:
-        _pinned(bgs, c, B)
+    _pinned(bgs, draining[0], B)
+    _pinned(bgs, draining[1], B, flags="FA")
     _pinned(bgs, draining[2], B, client=CLIENT2)
 
     # Live blue flows left: gc keeps the flag (and the generation: not a change).
@@ -1259,7 +1279,7 @@ def test_ingress_nosyn_miss_repin_drops(bgs):
                                                         ack=ACK),
              XDP_DROP, stats=NOSYN, drops={"BAD_BACKEND": 1}),
     ])
-    assert bgs.count("bgs_flows") == 0 and bgs.count("bgs_reverse") == 0
+    assert bgs.count("bgs_flows") == 0
     ss = bgs.service_stats(0)
     assert ss == {**dict.fromkeys(model.SERVICE_STATS, 0), "nosyn_miss": 3,
                   "second_chance": 3, "drop_NO_BACKEND": 2, "drop_BAD_BACKEND": 1}
@@ -1277,7 +1297,7 @@ def test_ingress_no_backend_dropped(bgs):
         Case("UDP, no backend at all", udp(CLIENT, UDP_VIP, CPORT, UDP_PORT), XDP_DROP,
              stats={"VIP": 1}, drops={"NO_BACKEND": 1}),
     ])
-    assert bgs.count("bgs_flows") == 0 and bgs.count("bgs_reverse") == 0
+    assert bgs.count("bgs_flows") == 0
 
 
 def test_ingress_last_backend_removed_drops_new_flows(bgs):
@@ -1461,7 +1481,7 @@ def test_egress_non_backend_untouched(bgs):
 
 
 def test_egress_backend_without_flow_untouched_and_counted(bgs):
-    """From a backend address:port but to a client with no reverse entry: untouched, counted
+    """From a backend address:port but to a client with no flow: untouched, counted
     REPLY_NO_FLOW."""
     web(bgs)
     be, bport = BLUE[0]
@@ -1473,13 +1493,13 @@ def test_egress_backend_without_flow_untouched_and_counted(bgs):
     ])
 
 
-def test_egress_reply_recovers_evicted_reverse_entry(bgs):
-    """A reply whose reverse entry is gone (deleted here, as the LRU evicts one) from a backend
-    address of one service only: the flow (reply's destination -> that service's VIP and
-    port) points at this backend address and port, so the reverse entry {VIP, port, the
-    flow's slot} is written again, REPLY_RECOVERED counted, and the reply translated as usual
-    (a FIN still marks the flow). TCP, UDP and IPv6. Without such a flow (none, another
-    backend's, same address on another port): REPLY_NO_FLOW, untouched, nothing written."""
+def test_egress_reply_finds_its_flow_by_backend(bgs):
+    """A reply finds the connection's one entry from its destination (client address and
+    port) under each service its source (backend address:port/proto, bgs_backend_addrs)
+    serves, and only an entry whose slot's backend is that very address and port: then it
+    leaves as the VIP (a FIN marks the flow). TCP, UDP and IPv6. From another backend of the
+    service, the same address on another port, to a client port without flow or to another
+    client: REPLY_NO_FLOW, untouched, nothing written."""
     slots = web(bgs, blue=1, green=1)
     uslots = dns(bgs, blue=1, green=0)
     slots6 = web6(bgs, blue=1, green=0)
@@ -1489,10 +1509,11 @@ def test_egress_reply_recovers_evicted_reverse_entry(bgs):
     b6, bp6 = BLUE6[0]
     # The blue backend's address again on another port, for the same service.
     other = bgs.add_backend("web", "green", be, 7070)
-    assert bgs.backend_ref(be, bport) == model.BackendRef(1, bgs.services["web"])
-    assert bgs.backend_ref(be, 7070) == model.BackendRef(1, bgs.services["web"])
-    assert bgs.backend_ref(ub, 5353, IPPROTO_UDP) == model.BackendRef(1, bgs.services["dns"])
-    assert bgs.backend_ref(b6, bp6) == model.BackendRef(1, bgs.services["web6"])
+    web_id = bgs.services["web"]
+    assert bgs.backend_ref(be, bport) == model.BackendRef(1, (web_id,))
+    assert bgs.backend_ref(be, 7070) == model.BackendRef(1, (web_id,))
+    assert bgs.backend_ref(ub, 5353, IPPROTO_UDP) == model.BackendRef(1, (bgs.services["dns"],))
+    assert bgs.backend_ref(b6, bp6) == model.BackendRef(1, (bgs.services["web6"],))
     run_table(bgs, "ingress", [
         Case("SYN", tcp(CLIENT, VIP, CPORT, VIP_PORT), XDP_PASS,
              out=tcp(CLIENT, be, CPORT, bport), stats=NEW_SYN),
@@ -1501,63 +1522,55 @@ def test_egress_reply_recovers_evicted_reverse_entry(bgs):
         Case("IPv6 SYN", tcp(CLIENT6, VIP6, CPORT, VIP_PORT), XDP_PASS,
              out=tcp(CLIENT6, b6, CPORT, bp6), stats=NEW_SYN),
     ])
-    assert bgs.delete_reverse(be, CLIENT, bport, CPORT)
-    assert bgs.delete_reverse(ub, CLIENT, 5353, CPORT, IPPROTO_UDP)
-    assert bgs.delete_reverse(b6, CLIENT6, bp6, CPORT)
-    rec = {"REPLY_RECOVERED": 1, **NAT}
+    flows = {k: bgs.map("bgs_flows").lookup(k) for k in bgs.map("bgs_flows").keys()}
     run_table(bgs, "egress", [
-        Case("from another backend of the service (the flow is not its): no recovery",
+        Case("from another backend of the service (the flow is not its)",
              tcp(g, CLIENT, gport, CPORT, "SA"), TC_ACT_OK, stats={"REPLY_NO_FLOW": 1}),
-        Case("from the flow's backend address, another port: no recovery",
+        Case("from the flow's backend address, another port",
              tcp(be, CLIENT, 7070, CPORT, "SA"), TC_ACT_OK, stats={"REPLY_NO_FLOW": 1}),
-        Case("to a client port without flow: no recovery", tcp(be, CLIENT, bport, CPORT + 1,
-                                                               "SA"), TC_ACT_OK,
-             stats={"REPLY_NO_FLOW": 1}),
-        Case("to another client: no recovery", tcp(be, CLIENT2, bport, CPORT, "SA"),
+        Case("to a client port without flow", tcp(be, CLIENT, bport, CPORT + 1, "SA"),
              TC_ACT_OK, stats={"REPLY_NO_FLOW": 1}),
-        Case("SYN|ACK of the flow: recovered", tcp(be, CLIENT, bport, CPORT, "SA", seq=ACK,
-                                                   ack=SEQ + 1), TC_ACT_OK,
-             out=tcp(VIP, CLIENT, VIP_PORT, CPORT, "SA", seq=ACK, ack=SEQ + 1), stats=rec),
-        Case("next reply: the rebuilt entry", tcp(be, CLIENT, bport, CPORT, "PA",
-                                                  payload=b"ok"), TC_ACT_OK,
-             out=tcp(VIP, CLIENT, VIP_PORT, CPORT, "PA", payload=b"ok"), stats=NAT),
-        Case("UDP answer: recovered", udp(ub, CLIENT, 5353, CPORT, b"answer"), TC_ACT_OK,
-             out=udp(UDP_VIP, CLIENT, UDP_PORT, CPORT, b"answer"), stats=rec),
-        Case("IPv6 SYN|ACK: recovered", tcp(b6, CLIENT6, bp6, CPORT, "SA"), TC_ACT_OK,
-             out=tcp(VIP6, CLIENT6, VIP_PORT, CPORT, "SA"), stats=rec),
+        Case("to another client", tcp(be, CLIENT2, bport, CPORT, "SA"), TC_ACT_OK,
+             stats={"REPLY_NO_FLOW": 1}),
+        Case("UDP from the TCP flow's backend address:port", udp(be, CLIENT, bport, CPORT),
+             TC_ACT_OK),
     ])
-    assert bgs.reverse(be, CLIENT, bport, CPORT) == model.Reverse(VIP, VIP_PORT,
-                                                                  slots["blue"][0])
-    assert bgs.reverse(ub, CLIENT, 5353, CPORT, IPPROTO_UDP) == model.Reverse(
-        UDP_VIP, UDP_PORT, uslots["blue"][0])
-    assert bgs.reverse(b6, CLIENT6, bp6, CPORT) == model.Reverse(VIP6, VIP_PORT,
-                                                                 slots6["blue"][0])
-    for args in ((g, CLIENT, gport, CPORT), (be, CLIENT, 7070, CPORT),
-                 (be, CLIENT, bport, CPORT + 1), (be, CLIENT2, bport, CPORT)):
-        assert bgs.reverse(*args) is None, args
-    assert bgs.count("bgs_reverse") == 3
-    assert bgs.backend_stats(slots["blue"][0])["tx_packets"] == 2
-    assert bgs.backend_stats(other)["tx_packets"] == 0
-
-    # A FIN whose reverse entry is gone is recovered and still marks the flow.
-    assert bgs.delete_reverse(be, CLIENT, bport, CPORT)
+    assert {k: bgs.map("bgs_flows").lookup(k) for k in bgs.map("bgs_flows").keys()} == flows
     run_table(bgs, "egress", [
-        Case("backend FIN: recovered", tcp(be, CLIENT, bport, CPORT, "FA", seq=ACK), TC_ACT_OK,
-             out=tcp(VIP, CLIENT, VIP_PORT, CPORT, "FA", seq=ACK), stats=rec)])
+        Case("SYN|ACK of the flow", tcp(be, CLIENT, bport, CPORT, "SA", seq=ACK, ack=SEQ + 1),
+             TC_ACT_OK, out=tcp(VIP, CLIENT, VIP_PORT, CPORT, "SA", seq=ACK, ack=SEQ + 1),
+             stats=NAT),
+        Case("next reply", tcp(be, CLIENT, bport, CPORT, "PA", payload=b"ok"), TC_ACT_OK,
+             out=tcp(VIP, CLIENT, VIP_PORT, CPORT, "PA", payload=b"ok"), stats=NAT),
+        Case("UDP answer", udp(ub, CLIENT, 5353, CPORT, b"answer"), TC_ACT_OK,
+             out=udp(UDP_VIP, CLIENT, UDP_PORT, CPORT, b"answer"), stats=NAT),
+        Case("IPv6 SYN|ACK", tcp(b6, CLIENT6, bp6, CPORT, "SA"), TC_ACT_OK,
+             out=tcp(VIP6, CLIENT6, VIP_PORT, CPORT, "SA"), stats=NAT),
+        Case("backend FIN", tcp(be, CLIENT, bport, CPORT, "FA", seq=ACK), TC_ACT_OK,
+             out=tcp(VIP, CLIENT, VIP_PORT, CPORT, "FA", seq=ACK), stats=NAT),
+    ])
+    assert bgs.count("bgs_flows") == 3
+    assert bgs.backend_stats(slots["blue"][0])["tx_packets"] == 3
+    assert bgs.backend_stats(uslots["blue"][0])["tx_packets"] == 1
+    assert bgs.backend_stats(slots6["blue"][0])["tx_packets"] == 1
+    assert bgs.backend_stats(other)["tx_packets"] == 0
     assert bgs.flow(CLIENT, VIP, CPORT, VIP_PORT).state == (
         model.BGS_FLOW_SYN | model.BGS_FLOW_FIN_SERVER)
 
 
 def test_egress_evicted_flow_repinned_then_replies(bgs):
-    """Both entries of a connection evicted (deleted here): the client's next segment is
-    re-pinned (second chance) to the same backend by the same hash, with a new reverse entry,
-    so the backend's replies leave from the VIP again."""
+    """The connection's entry evicted (deleted here): the backend's reply leaves untouched
+    (REPLY_NO_FLOW); the client's next segment is re-pinned (second chance) to the same
+    backend by the same hash, writing the entry again, so the backend's replies leave from
+    the VIP again."""
     web(bgs, blue=3, green=0)
     _, slot = new_flow_slot(bgs, 0, CLIENT, VIP, CPORT, VIP_PORT)
     a, p = BLUE[slot]
     _open(bgs, be=(a, p))
     assert bgs.delete_flow(CLIENT, VIP, CPORT, VIP_PORT)
-    assert bgs.delete_reverse(a, CLIENT, p, CPORT)
+    run_table(bgs, "egress", [
+        Case("backend reply, no entry", tcp(a, CLIENT, p, CPORT, "A", seq=ACK), TC_ACT_OK,
+             stats={"REPLY_NO_FLOW": 1})])
     run_table(bgs, "ingress", [
         Case("client ACK after the eviction", tcp(CLIENT, VIP, CPORT, VIP_PORT, "A", ack=ACK),
              XDP_PASS, out=tcp(CLIENT, a, CPORT, p, "A", ack=ACK), stats=REPIN)])
@@ -1567,28 +1580,55 @@ def test_egress_evicted_flow_repinned_then_replies(bgs):
     assert bgs.flow(CLIENT, VIP, CPORT, VIP_PORT).state == 0
 
 
-def test_egress_no_recovery_when_backend_serves_two_services(bgs):
-    """A backend address:port/proto used by two services has no single VIP to rebuild a
-    reverse entry from (bgs_backend_addrs svc BGS_SVC_MANY): a reply whose reverse entry is
-    gone is counted REPLY_NO_FLOW and leaves untouched, nothing written, even though a flow
-    points at it."""
-    slots = web(bgs, blue=1, green=0)
+def test_egress_backend_of_two_services_replies_as_each_vip(bgs):
+    """One backend address:port serving two services (bgs_backend_addrs lists both): each
+    reply finds its own connection's entry, under its own service, and leaves as that
+    service's VIP and port, TCP and IPv6 alike; a reply to a client port with neither
+    service's flow is untouched. Deleting one flow's entry leaves the other's replies
+    translated."""
+    web(bgs, blue=1, green=0)
+    web6(bgs, blue=1, green=0)
     be, bport = BLUE[0]
-    assert bgs.backend_ref(be, bport) == model.BackendRef(1, bgs.services["web"])
+    b6, bp6 = BLUE6[0]
+    web_id, web6_id = bgs.services["web"], bgs.services["web6"]
     bgs.add_service("web2", EMPTY_VIP, 8080, "tcp")
-    bgs.add_backend("web2", "blue", be, bport)
-    assert bgs.backend_ref(be, bport) == model.BackendRef(2, model.BGS_SVC_MANY)
-    _open(bgs)
-    assert bgs.delete_reverse(be, CLIENT, bport, CPORT)
-    run_table(bgs, "egress", [
-        Case("reply of the web flow, reverse entry gone", tcp(be, CLIENT, bport, CPORT, "SA"),
-             TC_ACT_OK, stats={"REPLY_NO_FLOW": 1}),
-        Case("again", tcp(be, CLIENT, bport, CPORT, "A"), TC_ACT_OK,
-             stats={"REPLY_NO_FLOW": 1}),
+    slot2 = bgs.add_backend("web2", "blue", be, bport)
+    bgs.add_service("web62", VIP6, 8443, "tcp")
+    bgs.add_backend("web62", "blue", b6, bp6)
+    web2_id, web62_id = bgs.services["web2"], bgs.services["web62"]
+    assert bgs.backend_ref(be, bport) == model.BackendRef(2, (web_id, web2_id))
+    assert bgs.backend_ref(b6, bp6) == model.BackendRef(2, (web6_id, web62_id))
+    run_table(bgs, "ingress", [
+        Case("SYN to web", tcp(CLIENT, VIP, CPORT, VIP_PORT), XDP_PASS,
+             out=tcp(CLIENT, be, CPORT, bport), stats=NEW_SYN),
+        Case("SYN to web2", tcp(CLIENT, EMPTY_VIP, CPORT + 1, 8080), XDP_PASS,
+             out=tcp(CLIENT, be, CPORT + 1, bport), stats=NEW_SYN),
+        Case("IPv6 SYN to web62", tcp(CLIENT6, VIP6, CPORT, 8443), XDP_PASS,
+             out=tcp(CLIENT6, b6, CPORT, bp6), stats=NEW_SYN),
+        Case("IPv6 SYN to web6", tcp(CLIENT6, VIP6, CPORT + 1, VIP_PORT), XDP_PASS,
+             out=tcp(CLIENT6, b6, CPORT + 1, bp6), stats=NEW_SYN),
     ])
-    assert bgs.reverse(be, CLIENT, bport, CPORT) is None
-    assert bgs.flow(CLIENT, VIP, CPORT, VIP_PORT).slot == slots["blue"][0]
-    assert bgs.backend_stats(slots["blue"][0])["tx_packets"] == 0
+    assert bgs.flow(CLIENT, EMPTY_VIP, CPORT + 1, 8080).slot == slot2
+    replies = [
+        Case("reply of the web flow: web's VIP", tcp(be, CLIENT, bport, CPORT, "SA"),
+             TC_ACT_OK, out=tcp(VIP, CLIENT, VIP_PORT, CPORT, "SA"), stats=NAT),
+        Case("reply of the web2 flow: web2's VIP", tcp(be, CLIENT, bport, CPORT + 1, "SA"),
+             TC_ACT_OK, out=tcp(EMPTY_VIP, CLIENT, 8080, CPORT + 1, "SA"), stats=NAT),
+        Case("IPv6 reply of the web62 flow", tcp(b6, CLIENT6, bp6, CPORT, "SA"), TC_ACT_OK,
+             out=tcp(VIP6, CLIENT6, 8443, CPORT, "SA"), stats=NAT),
+        Case("IPv6 reply of the web6 flow", tcp(b6, CLIENT6, bp6, CPORT + 1, "SA"), TC_ACT_OK,
+             out=tcp(VIP6, CLIENT6, VIP_PORT, CPORT + 1, "SA"), stats=NAT),
+        Case("to a client port of neither", tcp(be, CLIENT, bport, CPORT + 2, "SA"),
+             TC_ACT_OK, stats={"REPLY_NO_FLOW": 1}),
+    ]
+    run_table(bgs, "egress", replies)
+    assert bgs.delete_flow(CLIENT, VIP, CPORT, VIP_PORT)
+    run_table(bgs, "egress", [
+        Case("web's flow gone: its reply untouched", replies[0].pkt, TC_ACT_OK,
+             stats={"REPLY_NO_FLOW": 1}),
+        Case("web2's reply still web2's", replies[1].pkt, TC_ACT_OK, out=replies[1].out,
+             stats=NAT),
+    ])
 
 
 # === flow life cycle ==============================================================================
@@ -1661,7 +1701,8 @@ def test_flow_rst_from_client_closes(bgs):
 @pytest.mark.parametrize("close", ["fin_both", "rst_client", "rst_backend"])
 def test_ingress_syn_on_closed_flow_reopens_on_active_color(bgs, close):
     """A SYN on a closed flow (both FINs, or RST from either side) starts a new flow on the
-    active color, counted FLOW_REOPEN; a non-SYN segment still follows the old entry."""
+    active color, counted FLOW_REOPEN, in the same entry; a non-SYN segment still follows the
+    old entry."""
     slots = web(bgs)
     be, g = BLUE[0], GREEN[0]
     _open(bgs)
@@ -1684,15 +1725,15 @@ def test_ingress_syn_on_closed_flow_reopens_on_active_color(bgs, close):
     f = bgs.flow(CLIENT, VIP, CPORT, VIP_PORT)
     assert (f.daddr, f.color, f.slot, f.state) == (g[0], model.BGS_GREEN, slots["green"][0],
                                                    model.BGS_FLOW_SYN)
-    assert bgs.reverse(g[0], CLIENT, g[1], CPORT) == model.Reverse(VIP, VIP_PORT,
-                                                                   slots["green"][0])
+    assert bgs.count("bgs_flows") == 1
 
 
 def _age(bgs: BgsState, key: tuple, proto: int, idle_ns: int) -> None:
-    """Make a flow look idle for longer than ``idle_ns`` (u64 arithmetic, as in the kernel)."""
+    """Make a flow look idle for longer than ``idle_ns``: its client last seen idle_ns + 1 s
+    ago (bgs_flow.seen, in 2^BGS_SEEN_SHIFT ns units)."""
     f = bgs.flow(*key, proto)
-    old = (monotonic_coarse_ns() - idle_ns - 10**9) % (1 << 64)
-    bgs.put_flow(*key, proto, f._replace(last_seen=old))
+    bgs.put_flow(*key, proto, f._replace(
+        seen=model.seen_of(monotonic_coarse_ns() - idle_ns - 10**9)))
 
 
 def test_ingress_syn_on_idle_flow_reopens(bgs):
@@ -1714,20 +1755,43 @@ def test_ingress_syn_on_idle_flow_reopens(bgs):
     ])
 
 
-def test_ingress_udp_idle_flow_reopens(bgs):
-    """A UDP flow idle past udp_idle is replaced by the next datagram, on the active color."""
+def test_ingress_udp_idle_flow_reopens_by_drain(bgs):
+    """A UDP entry idle past udp_idle is replaced by the next datagram (FLOW_REOPEN). While
+    the last change drains (a flip: DRAINING | HAS_PREV) it is re-pinned where it was, by the
+    previous share (second chance, counted SECOND_CHANCE too): a QUIC connection silent for
+    longer than the timeout does not move. A new client without entry goes by the current
+    share; once nothing drains, an idle entry is placed by the current share too."""
     dns(bgs)
+    svc = bgs.services["dns"]
+    b, g = BLUE[0][0], GREEN[0][0]
+    key = (CLIENT, UDP_VIP, CPORT, UDP_PORT)
+    reopen_prev = {**REOPEN, "SECOND_CHANCE": 1}
     run_table(bgs, "ingress", [
-        Case("first datagram", udp(CLIENT, UDP_VIP, CPORT, UDP_PORT), XDP_PASS,
-             out=udp(CLIENT, BLUE[0][0], CPORT, 5353), stats=NEW_UDP)])
+        Case("first datagram", udp(*key), XDP_PASS, out=udp(CLIENT, b, CPORT, 5353),
+             stats=NEW_UDP)])
     bgs.cli("flip", "dns", "--no-check")
-    _age(bgs, (CLIENT, UDP_VIP, CPORT, UDP_PORT), IPPROTO_UDP, bgs.config().udp_idle_ns)
-    run_table(bgs, "ingress", [
-        Case("datagram after the idle time", udp(CLIENT, UDP_VIP, CPORT, UDP_PORT), XDP_PASS,
-             out=udp(CLIENT, GREEN[0][0], CPORT, 5353), stats=REOPEN),
-        Case("next datagram", udp(CLIENT, UDP_VIP, CPORT, UDP_PORT), XDP_PASS,
-             out=udp(CLIENT, GREEN[0][0], CPORT, 5353), stats=HIT),
-    ])
+    sw = bgs.switch(svc)
+    assert sw.flags == model.BGS_SW_DRAINING | model.BGS_SW_HAS_PREV and sw.prev_share == 0
+    # (switch flags, where the idle entry's next datagram goes and what it counts, cases after)
+    phases = [
+        (sw.flags, "blue draining: blue again", b, reopen_prev, model.BGS_BLUE, [
+            Case("another client, no entry: green", udp(CLIENT2, UDP_VIP, CPORT, UDP_PORT),
+                 XDP_PASS, out=udp(CLIENT2, g, CPORT, 5353), stats=NEW_UDP)]),
+        (model.BGS_SW_HAS_PREV, "blue drained: green", g, REOPEN, model.BGS_GREEN, []),
+    ]
+    for flags, desc, to, stats, color, more in phases:
+        bgs.put_switch(svc, sw._replace(flags=flags))
+        _age(bgs, key, IPPROTO_UDP, bgs.config().udp_idle_ns)
+        run_table(bgs, "ingress", [
+            Case(f"datagram after the idle time, {desc}", udp(*key), XDP_PASS,
+                 out=udp(CLIENT, to, CPORT, 5353), stats=stats),
+            Case("next datagram follows it", udp(*key), XDP_PASS,
+                 out=udp(CLIENT, to, CPORT, 5353), stats=HIT), *more])
+        f = bgs.flow(*key, IPPROTO_UDP)
+        assert (f.color, f.state) == (color, 0), desc
+        assert model.flow_age_ns(f.seen, monotonic_coarse_ns()) < 2 * 10**9, desc
+    ss = bgs.service_stats(svc)
+    assert ss == {**dict.fromkeys(model.SERVICE_STATS, 0), "reopen": 2, "second_chance": 1}
 
 
 def test_ingress_service_deleted_untouched(bgs):
@@ -1746,7 +1810,8 @@ def test_ingress_service_deleted_untouched(bgs):
 
 def test_flow_stale_reply_from_previous_backend_keeps_reopened_flow(bgs):
     """After a client reuses a 5-tuple (RST, then SYN reopening it on green), a late FIN or RST
-    from the old blue backend must not mark the new green flow closed."""
+    from the old blue backend is not the flow's (its slot's backend is green's): untouched,
+    REPLY_NO_FLOW, and the new green flow is not marked closed."""
     web(bgs)
     b, g = BLUE[0], GREEN[0]
     _open(bgs)
@@ -1755,11 +1820,336 @@ def test_flow_stale_reply_from_previous_backend_keeps_reopened_flow(bgs):
     run_table(bgs, "ingress", [
         Case("SYN reopening the 5-tuple on green", tcp(CLIENT, VIP, CPORT, VIP_PORT),
              XDP_PASS, out=tcp(CLIENT, g[0], CPORT, g[1]), stats=REOPEN)])
-    bgs.egress(tcp(b[0], CLIENT, b[1], CPORT, "FA"))
-    bgs.egress(tcp(b[0], CLIENT, b[1], CPORT, "R"))
+    run_table(bgs, "egress", [
+        Case("late FIN from blue", tcp(b[0], CLIENT, b[1], CPORT, "FA"), TC_ACT_OK,
+             stats={"REPLY_NO_FLOW": 1}),
+        Case("late RST from blue", tcp(b[0], CLIENT, b[1], CPORT, "R"), TC_ACT_OK,
+             stats={"REPLY_NO_FLOW": 1})])
     f = bgs.flow(CLIENT, VIP, CPORT, VIP_PORT)
     assert (f.daddr, f.state) == (g[0], model.BGS_FLOW_SYN), (
         f"green flow state {f.state:#x} after stale FIN+RST from blue {b[0]}:{b[1]}")
+
+
+@pytest.mark.parametrize("close", ["rst_client", "rst_backend", "fin_both"])
+def test_egress_stale_reply_superseded(bgs, close):
+    """The stale-reply case of issue 13: a client connects to the VIP from port p (blue
+    backend B), the connection is closed (RST from either side, or both FINs), then the
+    client connects from the same port p directly to B. B's SYN-ACK is not the flow's: a SYN
+    from the backend on a closed flow is a new connection on the same addresses and ports, so
+    it leaves untouched (counted REPLY_SUPERSEDED) and the entry is deleted; B's later packets
+    find no flow and leave untouched too (REPLY_NO_FLOW). Before that, the closed flow's own
+    late replies are still translated, and a retransmitted SYN-ACK on a live flow is the
+    flow's; a SYN-ACK that does not come in by B's interface ends nothing (REPLY_WRONG_DEV).
+    A new SYN to the VIP from p then opens a fresh flow."""
+    slots = web(bgs, blue=1, green=0)
+    be, bport = BLUE[0]
+    _open(bgs)
+    close_in, close_out = {
+        "rst_client": ([("client RST", "R")], []),
+        "rst_backend": ([], [("backend RST", "RA")]),
+        "fin_both": ([("client FIN", "FA")], [("backend FIN", "FA")]),
+    }[close]
+    run_table(bgs, "egress", [
+        Case("SYN-ACK of the live flow", tcp(be, CLIENT, bport, CPORT, "SA", seq=ACK,
+                                             ack=SEQ + 1), TC_ACT_OK,
+             out=tcp(VIP, CLIENT, VIP_PORT, CPORT, "SA", seq=ACK, ack=SEQ + 1), stats=NAT),
+        Case("SYN-ACK retransmitted: still the flow's", tcp(be, CLIENT, bport, CPORT, "SA",
+                                                            seq=ACK, ack=SEQ + 1), TC_ACT_OK,
+             out=tcp(VIP, CLIENT, VIP_PORT, CPORT, "SA", seq=ACK, ack=SEQ + 1), stats=NAT)])
+    run_table(bgs, "ingress", [
+        Case(d, tcp(CLIENT, VIP, CPORT, VIP_PORT, f, ack=ACK), XDP_PASS,
+             out=tcp(CLIENT, be, CPORT, bport, f, ack=ACK), stats=HIT) for d, f in close_in])
+    run_table(bgs, "egress", [
+        Case(d, tcp(be, CLIENT, bport, CPORT, f, seq=ACK), TC_ACT_OK,
+             out=tcp(VIP, CLIENT, VIP_PORT, CPORT, f, seq=ACK), stats=NAT)
+        for d, f in close_out])
+    f = bgs.flow(CLIENT, VIP, CPORT, VIP_PORT)
+    assert f.state & model.BGS_FLOW_RST or (
+        f.state & model.BGS_FLOW_BOTH_FIN == model.BGS_FLOW_BOTH_FIN), f
+    run_table(bgs, "egress", [
+        Case("late ACK of the closed flow: still the flow's", tcp(be, CLIENT, bport, CPORT,
+                                                                 "A", seq=ACK + 1),
+             TC_ACT_OK, out=tcp(VIP, CLIENT, VIP_PORT, CPORT, "A", seq=ACK + 1), stats=NAT)])
+    run_table(bgs, "ingress", [
+        Case("client SYN straight to B from the same port: not ours",
+             tcp(CLIENT, be, CPORT, bport, seq=7000), XDP_PASS, stats={"NOT_VIP": 1})])
+    f = bgs.flow(CLIENT, VIP, CPORT, VIP_PORT)
+    run_table(bgs, "egress", [
+        Case("a SYN-ACK as B's, in by another interface than B's: not B's, entry kept",
+             tcp(be, CLIENT, bport, CPORT, "SA", seq=9000, ack=7001), TC_ACT_OK,
+             stats={"REPLY_WRONG_DEV": 1}, ifindex=5)])
+    assert bgs.flow(CLIENT, VIP, CPORT, VIP_PORT) == f
+    run_table(bgs, "egress", [
+        Case("B's SYN-ACK to it: untouched, the closed flow's entry deleted",
+             tcp(be, CLIENT, bport, CPORT, "SA", seq=9000, ack=7001), TC_ACT_OK,
+             stats={"REPLY_SUPERSEDED": 1}),
+        Case("B's SYN-ACK retransmitted: no flow", tcp(be, CLIENT, bport, CPORT, "SA",
+                                                       seq=9000, ack=7001), TC_ACT_OK,
+             stats={"REPLY_NO_FLOW": 1}),
+        Case("B's data: no flow", tcp(be, CLIENT, bport, CPORT, "PA", seq=9001, ack=7001,
+                                      payload=b"direct"), TC_ACT_OK,
+             stats={"REPLY_NO_FLOW": 1}),
+    ])
+    assert bgs.flow(CLIENT, VIP, CPORT, VIP_PORT) is None
+    assert bgs.count("bgs_flows") == 0
+    run_table(bgs, "ingress", [
+        Case("client ACK straight to B: not ours", tcp(CLIENT, be, CPORT, bport, "A",
+                                                       seq=7001, ack=9001), XDP_PASS,
+             stats={"NOT_VIP": 1}),
+        Case("a new SYN to the VIP from p: a fresh flow", tcp(CLIENT, VIP, CPORT, VIP_PORT,
+                                                              seq=SEQ + 500), XDP_PASS,
+             out=tcp(CLIENT, be, CPORT, bport, seq=SEQ + 500), stats=NEW_SYN)])
+    assert bgs.flow(CLIENT, VIP, CPORT, VIP_PORT).state == model.BGS_FLOW_SYN
+    assert bgs.backend_stats(slots["blue"][0])["tx_packets"] == 3 + len(close_out)
+
+
+def test_egress_expired_flow_reply_untouched(bgs):
+    """Replies are translated only while their flow is not expired: a TCP flow idle past
+    tcp_idle, a closed one idle past the closing timeout, a UDP flow idle past udp_idle:
+    their replies leave untouched, counted REPLY_NO_FLOW, and the entry is left for gc (a
+    SYN-ACK on the expired closed flow deletes nothing). A closed flow within the closing
+    timeout still has its replies translated; a client segment on the idle TCP flow follows
+    it and makes it live again."""
+    web(bgs)
+    dns(bgs)
+    be, bport = BLUE[0]
+    ub = BLUE[0][0]
+    cfg = bgs.config()
+    idle, closed, uidle = ((CLIENT, VIP, CPORT, VIP_PORT), (CLIENT, VIP, CPORT + 1, VIP_PORT),
+                           (CLIENT, UDP_VIP, CPORT, UDP_PORT))
+    _open(bgs)
+    _open(bgs, sport=CPORT + 1)
+    run_table(bgs, "ingress", [
+        Case("client RST closes the second flow", tcp(*closed, "R"), XDP_PASS,
+             out=tcp(CLIENT, be, CPORT + 1, bport, "R"), stats=HIT),
+        Case("UDP query", udp(*uidle), XDP_PASS, out=udp(CLIENT, ub, CPORT, 5353),
+             stats=NEW_UDP)])
+    run_table(bgs, "egress", [
+        Case("reply of the closed flow, within the closing timeout",
+             tcp(be, CLIENT, bport, CPORT + 1, "RA"), TC_ACT_OK,
+             out=tcp(VIP, CLIENT, VIP_PORT, CPORT + 1, "RA"), stats=NAT)])
+    _age(bgs, idle, IPPROTO_TCP, cfg.tcp_idle_ns)
+    _age(bgs, closed, IPPROTO_TCP, cfg.closing_ns)
+    _age(bgs, uidle, IPPROTO_UDP, cfg.udp_idle_ns)
+    assert cfg.closing_ns < cfg.tcp_idle_ns
+    entries = {k: bgs.map("bgs_flows").lookup(k) for k in bgs.map("bgs_flows").keys()}
+    no_flow = {"REPLY_NO_FLOW": 1}
+    run_table(bgs, "egress", [
+        Case("reply of the TCP flow idle past tcp_idle", tcp(be, CLIENT, bport, CPORT, "A"),
+             TC_ACT_OK, stats=no_flow),
+        Case("reply of the closed flow past the closing timeout",
+             tcp(be, CLIENT, bport, CPORT + 1, "A"), TC_ACT_OK, stats=no_flow),
+        Case("SYN-ACK on the expired closed flow: not superseded, expired",
+             tcp(be, CLIENT, bport, CPORT + 1, "SA"), TC_ACT_OK, stats=no_flow),
+        Case("answer of the UDP flow idle past udp_idle", udp(ub, CLIENT, 5353, CPORT),
+             TC_ACT_OK, stats=no_flow),
+    ])
+    assert {k: bgs.map("bgs_flows").lookup(k) for k in bgs.map("bgs_flows").keys()} == entries
+    run_table(bgs, "ingress", [
+        Case("client ACK on the idle TCP flow: follows it", tcp(*idle, "A", ack=ACK),
+             XDP_PASS, out=tcp(CLIENT, be, CPORT, bport, "A", ack=ACK), stats=HIT)])
+    run_table(bgs, "egress", [
+        Case("reply of the TCP flow, live again", tcp(be, CLIENT, bport, CPORT, "A"),
+             TC_ACT_OK, out=tcp(VIP, CLIENT, VIP_PORT, CPORT, "A"), stats=NAT)])
+
+
+def test_egress_reply_wrong_device_untouched(bgs):
+    """A reply is the flow's only if it came in by the interface the flow's backend is
+    reached by (bgs_flow.ifindex; 0 here, where no FIB lookup succeeds, as for a backend on
+    the node itself): from anywhere else (skb->ingress_ifindex) it leaves untouched, counted
+    REPLY_WRONG_DEV, and marks nothing on the flow; so do ICMP errors (ICMP_NO_FLOW). A flow
+    whose backend is reached through interface 7 (the entry written so) takes replies from
+    7 only. A client packet does not change the entry's interface while its next hop has
+    none."""
+    web(bgs)
+    be, bport = BLUE[0]
+    _open(bgs)
+    f = bgs.flow(CLIENT, VIP, CPORT, VIP_PORT)
+    assert f.ifindex == 0
+    wrong = {"REPLY_WRONG_DEV": 1}
+    run_table(bgs, "egress", [
+        Case("SYN-ACK, in by the flow's interface (0)", tcp(be, CLIENT, bport, CPORT, "SA"),
+             TC_ACT_OK, out=tcp(VIP, CLIENT, VIP_PORT, CPORT, "SA"), stats=NAT, ifindex=0),
+        Case("SYN-ACK, in by interface 5", tcp(be, CLIENT, bport, CPORT, "SA"), TC_ACT_OK,
+             stats=wrong, ifindex=5),
+        Case("FIN, in by interface 5: not marked", tcp(be, CLIENT, bport, CPORT, "FA"),
+             TC_ACT_OK, stats=wrong, ifindex=5),
+        Case("RST, in by interface 1", tcp(be, CLIENT, bport, CPORT, "R"), TC_ACT_OK,
+             stats=wrong, ifindex=1),
+        Case("ICMP error quoting the client's packet, in by interface 5",
+             _icmp_error(be, CLIENT, _reply(CLIENT, be, CPORT, bport)), TC_ACT_OK,
+             stats={"ICMP_NO_FLOW": 1}, ifindex=5),
+    ])
+    assert bgs.flow(CLIENT, VIP, CPORT, VIP_PORT).state == model.BGS_FLOW_SYN
+    bgs.put_flow(CLIENT, VIP, CPORT, VIP_PORT, IPPROTO_TCP, f._replace(ifindex=7))
+    run_table(bgs, "egress", [
+        Case("data, in by interface 7", tcp(be, CLIENT, bport, CPORT, "PA", payload=b"d"),
+             TC_ACT_OK, out=tcp(VIP, CLIENT, VIP_PORT, CPORT, "PA", payload=b"d"), stats=NAT,
+             ifindex=7),
+        Case("data sent by the node itself (0)", tcp(be, CLIENT, bport, CPORT, "PA",
+                                                     payload=b"d"), TC_ACT_OK, stats=wrong),
+        Case("ICMP error, in by interface 7",
+             _icmp_error(be, CLIENT, _reply(CLIENT, be, CPORT, bport)), TC_ACT_OK,
+             out=_icmp_error(VIP, CLIENT, _reply(CLIENT, VIP, CPORT, VIP_PORT)),
+             stats={"ICMP_OUT": 1}, ifindex=7),
+    ])
+    run_table(bgs, "ingress", [
+        Case("client ACK", tcp(CLIENT, VIP, CPORT, VIP_PORT, "A", ack=ACK), XDP_PASS,
+             out=tcp(CLIENT, be, CPORT, bport, "A", ack=ACK), stats=HIT)])
+    assert bgs.flow(CLIENT, VIP, CPORT, VIP_PORT).ifindex == 7
+
+
+def test_flow_reply_interface_from_next_hop(bgs):
+    """A flow's reply interface (bgs_flow.ifindex) is its next hop's: 0 while the FIB lookup
+    toward the backend fails (no route), the route's interface once there is one, even
+    before its neighbour is resolved (the packet then goes to the stack: FWD_NO_NEIGH). A
+    flow created before the route takes the interface from the next hop looked up again
+    (after BGS_NEXTHOP_NS) by its client's next packet. Replies come in by that interface
+    only."""
+    web(bgs, blue=1, green=0)
+    be, bport = BLUE[0]
+    slot = bgs.find_slot("web", "blue", be, bport)
+    _open(bgs, sport=CPORT)
+    assert bgs.flow(CLIENT, VIP, CPORT, VIP_PORT).ifindex == 0
+    ifx = bgs.route("10.0.1.254/24")  # the blue backends' subnet
+    time.sleep(model.BGS_NEXTHOP_NS / 1e9 + 0.2)  # the cached failed lookup expires
+    no_neigh = {"FWD_NO_NEIGH": 1}
+    run_table(bgs, "ingress", [
+        Case("client ACK of the flow opened before the route",
+             tcp(CLIENT, VIP, CPORT, VIP_PORT, "A", ack=ACK), XDP_PASS,
+             out=tcp(CLIENT, be, CPORT, bport, "A", ack=ACK),
+             stats={"VIP": 1, "FLOW_HIT": 1, **no_neigh}),
+        Case("new SYN", tcp(CLIENT, VIP, CPORT + 1, VIP_PORT), XDP_PASS,
+             out=tcp(CLIENT, be, CPORT + 1, bport),
+             stats={"VIP": 1, "SYN_MISS": 1, "FLOW_NEW": 1, **no_neigh}),
+    ])
+    nh = bgs.nexthop(slot)
+    assert (nh.ifindex, nh.rc, nh.expires) == (ifx, model.BPF_FIB_LKUP_RET_NO_NEIGH, 0), nh
+    for port in (CPORT, CPORT + 1):
+        assert bgs.flow(CLIENT, VIP, port, VIP_PORT).ifindex == ifx, port
+    run_table(bgs, "egress", [
+        *[Case(f"reply to port {p}, in by the route's interface",
+               tcp(be, CLIENT, bport, p, "A"), TC_ACT_OK,
+               out=tcp(VIP, CLIENT, VIP_PORT, p, "A"), stats=NAT, ifindex=ifx)
+          for p in (CPORT, CPORT + 1)],
+        Case("reply sent by the node itself (0)", tcp(be, CLIENT, bport, CPORT, "A"),
+             TC_ACT_OK, stats={"REPLY_WRONG_DEV": 1}),
+    ])
+
+
+def test_ingress_rst_miss_forwarded_without_entry(bgs):
+    """An RST that misses the table opens nothing: it goes where its flow would be (the
+    active color, or while a change drains the previous share's for a segment without SYN)
+    and is counted RST_MISS, but no entry is written; the next segment of that tuple is a
+    miss again. A SYN|RST counts as a first packet (SYN_MISS) and also writes nothing."""
+    web(bgs, blue=1, green=1)
+    b, g = BLUE[0], GREEN[0]
+    rst = {"RST_MISS": 1, **FWD}
+    run_table(bgs, "ingress", [
+        Case("RST, no entry: to blue", tcp(CLIENT, VIP, CPORT, VIP_PORT, "R"), XDP_PASS,
+             out=tcp(CLIENT, b[0], CPORT, b[1], "R"), stats={**NOSYN, **rst}),
+        Case("RST again: a miss again", tcp(CLIENT, VIP, CPORT, VIP_PORT, "R"), XDP_PASS,
+             out=tcp(CLIENT, b[0], CPORT, b[1], "R"), stats={**NOSYN, **rst}),
+        Case("RST|ACK, no entry", tcp(CLIENT, VIP, CPORT + 1, VIP_PORT, "RA", ack=ACK),
+             XDP_PASS, out=tcp(CLIENT, b[0], CPORT + 1, b[1], "RA", ack=ACK),
+             stats={**NOSYN, **rst}),
+        Case("SYN|RST, no entry", tcp(CLIENT, VIP, CPORT + 2, VIP_PORT, "SR"), XDP_PASS,
+             out=tcp(CLIENT, b[0], CPORT + 2, b[1], "SR"),
+             stats={"VIP": 1, "SYN_MISS": 1, **rst}),
+    ])
+    bgs.cli("flip", "web", "green", "--no-check")
+    run_table(bgs, "ingress", [
+        Case("RST while blue drains: blue (second chance)",
+             tcp(CLIENT, VIP, CPORT + 3, VIP_PORT, "R"), XDP_PASS,
+             out=tcp(CLIENT, b[0], CPORT + 3, b[1], "R"), stats={**NOSYN, **rst}),
+        Case("SYN|RST while blue drains: green", tcp(CLIENT, VIP, CPORT + 4, VIP_PORT, "SR"),
+             XDP_PASS, out=tcp(CLIENT, g[0], CPORT + 4, g[1], "SR"),
+             stats={"VIP": 1, "SYN_MISS": 1, **rst}),
+        Case("ACK of the first tuple: re-pinned and recorded now", tcp(
+            CLIENT, VIP, CPORT, VIP_PORT, "A", ack=ACK), XDP_PASS,
+             out=tcp(CLIENT, b[0], CPORT, b[1], "A", ack=ACK), stats=REPIN),
+    ])
+    assert bgs.count("bgs_flows") == 1
+    assert bgs.flow(CLIENT, VIP, CPORT, VIP_PORT).state == 0
+
+
+def test_ingress_creating_fin_recorded(bgs):
+    """The packet that creates an entry records its own FIN: a SYN|FIN opens it with SYN and
+    FIN_CLIENT, a FIN that misses is re-pinned with FIN_CLIENT; the backend's FIN then makes
+    the flow closed, and the next SYN reopens it on the active color."""
+    web(bgs, blue=1, green=1)
+    b, g = BLUE[0], GREEN[0]
+    run_table(bgs, "ingress", [
+        Case("SYN|FIN, no entry", tcp(CLIENT, VIP, CPORT, VIP_PORT, "SF"), XDP_PASS,
+             out=tcp(CLIENT, b[0], CPORT, b[1], "SF"), stats=NEW_SYN),
+        Case("FIN|ACK, no entry", tcp(CLIENT, VIP, CPORT + 1, VIP_PORT, "FA", ack=ACK),
+             XDP_PASS, out=tcp(CLIENT, b[0], CPORT + 1, b[1], "FA", ack=ACK), stats=REPIN),
+        Case("bare FIN, no entry", tcp(CLIENT, VIP, CPORT + 2, VIP_PORT, "F"), XDP_PASS,
+             out=tcp(CLIENT, b[0], CPORT + 2, b[1], "F"), stats=REPIN),
+    ])
+    fin = model.BGS_FLOW_FIN_CLIENT
+    assert [bgs.flow(CLIENT, VIP, CPORT + i, VIP_PORT).state for i in range(3)] == [
+        model.BGS_FLOW_SYN | fin, fin, fin]
+    bgs.cli("flip", "web", "green", "--no-check")
+    run_table(bgs, "egress", [
+        Case("backend FIN", tcp(b[0], CLIENT, b[1], CPORT + 1, "FA"), TC_ACT_OK,
+             out=tcp(VIP, CLIENT, VIP_PORT, CPORT + 1, "FA"), stats=NAT)])
+    assert bgs.flow(CLIENT, VIP, CPORT + 1, VIP_PORT).state == model.BGS_FLOW_BOTH_FIN
+    run_table(bgs, "ingress", [
+        Case("SYN on the closed flow: reopened on green", tcp(CLIENT, VIP, CPORT + 1,
+                                                              VIP_PORT), XDP_PASS,
+             out=tcp(CLIENT, g[0], CPORT + 1, g[1]), stats=REOPEN),
+        Case("SYN on the half-closed flow: follows it (still live)",
+             tcp(CLIENT, VIP, CPORT + 2, VIP_PORT), XDP_PASS,
+             out=tcp(CLIENT, b[0], CPORT + 2, b[1]), stats=HIT),
+    ])
+
+
+def test_flow_rst_then_both_sides_live_again(bgs):
+    """An RST stops a flow being live, but only until both sides send a segment without RST
+    after it (an RST the other end ignored: spoofed, or out of window, RFC 5961): each side's
+    segment sets its ON bit, and with both the RST and ON bits are cleared. A closed flow is
+    reopened on the active color by the next SYN; a live one is followed by it and its
+    backend's SYN-ACK is the flow's. An RST while an ON bit is set clears the ON bits."""
+    web(bgs, blue=1, green=1)
+    b, g = BLUE[0], GREEN[0]
+    _open(bgs)
+    bgs.cli("flip", "web", "green", "--no-check")
+    SYN, RST = model.BGS_FLOW_SYN, model.BGS_FLOW_RST
+    CON, SON = model.BGS_FLOW_CLIENT_ON, model.BGS_FLOW_SERVER_ON
+
+    def cin(desc, flags, stats=HIT, to=b):
+        return ("ingress", Case(desc, tcp(CLIENT, VIP, CPORT, VIP_PORT, flags, ack=ACK),
+                                XDP_PASS, out=tcp(CLIENT, to[0], CPORT, to[1], flags, ack=ACK),
+                                stats=stats))
+
+    def bout(desc, flags):
+        return ("egress", Case(desc, tcp(b[0], CLIENT, b[1], CPORT, flags, seq=ACK),
+                               TC_ACT_OK, out=tcp(VIP, CLIENT, VIP_PORT, CPORT, flags, seq=ACK),
+                               stats=NAT))
+
+    steps = [
+        (cin("client RST", "RA"), SYN | RST),
+        (cin("client RST again: nothing changes", "R"), SYN | RST),
+        (cin("client ACK after it", "A"), SYN | RST | CON),
+        (cin("client data", "PA"), SYN | RST | CON),
+        (bout("backend ACK: both sides went on", "A"), SYN),
+        (cin("SYN on the live flow: follows it, blue", "S"), SYN),
+        (bout("backend SYN-ACK on the live flow: the flow's", "SA"), SYN),
+        (bout("backend RST", "RA"), SYN | RST),
+        (bout("backend ACK after it", "A"), SYN | RST | SON),
+        (cin("client RST: the ON bits go", "R"), SYN | RST),
+        (bout("backend ACK", "A"), SYN | RST | SON),
+        (cin("SYN on the closed flow: reopened on green", "S", stats=REOPEN, to=g), SYN),
+    ]
+    fails = []
+    for (hook, case), state in steps:
+        fails += run_case(bgs, hook, case)
+        got = bgs.flow(CLIENT, VIP, CPORT, VIP_PORT).state
+        if got != state:
+            fails.append(f"[{hook}] {case.desc}: state {got:#x}, want {state:#x}")
+    assert not fails, "\n\n".join(fails)
+    assert bgs.flow(CLIENT, VIP, CPORT, VIP_PORT).color == model.BGS_GREEN
 
 
 def test_ingress_l4_header_beyond_packet_untouched(bgs):
@@ -1815,83 +2205,106 @@ def test_egress_parse_failures_untouched_uncounted(bgs):
 
 # === flow-table insert limit ======================================================================
 
-def _limits(bgs: BgsState, rate: int, burst: int) -> None:
-    """`bgswitch limits --new-flows RATE --burst BURST`, checked in bgs_config."""
+def _limits(bgs: BgsState, rate: int, burst: int) -> model.Config:
+    """`bgswitch limits --new-flows RATE --burst BURST` (the node's), checked in bgs_config:
+    the node's values, and each CPU's part of them, rounded up."""
     bgs.cli("limits", "--new-flows", str(rate), "--burst", str(burst))
     cfg = bgs.config()
-    assert (cfg.new_flow_rate, cfg.new_flow_burst) == (rate, burst)
+    n = bpfsys.possible_cpus()
+    assert (cfg.node_flow_rate, cfg.node_flow_burst) == (rate, burst)
+    assert (cfg.new_flow_rate, cfg.new_flow_burst) == (model.cpu_part(rate, n),
+                                                       model.cpu_part(burst, n))
+    return cfg
 
 
-LIMIT = {"INSERT_LIMIT": 1}
 INSERT = 1000000  # one insert in bgs_insert_budget's tokens (millionths)
+# A new flow over the insert budget: forwarded where it belongs, counted, no entry written.
+UNTRACKED = {"UNTRACKED": 1, **FWD}
 
 
-def test_ingress_insert_limit_drops_new_flows(bgs):
-    """Each flow creation (new flow, reopen, re-pin) first takes one insert from the CPU's
-    budget (here `limits --new-flows 1 --burst 3`, the budget set to 4 inserts, a refill of
-    one per second too slow to matter); with none left the packet is dropped INSERT_LIMIT
-    (node and service) and nothing is recorded. A creation that then fails (NO_BACKEND) has
-    taken its insert. Packets of existing flows need none. `--new-flows 0` lifts the limit.
-    (The programs run on one CPU: unit_fixtures.)"""
-    slots = web(bgs, blue=1, green=0)
+def test_ingress_insert_limit_forwards_untracked(bgs):
+    """Each entry a new flow, reopen or re-pin would write first takes one insert from the
+    CPU's budget (here 4 inserts, its last refill set in the future so that it cannot refill
+    during the test). With none left the packet is still forwarded, placed by the current
+    share or, for a non-SYN miss while the last change drains, by the previous one (second
+    chance), counted UNTRACKED, and no entry is written; a TCP reopen's dead entry is deleted
+    (test_ingress_untracked_reopen_keeps_connection_together). A creation that fails
+    (NO_BACKEND) and an RST that misses (RST_MISS) take no insert;
+    packets of existing flows need none. `--new-flows 0` lifts the limit. (The programs run
+    on one CPU: unit_fixtures.)"""
+    slots = web(bgs, blue=1, green=1)
     dns(bgs, blue=1, green=0)
     bgs.add_service("empty", EMPTY_VIP, VIP_PORT, "tcp")
     _limits(bgs, 1, 3)
-    # A known budget, whatever the refill from time 0 (the bucket's first use) gives.
-    bgs.put_bucket(model.Bucket(monotonic_coarse_ns(), 4 * INSERT))
+    bgs.put_bucket(model.Bucket(monotonic_coarse_ns() + 3600 * 10**9, 4 * INSERT))
     be, bport = BLUE[0]
+    g, gport = GREEN[0]
     svc = bgs.services
-    t0 = time.monotonic()
+
+    def syn(i, over=False, client=CLIENT, to=BLUE[0], reopen=False):
+        stats = {"VIP": 1, **({"FLOW_REOPEN": 1} if reopen else {"SYN_MISS": 1}),
+                 **(UNTRACKED if over else {"FLOW_NEW": 1, **FWD})}
+        return Case(f"SYN {i}" + (": over the limit" if over else ""),
+                    tcp(client, VIP, CPORT + i, VIP_PORT), XDP_PASS,
+                    out=tcp(client, to[0], CPORT + i, to[1]), stats=stats)
+
     run_table(bgs, "ingress", [
-        Case("SYN to a service without backend: token taken, NO_BACKEND",
+        Case("SYN to a service without backend: NO_BACKEND, no insert taken",
              tcp(CLIENT, EMPTY_VIP, CPORT, VIP_PORT), XDP_DROP,
              stats={"VIP": 1, "SYN_MISS": 1}, drops={"NO_BACKEND": 1}),
-        *[Case(f"SYN {i}", tcp(CLIENT, VIP, CPORT + i, VIP_PORT), XDP_PASS,
-               out=tcp(CLIENT, be, CPORT + i, bport), stats=NEW_SYN) for i in range(3)],
-        Case("SYN over the limit", tcp(CLIENT, VIP, CPORT + 3, VIP_PORT), XDP_DROP,
-             stats={"VIP": 1, "SYN_MISS": 1}, drops=LIMIT),
-        Case("SYN to the service without backend: the limit first",
-             tcp(CLIENT, EMPTY_VIP, CPORT, VIP_PORT), XDP_DROP,
-             stats={"VIP": 1, "SYN_MISS": 1}, drops=LIMIT),
-        Case("UDP new flow over the limit", udp(CLIENT, UDP_VIP, CPORT, UDP_PORT), XDP_DROP,
-             stats={"VIP": 1}, drops=LIMIT),
-        Case("non-SYN miss over the limit: not re-pinned",
-             tcp(CLIENT, VIP, CPORT + 4, VIP_PORT, "A", ack=ACK), XDP_DROP, stats=NOSYN,
-             drops=LIMIT),
-        Case("ACK of an existing flow: no token needed",
+        syn(0), syn(1), syn(2),
+        Case("RST that misses: forwarded, no entry, no insert taken",
+             tcp(CLIENT, VIP, CPORT + 5, VIP_PORT, "R"), XDP_PASS,
+             out=tcp(CLIENT, be, CPORT + 5, bport, "R"), stats={**NOSYN, "RST_MISS": 1,
+                                                                  **FWD}),
+        syn(3),
+        syn(6, over=True),
+        Case("UDP new flow over the limit", udp(CLIENT, UDP_VIP, CPORT, UDP_PORT), XDP_PASS,
+             out=udp(CLIENT, BLUE[0][0], CPORT, 5353), stats={"VIP": 1, **UNTRACKED}),
+        Case("non-SYN miss over the limit: re-pinned to the active color, no entry",
+             tcp(CLIENT, VIP, CPORT + 7, VIP_PORT, "A", ack=ACK), XDP_PASS,
+             out=tcp(CLIENT, be, CPORT + 7, bport, "A", ack=ACK), stats={**NOSYN, **UNTRACKED}),
+        Case("ACK of an existing flow: no insert needed",
              tcp(CLIENT, VIP, CPORT, VIP_PORT, "A", ack=ACK), XDP_PASS,
              out=tcp(CLIENT, be, CPORT, bport, "A", ack=ACK), stats=HIT),
         Case("client RST closes flow 1", tcp(CLIENT, VIP, CPORT + 1, VIP_PORT, "R"), XDP_PASS,
              out=tcp(CLIENT, be, CPORT + 1, bport, "R"), stats=HIT),
-        Case("SYN reopening flow 1 over the limit", tcp(CLIENT, VIP, CPORT + 1, VIP_PORT),
-             XDP_DROP, stats={"VIP": 1, "FLOW_REOPEN": 1}, drops=LIMIT),
+        syn(1, over=True, reopen=True),
+        syn(6, over=True),
     ])
-    assert time.monotonic() - t0 < 0.9, "test too slow for a refill of 1 per second"
-    assert bgs.bucket().tokens < INSERT
-    assert bgs.count("bgs_flows") == bgs.count("bgs_reverse") == 3
-    for c in (CPORT + 3, CPORT + 4):
-        assert bgs.flow(CLIENT, VIP, c, VIP_PORT) is None
-    f = bgs.flow(CLIENT, VIP, CPORT + 1, VIP_PORT)  # the closed entry is left as it was
-    assert (f.daddr, f.slot, f.state) == (be, slots["blue"][0],
-                                          model.BGS_FLOW_SYN | model.BGS_FLOW_RST)
+    bgs.cli("flip", "web", "green", "--no-check")
+    sw = bgs.switch(svc["web"])
+    assert sw.flags == model.BGS_SW_DRAINING | model.BGS_SW_HAS_PREV
+    run_table(bgs, "ingress", [
+        syn(8, over=True, to=GREEN[0]),
+        Case("non-SYN miss over the limit while blue drains: second chance, blue",
+             tcp(CLIENT, VIP, CPORT + 9, VIP_PORT, "PA", ack=ACK), XDP_PASS,
+             out=tcp(CLIENT, be, CPORT + 9, bport, "PA", ack=ACK),
+             stats={**NOSYN, **UNTRACKED}),
+    ])
+    assert bgs.bucket().tokens == 0
+    assert bgs.count("bgs_flows") == 3
+    for c in (1, 5, 6, 7, 8, 9):
+        assert bgs.flow(CLIENT, VIP, CPORT + c, VIP_PORT) is None, c
+    assert bgs.flow(CLIENT, UDP_VIP, CPORT, UDP_PORT, IPPROTO_UDP) is None
     zero = dict.fromkeys(model.SERVICE_STATS, 0)
-    assert bgs.service_stats(svc["web"]) == {**zero, "syn_miss": 4, "nosyn_miss": 1,
-                                             "second_chance": 1, "reopen": 1,
-                                             "drop_INSERT_LIMIT": 3}
-    assert bgs.service_stats(svc["dns"]) == {**zero, "drop_INSERT_LIMIT": 1}
-    assert bgs.service_stats(svc["empty"]) == {**zero, "syn_miss": 2, "drop_NO_BACKEND": 1,
-                                               "drop_INSERT_LIMIT": 1}
-    assert bgs.backend_stats(slots["blue"][0])["new_flows"] == 3
+    assert bgs.service_stats(svc["web"]) == {**zero, "syn_miss": 7, "nosyn_miss": 3,
+                                             "second_chance": 3, "reopen": 1}
+    assert bgs.service_stats(svc["dns"]) == zero
+    assert bgs.service_stats(svc["empty"]) == {**zero, "syn_miss": 1, "drop_NO_BACKEND": 1}
+    # new_flows counts every packet placed by a miss, tracked or not.
+    assert bgs.backend_stats(slots["blue"][0])["new_flows"] == 10
+    assert bgs.backend_stats(slots["green"][0])["new_flows"] == 1
 
     _limits(bgs, 0, 3)
     run_table(bgs, "ingress", [
-        *[Case(f"no limit: SYN {i}", tcp(CLIENT2, VIP, CPORT + i, VIP_PORT), XDP_PASS,
-               out=tcp(CLIENT2, be, CPORT + i, bport), stats=NEW_SYN) for i in range(8)],
+        *[syn(20 + i, client=CLIENT2, to=GREEN[0]) for i in range(8)],
         Case("no limit: UDP", udp(CLIENT, UDP_VIP, CPORT, UDP_PORT), XDP_PASS,
              out=udp(CLIENT, BLUE[0][0], CPORT, 5353), stats=NEW_UDP),
-        Case("no limit: reopen", tcp(CLIENT, VIP, CPORT + 1, VIP_PORT), XDP_PASS,
-             out=tcp(CLIENT, be, CPORT + 1, bport), stats=REOPEN),
+        syn(1, to=GREEN[0]),
     ])
+    assert bgs.count("bgs_flows") == 3 + 8 + 2
+    assert bgs.flow(CLIENT, VIP, CPORT + 1, VIP_PORT).color == model.BGS_GREEN
 
 
 # === IPv6 services ================================================================================
@@ -1900,7 +2313,7 @@ def test_ingress_ipv6_vip_rewrite(bgs):
     """IPv6 VIPs: TCP and UDP to the VIP go to an IPv6 backend exactly as IPv4 does (SYN
     creates, later segments follow, a non-SYN miss is re-pinned), the TCP/UDP checksum
     updated by difference (no IP header checksum in IPv6), a UDP checksum of 0 left 0, a
-    result of 0 sent as 0xffff; flow and reverse entries hold the IPv6 addresses."""
+    result of 0 sent as 0xffff; flow entries are keyed by the IPv6 client address."""
     slots = web6(bgs)
     uslots = dns6(bgs)
     b, bp = BLUE6[0]
@@ -1931,15 +2344,14 @@ def test_ingress_ipv6_vip_rewrite(bgs):
     f = bgs.flow(CLIENT6, VIP6, CPORT, VIP_PORT)
     assert (f.daddr, f.dport, f.color, f.slot, f.state) == (
         b, bp, model.BGS_BLUE, slots["blue"][0], model.BGS_FLOW_SYN)
-    assert bgs.reverse(b, CLIENT6, bp, CPORT) == model.Reverse(VIP6, VIP_PORT,
-                                                               slots["blue"][0])
     f = bgs.flow(CLIENT6_2, VIP6, CPORT, VIP_PORT)
     assert (f.daddr, f.dport, f.color, f.slot, f.state) == (
         b, bp, model.BGS_BLUE, slots["blue"][0], 0)
-    assert bgs.reverse(b, CLIENT6_2, bp, CPORT) == model.Reverse(VIP6, VIP_PORT,
-                                                                 slots["blue"][0])
-    assert bgs.reverse(ub, CLIENT6, 5353, CPORT, IPPROTO_UDP) == model.Reverse(
-        UDP_VIP6, UDP_PORT, uslots["blue"][0])
+    f = bgs.flow(CLIENT6, UDP_VIP6, CPORT, UDP_PORT, IPPROTO_UDP)
+    assert (f.daddr, f.dport, f.slot) == (ub, 5353, uslots["blue"][0])
+    assert model.pack_conn_key(CLIENT6, CPORT, bgs.services["web6"], IPPROTO_TCP) in set(
+        bgs.map("bgs_flows").keys())
+    assert bgs.count("bgs_flows") == 3
     assert bgs.backend_stats(slots["blue"][0])["rx_bytes"] == sum(
         40 + Ether(c).getlayer(IPv6).plen for c in (
             tcp(CLIENT6, VIP6, CPORT, VIP_PORT, payload=b"hello"),
@@ -1985,7 +2397,7 @@ def test_ingress_ipv6_flip_and_choice(bgs):
 
 def test_egress_ipv6_reply_reverse_nat(bgs):
     """IPv6 replies leave with the VIP as source address and port (TCP and UDP, checksum 0
-    kept), FIN/RST marked on the flow; a backend address without reverse entry is counted
+    kept), FIN/RST marked on the flow; a backend address to a client without flow is counted
     REPLY_NO_FLOW."""
     slots = web6(bgs)
     dns6(bgs)
@@ -2092,6 +2504,7 @@ def _icmp_flows(bgs: BgsState) -> Dict[str, List[int]]:
         Case("IPv6 SYN", tcp(CLIENT6, VIP6, CPORT, VIP_PORT), XDP_PASS,
              out=tcp(CLIENT6, b6, CPORT, bp6), stats=NEW_SYN),
     ])
+    assert bgs.count("bgs_flows") == 3  # one entry per connection, both ways
     return slots
 
 
@@ -2195,7 +2608,8 @@ def test_icmp_errors_egress_translated_to_vip(bgs):
     """An ICMP error leaving about a client's packet (it quotes client -> backend:port) quotes
     the VIP:port instead, and the backend's own outer source address becomes the VIP; a
     router's stays. Every checksum checked against scapy. Counted ICMP_OUT and in the
-    backend's tx; without reverse entry ICMP_NO_FLOW; others untouched and uncounted."""
+    backend's tx; without a flow, or come in by another interface than the flow's
+    (skb->ingress_ifindex), ICMP_NO_FLOW; others untouched and uncounted."""
     slots = _icmp_flows(bgs)
     be, bport = BLUE[0]
     ube = BLUE[0][0]
@@ -2226,6 +2640,8 @@ def test_icmp_errors_egress_translated_to_vip(bgs):
         Case("quoting a packet of a client with no flow",
              _icmp_error(be, CLIENT2, _reply(CLIENT2, be, CPORT, bport)), TC_ACT_OK,
              stats={"ICMP_NO_FLOW": 1}),
+        Case("frag needed from the backend, in by another interface than the flow's",
+             _icmp_error(be, CLIENT, to_be), TC_ACT_OK, stats={"ICMP_NO_FLOW": 1}, ifindex=5),
         Case("quoting a packet to a port that is no backend's",
              _icmp_error(be, CLIENT, _reply(CLIENT, be, CPORT, 22)), TC_ACT_OK),
         Case("echo reply from the backend", bytes(_l2() / IP(src=be, dst=CLIENT)
@@ -2314,12 +2730,63 @@ def test_ingress_v6_fragment_header_beyond_payload_length_untouched(bgs, which):
 
 # === insert budget and backend references (regressions found while testing them) ============
 
+def test_ingress_untracked_reopen_keeps_connection_together(bgs):
+    """Over the insert budget, a reopen is forwarded without an entry, and the connection's
+    next packets go where its first one went: a TCP SYN on a closed blue flow goes to green
+    (the share now, nothing draining) and the closed entry is deleted, so that the client's
+    ACK is a miss placed by the same share, not sent after the old entry to blue. A UDP
+    datagram on an idle entry keeps that entry: each next datagram is a reopen again, placed
+    the same way (by the previous share while the change drains, else by the share now)."""
+    web(bgs, blue=1, green=1)
+    dns(bgs, blue=1, green=1)
+    b, g = BLUE[0], GREEN[0]
+    ub, ug = BLUE[0][0], GREEN[0][0]
+    _open(bgs)
+    ukey = (CLIENT, UDP_VIP, CPORT, UDP_PORT)
+    run_table(bgs, "ingress", [
+        Case("client RST closes the blue flow", tcp(CLIENT, VIP, CPORT, VIP_PORT, "R"),
+             XDP_PASS, out=tcp(CLIENT, b[0], CPORT, b[1], "R"), stats=HIT),
+        Case("UDP query", udp(*ukey), XDP_PASS, out=udp(CLIENT, ub, CPORT, 5353),
+             stats=NEW_UDP)])
+    for name in ("web", "dns"):
+        bgs.cli("flip", name, "green", "--no-check")
+    web_sw = bgs.switch(bgs.services["web"])
+    bgs.put_switch(bgs.services["web"], web_sw._replace(flags=model.BGS_SW_HAS_PREV))
+    bgs.put_bucket(model.Bucket(monotonic_coarse_ns() + 3600 * 10**9, 0))
+    _age(bgs, ukey, IPPROTO_UDP, bgs.config().udp_idle_ns)
+    uprev = {"VIP": 1, "FLOW_REOPEN": 1, "SECOND_CHANCE": 1, **UNTRACKED}
+    run_table(bgs, "ingress", [
+        Case("SYN reopening the closed flow, over the budget: green",
+             tcp(CLIENT, VIP, CPORT, VIP_PORT, seq=SEQ + 9), XDP_PASS,
+             out=tcp(CLIENT, g[0], CPORT, g[1], seq=SEQ + 9),
+             stats={"VIP": 1, "FLOW_REOPEN": 1, **UNTRACKED}),
+        Case("its ACK: a miss, green too", tcp(CLIENT, VIP, CPORT, VIP_PORT, "A", ack=ACK),
+             XDP_PASS, out=tcp(CLIENT, g[0], CPORT, g[1], "A", ack=ACK),
+             stats={**NOSYN, **UNTRACKED}),
+        Case("UDP on the idle entry while blue drains: blue", udp(*ukey), XDP_PASS,
+             out=udp(CLIENT, ub, CPORT, 5353), stats=uprev),
+        Case("next datagram: blue again", udp(*ukey), XDP_PASS,
+             out=udp(CLIENT, ub, CPORT, 5353), stats=uprev),
+    ])
+    assert bgs.flow(CLIENT, VIP, CPORT, VIP_PORT) is None
+    assert bgs.flow(*ukey, IPPROTO_UDP).color == model.BGS_BLUE
+    dns_sw = bgs.switch(bgs.services["dns"])
+    bgs.put_switch(bgs.services["dns"], dns_sw._replace(flags=model.BGS_SW_HAS_PREV))
+    run_table(bgs, "ingress", [
+        Case(f"UDP on the idle entry, blue drained: green ({i})", udp(*ukey), XDP_PASS,
+             out=udp(CLIENT, ug, CPORT, 5353), stats={"VIP": 1, "FLOW_REOPEN": 1, **UNTRACKED})
+        for i in range(2)])
+
+
 def test_flow_insert_budget_refill_rate(bgs):
-    """The budget refills at new_flow_rate inserts per second up to new_flow_burst + 1: with
-    `--new-flows 4 --burst 2` and an empty budget, a SYN at once is dropped (INSERT_LIMIT);
-    1 s later (4 inserts' worth) exactly 3 new flows are let through."""
+    """Each CPU's budget refills at its part of the node's rate, up to its part of the burst
+    + 1: with a node limit of 4 per second per CPU and a burst of 2 per CPU and an empty
+    budget, a SYN at once goes untracked; 1 s later (4 inserts' worth) exactly 3 new flows
+    get an entry, the fourth goes untracked."""
     web(bgs, blue=1, green=0)
-    _limits(bgs, 4, 2)
+    n = bpfsys.possible_cpus()
+    cfg = _limits(bgs, 4 * n, 2 * n)
+    assert (cfg.new_flow_rate, cfg.new_flow_burst) == (4, 2)
     be, bport = BLUE[0]
 
     def syn(i, ok):
@@ -2327,7 +2794,8 @@ def test_flow_insert_budget_refill_rate(bgs):
             return Case(f"SYN {i}", tcp(CLIENT, VIP, CPORT + i, VIP_PORT), XDP_PASS,
                         out=tcp(CLIENT, be, CPORT + i, bport), stats=NEW_SYN)
         return Case(f"SYN {i}: over the limit", tcp(CLIENT, VIP, CPORT + i, VIP_PORT),
-                    XDP_DROP, stats={"VIP": 1, "SYN_MISS": 1}, drops=LIMIT)
+                    XDP_PASS, out=tcp(CLIENT, be, CPORT + i, bport),
+                    stats={"VIP": 1, "SYN_MISS": 1, **UNTRACKED})
 
     bgs.put_bucket(model.Bucket(monotonic_coarse_ns(), 0))
     run_table(bgs, "ingress", [syn(0, False)])
@@ -2339,49 +2807,48 @@ def test_flow_insert_budget_refill_rate(bgs):
 
 def test_egress_backend_ref_single_service_again(bgs):
     """Once the second service's slot on a shared backend address is released (`backend
-    del`, then `gc`), the address serves one service again: its bgs_backend_addrs entry must
-    name it, and a reply whose reverse entry is gone is recovered again."""
-    slots = web(bgs, blue=1, green=0)
+    del`, then `gc`), the address serves one service again: its bgs_backend_addrs entry names
+    that one, and its replies still find their flows."""
+    web(bgs, blue=1, green=0)
     be, bport = BLUE[0]
     bgs.add_service("web2", EMPTY_VIP, 8080, "tcp")
     bgs.add_backend("web2", "blue", be, bport)
-    assert bgs.backend_ref(be, bport) == model.BackendRef(2, model.BGS_SVC_MANY)
+    web_id, web2_id = bgs.services["web"], bgs.services["web2"]
+    assert bgs.backend_ref(be, bport) == model.BackendRef(2, (web_id, web2_id))
     bgs.cli("backend", "del", "web2", "blue", f"{be}:{bport}")
     bgs.cli("gc")
     assert bgs.find_slot("web2", "blue", be, bport, model.BGS_BACKEND_DRAINING) is None
+    assert bgs.backend_ref(be, bport) == model.BackendRef(1, (web_id,))
     _open(bgs)
-    assert bgs.delete_reverse(be, CLIENT, bport, CPORT)
     run_table(bgs, "egress", [
-        Case("reply of the web flow, reverse entry gone: recovered",
-             tcp(be, CLIENT, bport, CPORT, "SA"), TC_ACT_OK,
-             out=tcp(VIP, CLIENT, VIP_PORT, CPORT, "SA"),
-             stats={"REPLY_RECOVERED": 1, **NAT})])
-    assert bgs.backend_ref(be, bport) == model.BackendRef(1, bgs.services["web"])
-    assert bgs.reverse(be, CLIENT, bport, CPORT) == model.Reverse(VIP, VIP_PORT,
-                                                                  slots["blue"][0])
+        Case("reply of the web flow", tcp(be, CLIENT, bport, CPORT, "SA"), TC_ACT_OK,
+             out=tcp(VIP, CLIENT, VIP_PORT, CPORT, "SA"), stats=NAT)])
 
 
 def test_egress_backend_ref_repair_keeps_service(bgs):
-    """A stale reference count in bgs_backend_addrs (as a command killed half way leaves
-    one) is repaired by `gc` to the slots' count, the entry still naming its one service;
-    then a reply whose reverse entry is gone is recovered."""
+    """A stale bgs_backend_addrs entry (as a command killed half way leaves one: a wrong
+    count, no service) makes the address's replies find no flow (REPLY_NO_FLOW, untouched);
+    `gc` repairs it to the slots' count and their service, and the replies are translated
+    again."""
     slots = web(bgs, blue=2, green=0)
     be, bport = BLUE[0]
     web_id = bgs.services["web"]
-    bgs.map("bgs_backend_addrs").update(model.pack_backend_addr(be, bport, IPPROTO_TCP),
-                                        model.pack_backend_ref(model.BackendRef(5, web_id)))
-    bgs.cli("gc")
-    for a, p in BLUE[:2]:
-        assert bgs.backend_ref(a, p) == model.BackendRef(1, web_id), f"{a}:{p}"
     now = Chooser(bgs, 0)
     port = next(c for c in range(CPORT, CPORT + 100)
                 if now.slot(CLIENT, VIP, c, VIP_PORT)[1] == slots["blue"][0])
     _open(bgs, sport=port)
-    assert bgs.delete_reverse(be, CLIENT, bport, port)
+    bgs.map("bgs_backend_addrs").update(model.pack_backend_addr(be, bport, IPPROTO_TCP),
+                                        model.pack_backend_ref(model.BackendRef(5, ())))
+    reply = tcp(be, CLIENT, bport, port, "SA")
     run_table(bgs, "egress", [
-        Case("reply, reverse entry gone: recovered", tcp(be, CLIENT, bport, port, "SA"),
-             TC_ACT_OK, out=tcp(VIP, CLIENT, VIP_PORT, port, "SA"),
-             stats={"REPLY_RECOVERED": 1, **NAT})])
+        Case("reply, the address names no service", reply, TC_ACT_OK,
+             stats={"REPLY_NO_FLOW": 1})])
+    bgs.cli("gc")
+    for a, p in BLUE[:2]:
+        assert bgs.backend_ref(a, p) == model.BackendRef(1, (web_id,)), f"{a}:{p}"
+    run_table(bgs, "egress", [
+        Case("reply after the repair", reply, TC_ACT_OK,
+             out=tcp(VIP, CLIENT, VIP_PORT, port, "SA"), stats=NAT)])
 
 
 # === backend choice ============================================================================
@@ -2585,9 +3052,7 @@ def test_ingress_split_green_exactly_below_share_and_monotonic(bgs):
                                Ether(c.out)[TCP].dport, "A", ack=ACK), stats=HIT)
         for c in at25])
     for port in ports:
-        f = bgs.flow(CLIENT, VIP, port, VIP_PORT)
         assert bgs.delete_flow(CLIENT, VIP, port, VIP_PORT)
-        assert bgs.delete_reverse(f.daddr, CLIENT, f.dport, port)
     at50 = syns(5000)
     run_table(bgs, "ingress", at50)
     green50 = {c.pkt for c in at50 if _color_of(c.out) == G}

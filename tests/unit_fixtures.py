@@ -32,7 +32,7 @@ import struct
 import subprocess
 import time
 from contextlib import contextmanager
-from typing import Dict, Iterator, List, Optional
+from typing import Dict, Iterator, List, NamedTuple, Optional
 
 import pytest
 
@@ -84,10 +84,28 @@ CLI_TIMEOUT = 30
 
 MAP_NAMES = [
     "bgs_config", "bgs_vips", "bgs_services", "bgs_switch", "bgs_sets", "bgs_backends",
-    "bgs_backend_addrs", "bgs_flows", "bgs_reverse", "bgs_vip_addrs", "bgs_frags", "bgs_ifaces",
+    "bgs_backend_addrs", "bgs_flows", "bgs_nexthops", "bgs_vip_addrs", "bgs_frags", "bgs_ifaces",
     "bgs_stats", "bgs_drops", "bgs_backend_stats", "bgs_service_stats", "bgs_tx_ports",
     "bgs_insert_budget", "bgs_tables",
 ]
+
+
+class FlowEntry(NamedTuple):
+    """A bgs_flows entry (model.Flow) with the address and port of the backend its slot names
+    (bgs_backends), where its packets go and its replies must come from."""
+
+    daddr: str
+    dport: int
+    slot: int
+    color: int
+    state: int
+    ifindex: int
+    seen: int
+
+    @property
+    def flow(self) -> model.Flow:
+        """The entry as stored (model.Flow)."""
+        return model.Flow(self.slot, self.color, self.state, self.ifindex, self.seen)
 
 
 class CLIError(AssertionError):
@@ -179,6 +197,19 @@ class BgsState:
                 return slot
         return None
 
+    def route(self, addr_cidr: str) -> int:
+        """Give the namespace a route: ``addr_cidr`` (e.g. "10.0.1.254/24") on the veth, both
+        ends up, IPv4 forwarding on (bpf_fib_lookup() needs it on the packet's interface).
+        Nothing answers ARP there: a lookup toward that subnet finds the route but no
+        neighbour (NO_NEIGH). Returns the veth's ifindex."""
+        ns = ["ip", "-n", self.netns]
+        _run(["nsenter", f"--net=/run/netns/{self.netns}", "--", "sysctl", "-q", "-w",
+              "net.ipv4.ip_forward=1"])
+        _run(ns + ["addr", "add", addr_cidr, "dev", self.iface])
+        for dev in (self.peer, self.iface):
+            _run(ns + ["link", "set", dev, "up"])
+        return int(_run(ns + ["-o", "link", "show", "dev", self.iface]).stdout.split(":", 1)[0])
+
     # --- programs --------------------------------------------------------------------------
 
     def ingress(self, frame: bytes) -> bpfsys.TestRun:
@@ -186,10 +217,13 @@ class BgsState:
         with in_netns(self.ns_fd), on_cpu(self.cpu):
             return bpfsys.prog_test_run(self.ingress_fd, frame)
 
-    def egress(self, frame: bytes) -> bpfsys.TestRun:
-        """Run bgs_egress (TC) on a frame, from inside the namespace."""
+    def egress(self, frame: bytes, ingress_ifindex: Optional[int] = None) -> bpfsys.TestRun:
+        """Run bgs_egress (TC) on a frame, from inside the namespace. ``ingress_ifindex`` is
+        the interface the packet came in by (skb->ingress_ifindex); by default the kernel's,
+        0, as for a packet the node itself sends."""
+        ctx = None if ingress_ifindex is None else bpfsys.skb_ctx(ingress_ifindex)
         with in_netns(self.ns_fd), on_cpu(self.cpu):
-            return bpfsys.prog_test_run(self.egress_fd, frame)
+            return bpfsys.prog_test_run(self.egress_fd, frame, ctx_in=ctx)
 
     # --- maps ------------------------------------------------------------------------------
 
@@ -228,37 +262,42 @@ class BgsState:
                 total[k] += v
         return total
 
+    def conn_key(self, saddr: str, daddr: str, sport: int, dport: int,
+                 proto: int = model.IPPROTO_TCP) -> bytes:
+        """The bgs_flows key (struct bgs_conn_key) of a client-to-VIP 5-tuple: the client's
+        address and port and the service id bgs_vips gives the VIP, port and protocol."""
+        raw = self.map("bgs_vips").lookup(model.pack_vip_key(daddr, dport, proto))
+        assert raw is not None, f"{daddr}:{dport}/{proto} is not a service"
+        return model.pack_conn_key(saddr, sport, struct.unpack_from("<I", raw)[0], proto)
+
     def flow(self, saddr: str, daddr: str, sport: int, dport: int,
-             proto: int = model.IPPROTO_TCP) -> Optional[model.Flow]:
-        """The bgs_flows entry of a client-to-VIP 5-tuple, or None."""
-        raw = self.map("bgs_flows").lookup(model.pack_flow_key(saddr, daddr, sport, dport,
-                                                               proto))
-        return model.unpack_flow(raw, model.family_of(saddr)) if raw is not None else None
+             proto: int = model.IPPROTO_TCP) -> Optional[FlowEntry]:
+        """The bgs_flows entry of a client-to-VIP 5-tuple, with its backend, or None."""
+        raw = self.map("bgs_flows").lookup(self.conn_key(saddr, daddr, sport, dport, proto))
+        if raw is None:
+            return None
+        f = model.unpack_flow(raw)
+        b = self.backend(f.slot)
+        return FlowEntry(b.addr, b.port, *f)
 
     def put_flow(self, saddr: str, daddr: str, sport: int, dport: int, proto: int,
-                 flow: model.Flow) -> None:
-        """Overwrite a bgs_flows entry (to age it, or close it, without waiting)."""
-        self.map("bgs_flows").update(model.pack_flow_key(saddr, daddr, sport, dport, proto),
+                 flow) -> None:
+        """Write a bgs_flows entry (a model.Flow or a FlowEntry): to age it, close it, or give
+        it another reply interface without waiting."""
+        if isinstance(flow, FlowEntry):
+            flow = flow.flow
+        self.map("bgs_flows").update(self.conn_key(saddr, daddr, sport, dport, proto),
                                      model.pack_flow(flow))
-
-    def reverse(self, baddr: str, caddr: str, bport: int, cport: int,
-                proto: int = model.IPPROTO_TCP) -> Optional[model.Reverse]:
-        """The bgs_reverse entry of a backend-to-client 5-tuple, or None."""
-        raw = self.map("bgs_reverse").lookup(model.pack_flow_key(baddr, caddr, bport, cport,
-                                                                 proto))
-        return model.unpack_reverse(raw, model.family_of(baddr)) if raw is not None else None
-
-    def delete_reverse(self, baddr: str, caddr: str, bport: int, cport: int,
-                       proto: int = model.IPPROTO_TCP) -> bool:
-        """Delete a bgs_reverse entry (as the LRU evicts one); False when it was not there."""
-        return self.map("bgs_reverse").delete(model.pack_flow_key(baddr, caddr, bport, cport,
-                                                                  proto))
 
     def delete_flow(self, saddr: str, daddr: str, sport: int, dport: int,
                     proto: int = model.IPPROTO_TCP) -> bool:
         """Delete a bgs_flows entry (as the LRU evicts one); False when it was not there."""
-        return self.map("bgs_flows").delete(model.pack_flow_key(saddr, daddr, sport, dport,
-                                                                proto))
+        return self.map("bgs_flows").delete(self.conn_key(saddr, daddr, sport, dport, proto))
+
+    def nexthop(self, slot: int, cpu: Optional[int] = None) -> model.Nexthop:
+        """bgs_nexthops of a slot on a CPU (by default the one the programs run on)."""
+        raws = self.map("bgs_nexthops").lookup_percpu(model.u32(slot))
+        return model.unpack_nexthop(raws[self.cpu if cpu is None else cpu])
 
     def backend_ref(self, addr: str, port: int,
                     proto: int = model.IPPROTO_TCP) -> Optional[model.BackendRef]:
