@@ -268,17 +268,38 @@ static __always_inline const struct bgs_backend *flow_backend(__u32 slot)
 	return be && be->state != BGS_BACKEND_FREE ? be : NULL;
 }
 
-/* Pick a backend of `color` for a new flow whose hash is h, and record the flow, unless the
- * packet is an RST (it opens nothing) or the insert budget is spent (a flood: the packet still
- * goes where its flow belongs, only its entry is skipped). Returns BGS_CONTINUE with *dest
- * filled, or XDP_DROP with the reason counted.
+/* While the last change drains, non-SYN misses are re-pinned by the share before it. */
+static __always_inline bool flow_draining(const struct bgs_switch *sw)
+{
+	return (sw->flags & (BGS_SW_DRAINING | BGS_SW_HAS_PREV)) ==
+	       (BGS_SW_DRAINING | BGS_SW_HAS_PREV);
+}
+
+/* Whether a miss gets a flow entry: not an RST (it opens nothing), and not over the insert
+ * budget.
+ */
+enum { FLOW_TRACK, FLOW_RST, FLOW_UNTRACKED };
+
+static __always_inline __u32 flow_track(const struct bgs_pkt *pkt, const struct bgs_config *cfg,
+					__u64 now)
+{
+	if (pkt->key.proto == IPPROTO_TCP && (pkt->tcp_flags & TCP_FLAG_RST))
+		return FLOW_RST;
+	return flow_insert_allowed(cfg, now) ? FLOW_TRACK : FLOW_UNTRACKED;
+}
+
+/* Pick a backend of `color` for a new flow whose hash is h, and record the flow when track is
+ * FLOW_TRACK: an RST opens nothing, and over the insert budget (a flood) the packet still goes
+ * where its flow belongs, only its entry is skipped. Returns BGS_CONTINUE with *dest filled, or
+ * XDP_DROP with the reason counted.
  */
 static __always_inline int flow_create(struct xdp_md *ctx, const struct bgs_pkt *pkt,
 				       const struct bgs_conn_key *key, __u8 color, __u32 h,
-				       const struct bgs_switch *sw, const struct bgs_config *cfg,
-				       __u64 now, struct bgs_dest *dest)
+				       const struct bgs_switch *sw, __u32 track, __u64 now,
+				       struct bgs_dest *dest)
 {
 	bool tcp = pkt->key.proto == IPPROTO_TCP;
+	bool first = !tcp || flow_is_syn(pkt);
 	struct bgs_backend_stats *bs;
 	struct bgs_flow f = {};
 	__u32 slot = 0, why = 0;
@@ -291,14 +312,11 @@ static __always_inline int flow_create(struct xdp_md *ctx, const struct bgs_pkt 
 	dest->slot = slot;
 	dest->nh = fwd_nexthop(ctx, pkt, slot, dest->be->addr, dest->be->port, now);
 	bs = stat_backend(slot);
-	if (bs)
-		bs->new_flows++;
-	if (tcp && (pkt->tcp_flags & TCP_FLAG_RST)) {
-		stat_inc(BGS_STAT_RST_MISS);
-		return BGS_CONTINUE;
-	}
-	if (!flow_insert_allowed(cfg, now)) {
-		stat_inc(BGS_STAT_UNTRACKED);
+	if (track != FLOW_TRACK) {
+		stat_inc(track == FLOW_RST ? BGS_STAT_RST_MISS : BGS_STAT_UNTRACKED);
+		/* A backend's new flows: its entries, and the flows it got without one. */
+		if (bs && first && track == FLOW_UNTRACKED)
+			bs->new_flows++;
 		return BGS_CONTINUE;
 	}
 	f.slot = slot;
@@ -311,6 +329,8 @@ static __always_inline int flow_create(struct xdp_md *ctx, const struct bgs_pkt 
 	if (bpf_map_update_elem(&bgs_flows, key, &f, BPF_ANY))
 		return stat_drop(key->svc, BGS_DROP_FLOW_INSERT);
 	stat_inc(BGS_STAT_FLOW_NEW);
+	if (bs)
+		bs->new_flows++;
 	return BGS_CONTINUE;
 }
 
@@ -337,8 +357,7 @@ static __always_inline __u32 flow_miss_share(const struct bgs_pkt *pkt, bool fir
 {
 	struct bgs_service_stats *ss = stat_service(svc);
 	bool tcp = pkt->key.proto == IPPROTO_TCP;
-	bool draining = (sw->flags & (BGS_SW_DRAINING | BGS_SW_HAS_PREV)) ==
-			(BGS_SW_DRAINING | BGS_SW_HAS_PREV);
+	bool draining = flow_draining(sw);
 
 	if (!first) {
 		stat_inc(BGS_STAT_NOSYN_MISS);
@@ -372,7 +391,7 @@ static __always_inline int flow_steer(struct xdp_md *ctx, const struct bgs_pkt *
 {
 	bool first = pkt->key.proto == IPPROTO_TCP ? flow_is_syn(pkt) : true;
 	__u64 now = bpf_ktime_get_coarse_ns();
-	__u32 zero = 0, h, hs, share;
+	__u32 zero = 0, h, hs, share, track;
 	struct bgs_conn_key key;
 	struct bgs_config *cfg;
 	struct bgs_switch sw;
@@ -400,12 +419,18 @@ static __always_inline int flow_steer(struct xdp_md *ctx, const struct bgs_pkt *
 	if (flow_switch(vip->svc, &sw))
 		return stat_drop(vip->svc, BGS_DROP_NO_BACKEND);
 	share = flow_miss_share(pkt, first, f, vip->svc, &sw);
+	track = flow_track(pkt, cfg, now);
+	/* A SYN that gets no entry (a flood) while a change drains: its next segments will be
+	 * misses, re-pinned by the previous share, so it goes where they will.
+	 */
+	if (track == FLOW_UNTRACKED && first && pkt->key.proto == IPPROTO_TCP && flow_draining(&sw))
+		share = sw.prev_share;
 	/* The flow's hash places it in its color's table; the split between colors goes by it
 	 * too, or by the client's address alone (--split-by client).
 	 */
 	h = flow_hash(&pkt->key);
 	hs = (vip->flags & BGS_VIP_SPLIT_CLIENT) ? flow_client_hash(&pkt->key) : h;
-	return flow_create(ctx, pkt, &key, bgs_share_color(hs, share), h, &sw, cfg, now, dest);
+	return flow_create(ctx, pkt, &key, bgs_share_color(hs, share), h, &sw, track, now, dest);
 }
 
 /* The flow a packet from a backend (the tuple's source) to a client belongs to, with its key:

@@ -97,16 +97,19 @@ Ingress (XDP, verdict XDP_PASS unless a drop is named):
   through the map's id), entry 0 is M; M = 0: drop NO_BACKEND; else the slot at entry
   1 + h % M, and an entry beyond the inner map's size drops BAD_BACKEND. Without a table, the
   set buffer: empty set: drop NO_BACKEND; count beyond BGS_MAX_BACKENDS: BAD_BACKEND; else
-  set[h % count]. A chosen slot that is not an active backend: drop BAD_BACKEND (drops count
-  node and service). Else backend new_flows, and the packet goes to that backend whether or
-  not an entry is written:
-  - a TCP segment with RST opens nothing: RST_MISS, no entry (a dead entry stays as it was);
-  - else one insert from the CPU's budget, a token bucket of new_flow_burst + 1 inserts
-    refilled at new_flow_rate inserts per second (bgs_config, the CPU's part of the node's
-    limit; rate 0: no limit, nothing taken), by whole microseconds elapsed since its last
-    refill (at most 10^9 of them) times the rate, in millionths of an insert, only when time
-    has moved past its last refill; none left: UNTRACKED, no entry (a flood: forwarded,
-    placed as above, only its entry skipped);
+  set[h % count]. Whether the miss gets an entry is decided before the color: a TCP segment
+  with RST opens nothing (RST_MISS, no entry; a dead entry stays as it was); else one insert
+  is taken from the CPU's budget, a token bucket of new_flow_burst + 1 inserts refilled at
+  new_flow_rate inserts per second (bgs_config, the CPU's part of the node's limit; rate 0: no
+  limit, nothing taken), by whole microseconds elapsed since its last refill (at most 10^9 of
+  them) times the rate, in millionths of an insert, only when time has moved past its last
+  refill; none left: UNTRACKED, no entry (a flood: forwarded, placed as above, only its entry
+  skipped), and a TCP SYN that gets none while draining is placed by the previous share (its
+  next segments, misses too, are re-pinned there). A chosen slot that is not an active
+  backend: drop BAD_BACKEND (drops count node and service). Else the packet goes to that
+  backend whether or not an entry is written, and the backend counts new_flows for an entry
+  written, or for a first packet (SYN, UDP) without one, UNTRACKED:
+  - no entry (RST_MISS or UNTRACKED, counted then);
   - else the entry {slot, color, state SYN for a TCP first packet, FIN_CLIENT too for a TCP
     FIN, ifindex of the next hop toward the backend, seen now} is written: FLOW_NEW.
   A first fragment is then recorded (FRAG_FIRST). Destination address and port are rewritten
@@ -847,8 +850,15 @@ class RefModel:
             if tcp and f is not None:
                 del self.flows[key]  # a new connection on a dead entry: the entry goes now
                 self._tables = True
+            if tcp and p.tcp_flags & TCP_RST:
+                track = "+RST_MISS"
+            else:
+                track = None if self._insert_allowed(now) else "+UNTRACKED"
+            both = model.BGS_SW_DRAINING | model.BGS_SW_HAS_PREV
+            if track == "+UNTRACKED" and tcp and first and sw.flags & both == both:
+                share = sw.prev_share  # where its next segments, misses too, will go
             slot, err = self._create(p, key, now, sw, model.share_color(h_split, share), h,
-                                     tcp and first)
+                                     tcp and first, track)
             if err is None and slot is None:
                 raise AssertionError("_create gave neither a slot nor a drop")
             if slot is None:
@@ -971,10 +981,11 @@ class RefModel:
         return words[h % count], None
 
     def _create(self, p: Pkt, key: tuple, now: int, sw: model.Switch, color: int, h: int,
-                syn: bool) -> Tuple[Optional[int], Optional[str]]:
-        """Place a new flow on a backend of ``color`` and record it when it may be: (slot,
-        None) with an entry written, (slot, "+RST_MISS" or "+UNTRACKED") without one, or
-        (None, drop reason)."""
+                syn: bool, track: Optional[str]) -> Tuple[Optional[int], Optional[str]]:
+        """Place a new flow on a backend of ``color`` and record it unless ``track`` says why
+        not ("+RST_MISS", "+UNTRACKED": the insert budget was taken before): (slot, None) with
+        an entry written, (slot, track) without one, or (None, drop reason). A backend counts
+        a new flow for an entry, and for a first packet (SYN, UDP) without one."""
         svc = key[2]
         slot, err = self._pick(sw.set_index(svc, color), h)
         if slot is None:
@@ -982,20 +993,20 @@ class RefModel:
         be = self.backends.get(slot)
         if be is None or be.state != model.BGS_BACKEND_ACTIVE:
             return None, "BAD_BACKEND"
-        self._be(slot, new_flows=1)
         tcp = p.proto == model.IPPROTO_TCP
-        if tcp and p.tcp_flags & TCP_RST:
-            self._stat("RST_MISS")
-            return slot, "+RST_MISS"
-        if not self._insert_allowed(now):
-            self._stat("UNTRACKED")
-            return slot, "+UNTRACKED"
+        if track is not None:
+            self._stat(track[1:])
+            if track == "+UNTRACKED" and (not tcp or
+                                          p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN):
+                self._be(slot, new_flows=1)
+            return slot, track
         state = model.BGS_FLOW_SYN if syn else 0
         if tcp and p.tcp_flags & TCP_FIN:
             state |= model.BGS_FLOW_FIN_CLIENT
         self.flows[key] = FlowVal(slot, color, state, self.nh_ifindex, model.seen_of(now))
         self._tables = True
         self._stat("FLOW_NEW")
+        self._be(slot, new_flows=1)
         return slot, None
 
     def _msg_end(self, frame: bytes, p: Pkt) -> int:

@@ -324,6 +324,7 @@ def test_state_maps_match_model(bgs):
         "bgs_service_stats": (4, "bgs_service_stats"),
         "bgs_insert_budget": (4, "bgs_bucket"), "bgs_tx_ports": (4, 4),
         "bgs_tables": (4, 4),  # a map of maps: user space reads the inner map's id
+        "bgs_vip_filter": (4, 8),
     }
     for name, (k, v) in want.items():
         info = bgs.map(name).info
@@ -1159,7 +1160,9 @@ def test_ingress_nosyn_miss_repinned_to_active(bgs):
     ss = bgs.service_stats(0)
     assert ss == {**dict.fromkeys(model.SERVICE_STATS, 0), "nosyn_miss": len(NOSYN_FLAGS),
                   "second_chance": len(NOSYN_FLAGS)}
-    assert sum(bgs.backend_stats(s)["new_flows"] for s in slots["blue"]) == len(NOSYN_FLAGS)
+    # An entry written is a new flow; an RST that writes none is not.
+    assert sum(bgs.backend_stats(s)["new_flows"] for s in slots["blue"]) == \
+        sum("R" not in f for _, f in NOSYN_FLAGS)
     assert sum(bgs.backend_stats(s)["new_flows"] for s in slots["green"]) == 0
 
 
@@ -1682,7 +1685,7 @@ def test_flow_rst_from_backend_closes_and_counts_reset(bgs):
         Case("backend RST", tcp(be, CLIENT, bport, CPORT, "RA", seq=ACK), TC_ACT_OK,
              out=tcp(VIP, CLIENT, VIP_PORT, CPORT, "RA", seq=ACK), stats=NAT)])
     assert bgs.flow(CLIENT, VIP, CPORT, VIP_PORT).state == (
-        model.BGS_FLOW_SYN | model.BGS_FLOW_RST)
+        model.BGS_FLOW_SYN | model.BGS_FLOW_RST | model.BGS_FLOW_RST_SERVER)
     assert bgs.backend_stats(slots["blue"][0])["resets"] == 1
 
 
@@ -2117,6 +2120,7 @@ def test_flow_rst_then_both_sides_live_again(bgs):
     bgs.cli("flip", "web", "green", "--no-check")
     SYN, RST = model.BGS_FLOW_SYN, model.BGS_FLOW_RST
     CON, SON = model.BGS_FLOW_CLIENT_ON, model.BGS_FLOW_SERVER_ON
+    RSV = model.BGS_FLOW_RST_SERVER  # the backend's RST: the entry keeps the closing timeout
 
     def cin(desc, flags, stats=HIT, to=b):
         return ("ingress", Case(desc, tcp(CLIENT, VIP, CPORT, VIP_PORT, flags, ack=ACK),
@@ -2136,10 +2140,10 @@ def test_flow_rst_then_both_sides_live_again(bgs):
         (bout("backend ACK: both sides went on", "A"), SYN),
         (cin("SYN on the live flow: follows it, blue", "S"), SYN),
         (bout("backend SYN-ACK on the live flow: the flow's", "SA"), SYN),
-        (bout("backend RST", "RA"), SYN | RST),
-        (bout("backend ACK after it", "A"), SYN | RST | SON),
-        (cin("client RST: the ON bits go", "R"), SYN | RST),
-        (bout("backend ACK", "A"), SYN | RST | SON),
+        (bout("backend RST", "RA"), SYN | RST | RSV),
+        (bout("backend ACK after it", "A"), SYN | RST | RSV | SON),
+        (cin("client RST: the ON bits go", "R"), SYN | RST | RSV),
+        (bout("backend ACK", "A"), SYN | RST | RSV | SON),
         (cin("SYN on the closed flow: reopened on green", "S", stats=REOPEN, to=g), SYN),
     ]
     fails = []
@@ -2223,20 +2227,21 @@ UNTRACKED = {"UNTRACKED": 1, **FWD}
 
 
 def test_ingress_insert_limit_forwards_untracked(bgs):
-    """Each entry a new flow, reopen or re-pin would write first takes one insert from the
-    CPU's budget (here 4 inserts, its last refill set in the future so that it cannot refill
-    during the test). With none left the packet is still forwarded, placed by the current
-    share or, for a non-SYN miss while the last change drains, by the previous one (second
-    chance), counted UNTRACKED, and no entry is written; a TCP reopen's dead entry is deleted
-    (test_ingress_untracked_reopen_keeps_connection_together). A creation that fails
-    (NO_BACKEND) and an RST that misses (RST_MISS) take no insert;
+    """Each miss that would write an entry first takes one insert from the CPU's budget (here 5
+    inserts, its last refill set in the future so that it cannot refill during the test),
+    before its backend is chosen: a creation that then fails (NO_BACKEND) has taken one. With
+    none left the packet is still forwarded, placed by the current share or, for a non-SYN
+    miss while the last change drains, by the previous one (second chance), counted
+    UNTRACKED, and no entry is written; a TCP reopen's dead entry is deleted
+    (test_ingress_untracked_reopen_keeps_connection_together). An RST that misses (RST_MISS)
+    takes no insert;
     packets of existing flows need none. `--new-flows 0` lifts the limit. (The programs run
     on one CPU: unit_fixtures.)"""
     slots = web(bgs, blue=1, green=1)
     dns(bgs, blue=1, green=0)
     bgs.add_service("empty", EMPTY_VIP, VIP_PORT, "tcp")
     _limits(bgs, 1, 3)
-    bgs.put_bucket(model.Bucket(monotonic_coarse_ns() + 3600 * 10**9, 4 * INSERT))
+    bgs.put_bucket(model.Bucket(monotonic_coarse_ns() + 3600 * 10**9, 5 * INSERT))
     be, bport = BLUE[0]
     g, gport = GREEN[0]
     svc = bgs.services
@@ -2249,7 +2254,7 @@ def test_ingress_insert_limit_forwards_untracked(bgs):
                     out=tcp(client, to[0], CPORT + i, to[1]), stats=stats)
 
     run_table(bgs, "ingress", [
-        Case("SYN to a service without backend: NO_BACKEND, no insert taken",
+        Case("SYN to a service without backend: NO_BACKEND, an insert taken",
              tcp(CLIENT, EMPTY_VIP, CPORT, VIP_PORT), XDP_DROP,
              stats={"VIP": 1, "SYN_MISS": 1}, drops={"NO_BACKEND": 1}),
         syn(0), syn(1), syn(2),
@@ -2276,7 +2281,8 @@ def test_ingress_insert_limit_forwards_untracked(bgs):
     sw = bgs.switch(svc["web"])
     assert sw.flags == model.BGS_SW_DRAINING | model.BGS_SW_HAS_PREV
     run_table(bgs, "ingress", [
-        syn(8, over=True, to=GREEN[0]),
+        # Untracked while blue drains, its next segments will be re-pinned to blue: so is it.
+        syn(8, over=True, to=BLUE[0]),
         Case("non-SYN miss over the limit while blue drains: second chance, blue",
              tcp(CLIENT, VIP, CPORT + 9, VIP_PORT, "PA", ack=ACK), XDP_PASS,
              out=tcp(CLIENT, be, CPORT + 9, bport, "PA", ack=ACK),
@@ -2292,9 +2298,9 @@ def test_ingress_insert_limit_forwards_untracked(bgs):
                                              "second_chance": 3, "reopen": 1}
     assert bgs.service_stats(svc["dns"]) == zero
     assert bgs.service_stats(svc["empty"]) == {**zero, "syn_miss": 1, "drop_NO_BACKEND": 1}
-    # new_flows counts every packet placed by a miss, tracked or not.
-    assert bgs.backend_stats(slots["blue"][0])["new_flows"] == 10
-    assert bgs.backend_stats(slots["green"][0])["new_flows"] == 1
+    # new_flows counts the entries written, and the first packets (SYN) placed without one.
+    assert bgs.backend_stats(slots["blue"][0])["new_flows"] == 8
+    assert bgs.backend_stats(slots["green"][0])["new_flows"] == 0
 
     _limits(bgs, 0, 3)
     run_table(bgs, "ingress", [
