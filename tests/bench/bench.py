@@ -98,7 +98,7 @@ NOT_MEASURED = "not measured (make bench KATRAN_OBJ=path)"
 PKT_KINDS = {"nonvip": "non-VIP", "est": "VIP established ({est} flows cycled)",
              "new": "VIP new flow, tables under 25 % full",
              "new_full": "VIP new flow, tables full (every insert evicts)",
-             "reply": "reply, reverse NAT (TC egress)"}
+             "reply": "reply, source back to the VIP (TC egress)"}
 
 
 def _pkt_rows(p: dict):
