@@ -647,10 +647,8 @@ def scale_lb(cleanup, prefix, levels, runs, calls, warmup, cli_n, ncycle):
                     batch.append(st.fresh(4, calls + warmup))
                     return batch[-1]
 
-                pick = st.picker(svc)
                 pt = _measure_point(st, svc, vip, opened, new_clients, 1, calls, warmup,
-                                    lambda _r, b=batch, v=vip, p=pick:
-                                    _delete_new_flows(st, v, b[0], p))
+                                    lambda _r, b=batch, s=svc: _delete_new_flows(st, s, b[0]))
                 figs[name]["est"].append(pt["est_ns"])
                 figs[name]["new"].append(pt["new_ns"])
             for name, _ in LB_CONFIGS:
