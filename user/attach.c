@@ -13,6 +13,7 @@
 
 #include "bgswitch.skel.h"
 #include "commands.h"
+#include "local.h"
 #include "log.h"
 #include "state.h"
 #include "util.h"
@@ -551,6 +552,8 @@ int do_attach(int argc, char **argv)
 	err = pin_prog(skel->progs.bgs_ingress, "bgs_ingress");
 	if (!err)
 		err = pin_prog(skel->progs.bgs_egress, "bgs_egress");
+	if (!err)
+		err = local_progs_install(skel->obj);
 	if (err)
 		goto out;
 	fault_point("attach-after-pin");
@@ -623,6 +626,7 @@ static int purge_pins(void)
 	char path[PATH_MAX];
 	int i, err = 0;
 
+	local_purge();
 	for (i = 0; i < BGS_M_COUNT; i++) {
 		state_pin_path(path, sizeof(path), bgs_map_names[i]);
 		if (unlink(path) && errno != ENOENT)
