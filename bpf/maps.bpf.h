@@ -167,14 +167,14 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } bgs_local_netns SEC(".maps");
 
-/* Open local sockets per backend slot: live flows that have no flow entry. */
+/* Local sockets per backend slot, open and ever opened: live flows without a flow entry. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, BGS_MAX_SLOTS);
 	__type(key, __u32);
-	__type(value, __u64);
+	__type(value, struct bgs_local_count);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} bgs_local_live SEC(".maps");
+} bgs_local_counts SEC(".maps");
 
 /* Each local client socket's backend (struct bgs_sock), freed with the socket. */
 struct {

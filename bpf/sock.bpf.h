@@ -53,9 +53,9 @@ static __always_inline void sock_set_peer(struct bpf_sock_addr *ctx, __u8 family
  */
 static __always_inline void sock_uncount(struct bgs_sock *s)
 {
+	struct bgs_local_count *n;
 	const struct bgs_backend *be;
 	__u32 slot = s->slot;
-	__u64 *live;
 
 	if (!(s->flags & BGS_SOCK_COUNTED))
 		return;
@@ -63,9 +63,9 @@ static __always_inline void sock_uncount(struct bgs_sock *s)
 	be = flow_backend(slot);
 	if (!be || be->svc != s->svc || be->port != s->be_port || !addr_eq(be->addr, s->be))
 		return;
-	live = bpf_map_lookup_elem(&bgs_local_live, &slot);
-	if (live && *live)
-		__sync_fetch_and_add(live, -1);
+	n = bpf_map_lookup_elem(&bgs_local_counts, &slot);
+	if (n && n->live)
+		__sync_fetch_and_add(&n->live, -1);
 }
 
 /* The backend a new local socket of service vip gets, chosen as XDP chooses one for a new flow:
@@ -113,8 +113,7 @@ static __always_inline void sock_pin(struct bgs_sock *s, const struct bgs_vip *v
 				     const __u32 *addr, __u16 port, __u8 family,
 				     const struct bgs_backend *be, __u32 slot, __u8 color)
 {
-	struct bgs_backend_stats *bs;
-	__u64 *live;
+	struct bgs_local_count *n;
 
 	sock_uncount(s);
 	__builtin_memcpy(s->vip, addr, sizeof(s->vip));
@@ -125,14 +124,13 @@ static __always_inline void sock_pin(struct bgs_sock *s, const struct bgs_vip *v
 	s->color = color;
 	s->family = family;
 	s->svc = vip->svc;
-	live = bpf_map_lookup_elem(&bgs_local_live, &slot);
-	if (live) {
-		__sync_fetch_and_add(live, 1);
+	/* Not in bgs_backend_stats: its new flows are those the guard expects replies to see. */
+	n = bpf_map_lookup_elem(&bgs_local_counts, &slot);
+	if (n) {
+		__sync_fetch_and_add(&n->live, 1);
+		__sync_fetch_and_add(&n->opened, 1);
 		s->flags |= BGS_SOCK_COUNTED;
 	}
-	bs = stat_backend(slot);
-	if (bs)
-		bs->new_flows++;
 }
 
 /* connect() and sendmsg() of a socket in scope to a VIP: send it to its backend instead. A

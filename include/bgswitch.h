@@ -331,14 +331,20 @@ struct bgs_sock {
 	__u32 be[4]; /* where its packets go instead */
 	__u16 vip_port; /* network byte order */
 	__u16 be_port;
-	__u16 slot; /* the backend's identity: counted in bgs_local_live[slot] */
+	__u16 slot; /* the backend's identity: counted in bgs_local_counts[slot] */
 	__u8 color;
 	__u8 family;
 	__u32 svc;
 	__u32 flags; /* BGS_SOCK_* */
 };
 
-#define BGS_SOCK_COUNTED 0x1 /* counted in bgs_local_live[slot] until the socket is released */
+/* bgs_local_counts value, indexed by slot: the local clients' sockets of a backend. */
+struct bgs_local_count {
+	__u64 live; /* open sockets: counted at connect, uncounted when released */
+	__u64 opened; /* sockets ever given this backend: its local new flows */
+};
+
+#define BGS_SOCK_COUNTED 0x1 /* counted in bgs_local_counts[slot] until the socket is released */
 
 #ifndef BGS_MAX_LOCAL_NETNS
 #define BGS_MAX_LOCAL_NETNS 256 /* network namespaces whose sockets the hooks serve */

@@ -168,6 +168,23 @@ def test_local_flip_wait_drain_waits_for_local_sockets(topo, local):
     assert_clean_run(run.finish(early=True, timeout=30), "blue", "node", with_new=False)
 
 
+def test_local_guard_passes_on_local_traffic(topo, sw):
+    """A flip guarded while only local clients connect: their connections are the new color's
+    new flows, and no backend is called silent for replies the data plane never sees."""
+    sw.setup_service("web")
+    sw("local", "add")
+    run = topo.traffic("--vip", VIP, "--port", VIP_PORT, "--duration", 30, "--new-rate", 30,
+                       "--timeout", 2, role="node")
+    run.wait_ready()
+    p = sw.run("flip", "web", "--guard", "2s", timeout=60)
+    assert p.returncode == 0 and "guard: web on green passed" in p.stdout, p
+    green = sw.service("web")["colors"]["green"]["backends"]
+    assert sum(b["local_new_flows"] for b in green) >= 20, green
+    assert sum(b["new_flows"] for b in green) == 0, green  # none through XDP
+    res = run.finish(early=True, timeout=30)
+    assert res["tcp_new"]["failed"] == 0 and res["tcp_new"]["by_color"].get("green"), res
+
+
 # -- UDP --------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("role", LOCAL_ROLES)

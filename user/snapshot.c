@@ -78,6 +78,7 @@ static int color_add(struct bgs_color_view *cv, const struct bgs_state *st,
 	bv->be = *be;
 	bv->live = census->live[slot];
 	bv->local = census->local[slot];
+	bv->local_opened = census->local_opened[slot];
 	percpu_sum(st, BGS_M_BACKEND_STATS, slot, (__u64 *)&bv->st, FIELDS(bv->st));
 	cv->live += bv->live;
 	cv->local += bv->local;

@@ -14,6 +14,7 @@ struct bgs_backend_view {
 	struct bgs_backend_stats st;
 	__u32 live; /* flow entries and local sockets */
 	__u32 local; /* local clients' sockets (cgroup hooks) among them */
+	__u64 local_opened; /* local sockets ever given this backend (not in st.new_flows) */
 	__u32 positions; /* of the color's lookup table (Maglev) it holds */
 };
 

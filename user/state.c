@@ -43,7 +43,7 @@ const char *const bgs_map_names[BGS_M_COUNT] = {
 	[BGS_M_INSERT_BUDGET] = "bgs_insert_budget",
 	[BGS_M_TABLES] = "bgs_tables",
 	[BGS_M_LOCAL_NETNS] = "bgs_local_netns",
-	[BGS_M_LOCAL_LIVE] = "bgs_local_live",
+	[BGS_M_LOCAL_COUNTS] = "bgs_local_counts",
 	[BGS_M_SOCKS] = "bgs_socks",
 };
 
@@ -607,23 +607,25 @@ static int census_local(const struct bgs_state *st, struct bgs_flow_census *c)
 	LIBBPF_OPTS(bpf_map_batch_opts, opts);
 	__u32 in = 0, out = 0, n, i, keys[512];
 	bool first = true, last = false;
-	__u64 vals[512];
+	struct bgs_local_count vals[512];
 	int err;
 
 	while (!last) {
 		n = 512;
-		err = bpf_map_lookup_batch(st->fd[BGS_M_LOCAL_LIVE], first ? NULL : &in, &out, keys,
-					   vals, &n, &opts);
+		err = bpf_map_lookup_batch(st->fd[BGS_M_LOCAL_COUNTS], first ? NULL : &in, &out,
+					   keys, vals, &n, &opts);
 		if (err && err != -ENOENT) {
-			pr_warn("cannot read bgs_local_live: %s\n", strerror(-err));
+			pr_warn("cannot read bgs_local_counts: %s\n", strerror(-err));
 			return err;
 		}
 		last = err == -ENOENT || !n;
 		for (i = 0; i < n; i++) {
-			__u32 v = vals[i] > UINT32_MAX ? UINT32_MAX : vals[i];
+			__u64 live = vals[i].live;
+			__u32 v = live > UINT32_MAX ? UINT32_MAX : live;
 
-			if (keys[i] >= BGS_MAX_SLOTS || !v)
+			if (keys[i] >= BGS_MAX_SLOTS)
 				continue;
+			c->local_opened[keys[i]] = vals[i].opened;
 			c->local[keys[i]] = v;
 			c->live[keys[i]] += v;
 			c->local_total += v;
@@ -764,7 +766,8 @@ int slot_release(struct bgs_state *st, __u32 slot)
 	/* Local sockets still counted on it (cut by --force) stop counting: their release finds
 	 * the slot free, or another backend in it, and leaves the new count alone.
 	 */
-	if (bpf_map_update_elem(st->fd[BGS_M_LOCAL_LIVE], &slot, &(__u64){ 0 }, BPF_ANY))
+	if (bpf_map_update_elem(st->fd[BGS_M_LOCAL_COUNTS], &slot, &(struct bgs_local_count){ 0 },
+				BPF_ANY))
 		return -errno;
 
 	memset(&be, 0, sizeof(be));

@@ -39,7 +39,7 @@ enum bgs_map_id {
 	BGS_M_INSERT_BUDGET,
 	BGS_M_TABLES,
 	BGS_M_LOCAL_NETNS,
-	BGS_M_LOCAL_LIVE,
+	BGS_M_LOCAL_COUNTS,
 	BGS_M_SOCKS,
 	BGS_M_COUNT,
 };
@@ -56,11 +56,12 @@ struct bgs_state {
 };
 
 /* Per-slot figures gathered in one pass over the flow table, plus the local clients' open
- * sockets (bgs_local_live): live[] and live_total count both, local[] and local_total these.
+ * sockets (bgs_local_counts): live[] and live_total count both, local[] and local_total these.
  */
 struct bgs_flow_census {
 	__u32 live[BGS_MAX_SLOTS];
 	__u32 local[BGS_MAX_SLOTS];
+	__u64 local_opened[BGS_MAX_SLOTS]; /* sockets ever given the slot's backend */
 	__u64 entries;
 	__u64 live_total;
 	__u64 local_total;

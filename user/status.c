@@ -58,13 +58,15 @@ static void print_backend(struct status_ctx *c, const struct bgs_service_view *s
 		printf("%s{\"address\":\"%s\",\"port\":%u,\"slot\":%u,\"state\":\"%s\","
 		       "\"weight\":%u,\"table_positions\":%u,"
 		       "\"live_flows\":%u,\"local_flows\":%u,\"rx_packets\":%llu,\"rx_bytes\":%llu,"
-		       "\"tx_packets\":%llu,\"tx_bytes\":%llu,\"new_flows\":%llu,\"resets\":%llu",
+		       "\"tx_packets\":%llu,\"tx_bytes\":%llu,\"new_flows\":%llu,"
+		       "\"local_new_flows\":%llu,\"resets\":%llu",
 		       first ? "" : ",", fmt_addr(bv->be.addr, bv->be.family, ebuf, sizeof(ebuf)),
 		       ntohs(bv->be.port), bv->slot, backend_state_name(bv->be.state),
 		       bv->be.weight, bv->positions, bv->live, bv->local,
 		       (unsigned long long)s->rx_packets, (unsigned long long)s->rx_bytes,
 		       (unsigned long long)s->tx_packets, (unsigned long long)s->tx_bytes,
-		       (unsigned long long)s->new_flows, (unsigned long long)s->resets);
+		       (unsigned long long)s->new_flows, (unsigned long long)bv->local_opened,
+		       (unsigned long long)s->resets);
 		if (c->rates)
 			printf(",\"rx_pps\":%.1f,\"tx_pps\":%.1f,\"new_flows_per_s\":%.1f}",
 			       rate(c, s->rx_packets, p->rx_packets),
