@@ -20,7 +20,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import netns  # noqa: E402
 from lib.poll import wait_for  # noqa: E402
-from netns import NODE_CLIENT_IP, NODE_IFACE, VIP, VIP_PORT  # noqa: E402
+from netns import NODE_CLIENT_IP, NODE_IFACE, VIP, VIP6, VIP_PORT  # noqa: E402
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces, BPF)")
 
@@ -204,6 +204,20 @@ def test_local_udp_reply_shows_vip_as_peer(topo, local, role):
     res = topo.bigudp(VIP, UDP_PORT, size=200, reply_size=200, count=3, role=role)["results"]
     for r in res:
         assert r["ok"] and r["color"] == "green" and r["from"] == [VIP, UDP_PORT], r
+
+
+def test_local_ipv6_connect_udp_and_peer(topo, sw):
+    """IPv6 (connect6, sendmsg6, recvmsg6, getpeername6): the node's client through a flip."""
+    sw.setup_service("web6", vip=VIP6)
+    sw.setup_service("echo6", vip=VIP6, port=UDP_PORT, proto="udp")
+    sw("local", "add")
+    assert colors(topo, "node", vip=VIP6, n=20) == ["blue"] * 20
+    assert peer_of(topo, "node", VIP6, VIP_PORT) == [VIP6, VIP_PORT]
+    res = topo.bigudp(VIP6, UDP_PORT, size=200, reply_size=200, count=3, role="node")["results"]
+    for r in res:
+        assert r["ok"] and r["color"] == "blue" and r["from"][:2] == [VIP6, UDP_PORT], r
+    sw("flip", "web6")
+    assert colors(topo, "node", vip=VIP6, n=20) == ["green"] * 20
 
 
 # -- backends on the node's own address -------------------------------------------------------
