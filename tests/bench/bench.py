@@ -18,6 +18,8 @@ Parts (all by default):
   net    wrk through namespaces: direct, bgswitch native and generic XDP, nftables DNAT;
          failed requests while flipping                                    (netbench.py)
   mem    map memory at default sizes (bpftool bytes_memlock)               (microbench.py)
+  local  connect() to a VIP through the cgroup socket hooks against connect()
+         straight to the backend, UDP and TCP, as a ratio in one run       (localbench.py)
 
 Every figure is the median of several runs, and every ratio is taken within one run, then
 its median over the runs is reported. Needs root; runs about 3 minutes on 2 cores (--smoke:
@@ -36,10 +38,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from common import (BGSWITCH, BPFFS, CONNLOAD, FLIPBENCH, FLOOR_OBJ, HTTPD, LIBBENCH,  # noqa
                     BenchError, Cleanup, log, machine, new_run_prefix, run)
+import localbench  # noqa: E402
 import microbench  # noqa: E402
 import netbench  # noqa: E402
 
-PARTS = ("pkt", "scale", "flip", "net", "mem")
+PARTS = ("pkt", "scale", "flip", "net", "mem", "local")
 TIME_LIMIT_S = 900  # a hard stop, far above the expected ~3 minutes
 
 PROFILES = {
@@ -51,7 +54,8 @@ PROFILES = {
                  flip_runs=5, flips=1000000, flip_cli=31,
                  cut_rounds=5, cut_rate=20000, cut_ms=1200,
                  net_rounds=9, net_seconds=1, net_conns=32, net_flips=3, net_flip_seconds=1,
-                 net_cases=list(netbench.CASES), state_flows=None),
+                 net_cases=list(netbench.CASES), state_flows=None,
+                 local_rounds=7, local_iters=20000),
     "smoke": dict(pkt_runs=2, pkt_calls=300, pkt_warmup=50,
                   scale_runs=2, scale_calls=300, scale_warmup=50, scale_flips=10000,
                   scale_cli=3, flows_levels=[1000, 5000], svc_levels=[1, 10],
@@ -59,7 +63,8 @@ PROFILES = {
                   flip_runs=2, flips=100000, flip_cli=3,
                   cut_rounds=1, cut_rate=10000, cut_ms=600,
                   net_rounds=1, net_seconds=1, net_conns=16, net_flips=2, net_flip_seconds=1,
-                  net_cases=["direct", "native", "nft"], state_flows=65536),
+                  net_cases=["direct", "native", "nft"], state_flows=65536,
+                  local_rounds=2, local_iters=500),
 }
 
 
@@ -189,6 +194,19 @@ def table_rows(res: dict):
                          f"served blue {_k(v['served']['blue'])} green "
                          f"{_k(v['served']['green'])}",
                          f"{v['flip_ms']:.1f} ms per change, loaded"))
+    if res.get("local"):
+        lo = res["local"]
+        sec = "6 local clients"
+        for proto in ("udp", "tcp"):
+            v = lo[proto]
+            what = "socket+connect+close" + (" (+accept)" if proto == "tcp" else "")
+            rows.append((sec, f"{proto.upper()} {what}: to the VIP through the hooks",
+                         f"{v['vip_ns']:.0f} ns",
+                         f"{v['vip_over_direct']:.2f}x direct ({v['vip_over_direct_range'][0]:.2f}"
+                         f"-{v['vip_over_direct_range'][1]:.2f})", ""))
+            rows.append((sec, f"{proto.upper()} {what}: to the backend, hooks attached / none",
+                         f"{v['direct_ns']:.0f} / {v['bare_ns']:.0f} ns",
+                         f"{v['direct_over_bare']:.2f}x no hooks", ""))
     if res.get("memory"):
         m = res["memory"]
         sec = "5 memory"
@@ -228,7 +246,11 @@ def format_markdown(rows) -> str:
 def _check_environment(parts) -> None:
     if os.geteuid() != 0:
         raise BenchError("needs root (BPF, network namespaces)")
-    need = [BGSWITCH, LIBBENCH, FLOOR_OBJ, FLIPBENCH]
+    need = [BGSWITCH]
+    if {"pkt", "scale", "flip", "mem"} & set(parts):
+        need += [LIBBENCH, FLOOR_OBJ, FLIPBENCH]
+    if "local" in parts:
+        need.append(localbench.SOCKBENCH)
     if "net" in parts or "flip" in parts:
         need += [HTTPD, CONNLOAD]
     missing = [p for p in need if not os.path.exists(p)]
@@ -309,6 +331,9 @@ def main(argv=None) -> int:
                                     cfg["flip_runs"], cfg["flips"], cfg["flip_cli"])
         if "mem" in parts:
             results["memory"] = timed("mem", microbench.part_memory, cleanup, prefix)
+        if "local" in parts:
+            results["local"] = timed("local", localbench.part_local, cleanup, prefix,
+                                     cfg["local_rounds"], cfg["local_iters"])
         if "flip" in parts or "net" in parts:
             topo = timed("topology", netbench.Topology, cleanup, prefix)
             if "flip" in parts:
