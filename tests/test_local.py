@@ -319,3 +319,17 @@ def test_local_hooks_kept_by_attach_replace(topo, local):
         pinned = bpftool_json("prog", "show", "pinned", f"{sw.pin_root}/progs/{name}")["id"]
         assert pid == pinned and pid != before[name], (name, before[name], pid, pinned)
     assert colors(topo, "node", n=10) == ["blue"] * 10
+
+
+def test_local_attach_completes_a_state_made_before_the_local_maps(topo, sw):
+    """A layout-4 state without the local clients' maps (made by an earlier build): commands
+    refuse it until `attach` (plain) loads and pins what is missing."""
+    for name in ("bgs_local_netns", "bgs_local_counts", "bgs_socks"):
+        os.unlink(os.path.join(sw.pin_root, name))
+    p = sw.run("local", "list")
+    assert p.returncode != 0 and "bgs_local_netns" in p.stderr, p
+    sw("attach", NODE_IFACE)
+    assert sw("local", "list").strip() == "no local namespaces"
+    sw.setup_service("web")
+    sw("local", "add")
+    assert colors(topo, "node", n=10) == ["blue"] * 10

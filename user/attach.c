@@ -101,6 +101,22 @@ static __u32 pinned_prog_id(const char *name)
 	return id;
 }
 
+/* Does the pin root hold every map this build uses? A state made by an earlier build of the
+ * same layout may lack those added since (the local clients' maps): attach then loads, and
+ * libbpf creates and pins them.
+ */
+static bool pins_complete(void)
+{
+	char path[PATH_MAX];
+	int i;
+
+	for (i = 0; i < BGS_M_COUNT; i++) {
+		if (state_pin_path(path, sizeof(path), bgs_map_names[i]) || access(path, F_OK))
+			return false;
+	}
+	return true;
+}
+
 static bool recorded_iface(int ifindex, struct bgs_iface *rec)
 {
 	char path[PATH_MAX];
@@ -506,7 +522,7 @@ int do_attach(int argc, char **argv)
 			err = -EINVAL;
 			goto out;
 		}
-	} else if (v.xdp_ours && v.tc_ours && v.recorded &&
+	} else if (v.xdp_ours && v.tc_ours && v.recorded && pins_complete() &&
 		   (!mode_flags(mode) || mode_flags(mode) == attached_flags(v.xdp_mode))) {
 		if (egress) {
 			char path[PATH_MAX];
