@@ -333,3 +333,23 @@ def test_local_attach_completes_a_state_made_before_the_local_maps(topo, sw):
     sw.setup_service("web")
     sw("local", "add")
     assert colors(topo, "node", n=10) == ["blue"] * 10
+
+
+def test_local_mounts_cgroup2_when_none_is_mounted(topo, sw):
+    """In a mount namespace of its own with every cgroup2 mount removed, `local add` mounts the
+    hierarchy, says so, and the hooks serve the node (the root cgroup is the machine's)."""
+    made = [d for d in ("/run/bgswitch", "/run/bgswitch/cgroup2") if not os.path.exists(d)]
+    sw.setup_service("web")
+    script = ("set -e; for m in $(awk '$3 == \"cgroup2\" { print $2 }' /proc/self/mounts); do "
+              "umount \"$m\"; done; exec \"$@\"")
+    try:
+        p = netns.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script,
+                       "sh"] + sw.argv("local", "add"), check=False, env=sw.env())
+        assert p.returncode == 0, p
+        assert "mounted it at /run/bgswitch/cgroup2" in p.stdout, p.stdout
+        assert len(hook_links(sw)) == 9
+        assert colors(topo, "node", n=10) == ["blue"] * 10
+    finally:
+        for d in reversed(made):
+            if os.path.isdir(d):
+                os.rmdir(d)
