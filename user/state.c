@@ -620,8 +620,9 @@ static int census_local(const struct bgs_state *st, struct bgs_flow_census *c)
 		}
 		last = err == -ENOENT || !n;
 		for (i = 0; i < n; i++) {
-			__u64 live = vals[i].live;
-			__u32 v = live > UINT32_MAX ? UINT32_MAX : live;
+			/* below zero (a release racing a count cleared by a cut): none */
+			__s64 live = (__s64)vals[i].live;
+			__u32 v = live <= 0 ? 0 : live > UINT32_MAX ? UINT32_MAX : (__u32)live;
 
 			if (keys[i] >= BGS_MAX_SLOTS)
 				continue;
