@@ -222,14 +222,19 @@ def test_local_ipv6_connect_udp_and_peer(topo, sw):
 
 # -- backends on the node's own address -------------------------------------------------------
 
-def test_local_backends_on_node_address_remote_and_local(topo, local, node_backends):
-    """VIP = the node's address on port 80, blue and green on its ports 8181 and 8182: remote
-    clients (XDP, the reply leaving by TC from the local stack) and local ones (hooks) switch
-    with the flip, 40 before and 40 after, with no failure under load."""
+@pytest.mark.parametrize("where", ["node", "containers"])
+def test_local_vip_on_node_address_remote_and_local(topo, local, node_backends, where):
+    """VIP = the node's address on port 80, with blue and green on its own ports 8181 and 8182
+    (node) or in the backend namespaces (containers): remote clients (XDP; from the node's own
+    backends the reply leaves by TC from the local stack) and local ones (hooks) switch with
+    the flip, 40 before and 40 after, with no failure under load."""
     sw = local
     sw("service", "add", "self", f"{NODE_CLIENT_IP}:80")
-    for color, ep in node_backends.items():
-        sw("backend", "add", "self", color, ep)
+    for color in ("blue", "green"):
+        eps = [node_backends[color]] if where == "node" else [
+            netns.hostport(a, p) for a, p in topo.backends[color]]
+        for ep in eps:
+            sw("backend", "add", "self", color, ep)
     roles = ("client",) + LOCAL_ROLES
     runs = {role: topo.traffic("--vip", NODE_CLIENT_IP, "--port", 80, "--duration", 30,
                                "--new-rate", 30, "--long", 2, "--timeout", 2, role=role)
