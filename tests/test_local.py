@@ -98,6 +98,8 @@ def colors(topo, role, port=VIP_PORT, vip=VIP, n=N, udp=False):
 def assert_clean_run(res, color, what, with_new=True):
     """No failed request; long-lived connections all on color; new ones made if with_new."""
     new = res["tcp_new"]
+    print(f"{what}: {new['ok']} new connections answered {new['by_color']}, {new['failed']} "
+          f"failed; long-lived {[(c['color'], c['ok']) for c in res['tcp_long']]}")
     assert new["failed"] == 0, f"{what}: {new['failed']} failed: {new['failures'][:10]}"
     assert (new["ok"] > 0) == with_new, new
     assert res["tcp_long"], res
@@ -129,6 +131,7 @@ def test_local_clients_switch_with_flip_under_load(topo, local):
         r.wait_ready()
     for role in LOCAL_ROLES + ("client",):
         assert colors(topo, role) == ["blue"] * N, role
+    time.sleep(2)  # load on blue
     blue = sw.service("web")["colors"]["blue"]
     # the 8 long-lived connections, and any new one open at this instant
     assert blue["local_flows"] >= 8 and blue["live_flows"] >= blue["local_flows"], blue
@@ -243,9 +246,11 @@ def test_local_vip_on_node_address_remote_and_local(topo, local, node_backends, 
         r.wait_ready()
     for role in roles:
         assert colors(topo, role, vip=NODE_CLIENT_IP, port=80) == ["blue"] * N, role
+    time.sleep(2)  # load on blue
     sw("flip", "self")
     for role in roles:
         assert colors(topo, role, vip=NODE_CLIENT_IP, port=80) == ["green"] * N, role
+    time.sleep(2)  # load on green
     for role, r in runs.items():
         assert_clean_run(r.finish(early=True, timeout=30), "blue", role)
     assert sw.status()["counters"]["reply_nat"] > 0  # the remote replies were translated
