@@ -134,11 +134,12 @@ vmlinux:
 # KATRAN_OBJ: Katran's balancer.bpf.o, built by the user from Katran's own source with its own
 # pipeline, measured side by side (without it, its column says "not measured"). bench-build builds
 # the command and the suite's helpers: the floor programs (same BPF flags as the data plane), a
-# ctypes library of tight BPF_PROG_TEST_RUN loops, the flip timer, an HTTP backend, a client.
+# ctypes library of tight BPF_PROG_TEST_RUN loops, the flip timer, an HTTP backend, a client,
+# and the connect() timer of the socket hooks.
 BENCH_OUT := $(OUTPUT)/bench
 BENCH_RESULTS ?= bench-results
 BENCH_BINS := $(OUTPUT)/floor.bpf.o $(BENCH_OUT)/libbgsbench.so $(BENCH_OUT)/flipbench \
-	$(BENCH_OUT)/bench-httpd $(BENCH_OUT)/connload
+	$(BENCH_OUT)/bench-httpd $(BENCH_OUT)/connload $(BENCH_OUT)/sockbench
 
 $(OUTPUT)/floor.bpf.o: bpf/floor.bpf.c $(VMLINUX) $(OUTPUT)/bpf-cflags | $(OUTPUT)
 	$(call msg,BPF,$@)
@@ -160,6 +161,10 @@ $(BENCH_OUT)/bench-httpd: tests/bench/httpd.c | $(BENCH_OUT)
 	$(Q)$(CC) $(CFLAGS) $< -o $@
 
 $(BENCH_OUT)/connload: tests/bench/connload.c | $(BENCH_OUT)
+	$(call msg,CC,$@)
+	$(Q)$(CC) $(CFLAGS) $< -o $@
+
+$(BENCH_OUT)/sockbench: tests/bench/sockbench.c | $(BENCH_OUT)
 	$(call msg,CC,$@)
 	$(Q)$(CC) $(CFLAGS) $< -o $@
 

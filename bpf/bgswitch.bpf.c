@@ -8,6 +8,7 @@
 #include "frag.bpf.h"
 #include "nat.bpf.h"
 #include "icmp.bpf.h"
+#include "sock.bpf.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -146,4 +147,67 @@ int bgs_egress(struct __sk_buff *skb)
 			bs->resets++;
 	}
 	return TC_ACT_OK;
+}
+
+/* Local clients (cgroup v2 hooks at the root, for the network namespaces named with `bgswitch
+ * local add`): a socket's connect() or sendmsg() to a VIP goes to a backend chosen once, as a
+ * new flow's is; recvmsg() and getpeername() show the VIP; the backend's live count falls when
+ * the socket is released.
+ */
+SEC("cgroup/connect4")
+int bgs_connect4(struct bpf_sock_addr *ctx)
+{
+	return sock_to_backend(ctx, BGS_AF_INET);
+}
+
+SEC("cgroup/connect6")
+int bgs_connect6(struct bpf_sock_addr *ctx)
+{
+	return sock_to_backend(ctx, BGS_AF_INET6);
+}
+
+SEC("cgroup/sendmsg4")
+int bgs_sendmsg4(struct bpf_sock_addr *ctx)
+{
+	return sock_to_backend(ctx, BGS_AF_INET);
+}
+
+SEC("cgroup/sendmsg6")
+int bgs_sendmsg6(struct bpf_sock_addr *ctx)
+{
+	return sock_to_backend(ctx, BGS_AF_INET6);
+}
+
+SEC("cgroup/recvmsg4")
+int bgs_recvmsg4(struct bpf_sock_addr *ctx)
+{
+	return sock_to_vip(ctx, BGS_AF_INET);
+}
+
+SEC("cgroup/recvmsg6")
+int bgs_recvmsg6(struct bpf_sock_addr *ctx)
+{
+	return sock_to_vip(ctx, BGS_AF_INET6);
+}
+
+SEC("cgroup/getpeername4")
+int bgs_peername4(struct bpf_sock_addr *ctx)
+{
+	return sock_to_vip(ctx, BGS_AF_INET);
+}
+
+SEC("cgroup/getpeername6")
+int bgs_peername6(struct bpf_sock_addr *ctx)
+{
+	return sock_to_vip(ctx, BGS_AF_INET6);
+}
+
+SEC("cgroup/sock_release")
+int bgs_release(struct bpf_sock *ctx)
+{
+	struct bgs_sock *s = bpf_sk_storage_get(&bgs_socks, ctx, 0, 0);
+
+	if (s)
+		sock_uncount(s);
+	return 1;
 }

@@ -164,6 +164,36 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } bgs_insert_budget SEC(".maps");
 
+/* Local clients (sock.bpf.h). The network namespaces whose sockets the cgroup hooks serve, by
+ * netns cookie (`bgswitch local add`): a socket of any other namespace is never touched.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, BGS_MAX_LOCAL_NETNS);
+	__type(key, __u64);
+	__type(value, __u32);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} bgs_local_netns SEC(".maps");
+
+/* Local sockets per backend slot, open and ever opened: live flows without a flow entry. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, BGS_MAX_SLOTS);
+	__type(key, __u32);
+	__type(value, struct bgs_local_count);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} bgs_local_counts SEC(".maps");
+
+/* Each local client socket's backend (struct bgs_sock), freed with the socket. */
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct bgs_sock);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} bgs_socks SEC(".maps");
+
 /* Node-wide counters by enum bgs_stat, per CPU. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);

@@ -334,6 +334,34 @@ struct bgs_frag {
  */
 #define BGS_FRAG_PASS 0xffffffff
 
+/* bgs_socks value (socket storage): the backend a local client's socket was given by the
+ * cgroup hooks at connect() or its first sendmsg(), so that it stays there, its replies and
+ * getpeername() show the VIP, and its backend's live count falls when the socket goes away.
+ */
+struct bgs_sock {
+	__u32 vip[4]; /* the address the application asked for */
+	__u32 be[4]; /* where its packets go instead */
+	__u16 vip_port; /* network byte order */
+	__u16 be_port;
+	__u16 slot; /* the backend's identity: counted in bgs_local_counts[slot] */
+	__u8 color;
+	__u8 family;
+	__u32 svc;
+	__u32 flags; /* BGS_SOCK_* */
+};
+
+/* bgs_local_counts value, indexed by slot: the local clients' sockets of a backend. */
+struct bgs_local_count {
+	__u64 live; /* open sockets: counted at connect, uncounted when released */
+	__u64 opened; /* sockets ever given this backend: its local new flows */
+};
+
+#define BGS_SOCK_COUNTED 0x1 /* counted in bgs_local_counts[slot] until the socket is released */
+
+#ifndef BGS_MAX_LOCAL_NETNS
+#define BGS_MAX_LOCAL_NETNS 256 /* network namespaces whose sockets the hooks serve */
+#endif
+
 /* bgs_services value, indexed by service id: the control plane's record of a service. */
 struct bgs_service {
 	char name[BGS_NAME_LEN];

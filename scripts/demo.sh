@@ -7,7 +7,8 @@
 # tests/traffic.py: 50 new connections a second plus 4 long-lived connections. It then shows,
 # second by second, where new connections go before and after a flip, the long-lived ones
 # staying on blue and blue's live-flow count draining to zero as they close, a rollback, and a
-# canary: 10% of new connections to green, then a rollout to 30% and 60%.
+# canary: 10% of new connections to green, then a rollout to 30% and 60%. A client on the node
+# itself (its namespace named with `bgswitch local add`: the cgroup socket hooks) switches too.
 # Everything it made is removed on exit, Ctrl-C included. Takes about 40 seconds.
 set -euo pipefail
 
@@ -110,6 +111,11 @@ show service add web "$VIP:80"
 for be in 10.77.2.11:8081 10.77.2.12:8081; do show backend add web blue "$be" | colorize; done
 for be in 10.77.3.11:8082 10.77.3.12:8082; do show backend add web green "$be" | colorize; done
 
+say "Serving local clients too: sockets of the node's own namespace (cgroup socket hooks)"
+note "Packets of a client on the node never cross XDP; its connect() to the VIP is sent to a"
+note "backend chosen the same way, once per socket."
+show local add
+
 say "Starting client load: $RATE new connections/s (one request each), $LONG long-lived ones"
 note "Each server answers with its color; every failed or wrongly answered request is counted."
 nsenter --net="$CLIENT_NS" $PY tests/traffic.py load --vip "$VIP" --port 80 --duration 90 \
@@ -142,6 +148,17 @@ for c in s["tcp_long"]:
     bad += len(c["changes"]) + len(c["failures"])
 sys.exit(1 if bad else 0)
 EOF
+read -r -d '' COLORS <<'EOF' || true
+import collections, json, sys
+r = json.load(sys.stdin)["results"]
+c = collections.Counter(x["color"] if x["ok"] else "failed" for x in r)
+print(f"local client on the node: {len(r)} new connections to the VIP: " +
+      ", ".join(f"{n} {k}" for k, n in sorted(c.items())))
+EOF
+local_client() { # 10 connections to the VIP from the node's own namespace
+	nsenter --net="$NODE_NS" $PY tests/traffic.py probe --addr "$VIP" --port 80 --count 10 |
+		$PY -c "$COLORS" | sed 's/^/    /' | colorize
+}
 live() { bgs status web --json | $PY -c "$LIVE"; }
 blue_live() {
 	bgs status web --json | $PY -c 'import json, sys
@@ -179,10 +196,12 @@ note "Each second: new connections by the color that answered | long-lived conne
 note "open, by color | live flows by color from 'bgswitch status --json'."
 watch_for 5
 next_line
+local_client
 
 say "FLIP: new connections now go to ${GREEN}green${N}${B}; open ones stay where they are"
 show flip web | colorize
 watch_for 6
+local_client
 
 say "Draining: the $LONG long-lived connections opened before the flip still talk to ${BLUE}blue${N}${B}"
 note "Now they close, one every ${CLOSE_SPREAD}s; watch blue's live-flow count fall to zero."

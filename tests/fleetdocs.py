@@ -132,7 +132,7 @@ BAD = [
      "backends.blue[0].addr"),
     ("backend-bad-port", _set(["backends", "blue", 0, "addr"], "10.79.200.11:0"), "port"),
     ("backend-loopback", _set(["backends", "blue", 0, "addr"], "127.0.0.1:80"), "unicast"),
-    ("backend-is-vip", _set(["backends", "blue", 0, "addr"], "10.79.100.1:8080"),
+    ("backend-is-vip", _set(["backends", "blue", 0, "addr"], "10.79.100.1:80"),
      "cannot be the VIP"),
     ("backend-family", _set(["backends", "blue", 0, "addr"], "[fd00::1]:80"),
      "address family"),
@@ -379,7 +379,7 @@ def model_valid(d, key="web"):
             ep = _endpoint(b["addr"])
             if ep is None or len(b["addr"]) >= 64 or not _unicast(ep) or ep[0] != vip[0]:
                 return False
-            if ep[1] == vip[1]:
+            if ep[1:] == vip[1:]:  # the VIP itself; its address on another port is fine
                 return False
             w = b["weight"]
             if not _is_int(w) or not 0 <= w <= WEIGHT_MAX:

@@ -99,6 +99,9 @@ CLIENT_IP6 = "fd77:77:77:1::2"
 NODE_CLIENT_IP6 = "fd77:77:77:1::1"
 VIP6 = "fd77:77:77:100::1"
 COLOR_NET6 = {"blue": "fd77:77:77:2", "green": "fd77:77:77:3"}  # link N::/64, node N::1
+# A container on the node (add_container): a local client behind a veth, default route via the
+# node. (base, node side, container side)
+CONTAINER_NET = ("10.77.4", "n-ctr", "c-ctr")
 
 
 def backend_addrs(color, per_color=2):
@@ -356,10 +359,11 @@ class Topology:
             for (addr, port), (addr6, _) in zip(self.backends[color], self.backends6[color]):
                 self.spawn_server(color, [addr, addr6], port, detach=detach)
 
-    def spawn_server(self, color, addr, port, detach=False):
-        """servers.py for one address, or a list of addresses, on port."""
+    def spawn_server(self, color, addr, port, detach=False, role=None):
+        """servers.py for one address, or a list of addresses, on port, in the color's namespace
+        (or role's: "node" for a backend on the node itself)."""
         addrs = [addr] if isinstance(addr, str) else list(addr)
-        argv = self.nsargv(color, [PY, os.path.join(HERE, "servers.py"), "--color", color,
+        argv = self.nsargv(role or color, [PY, os.path.join(HERE, "servers.py"), "--color", color,
                                    "--port", str(port)] +
                            [a for x in addrs for a in ("--addr", x)])
         p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True,
@@ -369,6 +373,24 @@ class Topology:
         if line != "ready\n":
             raise CmdError(f"server {color} {addrs}:{port} did not start: {line!r}")
         return p
+
+    def add_container(self, role="ctr"):
+        """A namespace PREFIX-ROLE on the node, as a container is: a veth to the node (node side
+        10.77.4.1, container 10.77.4.2, its default route via the node). Removed at teardown;
+        returns its path under /run/netns."""
+        base, node_if, ctr_if = CONTAINER_NET
+        self.ns[role] = f"{self.prefix}-{role}"
+        run(["ip", "netns", "add", self.ns[role]])
+        self.created_ns.append(self.ns[role])
+        self.ip(role, "link", "set", "lo", "up")
+        self.ip("node", "link", "add", node_if, "type", "veth", "peer", "name", ctr_if, "netns",
+                self.ns[role])
+        self.ip("node", "addr", "add", f"{base}.1/24", "dev", node_if)
+        self.ip(role, "addr", "add", f"{base}.2/24", "dev", ctr_if)
+        self.ip("node", "link", "set", node_if, "up")
+        self.ip(role, "link", "set", ctr_if, "up")
+        self.ip(role, "route", "add", "default", "via", f"{base}.1")
+        return f"/run/netns/{self.ns[role]}"
 
     def spawn(self, role, argv, **popen_kw):
         """Start argv in a namespace; the process is ended by PID at teardown if still alive."""
@@ -445,11 +467,11 @@ class Topology:
         return sw
 
     # -- traffic ----------------------------------------------------------------------------
-    def traffic(self, *args):
-        """Start tests/traffic.py in the client namespace; see TrafficRun."""
-        return TrafficRun(self, list(args))
+    def traffic(self, *args, role="client"):
+        """Start tests/traffic.py in the client namespace (or role's); see TrafficRun."""
+        return TrafficRun(self, list(args), role=role)
 
-    def probe(self, addr, port, udp=False, count=1, timeout=1.0):
+    def probe(self, addr, port, udp=False, count=1, timeout=1.0, role="client"):
         """Each of count fresh connections (or UDP sockets) to addr:port: one request. Returns
         traffic.py's probe JSON: {"results": [{"ok", "color", "backend", "error", "elapsed"}]}.
         """
@@ -457,7 +479,7 @@ class Topology:
                 str(port), "--count", str(count), "--timeout", str(timeout)]
         if udp:
             argv.append("--udp")
-        p = self.ns_run("client", argv, timeout=30 + count * timeout * 2)
+        p = self.ns_run(role, argv, timeout=30 + count * timeout * 2)
         return json.loads(p.stdout)
 
     def upload(self, addr, port, nbytes=200000, timeout=10.0):
@@ -467,13 +489,14 @@ class Topology:
                 str(port), "--bytes", str(nbytes), "--timeout", str(timeout)]
         return json.loads(self.ns_run("client", argv, timeout=timeout + 30).stdout)
 
-    def bigudp(self, addr, port, size=4000, reply_size=4000, count=1, timeout=2.0):
+    def bigudp(self, addr, port, size=4000, reply_size=4000, count=1, timeout=2.0,
+               role="client"):
         """traffic.py bigudp from the client: count datagrams of size bytes, replies of
         reply_size bytes. Returns its JSON ({"results": [...]})."""
         argv = [PY, os.path.join(HERE, "traffic.py"), "bigudp", "--addr", addr, "--port",
                 str(port), "--size", str(size), "--reply-size", str(reply_size), "--count",
                 str(count), "--timeout", str(timeout)]
-        return json.loads(self.ns_run("client", argv, timeout=30 + count * timeout).stdout)
+        return json.loads(self.ns_run(role, argv, timeout=30 + count * timeout).stdout)
 
     def ping(self, addr, size=3000, count=1, timeout=2.0):
         """traffic.py ping from the client: count echo requests with size bytes of payload.
@@ -487,9 +510,9 @@ class Topology:
         p = self.ns_run("client", [PY, CONNS] + [str(a) for a in args], timeout=timeout)
         return json.loads(p.stdout)
 
-    def colors_of(self, addr, port, udp=False, count=10, timeout=1.0):
+    def colors_of(self, addr, port, udp=False, count=10, timeout=1.0, role="client"):
         """Colors (or "error:<kind>") that count fresh connections got, as a list."""
-        res = self.probe(addr, port, udp=udp, count=count, timeout=timeout)["results"]
+        res = self.probe(addr, port, udp=udp, count=count, timeout=timeout, role=role)["results"]
         return [r["color"] if r["ok"] else f"error:{r['error']}" for r in res]
 
 
@@ -583,7 +606,7 @@ class Bgswitch:
 
 
 class TrafficRun:
-    """tests/traffic.py `load` running in the client namespace.
+    """tests/traffic.py `load` running in the client namespace (or another role's).
 
     Its stdout carries "READY" once the long-lived connections are open, then the JSON summary
     when it ends. close_long() asks it (SIGUSR1) to close the long-lived connections and keep
@@ -591,10 +614,10 @@ class TrafficRun:
     summary.
     """
 
-    def __init__(self, topo, args):
+    def __init__(self, topo, args, role="client"):
         self.topo = topo
         argv = [PY, os.path.join(HERE, "traffic.py"), "load"] + [str(a) for a in args]
-        self.proc = topo.spawn("client", argv, stdin=subprocess.DEVNULL,
+        self.proc = topo.spawn(role, argv, stdin=subprocess.DEVNULL,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.summary = None
 

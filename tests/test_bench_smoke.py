@@ -38,11 +38,11 @@ def test_bench_smoke(tmp_path):
     lines = p.stdout.strip().splitlines()
     assert lines[0].startswith("bgswitch benchmark:"), p.stdout[:500]
     for section in ("[1 per packet]", "[2 as things grow]", "[3 the flip]",
-                    "[4 network path]", "[5 memory]"):
+                    "[4 network path]", "[5 memory]", "[6 local clients]"):
         assert section in lines, f"{section} missing from the table:\n{p.stdout}"
 
     res = json.loads((out / "results.json").read_text())
-    for key in ("per_packet", "scale", "flip", "cutover", "network", "memory"):
+    for key in ("per_packet", "scale", "flip", "cutover", "network", "memory", "local"):
         assert res.get(key), f"results.json has no {key}"
     pkt = res["per_packet"]["summary"]
     for fam in (4, 6):
@@ -60,6 +60,10 @@ def test_bench_smoke(tmp_path):
         assert len(res["scale"][axis]) >= 2 and all(
             pt["est_ns"] > 0 and pt["new_ns"] > 0 and pt["flip_ns"] > 0
             for pt in res["scale"][axis]), res["scale"][axis]
+    for proto in ("udp", "tcp"):
+        v = res["local"][proto]
+        assert v["vip_ns"] > 0 and v["direct_ns"] > 0 and v["bare_ns"] > 0, v
+    assert res["local"]["local_live_after"] == 0, res["local"]  # every socket released
     assert res["cutover"]["summary"]["failed"] == 0
     net = res["network"]["summary"]
     for key, v in net.items():

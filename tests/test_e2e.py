@@ -604,7 +604,7 @@ def test_cli_service_add_rejects_malformed_vip(cli, vip):
 
 @pytest.mark.parametrize("addr", [
     "10.77.2.300:8081", "10.77.2.13", "10.77.2.13:0", "10.77.2.13:99999", "10.77.2.13:x",
-    "backend:8081", "0.0.0.0:8081", "239.1.1.1:8081", "10.77.100.1:8081", "[fd00::1]:8081",
+    "backend:8081", "0.0.0.0:8081", "239.1.1.1:8081", "10.77.100.1:80", "[fd00::1]:8081",
     "--bogus"])
 def test_cli_backend_add_rejects_malformed_address(cli, addr):
     assert_cli_error(cli, "backend", "add", "web", "blue", addr)

@@ -44,6 +44,8 @@ VALID = [
     ("green empty while blue takes all", fleetdocs.doc(green=[])),
     ("ipv6", fleetdocs.doc(vip="[fd00:79::1]:80", blue=["[fd00:79::11]:8081"],
                            green=["[fd00:79::21]:8082"])),
+    ("backends on the VIP's address, other ports",
+     fleetdocs.doc(blue=["10.79.100.1:8081"], green=["10.79.100.1:8082"])),
     ("generation max", fleetdocs.doc(generation=0xFFFFFFFF)),
     ("weights 0 and 1000", fleetdocs.doc()),
 ]

@@ -23,7 +23,8 @@ AGENT_UNIT = os.path.join(TOP, "contrib", "systemd", "bgswitch-agent.service")
 
 # The command table of user/main.c, in its order (test_packaging_commands_match_main checks it).
 COMMANDS = ["attach", "detach", "service", "backend", "flip", "shift", "rollout", "rollback",
-            "check", "drain", "status", "timeouts", "gc", "limits", "watch", "exporter", "agent"]
+            "check", "drain", "status", "timeouts", "gc", "limits", "watch", "exporter", "agent",
+            "local"]
 GLOBAL_OPTS = ["-r", "--pin-root", "-a", "--audit-log", "-v", "--verbose", "-V", "--version",
                "-h", "--help"]
 # Where each getopt table of user/*.c is used: the function that holds it (or, for a shared table
@@ -51,6 +52,7 @@ TABLES = {
     "do_watch": "watch",
     "do_exporter": "exporter",
     "do_agent": "agent",
+    "do_local": "local",
     "parse_help_only": "*",
 }
 # A command line whose last word, "-", lists the options of each completion case.
@@ -75,6 +77,7 @@ CASE_LINES = {
     "watch": "bgswitch watch -",
     "exporter": "bgswitch exporter -",
     "agent": "bgswitch agent -",
+    "local": "bgswitch local add -",
     "*": "bgswitch service list -",
 }
 
@@ -180,7 +183,7 @@ def test_packaging_completion_commands(stub):
     assert complete(stub, "bgswitch r") == ["rollout", "rollback"]
     assert complete(stub, "bgswitch t") == ["timeouts"]
     assert complete(stub, "bgswitch g") == ["gc"]
-    assert complete(stub, "bgswitch l") == ["limits"]
+    assert complete(stub, "bgswitch l") == ["limits", "local"]
     assert complete(stub, "bgswitch e") == ["exporter"]
     assert complete(stub, "bgswitch c") == ["check"]
     assert complete(stub, "bgswitch d") == ["detach", "drain"]
@@ -217,6 +220,7 @@ def test_packaging_completion_subcommands(stub):
     assert complete(stub, "bgswitch service s") == ["set"]
     assert complete(stub, "bgswitch backend ") == ["add", "del"]
     assert complete(stub, "bgswitch -r /sys/fs/bpf/x backend a") == ["add"]
+    assert complete(stub, "bgswitch local ") == ["add", "del", "list"]
 
 
 def test_packaging_completion_interfaces(stub):

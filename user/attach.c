@@ -13,6 +13,7 @@
 
 #include "bgswitch.skel.h"
 #include "commands.h"
+#include "local.h"
 #include "log.h"
 #include "state.h"
 #include "util.h"
@@ -98,6 +99,22 @@ static __u32 pinned_prog_id(const char *name)
 		id = info.id;
 	close(fd);
 	return id;
+}
+
+/* Does the pin root hold every map this build uses? A state made by an earlier build of the
+ * same layout may lack those added since (the local clients' maps): attach then loads, and
+ * libbpf creates and pins them.
+ */
+static bool pins_complete(void)
+{
+	char path[PATH_MAX];
+	int i;
+
+	for (i = 0; i < BGS_M_COUNT; i++) {
+		if (state_pin_path(path, sizeof(path), bgs_map_names[i]) || access(path, F_OK))
+			return false;
+	}
+	return true;
 }
 
 static bool recorded_iface(int ifindex, struct bgs_iface *rec)
@@ -646,7 +663,7 @@ int do_attach(int argc, char **argv)
 			err = -ENOENT;
 			goto out;
 		}
-	} else if (v.xdp_ours && v.tc_ours && v.recorded &&
+	} else if (v.xdp_ours && v.tc_ours && v.recorded && pins_complete() &&
 		   (!mode_flags(mode) || mode_flags(mode) == attached_flags(v.xdp_mode))) {
 		if (egress) {
 			char path[PATH_MAX];
@@ -691,6 +708,8 @@ int do_attach(int argc, char **argv)
 	err = pin_prog(skel->progs.bgs_ingress, "bgs_ingress");
 	if (!err)
 		err = pin_prog(skel->progs.bgs_egress, "bgs_egress");
+	if (!err)
+		err = local_progs_install(skel->obj);
 	if (err)
 		goto out;
 	fault_point("attach-after-pin");
@@ -773,6 +792,7 @@ static int purge_pins(void)
 	char path[PATH_MAX];
 	int i, err = 0;
 
+	local_purge();
 	for (i = 0; i < BGS_M_COUNT; i++) {
 		state_pin_path(path, sizeof(path), bgs_map_names[i]);
 		if (unlink(path) && errno != ENOENT)

@@ -20,5 +20,6 @@ int do_timeouts(int argc, char **argv);
 int do_gc(int argc, char **argv);
 int do_limits(int argc, char **argv);
 int do_agent(int argc, char **argv);
+int do_local(int argc, char **argv);
 
 #endif /* BGS_COMMANDS_H */

@@ -303,6 +303,7 @@ struct guard_backend {
 	__u32 slot;
 	char label[BGS_ADDRSTR_LEN];
 	struct bgs_backend_stats base, cur;
+	struct bgs_local_count local_base, local_cur; /* local clients' sockets (no replies seen) */
 	__u64 new_before; /* new_flows at the sample before */
 };
 
@@ -317,6 +318,9 @@ static int guard_sample(const struct bgs_state *st, struct guard_backend *g, __u
 				 sizeof(struct bgs_backend_stats) / sizeof(__u64));
 		if (err)
 			return err;
+		if (bpf_map_lookup_elem(st->fd[BGS_M_LOCAL_COUNTS], &g[i].slot,
+					base ? &g[i].local_base : &g[i].local_cur))
+			return -errno;
 	}
 	return 0;
 }
@@ -428,7 +432,11 @@ static int guard_run(struct bgs_state *st, __u32 svc, const struct bgs_service *
 		used = 0;
 		silent[0] = '\0';
 		for (i = 0; i < n; i++) {
-			news += gb[i].cur.new_flows - gb[i].base.new_flows;
+			/* a local client's connection is a new flow too, but its packets never
+			 * cross the data plane: it counts as traffic, not for silence
+			 */
+			news += gb[i].cur.new_flows - gb[i].base.new_flows +
+				gb[i].local_cur.opened - gb[i].local_base.opened;
 			replies += gb[i].cur.tx_packets - gb[i].base.tx_packets;
 			resets += gb[i].cur.resets - gb[i].base.resets;
 			/* New flows a second ago or more, and not one packet back since the start. */

@@ -151,6 +151,14 @@ static void render_services(FILE *f, const struct bgs_snapshot *s)
 			fprintf(f, "bgswitch_flows{service=\"%s\",color=\"%s\"} %llu\n",
 				s->svcs[i].rec.name, color_name(c),
 				(unsigned long long)s->svcs[i].color[c].live);
+	metric_head(f, "bgswitch_local_flows", "gauge",
+		    "Local clients' open sockets per service and color (counted in bgswitch_flows "
+		    "too).");
+	for (i = 0; i < s->nsvcs; i++)
+		for (c = 0; c < BGS_NCOLORS; c++)
+			fprintf(f, "bgswitch_local_flows{service=\"%s\",color=\"%s\"} %llu\n",
+				s->svcs[i].rec.name, color_name(c),
+				(unsigned long long)s->svcs[i].color[c].local);
 	metric_head(f, "bgswitch_backend_flows", "gauge", "Live flows per backend.");
 	for (i = 0; i < s->nsvcs; i++)
 		for (c = 0; c < BGS_NCOLORS; c++)

@@ -1013,7 +1013,7 @@ int fleet_backend(int argc, char **argv)
 	if (err)
 		goto out;
 	if (add && (check_backend_addr(a.args[3], &ep) ||
-		    check_backend_of(a.args[3], &ep, s->vip_ep.addr, s->vip_ep.family, s->name))) {
+		    check_backend_of(a.args[3], &ep, &s->vip_ep, s->name))) {
 		err = -EINVAL;
 		goto out;
 	}

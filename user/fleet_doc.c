@@ -204,7 +204,7 @@ static int doc_backend(json_object *b, struct fleet_service *s, __u8 col, size_t
 	}
 	if (only_keys(b, backend_keys) || str_member(b, "addr", sizeof(fb->addr), &addr, c) ||
 	    parse_endpoint(addr, &ep) || check_backend_addr(addr, &ep) ||
-	    check_backend_of(addr, &ep, s->vip_ep.addr, s->vip_ep.family, s->name) ||
+	    check_backend_of(addr, &ep, &s->vip_ep, s->name) ||
 	    int_member(b, "weight", 0, BGS_WEIGHT_MAX, &w, c)) {
 		/* the member's name after the backend's place */
 		char field[16];

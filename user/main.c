@@ -50,6 +50,7 @@ static const struct command commands[] = {
 	{ "watch", do_watch, "watch [NAME] [--interval MS]" },
 	{ "exporter", do_exporter, "exporter --listen ADDR:PORT [--gc-interval D]" },
 	{ "agent", do_agent, "agent --etcd URL[,URL...] [--node NAME] [--prefix P]" },
+	{ "local", do_local, "local add|del [--netns PATH] | list" },
 };
 
 /* The exit status of a command's error: most are 1; those a pipeline acts on have their own. */

@@ -752,9 +752,12 @@ static int backend_prepare(int argc, char **argv, __s64 if_gen, struct bgs_audit
 		au->gen_before = au->gen_after = switch_read(&a->st, a->svc).generation;
 		err = generation_check(&a->st, a->svc, a->rec.name, if_gen);
 	}
-	if (!err)
-		err = check_backend_of(argv[optind + 2], &a->ep, a->rec.vip.addr, a->rec.vip.family,
-				       a->rec.name);
+	if (!err) {
+		struct bgs_endpoint vip = { .port = a->rec.vip.port, .family = a->rec.vip.family };
+
+		memcpy(vip.addr, a->rec.vip.addr, sizeof(vip.addr));
+		err = check_backend_of(argv[optind + 2], &a->ep, &vip, a->rec.name);
+	}
 	if (!err) {
 		a->had_slot = backend_find_slot(a, &slot);
 		err = state_repair(&a->st);

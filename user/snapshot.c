@@ -77,8 +77,11 @@ static int color_add(struct bgs_color_view *cv, const struct bgs_state *st,
 	bv->slot = slot;
 	bv->be = *be;
 	bv->live = census->live[slot];
+	bv->local = census->local[slot];
+	bv->local_opened = census->local_opened[slot];
 	percpu_sum(st, BGS_M_BACKEND_STATS, slot, (__u64 *)&bv->st, FIELDS(bv->st));
 	cv->live += bv->live;
+	cv->local += bv->local;
 	tot = (__u64 *)&cv->tot;
 	add = (__u64 *)&bv->st;
 	for (i = 0; i < FIELDS(bv->st); i++)
@@ -156,6 +159,7 @@ int snapshot_take(const struct bgs_state *st, const char *only, struct bgs_snaps
 	snap->taken_ns = now_ns();
 	snap->flow_entries = census->entries;
 	snap->live_total = census->live_total;
+	snap->local_total = census->local_total;
 	for (slot = 0; slot < BGS_MAX_SLOTS; slot++)
 		bpf_map_lookup_elem(st->fd[BGS_M_BACKENDS], &slot, &slots[slot]);
 	for (i = 0; i < BGS_STAT_MAX; i++)

@@ -12,7 +12,9 @@ struct bgs_backend_view {
 	__u32 slot;
 	struct bgs_backend be;
 	struct bgs_backend_stats st;
-	__u32 live;
+	__u32 live; /* flow entries and local sockets */
+	__u32 local; /* local clients' sockets (cgroup hooks) among them */
+	__u64 local_opened; /* local sockets ever given this backend (not in st.new_flows) */
 	__u32 positions; /* of the color's lookup table (Maglev) it holds */
 };
 
@@ -20,6 +22,7 @@ struct bgs_color_view {
 	struct bgs_backend_view *backends; /* the set's backends in set order, then draining ones */
 	size_t nbackends;
 	__u64 live;
+	__u64 local;
 	struct bgs_backend_stats tot; /* sum over the color's backends */
 	__u32 table_size; /* M of the color's lookup table, 0 if it has none */
 };
@@ -40,6 +43,7 @@ struct bgs_snapshot {
 	__u64 drops[BGS_DROP_MAX];
 	__u64 flow_entries;
 	__u64 live_total;
+	__u64 local_total; /* local clients' sockets, counted in live_total too */
 	__u64 evicted; /* entries the LRU dropped: inserts - entries - collected */
 };
 

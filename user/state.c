@@ -2,6 +2,7 @@
 /* state.c: the pinned state under the pin root: opening, locking, and typed access to its maps. */
 #include <errno.h>
 #include <fcntl.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -42,6 +43,9 @@ const char *const bgs_map_names[BGS_M_COUNT] = {
 	[BGS_M_TX_PORTS] = "bgs_tx_ports",
 	[BGS_M_INSERT_BUDGET] = "bgs_insert_budget",
 	[BGS_M_TABLES] = "bgs_tables",
+	[BGS_M_LOCAL_NETNS] = "bgs_local_netns",
+	[BGS_M_LOCAL_COUNTS] = "bgs_local_counts",
+	[BGS_M_SOCKS] = "bgs_socks",
 };
 
 const char *bgs_pin_root = BGS_DEFAULT_PIN_ROOT;
@@ -598,12 +602,51 @@ static int census_cb(const struct bgs_conn_key *k, const struct bgs_flow *f, voi
 	return 0;
 }
 
+/* Add the local clients' open sockets of each slot (counted by the cgroup hooks). */
+static int census_local(const struct bgs_state *st, struct bgs_flow_census *c)
+{
+	LIBBPF_OPTS(bpf_map_batch_opts, opts);
+	__u32 in = 0, out = 0, n, i, keys[512];
+	bool first = true, last = false;
+	struct bgs_local_count vals[512];
+	int err;
+
+	while (!last) {
+		n = 512;
+		err = bpf_map_lookup_batch(st->fd[BGS_M_LOCAL_COUNTS], first ? NULL : &in, &out,
+					   keys, vals, &n, &opts);
+		if (err && err != -ENOENT) {
+			pr_warn("cannot read bgs_local_counts: %s\n", strerror(-err));
+			return err;
+		}
+		last = err == -ENOENT || !n;
+		for (i = 0; i < n; i++) {
+			/* below zero (a release racing a count cleared by a cut): none */
+			__s64 live = (__s64)vals[i].live;
+			__u32 v = live <= 0 ? 0 : live > UINT32_MAX ? UINT32_MAX : (__u32)live;
+
+			if (keys[i] >= BGS_MAX_SLOTS)
+				continue;
+			c->local_opened[keys[i]] = vals[i].opened;
+			c->local[keys[i]] = v;
+			c->live[keys[i]] += v;
+			c->local_total += v;
+			c->live_total += v;
+		}
+		in = out;
+		first = false;
+	}
+	return 0;
+}
+
 int flows_census(const struct bgs_state *st, struct bgs_flow_census *c)
 {
 	struct census_ctx cc = { .st = st, .c = c, .now = now_ns() };
+	int err;
 
 	memset(c, 0, sizeof(*c));
-	return flows_scan(st, census_cb, &cc);
+	err = flows_scan(st, census_cb, &cc);
+	return err ? err : census_local(st, c);
 }
 
 /* Flow keys gathered in a walk, to delete after it (deleting during a walk disturbs it). */
@@ -725,6 +768,12 @@ int slot_release(struct bgs_state *st, __u32 slot)
 	err = percpu_zero(st, BGS_M_BACKEND_STATS, slot, sizeof(struct bgs_backend_stats));
 	if (err)
 		return err;
+	/* Local sockets still counted on it (cut by --force) stop counting: their release finds
+	 * the slot free, or another backend in it, and leaves the new count alone.
+	 */
+	if (bpf_map_update_elem(st->fd[BGS_M_LOCAL_COUNTS], &slot, &(struct bgs_local_count){ 0 },
+				BPF_ANY))
+		return -errno;
 
 	be.state = BGS_BACKEND_FREE;
 	be.weight = 0;

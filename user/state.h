@@ -40,6 +40,9 @@ enum bgs_map_id {
 	BGS_M_TX_PORTS,
 	BGS_M_INSERT_BUDGET,
 	BGS_M_TABLES,
+	BGS_M_LOCAL_NETNS,
+	BGS_M_LOCAL_COUNTS,
+	BGS_M_SOCKS,
 	BGS_M_COUNT,
 };
 
@@ -54,11 +57,16 @@ struct bgs_state {
 	struct bgs_config cfg;
 };
 
-/* Per-slot figures gathered in one pass over the flow table. */
+/* Per-slot figures gathered in one pass over the flow table, plus the local clients' open
+ * sockets (bgs_local_counts): live[] and live_total count both, local[] and local_total these.
+ */
 struct bgs_flow_census {
 	__u32 live[BGS_MAX_SLOTS];
+	__u32 local[BGS_MAX_SLOTS];
+	__u64 local_opened[BGS_MAX_SLOTS]; /* sockets ever given the slot's backend */
 	__u64 entries;
 	__u64 live_total;
+	__u64 local_total;
 };
 
 int state_need_root(void);

@@ -72,13 +72,15 @@ static void print_backend(struct status_ctx *c, const struct bgs_service_view *s
 	if (c->json) {
 		printf("%s{\"address\":\"%s\",\"port\":%u,\"slot\":%u,\"state\":\"%s\","
 		       "\"weight\":%u,\"table_positions\":%u,"
-		       "\"live_flows\":%u,\"rx_packets\":%llu,\"rx_bytes\":%llu,"
-		       "\"tx_packets\":%llu,\"tx_bytes\":%llu,\"new_flows\":%llu,\"resets\":%llu",
+		       "\"live_flows\":%u,\"local_flows\":%u,\"rx_packets\":%llu,\"rx_bytes\":%llu,"
+		       "\"tx_packets\":%llu,\"tx_bytes\":%llu,\"new_flows\":%llu,"
+		       "\"local_new_flows\":%llu,\"resets\":%llu",
 		       first ? "" : ",", fmt_addr(bv->be.addr, bv->be.family, ebuf, sizeof(ebuf)),
 		       ntohs(bv->be.port), bv->slot, backend_state_name(bv->be.state),
-		       bv->be.weight, bv->positions, bv->live, (unsigned long long)s->rx_packets,
-		       (unsigned long long)s->rx_bytes, (unsigned long long)s->tx_packets,
-		       (unsigned long long)s->tx_bytes, (unsigned long long)s->new_flows,
+		       bv->be.weight, bv->positions, bv->live, bv->local,
+		       (unsigned long long)s->rx_packets, (unsigned long long)s->rx_bytes,
+		       (unsigned long long)s->tx_packets, (unsigned long long)s->tx_bytes,
+		       (unsigned long long)s->new_flows, (unsigned long long)bv->local_opened,
 		       (unsigned long long)s->resets);
 		if (c->rates)
 			printf(",\"rx_pps\":%.1f,\"tx_pps\":%.1f,\"new_flows_per_s\":%.1f}",
@@ -145,8 +147,8 @@ static void print_service(struct status_ctx *c, const struct bgs_service_view *s
 			printf("%s\"%s\":{\"backends\":[", col ? "," : "", color_name(col));
 			for (i = 0; i < cv->nbackends; i++)
 				print_backend(c, sv, col, &cv->backends[i], !i);
-			printf("],\"live_flows\":%llu,\"share\":%.2f}",
-			       (unsigned long long)cv->live,
+			printf("],\"live_flows\":%llu,\"local_flows\":%llu,\"share\":%.2f}",
+			       (unsigned long long)cv->live, (unsigned long long)cv->local,
 			       (col == BGS_GREEN ? sw->share : BGS_SHARE_ALL - sw->share) / 100.0);
 		}
 		printf("}}");
@@ -187,6 +189,10 @@ static void print_service(struct status_ctx *c, const struct bgs_service_view *s
 	       (unsigned long long)sv->color[!act].live);
 	if (share_color(sw->share) != BGS_COLOR_NONE && sv->color[!act].live)
 		printf(" (draining)");
+	if (sv->color[act].local || sv->color[!act].local)
+		printf(", local sockets among them: %s %llu, %s %llu", color_name(act),
+		       (unsigned long long)sv->color[act].local, color_name(!act),
+		       (unsigned long long)sv->color[!act].local);
 	printf("; misses: syn %llu, non-syn %llu (%llu second chances)\n",
 	       (unsigned long long)sv->st.syn_miss, (unsigned long long)sv->st.nosyn_miss,
 	       (unsigned long long)sv->st.second_chance);
@@ -243,19 +249,21 @@ static void print_header(struct status_ctx *c)
 	}
 	if (c->json)
 		printf("],\"flow_table\":{\"capacity\":%u,\"entries\":%llu,\"live\":%llu,"
-		       "\"evicted\":%llu},"
+		       "\"local\":%llu,\"evicted\":%llu},"
 		       "\"timeouts\":{\"tcp_idle_s\":%llu,\"udp_idle_s\":%llu},"
 		       "\"interval_ms\":%.0f,\"services\":[",
 		       c->st.cfg.flow_entries, (unsigned long long)c->cur.flow_entries,
-		       (unsigned long long)c->cur.live_total, (unsigned long long)c->cur.evicted,
+		       (unsigned long long)c->cur.live_total,
+		       (unsigned long long)c->cur.local_total, (unsigned long long)c->cur.evicted,
 		       (unsigned long long)(c->st.cfg.tcp_idle_ns / 1000000000ULL),
 		       (unsigned long long)(c->st.cfg.udp_idle_ns / 1000000000ULL),
 		       c->rates ? c->secs * 1000 : 0);
 	else
-		printf("%s\nflow table: %llu entries of %u, %llu live, %llu evicted\n\n",
+		printf("%s\nflow table: %llu entries of %u, %llu live (%llu local sockets), %llu "
+		       "evicted\n\n",
 		       n ? "" : " nothing", (unsigned long long)c->cur.flow_entries,
 		       c->st.cfg.flow_entries, (unsigned long long)c->cur.live_total,
-		       (unsigned long long)c->cur.evicted);
+		       (unsigned long long)c->cur.local_total, (unsigned long long)c->cur.evicted);
 }
 
 int do_status(int argc, char **argv)

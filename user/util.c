@@ -193,17 +193,17 @@ int check_backend_addr(const char *text, const struct bgs_endpoint *ep)
 	return -EINVAL;
 }
 
-/* A backend of service svc (VIP address vip_addr of family vip_family): of the VIP's family,
- * and not the VIP's address itself.
+/* A backend of service svc (VIP vip): of the VIP's family, and not the VIP itself. The VIP's
+ * address on another port is a backend (two versions of an app on two ports of the node).
  */
-int check_backend_of(const char *text, const struct bgs_endpoint *ep, const __u32 vip_addr[4],
-		     __u8 vip_family, const char *svc)
+int check_backend_of(const char *text, const struct bgs_endpoint *ep,
+		     const struct bgs_endpoint *vip, const char *svc)
 {
-	if (ep->family != vip_family) {
+	if (ep->family != vip->family) {
 		pr_warn("'%s' is not of the address family of service '%s'\n", text, svc);
 		return -EAFNOSUPPORT;
 	}
-	if (!memcmp(ep->addr, vip_addr, sizeof(ep->addr))) {
+	if (!memcmp(ep->addr, vip->addr, sizeof(ep->addr)) && ep->port == vip->port) {
 		pr_warn("'%s': a backend cannot be the VIP of '%s' itself\n", text, svc);
 		return -EINVAL;
 	}

@@ -31,8 +31,8 @@ int parse_lb(const char *s, __u8 *lb);
 int parse_split_by(const char *s, __u32 *flags);
 int check_vip_addr(const char *text, const struct bgs_endpoint *ep);
 int check_backend_addr(const char *text, const struct bgs_endpoint *ep);
-int check_backend_of(const char *text, const struct bgs_endpoint *ep, const __u32 vip_addr[4],
-		     __u8 vip_family, const char *svc);
+int check_backend_of(const char *text, const struct bgs_endpoint *ep,
+		     const struct bgs_endpoint *vip, const char *svc);
 
 const char *color_name(__u8 color);
 __u8 share_color(__u32 share);

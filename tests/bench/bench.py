@@ -27,6 +27,8 @@ Parts (all by default):
          cycled, CPU pinning, added one at a time                         (pktbench.py)
   mem    map memory at default sizes (bpftool bytes_memlock), and per
          tracked flow (memlock growth over flow growth; Katran's too)     (microbench.py)
+  local  connect() to a VIP through the cgroup socket hooks against connect()
+         straight to the backend, UDP and TCP, as a ratio in one run       (localbench.py)
 
 Every figure is the median of several runs, and every ratio is taken within one run, then
 its median over the runs is reported. Needs root; runs 5-10 minutes on 2 cores (--smoke:
@@ -45,11 +47,12 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from common import (BGSWITCH, BPFFS, CONNLOAD, FLIPBENCH, FLOOR_OBJ, HTTPD, LIBBENCH,  # noqa
                     BenchError, Cleanup, log, machine, new_run_prefix, run)
+import localbench  # noqa: E402
 import microbench  # noqa: E402
 import netbench  # noqa: E402
 import pktbench  # noqa: E402
 
-PARTS = ("pkt", "scale", "flip", "net", "mem")
+PARTS = ("pkt", "scale", "flip", "net", "mem", "local")
 EXTRA_PARTS = ("factors",)  # run only when asked for (--parts)
 TIME_LIMIT_S = 1800  # a hard stop, far above the expected 5-10 minutes
 
@@ -63,7 +66,8 @@ PROFILES = {
                  flip_runs=5, flips=1000000, flip_cli=31,
                  cut_rounds=5, cut_rate=20000, cut_ms=1200,
                  net_rounds=9, net_seconds=1, net_conns=32, net_flips=3, net_flip_seconds=1,
-                 net_cases=list(netbench.CASES), state_flows=None, mem_flows=131072),
+                 net_cases=list(netbench.CASES), state_flows=None, mem_flows=131072,
+                 local_rounds=7, local_iters=20000),
     "smoke": dict(pkt_runs=2, pkt_calls=300, pkt_warmup=50, pkt_new_calls=300,
                   pkt_new_warmup=50, pkt_chunks=1,
                   scale_runs=2, scale_calls=300, scale_warmup=50, scale_flips=10000,
@@ -72,7 +76,8 @@ PROFILES = {
                   flip_runs=2, flips=100000, flip_cli=3,
                   cut_rounds=1, cut_rate=10000, cut_ms=600,
                   net_rounds=1, net_seconds=1, net_conns=16, net_flips=2, net_flip_seconds=1,
-                  net_cases=["direct", "native", "nft"], state_flows=65536, mem_flows=16384),
+                  net_cases=["direct", "native", "nft"], state_flows=65536, mem_flows=16384,
+                  local_rounds=2, local_iters=500),
 }
 
 
@@ -237,6 +242,19 @@ def table_rows(res: dict):
                          f"served blue {_k(v['served']['blue'])} green "
                          f"{_k(v['served']['green'])}",
                          f"{v['flip_ms']:.1f} ms per change, loaded"))
+    if res.get("local"):
+        lo = res["local"]
+        sec = "6 local clients"
+        for proto in ("udp", "tcp"):
+            v = lo[proto]
+            what = "socket+connect+close" + (" (+accept)" if proto == "tcp" else "")
+            rows.append((sec, f"{proto.upper()} {what}: to the VIP through the hooks",
+                         f"{v['vip_ns']:.0f} ns",
+                         f"{v['vip_over_direct']:.2f}x direct ({v['vip_over_direct_range'][0]:.2f}"
+                         f"-{v['vip_over_direct_range'][1]:.2f})", ""))
+            rows.append((sec, f"{proto.upper()} {what}: to the backend, hooks attached / none",
+                         f"{v['direct_ns']:.0f} / {v['bare_ns']:.0f} ns",
+                         f"{v['direct_over_bare']:.2f}x no hooks", ""))
     if res.get("memory"):
         m = res["memory"]
         sec = "5 memory"
@@ -280,7 +298,11 @@ def format_markdown(rows) -> str:
 def _check_environment(parts, katran_obj) -> None:
     if os.geteuid() != 0:
         raise BenchError("needs root (BPF, network namespaces)")
-    need = [BGSWITCH, LIBBENCH, FLOOR_OBJ, FLIPBENCH]
+    need = [BGSWITCH]
+    if {"pkt", "scale", "flip", "mem"} & set(parts):
+        need += [LIBBENCH, FLOOR_OBJ, FLIPBENCH]
+    if "local" in parts:
+        need.append(localbench.SOCKBENCH)
     if "net" in parts or "flip" in parts:
         need += [HTTPD, CONNLOAD]
     missing = [p for p in need if not os.path.exists(p)]
@@ -377,6 +399,9 @@ def main(argv=None) -> int:
         if "mem" in parts:
             results["memory"] = timed("mem", microbench.part_memory, cleanup, prefix,
                                       args.katran_obj)
+        if "local" in parts:
+            results["local"] = timed("local", localbench.part_local, cleanup, prefix,
+                                     cfg["local_rounds"], cfg["local_iters"])
         if "flip" in parts or "net" in parts:
             topo = timed("topology", netbench.Topology, cleanup, prefix)
             if "flip" in parts:
