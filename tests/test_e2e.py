@@ -16,6 +16,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import netns  # noqa: E402
+from lib.poll import wait_for  # noqa: E402
 from netns import NODE_IFACE, VIP, VIP_PORT, one_line_error  # noqa: E402
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces, BPF)")
@@ -68,16 +69,6 @@ def colors(topo, n=20, udp=False, port=None):
 def backends_seen(topo, n=20, udp=False, port=None):
     res = topo.probe(VIP, port or (UDP_PORT if udp else VIP_PORT), udp=udp, count=n)["results"]
     return {r["backend"] for r in res if r["ok"]}
-
-
-def wait_for(fn, timeout, interval=0.2):
-    """Poll fn() until it returns a true value or timeout; return the last value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        v = fn()
-        if v or time.monotonic() > deadline:
-            return v
-        time.sleep(interval)
 
 
 def timed(fn, *args):

@@ -19,6 +19,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import netns  # noqa: E402
+from lib.poll import wait_for  # noqa: E402
 from netns import (CLIENT_IP, CLIENT_IP6, COLOR_NET, COLOR_NET6, NODE_IFACE, VIP,  # noqa: E402
                    VIP6, VIP_PORT, hostport)
 
@@ -55,16 +56,6 @@ def sw(topo, request):
 
 
 # -- helpers ----------------------------------------------------------------------------------
-
-def wait_for(fn, timeout, interval=0.2):
-    """Poll fn() until it returns a true value or timeout; return the last value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        v = fn()
-        if v or time.monotonic() > deadline:
-            return v
-        time.sleep(interval)
-
 
 def timed(fn, *args):
     t0 = time.time()

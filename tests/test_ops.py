@@ -25,6 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bpfsys  # noqa: E402
 import model  # noqa: E402
 import netns  # noqa: E402
+from lib.poll import wait_for  # noqa: E402
 from netns import NODE_IFACE, PY, VIP, VIP_PORT, one_line_error  # noqa: E402
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces, BPF)")
@@ -53,15 +54,6 @@ def sw(topo):
 
 
 # -- helpers ----------------------------------------------------------------------------------
-
-def wait_for(fn, timeout, interval=0.1):
-    deadline = time.monotonic() + timeout
-    while True:
-        v = fn()
-        if v or time.monotonic() > deadline:
-            return v
-        time.sleep(interval)
-
 
 def finish(topo, p, timeout=30):
     """Wait for a process started with Bgswitch.popen: (returncode, stdout, stderr)."""
