@@ -325,6 +325,8 @@ def test_state_maps_match_model(bgs):
         "bgs_insert_budget": (4, "bgs_bucket"), "bgs_tx_ports": (4, 4),
         "bgs_tables": (4, 4),  # a map of maps: user space reads the inner map's id
         "bgs_vip_filter": (4, 8),
+        # local clients (bpf/sock.bpf.h): netns cookies, per-slot counts, socket storage
+        "bgs_local_netns": (8, 4), "bgs_local_counts": (4, 16), "bgs_socks": (4, 48),
     }
     for name, (k, v) in want.items():
         info = bgs.map(name).info

@@ -86,7 +86,8 @@ MAP_NAMES = [
     "bgs_config", "bgs_vips", "bgs_services", "bgs_switch", "bgs_sets", "bgs_backends",
     "bgs_backend_addrs", "bgs_flows", "bgs_nexthops", "bgs_vip_addrs", "bgs_frags", "bgs_ifaces",
     "bgs_stats", "bgs_drops", "bgs_backend_stats", "bgs_service_stats", "bgs_tx_ports",
-    "bgs_insert_budget", "bgs_tables", "bgs_vip_filter",
+    "bgs_insert_budget", "bgs_tables", "bgs_vip_filter", "bgs_local_netns", "bgs_local_counts",
+    "bgs_socks",
 ]
 
 
