@@ -315,10 +315,13 @@ def test_detach_restores_plain_forwarding(topo, sw):
     assert "prog/xdp" not in link, link
 
     # Nothing translates the VIP any more and the node has no route to it: the client gets
-    # ICMP network unreachable, so connect() fails at once rather than timing out.
+    # ICMP network unreachable, so connect() fails at once rather than timing out; unless the
+    # kernel's ip_error() budget for the client (one a second, a burst of five, shared with
+    # the module's earlier tests' retransmissions to unrouted addresses) is spent: then no
+    # answer. No connection may succeed, and at least one must fail at once.
     res = topo.probe(VIP, VIP_PORT, count=3)["results"]
-    assert [r["error"] for r in res] == ["unreachable"] * 3, res
-    assert all(r["elapsed"] < 0.5 for r in res), res
+    assert {r["error"] for r in res} <= {"unreachable", "timeout"}, res
+    assert any(r["error"] == "unreachable" and r["elapsed"] < 0.5 for r in res), res
     res = topo.probe(VIP, UDP_PORT, udp=True, count=3)["results"]
     assert all(not r["ok"] for r in res), res
     # Plain forwarding to the backends is untouched.
