@@ -123,8 +123,10 @@ int bgs_egress(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	} else {
 		f = nat_reply_flow(skb, &pkt, &key);
+		if (!f)
+			return TC_ACT_OK;
 		id = key.svc;
-		svc = f ? bpf_map_lookup_elem(&bgs_services, &id) : NULL;
+		svc = bpf_map_lookup_elem(&bgs_services, &id);
 		if (!svc)
 			return TC_ACT_OK;
 		__builtin_memcpy(to, svc->vip.addr, sizeof(to));
