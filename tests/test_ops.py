@@ -182,11 +182,13 @@ def test_drain_idle_flows_stop_counting(topo, sw):
 def test_backend_del_with_live_flows_refused_unless_force_cuts_them(topo, sw):
     sw.setup_service("web")
     gone, kept = blue(0), blue(1)
-    run = topo.traffic("--vip", VIP, "--port", VIP_PORT, "--duration", 30, "--long", 8,
+    # 16 long-lived connections: the chance that all hash to one of the two backends (leaving
+    # nothing to check on the other) is 2^-15 (with 8 it was 1 in 128).
+    run = topo.traffic("--vip", VIP, "--port", VIP_PORT, "--duration", 30, "--long", 16,
                        "--timeout", 1)
     run.wait_ready()
     n_gone = backends_of(sw, "web", "blue")[gone]["live_flows"]
-    assert n_gone > 0, "no long-lived connection hashed to the backend (8 of them: unlikely)"
+    assert n_gone > 0, "no long-lived connection hashed to the backend (16 of them: unlikely)"
 
     before = snapshot(sw)
     line = one_line_error(sw.run("backend", "del", "web", "blue", gone))
