@@ -76,8 +76,8 @@ static double batch(const struct sockaddr_in *to, int type, int lfd, long n)
 
 	for (i = 0; i < n; i++) {
 		if (one(to, type, lfd)) {
-			fprintf(stderr, "sockbench: connect to %s:%u: %s\n", inet_ntoa(to->sin_addr),
-				ntohs(to->sin_port), strerror(errno));
+			fprintf(stderr, "sockbench: connect to %s:%u: %s\n",
+				inet_ntoa(to->sin_addr), ntohs(to->sin_port), strerror(errno));
 			exit(1);
 		}
 	}
