@@ -1,7 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0
 /* status.c: `status`: services, colors, backends, live flows, rates and counters, text or JSON. */
 #include <errno.h>
-#include <getopt.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -326,10 +325,8 @@ int do_status(int argc, char **argv)
 	err = params_parse(&bgs_spec_status, argc, argv, &a, &p);
 	if (err || p.help)
 		return err;
-	if (p.fleet) {
-		optind = 0; /* fleet_status() parses the line again */
+	if (p.fleet)
 		return fleet_status(argc, argv);
-	}
 	name = p.npos ? p.pos[0] : NULL;
 	json = a.json;
 	/* Scripts read JSON at once; rates there only when asked for with --interval. */
