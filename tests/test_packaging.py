@@ -15,6 +15,8 @@ import subprocess
 
 import pytest
 
+import model
+
 TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAN = os.path.join(TOP, "doc", "bgswitch.8")
 COMPLETION = os.path.join(TOP, "contrib", "bash-completion", "bgswitch")
@@ -798,30 +800,15 @@ def test_packaging_man_synopsis_has_every_command_and_option():
                 assert long in entry, (case, long)
 
 
-def _c_names(path, array):
-    with open(os.path.join(TOP, path)) as f:
-        src = f.read()
-    body = re.search(rf"\b{array}\[[A-Z_]+\] = \{{(.*?)\n\}};", src, re.S)
-    assert body, array
-    return re.findall(r'\] = "([a-z0-9_]+)"', body.group(1))
-
-
 def test_packaging_man_lists_every_counter():
     """The Counters subsection has an entry for every node counter and drop reason, in the
-    order of user/snapshot.c (status prints them in that order)."""
+    order of include/bgswitch.h's lists (status prints them in that order)."""
     with open(MAN) as f:
         roff = f.read()
     section = re.search(r"^\.SS Counters\n(.*?)^\.S[SH] ", roff, re.M | re.S).group(1)
     stats, drops = section.split("\n.PP\n")
-    stat_names = _c_names("user/snapshot.c", "bgs_stat_names")
-    drop_names = _c_names("user/snapshot.c", "bgs_drop_names")
-    # snapshot.c names every member of the enums in include/bgswitch.h
-    with open(os.path.join(TOP, "include", "bgswitch.h")) as f:
-        header = f.read()
-    for enum, names in (("bgs_stat", stat_names), ("bgs_drop_reason", drop_names)):
-        body = re.search(rf"^enum {enum} \{{(.*?)^\}};", header, re.M | re.S).group(1)
-        members = [m for m in re.findall(r"^\s*(BGS_\w+)", body, re.M) if not m.endswith("_MAX")]
-        assert len(names) == len(members), enum
+    stat_names = [e.name for e in model.STAT_LIST]
+    drop_names = [e.name for e in model.DROP_LIST]
     assert re.findall(r"^\.TP\n\.B (\w+)$", stats, re.M) == stat_names
     assert re.findall(r"^\.TP\n\.B (\w+)$", drops, re.M) == drop_names
 
@@ -839,7 +826,9 @@ def test_packaging_man_lists_every_metric():
                             re.M)
     assert [m for pair in documented for m in pair if m] == metrics
     # the label values the exporter writes
-    for reason in re.findall(r'BGS_STAT_\w+, "([a-z0-9_]+)" \}', src):
+    passed = [e.name for e in model.STAT_LIST if e.args == ("1",)]
+    assert "bgs_stat_passed[i]" in src and passed, "the passed reasons are not the header's"
+    for reason in passed:
         assert f".BR {reason} " in section or f".B {reason}\n" in section, reason
     values = set(re.findall(r'(?:action|kind|direction)=\\"([a-z_]+)\\"', src))
     assert {"xdp_tx", "redirect", "syn", "nosyn", "in", "out"} <= values
@@ -848,8 +837,8 @@ def test_packaging_man_lists_every_metric():
 
 
 def test_packaging_man_names_only_real_drop_reasons():
-    """Wherever the man page says "drop reason X", X is a drop reason of user/snapshot.c."""
-    drop_names = _c_names("user/snapshot.c", "bgs_drop_names")
+    """Wherever the man page says "drop reason X", X is a drop reason of include/bgswitch.h."""
+    drop_names = [e.name for e in model.DROP_LIST]
     with open(MAN) as f:
         roff = f.read()
     named = re.findall(r"drop reason\s*\n\.BR? (\w+)", roff)

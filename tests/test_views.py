@@ -24,6 +24,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import httpabuse  # noqa: E402
+import model  # noqa: E402
 import netns  # noqa: E402
 from netns import NODE_IFACE, VIP, VIP_PORT  # noqa: E402
 
@@ -134,6 +135,9 @@ def test_views_status_json_counts_match_traffic(topo, sw):
     assert web["nosyn_miss"] == 0 and not any(web["drops"].values())
     assert all(b["rx_pps"] is None for b in blue)  # --json reads at once: no rates
     assert st["counters"]["syn_miss"] == 30 and st["counters"]["reply_nat"] > 0
+    # the names and order of include/bgswitch.h's lists, as model.py reads them
+    assert list(st["counters"]) == [e.name for e in model.STAT_LIST]
+    assert list(st["drops"]) == list(web["drops"]) == [e.name for e in model.DROP_LIST]
     assert st["flow_table"]["entries"] >= 30
 
 

@@ -34,11 +34,11 @@ import bpfsys
 import model
 import pkt
 from common import (BBResult, BenchError, BGSWITCH, BPFFS, FLIPBENCH, Cleanup, close_all,
-                    header_define, header_enum, in_netns, lib, log, median, netns_add, nsargv,
+                    header_define, in_netns, lib, log, median, netns_add, nsargv,
                     on_one_cpu, remove_pin_root, run, timed_run, trimmed_mean)
 
-STATS = header_enum("bgs_stat")
-DROPS = header_enum("bgs_drop_reason")
+STATS = model.STATS  # enum bgs_stat, read from include/bgswitch.h
+DROPS = model.DROPS
 XDP_VERDICTS = {0: "XDP_ABORTED", 1: "XDP_DROP", 2: "XDP_PASS", 3: "XDP_TX", 4: "XDP_REDIRECT"}
 TC_VERDICTS = {0: "TC_ACT_OK", 2: "TC_ACT_SHOT", 7: "TC_ACT_REDIRECT"}
 XDP_FORWARD = {2, 3, 4}  # what the data plane may answer for a packet it lets through
