@@ -160,7 +160,7 @@ static inline __u32 bgs_fmix32(__u32 h)
 
 /* The bucket, 0 to BGS_SHARE_ALL - 1, of a flow in the split between colors, from its flow hash
  * h: remixed (the finalizer on a seeded value) so that it does not follow the table position
- * h % M. tests/model.py mirrors it.
+ * h % M. tests/lib/model.py mirrors it.
  */
 static inline __u32 bgs_share_bucket(__u32 h)
 {

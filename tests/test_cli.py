@@ -21,8 +21,8 @@ import sys
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import netns  # noqa: E402
-from netns import NODE_IFACE  # noqa: E402
+from lib import netns  # noqa: E402
+from lib.netns import NODE_IFACE  # noqa: E402
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces, BPF)")
 

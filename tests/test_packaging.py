@@ -15,7 +15,7 @@ import subprocess
 
 import pytest
 
-import model
+from lib import model
 
 TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAN = os.path.join(TOP, "doc", "bgswitch.8")

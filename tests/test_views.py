@@ -1,7 +1,7 @@
 """The views on a live switch: status --json, the Prometheus exporter, and watch in a terminal;
 also a service split between colors, with weights and lookup tables, as each view shows it.
 
-Same topology as the end-to-end tests (tests/netns.py): client -> node (bgswitch) -> blue and
+Same topology as the end-to-end tests (tests/lib/netns.py): client -> node (bgswitch) -> blue and
 green backends. Traffic is counted on the client side and compared with what the views report.
 
 Run as root: /usr/bin/pytest -q tests/test_views.py
@@ -23,10 +23,10 @@ import urllib.request
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import httpabuse  # noqa: E402
-import model  # noqa: E402
-import netns  # noqa: E402
-from netns import NODE_IFACE, VIP, VIP_PORT  # noqa: E402
+from lib import httpabuse  # noqa: E402
+from lib import model  # noqa: E402
+from lib import netns  # noqa: E402
+from lib.netns import NODE_IFACE, VIP, VIP_PORT  # noqa: E402
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces, BPF)")
 

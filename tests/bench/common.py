@@ -33,7 +33,7 @@ HEADER = os.path.join(TOP, "include", "bgswitch.h")
 BPFFS = "/sys/fs/bpf"
 PREFIX = "bgsb"  # every namespace and pin root of the suite starts with it
 
-sys.path.insert(0, TESTS)  # bpfsys.py, model.py
+sys.path.insert(0, TESTS)  # lib/: bpfsys, model, programs
 
 from lib import programs  # noqa: E402
 

@@ -84,8 +84,8 @@ IPPROTO_DSTOPTS = 60
 # The counter and drop-reason lists and the stats structures' fields are read from the header
 # (names only, no behaviour), so that a counter added there needs no copy here.
 
-HEADER = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "include",
-                      "bgswitch.h")
+TOP = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+HEADER = os.path.join(TOP, "include", "bgswitch.h")
 
 
 def _header() -> str:
