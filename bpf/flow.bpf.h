@@ -23,7 +23,7 @@ static __always_inline __u32 flow_mix(__u32 h, __u32 w)
 	return h * 5 + 0xe6546b64;
 }
 
-/* Hash of the client-to-VIP 5-tuple (murmur3-style); tests/model.py mirrors it. */
+/* Hash of the client-to-VIP 5-tuple (murmur3-style); tests/lib/model.py mirrors it. */
 static __always_inline __u32 flow_hash(const struct bgs_flow_key *k)
 {
 	__u32 h = 0x62677377; /* "bgsw" */

@@ -160,7 +160,7 @@ static inline __u32 bgs_fmix32(__u32 h)
 
 /* The bucket, 0 to BGS_SHARE_ALL - 1, of a flow in the split between colors, from its flow hash
  * h: remixed (the finalizer on a seeded value) so that it does not follow the table position
- * h % M. tests/model.py mirrors it.
+ * h % M. tests/lib/model.py mirrors it.
  */
 static inline __u32 bgs_share_bucket(__u32 h)
 {
@@ -405,50 +405,72 @@ struct bgs_backend_stats {
 	__u64 resets; /* RST sent by the backend */
 };
 
-/* bgs_stats index (per CPU): node-wide counters. */
+/* bgs_stats index (per CPU): node-wide counters, in index order. Each is
+ * X(ID, name, passed, help): BGS_STAT_ID in enum bgs_stat, the name user space shows (`status`,
+ * `watch`, the exporter's reason labels and tests/lib/model.py read this list), passed 1 when
+ * the packet it counts is passed untouched, and what it counts.
+ */
+#define BGS_STATS(X)                                                                               \
+	X(RX, rx, 0, "packets seen by the ingress program")                                        \
+	X(NOT_VIP, not_vip, 1, "not addressed to a service")                                       \
+	X(NOT_IP, not_ip, 1, "neither IPv4 nor IPv6")                                              \
+	X(PARSE_L2, parse_l2, 1, "truncated Ethernet or VLAN header")                              \
+	X(PARSE_IP_HDR, parse_ip_header, 1, "truncated IP header, bad version or IHL")             \
+	X(PARSE_IP_LEN, parse_ip_length, 1, "IP length longer than the frame, or short")           \
+	X(PARSE_L4, parse_l4, 1, "truncated TCP/UDP header, bad offset/length")                    \
+	X(ZERO_PORT, zero_port, 1, "source or destination port 0")                                 \
+	X(EXTHDR_LIMIT, ipv6_exthdr_limit, 1, "IPv6 extension chain longer than the bound")        \
+	X(FRAG_FIRST, frag_first, 0, "first fragment of a VIP flow: steered and tracked")          \
+	X(FRAG_LATER, frag_later, 0, "later fragment that followed its tracked first fragment")    \
+	X(VIP, vip, 0, "addressed to a service")                                                   \
+	X(FLOW_HIT, flow_hit, 0, "followed an existing flow entry")                                \
+	X(FLOW_NEW, flow_new, 0, "created a flow entry")                                           \
+	X(FLOW_REOPEN, flow_reopen, 0,                                                             \
+	  "SYN on a closed or idle entry: new flow on the active color")                           \
+	X(SYN_MISS, syn_miss, 0, "SYN that missed the table (a new TCP flow)")                     \
+	X(NOSYN_MISS, nosyn_miss, 0, "non-SYN TCP segment that missed the table (re-pinned)")      \
+	X(SECOND_CHANCE, second_chance, 0,                                                         \
+	  "non-SYN miss re-pinned: by the previous share while it drains")                         \
+	X(TX, tx, 0, "packets seen by the egress program")                                         \
+	X(REPLY_NAT, reply_nat, 0, "replies whose source was rewritten to the VIP")                \
+	X(REPLY_NO_FLOW, reply_no_flow, 0,                                                         \
+	  "from a backend address, but no live flow of it: untouched")                             \
+	X(REPLY_WRONG_DEV, reply_wrong_dev, 0,                                                     \
+	  "a flow's reply that came in from elsewhere than its backend")                           \
+	X(ICMP_IN, icmp_in, 0, "ICMP error about a reply, translated toward its backend")          \
+	X(ICMP_OUT, icmp_out, 0, "ICMP error about a client packet, translated toward the client") \
+	X(ICMP_NO_FLOW, icmp_no_flow, 0,                                                           \
+	  "ICMP error quoting a VIP or backend but no flow: untouched")                            \
+	X(FWD_TX, fwd_tx, 0, "fast path: sent back out of the ingress interface (XDP_TX)")         \
+	X(FWD_REDIRECT, fwd_redirect, 0, "fast path: redirected to a registered egress interface") \
+	X(FWD_NO_NEIGH, fwd_no_neigh, 0,                                                           \
+	  "passed to the stack: the next hop's neighbour is unresolved")                           \
+	X(FWD_STACK, fwd_stack, 0,                                                                 \
+	  "passed to the stack: no route, not registered, tagged, or TTL")                         \
+	X(UNTRACKED, untracked, 0, "new flow over the insert limit: forwarded, no entry written")  \
+	X(REPLY_SUPERSEDED, reply_superseded, 0,                                                   \
+	  "backend SYN on a closed flow: a new connection, entry deleted")                         \
+	X(RST_MISS, rst_miss, 0, "RST that missed the table: forwarded, no entry written")         \
+	X(FRAG_PASS, frag_pass, 1, "later fragment of a datagram to no service")
+
+#define BGS_STAT_ENUM(id, name, passed, help) BGS_STAT_##id,
 enum bgs_stat {
-	BGS_STAT_RX = 0, /* packets seen by the ingress program */
-	BGS_STAT_NOT_VIP, /* passed untouched: not addressed to a service */
-	BGS_STAT_NOT_IP, /* passed untouched: neither IPv4 nor IPv6 */
-	BGS_STAT_PARSE_L2, /* passed untouched: truncated Ethernet or VLAN header */
-	BGS_STAT_PARSE_IP_HDR, /* passed untouched: truncated IP header, bad version or IHL */
-	BGS_STAT_PARSE_IP_LEN, /* passed untouched: IP length longer than the frame, or short */
-	BGS_STAT_PARSE_L4, /* passed untouched: truncated TCP/UDP header, bad offset/length */
-	BGS_STAT_ZERO_PORT, /* passed untouched: source or destination port 0 */
-	BGS_STAT_EXTHDR_LIMIT, /* passed untouched: IPv6 extension chain longer than the bound */
-	BGS_STAT_FRAG_FIRST, /* first fragment of a VIP flow: steered and tracked */
-	BGS_STAT_FRAG_LATER, /* later fragment that followed its tracked first fragment */
-	BGS_STAT_VIP, /* addressed to a service */
-	BGS_STAT_FLOW_HIT, /* followed an existing flow entry */
-	BGS_STAT_FLOW_NEW, /* created a flow entry */
-	BGS_STAT_FLOW_REOPEN, /* SYN on a closed or idle entry: new flow on the active color */
-	BGS_STAT_SYN_MISS, /* SYN that missed the table (a new TCP flow) */
-	BGS_STAT_NOSYN_MISS, /* non-SYN TCP segment that missed the table (re-pinned) */
-	BGS_STAT_SECOND_CHANCE, /* non-SYN miss re-pinned: by the previous share while it drains */
-	BGS_STAT_TX, /* packets seen by the egress program */
-	BGS_STAT_REPLY_NAT, /* replies whose source was rewritten to the VIP */
-	BGS_STAT_REPLY_NO_FLOW, /* from a backend address, but no live flow of it: untouched */
-	BGS_STAT_REPLY_WRONG_DEV, /* a flow's reply that came in from elsewhere than its backend */
-	BGS_STAT_ICMP_IN, /* ICMP error about a reply, translated toward its backend */
-	BGS_STAT_ICMP_OUT, /* ICMP error about a client packet, translated toward the client */
-	BGS_STAT_ICMP_NO_FLOW, /* ICMP error quoting a VIP or backend but no flow: untouched */
-	BGS_STAT_FWD_TX, /* fast path: sent back out of the ingress interface (XDP_TX) */
-	BGS_STAT_FWD_REDIRECT, /* fast path: redirected to a registered egress interface */
-	BGS_STAT_FWD_NO_NEIGH, /* passed to the stack: the next hop's neighbour is unresolved */
-	BGS_STAT_FWD_STACK, /* passed to the stack: no route, not registered, tagged, or TTL */
-	BGS_STAT_UNTRACKED, /* new flow over the insert limit: forwarded, no entry written */
-	BGS_STAT_REPLY_SUPERSEDED, /* backend SYN on a closed flow: a new connection, entry deleted */
-	BGS_STAT_RST_MISS, /* RST that missed the table: forwarded, no entry written */
-	BGS_STAT_FRAG_PASS, /* passed untouched: later fragment of a datagram to no service */
+	BGS_STATS(BGS_STAT_ENUM) /* BGS_STAT_RX = 0, BGS_STAT_NOT_VIP, ... */
 	BGS_STAT_MAX,
 };
 
-/* bgs_drops index (per CPU): why the data plane dropped a packet. */
+/* bgs_drops index (per CPU): why the data plane dropped a packet, in index order. Each is
+ * X(ID, name, help): BGS_DROP_ID in enum bgs_drop_reason, the name user space shows, and when.
+ */
+#define BGS_DROP_REASONS(X)                                                            \
+	X(NO_BACKEND, no_backend, "the active color of the service has no backend")    \
+	X(BAD_BACKEND, bad_backend, "a set names a slot that is not a usable backend") \
+	X(FLOW_INSERT, flow_insert, "the flow table refused the new entry")            \
+	X(FRAG_MISS, frag_miss, "later fragment to a VIP whose first fragment was not seen")
+
+#define BGS_DROP_ENUM(id, name, help) BGS_DROP_##id,
 enum bgs_drop_reason {
-	BGS_DROP_NO_BACKEND = 0, /* the active color of the service has no backend */
-	BGS_DROP_BAD_BACKEND, /* a set names a slot that is not a usable backend */
-	BGS_DROP_FLOW_INSERT, /* the flow table refused the new entry */
-	BGS_DROP_FRAG_MISS, /* later fragment to a VIP whose first fragment was not seen */
+	BGS_DROP_REASONS(BGS_DROP_ENUM) /* BGS_DROP_NO_BACKEND = 0, ... */
 	BGS_DROP_MAX,
 };
 

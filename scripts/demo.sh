@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # demo.sh: bgswitch live, in network namespaces (run as root: `sudo make demo`).
 #
-# Builds client -> node -> {blue, green} in namespaces bgsdemo-* (tests/netns.py), attaches
+# Builds client -> node -> {blue, green} in namespaces bgsdemo-* (tests/lib/netns.py), attaches
 # bgswitch to the node's client-facing veth with its state in /sys/fs/bpf/bgsdemo, defines
 # service web 10.77.100.1:80 with two blue and two green backends, and runs client load from
-# tests/traffic.py: 50 new connections a second plus 4 long-lived connections. It then shows,
+# tests/lib/traffic.py: 50 new connections a second plus 4 long-lived connections. It then shows,
 # second by second, where new connections go before and after a flip, the long-lived ones
 # staying on blue and blue's live-flow count draining to zero as they close, a rollback, and a
 # canary: 10% of new connections to green, then a rollout to 30% and 60%. A client on the node
@@ -68,9 +68,9 @@ cleanup() {
 	fi
 	[ -d "$PIN" ] && rm -rf "$PIN"
 	if [ -n "$TMP" ] && [ -f "$TMP/state.json" ]; then
-		$PY tests/netns.py down --state "$TMP/state.json"
+		$PY tests/lib/netns.py down --state "$TMP/state.json"
 	else
-		$PY tests/netns.py down --prefix "$PREFIX"
+		$PY tests/lib/netns.py down --prefix "$PREFIX"
 	fi
 	[ -n "$TMP" ] && rm -rf "$TMP"
 	note "namespaces $PREFIX-*, their processes and $PIN removed"
@@ -86,7 +86,7 @@ if ip netns list | grep -q "^$PREFIX-" || [ -e "$PIN" ]; then
 		bgs detach "$IFACE" --purge >/dev/null 2>&1 || true
 	fi
 	[ -d "$PIN" ] && rm -rf "$PIN"
-	$PY tests/netns.py down --prefix "$PREFIX"
+	$PY tests/lib/netns.py down --prefix "$PREFIX"
 fi
 
 TMP=$(mktemp -d /tmp/bgsdemo.XXXXXX)
@@ -96,7 +96,7 @@ OUT=$TMP/load.out  # READY, then its JSON summary
 export BGSWITCH_AUDIT_LOG=$TMP/audit.log
 
 say "Building the network: client -> node -> blue / green (namespaces $PREFIX-*)"
-$PY tests/netns.py up --prefix "$PREFIX" --state "$TMP/state.json"
+$PY tests/lib/netns.py up --prefix "$PREFIX" --state "$TMP/state.json"
 cat <<EOF
     client  10.77.1.2  ----  node (bgswitch on $IFACE: XDP in, TC out)
                                |-- ${BLUE}blue${N}   servers 10.77.2.11:8081, 10.77.2.12:8081
@@ -118,7 +118,7 @@ show local add
 
 say "Starting client load: $RATE new connections/s (one request each), $LONG long-lived ones"
 note "Each server answers with its color; every failed or wrongly answered request is counted."
-nsenter --net="$CLIENT_NS" $PY tests/traffic.py load --vip "$VIP" --port 80 --duration 90 \
+nsenter --net="$CLIENT_NS" $PY tests/lib/traffic.py load --vip "$VIP" --port 80 --duration 90 \
 	--new-rate "$RATE" --long "$LONG" --long-close-spread "$CLOSE_SPREAD" --progress \
 	>"$OUT" 2>"$PROG" &
 LOAD_PID=$!
@@ -156,7 +156,7 @@ print(f"local client on the node: {len(r)} new connections to the VIP: " +
       ", ".join(f"{n} {k}" for k, n in sorted(c.items())))
 EOF
 local_client() { # 10 connections to the VIP from the node's own namespace
-	nsenter --net="$NODE_NS" $PY tests/traffic.py probe --addr "$VIP" --port 80 --count 10 |
+	nsenter --net="$NODE_NS" $PY tests/lib/traffic.py probe --addr "$VIP" --port 80 --count 10 |
 		$PY -c "$COLORS" | sed 's/^/    /' | colorize
 }
 live() { bgs status web --json | $PY -c "$LIVE"; }

@@ -1,10 +1,10 @@
 """End-to-end tests of canary shifts, rollouts and weights (layout 3), with real TCP through the
-namespaces of tests/netns.py (client -> node with bgswitch -> blue and green backends, two
+namespaces of tests/lib/netns.py (client -> node with bgswitch -> blue and green backends, two
 servers per color that answer in their own name).
 
   * at `shift web green 10%` the share of a few thousand new connections that land on green is
     within four binomial standard deviations of 10%, and each connection's color is the one
-    the hash split predicts (tests/model.py), its backend the one the color's real lookup
+    the hash split predicts (tests/lib/model.py), its backend the one the color's real lookup
     table holds at position hash % M;
   * stepping the share up 10% -> 25% -> 50% -> 100% under long-lived connections moves none
     of them, and a client port that went to green at one step goes to green at every later
@@ -126,9 +126,9 @@ if __name__ == "__main__":
 
 import pytest  # noqa: E402
 
-import bpfsys  # noqa: E402
-import model  # noqa: E402
-from netns import CLIENT_IP, NODE_IFACE, PY, VIP, VIP_PORT  # noqa: E402
+from lib import bpfsys  # noqa: E402
+from lib import model  # noqa: E402
+from lib.netns import CLIENT_IP, NODE_IFACE, PY, VIP, VIP_PORT  # noqa: E402
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces, BPF)")
 

@@ -21,8 +21,8 @@ import sys
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import netns  # noqa: E402
-from netns import NODE_IFACE  # noqa: E402
+from lib import netns  # noqa: E402
+from lib.netns import NODE_IFACE  # noqa: E402
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces, BPF)")
 
@@ -267,7 +267,10 @@ def test_cli_backend_del_rerun_says_already_removed_and_exits_0(cli):
 
 # -- JSON for every accepted name -------------------------------------------------------------
 
-ODD_NAMES = ["a", "_", "...", "0", "A.b_C-d", "x" * 31, "web.v2-canary_1"]
+# Names `service add` accepts (1 to 31 of A-Z a-z 0-9 . _ -, not starting with -) that a
+# hand-made JSON writer could get wrong: numbers, JSON literals, dots alone, the longest.
+ODD_NAMES = ["a", "_", "...", "0", "A.b_C-d", "x" * 31, "web.v2-canary_1", "9", "007", "1e5",
+             "null", "true", "NaN", "..", "a-"]
 
 
 @pytest.fixture

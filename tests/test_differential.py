@@ -1,8 +1,8 @@
-"""Differential test of the data plane against the reference model (tests/refmodel.py).
+"""Differential test of the data plane against the reference model (tests/lib/refmodel.py).
 
 Tens of thousands of generated and mutated frames (scapy), IPv4 and IPv6, valid and broken,
 for VIP and non-VIP traffic, ingress and egress, go through the real programs with
-BPF_PROG_TEST_RUN (tests/bpfsys.py) and through the model, which was written from the data
+BPF_PROG_TEST_RUN (tests/lib/bpfsys.py) and through the model, which was written from the data
 plane's specification and keeps its own mirror of the flow and fragment tables. Every verdict
 and output frame must be equal. Every EPOCH packets, and at the end, the counters (bgs_stats,
 bgs_drops, per service, per backend) and the tables (bgs_flows, bgs_frags) are compared with
@@ -41,11 +41,11 @@ from scapy.layers.l2 import ARP, Dot1AD, Dot1Q, Ether
 from scapy.packet import Raw
 from scapy.utils import checksum, hexdump
 
-import model
-import refmodel
-from refmodel import FRAG_LATER, RefModel
-from test_dataplane import frame_diff
-from unit_fixtures import TOP, bgs_state, monotonic_coarse_ns
+from lib import model
+from lib import refmodel
+from lib.refmodel import FRAG_LATER, RefModel
+from lib.dataplane import frame_diff
+from lib.unit_fixtures import TOP, bgs_state, monotonic_coarse_ns
 
 DEFAULT_SEED = 0xB65D1F
 DEFAULT_COUNT = 24000
@@ -58,7 +58,7 @@ REPORT = os.path.join(TOP, ".output", "differential.json")
 # Data-plane bugs found by this test and reported to the owner of bpf/: a difference that one
 # of them explains exactly (the model, told to reproduce that bug, predicts the program's
 # output and counters) is counted and shown but does not fail this test;
-# tests/test_dataplane.py pins each one on fixed packets as a strict xfail,
+# tests/test_dataplane_*.py pin each one on fixed packets as a strict xfail,
 # so that the fix is noticed. Remove an entry (and its quirk) when its bug is fixed.
 KNOWN_BUGS = {}
 
@@ -1107,7 +1107,8 @@ def test_differential_model_vs_dataplane(bgs_diff):
                "table-short", "set", "set-empty", "set-over"} - set(run.mdl.paths)
     # And the rules of one entry per connection: replies superseded by a backend's SYN, or in
     # by another interface; RST misses, inserts over budget, reopens. (A UDP entry re-pinned
-    # while draining, REOPEN_PREVIOUS, is too rare here to require: test_dataplane has it.)
+    # while draining, REOPEN_PREVIOUS, is too rare here to require: test_dataplane_lifecycle
+    # has it.)
     seen = {t for o in run.outcomes for t in o.split(":", 1)[1].split("+")}
     unseen = {"REPLY_SUPERSEDED", "REPLY_WRONG_DEV", "RST_MISS", "UNTRACKED",
               "FLOW_REOPEN"} - seen

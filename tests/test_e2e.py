@@ -1,6 +1,6 @@
 """End-to-end tests: bgswitch between real sockets in network namespaces.
 
-Topology (tests/netns.py): client -> node (bgswitch on n-client) -> blue / green backends, two
+Topology (tests/lib/netns.py): client -> node (bgswitch on n-client) -> blue / green backends, two
 servers per color. One topology serves the whole module; every test attaches bgswitch afresh
 with a pin root of its own and purges it afterwards, so flow tables never leak between tests.
 
@@ -15,9 +15,9 @@ import time
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import netns  # noqa: E402
+from lib import netns  # noqa: E402
 from lib.poll import wait_for  # noqa: E402
-from netns import NODE_IFACE, VIP, VIP_PORT, one_line_error  # noqa: E402
+from lib.netns import NODE_IFACE, VIP, VIP_PORT, one_line_error  # noqa: E402
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces, BPF)")
 

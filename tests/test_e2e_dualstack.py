@@ -1,7 +1,7 @@
 """End-to-end tests over both address families: IPv6 services, UDP draining, path-MTU
 discovery through the VIP, fragments, and the refusal to mix families in one service.
 
-Topology (tests/netns.py, dual-stack): client -> node (bgswitch on n-client) -> blue / green
+Topology (tests/lib/netns.py, dual-stack): client -> node (bgswitch on n-client) -> blue / green
 backends; each backend serves its IPv4 and its IPv6 address. One topology serves the whole
 module; every test attaches bgswitch afresh with a pin root of its own and purges it afterwards,
 and the receivers' checksum-error counters (TCP, UDP, UDP6, ICMP, ICMP6) must not move.
@@ -18,9 +18,9 @@ import time
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import netns  # noqa: E402
+from lib import netns  # noqa: E402
 from lib.poll import wait_for  # noqa: E402
-from netns import (CLIENT_IP, CLIENT_IP6, COLOR_NET, COLOR_NET6, NODE_IFACE, VIP,  # noqa: E402
+from lib.netns import (CLIENT_IP, CLIENT_IP6, COLOR_NET, COLOR_NET6, NODE_IFACE, VIP,  # noqa: E402
                    VIP6, VIP_PORT, hostport)
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces, BPF)")

@@ -1,9 +1,9 @@
 """End-to-end tests of the flow table's state (data plane layout 4): one entry per connection,
 found from both directions, and a reply rewritten only when it is a live flow's.
 
-Topology as in test_e2e.py (tests/netns.py): client -> node (bgswitch on n-client) -> blue and
+Topology as in test_e2e.py (tests/lib/netns.py): client -> node (bgswitch on n-client) -> blue and
 green backends. The client routes the backends' addresses through the node too, so it can
-reach a backend directly. Client-side scenarios run in tests/conns.py (in the client
+reach a backend directly. Client-side scenarios run in tests/lib/conns.py (in the client
 namespace); captures use tcpdump (netns.Capture).
 
 Run as root: /usr/bin/pytest -q tests/test_e2e_flows.py
@@ -17,8 +17,8 @@ import time
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import netns  # noqa: E402
-from netns import CLIENT_IFACE, CLIENT_IP, NODE_IFACE, VIP, VIP_PORT  # noqa: E402
+from lib import netns  # noqa: E402
+from lib.netns import CLIENT_IFACE, CLIENT_IP, NODE_IFACE, VIP, VIP_PORT  # noqa: E402
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces, BPF)")
 

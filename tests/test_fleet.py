@@ -35,8 +35,8 @@ import urllib.request
 
 import pytest
 
-import fleetdocs
-from netns import BGSWITCH, BPFFS, PY, HERE, REPO, run, read_line
+from lib import fleetdocs
+from lib.netns import BGSWITCH, BPFFS, PY, HERE, REPO, run, read_line
 
 NODES = 4
 VIP = "10.79.100.1"
@@ -179,7 +179,7 @@ class Fleet:
             self.ip(n, "route", "add", "10.79.200.0/23", "via", f"10.79.{50 + k}.2")
             self.ip("be", "route", "add", f"10.79.{k}.0/24", "via", f"10.79.{50 + k}.1")
             self.sysctl(n, "net.ipv4.ip_forward", 1)
-            # XDP cannot finish a CHECKSUM_PARTIAL checksum (see tests/netns.py)
+            # XDP cannot finish a CHECKSUM_PARTIAL checksum (see tests/lib/netns.py)
             self.nsrun(c, ["ethtool", "-K", "cn", "tx", "off"])
         for color, addrs in (("blue", BLUE), ("green", GREEN)):
             for addr, port in addrs:
@@ -563,7 +563,7 @@ def wait_refused(fleet, name, rev, timeout=10):
 
 
 def test_fleet_bad_documents_change_nothing(fleet):
-    """Every bad document of issue 16 (and the rest of the rules, tests/fleetdocs.py) written
+    """Every bad document of issue 16 (and the rest of the rules, tests/lib/fleetdocs.py) written
     over web's in etcd: every agent refuses it, changing nothing on its node (the data plane's
     own view before and after is the same), and reports it under its node key with the
     document's revision and the reason; `status --etcd` shows it (state "refused"); the change
@@ -610,7 +610,7 @@ def test_fleet_bad_documents_change_nothing(fleet):
 
 
 def test_fleet_fuzzed_documents_through_agents(fleet):
-    """Mutated, damaged and random documents (tests/fleetdocs.py, seeded) written over web's one
+    """Mutated, damaged and random documents (tests/lib/fleetdocs.py, seeded) written over web's one
     after another, as fast as etcd takes them: the valid ones apply, the others are refused; no
     agent crashes; then the document from before (next generation) brings every node back to
     the same data plane (generations aside) and traffic goes to its color."""

@@ -1,7 +1,7 @@
 """The fleet document validator alone (user/fleet_doc.c through bgs-doccheck, no etcd, no
 root): every bad document of issue 16 and the rest of the rules refused with the reason, valid
 documents accepted and re-encoded identically, and a seeded fuzz run of mutated and random
-documents checked against an independent model (tests/fleetdocs.py), without a crash.
+documents checked against an independent model (tests/lib/fleetdocs.py), without a crash.
 
 BGSWITCH=.output/san/bgswitch runs it against the ASan/UBSan build (its bgs-doccheck, next to
 it); `make test` does both. FLEET_DOC_FUZZ_SEED and FLEET_DOC_FUZZ_COUNT (default 0 and 4000)
@@ -15,8 +15,8 @@ import time
 
 import pytest
 
-import fleetdocs
-from netns import BGSWITCH
+from lib import fleetdocs
+from lib.netns import BGSWITCH
 
 
 def check(docs, key="web"):

@@ -1,7 +1,7 @@
 """End-to-end tests of local clients (cgroup socket hooks, `bgswitch local`) and of backends on
 the node's own address.
 
-Topology (tests/netns.py): client -> node (bgswitch on n-client) -> blue / green backends, plus
+Topology (tests/lib/netns.py): client -> node (bgswitch on n-client) -> blue / green backends, plus
 a "container" namespace on the node (add_container: 10.77.4.2, default route via the node). The
 client namespace stands for a remote machine: it is never named with `local add`, so its sockets
 must be left alone (its connections go through XDP and leave flow entries). Every test attaches
@@ -18,9 +18,9 @@ import time
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import netns  # noqa: E402
+from lib import netns  # noqa: E402
 from lib.poll import wait_for  # noqa: E402
-from netns import NODE_CLIENT_IP, NODE_IFACE, VIP, VIP6, VIP_PORT  # noqa: E402
+from lib.netns import NODE_CLIENT_IP, NODE_IFACE, VIP, VIP6, VIP_PORT  # noqa: E402
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces, BPF)")
 

@@ -1,8 +1,8 @@
 """Property tests of the Maglev table builder (user/maglev.c), through the real command.
 
 Every table here is built by bgswitch itself: services and backends are made with the CLI on a
-private attached state (the ``bgs`` fixture of tests/unit_fixtures.py, as tests/test_dataplane.py
-uses it), and the tables are read back from the pinned map bgs_tables (the outer entry of a
+private attached state (the ``bgs`` fixture of tests/lib/unit_fixtures.py, as the data-plane unit
+tests use it), and the tables are read back from the pinned map bgs_tables (the outer entry of a
 color's current buffer gives the inner map's id, opened with BPF_MAP_GET_FD_BY_ID). A table is
 compared as the backend (address:port) at each of its M positions, so that two services, or two
 nodes, with different local slots can be compared.
@@ -24,8 +24,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import pytest
 
-import model
-from unit_fixtures import BgsState
+from lib import model
+from lib.unit_fixtures import BgsState
 
 M = model.BGS_TABLE_SIZE
 BLUE = model.BGS_BLUE

@@ -3,7 +3,7 @@ flows, the checks before a flip, the guard after it, generations and concurrent 
 audit trail, replacing the programs under load, the map-layout version, and SIGKILL at every
 fault point of the command.
 
-Topology and style as tests/test_e2e.py (tests/netns.py: client -> node -> blue / green, two
+Topology and style as tests/test_e2e.py (tests/lib/netns.py: client -> node -> blue / green, two
 servers per color); every test attaches bgswitch afresh with a pin root of its own and purges
 it afterwards. Processes are ended by PID, namespaces and pins removed, also on failure.
 
@@ -22,11 +22,11 @@ import time
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import bpfsys  # noqa: E402
-import model  # noqa: E402
-import netns  # noqa: E402
+from lib import bpfsys  # noqa: E402
+from lib import model  # noqa: E402
+from lib import netns  # noqa: E402
 from lib.poll import wait_for  # noqa: E402
-from netns import NODE_IFACE, PY, VIP, VIP_PORT, one_line_error  # noqa: E402
+from lib.netns import NODE_IFACE, PY, VIP, VIP_PORT, one_line_error  # noqa: E402
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces, BPF)")
 

@@ -22,6 +22,8 @@ from collections import namedtuple
 
 import pytest
 
+from lib import model
+
 TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BGSWITCH = os.path.join(TOP, ".output", "bgswitch")
 MAN = os.path.join(TOP, ".output", "bgswitch.8")
@@ -737,30 +739,15 @@ def _fault_points():
     return points
 
 
-def _c_names(path, array):
-    with open(os.path.join(TOP, path)) as f:
-        src = f.read()
-    body = re.search(rf"\b{array}\[[A-Z_]+\] = \{{(.*?)\n\}};", src, re.S)
-    assert body, array
-    return re.findall(r'\] = "([a-z0-9_]+)"', body.group(1))
-
-
 def test_packaging_man_lists_every_counter():
     """The Counters subsection has an entry for every node counter and drop reason, in the
-    order of user/snapshot.c (status prints them in that order)."""
+    order of include/bgswitch.h's lists (status prints them in that order)."""
     with open(MAN) as f:
         roff = f.read()
     section = re.search(r"^\.SS Counters\n(.*?)^\.S[SH] ", roff, re.M | re.S).group(1)
     stats, drops = section.split("\n.PP\n")
-    stat_names = _c_names("user/snapshot.c", "bgs_stat_names")
-    drop_names = _c_names("user/snapshot.c", "bgs_drop_names")
-    # snapshot.c names every member of the enums in include/bgswitch.h
-    with open(os.path.join(TOP, "include", "bgswitch.h")) as f:
-        header = f.read()
-    for enum, names in (("bgs_stat", stat_names), ("bgs_drop_reason", drop_names)):
-        body = re.search(rf"^enum {enum} \{{(.*?)^\}};", header, re.M | re.S).group(1)
-        members = [m for m in re.findall(r"^\s*(BGS_\w+)", body, re.M) if not m.endswith("_MAX")]
-        assert len(names) == len(members), enum
+    stat_names = [e.name for e in model.STAT_LIST]
+    drop_names = [e.name for e in model.DROP_LIST]
     assert re.findall(r"^\.TP\n\.B (\w+)$", stats, re.M) == stat_names
     assert re.findall(r"^\.TP\n\.B (\w+)$", drops, re.M) == drop_names
 
@@ -778,7 +765,9 @@ def test_packaging_man_lists_every_metric():
                             re.M)
     assert [m for pair in documented for m in pair if m] == metrics
     # the label values the exporter writes
-    for reason in re.findall(r'BGS_STAT_\w+, "([a-z0-9_]+)" \}', src):
+    passed = [e.name for e in model.STAT_LIST if e.args == ("1",)]
+    assert "bgs_stat_passed[i]" in src and passed, "the passed reasons are not the header's"
+    for reason in passed:
         assert f".BR {reason} " in section or f".B {reason}\n" in section, reason
     values = set(re.findall(r'(?:action|kind|direction)=\\"([a-z_]+)\\"', src))
     assert {"xdp_tx", "redirect", "syn", "nosyn", "in", "out"} <= values
@@ -787,8 +776,8 @@ def test_packaging_man_lists_every_metric():
 
 
 def test_packaging_man_names_only_real_drop_reasons():
-    """Wherever the man page says "drop reason X", X is a drop reason of user/snapshot.c."""
-    drop_names = _c_names("user/snapshot.c", "bgs_drop_names")
+    """Wherever the man page says "drop reason X", X is a drop reason of include/bgswitch.h."""
+    drop_names = [e.name for e in model.DROP_LIST]
     with open(MAN) as f:
         roff = f.read()
     named = re.findall(r"drop reason\s*\n\.BR? (\w+)", roff)
@@ -799,7 +788,7 @@ def test_packaging_man_names_only_real_drop_reasons():
 def test_packaging_man_documents_status_json_keys():
     """status --json: every key user/status.c writes is in the man page's entry for status."""
     with open(os.path.join(TOP, "user", "status.c")) as f:
-        keys = set(re.findall(r'\\"([a-z_]+)\\":', f.read()))
+        keys = set(re.findall(r'\bput\w*\(\w+, "([a-z_]+)"', f.read()))
     assert {"flow_table", "evicted", "draining", "second_chance", "new_flows_per_s"} <= keys
     with open(MAN) as f:
         roff = f.read()

@@ -1,7 +1,7 @@
 """Flow-table pressure: a flood of new flows must neither break nor move established flows.
 
-Topology as in test_e2e.py (tests/netns.py). The flow table is made small (--flows 4096) and
-floods of new flows (tests/flood.py: spoofed SYNs, bare ACKs and UDP) run while long-lived
+Topology as in test_e2e.py (tests/lib/netns.py). The flow table is made small (--flows 4096) and
+floods of new flows (tests/lib/flood.py: spoofed SYNs, bare ACKs and UDP) run while long-lived
 connections cross a flip. The insert limit (by default the table's size every 2 s for the
 node, a burst of an eighth) keeps the flood from turning the table over; a new flow over it is
 still forwarded, only without an entry (counted untracked). Flow entries lost anyway (deleted
@@ -22,9 +22,9 @@ import time
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import bpfsys  # noqa: E402
-import netns  # noqa: E402
-from netns import CLIENT_IP, NODE_IFACE, VIP, VIP_PORT  # noqa: E402
+from lib import bpfsys  # noqa: E402
+from lib import netns  # noqa: E402
+from lib.netns import CLIENT_IP, NODE_IFACE, VIP, VIP_PORT  # noqa: E402
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces, BPF)")
 

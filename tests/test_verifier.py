@@ -9,7 +9,7 @@ bound or a kernel whose verifier explores more still loads. The kernel reports t
   their pins.
 * Builds at the largest documented bounds (README, "Layout": BGS_MAX_EXTHDRS up to 8), compiled
   by the Makefile into a private output directory and loaded with libbpf without pinning
-  anything (tests/bpfobj.py); a bound beyond the documented range is a build error.
+  anything (tests/lib/bpfobj.py); a bound beyond the documented range is a build error.
 """
 
 import errno
@@ -21,9 +21,9 @@ from typing import List
 
 import pytest
 
-import bpfobj
-import bpfsys
-from unit_fixtures import BgsState
+from lib import bpfobj
+from lib import bpfsys
+from lib.unit_fixtures import BgsState
 
 TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VERIFIER_BUDGET = 500_000  # processed instructions per program: half the kernel's limit

@@ -1,7 +1,7 @@
 """The views on a live switch: status --json, the Prometheus exporter, and watch in a terminal;
 also a service split between colors, with weights and lookup tables, as each view shows it.
 
-Same topology as the end-to-end tests (tests/netns.py): client -> node (bgswitch) -> blue and
+Same topology as the end-to-end tests (tests/lib/netns.py): client -> node (bgswitch) -> blue and
 green backends. Traffic is counted on the client side and compared with what the views report.
 
 Run as root: /usr/bin/pytest -q tests/test_views.py
@@ -23,9 +23,10 @@ import urllib.request
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import httpabuse  # noqa: E402
-import netns  # noqa: E402
-from netns import NODE_IFACE, VIP, VIP_PORT  # noqa: E402
+from lib import httpabuse  # noqa: E402
+from lib import model  # noqa: E402
+from lib import netns  # noqa: E402
+from lib.netns import NODE_IFACE, VIP, VIP_PORT  # noqa: E402
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces, BPF)")
 
@@ -134,6 +135,9 @@ def test_views_status_json_counts_match_traffic(topo, sw):
     assert web["nosyn_miss"] == 0 and not any(web["drops"].values())
     assert all(b["rx_pps"] is None for b in blue)  # --json reads at once: no rates
     assert st["counters"]["syn_miss"] == 30 and st["counters"]["reply_nat"] > 0
+    # the names and order of include/bgswitch.h's lists, as model.py reads them
+    assert list(st["counters"]) == [e.name for e in model.STAT_LIST]
+    assert list(st["drops"]) == list(web["drops"]) == [e.name for e in model.DROP_LIST]
     assert st["flow_table"]["entries"] >= 30
 
 

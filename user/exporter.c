@@ -229,20 +229,6 @@ static void render_traffic(FILE *f, const struct bgs_snapshot *s)
 /* The node's counters: drops, packets passed, fragments, ICMP errors, the fast path. */
 static void render_node(FILE *f, const struct bgs_snapshot *s)
 {
-	static const struct {
-		enum bgs_stat id;
-		const char *reason;
-	} passed[] = {
-		{ BGS_STAT_NOT_VIP, "not_vip" },
-		{ BGS_STAT_NOT_IP, "not_ip" },
-		{ BGS_STAT_PARSE_L2, "parse_l2" },
-		{ BGS_STAT_PARSE_IP_HDR, "parse_ip_header" },
-		{ BGS_STAT_PARSE_IP_LEN, "parse_ip_length" },
-		{ BGS_STAT_PARSE_L4, "parse_l4" },
-		{ BGS_STAT_ZERO_PORT, "zero_port" },
-		{ BGS_STAT_EXTHDR_LIMIT, "ipv6_exthdr_limit" },
-		{ BGS_STAT_FRAG_PASS, "frag_pass" },
-	};
 	size_t i, j;
 
 	metric_head(f, "bgswitch_node_drops_total", "counter",
@@ -260,9 +246,10 @@ static void render_node(FILE *f, const struct bgs_snapshot *s)
 		(unsigned long long)s->stats[BGS_STAT_TX]);
 	metric_head(f, "bgswitch_passed_packets_total", "counter",
 		    "Ingress packets passed untouched, by reason.");
-	for (i = 0; i < sizeof(passed) / sizeof(passed[0]); i++)
-		fprintf(f, "bgswitch_passed_packets_total{reason=\"%s\"} %llu\n", passed[i].reason,
-			(unsigned long long)s->stats[passed[i].id]);
+	for (i = 0; i < BGS_STAT_MAX; i++)
+		if (bgs_stat_passed[i])
+			fprintf(f, "bgswitch_passed_packets_total{reason=\"%s\"} %llu\n",
+				bgs_stat_names[i], (unsigned long long)s->stats[i]);
 	metric_head(f, "bgswitch_fragments_total", "counter",
 		    "Fragments steered: kind first is steered by its ports, later follows it.");
 	fprintf(f,

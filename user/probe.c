@@ -121,6 +121,80 @@ static void probe_judge(struct bgs_probe *p, bool eof)
 		probe_end(p, false, "HTTP %s", code);
 }
 
+/* A connect has finished: a TCP probe is over, an HTTP probe goes on to send. */
+static void probe_connected(struct bgs_probe *q, const char *http_path)
+{
+	socklen_t sl = sizeof(int);
+	int soerr = 0;
+
+	if (getsockopt(q->fd, SOL_SOCKET, SO_ERROR, &soerr, &sl))
+		soerr = errno;
+	if (soerr)
+		probe_end(q, false, "%s", strerror(soerr));
+	else if (!http_path)
+		probe_end(q, true, "%s", "");
+	else
+		q->phase = PROBE_SEND;
+}
+
+/* Send what is left of the request; read the reply once it is all sent. */
+static void probe_send(struct bgs_probe *q, const char *http_path)
+{
+	char req[BGS_CHECK_PATH_MAX + 160];
+	ssize_t r;
+
+	probe_request(q, http_path, req, sizeof(req));
+	r = send(q->fd, req + q->sent, strlen(req) - q->sent, MSG_NOSIGNAL);
+	if (r < 0 && errno != EAGAIN) {
+		probe_end(q, false, "%s", strerror(errno));
+		return;
+	}
+	q->sent += r > 0 ? r : 0;
+	if (q->sent == strlen(req))
+		q->phase = PROBE_READ;
+}
+
+static void probe_read(struct bgs_probe *q)
+{
+	ssize_t r = recv(q->fd, q->buf + q->got, sizeof(q->buf) - 1 - q->got, 0);
+
+	if (r < 0) {
+		if (errno != EAGAIN)
+			probe_end(q, false, "%s", strerror(errno));
+		return;
+	}
+	q->got += r;
+	probe_judge(q, r == 0);
+}
+
+/* One probe whose socket poll() reported ready: the next step of its phase. */
+static void probe_step(struct bgs_probe *q, const char *http_path)
+{
+	if (q->phase == PROBE_CONNECT) {
+		probe_connected(q, http_path);
+		if (q->phase != PROBE_SEND)
+			return;
+	}
+	if (q->phase == PROBE_SEND)
+		probe_send(q, http_path);
+	else
+		probe_read(q);
+}
+
+/* What each probe waits for; returns how many are not done. */
+static size_t probe_poll_set(const struct bgs_probe *p, struct pollfd *pfd, size_t n)
+{
+	size_t i, left = 0;
+
+	for (i = 0; i < n; i++) {
+		pfd[i].fd = p[i].phase == PROBE_DONE ? -1 : p[i].fd;
+		pfd[i].events = p[i].phase == PROBE_READ ? POLLIN : POLLOUT;
+		pfd[i].revents = 0;
+		left += p[i].phase != PROBE_DONE;
+	}
+	return left;
+}
+
 /* Probe n backends concurrently; each gets ok, or error. Returns 0 or -errno (only for a
  * failure of the probing itself: a backend that fails its probe is a result).
  */
@@ -128,8 +202,7 @@ int probe_run(struct bgs_probe *p, size_t n, const char *http_path, __u64 timeou
 {
 	struct pollfd *pfd = calloc(n ? n : 1, sizeof(*pfd));
 	__u64 start = now_ns(), deadline = start + timeout_ns, now;
-	char req[BGS_CHECK_PATH_MAX + 160];
-	size_t i, left;
+	size_t i;
 	int err = 0;
 
 	if (!pfd)
@@ -137,15 +210,8 @@ int probe_run(struct bgs_probe *p, size_t n, const char *http_path, __u64 timeou
 	for (i = 0; i < n; i++)
 		probe_start(&p[i]);
 	for (;;) {
-		left = 0;
-		for (i = 0; i < n; i++) {
-			pfd[i].fd = p[i].phase == PROBE_DONE ? -1 : p[i].fd;
-			pfd[i].events = p[i].phase == PROBE_READ ? POLLIN : POLLOUT;
-			pfd[i].revents = 0;
-			left += p[i].phase != PROBE_DONE;
-		}
 		now = now_ns();
-		if (!left || now >= deadline)
+		if (!probe_poll_set(p, pfd, n) || now >= deadline)
 			break;
 		if (poll(pfd, n, (deadline - now + 999999) / 1000000) < 0) {
 			if (errno == EINTR)
@@ -154,47 +220,10 @@ int probe_run(struct bgs_probe *p, size_t n, const char *http_path, __u64 timeou
 			goto out;
 		}
 		for (i = 0; i < n; i++) {
-			struct bgs_probe *q = &p[i];
-			int soerr = 0;
-			socklen_t sl = sizeof(soerr);
-			ssize_t r;
-
-			if (q->phase == PROBE_DONE || !pfd[i].revents)
+			if (p[i].phase == PROBE_DONE || !pfd[i].revents)
 				continue;
-			q->elapsed_ns = now_ns() - start;
-			if (q->phase == PROBE_CONNECT) {
-				if (getsockopt(q->fd, SOL_SOCKET, SO_ERROR, &soerr, &sl))
-					soerr = errno;
-				if (soerr) {
-					probe_end(q, false, "%s", strerror(soerr));
-					continue;
-				}
-				if (!http_path) {
-					probe_end(q, true, "%s", "");
-					continue;
-				}
-				q->phase = PROBE_SEND;
-			}
-			if (q->phase == PROBE_SEND) {
-				probe_request(q, http_path, req, sizeof(req));
-				r = send(q->fd, req + q->sent, strlen(req) - q->sent, MSG_NOSIGNAL);
-				if (r < 0 && errno != EAGAIN) {
-					probe_end(q, false, "%s", strerror(errno));
-					continue;
-				}
-				q->sent += r > 0 ? r : 0;
-				if (q->sent == strlen(req))
-					q->phase = PROBE_READ;
-				continue;
-			}
-			r = recv(q->fd, q->buf + q->got, sizeof(q->buf) - 1 - q->got, 0);
-			if (r < 0) {
-				if (errno != EAGAIN)
-					probe_end(q, false, "%s", strerror(errno));
-				continue;
-			}
-			q->got += r;
-			probe_judge(q, r == 0);
+			p[i].elapsed_ns = now_ns() - start;
+			probe_step(&p[i], http_path);
 		}
 	}
 	for (i = 0; i < n; i++) {

@@ -9,48 +9,15 @@
 #include "snapshot.h"
 #include "util.h"
 
-const char *const bgs_stat_names[BGS_STAT_MAX] = {
-	[BGS_STAT_RX] = "rx",
-	[BGS_STAT_NOT_VIP] = "not_vip",
-	[BGS_STAT_NOT_IP] = "not_ip",
-	[BGS_STAT_PARSE_L2] = "parse_l2",
-	[BGS_STAT_PARSE_IP_HDR] = "parse_ip_header",
-	[BGS_STAT_PARSE_IP_LEN] = "parse_ip_length",
-	[BGS_STAT_PARSE_L4] = "parse_l4",
-	[BGS_STAT_ZERO_PORT] = "zero_port",
-	[BGS_STAT_EXTHDR_LIMIT] = "ipv6_exthdr_limit",
-	[BGS_STAT_FRAG_FIRST] = "frag_first",
-	[BGS_STAT_FRAG_LATER] = "frag_later",
-	[BGS_STAT_VIP] = "vip",
-	[BGS_STAT_FLOW_HIT] = "flow_hit",
-	[BGS_STAT_FLOW_NEW] = "flow_new",
-	[BGS_STAT_FLOW_REOPEN] = "flow_reopen",
-	[BGS_STAT_SYN_MISS] = "syn_miss",
-	[BGS_STAT_NOSYN_MISS] = "nosyn_miss",
-	[BGS_STAT_SECOND_CHANCE] = "second_chance",
-	[BGS_STAT_TX] = "tx",
-	[BGS_STAT_REPLY_NAT] = "reply_nat",
-	[BGS_STAT_REPLY_NO_FLOW] = "reply_no_flow",
-	[BGS_STAT_REPLY_WRONG_DEV] = "reply_wrong_dev",
-	[BGS_STAT_ICMP_IN] = "icmp_in",
-	[BGS_STAT_ICMP_OUT] = "icmp_out",
-	[BGS_STAT_ICMP_NO_FLOW] = "icmp_no_flow",
-	[BGS_STAT_FWD_TX] = "fwd_tx",
-	[BGS_STAT_FWD_REDIRECT] = "fwd_redirect",
-	[BGS_STAT_FWD_NO_NEIGH] = "fwd_no_neigh",
-	[BGS_STAT_FWD_STACK] = "fwd_stack",
-	[BGS_STAT_UNTRACKED] = "untracked",
-	[BGS_STAT_REPLY_SUPERSEDED] = "reply_superseded",
-	[BGS_STAT_RST_MISS] = "rst_miss",
-	[BGS_STAT_FRAG_PASS] = "frag_pass",
-};
+/* The names of include/bgswitch.h's lists, indexed by enum bgs_stat and enum bgs_drop_reason. */
+#define STAT_NAME(id, name, passed, help) [BGS_STAT_##id] = #name,
+const char *const bgs_stat_names[BGS_STAT_MAX] = { BGS_STATS(STAT_NAME) };
 
-const char *const bgs_drop_names[BGS_DROP_MAX] = {
-	[BGS_DROP_NO_BACKEND] = "no_backend",
-	[BGS_DROP_BAD_BACKEND] = "bad_backend",
-	[BGS_DROP_FLOW_INSERT] = "flow_insert",
-	[BGS_DROP_FRAG_MISS] = "frag_miss",
-};
+#define STAT_PASSED(id, name, passed, help) [BGS_STAT_##id] = passed,
+const bool bgs_stat_passed[BGS_STAT_MAX] = { BGS_STATS(STAT_PASSED) };
+
+#define DROP_NAME(id, name, help) [BGS_DROP_##id] = #name,
+const char *const bgs_drop_names[BGS_DROP_MAX] = { BGS_DROP_REASONS(DROP_NAME) };
 
 #define FIELDS(t) (sizeof(t) / sizeof(__u64))
 

@@ -3,6 +3,7 @@
 #ifndef BGS_SNAPSHOT_H
 #define BGS_SNAPSHOT_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <linux/types.h>
 #include "bgswitch.h"
@@ -48,6 +49,7 @@ struct bgs_snapshot {
 };
 
 extern const char *const bgs_stat_names[BGS_STAT_MAX];
+extern const bool bgs_stat_passed[BGS_STAT_MAX]; /* passed untouched: the exporter's reasons */
 extern const char *const bgs_drop_names[BGS_DROP_MAX];
 
 int snapshot_take(const struct bgs_state *st, const char *only, struct bgs_snapshot *snap);

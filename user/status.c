@@ -87,55 +87,235 @@ const struct bgs_cmd_spec bgs_spec_status = {
 	.opts = status_opts,
 };
 
-/* A JSON string of at most len bytes of s, escaped by json-c: an interface name or a pin root
- * may hold '"', '\\' or control characters.
- */
-static void print_json_str(const char *s, size_t len)
-{
-	struct json_object *o = json_object_new_string_len(s, strnlen(s, len));
-
-	fputs(o ? json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN |
-							    JSON_C_TO_STRING_NOSLASHESCAPE) :
-		  "null",
-	      stdout);
-	json_object_put(o);
-}
-
 static double rate(const struct status_ctx *c, __u64 now, __u64 before)
 {
 	return c->rates && c->secs > 0 && now >= before ? (now - before) / c->secs : 0;
 }
 
+/* --- JSON, built with json-c: every string escaped, whatever a name holds ------------------ */
+
+static void put(json_object *o, const char *key, json_object *v)
+{
+	json_object_object_add(o, key, v);
+}
+
+static void put_u64(json_object *o, const char *key, __u64 v)
+{
+	put(o, key, json_object_new_uint64(v));
+}
+
+/* A string of at most len bytes of s: a name field need not be NUL-terminated. */
+static void put_str(json_object *o, const char *key, const char *s, size_t len)
+{
+	put(o, key, json_object_new_string_len(s, strnlen(s, len)));
+}
+
+/* A number written with printf's fmt (as "%.2f"): 33.33 rather than 33.329999999999998. */
+static void put_fixed(json_object *o, const char *key, const char *fmt, double v)
+{
+	char buf[32];
+
+	snprintf(buf, sizeof(buf), fmt, v);
+	put(o, key, json_object_new_double_s(v, buf));
+}
+
+/* A rate per second, or null without rates (--json reads at once unless given --interval). */
+static void put_rate(json_object *o, const char *key, const struct status_ctx *c, __u64 now,
+		     __u64 before)
+{
+	if (c->rates)
+		put_fixed(o, key, "%.1f", rate(c, now, before));
+	else
+		put(o, key, NULL);
+}
+
+static json_object *backend_json(const struct status_ctx *c, const struct bgs_service_view *sv,
+				 const struct bgs_backend_view *bv)
+{
+	const struct bgs_backend_view *pv = snapshot_backend(&c->prev, sv->svc, bv->slot);
+	struct bgs_backend_stats z = { 0 };
+	const struct bgs_backend_stats *p = pv ? &pv->st : &z, *s = &bv->st;
+	json_object *o = json_object_new_object();
+	char abuf[BGS_ADDRSTR_LEN];
+
+	put_str(o, "address", fmt_addr(bv->be.addr, bv->be.family, abuf, sizeof(abuf)),
+		sizeof(abuf));
+	put_u64(o, "port", ntohs(bv->be.port));
+	put_u64(o, "slot", bv->slot);
+	put_str(o, "state", backend_state_name(bv->be.state), BGS_NAME_LEN);
+	put_u64(o, "weight", bv->be.weight);
+	put_u64(o, "table_positions", bv->positions);
+	put_u64(o, "live_flows", bv->live);
+	put_u64(o, "local_flows", bv->local);
+	put_u64(o, "rx_packets", s->rx_packets);
+	put_u64(o, "rx_bytes", s->rx_bytes);
+	put_u64(o, "tx_packets", s->tx_packets);
+	put_u64(o, "tx_bytes", s->tx_bytes);
+	put_u64(o, "new_flows", s->new_flows);
+	put_u64(o, "local_new_flows", bv->local_opened);
+	put_u64(o, "resets", s->resets);
+	put_rate(o, "rx_pps", c, s->rx_packets, p->rx_packets);
+	put_rate(o, "tx_pps", c, s->tx_packets, p->tx_packets);
+	put_rate(o, "new_flows_per_s", c, s->new_flows, p->new_flows);
+	return o;
+}
+
+/* colors: {"blue": {backends, live_flows, local_flows, share}, "green": {...}} */
+static json_object *colors_json(const struct status_ctx *c, const struct bgs_service_view *sv)
+{
+	json_object *o = json_object_new_object(), *co, *bes;
+	__u32 share;
+	size_t i;
+	__u8 col;
+
+	for (col = 0; col < BGS_NCOLORS; col++) {
+		const struct bgs_color_view *cv = &sv->color[col];
+
+		co = json_object_new_object();
+		bes = json_object_new_array();
+		for (i = 0; i < cv->nbackends; i++)
+			json_object_array_add(bes, backend_json(c, sv, &cv->backends[i]));
+		put(co, "backends", bes);
+		put_u64(co, "live_flows", cv->live);
+		put_u64(co, "local_flows", cv->local);
+		share = col == BGS_GREEN ? sv->sw.share : BGS_SHARE_ALL - sv->sw.share;
+		put_fixed(co, "share", "%.2f", share / 100.0);
+		put(o, color_name(col), co);
+	}
+	return o;
+}
+
+static json_object *service_json(const struct status_ctx *c, const struct bgs_service_view *sv)
+{
+	const struct bgs_switch *sw = &sv->sw;
+	json_object *o = json_object_new_object(), *drops = json_object_new_object();
+	bool prev = sw->flags & BGS_SW_HAS_PREV;
+	char abuf[BGS_ADDRSTR_LEN];
+	size_t i;
+
+	put_str(o, "name", sv->rec.name, sizeof(sv->rec.name));
+	put_u64(o, "id", sv->svc);
+	put_str(o, "vip", fmt_addr(sv->rec.vip.addr, sv->rec.vip.family, abuf, sizeof(abuf)),
+		sizeof(abuf));
+	put_u64(o, "port", ntohs(sv->rec.vip.port));
+	put(o, "proto", json_object_new_string(proto_name(sv->rec.vip.proto)));
+	put(o, "active", json_object_new_string(share_label(sw->share)));
+	put(o, "previous", prev ? json_object_new_string(share_label(sw->prev_share)) : NULL);
+	if (prev)
+		put_fixed(o, "previous_green_share", "%.2f", sw->prev_share / 100.0);
+	else
+		put(o, "previous_green_share", NULL);
+	put_fixed(o, "green_share", "%.2f", sw->share / 100.0);
+	put(o, "lb", json_object_new_string(sv->rec.lb == BGS_LB_MODULO ? "modulo" : "maglev"));
+	put_u64(o, "table_size", sv->rec.table_size);
+	put(o, "split_by",
+	    json_object_new_string(sv->rec.vip_flags & BGS_VIP_SPLIT_CLIENT ? "client" : "flow"));
+	put_u64(o, "generation", sw->generation);
+	put(o, "draining", json_object_new_boolean(sw->flags & BGS_SW_DRAINING));
+	put_u64(o, "syn_miss", sv->st.syn_miss);
+	put_u64(o, "nosyn_miss", sv->st.nosyn_miss);
+	put_u64(o, "second_chance", sv->st.second_chance);
+	put_u64(o, "reopen", sv->st.reopen);
+	for (i = 0; i < BGS_DROP_MAX; i++)
+		put_u64(drops, bgs_drop_names[i], sv->st.drops[i]);
+	put(o, "drops", drops);
+	put(o, "colors", colors_json(c, sv));
+	return o;
+}
+
+/* interfaces: [{name, ifindex, mode}] of this pinned state */
+static json_object *ifaces_json(const struct status_ctx *c)
+{
+	json_object *a = json_object_new_array(), *o;
+	struct bgs_iface rec;
+	__u32 key, next;
+	int err;
+
+	for (err = bpf_map_get_next_key(c->st.fd[BGS_M_IFACES], NULL, &key); !err;
+	     err = bpf_map_get_next_key(c->st.fd[BGS_M_IFACES], &key, &next), key = next) {
+		if (bpf_map_lookup_elem(c->st.fd[BGS_M_IFACES], &key, &rec))
+			continue;
+		o = json_object_new_object();
+		put_str(o, "name", rec.name, sizeof(rec.name));
+		put_u64(o, "ifindex", key);
+		put(o, "mode",
+		    json_object_new_string(rec.xdp_flags & XDP_FLAGS_SKB_MODE ? "generic" :
+										"native"));
+		json_object_array_add(a, o);
+	}
+	return a;
+}
+
+static json_object *flow_table_json(const struct status_ctx *c)
+{
+	json_object *o = json_object_new_object();
+
+	put_u64(o, "capacity", c->st.cfg.flow_entries);
+	put_u64(o, "entries", c->cur.flow_entries);
+	put_u64(o, "live", c->cur.live_total);
+	put_u64(o, "local", c->cur.local_total);
+	put_u64(o, "evicted", c->cur.evicted);
+	return o;
+}
+
+/* The whole document; the schema is in README.md. NULL if json-c is out of memory. */
+static json_object *status_json(const struct status_ctx *c)
+{
+	json_object *o = json_object_new_object(), *t = json_object_new_object(), *a, *n;
+	size_t i;
+
+	if (!o || !t) {
+		json_object_put(o);
+		json_object_put(t);
+		return NULL;
+	}
+	put_u64(o, "layout_version", c->st.cfg.layout_version);
+	put_str(o, "pin_root", bgs_pin_root, PATH_MAX);
+	put(o, "interfaces", ifaces_json(c));
+	put(o, "flow_table", flow_table_json(c));
+	put_u64(t, "tcp_idle_s", c->st.cfg.tcp_idle_ns / 1000000000ULL);
+	put_u64(t, "udp_idle_s", c->st.cfg.udp_idle_ns / 1000000000ULL);
+	put(o, "timeouts", t);
+	put_fixed(o, "interval_ms", "%.0f", c->rates ? c->secs * 1000 : 0);
+	a = json_object_new_array();
+	for (i = 0; i < c->cur.nsvcs; i++)
+		json_object_array_add(a, service_json(c, &c->cur.svcs[i]));
+	put(o, "services", a);
+	n = json_object_new_object();
+	for (i = 0; i < BGS_STAT_MAX; i++)
+		put_u64(n, bgs_stat_names[i], c->cur.stats[i]);
+	put(o, "counters", n);
+	n = json_object_new_object();
+	for (i = 0; i < BGS_DROP_MAX; i++)
+		put_u64(n, bgs_drop_names[i], c->cur.drops[i]);
+	put(o, "drops", n);
+	return o;
+}
+
+static int print_json(const struct status_ctx *c)
+{
+	json_object *o = status_json(c);
+	const char *txt;
+
+	txt = o ? json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN |
+							    JSON_C_TO_STRING_NOSLASHESCAPE) :
+		  NULL;
+	if (txt)
+		printf("%s\n", txt);
+	json_object_put(o);
+	return txt ? 0 : -ENOMEM;
+}
+
+/* --- text ------------------------------------------------------------------------------------ */
+
 static void print_backend(struct status_ctx *c, const struct bgs_service_view *sv, __u8 color,
-			  const struct bgs_backend_view *bv, bool first)
+			  const struct bgs_backend_view *bv)
 {
 	const struct bgs_backend_view *pv = snapshot_backend(&c->prev, sv->svc, bv->slot);
 	struct bgs_backend_stats z = { 0 };
 	const struct bgs_backend_stats *p = pv ? &pv->st : &z, *s = &bv->st;
 	char ebuf[BGS_ADDRSTR_LEN], pct[16];
 
-	if (c->json) {
-		printf("%s{\"address\":\"%s\",\"port\":%u,\"slot\":%u,\"state\":\"%s\","
-		       "\"weight\":%u,\"table_positions\":%u,"
-		       "\"live_flows\":%u,\"local_flows\":%u,\"rx_packets\":%llu,\"rx_bytes\":%llu,"
-		       "\"tx_packets\":%llu,\"tx_bytes\":%llu,\"new_flows\":%llu,"
-		       "\"local_new_flows\":%llu,\"resets\":%llu",
-		       first ? "" : ",", fmt_addr(bv->be.addr, bv->be.family, ebuf, sizeof(ebuf)),
-		       ntohs(bv->be.port), bv->slot, backend_state_name(bv->be.state),
-		       bv->be.weight, bv->positions, bv->live, bv->local,
-		       (unsigned long long)s->rx_packets, (unsigned long long)s->rx_bytes,
-		       (unsigned long long)s->tx_packets, (unsigned long long)s->tx_bytes,
-		       (unsigned long long)s->new_flows, (unsigned long long)bv->local_opened,
-		       (unsigned long long)s->resets);
-		if (c->rates)
-			printf(",\"rx_pps\":%.1f,\"tx_pps\":%.1f,\"new_flows_per_s\":%.1f}",
-			       rate(c, s->rx_packets, p->rx_packets),
-			       rate(c, s->tx_packets, p->tx_packets),
-			       rate(c, s->new_flows, p->new_flows));
-		else
-			printf(",\"rx_pps\":null,\"tx_pps\":null,\"new_flows_per_s\":null}");
-		return;
-	}
 	fmt_endpoint(bv->be.addr, bv->be.port, bv->be.family, ebuf, sizeof(ebuf));
 	if (sv->rec.lb == BGS_LB_MODULO)
 		snprintf(pct, sizeof(pct), "-");
@@ -154,51 +334,11 @@ static void print_backend(struct status_ctx *c, const struct bgs_service_view *s
 	printf("\n");
 }
 
-static void print_service(struct status_ctx *c, const struct bgs_service_view *sv, bool first)
+/* The service's first line: name, VIP, active color, generation, lookup, split. */
+static void print_service_head(const struct bgs_service_view *sv, bool first)
 {
 	const struct bgs_switch *sw = &sv->sw;
 	char ebuf[BGS_ADDRSTR_LEN], pct[16];
-	size_t i;
-	__u8 col, act;
-
-	if (c->json) {
-		printf("%s{\"name\":", first ? "" : ",");
-		print_json_str(sv->rec.name, sizeof(sv->rec.name));
-		printf(",\"id\":%u,\"vip\":\"%s\",\"port\":%u,\"proto\":\"%s\",\"active\":\"%s\",",
-		       sv->svc, fmt_addr(sv->rec.vip.addr, sv->rec.vip.family, ebuf, sizeof(ebuf)),
-		       ntohs(sv->rec.vip.port), proto_name(sv->rec.vip.proto),
-		       share_label(sw->share));
-		if (sw->flags & BGS_SW_HAS_PREV)
-			printf("\"previous\":\"%s\",\"previous_green_share\":%.2f,",
-			       share_label(sw->prev_share), sw->prev_share / 100.0);
-		else
-			printf("\"previous\":null,\"previous_green_share\":null,");
-		printf("\"green_share\":%.2f,\"lb\":\"%s\",\"table_size\":%u,\"split_by\":\"%s\",",
-		       sw->share / 100.0, sv->rec.lb == BGS_LB_MODULO ? "modulo" : "maglev",
-		       sv->rec.table_size,
-		       sv->rec.vip_flags & BGS_VIP_SPLIT_CLIENT ? "client" : "flow");
-		printf("\"generation\":%u,\"draining\":%s,\"syn_miss\":%llu,\"nosyn_miss\":%llu,"
-		       "\"second_chance\":%llu,\"reopen\":%llu,\"drops\":{",
-		       sw->generation, sw->flags & BGS_SW_DRAINING ? "true" : "false",
-		       (unsigned long long)sv->st.syn_miss, (unsigned long long)sv->st.nosyn_miss,
-		       (unsigned long long)sv->st.second_chance, (unsigned long long)sv->st.reopen);
-		for (i = 0; i < BGS_DROP_MAX; i++)
-			printf("%s\"%s\":%llu", i ? "," : "", bgs_drop_names[i],
-			       (unsigned long long)sv->st.drops[i]);
-		printf("},\"colors\":{");
-		for (col = 0; col < BGS_NCOLORS; col++) {
-			const struct bgs_color_view *cv = &sv->color[col];
-
-			printf("%s\"%s\":{\"backends\":[", col ? "," : "", color_name(col));
-			for (i = 0; i < cv->nbackends; i++)
-				print_backend(c, sv, col, &cv->backends[i], !i);
-			printf("],\"live_flows\":%llu,\"local_flows\":%llu,\"share\":%.2f}",
-			       (unsigned long long)cv->live, (unsigned long long)cv->local,
-			       (col == BGS_GREEN ? sw->share : BGS_SHARE_ALL - sw->share) / 100.0);
-		}
-		printf("}}");
-		return;
-	}
 
 	printf("%s%s  %s/%s  active %s", first ? "" : "\n", sv->rec.name,
 	       fmt_endpoint(sv->rec.vip.addr, sv->rec.vip.port, sv->rec.vip.family, ebuf,
@@ -215,24 +355,18 @@ static void print_service(struct status_ctx *c, const struct bgs_service_view *s
 		printf("  maglev %u", sv->rec.table_size);
 	if (sv->rec.vip_flags & BGS_VIP_SPLIT_CLIENT)
 		printf("  split by client");
-	printf("\n  %-6s %-24s %-8s %6s %7s %7s %10s %10s %10s %7s", "COLOR", "BACKEND", "STATE",
-	       "WEIGHT", "TABLE", "LIVE", "NEW_FLOWS", "RX_PKTS", "TX_PKTS", "RESETS");
-	if (c->rates)
-		printf(" %8s %9s", "FLOWS/S", "RX_PPS");
 	printf("\n");
-	for (col = 0; col < BGS_NCOLORS; col++) {
-		const struct bgs_color_view *cv = &sv->color[col];
+}
 
-		for (i = 0; i < cv->nbackends; i++)
-			print_backend(c, sv, col, &cv->backends[i], !i);
-		if (!cv->nbackends)
-			printf("  %-6s (no backends)\n", color_name(col));
-	}
-	act = share_color(sw->share) == BGS_GREEN ? BGS_GREEN : BGS_BLUE;
+/* The service's last line: live flows of each color, local sockets, misses. */
+static void print_service_flows(const struct bgs_service_view *sv)
+{
+	__u8 act = share_color(sv->sw.share) == BGS_GREEN ? BGS_GREEN : BGS_BLUE;
+
 	printf("  live flows: %s %llu, %s %llu", color_name(act),
 	       (unsigned long long)sv->color[act].live, color_name(!act),
 	       (unsigned long long)sv->color[!act].live);
-	if (share_color(sw->share) != BGS_COLOR_NONE && sv->color[!act].live)
+	if (share_color(sv->sw.share) != BGS_COLOR_NONE && sv->color[!act].live)
 		printf(" (draining)");
 	if (sv->color[act].local || sv->color[!act].local)
 		printf(", local sockets among them: %s %llu, %s %llu", color_name(act),
@@ -243,25 +377,39 @@ static void print_service(struct status_ctx *c, const struct bgs_service_view *s
 	       (unsigned long long)sv->st.second_chance);
 }
 
+static void print_service(struct status_ctx *c, const struct bgs_service_view *sv, bool first)
+{
+	size_t i;
+	__u8 col;
+
+	print_service_head(sv, first);
+	printf("  %-6s %-24s %-8s %6s %7s %7s %10s %10s %10s %7s", "COLOR", "BACKEND", "STATE",
+	       "WEIGHT", "TABLE", "LIVE", "NEW_FLOWS", "RX_PKTS", "TX_PKTS", "RESETS");
+	if (c->rates)
+		printf(" %8s %9s", "FLOWS/S", "RX_PPS");
+	printf("\n");
+	for (col = 0; col < BGS_NCOLORS; col++) {
+		const struct bgs_color_view *cv = &sv->color[col];
+
+		for (i = 0; i < cv->nbackends; i++)
+			print_backend(c, sv, col, &cv->backends[i]);
+		if (!cv->nbackends)
+			printf("  %-6s (no backends)\n", color_name(col));
+	}
+	print_service_flows(sv);
+}
+
 static void print_counters(struct status_ctx *c)
 {
 	int i;
 
-	printf(c->json ? ",\"counters\":{" : "\ncounters:");
+	printf("\ncounters:");
 	for (i = 0; i < BGS_STAT_MAX; i++)
-		printf(c->json ? "%s\"%s\":%llu" : "%s%s=%llu",
-		       c->json && !i ? "" :
-		       c->json	     ? "," :
-				       " ",
-		       bgs_stat_names[i], (unsigned long long)c->cur.stats[i]);
-	printf(c->json ? "},\"drops\":{" : "\ndrops:");
+		printf(" %s=%llu", bgs_stat_names[i], (unsigned long long)c->cur.stats[i]);
+	printf("\ndrops:");
 	for (i = 0; i < BGS_DROP_MAX; i++)
-		printf(c->json ? "%s\"%s\":%llu" : "%s%s=%llu",
-		       c->json && !i ? "" :
-		       c->json	     ? "," :
-				       " ",
-		       bgs_drop_names[i], (unsigned long long)c->cur.drops[i]);
-	printf(c->json ? "}" : "\n");
+		printf(" %s=%llu", bgs_drop_names[i], (unsigned long long)c->cur.drops[i]);
+	printf("\n");
 }
 
 static void print_header(struct status_ctx *c)
@@ -270,45 +418,36 @@ static void print_header(struct status_ctx *c)
 	struct bgs_iface rec;
 	int err;
 
-	if (c->json) {
-		printf("{\"layout_version\":%u,\"pin_root\":", c->st.cfg.layout_version);
-		print_json_str(bgs_pin_root, PATH_MAX);
-		printf(",\"interfaces\":[");
-	} else
-		printf("state %s (layout %u), attached to:", bgs_pin_root,
-		       c->st.cfg.layout_version);
+	printf("state %s (layout %u), attached to:", bgs_pin_root, c->st.cfg.layout_version);
 	for (err = bpf_map_get_next_key(c->st.fd[BGS_M_IFACES], NULL, &key); !err;
 	     err = bpf_map_get_next_key(c->st.fd[BGS_M_IFACES], &key, &next), key = next) {
-		const char *mode;
-
 		if (bpf_map_lookup_elem(c->st.fd[BGS_M_IFACES], &key, &rec))
 			continue;
-		mode = rec.xdp_flags & XDP_FLAGS_SKB_MODE ? "generic" : "native";
-		if (c->json) {
-			printf("%s{\"name\":", n ? "," : "");
-			print_json_str(rec.name, sizeof(rec.name));
-			printf(",\"ifindex\":%u,\"mode\":\"%s\"}", key, mode);
-		} else
-			printf(" %s (%s XDP)", rec.name, mode);
+		printf(" %.*s (%s XDP)", (int)sizeof(rec.name), rec.name,
+		       rec.xdp_flags & XDP_FLAGS_SKB_MODE ? "generic" : "native");
 		n++;
 	}
+	printf("%s\nflow table: %llu entries of %u, %llu live (%llu local sockets), %llu "
+	       "evicted\n\n",
+	       n ? "" : " nothing", (unsigned long long)c->cur.flow_entries, c->st.cfg.flow_entries,
+	       (unsigned long long)c->cur.live_total, (unsigned long long)c->cur.local_total,
+	       (unsigned long long)c->cur.evicted);
+}
+
+/* The snapshots taken, print them as the user asked. */
+static int status_print(struct status_ctx *c)
+{
+	size_t i;
+
 	if (c->json)
-		printf("],\"flow_table\":{\"capacity\":%u,\"entries\":%llu,\"live\":%llu,"
-		       "\"local\":%llu,\"evicted\":%llu},"
-		       "\"timeouts\":{\"tcp_idle_s\":%llu,\"udp_idle_s\":%llu},"
-		       "\"interval_ms\":%.0f,\"services\":[",
-		       c->st.cfg.flow_entries, (unsigned long long)c->cur.flow_entries,
-		       (unsigned long long)c->cur.live_total,
-		       (unsigned long long)c->cur.local_total, (unsigned long long)c->cur.evicted,
-		       (unsigned long long)(c->st.cfg.tcp_idle_ns / 1000000000ULL),
-		       (unsigned long long)(c->st.cfg.udp_idle_ns / 1000000000ULL),
-		       c->rates ? c->secs * 1000 : 0);
-	else
-		printf("%s\nflow table: %llu entries of %u, %llu live (%llu local sockets), %llu "
-		       "evicted\n\n",
-		       n ? "" : " nothing", (unsigned long long)c->cur.flow_entries,
-		       c->st.cfg.flow_entries, (unsigned long long)c->cur.live_total,
-		       (unsigned long long)c->cur.local_total, (unsigned long long)c->cur.evicted);
+		return print_json(c);
+	print_header(c);
+	for (i = 0; i < c->cur.nsvcs; i++)
+		print_service(c, &c->cur.svcs[i], !i);
+	if (!c->cur.nsvcs)
+		printf("no services\n");
+	print_counters(c);
+	return 0;
 }
 
 int do_status(int argc, char **argv)
@@ -320,7 +459,6 @@ int do_status(int argc, char **argv)
 	__u32 interval;
 	bool json;
 	int err;
-	size_t i;
 
 	err = params_parse(&bgs_spec_status, argc, argv, &a, &p);
 	if (err || p.help)
@@ -353,16 +491,7 @@ int do_status(int argc, char **argv)
 	if (c->rates)
 		c->secs = (c->cur.taken_ns - c->prev.taken_ns) / 1e9;
 
-	print_header(c);
-	for (i = 0; i < c->cur.nsvcs; i++)
-		print_service(c, &c->cur.svcs[i], !i);
-	if (!c->cur.nsvcs && !json)
-		printf("no services\n");
-	if (json)
-		printf("]");
-	print_counters(c);
-	if (json)
-		printf("}\n");
+	err = status_print(c);
 out:
 	snapshot_free(&c->prev);
 	snapshot_free(&c->cur);

@@ -33,7 +33,7 @@ HEADER = os.path.join(TOP, "include", "bgswitch.h")
 BPFFS = "/sys/fs/bpf"
 PREFIX = "bgsb"  # every namespace and pin root of the suite starts with it
 
-sys.path.insert(0, TESTS)  # bpfsys.py, model.py
+sys.path.insert(0, TESTS)  # lib/: bpfsys, model, programs
 
 from lib import programs  # noqa: E402
 
@@ -220,29 +220,6 @@ def percentile(xs: Sequence[float], p: float) -> float:
 
 
 # --- include/bgswitch.h -----------------------------------------------------------------------
-
-def header_enum(name: str) -> List[str]:
-    """The member names of `enum NAME` in include/bgswitch.h, in order (values are implicit
-    or sequential from 0 there), without the common prefix and the _MAX member."""
-    with open(HEADER) as f:
-        text = f.read()
-    m = re.search(r"enum\s+" + name + r"\s*\{(.*?)\};", text, re.S)
-    if not m:
-        raise BenchError(f"enum {name} not found in {HEADER}")
-    names = []
-    for line in m.group(1).splitlines():
-        line = re.sub(r"/\*.*?\*/", "", line).strip()
-        mm = re.match(r"([A-Z0-9_]+)\s*(=\s*(\d+))?\s*,?", line)
-        if not mm:
-            continue
-        if mm.group(3) is not None and int(mm.group(3)) != len(names):
-            raise BenchError(f"enum {name}: {mm.group(1)} is not sequential")
-        names.append(mm.group(1))
-    names = [n for n in names if not n.endswith("_MAX")]
-    common = os.path.commonprefix(names)
-    common = common[:common.rfind("_") + 1]
-    return [n[len(common):] for n in names]
-
 
 def header_define(name: str) -> int:
     with open(HEADER) as f:

@@ -29,7 +29,7 @@ import os
 import struct
 from typing import Dict, List
 
-import bpfsys
+from lib import bpfsys
 import pkt
 from common import BenchError, close_all, lib
 

@@ -6,8 +6,8 @@ Each measurement runs on a private bgswitch state made by the real command: a ne
 namespace set up as a forwarding node (see State: a veth pair up, a route and a resolved
 neighbour toward the backends; nothing but our own test runs reaches the programs),
 `bgswitch --pin-root /sys/fs/bpf/<run>-<name> attach <veth>`, and the pinned programs and maps
-opened with BPF_OBJ_GET (tests/bpfsys.py), as tests/unit_fixtures.py does. XDP programs are told
-the frames arrive on the attached interface, so the fast path's route lookup succeeds and a
+opened with BPF_OBJ_GET (tests/lib/bpfsys.py), as tests/lib/unit_fixtures.py does. XDP programs are
+told the frames arrive on the attached interface, so the fast path's route lookup succeeds and a
 rewritten packet leaves as XDP_TX, as on a node.
 
 How a packet is timed: see benchlib.c. Many BPF_PROG_TEST_RUN calls with repeat=1, one frame
@@ -30,15 +30,15 @@ import struct
 import time
 from typing import Dict, List, Optional, Tuple
 
-import bpfsys
-import model
+from lib import bpfsys
+from lib import model
 import pkt
 from common import (BBResult, BenchError, BGSWITCH, BPFFS, FLIPBENCH, Cleanup, close_all,
-                    header_define, header_enum, in_netns, lib, log, median, netns_add, nsargv,
+                    header_define, in_netns, lib, log, median, netns_add, nsargv,
                     on_one_cpu, remove_pin_root, run, timed_run, trimmed_mean)
 
-STATS = header_enum("bgs_stat")
-DROPS = header_enum("bgs_drop_reason")
+STATS = model.STATS  # enum bgs_stat, read from include/bgswitch.h
+DROPS = model.DROPS
 XDP_VERDICTS = {0: "XDP_ABORTED", 1: "XDP_DROP", 2: "XDP_PASS", 3: "XDP_TX", 4: "XDP_REDIRECT"}
 TC_VERDICTS = {0: "TC_ACT_OK", 2: "TC_ACT_SHOT", 7: "TC_ACT_REDIRECT"}
 XDP_FORWARD = {2, 3, 4}  # what the data plane may answer for a packet it lets through

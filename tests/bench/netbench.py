@@ -1,6 +1,6 @@
 """Parts 3 (cutover under load) and 4 (through the network path) of the suite.
 
-A topology of four network namespaces made for this run only (the idea of tests/netns.py, with
+A topology of four network namespaces made for this run only (the idea of tests/lib/netns.py, with
 addresses of its own, 10.78.0.0/16, and bench-httpd as the backends):
 
     client                    node                               blue  10.78.2.11:8081
@@ -13,7 +13,7 @@ nftables DNAT rule in the node's prerouting hook (conntrack undoes it on the rep
 into the active backend. "direct" is the client talking to the blue backend's own address over
 the same path, with neither. The client's veth has TX checksum offload off in every case (XDP
 cannot update a CHECKSUM_PARTIAL checksum; a real NIC receives full checksums from the wire; see
-tests/netns.py), so every case pays the same for it.
+tests/lib/netns.py), so every case pays the same for it.
 
 Load is wrk (one thread, pinned to CPU 0) against bench-httpd (one thread each, pinned to the
 last CPU), for a fixed duration, keep-alive or with "Connection: close" (one connection per

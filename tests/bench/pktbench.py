@@ -33,7 +33,7 @@ import ctypes
 import os
 from typing import Dict, List, Optional, Tuple
 
-import bpfsys
+from lib import bpfsys
 import pkt
 from common import (BenchError, Cleanup, FLOOR_OBJ, bench_cpu, in_netns, lib, log, median,
                     on_one_cpu)

@@ -1,6 +1,6 @@
 #!/usr/bin/python3
 """Client-side scenarios for the flow-state end-to-end tests (tests/test_e2e_flows.py). Run it
-in the client namespace of the test topology (tests/netns.py); every subcommand prints JSON.
+in the client namespace of the test topology (tests/lib/netns.py); every subcommand prints JSON.
 
     conns.py stale --vip 10.77.100.1 --port 80 --count 10 --close rst --sport-base 41000
         Each round: a connection to the VIP from source port p, one request (the reply names

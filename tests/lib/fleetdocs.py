@@ -14,7 +14,7 @@ import os
 import random
 import subprocess
 
-from model import is_prime
+from .model import is_prime
 
 SHARE_MAX = 10000
 WEIGHT_MAX = 1000

@@ -15,7 +15,7 @@ import ctypes.util
 import os
 from typing import List
 
-import bpfsys
+from . import bpfsys
 
 _lib = ctypes.CDLL(ctypes.util.find_library("bpf") or "libbpf.so.1", use_errno=True)
 _p = ctypes.c_void_p

@@ -1,7 +1,7 @@
 """The bpf(2) system call through ctypes: just what the data-plane unit tests need.
 
 Everything works on raw bytes: keys and values are ``bytes`` exactly as the kernel stores them
-(tests/model.py packs and unpacks bgswitch's structures). No third-party dependency.
+(tests/lib/model.py packs and unpacks bgswitch's structures). No third-party dependency.
 
     fd = obj_get("/sys/fs/bpf/bgswitch/progs/bgs_ingress")
     res = prog_test_run(fd, frame)          # -> TestRun(retval, data, duration)

@@ -6,7 +6,7 @@ The ``bgs`` fixture gives each test its own state, made by the real command:
    so that no stray packet reaches the programs and moves a counter);
 2. ``nsenter --net=/run/netns/NS bgswitch --pin-root /sys/fs/bpf/bgsu<hex> attach <veth>``
    (nsenter, not ``ip netns exec``: the latter remounts /sys and the pins would vanish);
-3. the pinned programs and maps opened with BPF_OBJ_GET (tests/bpfsys.py).
+3. the pinned programs and maps opened with BPF_OBJ_GET (tests/lib/bpfsys.py).
 
 The programs are run (BPF_PROG_TEST_RUN) from inside that namespace: the XDP fast path's
 bpf_fib_lookup() looks routes up in the namespace of the thread that runs the test, and the
@@ -36,8 +36,8 @@ from typing import Dict, Iterator, List, NamedTuple, Optional
 
 import pytest
 
-import bpfsys
-import model
+from . import bpfsys
+from . import model
 
 CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -76,7 +76,7 @@ def in_netns(ns_fd: int) -> Iterator[None]:
         os.close(home)
 
 
-TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOP = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BGSWITCH = os.environ.get("BGSWITCH", os.path.join(TOP, ".output", "bgswitch"))
 BPFFS = "/sys/fs/bpf"
 PREFIX = "bgsu"  # namespaces, interfaces and pin roots of the unit tests

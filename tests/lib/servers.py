@@ -2,7 +2,7 @@
 """Backend servers for the end-to-end tests and the demo.
 
 One process serves one backend: TCP and UDP on each of its addresses (IPv4, IPv6 or both) and
-one port. Run it inside a backend namespace (tests/netns.py does, with nsenter):
+one port. Run it inside a backend namespace (tests/lib/netns.py does, with nsenter):
 
     servers.py --color blue --addr 10.77.2.11 --addr fd77:77:77:2::11 --port 8081
 

@@ -19,6 +19,8 @@ compare two independent implementations.
 """
 
 import ipaddress
+import os
+import re
 import socket
 import struct
 from typing import List, NamedTuple, Optional, Sequence
@@ -78,27 +80,76 @@ IPPROTO_FRAGMENT = 44
 IPPROTO_ICMPV6 = 58
 IPPROTO_DSTOPTS = 60
 
-# enum bgs_stat
-STATS = [
-    "RX", "NOT_VIP", "NOT_IP", "PARSE_L2", "PARSE_IP_HDR", "PARSE_IP_LEN", "PARSE_L4",
-    "ZERO_PORT", "EXTHDR_LIMIT", "FRAG_FIRST", "FRAG_LATER", "VIP", "FLOW_HIT", "FLOW_NEW",
-    "FLOW_REOPEN", "SYN_MISS", "NOSYN_MISS", "SECOND_CHANCE", "TX", "REPLY_NAT",
-    "REPLY_NO_FLOW", "REPLY_WRONG_DEV", "ICMP_IN", "ICMP_OUT", "ICMP_NO_FLOW", "FWD_TX",
-    "FWD_REDIRECT", "FWD_NO_NEIGH", "FWD_STACK", "UNTRACKED", "REPLY_SUPERSEDED", "RST_MISS",
-    "FRAG_PASS",
-]
-STAT = {name: i for i, name in enumerate(STATS)}
+# --- names read from include/bgswitch.h ----------------------------------------------------------
+# The counter and drop-reason lists and the stats structures' fields are read from the header
+# (names only, no behaviour), so that a counter added there needs no copy here.
 
-# enum bgs_drop_reason
-DROPS = ["NO_BACKEND", "BAD_BACKEND", "FLOW_INSERT", "FRAG_MISS"]
+TOP = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+HEADER = os.path.join(TOP, "include", "bgswitch.h")
+
+
+def _header() -> str:
+    with open(HEADER) as f:
+        return f.read()
+
+
+class HeaderEntry(NamedTuple):
+    """One X(...) entry of an X-macro list: its ID (BGS_STAT_ID), name as shown, and help."""
+    id: str
+    name: str
+    args: tuple  # the arguments between name and help (BGS_STATS: passed)
+    help: str
+
+
+def header_list(macro: str) -> List[HeaderEntry]:
+    """The entries of `#define MACRO(X) X(ID, name, ..., "help") ...` in include/bgswitch.h."""
+    m = re.search(rf"^#define {macro}\(X\)((?:.*\\\n)*.*)$", _header(), re.M)
+    if not m:
+        raise ValueError(f"no X-macro list {macro} in {HEADER}")
+    body = m.group(1).replace("\\\n", " ")
+    out = []
+    for args, help_ in re.findall(r'X\(([^"()]*?),\s*"((?:[^"\\]|\\.)*)"\)', body):
+        fields = [a.strip() for a in args.split(",")]
+        out.append(HeaderEntry(fields[0], fields[1], tuple(fields[2:]), help_))
+    if not out or len(out) != body.count("X("):
+        raise ValueError(f"{macro}: an entry this parser cannot read")
+    return out
+
+
+def header_u64_fields(name: str) -> List[str]:
+    """The __u64 fields of `struct NAME` in include/bgswitch.h, in order; an array field
+    `__u64 drops[BGS_DROP_MAX]` becomes one field per drop reason, drop_<ID>."""
+    m = re.search(rf"^struct {name} \{{(.*?)^\}};", _header(), re.M | re.S)
+    if not m:
+        raise ValueError(f"no struct {name} in {HEADER}")
+    out = []
+    for field, dim in re.findall(r"^\s*__u64 (\w+)(?:\[(\w+)\])?;", m.group(1), re.M):
+        if dim == "BGS_DROP_MAX":
+            out += [f"drop_{d}" for d in DROPS]
+        elif dim:
+            raise ValueError(f"struct {name}: array {field}[{dim}] this parser cannot name")
+        else:
+            out.append(field)
+    return out
+
+
+# enum bgs_stat (BGS_STATS): IDs in index order, and the name `status` shows for each
+STAT_LIST = header_list("BGS_STATS")
+STATS = [e.id for e in STAT_LIST]
+STAT = {name: i for i, name in enumerate(STATS)}
+STAT_NAMES = {e.id: e.name for e in STAT_LIST}
+
+# enum bgs_drop_reason (BGS_DROP_REASONS)
+DROP_LIST = header_list("BGS_DROP_REASONS")
+DROPS = [e.id for e in DROP_LIST]
 DROP = {name: i for i, name in enumerate(DROPS)}
+DROP_NAMES = {e.id: e.name for e in DROP_LIST}
 
 # struct bgs_backend_stats fields, in order
-BACKEND_STATS = ["rx_packets", "rx_bytes", "tx_packets", "tx_bytes", "new_flows", "resets"]
+BACKEND_STATS = header_u64_fields("bgs_backend_stats")
 
 # struct bgs_service_stats fields, in order (drops[] expanded by reason)
-SERVICE_STATS = (["syn_miss", "nosyn_miss", "reopen", "second_chance"]
-                 + [f"drop_{d}" for d in DROPS])
+SERVICE_STATS = header_u64_fields("bgs_service_stats")
 
 # Sizes of the structures, as the maps must declare them.
 SIZES = {

@@ -46,7 +46,7 @@ visible instead of hiding them:
     node finishes any partial checksum itself before sending (`tx off` on n-client, n-blue,
     n-green), as a NIC's offload would, so that what XDP and TC wrote is what gets checked.
     Without it a veth hands CHECKSUM_PARTIAL packets along unverified end to end.
-Verified on kernel 6.18 with `/usr/bin/python3 tests/netns.py csum-check` (see csum_check()):
+Verified on kernel 6.18 with `/usr/bin/python3 tests/lib/netns.py csum-check` (see csum_check()):
 with the client's tx on and strict_csum off, every TCP and UDP request through the VIP still
 succeeds, in generic and native mode, because nobody checks the (wrong) checksums; with the
 client's tx on and strict_csum on, every one fails and the backend counts TcpInCsumErrors and
@@ -77,7 +77,7 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
+REPO = os.path.dirname(os.path.dirname(HERE))
 PY = "/usr/bin/python3"  # Debian's python3; never the pyenv one on PATH
 BGSWITCH = os.environ.get("BGSWITCH", os.path.join(REPO, ".output", "bgswitch"))
 BPFFS = "/sys/fs/bpf"
@@ -468,7 +468,7 @@ class Topology:
 
     # -- traffic ----------------------------------------------------------------------------
     def traffic(self, *args, role="client"):
-        """Start tests/traffic.py in the client namespace (or role's); see TrafficRun."""
+        """Start tests/lib/traffic.py in the client namespace (or role's); see TrafficRun."""
         return TrafficRun(self, list(args), role=role)
 
     def probe(self, addr, port, udp=False, count=1, timeout=1.0, role="client"):
@@ -506,7 +506,7 @@ class Topology:
         return json.loads(self.ns_run("client", argv, timeout=30 + count * timeout).stdout)
 
     def conns(self, *args, timeout=60):
-        """tests/conns.py (a flow-state scenario) in the client namespace: its JSON."""
+        """tests/lib/conns.py (a flow-state scenario) in the client namespace: its JSON."""
         p = self.ns_run("client", [PY, CONNS] + [str(a) for a in args], timeout=timeout)
         return json.loads(p.stdout)
 
@@ -606,7 +606,7 @@ class Bgswitch:
 
 
 class TrafficRun:
-    """tests/traffic.py `load` running in the client namespace (or another role's).
+    """tests/lib/traffic.py `load` running in the client namespace (or another role's).
 
     Its stdout carries "READY" once the long-lived connections are open, then the JSON summary
     when it ends. close_long() asks it (SIGUSR1) to close the long-lived connections and keep

@@ -118,8 +118,8 @@ Ingress (XDP, verdict XDP_PASS unless a drop is named):
 * Fast path (bpf/fwd.bpf.h, merged after the rest): a rewritten client packet (a VIP flow's, or
   a later fragment's) is then offered to a FIB lookup and may leave by XDP_TX/XDP_REDIRECT with
   its TTL decremented and MACs set. The model covers only the environment the tests give it:
-  programs run from a namespace with no route (tests/unit_fixtures.py), where the fast path always
-  falls back to the stack: XDP_PASS, nothing more changed, FWD_STACK counted.
+  programs run from a namespace with no route (tests/lib/unit_fixtures.py), where the fast
+  path always falls back to the stack: XDP_PASS, nothing more changed, FWD_STACK counted.
 
 Egress (TC, verdict TC_ACT_OK always):
 
@@ -174,7 +174,7 @@ UNSPECIFIED so that a report can say which rule a difference rests on):
   later; offset 0 with M: first; atomic: unchanged), the identification is the last one's;
 * counters of egress parse failures: none (the reasons are ingress counters);
 * the next hop's interface: the tests run the programs where no FIB lookup succeeds
-  (tests/unit_fixtures.py), so every new entry's ifindex is ``RefModel.nh_ifindex`` (0) and a
+  (tests/lib/unit_fixtures.py), so every new entry's ifindex is ``RefModel.nh_ifindex`` (0) and a
   followed entry's is never changed; egress packets come in by the interface the caller
   names (0 unless told);
 * the insert budget's size: new_flow_burst + 1 inserts (a burst of 0 still lets one insert
@@ -189,7 +189,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Dict, Iterable, List, NamedTuple, Optional, Tuple
 
-import model
+from . import model
 
 XDP_DROP, XDP_PASS = 1, 2
 TC_ACT_OK = 0
