@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: GPL-2.0
-/* fleet.c: the fleet forms of flip, rollback, service, backend and status (`--etcd URL`).
+/* fleet.c: the fleet forms of flip, shift, rollback, service, backend and status (`--etcd URL`).
  *
  * A change reads the service's document with its mod_revision, checks --if-generation against
  * the document's generation, builds the next document (generation + 1) and writes it with one
@@ -18,12 +18,12 @@
 
 #include "fleet.h"
 #include "maglev.h"
+#include "ops.h"
 #include "log.h"
 #include "state.h"
 
 #define NS 1000000000ULL
 #define MS 1000000ULL
-#define WAIT_DEFAULT_NS (30 * NS)
 #define WAIT_POLL_NS (5 * MS)
 #define MAX_NODES 1024
 
@@ -219,7 +219,7 @@ static int fleet_parse(int argc, char **argv, const char *cmd, unsigned int allo
 
 	memset(a, 0, sizeof(*a));
 	a->conn.prefix = FLEET_DEFAULT_PREFIX;
-	a->timeout_ns = WAIT_DEFAULT_NS;
+	a->timeout_ns = FLEET_WAIT_DEFAULT_NS;
 	a->if_gen = -1;
 	a->proto = IPPROTO_TCP;
 	a->weight = -1;
@@ -706,101 +706,42 @@ static int share_set(struct fleet_args *a, struct fleet_service *s, __s32 share)
 	return fleet_after(a, s->name, s->generation, t_us, rev);
 }
 
-int fleet_flip(int argc, char **argv)
+/* The fleet arguments of a change made from its parsed options. */
+static void fleet_args_of(struct fleet_args *a, const struct fleet_opts *fo,
+			  const struct bgs_change *ch)
 {
-	struct fleet_service *s = calloc(1, sizeof(*s));
-	struct fleet_args a;
-	__u8 to = BGS_COLOR_NONE;
-	int err;
-
-	if (!s)
-		return -ENOMEM;
-	err = fleet_parse(argc, argv, "flip", F_GEN | F_WAIT, &a);
-	if (err)
-		goto out;
-	if (a.nargs < 1 || a.nargs > 2) {
-		err = bad_args("flip");
-		goto out;
-	}
-	if (a.nargs == 2 && parse_color(a.args[1], &to)) {
-		err = -EINVAL;
-		goto out;
-	}
-	err = doc_open(&a, a.args[0], s);
-	if (err)
-		goto out;
-	if (to == BGS_COLOR_NONE && share_color(s->green_share) == BGS_COLOR_NONE) {
-		pr_warn("'%s' is split in the fleet: say which color to flip to\n", s->name);
-		err = -EINVAL;
-		goto out;
-	}
-	if (to == BGS_COLOR_NONE)
-		to = !share_color(s->green_share);
-	err = share_set(&a, s, to == BGS_GREEN ? FLEET_SHARE_MAX : 0);
-out:
-	fleet_done(&a);
-	free(s);
-	return err > 0 ? 0 : err;
+	memset(a, 0, sizeof(*a));
+	a->conn = fo->conn;
+	a->wait = fo->wait;
+	a->timeout_ns = fo->timeout_ns;
+	a->if_gen = ch->if_generation;
+	a->reason = ch->reason;
 }
 
-int fleet_shift(int argc, char **argv)
+int fleet_switch(const struct fleet_opts *fo, const struct bgs_change *ch)
 {
 	struct fleet_service *s = calloc(1, sizeof(*s));
 	struct fleet_args a;
-	__u32 pct;
-	__u8 color;
+	__u32 share;
 	int err;
 
 	if (!s)
 		return -ENOMEM;
-	err = fleet_parse(argc, argv, "shift", F_GEN | F_WAIT, &a);
-	if (err)
-		goto out;
-	if (a.nargs != 3) {
-		err = bad_args("shift");
-		goto out;
-	}
-	if (parse_color(a.args[1], &color) || parse_share(a.args[2], &pct)) {
-		err = -EINVAL;
-		goto out;
-	}
-	err = doc_open(&a, a.args[0], s);
+	fleet_args_of(&a, fo, ch);
+	err = doc_open(&a, ch->service, s);
 	if (!err)
-		err = share_set(&a, s, color == BGS_GREEN ? pct : FLEET_SHARE_MAX - pct);
-out:
+		err = bgs_change_share(ch, s->name, s->green_share, s->previous_share >= 0,
+				       s->previous_share, " in the fleet", false, &share);
+	if (!err)
+		err = share_set(&a, s, share);
 	fleet_done(&a);
 	free(s);
 	return err > 0 ? 0 : err;
 }
 
-int fleet_rollback(int argc, char **argv)
+void fleet_change_usage(const char *cmd)
 {
-	struct fleet_service *s = calloc(1, sizeof(*s));
-	struct fleet_args a;
-	int err;
-
-	if (!s)
-		return -ENOMEM;
-	err = fleet_parse(argc, argv, "rollback", F_GEN | F_WAIT, &a);
-	if (err)
-		goto out;
-	if (a.nargs != 1) {
-		err = bad_args("rollback");
-		goto out;
-	}
-	err = doc_open(&a, a.args[0], s);
-	if (err)
-		goto out;
-	if (s->previous_share < 0) {
-		pr_warn("'%s' has not been flipped in the fleet: nothing to roll back\n", s->name);
-		err = -ENOENT;
-		goto out;
-	}
-	err = share_set(&a, s, s->previous_share);
-out:
-	fleet_done(&a);
-	free(s);
-	return err > 0 ? 0 : err;
+	fleet_usage(cmd, F_GEN | F_WAIT);
 }
 
 /* ---- service and backend ---- */

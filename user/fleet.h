@@ -48,6 +48,15 @@ struct fleet_conn {
 	const char *prefix;
 };
 
+/* What a fleet form takes beside the change: where etcd is, and whether to wait for the nodes. */
+struct fleet_opts {
+	struct fleet_conn conn;
+	bool wait; /* --wait: until every live node has applied the change */
+	__u64 timeout_ns; /* --timeout of --wait */
+};
+
+#define FLEET_WAIT_DEFAULT_NS (30 * 1000000000ULL)
+
 bool fleet_wanted(int argc, char **argv);
 int fleet_conn_opt(struct fleet_conn *c, int opt, const char *arg);
 int fleet_check_prefix(const char *prefix);
@@ -60,9 +69,12 @@ char *fleet_doc_encode(const struct fleet_service *s);
 int fleet_doc_encode_checked(const struct fleet_service *s, char **out, char *why, size_t why_len);
 __u64 fleet_now_us(void);
 
-int fleet_flip(int argc, char **argv);
-int fleet_rollback(int argc, char **argv);
-int fleet_shift(int argc, char **argv);
+struct bgs_change;
+/* A flip, shift or rollback (ch->kind) written to the fleet: the next document of the service,
+ * if at ch->if_generation, with one conditional transaction; then fo->wait.
+ */
+int fleet_switch(const struct fleet_opts *fo, const struct bgs_change *ch);
+void fleet_change_usage(const char *cmd);
 int fleet_status(int argc, char **argv);
 int fleet_service(int argc, char **argv);
 int fleet_backend(int argc, char **argv);
