@@ -3,7 +3,6 @@
  * (guarded with --guard), rolled back to where it began when a step's probe or guard fails.
  */
 #include <errno.h>
-#include <getopt.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
@@ -22,26 +21,6 @@ struct rollout {
 	__u8 to;
 	__u32 steps[ROLLOUT_MAX_STEPS], nsteps;
 };
-
-static void rollout_usage(void)
-{
-	printf("Usage: bgswitch rollout NAME [blue|green] --steps P,P,... --interval D [options]\n"
-	       "\n"
-	       "Move new flows of NAME to the color (by default the one that gets none) in steps:\n"
-	       "each step is a shift to the next percentage, held for the interval. With --guard\n"
-	       "the color's backends are watched through every interval, and when they trip a\n"
-	       "threshold the service is rolled back to where it was before the rollout and the\n"
-	       "rollout stops. A probe that fails at a later step rolls back too. A change made\n"
-	       "by someone else in between stops the rollout where it is.\n"
-	       "\n"
-	       "  -s, --steps P,P,...        rising percentages, like 5,25,50,100\n"
-	       "  -i, --interval D           how long each step is held (like 30s or 5m)\n"
-	       "  -g, --guard                watch every step and roll back when:\n" CUT_GUARD_HELP
-		       CUT_CHECK_HELP CUT_GEN_HELP "\n"
-	       "Exit status: 0 done, 3 a probe failed, 4 the guard rolled back, 6 the service\n"
-	       "was changed by someone else, 1 any other error.\n",
-	       CUT_GUARD_DEFAULTS);
-}
 
 /* "5,25,50,100" into rising shares (0.01 % units). */
 static int parse_steps(const char *s, __u32 *steps, __u32 *n)
@@ -192,11 +171,11 @@ static int rollout_run(struct rollout *r, const struct cut_cmd *c)
 			i + 1, r->nsteps, color_name(r->to),
 			fmt_share(r->steps[i], pct, sizeof(pct)), r->gen);
 		fflush(stdout);
-		if (c->guard_steps)
+		if (c->a.guard)
 			err = bgs_guard_run(&r->st, r->svc, &r->rec, r->to, r->start, r->gen, &c->g,
 					    c->ch.reason);
 		else if (i + 1 < r->nsteps)
-			err = rollout_hold(&r->st, r->svc, r->rec.name, r->gen, c->interval_ns);
+			err = rollout_hold(&r->st, r->svc, r->rec.name, r->gen, c->a.interval_ns);
 		if (err)
 			return err;
 	}
@@ -211,27 +190,25 @@ int do_rollout(int argc, char **argv)
 	struct cut_cmd c;
 	int err;
 
-	err = cut_getopt(argc, argv, "rollout", CUT_CHECKS | CUT_ROLLOUT, rollout_usage, &c);
+	err = cut_parse(&bgs_spec_rollout, argc, argv, &c);
 	if (err)
 		return err > 0 ? 0 : err;
-	if (argc - optind < 1 || argc - optind > 2)
-		return bad_args("rollout");
-	if (argc - optind == 2 && parse_color(argv[optind + 1], &r.to))
+	if (c.p.npos == 2 && parse_color(c.p.pos[1], &r.to))
 		return -EINVAL;
-	if (!c.steps || !c.interval_ns) {
+	if (!c.a.steps || !c.a.interval_ns) {
 		pr_warn("rollout needs --steps and --interval\n");
 		return -EINVAL;
 	}
-	if (parse_steps(c.steps, r.steps, &r.nsteps))
+	if (parse_steps(c.a.steps, r.steps, &r.nsteps))
 		return -EINVAL;
-	c.g.duration_ns = c.interval_ns;
+	c.g.duration_ns = c.a.interval_ns;
 	err = state_need_root();
 	if (err)
 		return err;
 	err = state_open(&r.st, false);
 	if (err)
 		return err;
-	err = service_find(&r.st, argv[optind], &r.svc, &r.rec);
+	err = service_find(&r.st, c.p.pos[0], &r.svc, &r.rec);
 	if (!err)
 		err = rollout_plan(&r, &c);
 	if (!err)
