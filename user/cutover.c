@@ -222,6 +222,13 @@ static int cut_change(struct cut_cmd *c, char **args)
 	return 0;
 }
 
+/* The audit trail's action of each kind of change. */
+static const char *const cut_actions[] = {
+	[BGS_CH_FLIP] = "flip",
+	[BGS_CH_SHIFT] = "shift",
+	[BGS_CH_ROLLBACK] = "rollback",
+};
+
 /* A flip, shift or rollback: parse once, then make it here or write it to the fleet. */
 static int cut_command(const struct bgs_cmd_spec *spec, int argc, char **argv,
 		       enum bgs_change_kind kind)
@@ -237,7 +244,7 @@ static int cut_command(const struct bgs_cmd_spec *spec, int argc, char **argv,
 		return -EINVAL;
 	if (c.fleet)
 		return fleet_switch(&c.fo, &c.ch);
-	return cut_local(&c, spec->name);
+	return cut_local(&c, cut_actions[kind]);
 }
 
 int do_flip(int argc, char **argv)

@@ -225,6 +225,7 @@ static int fleet_parse(int argc, char **argv, const char *cmd, unsigned int allo
 	a->weight = -1;
 	a->table_size = BGS_TABLE_SIZE;
 	opterr = 0; /* one error line: ours */
+	optind = 0; /* a fresh scan, whatever parsed argv before */
 	while ((c = getopt_long(argc, argv, "E:x:C:c:k:IG:Wt:p:fdjw:l:M:s:m:h", fleet_long_opts,
 				NULL)) != -1) {
 		int r = fleet_conn_opt(&a->conn, c, optarg);
@@ -714,8 +715,8 @@ static void fleet_args_of(struct fleet_args *a, const struct fleet_opts *fo,
 	a->conn = fo->conn;
 	a->wait = fo->wait;
 	a->timeout_ns = fo->timeout_ns;
-	a->if_gen = ch->if_generation;
-	a->reason = ch->reason;
+	a->if_gen = ch ? ch->if_generation : -1;
+	a->reason = ch ? ch->reason : NULL;
 }
 
 int fleet_switch(const struct fleet_opts *fo, const struct bgs_change *ch)
@@ -1152,7 +1153,33 @@ static void status_one(struct fleet_args *a, const struct doc_view *d, const str
 	status_summary(v, n, d);
 }
 
-int fleet_status(int argc, char **argv)
+/* The documents at the key of name (NULL: every service), after --wait for name's. */
+static int status_read(struct fleet_args *a, const char *name, struct fleet_service *s,
+		       struct etcd_kv **kvs, size_t *nkv)
+{
+	char key[256];
+	int err;
+
+	err = fleet_connect(a);
+	if (!err && name && a->wait) {
+		err = doc_read(a, name, s, DOC_WARN);
+		if (!err)
+			err = fleet_wait(a, s->name, s->generation, fleet_now_us());
+	}
+	if (err)
+		return err;
+	fleet_key(key, sizeof(key), a->conn.prefix, "services", name);
+	err = etcd_range(&a->e, key, !name, kvs, nkv, NULL);
+	if (err)
+		return unreachable(a, err);
+	if (name && !*nkv) {
+		pr_warn("unknown service '%s' in the fleet (%s)\n", name, a->conn.prefix);
+		return -ENOENT;
+	}
+	return 0;
+}
+
+int fleet_status(const struct fleet_opts *fo, const char *name, bool json)
 {
 	struct fleet_service *s = calloc(1, sizeof(*s));
 	struct etcd_kv *kvs = NULL;
@@ -1164,36 +1191,13 @@ int fleet_status(int argc, char **argv)
 
 	if (!s)
 		return -ENOMEM;
-	err = fleet_parse(argc, argv, "status", F_JSON | F_WAIT, &a);
+	fleet_args_of(&a, fo, NULL);
+	a.json = json;
+	err = status_read(&a, name, s, &kvs, &nkv);
 	if (err)
 		goto out;
-	if (a.nargs > 1) {
-		err = bad_args("status");
-		goto out;
-	}
-	err = fleet_connect(&a);
-	if (err)
-		goto out;
-	if (a.nargs == 1 && a.wait) {
-		err = doc_read(&a, a.args[0], s, DOC_WARN);
-		if (!err)
-			err = fleet_wait(&a, s->name, s->generation, fleet_now_us());
-		if (err)
-			goto out;
-	}
 	fleet_key(key, sizeof(key), a.conn.prefix, "services", NULL);
 	plen = strlen(key);
-	fleet_key(key, sizeof(key), a.conn.prefix, "services", a.nargs ? a.args[0] : NULL);
-	err = etcd_range(&a.e, key, !a.nargs, &kvs, &nkv, NULL);
-	if (err) {
-		unreachable(&a, err);
-		goto out;
-	}
-	if (a.nargs && !nkv) {
-		pr_warn("unknown service '%s' in the fleet (%s)\n", a.args[0], a.conn.prefix);
-		err = -ENOENT;
-		goto out;
-	}
 	if (a.json)
 		printf("{\"services\":[");
 	for (i = 0; i < nkv; i++) {

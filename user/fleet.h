@@ -75,7 +75,8 @@ struct bgs_change;
  */
 int fleet_switch(const struct fleet_opts *fo, const struct bgs_change *ch);
 void fleet_change_usage(const char *cmd);
-int fleet_status(int argc, char **argv);
+/* The documents of name (NULL: every service) and what every node reports of them. */
+int fleet_status(const struct fleet_opts *fo, const char *name, bool json);
 int fleet_service(int argc, char **argv);
 int fleet_backend(int argc, char **argv);
 

@@ -311,6 +311,20 @@ static void print_header(struct status_ctx *c)
 		       (unsigned long long)c->cur.local_total, (unsigned long long)c->cur.evicted);
 }
 
+/* The fleet form: the documents in etcd and what the nodes report of them. */
+static int status_fleet(const struct status_args *a, const struct bgs_parsed *p)
+{
+	struct fleet_opts fo = { .conn = a->conn,
+				 .wait = a->wait,
+				 .timeout_ns = FLEET_WAIT_DEFAULT_NS };
+
+	if (!fo.conn.prefix)
+		fo.conn.prefix = FLEET_DEFAULT_PREFIX;
+	if (params_seen(&bgs_spec_status, p, "timeout"))
+		fo.timeout_ns = a->timeout_ns;
+	return fleet_status(&fo, p->npos ? p->pos[0] : NULL, a->json);
+}
+
 int do_status(int argc, char **argv)
 {
 	struct status_args a = { .interval = DEFAULT_INTERVAL_MS };
@@ -326,7 +340,7 @@ int do_status(int argc, char **argv)
 	if (err || p.help)
 		return err;
 	if (p.fleet)
-		return fleet_status(argc, argv);
+		return status_fleet(&a, &p);
 	name = p.npos ? p.pos[0] : NULL;
 	json = a.json;
 	/* Scripts read JSON at once; rates there only when asked for with --interval. */
