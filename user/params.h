@@ -157,7 +157,10 @@ extern const char *const bgs_words_mode[]; /* auto native generic */
 /* Every command and subcommand's spec (NULL-terminated), for help, completion and the man page. */
 extern const struct bgs_cmd_spec *const bgs_cmd_specs[];
 
-int params_gen_completion(FILE *f);
-int params_gen_man(FILE *in, FILE *out); /* expands "@OPTIONS cmd@" lines of the template */
+/* The bash completion and the man page from their templates (contrib/bash-completion/bgswitch.in:
+ * its "@SPECS@" line; doc/bgswitch.8.in: see params_man.c).
+ */
+int params_gen_completion(FILE *in, FILE *out);
+int params_gen_man(FILE *in, FILE *out);
 
 #endif /* BGS_PARAMS_H */
