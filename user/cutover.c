@@ -45,10 +45,10 @@ static int cut_fleet_opts(struct cut_cmd *c, const struct bgs_cmd_spec *spec)
 		pr_warn("--timeout: --wait waits at most 24h\n");
 		return -EINVAL;
 	}
-	c->fleet = true;
-	c->fo.conn = c->a.conn;
-	c->fo.wait = c->a.wait;
-	c->fo.timeout_ns = timeout ? c->a.timeout_ns : FLEET_WAIT_DEFAULT_NS;
+	c->ch.fleet = true;
+	c->ch.conn = c->a.conn;
+	c->ch.wait = c->a.wait;
+	c->ch.timeout_ns = timeout ? c->a.timeout_ns : FLEET_WAIT_DEFAULT_NS;
 	return 0;
 }
 
@@ -242,8 +242,8 @@ static int cut_command(const struct bgs_cmd_spec *spec, int argc, char **argv,
 	c.ch.kind = kind;
 	if (cut_change(&c, c.p.pos))
 		return -EINVAL;
-	if (c.fleet)
-		return fleet_switch(&c.fo, &c.ch);
+	if (c.ch.fleet)
+		return fleet_switch(&c.ch);
 	return cut_local(&c, cut_actions[kind]);
 }
 

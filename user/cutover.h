@@ -16,14 +16,12 @@
 #define CUT_DRAIN_TIMEOUT_NS (15ULL * 60 * CUT_NS) /* --timeout: TCP's default idle timeout */
 #define CUT_MAX_WAIT_NS (7ULL * 24 * 3600 * CUT_NS)
 
-/* A changing command's line, parsed (spec_cutover.c's tables): the change, and how to make it
- * in either form.
+/* A changing command's line, parsed (spec_cutover.c's tables): the change (with the fleet
+ * form's options in it), and the local form's.
  */
 struct cut_cmd {
 	struct cut_args a; /* the options as given */
 	struct bgs_change ch;
-	bool fleet; /* --etcd: write the change to the fleet */
-	struct fleet_opts fo; /* the fleet form's options */
 	struct bgs_check_opts chk; /* the local form's probes */
 	struct bgs_guard_opts g; /* and its guard */
 	struct bgs_parsed p; /* positional arguments in p.pos[0..p.npos) */

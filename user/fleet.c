@@ -135,6 +135,8 @@ struct fleet_args {
 	char **args;
 };
 
+static void fleet_args_of(const struct bgs_change *ch, struct fleet_args *a);
+
 enum {
 	F_WAIT = 1,
 	F_FORCE = 2,
@@ -225,7 +227,7 @@ static int fleet_parse(int argc, char **argv, const char *cmd, unsigned int allo
 	a->weight = -1;
 	a->table_size = BGS_TABLE_SIZE;
 	opterr = 0; /* one error line: ours */
-	optind = 0; /* a fresh scan, whatever parsed argv before */
+	optind = 0; /* glibc re-initialises getopt: the command may have parsed argv already */
 	while ((c = getopt_long(argc, argv, "E:x:C:c:k:IG:Wt:p:fdjw:l:M:s:m:h", fleet_long_opts,
 				NULL)) != -1) {
 		int r = fleet_conn_opt(&a->conn, c, optarg);
@@ -707,19 +709,7 @@ static int share_set(struct fleet_args *a, struct fleet_service *s, __s32 share)
 	return fleet_after(a, s->name, s->generation, t_us, rev);
 }
 
-/* The fleet arguments of a change made from its parsed options. */
-static void fleet_args_of(struct fleet_args *a, const struct fleet_opts *fo,
-			  const struct bgs_change *ch)
-{
-	memset(a, 0, sizeof(*a));
-	a->conn = fo->conn;
-	a->wait = fo->wait;
-	a->timeout_ns = fo->timeout_ns;
-	a->if_gen = ch ? ch->if_generation : -1;
-	a->reason = ch ? ch->reason : NULL;
-}
-
-int fleet_switch(const struct fleet_opts *fo, const struct bgs_change *ch)
+int fleet_switch(const struct bgs_change *ch)
 {
 	struct fleet_service *s = calloc(1, sizeof(*s));
 	struct fleet_args a;
@@ -728,7 +718,7 @@ int fleet_switch(const struct fleet_opts *fo, const struct bgs_change *ch)
 
 	if (!s)
 		return -ENOMEM;
-	fleet_args_of(&a, fo, ch);
+	fleet_args_of(ch, &a);
 	err = doc_open(&a, ch->service, s);
 	if (!err)
 		err = bgs_change_share(ch, s->name, s->green_share, s->previous_share >= 0,
@@ -740,12 +730,18 @@ int fleet_switch(const struct fleet_opts *fo, const struct bgs_change *ch)
 	return err > 0 ? 0 : err;
 }
 
-void fleet_change_usage(const char *cmd)
-{
-	fleet_usage(cmd, F_GEN | F_WAIT);
-}
-
 /* ---- service and backend ---- */
+
+/* The fleet_args of a parsed change: its connection, --wait and --if-generation. */
+static void fleet_args_of(const struct bgs_change *ch, struct fleet_args *a)
+{
+	memset(a, 0, sizeof(*a));
+	a->conn = ch->conn;
+	a->wait = ch->wait;
+	a->timeout_ns = ch->timeout_ns;
+	a->if_gen = ch->if_generation;
+	a->reason = ch->reason;
+}
 
 static int fleet_service_add(struct fleet_args *a, struct fleet_service *s)
 {
@@ -1179,7 +1175,8 @@ static int status_read(struct fleet_args *a, const char *name, struct fleet_serv
 	return 0;
 }
 
-int fleet_status(const struct fleet_opts *fo, const char *name, bool json)
+int fleet_status(const struct fleet_conn *conn, const char *name, bool json, bool wait,
+		 __u64 timeout_ns)
 {
 	struct fleet_service *s = calloc(1, sizeof(*s));
 	struct etcd_kv *kvs = NULL;
@@ -1191,8 +1188,12 @@ int fleet_status(const struct fleet_opts *fo, const char *name, bool json)
 
 	if (!s)
 		return -ENOMEM;
-	fleet_args_of(&a, fo, NULL);
+	memset(&a, 0, sizeof(a));
+	a.conn = *conn;
 	a.json = json;
+	a.wait = wait;
+	a.timeout_ns = timeout_ns;
+	a.if_gen = -1;
 	err = status_read(&a, name, s, &kvs, &nkv);
 	if (err)
 		goto out;

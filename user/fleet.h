@@ -48,13 +48,6 @@ struct fleet_conn {
 	const char *prefix;
 };
 
-/* What a fleet form takes beside the change: where etcd is, and whether to wait for the nodes. */
-struct fleet_opts {
-	struct fleet_conn conn;
-	bool wait; /* --wait: until every live node has applied the change */
-	__u64 timeout_ns; /* --timeout of --wait */
-};
-
 #define FLEET_WAIT_DEFAULT_NS (30 * 1000000000ULL)
 
 bool fleet_wanted(int argc, char **argv);
@@ -71,12 +64,12 @@ __u64 fleet_now_us(void);
 
 struct bgs_change;
 /* A flip, shift or rollback (ch->kind) written to the fleet: the next document of the service,
- * if at ch->if_generation, with one conditional transaction; then fo->wait.
+ * if at ch->if_generation, with one conditional transaction; then ch->wait.
  */
-int fleet_switch(const struct fleet_opts *fo, const struct bgs_change *ch);
-void fleet_change_usage(const char *cmd);
+int fleet_switch(const struct bgs_change *ch);
 /* The documents of name (NULL: every service) and what every node reports of them. */
-int fleet_status(const struct fleet_opts *fo, const char *name, bool json);
+int fleet_status(const struct fleet_conn *conn, const char *name, bool json, bool wait,
+		 __u64 timeout_ns);
 int fleet_service(int argc, char **argv);
 int fleet_backend(int argc, char **argv);
 

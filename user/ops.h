@@ -11,6 +11,7 @@
 #include <linux/types.h>
 #include "audit.h"
 #include "bgswitch.h"
+#include "fleet.h"
 #include "probe.h"
 #include "state.h"
 #include "util.h"
@@ -123,6 +124,11 @@ struct bgs_change {
 	char service[BGS_NAME_LEN];
 	__s64 if_generation; /* -1: any */
 	const char *reason; /* --reason, or NULL */
+	/* the fleet form (--etcd): written as a document for the agents */
+	bool fleet;
+	struct fleet_conn conn;
+	bool wait;
+	__u64 timeout_ns;
 	/* BGS_CH_FLIP: the color that gets every new flow; BGS_COLOR_NONE: the other one */
 	__u8 flip_to;
 	/* BGS_CH_SHIFT: shift_color gets shift_pct (0.01 % units) of new flows, the other the rest */

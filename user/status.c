@@ -314,15 +314,13 @@ static void print_header(struct status_ctx *c)
 /* The fleet form: the documents in etcd and what the nodes report of them. */
 static int status_fleet(const struct status_args *a, const struct bgs_parsed *p)
 {
-	struct fleet_opts fo = { .conn = a->conn,
-				 .wait = a->wait,
-				 .timeout_ns = FLEET_WAIT_DEFAULT_NS };
+	struct fleet_conn conn = a->conn;
 
-	if (!fo.conn.prefix)
-		fo.conn.prefix = FLEET_DEFAULT_PREFIX;
-	if (params_seen(&bgs_spec_status, p, "timeout"))
-		fo.timeout_ns = a->timeout_ns;
-	return fleet_status(&fo, p->npos ? p->pos[0] : NULL, a->json);
+	if (!conn.prefix)
+		conn.prefix = FLEET_DEFAULT_PREFIX;
+	return fleet_status(&conn, p->npos ? p->pos[0] : NULL, a->json, a->wait,
+			    params_seen(&bgs_spec_status, p, "timeout") ? a->timeout_ns :
+									  FLEET_WAIT_DEFAULT_NS);
 }
 
 int do_status(int argc, char **argv)
