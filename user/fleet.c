@@ -17,13 +17,14 @@
 #include <unistd.h>
 
 #include "fleet.h"
-#include "maglev.h"
 #include "ops.h"
+#include "maglev.h"
 #include "log.h"
 #include "state.h"
 
 #define NS 1000000000ULL
 #define MS 1000000ULL
+#define WAIT_DEFAULT_NS FLEET_WAIT_DEFAULT_NS
 #define WAIT_POLL_NS (5 * MS)
 #define MAX_NODES 1024
 
@@ -221,7 +222,7 @@ static int fleet_parse(int argc, char **argv, const char *cmd, unsigned int allo
 
 	memset(a, 0, sizeof(*a));
 	a->conn.prefix = FLEET_DEFAULT_PREFIX;
-	a->timeout_ns = FLEET_WAIT_DEFAULT_NS;
+	a->timeout_ns = WAIT_DEFAULT_NS;
 	a->if_gen = -1;
 	a->proto = IPPROTO_TCP;
 	a->weight = -1;

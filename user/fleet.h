@@ -17,6 +17,7 @@
 #define FLEET_PREFIX_LEN 128
 #define FLEET_NODE_LEN 64
 #define FLEET_WHY_LEN 256 /* why a document is not valid: one line */
+#define FLEET_WAIT_DEFAULT_NS (30 * 1000000000ULL) /* --wait's --timeout */
 #define FLEET_KEY_NAME_LEN 128 /* a key's name the agent reports a refusal under (cut) */
 
 struct fleet_backend {
@@ -47,8 +48,6 @@ struct fleet_conn {
 	struct etcd_opts eo;
 	const char *prefix;
 };
-
-#define FLEET_WAIT_DEFAULT_NS (30 * 1000000000ULL)
 
 bool fleet_wanted(int argc, char **argv);
 int fleet_conn_opt(struct fleet_conn *c, int opt, const char *arg);
