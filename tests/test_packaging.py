@@ -287,6 +287,23 @@ def test_packaging_completion_pin_root_directories(stub, tmp_path):
     assert sorted(complete(stub, f"bgswitch --pin-root={tmp_path}/pins")) == want
 
 
+def test_packaging_completion_global_option_values(stub, specs, tmp_path):
+    """A global option's value completes as its table says: directories or files."""
+    (tmp_path / "pins-a").mkdir()
+    (tmp_path / "pins-file").write_text("")
+    kinds = {"dir": [str(tmp_path / "pins-a")],
+             "file": [str(tmp_path / "pins-a"), str(tmp_path / "pins-file")]}
+    checked = 0
+    for o in specs[""].opts:
+        if not o.complete:
+            continue
+        for line in (f"bgswitch --{o.long} {tmp_path}/pins", f"bgswitch -{o.short} {tmp_path}/pins",
+                     f"bgswitch -v --{o.long}={tmp_path}/pins"):
+            assert sorted(complete(stub, line)) == kinds[o.complete], (o.long, line)
+        checked += 1
+    assert checked == 2
+
+
 def test_packaging_completion_subcommands(stub):
     assert complete(stub, "bgswitch service ") == ["add", "set", "del", "list"]
     assert complete(stub, "bgswitch service d") == ["del"]

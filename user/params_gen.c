@@ -163,6 +163,8 @@ static void gen_commands(FILE *f)
 	}
 	fprintf(f, "\"\n_bgswitch_global_opts=\"");
 	opt_words(f, params_find(""), 0, false);
+	fprintf(f, "\"\n_bgswitch_global_argopts=\"");
+	opt_words(f, params_find(""), 0, true);
 	fprintf(f, "\"\n\n");
 }
 
@@ -229,10 +231,11 @@ static int gen_completion_specs(FILE *f)
 	for (i = 0; bgs_cmd_specs[i]; i++)
 		if (listed(bgs_cmd_specs[i]))
 			gen_spec_case(f, bgs_cmd_specs[i]);
-	fprintf(f, "\tesac\n}\n\n# How the value of option $2 of command $1 completes.\n"
-		   "_bgswitch_optarg()\n{\n\tcase \"$1 $2\" in\n");
+	fprintf(f,
+		"\tesac\n}\n\n# How the value of option $2 of command $1 (\"\": a global option)\n"
+		"# completes.\n_bgswitch_optarg()\n{\n\tcase \"$1 $2\" in\n");
 	for (i = 0; bgs_cmd_specs[i]; i++)
-		if (listed(bgs_cmd_specs[i]))
+		if (listed(bgs_cmd_specs[i]) || !*bgs_cmd_specs[i]->name)
 			gen_optarg_cases(f, bgs_cmd_specs[i]);
 	fprintf(f, "\tesac\n}\n\n# How positional argument $2 (from 0) of command $1 completes.\n"
 		   "_bgswitch_posarg()\n{\n\tcase \"$1 $2\" in\n");
