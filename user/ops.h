@@ -117,6 +117,7 @@ enum bgs_change_kind {
 	BGS_CH_SERVICE_DEL,
 	BGS_CH_BACKEND_ADD,
 	BGS_CH_BACKEND_DEL,
+	BGS_CH_SERVICE_LIST, /* not a change: parsed like one, for its fleet form */
 };
 
 struct bgs_change {
