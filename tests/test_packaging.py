@@ -817,7 +817,8 @@ def test_packaging_man_documents_audit_actions():
         with open(path) as f:
             src = f.read()
         actions |= set(re.findall(r'audit_open\(&?\w+, "([a-z-]+)"', src))
-        actions |= set(re.findall(r'\[BGS_CH_\w+\] = "([a-z-]+)"', src))
+        table = re.search(r"\bcut_actions\[\] = \{(.*?)\};", src, re.S)
+        actions |= set(re.findall(r'\] = "([a-z-]+)"', table.group(1) if table else ""))
     assert {"flip", "shift", "rollout", "rollback", "service-set"} <= actions, actions
     with open(MAN) as f:
         roff = f.read()
