@@ -99,6 +99,9 @@ WHOLE = [
     ("flip", "web", "-s", "5"),                              # rollout's option
     ("shift", "web", "green"),
     ("shift", "web", "green", "10%", "--wait-drain"),        # a split never drains
+    ("flip", "web", "--wait"),                               # the fleet form's, without --etcd
+    ("shift", "web", "green", "10%", "--prefix", "/bgs"),
+    ("rollback", "web", "--timeout", "5s"),                  # --wait's timeout: fleet only
     ("rollout", "web", "--steps", "5,10"),                   # no --interval
     ("backend", "add", "web", "blue"),
     ("backend", "add", "web", "blue", "10.77.2.13:8081", "extra"),

@@ -799,14 +799,15 @@ def test_packaging_man_documents_status_json_keys():
 
 
 def test_packaging_man_documents_audit_actions():
-    """Every action the audit trail writes (audit_open()'s literal actions, and those cut_run()
-    passes on for flip, shift and rollback) is named in the man page's Audit trail."""
+    """Every action the audit trail writes (audit_open()'s literal actions, and cutover.c's
+    cut_actions[] for flip, shift and rollback) is named in the man page's Audit trail."""
     actions = set()
     for path in glob.glob(os.path.join(TOP, "user", "*.c")):
         with open(path) as f:
             src = f.read()
         actions |= set(re.findall(r'audit_open\(&?\w+, "([a-z-]+)"', src))
-        actions |= set(re.findall(r'\bcut_run\("([a-z-]+)"', src))
+        table = re.search(r"\bcut_actions\[\] = \{(.*?)\};", src, re.S)
+        actions |= set(re.findall(r'\] = "([a-z-]+)"', table.group(1) if table else ""))
     assert {"flip", "shift", "rollout", "rollback", "service-set"} <= actions, actions
     with open(MAN) as f:
         roff = f.read()

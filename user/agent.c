@@ -27,6 +27,7 @@
 #include "commands.h"
 #include "fleet.h"
 #include "log.h"
+#include "ops.h"
 #include "specs.h"
 #include "state.h"
 
@@ -131,8 +132,8 @@ static bool local_find(const struct agent *ag, const char *name, __u32 *svc,
  */
 static int agent_apply_switch(struct agent *ag, __u32 svc, __s32 share, __s32 *now)
 {
-	struct bgs_switch sw;
 	int lock_fd = -1, err = 0;
+	bool changed = false;
 	char pct[16];
 
 	if (share < 0) {
@@ -142,20 +143,13 @@ static int agent_apply_switch(struct agent *ag, __u32 svc, __s32 share, __s32 *n
 	if (share > FLEET_SHARE_MAX)
 		return -EINVAL;
 	err = state_lock(&lock_fd);
-	if (err)
-		goto out;
-	sw = switch_read(&ag->st, svc);
-	if (sw.share != (__u32)share) {
-		sw.prev_share = sw.share;
-		sw.share = share;
-		sw.flags |= BGS_SW_DRAINING | BGS_SW_HAS_PREV;
-		sw.generation++;
-		switch_write(&ag->st, svc, sw);
+	if (!err)
+		err = bgs_switch_set(&ag->st, svc, share, NULL, NULL, &changed);
+	if (changed)
 		pr_info("agent: service %u -> green %s (local generation %u)\n", svc,
-			fmt_share(share, pct, sizeof(pct)), sw.generation);
-	}
-	*now = share;
-out:
+			fmt_share(share, pct, sizeof(pct)), switch_read(&ag->st, svc).generation);
+	if (!err)
+		*now = share;
 	if (lock_fd >= 0)
 		close(lock_fd);
 	return err;

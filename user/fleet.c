@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: GPL-2.0
-/* fleet.c: the fleet forms of flip, rollback, service, backend and status (`--etcd URL`).
+/* fleet.c: the fleet forms of flip, shift, rollback, service, backend and status (`--etcd URL`).
  *
  * A change reads the service's document with its mod_revision, checks --if-generation against
  * the document's generation, builds the next document (generation + 1) and writes it with one
@@ -17,13 +17,14 @@
 #include <unistd.h>
 
 #include "fleet.h"
+#include "ops.h"
 #include "maglev.h"
 #include "log.h"
 #include "state.h"
 
 #define NS 1000000000ULL
 #define MS 1000000ULL
-#define WAIT_DEFAULT_NS (30 * NS)
+#define WAIT_DEFAULT_NS FLEET_WAIT_DEFAULT_NS
 #define WAIT_POLL_NS (5 * MS)
 #define MAX_NODES 1024
 
@@ -134,6 +135,8 @@ struct fleet_args {
 	int nargs;
 	char **args;
 };
+
+static void fleet_args_of(const struct bgs_change *ch, struct fleet_args *a);
 
 enum {
 	F_WAIT = 1,
@@ -706,104 +709,39 @@ static int share_set(struct fleet_args *a, struct fleet_service *s, __s32 share)
 	return fleet_after(a, s->name, s->generation, t_us, rev);
 }
 
-int fleet_flip(int argc, char **argv)
+int fleet_switch(const struct bgs_change *ch)
 {
 	struct fleet_service *s = calloc(1, sizeof(*s));
 	struct fleet_args a;
-	__u8 to = BGS_COLOR_NONE;
+	__u32 share;
 	int err;
 
 	if (!s)
 		return -ENOMEM;
-	err = fleet_parse(argc, argv, "flip", F_GEN | F_WAIT, &a);
-	if (err)
-		goto out;
-	if (a.nargs < 1 || a.nargs > 2) {
-		err = bad_args("flip");
-		goto out;
-	}
-	if (a.nargs == 2 && parse_color(a.args[1], &to)) {
-		err = -EINVAL;
-		goto out;
-	}
-	err = doc_open(&a, a.args[0], s);
-	if (err)
-		goto out;
-	if (to == BGS_COLOR_NONE && share_color(s->green_share) == BGS_COLOR_NONE) {
-		pr_warn("'%s' is split in the fleet: say which color to flip to\n", s->name);
-		err = -EINVAL;
-		goto out;
-	}
-	if (to == BGS_COLOR_NONE)
-		to = !share_color(s->green_share);
-	err = share_set(&a, s, to == BGS_GREEN ? FLEET_SHARE_MAX : 0);
-out:
-	fleet_done(&a);
-	free(s);
-	return err > 0 ? 0 : err;
-}
-
-int fleet_shift(int argc, char **argv)
-{
-	struct fleet_service *s = calloc(1, sizeof(*s));
-	struct fleet_args a;
-	__u32 pct;
-	__u8 color;
-	int err;
-
-	if (!s)
-		return -ENOMEM;
-	err = fleet_parse(argc, argv, "shift", F_GEN | F_WAIT, &a);
-	if (err)
-		goto out;
-	if (a.nargs != 3) {
-		err = bad_args("shift");
-		goto out;
-	}
-	if (parse_color(a.args[1], &color) || parse_share(a.args[2], &pct)) {
-		err = -EINVAL;
-		goto out;
-	}
-	err = doc_open(&a, a.args[0], s);
+	fleet_args_of(ch, &a);
+	err = doc_open(&a, ch->service, s);
 	if (!err)
-		err = share_set(&a, s, color == BGS_GREEN ? pct : FLEET_SHARE_MAX - pct);
-out:
-	fleet_done(&a);
-	free(s);
-	return err > 0 ? 0 : err;
-}
-
-int fleet_rollback(int argc, char **argv)
-{
-	struct fleet_service *s = calloc(1, sizeof(*s));
-	struct fleet_args a;
-	int err;
-
-	if (!s)
-		return -ENOMEM;
-	err = fleet_parse(argc, argv, "rollback", F_GEN | F_WAIT, &a);
-	if (err)
-		goto out;
-	if (a.nargs != 1) {
-		err = bad_args("rollback");
-		goto out;
-	}
-	err = doc_open(&a, a.args[0], s);
-	if (err)
-		goto out;
-	if (s->previous_share < 0) {
-		pr_warn("'%s' has not been flipped in the fleet: nothing to roll back\n", s->name);
-		err = -ENOENT;
-		goto out;
-	}
-	err = share_set(&a, s, s->previous_share);
-out:
+		err = bgs_change_share(ch, s->name, s->green_share, s->previous_share >= 0,
+				       s->previous_share, " in the fleet", false, &share);
+	if (!err)
+		err = share_set(&a, s, share);
 	fleet_done(&a);
 	free(s);
 	return err > 0 ? 0 : err;
 }
 
 /* ---- service and backend ---- */
+
+/* The fleet_args of a parsed change: its connection, --wait and --if-generation. */
+static void fleet_args_of(const struct bgs_change *ch, struct fleet_args *a)
+{
+	memset(a, 0, sizeof(*a));
+	a->conn = ch->conn;
+	a->wait = ch->wait;
+	a->timeout_ns = ch->timeout_ns;
+	a->if_gen = ch->if_generation;
+	a->reason = ch->reason;
+}
 
 static int fleet_service_add(struct fleet_args *a, struct fleet_service *s)
 {
@@ -1211,7 +1149,34 @@ static void status_one(struct fleet_args *a, const struct doc_view *d, const str
 	status_summary(v, n, d);
 }
 
-int fleet_status(int argc, char **argv)
+/* The documents at the key of name (NULL: every service), after --wait for name's. */
+static int status_read(struct fleet_args *a, const char *name, struct fleet_service *s,
+		       struct etcd_kv **kvs, size_t *nkv)
+{
+	char key[256];
+	int err;
+
+	err = fleet_connect(a);
+	if (!err && name && a->wait) {
+		err = doc_read(a, name, s, DOC_WARN);
+		if (!err)
+			err = fleet_wait(a, s->name, s->generation, fleet_now_us());
+	}
+	if (err)
+		return err;
+	fleet_key(key, sizeof(key), a->conn.prefix, "services", name);
+	err = etcd_range(&a->e, key, !name, kvs, nkv, NULL);
+	if (err)
+		return unreachable(a, err);
+	if (name && !*nkv) {
+		pr_warn("unknown service '%s' in the fleet (%s)\n", name, a->conn.prefix);
+		return -ENOENT;
+	}
+	return 0;
+}
+
+int fleet_status(const struct fleet_conn *conn, const char *name, bool json, bool wait,
+		 __u64 timeout_ns)
 {
 	struct fleet_service *s = calloc(1, sizeof(*s));
 	struct etcd_kv *kvs = NULL;
@@ -1223,36 +1188,17 @@ int fleet_status(int argc, char **argv)
 
 	if (!s)
 		return -ENOMEM;
-	err = fleet_parse(argc, argv, "status", F_JSON | F_WAIT, &a);
+	memset(&a, 0, sizeof(a));
+	a.conn = *conn;
+	a.json = json;
+	a.wait = wait;
+	a.timeout_ns = timeout_ns;
+	a.if_gen = -1;
+	err = status_read(&a, name, s, &kvs, &nkv);
 	if (err)
 		goto out;
-	if (a.nargs > 1) {
-		err = bad_args("status");
-		goto out;
-	}
-	err = fleet_connect(&a);
-	if (err)
-		goto out;
-	if (a.nargs == 1 && a.wait) {
-		err = doc_read(&a, a.args[0], s, DOC_WARN);
-		if (!err)
-			err = fleet_wait(&a, s->name, s->generation, fleet_now_us());
-		if (err)
-			goto out;
-	}
 	fleet_key(key, sizeof(key), a.conn.prefix, "services", NULL);
 	plen = strlen(key);
-	fleet_key(key, sizeof(key), a.conn.prefix, "services", a.nargs ? a.args[0] : NULL);
-	err = etcd_range(&a.e, key, !a.nargs, &kvs, &nkv, NULL);
-	if (err) {
-		unreachable(&a, err);
-		goto out;
-	}
-	if (a.nargs && !nkv) {
-		pr_warn("unknown service '%s' in the fleet (%s)\n", a.args[0], a.conn.prefix);
-		err = -ENOENT;
-		goto out;
-	}
 	if (a.json)
 		printf("{\"services\":[");
 	for (i = 0; i < nkv; i++) {

@@ -17,6 +17,7 @@
 #define FLEET_PREFIX_LEN 128
 #define FLEET_NODE_LEN 64
 #define FLEET_WHY_LEN 256 /* why a document is not valid: one line */
+#define FLEET_WAIT_DEFAULT_NS (30 * 1000000000ULL) /* --wait's --timeout */
 #define FLEET_KEY_NAME_LEN 128 /* a key's name the agent reports a refusal under (cut) */
 
 struct fleet_backend {
@@ -60,10 +61,14 @@ char *fleet_doc_encode(const struct fleet_service *s);
 int fleet_doc_encode_checked(const struct fleet_service *s, char **out, char *why, size_t why_len);
 __u64 fleet_now_us(void);
 
-int fleet_flip(int argc, char **argv);
-int fleet_rollback(int argc, char **argv);
-int fleet_shift(int argc, char **argv);
-int fleet_status(int argc, char **argv);
+struct bgs_change;
+/* A flip, shift or rollback (ch->kind) written to the fleet: the next document of the service,
+ * if at ch->if_generation, with one conditional transaction; then ch->wait.
+ */
+int fleet_switch(const struct bgs_change *ch);
+/* The documents of name (NULL: every service) and what every node reports of them. */
+int fleet_status(const struct fleet_conn *conn, const char *name, bool json, bool wait,
+		 __u64 timeout_ns);
 int fleet_service(int argc, char **argv);
 int fleet_backend(int argc, char **argv);
 

@@ -1,19 +1,48 @@
 // SPDX-License-Identifier: GPL-2.0
 /* spec_cutover.c: the option tables of flip, shift, rollout, rollback, check and drain. */
+#include <errno.h>
+#include <math.h>
 #include <stddef.h>
+#include <stdlib.h>
 
 #include "fleet.h"
+#include "log.h"
+#include "probe.h"
 #include "spec_cutover.h"
 #include "specs.h"
 
 #define BGS_MS 1000000ULL
 #define BGS_NS 1000000000ULL
+#define BGS_WEEK_NS (7 * 24 * 3600 * BGS_NS)
+
+/* --check-http: a path to GET (stored as given). */
+static int parse_http_path(const char *arg, void *dst)
+{
+	(void)dst;
+	return check_http_path(arg);
+}
+
+/* --max-reset-ratio: a ratio from 0 to 1000, into a double. */
+static int parse_ratio(const char *arg, void *dst)
+{
+	char *end;
+	double v;
+
+	errno = 0;
+	v = strtod(arg, &end);
+	if (!*arg || *end || errno || !isfinite(v) || v < 0 || v > 1000) {
+		pr_warn("--max-reset-ratio '%s' is not a ratio from 0 to 1000 (like 0.1)\n", arg);
+		return -EINVAL;
+	}
+	*(double *)dst = v;
+	return 0;
+}
 
 /* clang-format off */
 #define CUT_CHECK_ROWS										\
 	{ .name = "check-http", .short_name = 'H', .type = BGS_OPT_STR,				\
 	  .off = offsetof(struct cut_args, check_http), .metavar = "PATH",			\
-	  .help = "probe with GET PATH (2xx or 3xx passes)" },					\
+	  .help = "probe with GET PATH (2xx or 3xx passes)", .parse = parse_http_path },		\
 	{ .name = "check-timeout", .short_name = 'T', .type = BGS_OPT_DURATION,			\
 	  .off = offsetof(struct cut_args, check_timeout_ns), .metavar = "D",			\
 	  .help = "probe timeout (default 1s)", .min = 10 * BGS_MS,				\
@@ -31,9 +60,10 @@
 	  .off = offsetof(struct cut_args, max_resets), .metavar = "N",				\
 	  .help = "guard: its backends send more than N resets (default 10)",			\
 	  .max = 1000000000 },									\
-	{ .name = "max-reset-ratio", .short_name = 'P', .type = BGS_OPT_STR,			\
+	{ .name = "max-reset-ratio", .short_name = 'P', .type = BGS_OPT_FUNC,			\
 	  .off = offsetof(struct cut_args, max_reset_ratio), .metavar = "R",			\
-	  .help = "guard: and more than R resets per new flow (default 0.1)" },			\
+	  .help = "guard: and more than R resets per new flow (default 0.1)",			\
+	  .parse = parse_ratio },								\
 	{ .name = "max-silent-backends", .short_name = 'S', .type = BGS_OPT_U32,		\
 	  .off = offsetof(struct cut_args, max_silent), .metavar = "N",				\
 	  .help = "guard: more than N backends send nothing back for 1s (default 0)",		\
@@ -74,7 +104,7 @@
 	{ .name = "timeout", .short_name = 't', .type = BGS_OPT_DURATION,			\
 	  .off = offsetof(struct cut_args, timeout_ns), .metavar = "D",				\
 	  .help = "how long --wait-drain (default 15m) or --wait (30s) waits",			\
-	  .max = 24 * 3600 * BGS_NS, .where = BGS_OPT_BOTH }
+	  .max = BGS_WEEK_NS, .where = BGS_OPT_BOTH }
 /* clang-format on */
 
 /* The fleet form's own options (beside --if-generation, --reason, --timeout). */
@@ -230,7 +260,8 @@ static const struct bgs_opt check_opts[] = {
 	  .type = BGS_OPT_STR,
 	  .off = offsetof(struct cut_args, check_http),
 	  .metavar = "PATH",
-	  .help = "probe with GET PATH (2xx or 3xx passes)" },
+	  .help = "probe with GET PATH (2xx or 3xx passes)",
+	  .parse = parse_http_path },
 	{ .name = "check-timeout",
 	  .short_name = 'T',
 	  .type = BGS_OPT_DURATION,
@@ -265,7 +296,7 @@ static const struct bgs_opt drain_opts[] = {
 	  .off = offsetof(struct cut_args, timeout_ns),
 	  .metavar = "D",
 	  .help = "how long to wait (default 15m)",
-	  .max = 24 * 3600 * BGS_NS },
+	  .max = BGS_WEEK_NS },
 	{ .name = "interval",
 	  .short_name = 'i',
 	  .type = BGS_OPT_U32,

@@ -18,7 +18,7 @@ struct cut_args {
 	__u64 guard_ns; /* flip and shift: --guard D */
 	bool guard; /* rollout: --guard */
 	__u32 max_resets, max_silent, min_new_flows;
-	const char *max_reset_ratio;
+	double max_reset_ratio;
 	bool wait_drain;
 	__u64 timeout_ns;
 	__s64 if_gen;

@@ -450,6 +450,18 @@ static int status_print(struct status_ctx *c)
 	return 0;
 }
 
+/* The fleet form: the documents in etcd and what the nodes report of them. */
+static int status_fleet(const struct status_args *a, const struct bgs_parsed *p)
+{
+	struct fleet_conn conn = a->conn;
+
+	if (!conn.prefix)
+		conn.prefix = FLEET_DEFAULT_PREFIX;
+	return fleet_status(&conn, p->npos ? p->pos[0] : NULL, a->json, a->wait,
+			    params_seen(&bgs_spec_status, p, "timeout") ? a->timeout_ns :
+									  FLEET_WAIT_DEFAULT_NS);
+}
+
 int do_status(int argc, char **argv)
 {
 	struct status_args a = { .interval = DEFAULT_INTERVAL_MS };
@@ -464,7 +476,7 @@ int do_status(int argc, char **argv)
 	if (err || p.help)
 		return err;
 	if (p.fleet)
-		return fleet_status(argc, argv);
+		return status_fleet(&a, &p);
 	name = p.npos ? p.pos[0] : NULL;
 	json = a.json;
 	/* Scripts read JSON at once; rates there only when asked for with --interval. */
