@@ -17,13 +17,14 @@
 #include <unistd.h>
 
 #include "fleet.h"
+#include "ops.h"
 #include "maglev.h"
 #include "log.h"
 #include "state.h"
 
 #define NS 1000000000ULL
 #define MS 1000000ULL
-#define WAIT_DEFAULT_NS (30 * NS)
+#define WAIT_DEFAULT_NS FLEET_WAIT_DEFAULT_NS
 #define WAIT_POLL_NS (5 * MS)
 #define MAX_NODES 1024
 
@@ -805,40 +806,42 @@ out:
 
 /* ---- service and backend ---- */
 
-static int fleet_service_add(struct fleet_args *a, struct fleet_service *s)
+/* The fleet_args of a parsed change: its connection, --wait and --if-generation. */
+static void fleet_args_of(const struct bgs_change *ch, struct fleet_args *a)
 {
-	struct bgs_endpoint ep;
+	memset(a, 0, sizeof(*a));
+	a->conn = ch->conn;
+	a->wait = ch->wait;
+	a->timeout_ns = ch->timeout_ns;
+	a->if_gen = ch->if_generation;
+	a->reason = ch->reason;
+}
+
+static int fleet_service_add(struct fleet_args *a, const struct bgs_change *ch,
+			     struct fleet_service *s)
+{
+	const struct bgs_service_spec *sp = &ch->svc;
 	__u64 t_us;
 	__s64 rev = 0;
 	int err;
 
-	if (a->nargs != 3)
-		return bad_args("service");
-	if (check_name(a->args[1]) || parse_endpoint(a->args[2], &ep))
-		return -EINVAL;
-	if (a->sized && a->lb == BGS_LB_MODULO) {
-		pr_warn("--table-size: a service with --lb modulo has no table\n");
-		return -EINVAL;
-	}
-	if (check_vip_addr(a->args[2], &ep))
-		return -EINVAL;
 	err = fleet_connect(a);
 	if (err)
 		return err;
-	err = doc_read(a, a->args[1], s, DOC_ANY);
+	err = doc_read(a, sp->name, s, DOC_ANY);
 	if (!err) {
-		pr_warn("service '%s' already exists in the fleet\n", a->args[1]);
+		pr_warn("service '%s' already exists in the fleet\n", sp->name);
 		return -EEXIST;
 	}
 	if (err != -ENOENT)
 		return err;
 	memset(s, 0, sizeof(*s));
-	snprintf(s->name, sizeof(s->name), "%s", a->args[1]);
-	snprintf(s->vip, sizeof(s->vip), "%s", a->args[2]);
-	s->proto = a->proto;
-	s->lb = a->lb;
-	s->table_size = a->lb == BGS_LB_MODULO ? 0 : a->table_size;
-	s->vip_flags = a->vip_flags;
+	snprintf(s->name, sizeof(s->name), "%s", sp->name);
+	snprintf(s->vip, sizeof(s->vip), "%s", ch->addr_text);
+	s->proto = sp->proto;
+	s->lb = sp->lb;
+	s->table_size = sp->lb == BGS_LB_MODULO ? 0 : sp->table_size;
+	s->vip_flags = sp->vip_flags;
 	s->generation = 1;
 	s->previous_share = -1;
 	err = doc_write(a, s, &t_us, &rev);
@@ -849,8 +852,10 @@ static int fleet_service_add(struct fleet_args *a, struct fleet_service *s)
 	return fleet_after(a, s->name, s->generation, t_us, rev);
 }
 
-static int fleet_service_del(struct fleet_args *a, struct fleet_service *s)
+static int fleet_service_del(struct fleet_args *a, const struct bgs_change *ch,
+			     struct fleet_service *s)
 {
+	const char *name = ch->service;
 	struct node_view *v = NULL;
 	char key[256];
 	size_t n = 0, i;
@@ -859,42 +864,39 @@ static int fleet_service_del(struct fleet_args *a, struct fleet_service *s)
 	bool ok = false;
 	int err;
 
-	if (a->nargs != 2)
-		return bad_args("service");
 	/* a document that is not valid can be deleted: one way out of it */
 	err = fleet_connect(a);
 	if (!err)
-		err = doc_read(a, a->args[1], s, DOC_WARN | DOC_ANY);
+		err = doc_read(a, name, s, DOC_WARN | DOC_ANY);
 	if (!err)
 		err = gen_check(a, s);
 	if (!err)
-		err = nodes_read(a, a->args[1], &v, &n);
+		err = nodes_read(a, name, &v, &n);
 	if (err)
 		return err;
 	for (i = 0; i < n; i++)
 		if (v[i].live && v[i].has_svc)
 			live += v[i].live_flows[BGS_BLUE] + v[i].live_flows[BGS_GREEN];
 	free(v);
-	if (live && !a->force) {
+	if (live && !ch->svc.force) {
 		pr_warn("service '%s' has %llu live flows on the nodes; --force deletes it and cuts "
 			"them\n",
 			s->name, (unsigned long long)live);
 		return -EBUSY;
 	}
-	fleet_key(key, sizeof(key), a->conn.prefix, "services", a->args[1]);
+	fleet_key(key, sizeof(key), a->conn.prefix, "services", name);
 	t_us = fleet_now_us();
 	err = etcd_txn_delete(&a->e, key, s->mod_rev, &ok, &rev);
 	if (err)
 		return unreachable(a, err);
 	if (!ok) {
 		pr_warn("%s: changed in etcd by someone else since it was read; nothing deleted\n",
-			a->args[1]);
+			name);
 		return BGS_ERR_GENERATION;
 	}
-	printf("service %s deleted from the fleet (etcd revision %lld)\n", a->args[1],
-	       (long long)rev);
+	printf("service %s deleted from the fleet (etcd revision %lld)\n", name, (long long)rev);
 	fflush(stdout);
-	return a->wait ? fleet_wait(a, a->args[1], -1, t_us) : 0;
+	return a->wait ? fleet_wait(a, name, -1, t_us) : 0;
 }
 
 static int fleet_service_list(struct fleet_args *a)
@@ -943,126 +945,127 @@ out:
 	return err;
 }
 
-int fleet_service(int argc, char **argv)
+/* The fleet form of service add, del and list: ch parsed, written as a document. */
+int fleet_service(const struct bgs_change *ch)
 {
 	struct fleet_service *s = calloc(1, sizeof(*s));
 	struct fleet_args a;
-	const char *sub = argc > 1 ? argv[1] : "";
-	int err;
+	int err = 0;
 
 	if (!s)
 		return -ENOMEM;
-	if (!strcmp(sub, "add"))
-		err = fleet_parse(argc, argv, "service add", F_PROTO | F_WAIT | F_TABLE, &a);
-	else if (!strcmp(sub, "del"))
-		err = fleet_parse(argc, argv, "service del", F_FORCE | F_GEN | F_WAIT, &a);
-	else if (!strcmp(sub, "list"))
-		err = fleet_parse(argc, argv, "service list", 0, &a);
+	fleet_args_of(ch, &a);
+	if (ch->help && ch->kind == BGS_CH_SERVICE_ADD)
+		fleet_usage("service add", F_PROTO | F_WAIT | F_TABLE);
+	else if (ch->help && ch->kind == BGS_CH_SERVICE_DEL)
+		fleet_usage("service del", F_FORCE | F_GEN | F_WAIT);
+	else if (ch->help)
+		fleet_usage("service list", 0);
+	else if (ch->kind == BGS_CH_SERVICE_ADD)
+		err = fleet_service_add(&a, ch, s);
+	else if (ch->kind == BGS_CH_SERVICE_DEL)
+		err = fleet_service_del(&a, ch, s);
 	else
-		err = fleet_parse(argc, argv, "service", 0, &a);
-	if (err)
-		goto out;
-	if (!strcmp(sub, "add"))
-		err = fleet_service_add(&a, s);
-	else if (!strcmp(sub, "del"))
-		err = fleet_service_del(&a, s);
-	else if (!strcmp(sub, "list"))
 		err = fleet_service_list(&a);
-	else
-		err = bad_args("service");
-out:
 	fleet_done(&a);
 	free(s);
 	return err > 0 ? 0 : err;
 }
 
-int fleet_backend(int argc, char **argv)
+/* The backend's place in the document: *pos its index in its color, or -1. A backend there
+ * already is refused unless it is an add of a new weight.
+ */
+static int fleet_backend_find(const struct bgs_change *ch, const struct fleet_service *s, int *pos)
 {
-	struct fleet_service *s = calloc(1, sizeof(*s));
-	struct bgs_endpoint ep, other;
-	struct fleet_args a;
-	const char *sub = argc > 1 ? argv[1] : "";
-	bool add = !strcmp(sub, "add");
-	__u64 t_us;
-	__s64 rev = 0;
+	const struct bgs_backend_spec *be = &ch->be;
+	bool add = ch->kind == BGS_CH_BACKEND_ADD;
+	struct bgs_endpoint other;
 	__u32 i, c;
-	__u8 color;
-	int err, pos = -1;
 
-	if (!s)
-		return -ENOMEM;
-	err = fleet_parse(argc, argv, add ? "backend add" : "backend del",
-			  F_GEN | F_WAIT | (add ? F_WEIGHT : F_DRAIN | F_FORCE), &a);
-	if (err)
-		goto out;
-	if ((!add && strcmp(sub, "del")) || a.nargs != 4) {
-		err = bad_args("backend");
-		goto out;
-	}
-	if (a.force) {
-		pr_warn("backend del --etcd: backends leave a fleet with --drain (their flows "
-			"finish); --force is for one node\n");
-		err = -EINVAL;
-		goto out;
-	}
-	if (parse_color(a.args[2], &color) || parse_endpoint(a.args[3], &ep)) {
-		err = -EINVAL;
-		goto out;
-	}
-	err = doc_open(&a, a.args[1], s);
-	if (err)
-		goto out;
-	if (add && (check_backend_addr(a.args[3], &ep) ||
-		    check_backend_of(a.args[3], &ep, &s->vip_ep, s->name))) {
-		err = -EINVAL;
-		goto out;
-	}
+	*pos = -1;
 	for (c = 0; c < BGS_NCOLORS; c++) {
 		for (i = 0; i < s->nbe[c]; i++) {
 			if (parse_endpoint(s->be[c][i].addr, &other) ||
-			    memcmp(other.addr, ep.addr, sizeof(ep.addr)) || other.port != ep.port)
+			    memcmp(other.addr, be->ep.addr, sizeof(be->ep.addr)) ||
+			    other.port != be->ep.port)
 				continue;
-			if (add &&
-			    (c != color || a.weight < 0 || s->be[c][i].weight == (__u32)a.weight)) {
-				pr_warn("%s is already a %s backend of '%s'\n", a.args[3],
+			if (add && (c != be->color || be->weight < 0 ||
+				    s->be[c][i].weight == (__u32)be->weight)) {
+				pr_warn("%s is already a %s backend of '%s'\n", ch->addr_text,
 					color_name(c), s->name);
-				err = -EEXIST;
-				goto out;
+				return -EEXIST;
 			}
-			if (c == color)
-				pos = i;
+			if (c == be->color)
+				*pos = i;
 		}
 	}
-	if (add && a.weight >= 0 && a.weight != 1 && s->lb == BGS_LB_MODULO) {
+	if (add && be->weight >= 0 && be->weight != 1 && s->lb == BGS_LB_MODULO) {
 		pr_warn("--weight: '%s' spreads flows by modulo (--lb modulo), without weights\n",
 			s->name);
-		err = -EINVAL;
-		goto out;
+		return -EINVAL;
 	}
-	if (add && pos >= 0) {
-		s->be[color][pos].weight = a.weight; /* a new weight for a backend there */
-	} else if (add) {
+	return 0;
+}
+
+/* The document with the backend added, reweighed or removed. */
+static int fleet_backend_edit(const struct bgs_change *ch, struct fleet_service *s, int pos)
+{
+	__u8 color = ch->be.color;
+	int weight = ch->be.weight;
+
+	if (ch->kind == BGS_CH_BACKEND_ADD && pos >= 0) {
+		s->be[color][pos].weight = weight; /* a new weight for a backend there */
+	} else if (ch->kind == BGS_CH_BACKEND_ADD) {
 		if (s->nbe[color] >= BGS_MAX_BACKENDS) {
 			pr_warn("%s of '%s' is full\n", color_name(color), s->name);
-			err = -ENOSPC;
-			goto out;
+			return -ENOSPC;
 		}
-		snprintf(s->be[color][s->nbe[color]].addr, BGS_ADDRSTR_LEN, "%s", a.args[3]);
-		s->be[color][s->nbe[color]++].weight = a.weight < 0 ? 1 : a.weight;
+		snprintf(s->be[color][s->nbe[color]].addr, BGS_ADDRSTR_LEN, "%s", ch->addr_text);
+		s->be[color][s->nbe[color]++].weight = weight < 0 ? 1 : weight;
 	} else {
 		if (pos < 0) {
-			pr_warn("%s is not a %s backend of '%s'\n", a.args[3], color_name(color),
-				s->name);
-			err = -ENOENT;
-			goto out;
+			pr_warn("%s is not a %s backend of '%s'\n", ch->addr_text,
+				color_name(color), s->name);
+			return -ENOENT;
 		}
 		s->be[color][pos] = s->be[color][--s->nbe[color]];
 	}
 	s->generation++;
-	err = doc_write(&a, s, &t_us, &rev);
+	return 0;
+}
+
+/* The fleet form of backend add and del: ch parsed, written as the service's next document. */
+int fleet_backend(const struct bgs_change *ch)
+{
+	struct fleet_service *s = calloc(1, sizeof(*s));
+	bool add = ch->kind == BGS_CH_BACKEND_ADD;
+	struct fleet_args a;
+	__u64 t_us;
+	__s64 rev = 0;
+	int err, pos = -1;
+
+	if (!s)
+		return -ENOMEM;
+	fleet_args_of(ch, &a);
+	if (ch->help) {
+		fleet_usage(add ? "backend add" : "backend del",
+			    F_GEN | F_WAIT | (add ? F_WEIGHT : F_DRAIN | F_FORCE));
+		err = 0;
+		goto out;
+	}
+	err = doc_open(&a, ch->service, s);
+	if (!err && add)
+		err = check_backend_of(ch->addr_text, &ch->be.ep, &s->vip_ep, s->name);
+	if (!err)
+		err = fleet_backend_find(ch, s, &pos);
+	if (!err)
+		err = fleet_backend_edit(ch, s, pos);
+	if (!err)
+		err = doc_write(&a, s, &t_us, &rev);
 	if (err)
 		goto out;
-	printf("%s: %s backend %s %s in the fleet\n", s->name, color_name(color), a.args[3],
+	printf("%s: %s backend %s %s in the fleet\n", s->name, color_name(ch->be.color),
+	       ch->addr_text,
 	       add && pos >= 0 ? "reweighed" :
 	       add	       ? "added" :
 				 "removed (its flows drain)");

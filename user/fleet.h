@@ -17,6 +17,7 @@
 #define FLEET_PREFIX_LEN 128
 #define FLEET_NODE_LEN 64
 #define FLEET_WHY_LEN 256 /* why a document is not valid: one line */
+#define FLEET_WAIT_DEFAULT_NS (30 * 1000000000ULL) /* --wait's --timeout */
 #define FLEET_KEY_NAME_LEN 128 /* a key's name the agent reports a refusal under (cut) */
 
 struct fleet_backend {
@@ -64,7 +65,8 @@ int fleet_flip(int argc, char **argv);
 int fleet_rollback(int argc, char **argv);
 int fleet_shift(int argc, char **argv);
 int fleet_status(int argc, char **argv);
-int fleet_service(int argc, char **argv);
-int fleet_backend(int argc, char **argv);
+struct bgs_change;
+int fleet_service(const struct bgs_change *ch);
+int fleet_backend(const struct bgs_change *ch);
 
 #endif /* BGS_FLEET_H */
