@@ -16,6 +16,7 @@
  */
 #include <errno.h>
 #include <getopt.h>
+#include <stddef.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -28,6 +29,7 @@
 #include "fleet.h"
 #include "log.h"
 #include "ops.h"
+#include "specs.h"
 #include "state.h"
 
 #define MS 1000000ULL
@@ -860,30 +862,31 @@ out:
 	return err;
 }
 
-static void agent_usage(void)
-{
-	printf("Usage: bgswitch agent --etcd URL[,URL...] [--node NAME] [--prefix P] [TLS options]\n"
-	       "\n"
-	       "Run one node of a fleet: apply the desired state of every service under\n"
-	       "PREFIX/services/ in etcd to this pin root as it changes, and report the applied\n"
-	       "generations, colors, live flows and health under PREFIX/nodes/NAME with a lease.\n"
-	       "The agent owns every service of its pin root. When etcd is unreachable the node\n"
-	       "keeps its last applied state and the agent retries (100 ms doubling to 5 s).\n"
-	       "A document that is not valid changes nothing: the node keeps its last applied\n"
-	       "state and reports the refusal with the document's revision.\n"
-	       "SIGTERM or SIGINT revokes the lease and exits 0.\n"
-	       "\n"
-	       "  -E, --etcd URL[,URL...]  etcd endpoints (http:// only to loopback unless\n"
-	       "                           --insecure)\n"
-	       "  -N, --node NAME          this node's name (default: the host name)\n"
-	       "  -x, --prefix P           key prefix (default %s)\n"
-	       "  -C, --cacert FILE        CA certificate of the etcd servers\n"
-	       "  -c, --cert FILE          client certificate\n"
-	       "  -k, --key FILE           client key\n"
-	       "  -I, --insecure           allow plain http:// to a non-loopback address\n"
-	       "  -h, --help               this help\n",
-	       FLEET_DEFAULT_PREFIX);
-}
+static const struct bgs_opt agent_opts[] = {
+	BGS_OPTS_FLEET_CONN(struct agent, conn, BGS_OPT_BOTH),
+	{ .name = "node",
+	  .short_name = 'N',
+	  .type = BGS_OPT_STR,
+	  .off = offsetof(struct agent, node),
+	  .metavar = "NAME",
+	  .help = "this node's name (default: the host name)" },
+	BGS_OPT_END,
+};
+
+const struct bgs_cmd_spec bgs_spec_agent = {
+	.name = "agent",
+	.summary = "run one node of a fleet: apply the desired state kept in etcd",
+	.description =
+		"Run one node of a fleet: apply the desired state of every service under "
+		"PREFIX/services/ in etcd to this pin root as it changes, and report the "
+		"applied generations, colors, live flows and health under PREFIX/nodes/NAME "
+		"with a lease. The agent owns every service of its pin root. When etcd is "
+		"unreachable the node keeps its last applied state and the agent retries "
+		"(100 ms doubling to 5 s). A document that is not valid changes nothing: the "
+		"node keeps its last applied state and reports the refusal with the "
+		"document's revision. SIGTERM or SIGINT revokes the lease and exits 0.",
+	.opts = agent_opts,
+};
 
 static void agent_sleep(__u64 ns)
 {
@@ -893,90 +896,52 @@ static void agent_sleep(__u64 ns)
 		usleep(20000);
 }
 
-int do_agent(int argc, char **argv)
+/* The agent's command line, and the node's name. Sets *help after --help. */
+static int agent_parse(struct agent *ag, int argc, char **argv, char *host, bool *help)
 {
-	static const struct option opts[] = {
-		{ "etcd", required_argument, NULL, 'E' },
-		{ "node", required_argument, NULL, 'N' },
-		{ "prefix", required_argument, NULL, 'x' },
-		{ "cacert", required_argument, NULL, 'C' },
-		{ "cert", required_argument, NULL, 'c' },
-		{ "key", required_argument, NULL, 'k' },
-		{ "insecure", no_argument, NULL, 'I' },
-		{ "help", no_argument, NULL, 'h' },
-		{ 0 },
-	};
-	struct agent *ag = calloc(1, sizeof(*ag));
-	struct sigaction sa = { 0 };
-	char host[FLEET_NODE_LEN] = "";
-	__u64 backoff = BACKOFF_MIN_NS;
-	bool etcd_open_ok = false, warned = false;
-	int c, err = 0;
+	struct bgs_parsed p;
+	int err;
 
-	if (!ag)
-		return -ENOMEM;
 	ag->conn.prefix = FLEET_DEFAULT_PREFIX;
-	while ((c = getopt_long(argc, argv, "E:N:x:C:c:k:Ih", opts, NULL)) != -1) {
-		int r = fleet_conn_opt(&ag->conn, c, optarg);
-
-		if (r < 0) {
-			err = r;
-			goto out;
-		}
-		if (r)
-			continue;
-		switch (c) {
-		case 'N':
-			ag->node = optarg;
-			break;
-		case 'h':
-			agent_usage();
-			goto out;
-		default:
-			err = -EINVAL;
-			goto out;
-		}
-	}
-	if (argc - optind != 0) {
-		err = bad_args("agent");
-		goto out;
-	}
+	err = params_parse(&bgs_spec_agent, argc, argv, ag, &p);
+	*help = p.help;
+	if (err || p.help)
+		return err;
 	if (!ag->conn.eo.endpoints) {
 		pr_warn("agent: --etcd URL is required\n");
-		err = -EINVAL;
-		goto out;
+		return -EINVAL;
 	}
 	if (!ag->node) {
-		gethostname(host, sizeof(host) - 1);
+		gethostname(host, FLEET_NODE_LEN - 1);
 		ag->node = host;
 	}
-	err = fleet_check_node(ag->node);
-	if (!err)
-		err = state_need_root();
-	if (!err)
-		err = etcd_open(&ag->e, &ag->conn.eo);
-	if (err)
-		goto out;
-	etcd_open_ok = true;
-	sa.sa_handler = on_signal;
-	sigaction(SIGINT, &sa, NULL);
-	sigaction(SIGTERM, &sa, NULL);
-	signal(SIGPIPE, SIG_IGN);
+	return fleet_check_node(ag->node);
+}
 
-	/* The pinned state may come later (an agent started before `attach`). */
+/* The pinned state may come later (an agent started before `attach`): wait for it. */
+static void agent_wait_state(struct agent *ag)
+{
+	bool warned = false;
+
 	while (!agent_stop) {
-		err = access(bgs_pin_root, F_OK) ? -ENOENT : state_open(&ag->st, false);
-		if (!err)
-			break;
+		if (!access(bgs_pin_root, F_OK) && !state_open(&ag->st, false)) {
+			ag->st_open = true;
+			return;
+		}
 		if (!warned)
 			pr_warn("agent %s: waiting for the pinned state at %s\n", ag->node,
 				bgs_pin_root);
 		warned = true;
 		agent_sleep(1000 * MS);
 	}
-	if (agent_stop)
-		goto stop;
-	ag->st_open = true;
+}
+
+/* Follow etcd until SIGTERM or SIGINT, retrying with backoff. */
+static void agent_follow(struct agent *ag)
+{
+	__u64 backoff = BACKOFF_MIN_NS;
+	int err;
+
 	pr_info("agent %s: pin root %s, etcd %s, prefix %s\n", ag->node, bgs_pin_root,
 		ag->conn.eo.endpoints, ag->conn.prefix);
 	fflush(stdout);
@@ -996,8 +961,34 @@ int do_agent(int argc, char **argv)
 		/* The next endpoint, in case this one is the one that is gone. */
 		ag->e.cur = (ag->e.cur + 1) % ag->e.nurl;
 	}
-stop:
-	err = 0;
+}
+
+int do_agent(int argc, char **argv)
+{
+	struct agent *ag = calloc(1, sizeof(*ag));
+	struct sigaction sa = { 0 };
+	char host[FLEET_NODE_LEN] = "";
+	bool etcd_open_ok = false, help;
+	int err;
+
+	if (!ag)
+		return -ENOMEM;
+	err = agent_parse(ag, argc, argv, host, &help);
+	if (err || help)
+		goto out;
+	err = state_need_root();
+	if (!err)
+		err = etcd_open(&ag->e, &ag->conn.eo);
+	if (err)
+		goto out;
+	etcd_open_ok = true;
+	sa.sa_handler = on_signal;
+	sigaction(SIGINT, &sa, NULL);
+	sigaction(SIGTERM, &sa, NULL);
+	signal(SIGPIPE, SIG_IGN);
+	agent_wait_state(ag);
+	if (!agent_stop)
+		agent_follow(ag);
 	if (ag->lease && etcd_lease_revoke(&ag->e, ag->lease))
 		pr_debug("agent %s: could not revoke the lease (it expires)\n", ag->node);
 	pr_info("agent %s: stopped\n", ag->node);

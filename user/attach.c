@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0
 /* attach.c: `attach` and `detach`: the skeleton lifecycle, pins, XDP ingress and TC egress. */
 #include <errno.h>
-#include <getopt.h>
+#include <stddef.h>
 #include <net/if.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,6 +15,7 @@
 #include "commands.h"
 #include "local.h"
 #include "log.h"
+#include "specs.h"
 #include "state.h"
 #include "util.h"
 
@@ -502,290 +503,398 @@ static void iface_restore(int ifindex, const char *ifname, const struct iface_vi
 		repin(old->tc_fd, "bgs_egress");
 }
 
-static void attach_usage(void)
-{
-	printf("Usage: bgswitch attach IFACE [--mode auto|native|generic] [--flows N] [--replace]\n"
-	       "                      [--change-mode]\n"
-	       "\n"
-	       "Load the data plane, pin its maps and programs under the pin root, and attach\n"
-	       "XDP on IFACE's ingress and TC on its egress. Running it again changes nothing.\n"
-	       "\n"
-	       "  -m, --mode MODE   XDP mode: auto (default: native where the driver has it),\n"
-	       "                    native, or generic\n"
-	       "  -f, --flows N     flow-table entries (default %u); fixed once the state exists\n"
-	       "  -F, --force       replace an XDP program or TC filter that is not this state's\n"
-	       "  -e, --xdp-egress IF[,IF...]\n"
-	       "                    interfaces the fast path may XDP_REDIRECT to (each must take\n"
-	       "                    XDP frames: a native driver, or a veth whose peer has GRO or\n"
-	       "                    XDP on); replaces the registered list. Routes back out of\n"
-	       "                    IFACE always use XDP_TX; any other route uses the stack\n"
-	       "  -R, --replace     load this build's programs with the pinned maps and swap\n"
-	       "                    them in for the attached ones atomically (an upgrade: no\n"
-	       "                    flow is dropped); IFACE must be attached by this state\n"
-	       "  -C, --change-mode allow a change of XDP mode on an attached IFACE: not atomic\n"
-	       "                    (the kernel runs one mode at a time), so refused without it;\n"
-	       "                    if the new mode fails the old program is attached again\n"
-	       "  -h, --help        this help\n",
-	       BGS_DEFAULT_FLOWS);
-}
+/* What attach's command line asks for. */
+struct attach_args {
+	int mode; /* enum attach_mode */
+	__u32 flows; /* 0: the pinned table's size, or the default */
+	bool force, replace, change_mode;
+	struct tx_ports tx; /* --xdp-egress, when given */
+};
 
-int do_attach(int argc, char **argv)
+static int parse_mode(const char *arg, void *dst)
 {
-	static const struct option opts[] = {
-		{ "mode", required_argument, NULL, 'm' },
-		{ "flows", required_argument, NULL, 'f' },
-		{ "force", no_argument, NULL, 'F' },
-		{ "xdp-egress", required_argument, NULL, 'e' },
-		{ "replace", no_argument, NULL, 'R' },
-		{ "change-mode", no_argument, NULL, 'C' },
-		{ "help", no_argument, NULL, 'h' },
-		{ 0 },
-	};
-	LIBBPF_OPTS(bpf_object_open_opts, open_opts, .pin_root_path = bgs_pin_root);
-	struct bgswitch_bpf *skel = NULL;
-	enum attach_mode mode = MODE_AUTO;
-	__u32 flows = 0, pinned_flows, zero_key;
-	struct bgs_iface rec = { 0 };
-	struct iface_view v, after;
-	bool xdp_done = false, tc_done = false, force = false, created = false, replace = false;
-	bool egress = false, change_mode = false, pins_done = false;
-	struct old_progs old = { -1, -1 };
-	struct tx_ports tx;
-	const char *ifname;
-	int ifindex, lock_fd = -1, c, err;
+	static const int modes[] = { MODE_AUTO, MODE_NATIVE, MODE_GENERIC };
+	int i;
 
-	while ((c = getopt_cmd(argc, argv, "m:f:e:FRCh", opts)) != -1) {
-		switch (c) {
-		case 'C':
-			change_mode = true;
-			break;
-		case 'F':
-			force = true;
-			break;
-		case 'R':
-			replace = true;
-			break;
-		case 'e':
-			if (parse_tx_ports(optarg, &tx))
-				return -EINVAL;
-			egress = true;
-			break;
-		case 'm':
-			if (!strcmp(optarg, "auto"))
-				mode = MODE_AUTO;
-			else if (!strcmp(optarg, "native"))
-				mode = MODE_NATIVE;
-			else if (!strcmp(optarg, "generic"))
-				mode = MODE_GENERIC;
-			else {
-				pr_warn("unknown mode '%s' (auto, native or generic)\n", optarg);
-				return -EINVAL;
-			}
-			break;
-		case 'f':
-			if (parse_u32(optarg, 1024, 1U << 28, &flows)) {
-				pr_warn("--flows must be a number from 1024 to %u\n", 1U << 28);
-				return -EINVAL;
-			}
-			break;
-		case 'h':
-			attach_usage();
+	for (i = 0; bgs_words_mode[i]; i++) {
+		if (!strcmp(arg, bgs_words_mode[i])) {
+			*(int *)dst = modes[i];
 			return 0;
-		default:
-			return -EINVAL;
 		}
 	}
-	if (optind != argc - 1) {
-		pr_warn("attach takes one interface (see 'bgswitch attach --help')\n");
-		return -EINVAL;
-	}
-	ifname = argv[optind];
-	ifindex = if_nametoindex(ifname);
-	if (!ifindex) {
-		pr_warn("no interface '%s'\n", ifname);
+	pr_warn("unknown mode '%s' (auto, native or generic)\n", arg);
+	return -EINVAL;
+}
+
+static int parse_tx_ports_opt(const char *arg, void *dst)
+{
+	return parse_tx_ports(arg, dst);
+}
+
+static const struct bgs_pos iface_pos[] = {
+	{ .name = "IFACE", .complete = "iface" },
+	BGS_POS_END,
+};
+
+static const struct bgs_opt attach_opts[] = {
+	{ .name = "mode",
+	  .short_name = 'm',
+	  .type = BGS_OPT_FUNC,
+	  .off = offsetof(struct attach_args, mode),
+	  .help = "XDP mode: auto (default: native where the driver has it), native, or generic",
+	  .values = bgs_words_mode,
+	  .parse = parse_mode },
+	{ .name = "flows",
+	  .short_name = 'f',
+	  .type = BGS_OPT_U32,
+	  .off = offsetof(struct attach_args, flows),
+	  .metavar = "N",
+	  .help = "flow-table entries (default 1048576); fixed once the state exists",
+	  .min = 1024,
+	  .max = 1U << 28 },
+	{ .name = "force",
+	  .short_name = 'F',
+	  .type = BGS_OPT_BOOL,
+	  .off = offsetof(struct attach_args, force),
+	  .help = "replace an XDP program or TC filter that is not this state's" },
+	{ .name = "xdp-egress",
+	  .short_name = 'e',
+	  .type = BGS_OPT_FUNC,
+	  .off = offsetof(struct attach_args, tx),
+	  .metavar = "IF[,IF...]",
+	  .help = "interfaces the fast path may XDP_REDIRECT to (each must take XDP frames: a "
+		  "native driver, or a veth whose peer has GRO or XDP on); replaces the "
+		  "registered list. Routes back out of IFACE always use XDP_TX; any other route "
+		  "uses the stack",
+	  .complete = "iface-list",
+	  .parse = parse_tx_ports_opt },
+	{ .name = "replace",
+	  .short_name = 'R',
+	  .type = BGS_OPT_BOOL,
+	  .off = offsetof(struct attach_args, replace),
+	  .help = "load this build's programs with the pinned maps and swap them in for the "
+		  "attached ones atomically (an upgrade: no flow is dropped); IFACE must be "
+		  "attached by this state" },
+	{ .name = "change-mode",
+	  .short_name = 'C',
+	  .type = BGS_OPT_BOOL,
+	  .off = offsetof(struct attach_args, change_mode),
+	  .help = "allow a change of XDP mode on an attached IFACE: not atomic (the kernel runs "
+		  "one mode at a time), so refused without it; if the new mode fails the old "
+		  "program is attached again" },
+	BGS_OPT_END,
+};
+
+_Static_assert(BGS_DEFAULT_FLOWS == 1048576, "attach's help text");
+
+const struct bgs_cmd_spec bgs_spec_attach = {
+	.name = "attach",
+	.summary = "load the data plane and attach it to an interface",
+	.description = "Load the data plane, pin its maps and programs under the pin root, and "
+		       "attach XDP on IFACE's ingress and TC on its egress. Running it again "
+		       "changes nothing.",
+	.pos = iface_pos,
+	.opts = attach_opts,
+};
+
+/* One attach: what it was asked, what it found, and what it has done so far (undone on error). */
+struct attach_ctx {
+	struct attach_args a;
+	bool egress; /* --xdp-egress given */
+	const char *ifname;
+	int ifindex;
+	bool created; /* the pin root did not exist */
+	int lock_fd;
+	struct iface_view v; /* before */
+	struct old_progs old;
+	struct bgswitch_bpf *skel;
+	bool pins_done, tc_done, xdp_done;
+};
+
+static int attach_parse(struct attach_ctx *c, int argc, char **argv, bool *help)
+{
+	struct bgs_parsed p;
+	int err;
+
+	err = params_parse(&bgs_spec_attach, argc, argv, &c->a, &p);
+	*help = p.help;
+	if (err || p.help)
+		return err;
+	c->egress = params_seen(&bgs_spec_attach, &p, "xdp-egress");
+	c->ifname = p.pos[0];
+	c->ifindex = if_nametoindex(c->ifname);
+	if (!c->ifindex) {
+		pr_warn("no interface '%s'\n", c->ifname);
 		return -ENODEV;
 	}
-	err = state_need_root();
-	if (err)
-		return err;
-	err = state_prepare_fs(&created);
-	if (err)
-		return err;
-	err = state_lock(&lock_fd);
-	if (err)
-		goto out;
+	return 0;
+}
 
-	err = pinned_flow_entries(&pinned_flows);
+/* The flow table's size: fixed once pinned. */
+static int attach_flows(struct attach_ctx *c)
+{
+	__u32 pinned;
+	int err;
+
+	err = pinned_flow_entries(&pinned);
 	if (err)
-		goto out;
-	if (pinned_flows && flows && flows != pinned_flows) {
+		return err;
+	if (pinned && c->a.flows && c->a.flows != pinned) {
 		pr_warn("the pinned flow table has %u entries, not %u; it keeps its flows, so its "
 			"size is fixed ('detach --purge' to start over)\n",
-			pinned_flows, flows);
-		err = -EEXIST;
-		goto out;
+			pinned, c->a.flows);
+		return -EEXIST;
 	}
-	if (!flows)
-		flows = pinned_flows ? pinned_flows : BGS_DEFAULT_FLOWS;
+	if (!c->a.flows)
+		c->a.flows = pinned ? pinned : BGS_DEFAULT_FLOWS;
+	return 0;
+}
 
-	err = iface_inspect(ifindex, &v);
-	if (err)
-		goto out;
-	if (v.xdp_id && !v.xdp_ours && !force) {
-		if (!strcmp(v.xdp_name, "bgs_ingress"))
+/* Programs on the interface that are not this state's are replaced only with --force. */
+static int attach_check_foreign(const struct attach_ctx *c)
+{
+	const struct iface_view *v = &c->v;
+
+	if (v->xdp_id && !v->xdp_ours && !c->a.force) {
+		if (!strcmp(v->xdp_name, "bgs_ingress"))
 			pr_warn("%s is attached by another bgswitch state (XDP program id %u); "
 				"detach it with that state's --pin-root, or use --force\n",
-				ifname, v.xdp_id);
+				c->ifname, v->xdp_id);
 		else
 			pr_warn("%s already runs XDP program '%s' (id %u); refusing to replace it "
 				"(--force replaces it)\n",
-				ifname, v.xdp_name, v.xdp_id);
-		err = -EBUSY;
-		goto out;
+				c->ifname, v->xdp_name, v->xdp_id);
+		return -EBUSY;
 	}
-	if (v.tc_id && !v.tc_ours && !force) {
+	if (v->tc_id && !v->tc_ours && !c->a.force) {
 		pr_warn("%s already has a TC egress filter with bgswitch's handle (program id %u); "
 			"refusing to replace it (--force replaces it)\n",
-			ifname, v.tc_id);
-		err = -EBUSY;
-		goto out;
+			c->ifname, v->tc_id);
+		return -EBUSY;
 	}
-	err = check_mode_change(ifname, mode, &v, replace, change_mode);
+	return 0;
+}
+
+/* The plan: lock the state, look at the interface, refuse what must be refused. Sets *done
+ * when the interface is attached as asked already (nothing to load).
+ */
+static int attach_plan(struct attach_ctx *c, bool *done)
+{
+	const struct iface_view *v = &c->v;
+	int err;
+
+	*done = false;
+	err = state_need_root();
+	if (!err)
+		err = state_prepare_fs(&c->created);
+	if (!err)
+		err = state_lock(&c->lock_fd);
+	if (!err)
+		err = attach_flows(c);
+	if (!err)
+		err = iface_inspect(c->ifindex, &c->v);
+	if (!err)
+		err = attach_check_foreign(c);
+	if (!err)
+		err = check_mode_change(c->ifname, c->a.mode, v, c->a.replace, c->a.change_mode);
 	if (err)
-		goto out;
-	if (replace) {
+		return err;
+	if (c->a.replace) {
 		/* An upgrade in place: both programs are swapped, never detached, so the mode
 		 * stays and no packet meets an interface without its program.
 		 */
-		if (!v.xdp_ours) {
-			pr_warn("--replace: %s is not attached by the state at %s (attach it first)\n",
-				ifname, bgs_pin_root);
-			err = -ENOENT;
-			goto out;
-		}
-	} else if (v.xdp_ours && v.tc_ours && v.recorded && pins_complete() &&
-		   (!mode_flags(mode) || mode_flags(mode) == attached_flags(v.xdp_mode))) {
-		if (egress) {
-			char path[PATH_MAX];
-			int fd;
-
-			state_pin_path(path, sizeof(path), "bgs_tx_ports");
-			fd = bpf_obj_get(path);
-			err = fd < 0 ? -errno : set_tx_ports(fd, &tx);
-			if (fd >= 0)
-				close(fd);
-			if (err)
-				goto out;
-		}
-		pr_info("%s: already attached (%s XDP ingress, TC egress), state at %s\n", ifname,
-			xdp_mode_name(v.xdp_mode), bgs_pin_root);
-		err = 0;
-		goto out;
+		if (v->xdp_ours)
+			return 0;
+		pr_warn("--replace: %s is not attached by the state at %s (attach it first)\n",
+			c->ifname, bgs_pin_root);
+		return -ENOENT;
 	}
+	*done = v->xdp_ours && v->tc_ours && v->recorded && pins_complete() &&
+		(!mode_flags(c->a.mode) || mode_flags(c->a.mode) == attached_flags(v->xdp_mode));
+	return 0;
+}
 
-	err = old_progs_get(&v, &old);
+/* Attached as asked already: only --xdp-egress may change. */
+static int attach_already(const struct attach_ctx *c)
+{
+	char path[PATH_MAX];
+	int fd, err;
+
+	if (c->egress) {
+		state_pin_path(path, sizeof(path), "bgs_tx_ports");
+		fd = bpf_obj_get(path);
+		err = fd < 0 ? -errno : set_tx_ports(fd, &c->a.tx);
+		if (fd >= 0)
+			close(fd);
+		if (err)
+			return err;
+	}
+	pr_info("%s: already attached (%s XDP ingress, TC egress), state at %s\n", c->ifname,
+		xdp_mode_name(c->v.xdp_mode), bgs_pin_root);
+	return 0;
+}
+
+/* Load the data plane with the pinned maps and pin its programs. */
+static int attach_load(struct attach_ctx *c)
+{
+	LIBBPF_OPTS(bpf_object_open_opts, open_opts, .pin_root_path = bgs_pin_root);
+	int err;
+
+	err = old_progs_get(&c->v, &c->old);
 	if (err)
-		goto out;
-	skel = bgswitch_bpf__open_opts(&open_opts);
-	if (!skel) {
+		return err;
+	c->skel = bgswitch_bpf__open_opts(&open_opts);
+	if (!c->skel) {
 		err = -errno;
 		pr_warn("cannot open the BPF object: %s\n", strerror(errno));
-		goto out;
+		return err;
 	}
-	bpf_map__set_max_entries(skel->maps.bgs_flows, flows);
-	adopt_pinned_flags(skel);
-	err = bgswitch_bpf__load(skel);
+	bpf_map__set_max_entries(c->skel->maps.bgs_flows, c->a.flows);
+	adopt_pinned_flags(c->skel);
+	err = bgswitch_bpf__load(c->skel);
 	if (err) {
 		pr_warn("cannot load the data plane: %s (run with -v for the verifier's log)\n",
 			strerror(-err));
-		goto out;
+		return err;
 	}
-	err = config_init(skel, flows);
+	err = config_init(c->skel, c->a.flows);
 	if (err)
-		goto out;
+		return err;
 	fault_point("attach-after-load");
-	pins_done = true;
-	err = pin_prog(skel->progs.bgs_ingress, "bgs_ingress");
+	c->pins_done = true;
+	err = pin_prog(c->skel->progs.bgs_ingress, "bgs_ingress");
 	if (!err)
-		err = pin_prog(skel->progs.bgs_egress, "bgs_egress");
+		err = pin_prog(c->skel->progs.bgs_egress, "bgs_egress");
 	if (!err)
-		err = local_progs_install(skel->obj);
+		err = local_progs_install(c->skel->obj);
+	if (!err)
+		fault_point("attach-after-pin");
+	return err;
+}
+
+/* Record what runs on the interface now, and say so. */
+static int attach_record(const struct attach_ctx *c)
+{
+	struct bgs_iface rec = { 0 };
+	struct iface_view after;
+	__u32 key = c->ifindex;
+	int err;
+
+	err = iface_inspect(c->ifindex, &after);
 	if (err)
-		goto out;
-	fault_point("attach-after-pin");
+		return err;
+	snprintf(rec.name, sizeof(rec.name), "%s", c->ifname);
+	rec.xdp_prog_id = after.xdp_id;
+	rec.tc_prog_id = after.tc_id;
+	rec.xdp_flags = attached_flags(after.xdp_mode);
+	if (bpf_map_update_elem(bpf_map__fd(c->skel->maps.bgs_ifaces), &key, &rec, BPF_ANY)) {
+		err = -errno;
+		pr_warn("cannot record the attachment: %s\n", strerror(errno));
+		return err;
+	}
+	if (c->a.replace)
+		pr_info("%s: programs replaced (XDP id %u -> %u, TC id %u -> %u), pinned maps "
+			"reused, state at %s\n",
+			c->ifname, c->v.xdp_id, after.xdp_id, c->v.tc_id, after.tc_id,
+			bgs_pin_root);
+	else
+		pr_info("%s: attached (%s XDP ingress, TC egress), flow table %u entries, state at "
+			"%s\n",
+			c->ifname, xdp_mode_name(after.xdp_mode), c->a.flows, bgs_pin_root);
+	return 0;
+}
+
+/* The apply: TC, then XDP, then the redirect targets, then the record. */
+static int attach_apply(struct attach_ctx *c)
+{
+	int err;
 
 	/* TC first: on its own it only rewrites replies of flows XDP recorded, so whatever stops
 	 * this command half way never leaves an interface translating one way only.
 	 */
-	err = attach_tc(ifindex, ifname, bpf_program__fd(skel->progs.bgs_egress));
+	err = attach_tc(c->ifindex, c->ifname, bpf_program__fd(c->skel->progs.bgs_egress));
 	if (err)
-		goto out;
-	tc_done = true;
+		return err;
+	c->tc_done = true;
 	fault_point("attach-after-tc");
-	err = attach_xdp(ifindex, ifname, bpf_program__fd(skel->progs.bgs_ingress), mode, &v,
-			 old.xdp_fd);
+	err = attach_xdp(c->ifindex, c->ifname, bpf_program__fd(c->skel->progs.bgs_ingress),
+			 c->a.mode, &c->v, c->old.xdp_fd);
 	if (err)
-		goto out;
-	xdp_done = true;
+		return err;
+	c->xdp_done = true;
 	/* After the attach: one that fails leaves the registered list as it was. */
-	if (egress) {
-		err = set_tx_ports(bpf_map__fd(skel->maps.bgs_tx_ports), &tx);
+	if (c->egress) {
+		err = set_tx_ports(bpf_map__fd(c->skel->maps.bgs_tx_ports), &c->a.tx);
 		if (err)
-			goto out;
+			return err;
 	}
 	fault_point("attach-before-record");
+	return attach_record(c);
+}
 
-	err = iface_inspect(ifindex, &after);
-	if (err)
-		goto out;
-	memset(&rec, 0, sizeof(rec));
-	snprintf(rec.name, sizeof(rec.name), "%s", ifname);
-	rec.xdp_prog_id = after.xdp_id;
-	rec.tc_prog_id = after.tc_id;
-	rec.xdp_flags = attached_flags(after.xdp_mode);
-	zero_key = ifindex;
-	if (bpf_map_update_elem(bpf_map__fd(skel->maps.bgs_ifaces), &zero_key, &rec, BPF_ANY)) {
-		err = -errno;
-		pr_warn("cannot record the attachment: %s\n", strerror(errno));
-		goto out;
-	}
-	if (replace)
-		pr_info("%s: programs replaced (XDP id %u -> %u, TC id %u -> %u), pinned maps "
-			"reused, state at %s\n",
-			ifname, v.xdp_id, after.xdp_id, v.tc_id, after.tc_id, bgs_pin_root);
-	else
-		pr_info("%s: attached (%s XDP ingress, TC egress), flow table %u entries, state at "
-			"%s\n",
-			ifname, xdp_mode_name(after.xdp_mode), flows, bgs_pin_root);
-out:
-	/* Leave the interface as it was: a half attachment would translate one way only. */
-	if (err && xdp_done && !v.xdp_id)
-		bpf_xdp_detach(ifindex, mode_flags(mode), NULL);
-	if (err && !xdp_done)
-		iface_restore(ifindex, ifname, &v, &old, tc_done, pins_done && !created);
-	else if (err && tc_done && !v.tc_id)
-		detach_tc(ifindex);
-	old_progs_put(&old);
-	bgswitch_bpf__destroy(skel);
+/* Leave the interface as it was on an error (a half attachment would translate one way only),
+ * and release what the attach held.
+ */
+static void attach_finish(struct attach_ctx *c, int err)
+{
+	if (err && c->xdp_done && !c->v.xdp_id)
+		bpf_xdp_detach(c->ifindex, mode_flags(c->a.mode), NULL);
+	if (err && !c->xdp_done)
+		iface_restore(c->ifindex, c->ifname, &c->v, &c->old, c->tc_done,
+			      c->pins_done && !c->created);
+	else if (err && c->tc_done && !c->v.tc_id)
+		detach_tc(c->ifindex);
+	old_progs_put(&c->old);
+	bgswitch_bpf__destroy(c->skel);
 	/* A failed first attach leaves no state behind: half a state is worse than none. */
-	if (err && created)
+	if (err && c->created)
 		purge_pins();
-	if (lock_fd >= 0)
-		close(lock_fd);
+	if (c->lock_fd >= 0)
+		close(c->lock_fd);
+}
+
+int do_attach(int argc, char **argv)
+{
+	struct attach_ctx c = { .lock_fd = -1, .old = { -1, -1 } };
+	bool help, done;
+	int err;
+
+	err = attach_parse(&c, argc, argv, &help);
+	if (err || help)
+		return err;
+	err = attach_plan(&c, &done);
+	if (!err && done)
+		err = attach_already(&c);
+	else if (!err)
+		err = attach_load(&c);
+	if (!err && !done)
+		err = attach_apply(&c);
+	attach_finish(&c, err);
 	return err;
 }
 
-static void detach_usage(void)
-{
-	printf("Usage: bgswitch detach IFACE [--purge]\n"
-	       "\n"
-	       "Remove the XDP and TC programs from IFACE. Services, backends and flows stay\n"
-	       "pinned, so a later attach carries on where this one stopped.\n"
-	       "\n"
-	       "  -p, --purge   also remove the pinned state (refused while another interface\n"
-	       "                is still attached)\n"
-	       "  -h, --help    this help\n");
-}
+struct detach_args {
+	bool purge;
+};
+
+static const struct bgs_opt detach_opts[] = {
+	{ .name = "purge",
+	  .short_name = 'p',
+	  .type = BGS_OPT_BOOL,
+	  .off = offsetof(struct detach_args, purge),
+	  .help = "also remove the pinned state (refused while another interface is still "
+		  "attached)" },
+	BGS_OPT_END,
+};
+
+const struct bgs_cmd_spec bgs_spec_detach = {
+	.name = "detach",
+	.summary = "remove the data plane from an interface",
+	.description = "Remove the XDP and TC programs from IFACE. Services, backends and flows "
+		       "stay pinned, so a later attach carries on where this one stopped.",
+	.pos = iface_pos,
+	.opts = detach_opts,
+};
 
 static int purge_pins(void)
 {
@@ -811,98 +920,95 @@ static int purge_pins(void)
 	return err;
 }
 
-int do_detach(int argc, char **argv)
+/* A purge is refused while the state is attached to another interface: checked first, so that
+ * a refused purge changes nothing.
+ */
+static int detach_purge_check(struct bgs_state *st, int ifindex)
 {
-	static const struct option opts[] = {
-		{ "purge", no_argument, NULL, 'p' },
-		{ "help", no_argument, NULL, 'h' },
-		{ 0 },
-	};
-	struct bgs_state st;
-	struct iface_view v;
-	__u32 key, next, ifkey;
-	bool purge = false, had = false;
 	struct bgs_iface rec;
-	const char *ifname;
-	int ifindex, c, err;
+	__u32 key, next;
+	int err;
 
-	while ((c = getopt_cmd(argc, argv, "ph", opts)) != -1) {
-		switch (c) {
-		case 'p':
-			purge = true;
-			break;
-		case 'h':
-			detach_usage();
-			return 0;
-		default:
-			return -EINVAL;
+	for (err = bpf_map_get_next_key(st->fd[BGS_M_IFACES], NULL, &key); !err;
+	     err = bpf_map_get_next_key(st->fd[BGS_M_IFACES], &key, &next), key = next) {
+		if ((int)key != ifindex && !bpf_map_lookup_elem(st->fd[BGS_M_IFACES], &key, &rec)) {
+			pr_warn("cannot purge: the state is still attached to %s; detach it first\n",
+				rec.name);
+			return -EBUSY;
 		}
 	}
-	if (optind != argc - 1) {
-		pr_warn("detach takes one interface (see 'bgswitch detach --help')\n");
-		return -EINVAL;
+	return 0;
+}
+
+/* Take this state's programs off the interface and forget it. Sets *had when there was any. */
+static int detach_iface(struct bgs_state *st, int ifindex, const char *ifname, bool *had)
+{
+	struct iface_view v;
+	__u32 ifkey = ifindex;
+	int err;
+
+	*had = false;
+	err = iface_inspect(ifindex, &v);
+	if (err)
+		return err;
+	if (v.xdp_id && v.xdp_ours) {
+		err = bpf_xdp_detach(ifindex, attached_flags(v.xdp_mode), NULL);
+		if (err) {
+			pr_warn("cannot detach XDP from %s: %s\n", ifname, strerror(-err));
+			return err;
+		}
+		*had = true;
 	}
-	ifname = argv[optind];
+	if (v.tc_id && v.tc_ours) {
+		detach_tc(ifindex);
+		*had = true;
+	}
+	if (!bpf_map_delete_elem(st->fd[BGS_M_IFACES], &ifkey))
+		*had = true;
+	return 0;
+}
+
+int do_detach(int argc, char **argv)
+{
+	struct detach_args a = { 0 };
+	struct bgs_parsed p;
+	struct bgs_state st;
+	const char *ifname;
+	int ifindex, err;
+	bool had;
+
+	err = params_parse(&bgs_spec_detach, argc, argv, &a, &p);
+	if (err || p.help)
+		return err;
+	ifname = p.pos[0];
 	ifindex = if_nametoindex(ifname);
 	if (!ifindex) {
 		pr_warn("no interface '%s'\n", ifname);
 		return -ENODEV;
 	}
 	err = state_need_root();
+	if (!err)
+		err = state_open(&st, true);
 	if (err)
 		return err;
-	err = state_open(&st, true);
-	if (err)
-		return err;
-
-	if (purge) {
-		/* Check everything first: a refused purge must change nothing. */
-		for (err = bpf_map_get_next_key(st.fd[BGS_M_IFACES], NULL, &key); !err;
-		     err = bpf_map_get_next_key(st.fd[BGS_M_IFACES], &key, &next), key = next) {
-			if ((int)key != ifindex &&
-			    !bpf_map_lookup_elem(st.fd[BGS_M_IFACES], &key, &rec)) {
-				pr_warn("cannot purge: the state is still attached to %s; "
-					"detach it first\n",
-					rec.name);
-				err = -EBUSY;
-				goto out;
-			}
-		}
-	}
-
-	err = iface_inspect(ifindex, &v);
+	err = a.purge ? detach_purge_check(&st, ifindex) : 0;
+	if (!err)
+		err = detach_iface(&st, ifindex, ifname, &had);
 	if (err)
 		goto out;
-	if (v.xdp_id && v.xdp_ours) {
-		err = bpf_xdp_detach(ifindex, attached_flags(v.xdp_mode), NULL);
-		if (err) {
-			pr_warn("cannot detach XDP from %s: %s\n", ifname, strerror(-err));
-			goto out;
-		}
-		had = true;
-	}
-	if (v.tc_id && v.tc_ours) {
-		detach_tc(ifindex);
-		had = true;
-	}
-	ifkey = ifindex;
-	if (!bpf_map_delete_elem(st.fd[BGS_M_IFACES], &ifkey))
-		had = true;
-	err = 0;
 	if (had)
 		pr_info("%s: detached\n", ifname);
-	else if (!purge) {
+	if (!had && !a.purge) {
 		pr_warn("%s is not attached\n", ifname);
 		err = -ENOENT;
+	}
+	if (err || !a.purge)
 		goto out;
-	}
-	if (purge) {
-		state_close(&st);
-		err = purge_pins();
-		if (!err)
-			pr_info("removed the pinned state at %s\n", bgs_pin_root);
-		return err;
-	}
+	state_close(&st);
+	err = purge_pins();
+	if (!err)
+		pr_info("removed the pinned state at %s\n", bgs_pin_root);
+	return err;
 out:
 	state_close(&st);
 	return err;

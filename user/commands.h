@@ -21,5 +21,6 @@ int do_gc(int argc, char **argv);
 int do_limits(int argc, char **argv);
 int do_agent(int argc, char **argv);
 int do_local(int argc, char **argv);
+int do_gen(int argc, char **argv);
 
 #endif /* BGS_COMMANDS_H */

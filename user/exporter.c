@@ -1,9 +1,9 @@
 // SPDX-License-Identifier: GPL-2.0
 /* exporter.c: `exporter`: the Prometheus /metrics endpoint, served by libmicrohttpd. */
 #include <errno.h>
-#include <getopt.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,6 +16,7 @@
 
 #include "commands.h"
 #include "log.h"
+#include "specs.h"
 #include "snapshot.h"
 #include "state.h"
 #include "util.h"
@@ -576,87 +577,85 @@ static unsigned int exporter_conn_limit(void)
 	return rl.rlim_cur > 128 ? (unsigned int)rl.rlim_cur - 64 : 64;
 }
 
-static void exporter_usage(void)
+struct exporter_args {
+	const char *listen;
+	struct bgs_endpoint ep; /* listen, parsed */
+	__u64 gc_ns;
+};
+
+static int parse_gc_interval(const char *arg, void *dst)
 {
-	printf("Usage: bgswitch exporter --listen ADDR:PORT\n"
-	       "\n"
-	       "Serve the counters as Prometheus metrics at http://ADDR:PORT/metrics until\n"
-	       "SIGINT or SIGTERM. It binds only ADDR (an IPv4 address, or [IPv6]); scrapes are\n"
-	       "served concurrently and read the pinned maps, never blocking the data plane.\n"
-	       "No client can starve a scrape: a connection idle for %d s is closed, a peer\n"
-	       "holds at most %d connections, %d in all.\n"
-	       "\n"
-	       "  -l, --listen ADDR:PORT   where to listen, e.g. 127.0.0.1:9465\n"
-	       "  -g, --gc-interval D      collect expired flows every D (default 10s; 0: never)\n"
-	       "  -h, --help               this help\n",
-	       EXP_IDLE_SEC, EXP_PER_PEER, EXP_MAX_CONNS);
+	if (!strcmp(arg, "0")) {
+		*(__u64 *)dst = 0;
+		return 0;
+	}
+	return parse_duration_ns(arg, 1000000000ULL, 3600000000000ULL, dst);
 }
 
-int do_exporter(int argc, char **argv)
+static const struct bgs_opt exporter_opts[] = {
+	{ .name = "listen",
+	  .short_name = 'l',
+	  .type = BGS_OPT_STR,
+	  .off = offsetof(struct exporter_args, listen),
+	  .metavar = "ADDR:PORT",
+	  .help = "where to listen, e.g. 127.0.0.1:9465 (required)" },
+	{ .name = "gc-interval",
+	  .short_name = 'g',
+	  .type = BGS_OPT_FUNC,
+	  .off = offsetof(struct exporter_args, gc_ns),
+	  .metavar = "D",
+	  .help = "collect expired flows every D (default 10s; 0: never)",
+	  .parse = parse_gc_interval },
+	BGS_OPT_END,
+};
+
+_Static_assert(EXP_IDLE_SEC == 10 && EXP_PER_PEER == 64 && EXP_MAX_CONNS == 4096,
+	       "exporter's help text");
+
+const struct bgs_cmd_spec bgs_spec_exporter = {
+	.name = "exporter",
+	.summary = "serve the counters as Prometheus metrics",
+	.description = "Serve the counters as Prometheus metrics at http://ADDR:PORT/metrics until "
+		       "SIGINT or SIGTERM. It binds only ADDR (an IPv4 address, or [IPv6]); "
+		       "scrapes are served concurrently and read the pinned maps, never blocking "
+		       "the data plane. No client can starve a scrape: a connection idle for 10 s "
+		       "is closed, a peer holds at most 64 connections, 4096 in all.",
+	.opts = exporter_opts,
+};
+
+static void exporter_sockaddr(const struct bgs_endpoint *ep, struct sockaddr_storage *ss,
+			      unsigned int *flags)
 {
-	static const struct option opts[] = {
-		{ "listen", required_argument, NULL, 'l' },
-		{ "gc-interval", required_argument, NULL, 'g' },
-		{ "help", no_argument, NULL, 'h' },
-		{ 0 },
-	};
+	if (ep->family == BGS_AF_INET6) {
+		struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)ss;
+
+		a6->sin6_family = AF_INET6;
+		a6->sin6_port = ep->port;
+		memcpy(&a6->sin6_addr, ep->addr, sizeof(a6->sin6_addr));
+		*flags |= MHD_USE_IPv6;
+	} else {
+		struct sockaddr_in *a4 = (struct sockaddr_in *)ss;
+
+		a4->sin_family = AF_INET;
+		a4->sin_port = ep->port;
+		a4->sin_addr.s_addr = ep->addr[0];
+	}
+}
+
+/* Serve until SIGINT or SIGTERM, collecting expired flows every gc_ns. */
+static int exporter_serve(const struct exporter_args *a)
+{
 	struct sockaddr_storage ss = { 0 };
-	struct bgs_endpoint ep;
 	struct MHD_Daemon *d;
-	const char *listen = NULL;
 	unsigned int flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL |
 			     MHD_ALLOW_SUSPEND_RESUME,
 		     conns;
+	__u64 gc_ns = a->gc_ns;
 	pthread_t tid;
-	__u64 gc_ns = 10000000000ULL;
-	struct bgs_state st;
 	sigset_t set;
-	int c, sig, err;
+	int sig, err;
 
-	while ((c = getopt_cmd(argc, argv, "l:g:h", opts)) != -1) {
-		switch (c) {
-		case 'l':
-			listen = optarg;
-			break;
-		case 'g':
-			if (!strcmp(optarg, "0"))
-				gc_ns = 0;
-			else if (parse_duration_ns(optarg, 1000000000ULL, 3600000000000ULL, &gc_ns))
-				return -EINVAL;
-			break;
-		case 'h':
-			exporter_usage();
-			return 0;
-		default:
-			return -EINVAL;
-		}
-	}
-	if (!listen || optind != argc) {
-		pr_warn("exporter needs --listen ADDR:PORT and nothing else\n");
-		return -EINVAL;
-	}
-	if (parse_endpoint(listen, &ep))
-		return -EINVAL;
-	if (ep.family == BGS_AF_INET6) {
-		struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)&ss;
-
-		a6->sin6_family = AF_INET6;
-		a6->sin6_port = ep.port;
-		memcpy(&a6->sin6_addr, ep.addr, sizeof(a6->sin6_addr));
-		flags |= MHD_USE_IPv6;
-	} else {
-		struct sockaddr_in *a4 = (struct sockaddr_in *)&ss;
-
-		a4->sin_family = AF_INET;
-		a4->sin_port = ep.port;
-		a4->sin_addr.s_addr = ep.addr[0];
-	}
-	/* Fail now, not at the first scrape, when there is no state to export. */
-	err = state_open(&st, false);
-	if (err)
-		return err;
-	state_close(&st);
-
+	exporter_sockaddr(&a->ep, &ss, &flags);
 	/* Signals are taken by sigwait below; the server's threads inherit the mask. */
 	sigemptyset(&set);
 	sigaddset(&set, SIGINT);
@@ -670,21 +669,23 @@ int do_exporter(int argc, char **argv)
 		pr_warn("cannot start the collector thread: %s\n", strerror(err));
 		return -err;
 	}
-	d = MHD_start_daemon(flags, ntohs(ep.port), NULL, NULL, handle, NULL, MHD_OPTION_SOCK_ADDR,
-			     (struct sockaddr *)&ss, MHD_OPTION_THREAD_POOL_SIZE,
-			     (unsigned int)EXP_THREADS, MHD_OPTION_CONNECTION_TIMEOUT,
-			     (unsigned int)EXP_IDLE_SEC, MHD_OPTION_PER_IP_CONNECTION_LIMIT,
-			     (unsigned int)EXP_PER_PEER, MHD_OPTION_CONNECTION_LIMIT, conns,
-			     MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)EXP_CONN_MEMORY,
-			     MHD_OPTION_LISTEN_BACKLOG_SIZE, (unsigned int)EXP_BACKLOG,
-			     MHD_OPTION_NOTIFY_COMPLETED, request_done, NULL, MHD_OPTION_END);
+	d = MHD_start_daemon(flags, ntohs(a->ep.port), NULL, NULL, handle, NULL,
+			     MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
+			     MHD_OPTION_THREAD_POOL_SIZE, (unsigned int)EXP_THREADS,
+			     MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)EXP_IDLE_SEC,
+			     MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned int)EXP_PER_PEER,
+			     MHD_OPTION_CONNECTION_LIMIT, conns, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
+			     (size_t)EXP_CONN_MEMORY, MHD_OPTION_LISTEN_BACKLOG_SIZE,
+			     (unsigned int)EXP_BACKLOG, MHD_OPTION_NOTIFY_COMPLETED, request_done,
+			     NULL, MHD_OPTION_END);
 	if (!d) {
-		pr_warn("cannot listen on %s: %s\n", listen, strerror(errno ? errno : EADDRINUSE));
+		pr_warn("cannot listen on %s: %s\n", a->listen,
+			strerror(errno ? errno : EADDRINUSE));
 		exporter_stop_collector(tid);
 		return -EADDRINUSE;
 	}
 	pr_info("exporter: serving http://%s/metrics (at most %u connections, %u per peer)\n",
-		listen, conns, EXP_PER_PEER);
+		a->listen, conns, EXP_PER_PEER);
 	fflush(stdout);
 	for (;;) {
 		struct timespec ts = { gc_ns / 1000000000ULL, gc_ns % 1000000000ULL };
@@ -702,4 +703,28 @@ int do_exporter(int argc, char **argv)
 	MHD_stop_daemon(d);
 	pr_info("exporter: stopped\n");
 	return 0;
+}
+
+int do_exporter(int argc, char **argv)
+{
+	struct exporter_args a = { .gc_ns = 10000000000ULL };
+	struct bgs_parsed p;
+	struct bgs_state st;
+	int err;
+
+	err = params_parse(&bgs_spec_exporter, argc, argv, &a, &p);
+	if (err || p.help)
+		return err;
+	if (!a.listen) {
+		pr_warn("exporter needs --listen ADDR:PORT (see 'bgswitch exporter --help')\n");
+		return -EINVAL;
+	}
+	if (parse_endpoint(a.listen, &a.ep))
+		return -EINVAL;
+	/* Fail now, not at the first scrape, when there is no state to export. */
+	err = state_open(&st, false);
+	if (err)
+		return err;
+	state_close(&st);
+	return exporter_serve(&a);
 }

@@ -4,10 +4,10 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <getopt.h>
 #include <limits.h>
 #include <pthread.h>
 #include <sched.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,6 +21,7 @@
 #include "commands.h"
 #include "local.h"
 #include "log.h"
+#include "specs.h"
 #include "state.h"
 
 #ifndef SO_NETNS_COOKIE
@@ -309,20 +310,45 @@ static void netns_name(__u64 cookie, char *buf, size_t len)
 	closedir(d);
 }
 
-static void local_usage(void)
-{
-	printf("Usage: bgswitch local add [--netns PATH]\n"
-	       "       bgswitch local del [--netns PATH]\n"
-	       "       bgswitch local list\n"
-	       "\n"
-	       "Serve local clients: sockets of the named network namespaces that connect or send\n"
-	       "to a VIP go to a backend chosen as a new flow's is (cgroup v2 socket hooks at the\n"
-	       "root, attached by the first 'local add' and removed by 'detach --purge').\n"
-	       "\n"
-	       "  -n, --netns PATH  the namespace (/run/netns/NAME, /proc/PID/ns/net); default:\n"
-	       "                    the one this command runs in\n"
-	       "  -h, --help        this help\n");
-}
+struct local_args {
+	const char *netns;
+};
+
+static const struct bgs_opt local_opts[] = {
+	{ .name = "netns",
+	  .short_name = 'n',
+	  .type = BGS_OPT_STR,
+	  .off = offsetof(struct local_args, netns),
+	  .metavar = "PATH",
+	  .help = "the namespace (/run/netns/NAME, /proc/PID/ns/net); default: the one this "
+		  "command runs in",
+	  .complete = "file" },
+	BGS_OPT_END,
+};
+
+#define LOCAL_HELP                                                                                \
+	"Serve local clients: sockets of the named network namespaces that connect or send to a " \
+	"VIP go to a backend chosen as a new flow's is (cgroup v2 socket hooks at the root, "     \
+	"attached by the first 'local add' and removed by 'detach --purge')."
+
+const struct bgs_cmd_spec bgs_spec_local_add = {
+	.name = "local add",
+	.summary = "serve the local clients of a network namespace",
+	.description = LOCAL_HELP,
+	.opts = local_opts,
+};
+
+const struct bgs_cmd_spec bgs_spec_local_del = {
+	.name = "local del",
+	.summary = "stop serving the local clients of a network namespace",
+	.description = LOCAL_HELP,
+	.opts = local_opts,
+};
+
+const struct bgs_cmd_spec bgs_spec_local_list = {
+	.name = "local list",
+	.summary = "list the network namespaces whose local clients are served",
+};
 
 static int local_list(struct bgs_state *st)
 {
@@ -376,47 +402,51 @@ static int local_change(struct bgs_state *st, bool add, const char *path)
 	return 0;
 }
 
-int do_local(int argc, char **argv)
+/* local add|del|list: parse, then open the state under its lock. */
+static int local_run(const struct bgs_cmd_spec *spec, int argc, char **argv)
 {
-	static const struct option opts[] = {
-		{ "netns", required_argument, NULL, 'n' },
-		{ "help", no_argument, NULL, 'h' },
-		{ 0 },
-	};
-	const char *path = NULL, *sub;
+	struct local_args a = { 0 };
+	struct bgs_parsed p;
 	struct bgs_state st;
-	int c, err;
+	int err;
 
-	/* getopt moves the subcommand behind the options, wherever it was given. */
-	while ((c = getopt_long(argc, argv, "n:h", opts, NULL)) != -1) {
-		switch (c) {
-		case 'n':
-			path = optarg;
-			break;
-		case 'h':
-			local_usage();
-			return 0;
-		default:
-			return -EINVAL;
-		}
-	}
-	if (optind >= argc) {
-		pr_warn("local takes add, del or list (see 'bgswitch local --help')\n");
-		return -EINVAL;
-	}
-	sub = argv[optind++];
-	if (optind != argc || (strcmp(sub, "add") && strcmp(sub, "del") && strcmp(sub, "list")) ||
-	    (path && !strcmp(sub, "list"))) {
-		pr_warn("usage: bgswitch local add|del [--netns PATH], or local list\n");
-		return -EINVAL;
-	}
+	err = params_parse(spec, argc, argv, &a, &p);
+	if (err || p.help)
+		return err;
 	err = state_open(&st, true);
 	if (err)
 		return err;
-	if (!strcmp(sub, "list"))
+	if (spec == &bgs_spec_local_list)
 		err = local_list(&st);
 	else
-		err = local_change(&st, !strcmp(sub, "add"), path);
+		err = local_change(&st, spec == &bgs_spec_local_add, a.netns);
 	state_close(&st);
 	return err;
+}
+
+static int local_add(int argc, char **argv)
+{
+	return local_run(&bgs_spec_local_add, argc, argv);
+}
+
+static int local_del(int argc, char **argv)
+{
+	return local_run(&bgs_spec_local_del, argc, argv);
+}
+
+static int local_ls(int argc, char **argv)
+{
+	return local_run(&bgs_spec_local_list, argc, argv);
+}
+
+int do_local(int argc, char **argv)
+{
+	static const struct bgs_subcmd subs[] = {
+		{ "add", local_add },
+		{ "del", local_del },
+		{ "list", local_ls },
+		{ NULL, NULL },
+	};
+
+	return params_subcommand("local", subs, argc, argv);
 }

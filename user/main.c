@@ -2,6 +2,7 @@
 /* main.c: global options and the command dispatch table of bgswitch. */
 #include <errno.h>
 #include <getopt.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -11,6 +12,7 @@
 #include "bgswitch.h"
 #include "commands.h"
 #include "log.h"
+#include "specs.h"
 #include "state.h"
 #include "util.h"
 
@@ -21,36 +23,20 @@
 struct command {
 	const char *name;
 	int (*func)(int argc, char **argv);
-	const char *summary;
 };
 
+/* The commands; their summaries and options are their specs in bgs_cmd_specs[] (specs.c). */
 static const struct command commands[] = {
-	{ "attach", do_attach,
-	  "attach IFACE [--mode auto|native|generic] [--flows N] [--xdp-egress IF,...] "
-	  "[--replace] [--change-mode] [--force]" },
-	{ "detach", do_detach, "detach IFACE [--purge]" },
-	{ "service", do_service,
-	  "service add NAME VIP:PORT [--proto tcp|udp] [--lb maglev|modulo] [--table-size M] | "
-	  "set NAME --table-size M | del NAME | list" },
-	{ "backend", do_backend,
-	  "backend add|del NAME blue|green IP:PORT [--weight W] [--drain|--force]" },
-	{ "flip", do_flip,
-	  "flip NAME [blue|green] [--check-http PATH] [--guard D] [--wait-drain] "
-	  "[--if-generation G]" },
-	{ "shift", do_shift, "shift NAME blue|green PERCENT [--guard D] [--if-generation G]" },
-	{ "rollout", do_rollout,
-	  "rollout NAME [blue|green] --steps P,P,... --interval D [--guard] [--if-generation G]" },
-	{ "rollback", do_rollback, "rollback NAME [--if-generation G]" },
-	{ "check", do_check, "check NAME blue|green [--check-http PATH]" },
-	{ "drain", do_drain, "drain NAME [--timeout D]" },
-	{ "status", do_status, "status [NAME] [--json] [--interval MS]" },
-	{ "timeouts", do_timeouts, "timeouts [--tcp-idle D] [--udp-idle D] [--closing D]" },
-	{ "gc", do_gc, "gc" },
-	{ "limits", do_limits, "limits [--new-flows N] [--burst N]" },
-	{ "watch", do_watch, "watch [NAME] [--interval MS]" },
-	{ "exporter", do_exporter, "exporter --listen ADDR:PORT [--gc-interval D]" },
-	{ "agent", do_agent, "agent --etcd URL[,URL...] [--node NAME] [--prefix P]" },
-	{ "local", do_local, "local add|del [--netns PATH] | list" },
+	{ "attach", do_attach },   { "detach", do_detach },
+	{ "service", do_service }, { "backend", do_backend },
+	{ "flip", do_flip },	   { "shift", do_shift },
+	{ "rollout", do_rollout }, { "rollback", do_rollback },
+	{ "check", do_check },	   { "drain", do_drain },
+	{ "status", do_status },   { "timeouts", do_timeouts },
+	{ "gc", do_gc },	   { "limits", do_limits },
+	{ "watch", do_watch },	   { "exporter", do_exporter },
+	{ "agent", do_agent },	   { "local", do_local },
+	{ "__gen", do_gen }, /* hidden: the completion and the man page, from the specs */
 };
 
 /* The exit status of a command's error: most are 1; those a pipeline acts on have their own. */
@@ -74,88 +60,120 @@ static int exit_status(int err)
 	}
 }
 
-static void usage(FILE *f)
-{
-	size_t i;
+struct global_args {
+	const char *pin_root, *audit_log;
+	int verbose;
+	bool version;
+};
 
-	fprintf(f, "Usage: bgswitch [-v] [--pin-root DIR] [--audit-log PATH] COMMAND [ARGS]\n"
-		   "\n"
-		   "A kernel-level blue-green traffic switch (XDP ingress, TC egress).\n"
-		   "\n"
-		   "Commands:\n");
-	for (i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
-		fprintf(f, "  %s\n", commands[i].summary);
-	fprintf(f,
-		"\n"
-		"Options:\n"
-		"  -r, --pin-root DIR     pinned state (default %s)\n"
-		"  -a, --audit-log PATH   audit trail file (default $BGSWITCH_AUDIT_LOG, else\n"
-		"                         %s)\n"
-		"  -v, --verbose          more detail; twice for libbpf's debug output\n"
-		"  -V, --version          print the version and the map layout version\n"
-		"  -h, --help             this help; 'bgswitch COMMAND --help' for a command\n"
-		"\n"
-		"Exit status: 0 success, 1 error, 2 usage, 3 a check failed, 4 the guard rolled\n"
-		"back, 5 drain or --wait timeout, 6 --if-generation mismatch or a lost race.\n",
-		BGS_DEFAULT_PIN_ROOT, BGS_DEFAULT_AUDIT_LOG);
+static int check_pin_root(const char *arg, void *dst)
+{
+	(void)dst;
+	if (arg[0] != '/' || strlen(arg) > 200) {
+		pr_warn("--pin-root must be an absolute path of at most 200 characters\n");
+		return -EINVAL;
+	}
+	return 0;
+}
+
+static const struct bgs_opt global_opts[] = {
+	{ .name = "pin-root",
+	  .short_name = 'r',
+	  .type = BGS_OPT_STR,
+	  .off = offsetof(struct global_args, pin_root),
+	  .metavar = "DIR",
+	  .help = "pinned state (default " BGS_DEFAULT_PIN_ROOT ")",
+	  .complete = "dir",
+	  .parse = check_pin_root },
+	{ .name = "audit-log",
+	  .short_name = 'a',
+	  .type = BGS_OPT_STR,
+	  .off = offsetof(struct global_args, audit_log),
+	  .metavar = "PATH",
+	  .help = "audit trail file (default $BGSWITCH_AUDIT_LOG, else " BGS_DEFAULT_AUDIT_LOG ")",
+	  .complete = "file" },
+	{ .name = "verbose",
+	  .short_name = 'v',
+	  .type = BGS_OPT_COUNT,
+	  .off = offsetof(struct global_args, verbose),
+	  .help = "more detail; twice for libbpf's debug output" },
+	{ .name = "version",
+	  .short_name = 'V',
+	  .type = BGS_OPT_BOOL,
+	  .off = offsetof(struct global_args, version),
+	  .help = "print the version and the map layout version" },
+	BGS_OPT_END,
+};
+
+static const struct bgs_pos global_pos[] = {
+	{ .name = "COMMAND" },
+	{ .name = "ARGS", .optional = true, .many = true },
+	BGS_POS_END,
+};
+
+/* bgswitch --help: this, then the commands' summaries (params_usage()). */
+const struct bgs_cmd_spec bgs_spec_global = {
+	.name = "",
+	.summary = "a kernel-level blue-green traffic switch (XDP ingress, TC egress)",
+	.description =
+		"A kernel-level blue-green traffic switch (XDP ingress, TC egress). "
+		"'bgswitch COMMAND --help' for a command.\n\n"
+		"Exit status: 0 success, 1 error, 2 usage, 3 a check failed, 4 the guard "
+		"rolled back, 5 drain or --wait timeout, 6 --if-generation mismatch or a lost "
+		"race.",
+	.pos = global_pos,
+	.opts = global_opts,
+	.flags = BGS_SPEC_STOP | BGS_SPEC_HIDDEN,
+};
+
+/* The global options, up to the command (*cmd: its index). Returns 1 when they said all
+ * (--help, --version).
+ */
+static int parse_global(int argc, char **argv, int *cmd)
+{
+	struct global_args a = { .pin_root = bgs_pin_root, .audit_log = bgs_audit_path };
+	struct bgs_parsed p;
+	int err;
+
+	err = params_parse(&bgs_spec_global, argc, argv, &a, &p);
+	if (err)
+		return err;
+	if (p.help)
+		return 1;
+	if (a.version) {
+		printf("bgswitch %s (map layout %d)\n", BGS_VERSION, BGS_LAYOUT_VERSION);
+		return 1;
+	}
+	bgs_pin_root = a.pin_root;
+	bgs_audit_path = a.audit_log;
+	bgs_log_setup(BGS_LOG_INFO + a.verbose);
+	*cmd = argc - p.npos;
+	return 0;
 }
 
 int main(int argc, char **argv)
 {
-	static const struct option opts[] = {
-		{ "pin-root", required_argument, NULL, 'r' },
-		{ "audit-log", required_argument, NULL, 'a' },
-		{ "verbose", no_argument, NULL, 'v' },
-		{ "version", no_argument, NULL, 'V' },
-		{ "help", no_argument, NULL, 'h' },
-		{ 0 },
-	};
-	int verbosity = BGS_LOG_INFO, c, err;
+	int err, cmd;
 	size_t i;
 
-	/* '+': stop at the command, whose own options follow it. */
 	bgs_cmd_name = "";
-	while ((c = getopt_cmd(argc, argv, "+r:a:vVh", opts)) != -1) {
-		switch (c) {
-		case 'r':
-			bgs_pin_root = optarg;
-			break;
-		case 'a':
-			bgs_audit_path = optarg;
-			break;
-		case 'v':
-			verbosity++;
-			break;
-		case 'V':
-			printf("bgswitch %s (map layout %d)\n", BGS_VERSION, BGS_LAYOUT_VERSION);
-			return 0;
-		case 'h':
-			usage(stdout);
-			return 0;
-		default:
-			return 2; /* getopt_cmd() said which option, in one line */
-		}
-	}
-	bgs_log_setup(verbosity);
-	if (optind >= argc) {
+	err = parse_global(argc, argv, &cmd);
+	if (err)
+		return err > 0 ? 0 : 2; /* params_parse() said which option, in one line */
+	if (cmd >= argc) {
 		pr_warn("no command given (see 'bgswitch --help')\n");
 		return 2;
 	}
-	if (bgs_pin_root[0] != '/' || strlen(bgs_pin_root) > 200) {
-		pr_warn("--pin-root must be an absolute path of at most 200 characters\n");
-		return 2;
-	}
 	for (i = 0; i < sizeof(commands) / sizeof(commands[0]); i++) {
-		if (strcmp(argv[optind], commands[i].name))
+		if (strcmp(argv[cmd], commands[i].name))
 			continue;
-		argc -= optind;
-		argv += optind;
+		argc -= cmd;
+		argv += cmd;
 		argv[0] = "bgswitch"; /* getopt's own messages then read "bgswitch: ..." */
 		bgs_cmd_name = commands[i].name;
 		optind = 0; /* 0: glibc re-initialises getopt for the command's own options */
-		err = commands[i].func(argc, argv);
-		return exit_status(err);
+		return exit_status(commands[i].func(argc, argv));
 	}
-	pr_warn("unknown command '%s' (see 'bgswitch --help')\n", argv[optind]);
+	pr_warn("unknown command '%s' (see 'bgswitch --help')\n", argv[cmd]);
 	return 2;
 }

@@ -1,89 +1,96 @@
 // SPDX-License-Identifier: GPL-2.0
 /* maint.c: `timeouts` and `gc`: flow lifetimes, and collecting the flows past them. */
 #include <errno.h>
-#include <getopt.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <string.h>
 #include <bpf/bpf.h>
 
 #include "commands.h"
 #include "log.h"
+#include "specs.h"
 #include "state.h"
 #include "util.h"
 
 #define NS 1000000000ULL
 #define MAX_TIMEOUT_NS (7ULL * 24 * 3600 * NS)
 
-static void timeouts_usage(void)
-{
-	printf("Usage: bgswitch timeouts [--tcp-idle D] [--udp-idle D] [--closing D]\n"
-	       "\n"
-	       "Show, or set, how long flows live. A TCP flow is live until it closes (RST, or\n"
-	       "FIN from both sides) or sees no client packet for --tcp-idle (default %us); a\n"
-	       "UDP flow until it sees none for --udp-idle (default %us). A closed flow's entry\n"
-	       "stays --closing (default %us) for late packets, then 'gc' collects it. Durations\n"
-	       "take ms, s, m or h (default s). A packet of a live flow never moves: the\n"
-	       "timeouts decide what counts as live, what gc collects, and when a new SYN or UDP\n"
-	       "packet may start over on an idle 5-tuple.\n"
-	       "\n"
-	       "  -t, --tcp-idle D   TCP idle timeout\n"
-	       "  -u, --udp-idle D   UDP idle timeout\n"
-	       "  -c, --closing D    how long a closed TCP flow's entry stays\n"
-	       "  -h, --help         this help\n",
-	       BGS_TCP_IDLE_SEC, BGS_UDP_IDLE_SEC, BGS_CLOSING_SEC);
-}
+struct timeouts_args {
+	__u64 tcp, udp, closing;
+};
+
+/* The defaults the help text names. */
+_Static_assert(BGS_TCP_IDLE_SEC == 900 && BGS_UDP_IDLE_SEC == 30 && BGS_CLOSING_SEC == 10,
+	       "timeouts' help text");
+
+static const struct bgs_opt timeouts_opts[] = {
+	{ .name = "tcp-idle",
+	  .short_name = 't',
+	  .type = BGS_OPT_DURATION,
+	  .off = offsetof(struct timeouts_args, tcp),
+	  .metavar = "D",
+	  .help = "TCP idle timeout",
+	  .min = NS,
+	  .max = MAX_TIMEOUT_NS },
+	{ .name = "udp-idle",
+	  .short_name = 'u',
+	  .type = BGS_OPT_DURATION,
+	  .off = offsetof(struct timeouts_args, udp),
+	  .metavar = "D",
+	  .help = "UDP idle timeout",
+	  .min = NS,
+	  .max = MAX_TIMEOUT_NS },
+	{ .name = "closing",
+	  .short_name = 'c',
+	  .type = BGS_OPT_DURATION,
+	  .off = offsetof(struct timeouts_args, closing),
+	  .metavar = "D",
+	  .help = "how long a closed TCP flow's entry stays",
+	  .min = 100000000ULL,
+	  .max = MAX_TIMEOUT_NS },
+	BGS_OPT_END,
+};
+
+const struct bgs_cmd_spec bgs_spec_timeouts = {
+	.name = "timeouts",
+	.summary = "show or set how long flows live",
+	.description =
+		"Show, or set, how long flows live. A TCP flow is live until it closes (RST, "
+		"or FIN from both sides) or sees no client packet for --tcp-idle (default "
+		"900s); a UDP flow until it sees none for --udp-idle (default 30s). A closed "
+		"flow's entry stays --closing (default 10s) for late packets, then 'gc' "
+		"collects it. Durations take ms, s, m or h (default s). A packet of a live "
+		"flow never moves: the timeouts decide what counts as live, what gc "
+		"collects, and when a new SYN or UDP packet may start over on an idle "
+		"5-tuple.",
+	.opts = timeouts_opts,
+};
 
 int do_timeouts(int argc, char **argv)
 {
-	static const struct option opts[] = {
-		{ "tcp-idle", required_argument, NULL, 't' },
-		{ "udp-idle", required_argument, NULL, 'u' },
-		{ "closing", required_argument, NULL, 'c' },
-		{ "help", no_argument, NULL, 'h' },
-		{ 0 },
-	};
-	__u64 tcp = 0, udp = 0, closing = 0;
+	struct timeouts_args a = { 0 };
 	struct bgs_config cfg;
+	struct bgs_parsed p;
 	struct bgs_state st;
 	__u32 zero = 0;
-	int c, err;
+	bool set;
+	int err;
 
-	while ((c = getopt_cmd(argc, argv, "t:u:c:h", opts)) != -1) {
-		switch (c) {
-		case 't':
-			if (parse_duration_ns(optarg, NS, MAX_TIMEOUT_NS, &tcp))
-				return -EINVAL;
-			break;
-		case 'u':
-			if (parse_duration_ns(optarg, NS, MAX_TIMEOUT_NS, &udp))
-				return -EINVAL;
-			break;
-		case 'c':
-			if (parse_duration_ns(optarg, 100000000ULL, MAX_TIMEOUT_NS, &closing))
-				return -EINVAL;
-			break;
-		case 'h':
-			timeouts_usage();
-			return 0;
-		default:
-			return -EINVAL;
-		}
-	}
-	if (optind != argc) {
-		pr_warn("timeouts takes only options (see 'bgswitch timeouts --help')\n");
-		return -EINVAL;
-	}
-	err = state_open(&st, tcp || udp || closing);
+	err = params_parse(&bgs_spec_timeouts, argc, argv, &a, &p);
+	if (err || p.help)
+		return err;
+	set = a.tcp || a.udp || a.closing;
+	err = state_open(&st, set);
 	if (err)
 		return err;
 	cfg = st.cfg;
-	if (tcp || udp || closing) {
-		if (tcp)
-			cfg.tcp_idle_ns = tcp;
-		if (udp)
-			cfg.udp_idle_ns = udp;
-		if (closing)
-			cfg.closing_ns = closing;
+	if (set) {
+		if (a.tcp)
+			cfg.tcp_idle_ns = a.tcp;
+		if (a.udp)
+			cfg.udp_idle_ns = a.udp;
+		if (a.closing)
+			cfg.closing_ns = a.closing;
 		if (bpf_map_update_elem(st.fd[BGS_M_CONFIG], &zero, &cfg, BPF_EXIST)) {
 			err = -errno;
 			pr_warn("cannot write bgs_config: %s\n", strerror(errno));
@@ -99,40 +106,29 @@ out:
 	return err;
 }
 
-static void gc_usage(void)
-{
-	printf("Usage: bgswitch gc\n"
-	       "\n"
-	       "Delete flow entries past their time (closed for longer than the closing timeout,\n"
-	       "or idle past their idle timeout; a UDP entry stays while its service drains),\n"
-	       "free the slots of removed backends that no live flow needs any more, and clear the\n"
-	       "draining flag of services whose other color has drained. It also repairs what a\n"
-	       "command killed half way left: unfinished service records, slots in no set, stale\n"
-	       "counts.\n"
-	       "The exporter runs it periodically; run it from a timer where no exporter runs.\n");
-}
+const struct bgs_cmd_spec bgs_spec_gc = {
+	.name = "gc",
+	.summary = "collect expired flows, free unused slots, repair what was cut short",
+	.description =
+		"Delete flow entries past their time (closed for longer than the closing "
+		"timeout, or idle past their idle timeout; a UDP entry stays while its "
+		"service drains), free the slots of removed backends that no live flow needs "
+		"any more, and clear the draining flag of services whose other color has "
+		"drained. It also repairs what a command killed half way left: unfinished "
+		"service records, slots in no set, stale counts.\nThe exporter runs it "
+		"periodically; run it from a timer where no exporter runs.",
+};
 
 int do_gc(int argc, char **argv)
 {
-	static const struct option opts[] = {
-		{ "help", no_argument, NULL, 'h' },
-		{ 0 },
-	};
+	struct bgs_parsed p;
 	struct bgs_state st;
 	__u64 deleted = 0;
-	int c, err;
+	int err;
 
-	while ((c = getopt_cmd(argc, argv, "h", opts)) != -1) {
-		if (c == 'h') {
-			gc_usage();
-			return 0;
-		}
-		return -EINVAL;
-	}
-	if (optind != argc) {
-		pr_warn("gc takes no arguments\n");
-		return -EINVAL;
-	}
+	err = params_parse(&bgs_spec_gc, argc, argv, NULL, &p);
+	if (err || p.help)
+		return err;
 	err = state_open(&st, true);
 	if (err)
 		return err;
@@ -148,70 +144,65 @@ int do_gc(int argc, char **argv)
 	return err;
 }
 
-static void limits_usage(void)
-{
-	printf("Usage: bgswitch limits [--new-flows N] [--burst N]\n"
-	       "\n"
-	       "Show, or set, the flow-table insert limit of the node: at most N new flow entries\n"
-	       "per second (default: the flow table's size every %u s; 0: no limit), plus a burst\n"
-	       "(default: an eighth of the table), split evenly between the CPUs. Above it, a new\n"
-	       "flow's packets are still forwarded where the flow belongs, but get no entry\n"
-	       "(counted untracked): a flood of new flows cannot evict the established ones.\n"
-	       "\n"
-	       "  -n, --new-flows N   inserts per second, for the whole node\n"
-	       "  -b, --burst N       inserts the node may make at once above the rate\n"
-	       "  -h, --help          this help\n",
-	       BGS_NEW_FLOW_TURNOVER);
-}
+struct limits_args {
+	__u32 rate, burst;
+};
+
+_Static_assert(BGS_NEW_FLOW_TURNOVER == 2, "limits' help text");
+
+static const struct bgs_opt limits_opts[] = {
+	{ .name = "new-flows",
+	  .short_name = 'n',
+	  .type = BGS_OPT_U32,
+	  .off = offsetof(struct limits_args, rate),
+	  .metavar = "N",
+	  .help = "inserts per second, for the whole node",
+	  .max = 100000000 },
+	{ .name = "burst",
+	  .short_name = 'b',
+	  .type = BGS_OPT_U32,
+	  .off = offsetof(struct limits_args, burst),
+	  .metavar = "N",
+	  .help = "inserts the node may make at once above the rate",
+	  .max = 100000000 },
+	BGS_OPT_END,
+};
+
+const struct bgs_cmd_spec bgs_spec_limits = {
+	.name = "limits",
+	.summary = "show or set the node's limit on new flow entries",
+	.description =
+		"Show, or set, the flow-table insert limit of the node: at most N new flow "
+		"entries per second (default: the flow table's size every 2 s; 0: no limit), "
+		"plus a burst (default: an eighth of the table), split evenly between the "
+		"CPUs. Above it, a new flow's packets are still forwarded where the flow "
+		"belongs, but get no entry (counted untracked): a flood of new flows cannot "
+		"evict the established ones.",
+	.opts = limits_opts,
+};
 
 int do_limits(int argc, char **argv)
 {
-	static const struct option opts[] = {
-		{ "new-flows", required_argument, NULL, 'n' },
-		{ "burst", required_argument, NULL, 'b' },
-		{ "help", no_argument, NULL, 'h' },
-		{ 0 },
-	};
-	__u32 rate = 0, burst = 0, zero = 0;
-	bool set_rate = false, set_burst = false;
+	struct limits_args a = { 0 };
+	bool set_rate, set_burst;
 	struct bgs_config cfg;
+	struct bgs_parsed p;
 	struct bgs_state st;
-	int c, err;
+	__u32 zero = 0;
+	int err;
 
-	while ((c = getopt_cmd(argc, argv, "n:b:h", opts)) != -1) {
-		switch (c) {
-		case 'n':
-			if (parse_u32(optarg, 0, 100000000, &rate)) {
-				pr_warn("--new-flows must be a number from 0 to 100000000\n");
-				return -EINVAL;
-			}
-			set_rate = true;
-			break;
-		case 'b':
-			if (parse_u32(optarg, 0, 100000000, &burst)) {
-				pr_warn("--burst must be a number from 0 to 100000000\n");
-				return -EINVAL;
-			}
-			set_burst = true;
-			break;
-		case 'h':
-			limits_usage();
-			return 0;
-		default:
-			return -EINVAL;
-		}
-	}
-	if (optind != argc) {
-		pr_warn("limits takes only options (see 'bgswitch limits --help')\n");
-		return -EINVAL;
-	}
+	err = params_parse(&bgs_spec_limits, argc, argv, &a, &p);
+	if (err || p.help)
+		return err;
+	set_rate = params_seen(&bgs_spec_limits, &p, "new-flows");
+	set_burst = params_seen(&bgs_spec_limits, &p, "burst");
 	err = state_open(&st, set_rate || set_burst);
 	if (err)
 		return err;
 	cfg = st.cfg;
 	if (set_rate || set_burst) {
-		config_set_limits(&cfg, set_rate ? rate : cfg.node_flow_rate,
-				  set_burst ? burst : cfg.node_flow_burst);
+		config_set_limits(&cfg, set_rate ? a.rate : cfg.node_flow_rate,
+				  set_burst ? a.burst : cfg.node_flow_burst);
 		if (bpf_map_update_elem(st.fd[BGS_M_CONFIG], &zero, &cfg, BPF_EXIST)) {
 			err = -errno;
 			pr_warn("cannot write bgs_config: %s\n", strerror(errno));

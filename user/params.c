@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "audit.h"
 #include "fleet.h"
 #include "log.h"
 #include "params.h"
@@ -145,11 +146,11 @@ static int check_where(const struct bgs_cmd_spec *spec, int n, struct bgs_parsed
 	const struct bgs_opt *fleet_only = NULL;
 	int i;
 
+	/* Named in the message: --etcd if given, else the first fleet-only option given. */
 	for (i = 0; i < n; i++)
-		if ((out->seen >> i & 1) && opt_where(&spec->opts[i]) == BGS_OPT_FLEET) {
+		if ((out->seen >> i & 1) && opt_where(&spec->opts[i]) == BGS_OPT_FLEET &&
+		    (!fleet_only || !strcmp(spec->opts[i].name, "etcd")))
 			fleet_only = &spec->opts[i];
-			break;
-		}
 	if (!fleet_only)
 		return 0;
 	out->fleet = true;
@@ -248,4 +249,48 @@ const struct bgs_cmd_spec *params_find(const char *name)
 		if (!strcmp(bgs_cmd_specs[i]->name, name))
 			return bgs_cmd_specs[i];
 	return NULL;
+}
+
+/* Converters for .parse: the shared words and numbers, into the types the commands keep. */
+int params_color(const char *arg, void *dst)
+{
+	return parse_color(arg, dst);
+}
+
+int params_proto(const char *arg, void *dst)
+{
+	return parse_proto(arg, dst);
+}
+
+int params_lb(const char *arg, void *dst)
+{
+	return parse_lb(arg, dst);
+}
+
+int params_split_by(const char *arg, void *dst)
+{
+	return parse_split_by(arg, dst);
+}
+
+int params_table_size(const char *arg, void *dst)
+{
+	return parse_table_size(arg, dst);
+}
+
+int params_weight(const char *arg, void *dst)
+{
+	return parse_weight(arg, dst);
+}
+
+int params_generation(const char *arg, void *dst)
+{
+	return parse_generation(arg, dst);
+}
+
+int params_reason(const char *arg, void *dst)
+{
+	if (audit_check_reason(arg))
+		return -EINVAL;
+	*(const char **)dst = arg;
+	return 0;
 }

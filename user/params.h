@@ -39,10 +39,12 @@ struct bgs_opt {
 	unsigned int where; /* BGS_OPT_LOCAL / BGS_OPT_FLEET; 0 means BGS_OPT_LOCAL */
 };
 
-#define BGS_OPT_END          \
-	{                    \
-		.name = NULL \
-	}
+/* clang-format off */
+#define BGS_OPT_END { .name = NULL }
+/* clang-format on */
+
+#define BGS_STR(x) BGS_STR_(x) /* a number macro as a string, in help text */
+#define BGS_STR_(x) #x
 
 /* One positional argument (in order). */
 struct bgs_pos {
@@ -53,16 +55,15 @@ struct bgs_pos {
 	bool many; /* the last one only: it takes the rest (one or more, none if optional) */
 };
 
-#define BGS_POS_END          \
-	{                    \
-		.name = NULL \
-	}
+/* clang-format off */
+#define BGS_POS_END { .name = NULL }
+/* clang-format on */
 
 /* A command or subcommand: "flip", "service add". */
 struct bgs_cmd_spec {
 	const char *name;
 	const char *summary; /* one line, for `bgswitch --help` and the man page */
-	const char *description; /* paragraphs for `--help`, or NULL */
+	const char *description; /* --help text, filled to 80 columns; "\n" breaks, or NULL */
 	const struct bgs_pos *pos;
 	const struct bgs_opt *opts; /* --help is implicit */
 	unsigned int flags; /* BGS_SPEC_* */
@@ -88,6 +89,7 @@ int params_parse(const struct bgs_cmd_spec *spec, int argc, char **argv, void *c
 		 struct bgs_parsed *out);
 bool params_seen(const struct bgs_cmd_spec *spec, const struct bgs_parsed *p, const char *name);
 void params_usage(const struct bgs_cmd_spec *spec, FILE *f);
+void params_wrap(FILE *f, const char *text, int indent);
 void params_usage_line(const struct bgs_cmd_spec *spec, FILE *f);
 const struct bgs_cmd_spec *params_find(const char *name);
 
@@ -108,29 +110,42 @@ int params_subcommand(const char *cmd, const struct bgs_subcmd *subs, int argc, 
  */
 int params_fleet_prefix(const char *arg, void *dst);
 /* clang-format off */
-#define BGS_OPTS_FLEET_CONN(type, member, where_)					\
+#define BGS_OPTS_FLEET_CONN(struct_, member_, where_)				\
 	{ .name = "etcd", .short_name = 'E', .type = BGS_OPT_STR,			\
-	  .off = offsetof(type, member.eo.endpoints), .metavar = "URL[,URL...]",	\
+	  .off = offsetof(struct_, member_.eo.endpoints), .metavar = "URL[,URL...]",	\
 	  .help = "etcd endpoints (http:// only to loopback unless --insecure)",	\
 	  .where = where_ },								\
 	{ .name = "prefix", .short_name = 'x', .type = BGS_OPT_FUNC,			\
-	  .off = offsetof(type, member.prefix), .metavar = "P",				\
+	  .off = offsetof(struct_, member_.prefix), .metavar = "P",				\
 	  .help = "key prefix (default " FLEET_DEFAULT_PREFIX ")",			\
 	  .parse = params_fleet_prefix, .where = where_ },				\
 	{ .name = "cacert", .short_name = 'C', .type = BGS_OPT_STR,			\
-	  .off = offsetof(type, member.eo.cacert), .metavar = "FILE",			\
+	  .off = offsetof(struct_, member_.eo.cacert), .metavar = "FILE",			\
 	  .help = "CA certificate of the etcd servers", .complete = "file",		\
 	  .where = where_ },								\
 	{ .name = "cert", .short_name = 'c', .type = BGS_OPT_STR,			\
-	  .off = offsetof(type, member.eo.cert), .metavar = "FILE",			\
+	  .off = offsetof(struct_, member_.eo.cert), .metavar = "FILE",			\
 	  .help = "client certificate", .complete = "file", .where = where_ },		\
 	{ .name = "key", .short_name = 'k', .type = BGS_OPT_STR,			\
-	  .off = offsetof(type, member.eo.key), .metavar = "FILE",			\
+	  .off = offsetof(struct_, member_.eo.key), .metavar = "FILE",			\
 	  .help = "client key", .complete = "file", .where = where_ },			\
 	{ .name = "insecure", .short_name = 'I', .type = BGS_OPT_BOOL,			\
-	  .off = offsetof(type, member.eo.insecure),					\
+	  .off = offsetof(struct_, member_.eo.insecure),					\
 	  .help = "allow plain http:// to a non-loopback address", .where = where_ }
 /* clang-format on */
+
+/* .parse converters of the shared kinds of value (util.c's checks and their messages): a color
+ * and a protocol into __u8, --lb into __u8, --split-by into __u32 flags, --table-size into __u32,
+ * --weight into __u16, --if-generation into __s64, --reason (checked) into const char *.
+ */
+int params_color(const char *arg, void *dst);
+int params_proto(const char *arg, void *dst);
+int params_lb(const char *arg, void *dst);
+int params_split_by(const char *arg, void *dst);
+int params_table_size(const char *arg, void *dst);
+int params_weight(const char *arg, void *dst);
+int params_generation(const char *arg, void *dst);
+int params_reason(const char *arg, void *dst);
 
 /* Enum words shared by several tables. */
 extern const char *const bgs_words_color[]; /* blue green */
@@ -142,7 +157,10 @@ extern const char *const bgs_words_mode[]; /* auto native generic */
 /* Every command and subcommand's spec (NULL-terminated), for help, completion and the man page. */
 extern const struct bgs_cmd_spec *const bgs_cmd_specs[];
 
-int params_gen_completion(FILE *f);
-int params_gen_man(FILE *in, FILE *out); /* expands "@OPTIONS cmd@" lines of the template */
+/* The bash completion and the man page from their templates (contrib/bash-completion/bgswitch.in:
+ * its "@SPECS@" line; doc/bgswitch.8.in: see params_man.c).
+ */
+int params_gen_completion(FILE *in, FILE *out);
+int params_gen_man(FILE *in, FILE *out);
 
 #endif /* BGS_PARAMS_H */

@@ -9,6 +9,9 @@
 #include "util.h"
 
 #define HELP_COL 26 /* where an option's help starts */
+#define WRAP_COL 80
+
+static void wrap_from(FILE *f, const char *text, int indent, int col);
 
 /* "-m, --mode M" or "    --purge": the left column of an option. */
 static int opt_left(const struct bgs_opt *o, char *buf, size_t len)
@@ -34,9 +37,10 @@ static void opt_line(const struct bgs_opt *o, FILE *f)
 	int n = opt_left(o, left, sizeof(left));
 
 	if (n + 4 > HELP_COL)
-		fprintf(f, "  %s\n%*s%s\n", left, HELP_COL, "", o->help);
+		fprintf(f, "  %s\n", left);
 	else
-		fprintf(f, "  %-*s%s\n", HELP_COL - 2, left, o->help);
+		fprintf(f, "  %-*s", HELP_COL - 2, left);
+	wrap_from(f, o->help, HELP_COL, n + 4 > HELP_COL ? 0 : HELP_COL);
 }
 
 /* "bgswitch flip NAME [blue|green] [options]" */
@@ -76,13 +80,66 @@ static void fleet_section(const struct bgs_cmd_spec *spec, FILE *f)
 		fputc('\n', f);
 }
 
+/* Text filled to WRAP_COL columns from column indent; '\n' breaks a line where it stands. */
+void params_wrap(FILE *f, const char *text, int indent)
+{
+	wrap_from(f, text, indent, 0);
+}
+
+/* The same, from column col of a line already begun (col > 0: that far). */
+static void wrap_from(FILE *f, const char *text, int indent, int col)
+{
+	bool word_before = false; /* on this line */
+	int len;
+
+	while (*text) {
+		if (*text == '\n' || *text == ' ') {
+			if (*text == '\n') {
+				fputc('\n', f);
+				col = 0;
+				word_before = false;
+			}
+			text++;
+			continue;
+		}
+		len = strcspn(text, " \n");
+		if (word_before && col + 1 + len > WRAP_COL) {
+			fputc('\n', f);
+			col = 0;
+			word_before = false;
+		}
+		if (!col)
+			col = fprintf(f, "%*s", indent, "");
+		col += fprintf(f, "%s%.*s", word_before ? " " : "", len, text);
+		word_before = true;
+		text += len;
+	}
+	if (col)
+		fputc('\n', f);
+}
+
+/* bgswitch --help: every command's summary. */
+static void command_list(FILE *f)
+{
+	int i;
+
+	fprintf(f, "\nCommands:\n");
+	for (i = 0; bgs_cmd_specs[i]; i++)
+		if (!(bgs_cmd_specs[i]->flags & BGS_SPEC_HIDDEN))
+			fprintf(f, "  %-14s %s\n", bgs_cmd_specs[i]->name,
+				bgs_cmd_specs[i]->summary);
+}
+
 void params_usage(const struct bgs_cmd_spec *spec, FILE *f)
 {
 	const struct bgs_opt *o;
 
 	fprintf(f, "Usage: ");
 	params_usage_line(spec, f);
-	fprintf(f, "\n%s\n", spec->description ? spec->description : spec->summary);
+	fputc('\n', f);
+	params_wrap(f, spec->description ? spec->description : spec->summary, 0);
+	if (!*spec->name)
+		command_list(f);
 	fprintf(f, "\nOptions:\n");
 	for (o = spec->opts; o && o->name; o++)
 		if (o->where != BGS_OPT_FLEET)

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0
 /* status.c: `status`: services, colors, backends, live flows, rates and counters, text or JSON. */
 #include <errno.h>
-#include <getopt.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,6 +14,7 @@
 #include "commands.h"
 #include "fleet.h"
 #include "log.h"
+#include "specs.h"
 #include "snapshot.h"
 #include "state.h"
 #include "util.h"
@@ -27,20 +28,64 @@ struct status_ctx {
 	double secs; /* between the two snapshots, when rates */
 };
 
-static void status_usage(void)
-{
-	printf("Usage: bgswitch status [NAME] [--json] [--interval MS]\n"
-	       "\n"
-	       "Show each service (or NAME): its VIP, active color and generation, the backends\n"
-	       "of both colors with their live flows, counters and rates, how many flows still\n"
-	       "drain to the inactive color, and the node's counters.\n"
-	       "\n"
-	       "  -j, --json          machine-readable output (schema in README.md)\n"
-	       "  -i, --interval MS   sample counters twice, MS apart, for rates (default %d,\n"
-	       "                      and 0 with --json; 0: no rates, no wait)\n"
-	       "  -h, --help          this help\n",
-	       DEFAULT_INTERVAL_MS);
-}
+struct status_args {
+	struct fleet_conn conn; /* the fleet form */
+	bool json, wait;
+	__u32 interval;
+	__u64 timeout_ns;
+};
+
+static const struct bgs_pos status_pos[] = {
+	{ .name = "NAME", .complete = "service", .optional = true },
+	BGS_POS_END,
+};
+
+static const struct bgs_opt status_opts[] = {
+	{ .name = "json",
+	  .short_name = 'j',
+	  .type = BGS_OPT_BOOL,
+	  .off = offsetof(struct status_args, json),
+	  .help = "machine-readable output (schema in README.md)",
+	  .where = BGS_OPT_BOTH },
+	{ .name = "interval",
+	  .short_name = 'i',
+	  .type = BGS_OPT_U32,
+	  .off = offsetof(struct status_args, interval),
+	  .metavar = "MS",
+	  .help = "sample counters twice, MS apart, for rates (default 250, and 0 with --json; 0: "
+		  "no rates, no wait)",
+	  .max = 60000 },
+	BGS_OPTS_FLEET_CONN(struct status_args, conn, BGS_OPT_FLEET),
+	{ .name = "wait",
+	  .short_name = 'W',
+	  .type = BGS_OPT_BOOL,
+	  .off = offsetof(struct status_args, wait),
+	  .help = "wait until every live node has applied the documents",
+	  .where = BGS_OPT_FLEET },
+	{ .name = "timeout",
+	  .short_name = 't',
+	  .type = BGS_OPT_DURATION,
+	  .off = offsetof(struct status_args, timeout_ns),
+	  .metavar = "D",
+	  .help = "how long --wait waits (default 30s)",
+	  .max = 24 * 3600 * 1000000000ULL,
+	  .where = BGS_OPT_FLEET },
+	BGS_OPT_END,
+};
+
+_Static_assert(DEFAULT_INTERVAL_MS == 250, "status' help text");
+
+const struct bgs_cmd_spec bgs_spec_status = {
+	.name = "status",
+	.summary = "show the services, their backends, flows and counters",
+	.description = "Show each service (or NAME): its VIP, active color and generation, the "
+		       "backends of both colors with their live flows, counters and rates, how "
+		       "many flows still drain to the inactive color, and the node's counters.\n\n"
+		       "With --etcd: the fleet's documents and what every node reports having "
+		       "applied.",
+	.pos = status_pos,
+	.opts = status_opts,
+};
 
 /* A JSON string of at most len bytes of s, escaped by json-c: an interface name or a pin root
  * may hold '"', '\\' or control characters.
@@ -268,55 +313,28 @@ static void print_header(struct status_ctx *c)
 
 int do_status(int argc, char **argv)
 {
-	static const struct option opts[] = {
-		{ "json", no_argument, NULL, 'j' },
-		{ "interval", required_argument, NULL, 'i' },
-		{ "help", no_argument, NULL, 'h' },
-		{ 0 },
-	};
-	__u32 interval = DEFAULT_INTERVAL_MS;
-	bool interval_set = false;
+	struct status_args a = { .interval = DEFAULT_INTERVAL_MS };
 	struct status_ctx *c;
-	const char *name = NULL;
-	bool json = false;
-	int opt, err;
+	const char *name;
+	struct bgs_parsed p;
+	__u32 interval;
+	bool json;
+	int err;
 	size_t i;
 
-	if (fleet_wanted(argc, argv))
+	err = params_parse(&bgs_spec_status, argc, argv, &a, &p);
+	if (err || p.help)
+		return err;
+	if (p.fleet)
 		return fleet_status(argc, argv);
-	while ((opt = getopt_cmd(argc, argv, "ji:h", opts)) != -1) {
-		switch (opt) {
-		case 'j':
-			json = true;
-			break;
-		case 'i':
-			if (parse_u32(optarg, 0, 60000, &interval)) {
-				pr_warn("--interval must be a number of milliseconds, 0 to 60000\n");
-				return -EINVAL;
-			}
-			interval_set = true;
-			break;
-		case 'h':
-			status_usage();
-			return 0;
-		default:
-			return -EINVAL;
-		}
-	}
-	if (argc - optind > 1) {
-		pr_warn("status takes at most one service name\n");
-		return -EINVAL;
-	}
-	if (argc - optind == 1)
-		name = argv[optind];
-
+	name = p.npos ? p.pos[0] : NULL;
+	json = a.json;
+	/* Scripts read JSON at once; rates there only when asked for with --interval. */
+	interval = json && !params_seen(&bgs_spec_status, &p, "interval") ? 0 : a.interval;
 	c = calloc(1, sizeof(*c));
 	if (!c)
 		return -ENOMEM;
 	c->json = json;
-	/* Scripts read JSON at once; rates there only when asked for with --interval. */
-	if (json && !interval_set)
-		interval = 0;
 	err = state_open(&c->st, false);
 	if (err)
 		goto out_free;

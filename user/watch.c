@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0
 /* watch.c: `watch`: a live terminal view of new flows and live flows per color, with history. */
 #include <errno.h>
-#include <getopt.h>
+#include <stddef.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
@@ -15,6 +15,7 @@
 
 #include "commands.h"
 #include "log.h"
+#include "specs.h"
 #include "snapshot.h"
 #include "state.h"
 #include "util.h"
@@ -196,89 +197,79 @@ static void draw(const struct bgs_snapshot *prev, const struct bgs_snapshot *cur
 	fflush(stdout);
 }
 
-static void watch_usage(void)
-{
-	printf("Usage: bgswitch watch [NAME] [--interval MS]\n"
-	       "\n"
-	       "A live view, refreshed every second: new flows per second and live flows per\n"
-	       "color, with their history, for every service (or NAME). After a flip the new\n"
-	       "color rises and the old color's live flows drain away. Below them, the node's\n"
-	       "flow-table evictions, flows over the insert limit (untracked), RSTs that missed,\n"
-	       "and replies left untouched by reason. q or Ctrl-C quits and restores the terminal.\n"
-	       "\n"
-	       "  -i, --interval MS   refresh period (default 1000, at least 100)\n"
-	       "  -h, --help          this help\n");
-}
+struct watch_args {
+	__u32 interval;
+};
 
-int do_watch(int argc, char **argv)
+static const struct bgs_pos watch_pos[] = {
+	{ .name = "NAME", .complete = "service", .optional = true },
+	BGS_POS_END,
+};
+
+static const struct bgs_opt watch_opts[] = {
+	{ .name = "interval",
+	  .short_name = 'i',
+	  .type = BGS_OPT_U32,
+	  .off = offsetof(struct watch_args, interval),
+	  .metavar = "MS",
+	  .help = "refresh period (default 1000, at least 100)",
+	  .min = 100,
+	  .max = 60000 },
+	BGS_OPT_END,
+};
+
+const struct bgs_cmd_spec bgs_spec_watch = {
+	.name = "watch",
+	.summary = "a live view of new and live flows per color",
+	.description = "A live view, refreshed every second: new flows per second and live flows "
+		       "per color, with their history, for every service (or NAME). After a flip "
+		       "the new color rises and the old color's live flows drain away. Below them, "
+		       "the node's flow-table evictions, flows over the insert limit (untracked), "
+		       "RSTs that missed, and replies left untouched by reason. q or Ctrl-C quits "
+		       "and restores the terminal.",
+	.pos = watch_pos,
+	.opts = watch_opts,
+};
+
+/* Signals stop the view; keys are read one at a time, unechoed. Returns whether stdin is a
+ * terminal (then *saved is its mode, to restore).
+ */
+static bool watch_terminal(struct termios *saved)
 {
-	static const struct option opts[] = {
-		{ "interval", required_argument, NULL, 'i' },
-		{ "help", no_argument, NULL, 'h' },
-		{ 0 },
-	};
-	struct bgs_snapshot prev = { 0 }, cur = { 0 };
-	struct termios saved, raw;
 	struct sigaction sa = { 0 };
-	struct watch_hist *hist = NULL;
-	const char *name = NULL;
-	bool tty_in, first = true;
-	__u32 interval = 1000;
-	struct bgs_state st;
-	size_t nhist = 0;
-	int c, err;
-
-	while ((c = getopt_cmd(argc, argv, "i:h", opts)) != -1) {
-		switch (c) {
-		case 'i':
-			if (parse_u32(optarg, 100, 60000, &interval)) {
-				pr_warn("--interval must be 100 to 60000 milliseconds\n");
-				return -EINVAL;
-			}
-			break;
-		case 'h':
-			watch_usage();
-			return 0;
-		default:
-			return -EINVAL;
-		}
-	}
-	if (argc - optind > 1) {
-		pr_warn("watch takes at most one service name\n");
-		return -EINVAL;
-	}
-	if (argc - optind == 1)
-		name = argv[optind];
-	if (!isatty(STDOUT_FILENO)) {
-		pr_warn("watch needs a terminal; use 'status' or 'status --json' in scripts\n");
-		return -ENOTTY;
-	}
-	err = state_open(&st, false);
-	if (err)
-		return err;
-	err = snapshot_take(&st, name, &prev);
-	if (err)
-		goto out_state;
+	struct termios raw;
+	bool tty_in;
 
 	sa.sa_handler = on_signal;
 	sigaction(SIGINT, &sa, NULL);
 	sigaction(SIGTERM, &sa, NULL);
 	sigaction(SIGHUP, &sa, NULL);
 	sigaction(SIGWINCH, &sa, NULL);
-	tty_in = isatty(STDIN_FILENO) && !tcgetattr(STDIN_FILENO, &saved);
+	tty_in = isatty(STDIN_FILENO) && !tcgetattr(STDIN_FILENO, saved);
 	if (tty_in) {
-		raw = saved;
+		raw = *saved;
 		raw.c_lflag &= ~(ICANON | ECHO);
 		raw.c_cc[VMIN] = 0;
 		raw.c_cc[VTIME] = 0;
 		tcsetattr(STDIN_FILENO, TCSANOW, &raw);
 	}
-	fputs("\033[?1049h\033[?25l", stdout); /* alternate screen, cursor hidden */
+	return tty_in;
+}
 
-	draw(&prev, &prev, &hist, &nhist, 0, true);
+/* Draw from *prev on, every interval, until q or a signal. */
+static int watch_loop(struct bgs_state *st, const char *name, __u32 interval, bool tty_in,
+		      struct bgs_snapshot *prev)
+{
+	struct bgs_snapshot cur = { 0 };
+	struct watch_hist *hist = NULL;
+	bool first = true;
+	size_t nhist = 0;
+	int err = 0;
+
+	draw(prev, prev, &hist, &nhist, 0, true);
 	while (!stop_sig) {
 		struct pollfd pfd = { .fd = STDIN_FILENO, .events = POLLIN };
-		__u64 deadline = prev.taken_ns + (__u64)interval * 1000000ULL, now = now_ns();
+		__u64 deadline = prev->taken_ns + (__u64)interval * 1000000ULL, now = now_ns();
 		int ms = deadline > now ? (int)((deadline - now) / 1000000ULL) : 0;
 		char ch;
 
@@ -290,23 +281,53 @@ int do_watch(int argc, char **argv)
 		if (now_ns() < deadline && !resized)
 			continue;
 		resized = 0;
-		err = snapshot_take(&st, name, &cur);
+		err = snapshot_take(st, name, &cur);
 		if (err)
 			break;
-		draw(&prev, &cur, &hist, &nhist, (cur.taken_ns - prev.taken_ns) / 1e9, first);
+		draw(prev, &cur, &hist, &nhist, (cur.taken_ns - prev->taken_ns) / 1e9, first);
 		first = false;
-		snapshot_free(&prev);
-		prev = cur;
+		snapshot_free(prev);
+		*prev = cur;
 		memset(&cur, 0, sizeof(cur));
 	}
+	snapshot_free(&cur);
+	free(hist);
+	return err;
+}
 
+int do_watch(int argc, char **argv)
+{
+	struct watch_args a = { .interval = 1000 };
+	struct bgs_snapshot prev = { 0 };
+	struct termios saved;
+	const char *name;
+	struct bgs_parsed p;
+	struct bgs_state st;
+	bool tty_in;
+	int err;
+
+	err = params_parse(&bgs_spec_watch, argc, argv, &a, &p);
+	if (err || p.help)
+		return err;
+	name = p.npos ? p.pos[0] : NULL;
+	if (!isatty(STDOUT_FILENO)) {
+		pr_warn("watch needs a terminal; use 'status' or 'status --json' in scripts\n");
+		return -ENOTTY;
+	}
+	err = state_open(&st, false);
+	if (err)
+		return err;
+	err = snapshot_take(&st, name, &prev);
+	if (err)
+		goto out_state;
+	tty_in = watch_terminal(&saved);
+	fputs("\033[?1049h\033[?25l", stdout); /* alternate screen, cursor hidden */
+	err = watch_loop(&st, name, a.interval, tty_in, &prev);
 	fputs("\033[?25h\033[?1049l", stdout);
 	fflush(stdout);
 	if (tty_in)
 		tcsetattr(STDIN_FILENO, TCSANOW, &saved);
-	snapshot_free(&cur);
 	snapshot_free(&prev);
-	free(hist);
 out_state:
 	state_close(&st);
 	return err;
