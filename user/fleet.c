@@ -226,6 +226,7 @@ static int fleet_parse(int argc, char **argv, const char *cmd, unsigned int allo
 	a->weight = -1;
 	a->table_size = BGS_TABLE_SIZE;
 	opterr = 0; /* one error line: ours */
+	optind = 0; /* glibc re-initialises getopt: the command may have parsed argv already */
 	while ((c = getopt_long(argc, argv, "E:x:C:c:k:IG:Wt:p:fdjw:l:M:s:m:h", fleet_long_opts,
 				NULL)) != -1) {
 		int r = fleet_conn_opt(&a->conn, c, optarg);
@@ -955,13 +956,7 @@ int fleet_service(const struct bgs_change *ch)
 	if (!s)
 		return -ENOMEM;
 	fleet_args_of(ch, &a);
-	if (ch->help && ch->kind == BGS_CH_SERVICE_ADD)
-		fleet_usage("service add", F_PROTO | F_WAIT | F_TABLE);
-	else if (ch->help && ch->kind == BGS_CH_SERVICE_DEL)
-		fleet_usage("service del", F_FORCE | F_GEN | F_WAIT);
-	else if (ch->help)
-		fleet_usage("service list", 0);
-	else if (ch->kind == BGS_CH_SERVICE_ADD)
+	if (ch->kind == BGS_CH_SERVICE_ADD)
 		err = fleet_service_add(&a, ch, s);
 	else if (ch->kind == BGS_CH_SERVICE_DEL)
 		err = fleet_service_del(&a, ch, s);
@@ -1047,12 +1042,6 @@ int fleet_backend(const struct bgs_change *ch)
 	if (!s)
 		return -ENOMEM;
 	fleet_args_of(ch, &a);
-	if (ch->help) {
-		fleet_usage(add ? "backend add" : "backend del",
-			    F_GEN | F_WAIT | (add ? F_WEIGHT : F_DRAIN | F_FORCE));
-		err = 0;
-		goto out;
-	}
 	err = doc_open(&a, ch->service, s);
 	if (!err && add)
 		err = check_backend_of(ch->addr_text, &ch->be.ep, &s->vip_ep, s->name);
