@@ -159,33 +159,40 @@ static void change_init(const struct apply *ap, struct bgs_change *ch, enum bgs_
 	ch->be.weight = -1;
 }
 
-/* Apply one change to the local state, under the state lock like any command. A failure's
- * message (the operation's error) goes to why.
+/* Apply one change to the local state as a command does: the state opened afresh (the pins may
+ * be new since the last reconcile) and locked. A failure's message (the operation's error) goes
+ * to why.
  */
 static int agent_change(struct agent *ag, const struct bgs_change *ch, char *why, size_t len)
 {
 	static const char *const done[] = {
-		[BGS_CH_SERVICE_ADD] = "added",		  [BGS_CH_SERVICE_SET] = "set",
-		[BGS_CH_SERVICE_DEL] = "deleted",	  [BGS_CH_BACKEND_ADD] = "backend added",
-		[BGS_CH_BACKEND_DEL] = "backend removed",
+		[BGS_CH_SERVICE_ADD] = "added",	  [BGS_CH_SERVICE_SET] = "set",
+		[BGS_CH_SERVICE_DEL] = "deleted", [BGS_CH_BACKEND_ADD] = "added",
+		[BGS_CH_BACKEND_DEL] = "removed",
 	};
 	struct bgs_op op = { 0 };
-	int lock_fd = -1, err;
+	struct bgs_state st;
+	int err;
 
-	err = state_lock(&lock_fd);
-	if (err) {
-		snprintf(why, len, "cannot lock %s: %s", bgs_pin_root, strerror(-err));
-		return err;
+	bgs_log_error_to(op.error, sizeof(op.error));
+	err = state_open(&st, true);
+	bgs_log_error_to(NULL, 0);
+	if (!err) {
+		err = bgs_change_apply(&st, ch, &op);
+		state_close(&st);
 	}
-	err = bgs_change_apply(&ag->st, ch, &op);
-	close(lock_fd);
 	if (err) {
 		snprintf(why, len, "%s", op.error);
 		return err;
 	}
-	if (op.done != BGS_DONE_NOTHING || op.did)
-		pr_info("agent %s: %s %s %s\n", ag->node, ch->service, done[ch->kind],
-			ch->addr_text);
+	if (op.done == BGS_DONE_NOTHING && !op.did)
+		return 0;
+	if (ch->kind == BGS_CH_BACKEND_ADD || ch->kind == BGS_CH_BACKEND_DEL)
+		pr_info("agent %s: %s: %s backend %s %s\n", ag->node, ch->service,
+			color_name(ch->be.color), ch->addr_text,
+			op.done == BGS_DONE_REWEIGHED ? "reweighed" : done[ch->kind]);
+	else
+		pr_info("agent %s: service %s %s\n", ag->node, ch->service, done[ch->kind]);
 	return 0;
 }
 
