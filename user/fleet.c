@@ -856,7 +856,7 @@ static int fleet_service_add(struct fleet_args *a, const struct bgs_change *ch,
 static int fleet_service_del(struct fleet_args *a, const struct bgs_change *ch,
 			     struct fleet_service *s)
 {
-	const char *name = ch->service;
+	const char *name = ch->name ? ch->name : ch->service; /* a key longer than a name too */
 	struct node_view *v = NULL;
 	char key[256];
 	size_t n = 0, i;
@@ -1042,7 +1042,7 @@ int fleet_backend(const struct bgs_change *ch)
 	if (!s)
 		return -ENOMEM;
 	fleet_args_of(ch, &a);
-	err = doc_open(&a, ch->service, s);
+	err = doc_open(&a, ch->name ? ch->name : ch->service, s);
 	if (!err && add)
 		err = check_backend_of(ch->addr_text, &ch->be.ep, &s->vip_ep, s->name);
 	if (!err)

@@ -109,6 +109,7 @@ enum bgs_change_kind {
 struct bgs_change {
 	enum bgs_change_kind kind;
 	char service[BGS_NAME_LEN];
+	const char *name; /* NAME as given, or NULL: a fleet document's key may be longer */
 	__s64 if_generation; /* -1: any */
 	const char *reason; /* --reason, or NULL */
 	bool help; /* --help: print the form's usage, change nothing */

@@ -62,6 +62,11 @@ static int change_args(char **args, struct bgs_change *ch)
 		return 0;
 	if (add && check_name(args[0]))
 		return -EINVAL;
+	ch->name = args[0];
+	if (!ch->fleet && strlen(args[0]) >= BGS_NAME_LEN) {
+		pr_warn("unknown service '%s'\n", args[0]); /* longer than any */
+		return -ENOENT;
+	}
 	snprintf(ch->service, sizeof(ch->service), "%s", args[0]);
 	snprintf(ch->svc.name, sizeof(ch->svc.name), "%s", args[0]);
 	snprintf(ch->be.service, sizeof(ch->be.service), "%s", args[0]);
