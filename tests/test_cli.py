@@ -116,6 +116,11 @@ WHOLE = [
     ("status", "web", "echo"),
     ("gc", "extra"),
     ("exporter",),
+    ("status", "--interval", "100", "--etcd", "http://127.0.0.1:1"),  # a local-only option
+    ("timeouts", "extra"),
+    ("local",),
+    ("local", "frob"),
+    ("local", "list", "--netns", "/run/netns/x"),
     ("--pin-root", "relative/dir", "status"),
     ("frobnicate",),
 ]
@@ -201,9 +206,11 @@ def test_cli_malformed_line_is_refused_in_one_line_changing_nothing(cli, baselin
 
 @pytest.mark.parametrize("args,code", [
     (("service",), 2), (("backend",), 2), (("service", "frob"), 2), (("backend", "frob"), 2),
+    (("local",), 2), (("local", "frob"), 2),
     (("--bogus", "status"), 2), (("frobnicate",), 2), ((), 2),
     (("flip", "web", "--timeout", "5s"), 1), (("attach", NODE_IFACE, "--xdp-egress", ",,,"), 1),
-], ids=["service", "backend", "service-frob", "backend-frob", "global-option", "command",
+], ids=["service", "backend", "service-frob", "backend-frob", "local", "local-frob",
+        "global-option", "command",
         "nothing", "flip-timeout", "xdp-egress"])
 def test_cli_usage_errors_exit_as_the_readme_says(cli, baseline, args, code):
     p = cli.run(*args)
@@ -211,6 +218,18 @@ def test_cli_usage_errors_exit_as_the_readme_says(cli, baseline, args, code):
     assert p.returncode == code, (args, p.returncode, line)
     if code == 2:
         assert "--help" in line, line  # it says where the usage is
+    assert config(cli) == baseline
+
+
+@pytest.mark.parametrize("args,named", [
+    (("status", "--interval", "100", "--etcd", "http://127.0.0.1:1"), "--interval"),
+    (("status", "--prefix", "/x", "web", "-i", "100"), "--interval"),
+], ids=["etcd", "prefix"])
+def test_cli_local_only_option_is_refused_in_the_fleet_form(cli, baseline, args, named):
+    """An option only the fleet form takes makes the line the fleet form: a local-only option
+    beside it is named in the one line, and nothing changes."""
+    line = one_line_refusal(cli.run(*args), args)
+    assert f"{named} is not accepted with --" in line, line
     assert config(cli) == baseline
 
 

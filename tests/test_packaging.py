@@ -1,8 +1,14 @@
-"""Packaging tests: the man page, the bash completion, the systemd unit and `make install`.
+"""Packaging tests: the generated man page and bash completion, the systemd units and
+`make install`.
 
-None of them needs root or BPF: the completion is driven through COMP_WORDS/COMP_CWORD against
-a stub `bgswitch` that prints `service list` output, and `make install` goes to a temporary
-DESTDIR. Run: /usr/bin/pytest -q tests/test_packaging.py
+The command's option tables (user/*.c, read through `bgswitch __gen table`) are the one source
+of its options: every option of a table must show in the command's --help, complete in bash
+(driven through COMP_WORDS/COMP_CWORD against a stub `bgswitch` that prints `service list`
+output) and be listed in the man page, each as generated from the same table by `make`
+(.output/bgswitch.bash-completion, .output/bgswitch.8). The hand-written parts (the completion's
+driver, the man page's prose) are checked where they say something the code decides. None of
+them needs root or BPF; `make install` goes to a temporary DESTDIR.
+Run: /usr/bin/pytest -q tests/test_packaging.py
 """
 
 import glob
@@ -12,74 +18,28 @@ import re
 import shutil
 import stat
 import subprocess
+from collections import namedtuple
 
 import pytest
 
 TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MAN = os.path.join(TOP, "doc", "bgswitch.8")
-COMPLETION = os.path.join(TOP, "contrib", "bash-completion", "bgswitch")
+BGSWITCH = os.path.join(TOP, ".output", "bgswitch")
+MAN = os.path.join(TOP, ".output", "bgswitch.8")
+MAN_TEMPLATE = os.path.join(TOP, "doc", "bgswitch.8.in")
+COMPLETION = os.path.join(TOP, ".output", "bgswitch.bash-completion")
+COMPLETION_TEMPLATE = os.path.join(TOP, "contrib", "bash-completion", "bgswitch.in")
 UNIT = os.path.join(TOP, "contrib", "systemd", "bgswitch-exporter.service")
 AGENT_UNIT = os.path.join(TOP, "contrib", "systemd", "bgswitch-agent.service")
 
-# The command table of user/main.c, in its order (test_packaging_commands_match_main checks it).
+LOCAL, FLEET = 1, 2  # struct bgs_opt.where (user/params.h)
+
+
+# The commands (the first word of every listed table): bgswitch --help lists them.
 COMMANDS = ["attach", "detach", "service", "backend", "flip", "shift", "rollout", "rollback",
             "check", "drain", "status", "timeouts", "gc", "limits", "watch", "exporter", "agent",
             "local"]
 GLOBAL_OPTS = ["-r", "--pin-root", "-a", "--audit-log", "-v", "--verbose", "-V", "--version",
                "-h", "--help"]
-# Where each getopt table of user/*.c is used: the function that holds it (or, for a shared table
-# such as cutover.c's cut_options, the command function that parses with it), and the
-# completion's case for it ("*" is the default case, for the commands that take only --help).
-TABLES = {
-    "main": None,  # global options: GLOBAL_OPTS
-    "do_attach": "attach",
-    "do_detach": "detach",
-    "service_add": "service add",
-    "service_set": "service set",
-    "service_del": "service del",
-    "backend_add": "backend add",
-    "backend_del": "backend del",
-    "do_flip": "flip",
-    "do_shift": "shift",
-    "do_rollout": "rollout",
-    "do_rollback": "rollback",
-    "do_check": "check",
-    "do_drain": "drain",
-    "do_status": "status",
-    "do_timeouts": "timeouts",
-    "do_gc": "gc",
-    "do_limits": "limits",
-    "do_watch": "watch",
-    "do_exporter": "exporter",
-    "do_agent": "agent",
-    "do_local": "local",
-    "parse_help_only": "*",
-}
-# A command line whose last word, "-", lists the options of each completion case.
-CASE_LINES = {
-    "attach": "bgswitch attach -",
-    "detach": "bgswitch detach -",
-    "service add": "bgswitch service add -",
-    "service set": "bgswitch service set -",
-    "service del": "bgswitch service del -",
-    "backend add": "bgswitch backend add -",
-    "backend del": "bgswitch backend del -",
-    "flip": "bgswitch flip -",
-    "shift": "bgswitch shift -",
-    "rollout": "bgswitch rollout -",
-    "rollback": "bgswitch rollback -",
-    "check": "bgswitch check -",
-    "drain": "bgswitch drain -",
-    "status": "bgswitch status -",
-    "timeouts": "bgswitch timeouts -",
-    "gc": "bgswitch gc -",
-    "limits": "bgswitch limits -",
-    "watch": "bgswitch watch -",
-    "exporter": "bgswitch exporter -",
-    "agent": "bgswitch agent -",
-    "local": "bgswitch local add -",
-    "*": "bgswitch service list -",
-}
 
 
 def _list_line(*cols):
@@ -175,6 +135,119 @@ def _ifaces():
     return sorted(os.listdir("/sys/class/net"))
 
 
+def _make(*args, check=True):
+    r = subprocess.run(["make", "--no-print-directory", "-C", TOP] + list(args),
+                       capture_output=True, text=True, timeout=600, env=_clean_env())
+    if check:
+        assert r.returncode == 0, f"make {' '.join(args)}:\n{r.stdout}{r.stderr}"
+    return r
+
+
+@pytest.fixture(scope="module", autouse=True)
+def built():
+    """The command, its completion and its man page, as make builds them."""
+    _make()
+    return BGSWITCH
+
+
+# -- the option tables ---------------------------------------------------------------------------
+
+Opt = namedtuple("Opt", "long short arg where values complete")
+Pos = namedtuple("Pos", "name optional values complete")
+
+
+class Spec:
+    def __init__(self, name, listed, summary):
+        self.name, self.listed, self.summary = name, listed, summary
+        self.opts, self.pos = [], []
+
+    def words(self, where, args_only=False):
+        """The option words the completion offers in a form, in table order."""
+        out = []
+        for o in self.opts:
+            if o.where & where and (o.arg or not args_only):
+                out += ([f"-{o.short}"] if o.short else []) + [f"--{o.long}"]
+        return out + ([] if args_only else ["-h", "--help"])
+
+    def fleet_form(self):
+        return any(o.where == FLEET for o in self.opts)
+
+
+def _table():
+    r = subprocess.run([BGSWITCH, "__gen", "table"], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    specs = {}
+    for line in r.stdout.splitlines():
+        kind, name, *f = line.split("\t")
+        if kind == "spec":
+            specs[name] = Spec(name, f[0] == "1", f[1])
+        elif kind == "opt":
+            specs[name].opts.append(Opt(f[0], "" if f[1] == "-" else f[1], f[2] == "1",
+                                        int(f[3]), f[4].split(), f[5]))
+        else:
+            specs[name].pos.append(Pos(f[1], f[2] == "1", f[3].split(), f[4]))
+    return specs
+
+
+@pytest.fixture(scope="module")
+def specs(built):
+    return _table()
+
+
+def _spec_names():
+    """The listed commands, for parametrize (at collection: builds the command if need be)."""
+    if not os.path.exists(BGSWITCH):
+        _make()
+    return [n for n, s in _table().items() if s.listed]
+
+
+def _run(*args):
+    return subprocess.run([BGSWITCH] + list(args), capture_output=True, text=True, timeout=30,
+                          env=_clean_env())
+
+
+def test_packaging_tables_are_well_formed(specs):
+    """Names and letters are unique in a table; what a value takes is known to the completion."""
+    assert "" in specs and len(specs) >= 20
+    for s in specs.values():
+        longs = [o.long for o in s.opts] + ["help"]
+        shorts = [o.short for o in s.opts if o.short] + ["h"]
+        assert len(set(longs)) == len(longs), s.name
+        assert len(set(shorts)) == len(shorts), s.name
+        for o in s.opts:
+            assert re.fullmatch(r"[a-z][a-z-]*", o.long), (s.name, o.long)
+            assert o.where in (LOCAL, FLEET, LOCAL | FLEET), (s.name, o.long)
+            assert o.complete in ("", "file", "dir", "iface", "iface-list", "service"), o
+            assert not (o.values or o.complete) or o.arg, (s.name, o.long)
+        for i, p in enumerate(s.pos):
+            assert p.complete in ("", "file", "iface", "service"), p
+            assert not p.optional or all(q.optional for q in s.pos[i:]), (s.name, p.name)
+    assert {n.split()[0] for n, s in specs.items() if s.listed} == set(COMMANDS)
+
+
+def test_packaging_help_lists_every_command(specs):
+    p = _run("--help")
+    assert p.returncode == 0 and p.stderr == "", p.stderr
+    listed = re.findall(r"^  ([a-z]+(?: [a-z]+)?) +(.+)$", p.stdout, re.M)
+    assert listed == [(s.name, s.summary) for s in specs.values() if s.listed]
+
+
+@pytest.mark.parametrize("name", [""] + _spec_names())
+def test_packaging_help_shows_every_option(specs, name):
+    """`CMD --help` shows every option of CMD's table, "-s, --long" (the fleet form's own
+    options in `CMD --etcd URL --help`)."""
+    spec = specs[name]
+    local = _run(*name.split(), "--help")
+    assert local.returncode == 0 and local.stderr == "", (name, local.stderr)
+    fleet = _run(*name.split(), "--etcd", "http://127.0.0.1:1", "--help") \
+        if spec.fleet_form() else local
+    assert fleet.returncode == 0 and fleet.stderr == "", (name, fleet.stderr)
+    for o in spec.opts:
+        text = (fleet if o.where == FLEET else local).stdout
+        tag = f"-{o.short}, --{o.long}" if o.short else f"--{o.long}"
+        assert re.search(rf"(^|\s){re.escape(tag)}(\s|=|$)", text, re.M), (name, tag)
+
+
 # -- bash completion -----------------------------------------------------------------------------
 
 def test_packaging_completion_commands(stub):
@@ -212,6 +285,23 @@ def test_packaging_completion_pin_root_directories(stub, tmp_path):
     assert sorted(complete(stub, f"bgswitch -r {tmp_path}/pins")) == want
     assert sorted(complete(stub, f"bgswitch --pin-root {tmp_path}/pins")) == want
     assert sorted(complete(stub, f"bgswitch --pin-root={tmp_path}/pins")) == want
+
+
+def test_packaging_completion_global_option_values(stub, specs, tmp_path):
+    """A global option's value completes as its table says: directories or files."""
+    (tmp_path / "pins-a").mkdir()
+    (tmp_path / "pins-file").write_text("")
+    kinds = {"dir": [str(tmp_path / "pins-a")],
+             "file": [str(tmp_path / "pins-a"), str(tmp_path / "pins-file")]}
+    checked = 0
+    for o in specs[""].opts:
+        if not o.complete:
+            continue
+        for line in (f"bgswitch --{o.long} {tmp_path}/pins", f"bgswitch -{o.short} {tmp_path}/pins",
+                     f"bgswitch -v --{o.long}={tmp_path}/pins"):
+            assert sorted(complete(stub, line)) == kinds[o.complete], (o.long, line)
+        checked += 1
+    assert checked == 2
 
 
 def test_packaging_completion_subcommands(stub):
@@ -375,71 +465,62 @@ def test_packaging_completion_colors(stub):
     assert complete(stub, "bgswitch service set web ") == []
 
 
-@pytest.mark.parametrize("line,want", [
-    ("bgswitch attach -", ["-m", "--mode", "-f", "--flows", "-F", "--force", "-e",
-                           "--xdp-egress", "-R", "--replace", "-C", "--change-mode", "-h",
-                           "--help"]),
-    ("bgswitch attach eth0 --", ["--mode", "--flows", "--force", "--xdp-egress", "--replace",
-                                 "--change-mode", "--help"]),
-    ("bgswitch attach eth0 --r", ["--replace"]),
-    ("bgswitch attach eth0 --x", ["--xdp-egress"]),
-    ("bgswitch attach eth0 -e lo --f", ["--flows", "--force"]),
-    ("bgswitch detach eth0 -", ["-p", "--purge", "-h", "--help"]),
-    ("bgswitch service add web 192.0.2.10:80 -", ["-p", "--proto", "-l", "--lb", "-M",
-                                                   "--table-size", "-s", "--split-by", "-m",
-                                                   "--reason", "-h", "--help"]),
-    ("bgswitch service add web 192.0.2.10:80 --t", ["--table-size"]),
-    ("bgswitch service set web -", ["-M", "--table-size", "-s", "--split-by", "-m", "--reason",
-                                    "-h", "--help"]),
-    ("bgswitch service del web -", ["-f", "--force", "-m", "--reason", "-h", "--help"]),
-    ("bgswitch service list -", ["-h", "--help"]),
-    ("bgswitch service -", ["-h", "--help"]),
-    ("bgswitch backend add web blue 10.0.1.1:8080 -", ["-w", "--weight", "-G",
-                                                       "--if-generation", "-m", "--reason",
-                                                       "-h", "--help"]),
-    ("bgswitch backend add web blue 10.0.1.1:8080 --w", ["--weight"]),
-    ("bgswitch backend del -", ["-d", "--drain", "-f", "--force", "-G", "--if-generation",
-                                "-m", "--reason", "-h", "--help"]),
-    ("bgswitch backend del web blue 10.0.1.1:8080 --d", ["--drain"]),
-    ("bgswitch flip web --", ["--check-http", "--check-timeout", "--no-check", "--force",
-                              "--guard", "--max-resets", "--max-reset-ratio",
-                              "--max-silent-backends", "--min-new-flows", "--wait-drain",
-                              "--timeout", "--if-generation", "--reason", "--help"]),
-    ("bgswitch flip web --m", ["--max-resets", "--max-reset-ratio", "--max-silent-backends",
-                               "--min-new-flows"]),
-    ("bgswitch shift web green 10% --", ["--check-http", "--check-timeout", "--no-check",
-                                         "--force", "--guard", "--max-resets",
-                                         "--max-reset-ratio", "--max-silent-backends",
-                                         "--min-new-flows", "--wait-drain", "--timeout",
-                                         "--if-generation", "--reason", "--help"]),
-    ("bgswitch rollout web --", ["--check-http", "--check-timeout", "--no-check", "--force",
-                                 "--guard", "--max-resets", "--max-reset-ratio",
-                                 "--max-silent-backends", "--min-new-flows", "--if-generation",
-                                 "--reason", "--steps", "--interval", "--help"]),
-    ("bgswitch rollout web --s", ["--steps"]),
-    ("bgswitch rollout web --i", ["--if-generation", "--interval"]),
-    ("bgswitch rollback -", ["-H", "--check-http", "-T", "--check-timeout", "-n", "--no-check",
-                             "-f", "--force", "-G", "--if-generation", "-m", "--reason", "-h",
-                             "--help"]),
-    ("bgswitch check web green -", ["-H", "--check-http", "-T", "--check-timeout", "-h",
-                                    "--help"]),
-    ("bgswitch drain web -", ["-t", "--timeout", "-i", "--interval", "-h", "--help"]),
-    ("bgswitch status -", ["-j", "--json", "-i", "--interval", "-h", "--help"]),
-    ("bgswitch status web --j", ["--json"]),
-    ("bgswitch timeouts -", ["-t", "--tcp-idle", "-u", "--udp-idle", "-c", "--closing", "-h",
-                             "--help"]),
-    ("bgswitch timeouts --tcp-idle 5m --", ["--tcp-idle", "--udp-idle", "--closing", "--help"]),
-    ("bgswitch timeouts --c", ["--closing"]),
-    ("bgswitch gc -", ["-h", "--help"]),
-    ("bgswitch limits -", ["-n", "--new-flows", "-b", "--burst", "-h", "--help"]),
-    ("bgswitch limits --new-flows 0 --", ["--new-flows", "--burst", "--help"]),
-    ("bgswitch limits --b", ["--burst"]),
-    ("bgswitch exporter -", ["-l", "--listen", "-g", "--gc-interval", "-h", "--help"]),
-    ("bgswitch exporter --listen 127.0.0.1:9465 --g", ["--gc-interval"]),
-    ("bgswitch watch web -", ["-i", "--interval", "-h", "--help"]),
-])
-def test_packaging_completion_command_options(stub, line, want):
-    assert complete(stub, line) == want
+@pytest.mark.parametrize("name", [""] + _spec_names())
+def test_packaging_completion_offers_every_option(stub, specs, name):
+    """Each command completes its table's options, in the table's order, the fleet form its
+    own; an option that takes a value has it skipped when arguments are counted."""
+    spec = specs[name]
+    line = " ".join(["bgswitch"] + name.split() + ["-"])
+    assert complete(stub, line) == spec.words(LOCAL), name
+    if spec.fleet_form():
+        line = " ".join(["bgswitch"] + name.split() + ["--etcd", "http://127.0.0.1:1", "-"])
+        assert complete(stub, line) == spec.words(FLEET), name
+    for o in spec.opts:
+        if not o.values:
+            continue
+        for flag in [f"--{o.long}"] + ([f"-{o.short}"] if o.short else []):
+            line = " ".join(["bgswitch"] + name.split() + [flag, ""])
+            assert complete(stub, line) == o.values, (name, flag)
+        line = " ".join(["bgswitch"] + name.split() + [f"--{o.long}="])
+        assert complete(stub, line) == o.values, (name, o.long)
+
+
+@pytest.mark.parametrize("name", _spec_names())
+def test_packaging_completion_positionals_follow_the_table(stub, specs, name):
+    """Each positional argument completes as its table says, after an option with its value."""
+    spec = specs[name]
+    before = []
+    valued = next((o for o in spec.opts if o.arg and o.where & LOCAL and not o.values), None)
+    for p in spec.pos:
+        words = ["bgswitch"] + name.split()
+        if valued:
+            words += [f"--{valued.long}", "x"]
+        line = " ".join(words + before + [""])
+        got = complete(stub, line)
+        if p.values:
+            assert got == p.values, (name, p.name)
+        elif p.complete == "service":
+            assert got == ["web", "dns", "web-canary"], (name, p.name)
+        elif p.complete == "iface":
+            assert got == _ifaces(), (name, p.name)
+        else:
+            assert got == [], (name, p.name)
+        before.append(p.values[0] if p.values else "web")
+
+
+def test_packaging_completion_is_generated_from_its_template():
+    """The installed completion is the template with the tables in place of @SPECS@, and the
+    template holds no option list of its own."""
+    with open(COMPLETION_TEMPLATE) as f:
+        template = f.read()
+    assert template.split("\n").count("@SPECS@") == 1
+    assert "--check-http" not in template and "--table-size" not in template
+    with open(COMPLETION) as f:
+        generated = f.read()
+    head, tail = template.split("\n@SPECS@\n")
+    assert generated.startswith(head) and generated.endswith(tail)
+    r = subprocess.run(["bash", "-n", COMPLETION], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
 
 
 @pytest.mark.parametrize("line,want", [
@@ -518,11 +599,7 @@ def test_packaging_completion_positionals_after_options(stub):
     assert complete(stub, "bgswitch shift -g 30s -R 5 web ") == ["blue", "green"]
     # rollout's --guard takes no value: the word after it is the service
     assert complete(stub, "bgswitch rollout -g web ") == ["blue", "green"]
-    assert complete(stub, "bgswitch rollout --steps 5,100 web -") == [
-        "-H", "--check-http", "-T", "--check-timeout", "-n", "--no-check", "-f", "--force",
-        "-g", "--guard", "-R", "--max-resets", "-P", "--max-reset-ratio", "-S",
-        "--max-silent-backends", "-N", "--min-new-flows", "-G", "--if-generation", "-m",
-        "--reason", "-s", "--steps", "-i", "--interval", "-h", "--help"]
+    assert complete(stub, "bgswitch rollout --steps 5,100 web --s") == ["--steps"]
     assert complete(stub, "bgswitch check -H /healthz ") == ["web", "dns", "web-canary"]
     assert complete(stub, "bgswitch service del --force ") == ["web", "dns", "web-canary"]
     assert complete(stub, "bgswitch status --json web ") == []
@@ -531,198 +608,27 @@ def test_packaging_completion_positionals_after_options(stub):
     assert complete(stub, "bgswitch watch --interval=500 web ") == []
 
 
-def _fault_points():
-    """The names of the fault points (BGSWITCH_FAULT) in user/*.c."""
-    points = set()
-    for path in glob.glob(os.path.join(TOP, "user", "*.c")):
-        with open(path) as f:
-            points |= set(re.findall(r'fault_point\("([a-z-]+)"\)', f.read()))
-    assert points, "no fault points found in user/*.c"
-    return points
-
-
-def _getopt_long_names():
-    """Every long option of the command's getopt tables in user/*.c."""
-    names = set()
-    for path in glob.glob(os.path.join(TOP, "user", "*.c")):
-        with open(path) as f:
-            src = f.read()
-        names |= set(re.findall(r'\{\s*"([a-z][a-z-]*)",\s*(?:no|required|optional)_argument',
-                                src))
-    assert names, "no getopt tables found in user/*.c"
-    return names
-
-
-OPT_RE = re.compile(r'\{\s*"([a-z][a-z-]*)",\s*(no|required|optional)_argument,\s*NULL,'
-                    r"\s*'(.)'\s*\}")
-FUNC_RE = re.compile(r"^(?:static )?int (\w+)\(int argc, char \*\*argv[^\n]*\)\n\{\n(.*?)^\}",
-                     re.M | re.S)
-
-
-def _parse_table(body, where):
-    """[(short, long, takes_argument)] of the entries of a struct option table's body."""
-    table = [(f"-{s}", f"--{n}", kind == "required") for n, kind, s in OPT_RE.findall(body)]
-    # every entry of the table was understood
-    assert len(table) == body.count('", '), where
-    return table
-
-
-def _c_mask(expr, defines, where):
-    """The value of a C expression like "CUT_CHECKS | CUT_GUARD" (or "0")."""
-    value = 0
-    for word in (w.strip() for w in expr.split("|")):
-        if re.fullmatch(r"0x[0-9a-fA-F]+|\d+", word):
-            value |= int(word, 0)
-        else:
-            assert word in defines, (where, word)
-            value |= defines[word]
-    return value
-
-
-def _shared_tables(path, src):
-    """{command function: [(short, long, takes_argument)]} for the commands of one file that
-    parse with a shared table, as user/cutover.c does:
-
-        static const struct option cut_options[] = { ... };      the options of every command
-        static unsigned int cut_group(int c) { switch ... }      the CUT_* group of each option
-        static int cut_getopt(int argc, char **argv, unsigned int allowed, ...)
-                                                                 keeps the options whose group
-                                                                 is 0 or in `allowed`, and may
-                                                                 swap one for a variant:
-            if (opts[n].val == 'g' && (allowed & CUT_ROLLOUT)) opts[n] = rollout_guard;
-        int do_flip(int argc, char **argv) { ... cut_getopt(argc, argv, CUT_A | CUT_B, ...) }
-    """
-    out = {}
-    for name, body in re.findall(r"^static const struct option (\w+)\[\] = \{\n(.*?)\{ 0 \},",
-                                 src, re.M | re.S):
-        where = f"{path}: {name}"
-        table = _parse_table(body, where)
-        wrappers = re.findall(r"^static int (\w+)\(int argc, char \*\*argv, unsigned int (\w+),"
-                              r"(.*?)^\}", src, re.M | re.S)
-        wrappers = [w for w in wrappers if re.search(rf"\b{name}\[i\]", w[2])]
-        assert len(wrappers) == 1, f"{where}: no function (or several) that parses with it"
-        wrapper, allowed, wbody = wrappers[0]
-        defines = {k: int(v, 0) for k, v in
-                   re.findall(r"^#define (\w+) (0x[0-9a-fA-F]+|\d+)\b", src, re.M)}
-        # The group of each short option: a switch of `case 'x':` runs ending in a return.
-        gfunc = re.search(rf"\b(\w+)\({name}\[i\]\.val\)", wbody)
-        assert gfunc, f"{where}: {wrapper} does not say how options are grouped"
-        gbody = re.search(rf"^static unsigned int {gfunc.group(1)}\(int \w+\)\n\{{\n(.*?)^\}}",
-                          src, re.M | re.S)
-        assert gbody, f"{where}: no {gfunc.group(1)}()"
-        group, pending = {}, []
-        for case, ret in re.findall(r"case '(.)':|return ([^;]+);", gbody.group(1)):
-            if case:
-                pending.append(case)
-            elif pending:
-                for c in pending:
-                    group[c] = _c_mask(ret, defines, where)
-                pending = []
-            else:  # default: every command has the option
-                default = _c_mask(ret, defines, where)
-        assert not pending, f"{where}: {gfunc.group(1)}() not understood"
-        # Variants: an option swapped for another entry when the command allows a group.
-        variants = []
-        for short, mask, var in re.findall(r"if \(opts\[n\]\.val == '(.)' && \(\w+ & (\w+)\)\)"
-                                           r"\s*opts\[n\] = (\w+);", wbody):
-            entry = re.search(rf"static const struct option {var} = (\{{[^}}]*\}});", wbody)
-            assert entry, f"{where}: variant {var} not found"
-            (vshort, vlong, varg), = _parse_table(entry.group(1), where)
-            assert vshort == f"-{short}", (where, var)
-            variants.append((vshort, _c_mask(mask, defines, where), (vshort, vlong, varg)))
-        assert wbody.count("opts[n] = ") == 1 + len(variants), f"{where}: {wrapper} not understood"
-        for func, body in FUNC_RE.findall(src):
-            call = re.search(rf"\b{wrapper}\(argc, argv, ([^,]+),", body)
-            if not call:
-                continue
-            allow = _c_mask(call.group(1), defines, f"{where}: {func}")
-            opts = []
-            for short, long, arg in table:
-                g = group.get(short[1], default)
-                if g and not g & allow:
-                    continue
-                for vshort, vmask, ventry in variants:
-                    if vshort == short and vmask & allow:
-                        short, long, arg = ventry
-                opts.append((short, long, arg))
-            out[func] = opts
-        assert out, f"{where}: no command parses with it"
-    return out
-
-
-def _getopt_tables():
-    """{function: [(short, long, takes_argument)]} for every getopt table in user/*.c: each
-    function's own `struct option opts[]`, and each command's part of a shared table."""
-    tables = {}
-    for path in sorted(glob.glob(os.path.join(TOP, "user", "*.c"))):
-        with open(path) as f:
-            src = f.read()
-        for func, body in FUNC_RE.findall(src):
-            table = re.search(r"struct option opts\[\] = \{(.*?)\{ 0 \}", body, re.S)
-            if not table:
-                continue
-            assert func not in tables, f"two functions called {func}"
-            tables[func] = _parse_table(table.group(1), (path, func))
-        for func, table in _shared_tables(path, src).items():
-            assert func not in tables, f"two getopt tables for {func}"
-            tables[func] = table
-    assert tables, "no getopt tables found in user/*.c"
-    return tables
-
-
-def _completion_cases():
-    """{case: (opts, argopts)} from the completion's table of command options."""
-    with open(COMPLETION) as f:
-        text = f.read()
-    block = re.search(r"^\tcase \$command\$\{sub:\+ \$sub\} in\n(.*?)^\tesac", text,
-                      re.M | re.S)
-    assert block, "no option table in the completion"
-    cases = {}
-    for name, body in re.findall(r'^\t"?([a-z* ]+?)"?\)(.*?);;', block.group(1), re.M | re.S):
-        opts = re.search(r'(?<![a-z])opts="([^"]*)"', body)
-        argopts = re.search(r'argopts="([^"]*)"', body)
-        cases[name] = (opts.group(1).split() if opts else [],
-                       argopts.group(1).split() if argopts else [])
-    return cases
-
-
-def test_packaging_commands_match_main():
-    with open(os.path.join(TOP, "user", "main.c")) as f:
-        src = f.read()
-    table = re.search(r"struct command commands\[\] = \{(.*?)\n\};", src, re.S)
-    assert table, "no command table in user/main.c"
-    assert re.findall(r'\{ "([a-z]+)", do_\w+,', table.group(1)) == COMMANDS
-
-
-def test_packaging_getopt_tables_are_all_known():
-    tables = _getopt_tables()
-    assert sorted(tables) == sorted(TABLES), "a getopt table of user/*.c is not in TABLES"
-    assert [o for s, l, _ in tables["main"] for o in (s, l)] == GLOBAL_OPTS
-
-
-def test_packaging_completion_options_match_getopt_tables(stub):
-    """Each command completes exactly its getopt table's options, in the table's order, and
-    knows which of them take a value."""
-    tables = _getopt_tables()
-    cases = _completion_cases()
-    assert sorted(cases) == sorted(CASE_LINES)
-    for func, case in TABLES.items():
-        if case is None:
-            continue
-        want = [o for s, l, _ in tables[func] for o in (s, l)]
-        assert complete(stub, CASE_LINES[case]) == want, case
-        assert cases[case][0] == want, case
-        assert cases[case][1] == [o for s, l, arg in tables[func] if arg for o in (s, l)], case
-
-
-def test_packaging_completion_covers_every_getopt_option():
-    with open(COMPLETION) as f:
-        text = f.read()
-    missing = sorted(n for n in _getopt_long_names() if f"--{n}" not in text)
-    assert not missing, f"options of user/*.c missing from the completion: {missing}"
-
-
 # -- man page ------------------------------------------------------------------------------------
+
+def _roff():
+    with open(MAN) as f:
+        return f.read()
+
+
+def _tag(o):
+    return (f"\\fB\\-{o.short}\\fP, " if o.short else "") + "\\fB\\-\\-" + \
+        o.long.replace("-", "\\-") + "\\fP"
+
+
+def _command_block(roff, name):
+    """A command's paragraph in COMMANDS: from its tag (or the first of the tags it shares, as
+    "local add", "local del" and "local list" do) to the end of its option list."""
+    tag = "\\fB" + name.replace("-", "\\-") + "\\fP"
+    m = re.search(rf"^\.TP\n(?:\\fB[a-z ]+\\fP.*\n\.TQ\n)*{re.escape(tag)}[ \n].*?"
+                  r"(?=^\.TP\n\\fB[a-z]|^\.SS |\Z)", roff, re.M | re.S)
+    assert m, f"no entry for {name}"
+    return m.group(0)
+
 
 def test_packaging_man_renders_without_warnings():
     if not shutil.which("man"):
@@ -738,33 +644,74 @@ def test_packaging_man_renders_without_warnings():
             assert re.search(rf"^{section}$", r.stdout, re.M), section
         for ref in ("bpftool(8)", "tc(8)", "ip(8)"):
             assert ref in r.stdout
+        assert "@" not in r.stdout.replace("user@", ""), "a template line left unexpanded"
 
 
-def test_packaging_man_documents_every_command_and_option():
-    with open(MAN) as f:
-        roff = f.read()
+@pytest.mark.parametrize("name", _spec_names())
+def test_packaging_man_lists_every_option(specs, name):
+    """Each command's entry lists every option of its table, once, in the table's order (the
+    fleet form's own ones last), each with a paragraph."""
+    spec = specs[name]
+    block = _command_block(_roff(), name)
+    tags = re.findall(r"^\.TP\n(\\fB\\-.*?\\fP)(?: .*)?\n(.+)", block, re.M)
+    order = [o for o in spec.opts if o.where != FLEET] + [o for o in spec.opts if o.where == FLEET]
+    assert all(text.strip() for _, text in tags), name
+    if "\n.TQ\n" in block:  # an entry shared with other commands: their options, if any
+        assert {_tag(o) for o in order} <= {t for t, _ in tags}, name
+        return
+    assert [t for t, _ in tags] == [_tag(o) for o in order], name
+
+
+def test_packaging_man_global_options(specs):
+    section = re.search(r"^\.SH OPTIONS\n(.*?)^\.SH ", _roff(), re.M | re.S).group(1)
+    tags = re.findall(r"^\.TP\n(\\fB\\-.*?\\fP)(?: .*)?$", section, re.M)
+    assert tags == [_tag(o) for o in specs[""].opts]
+
+
+def test_packaging_man_synopsis_has_every_command_and_option(specs):
+    roff = _roff()
+    synopsis = re.search(r"^\.SH SYNOPSIS\n(.*?)^\.SH ", roff, re.M | re.S).group(1)
+    lines = synopsis.replace("\\-", "-").split("\n.br\n")
+    for spec in specs.values():
+        if not spec.listed and spec.name:
+            continue
+        head = f"\\fBbgswitch{' ' if spec.name else ''}{spec.name}\\fP"
+        mine = [ln for ln in lines if (ln.startswith(head + " ") or ln == head)
+                and not ln.endswith("\\fB--help\\fP")]
+        assert len(mine) == (2 if spec.fleet_form() else 1), spec.name
+        for o in spec.opts:
+            line = mine[-1] if o.where == FLEET else mine[0]
+            assert f"--{o.long}" in line, (spec.name, o.long)
+
+
+def test_packaging_man_keeps_the_hand_written_paragraphs():
+    """Every "@@name" paragraph of the template stands in the generated page, and a paragraph
+    for an option the table lacks stops the generation with one line."""
+    with open(MAN_TEMPLATE) as f:
+        template = f.read()
+    roff = _roff()
+    paragraphs = re.findall(r"^@@[a-z-]+\n(.*?)(?=^@)", template, re.M | re.S)
+    assert len(paragraphs) > 60
+    for text in paragraphs:
+        assert text in roff, text[:60]
+    bad = "@OPTIONS flip@\n@@no-such-option\nText.\n@END@\n"
+    r = subprocess.run([BGSWITCH, "__gen", "man"], input=bad, capture_output=True, text=True,
+                       timeout=30)
+    assert r.returncode != 0 and r.stderr.count("\n") == 1, r.stderr
+    assert "no-such-option" in r.stderr
+
+
+def test_packaging_man_documents_every_command_and_option(specs):
+    roff = _roff()
     text = roff.replace("\\-", "-")
-    for cmd in COMMANDS:
-        assert re.search(rf"^\.B[RI]* \"?{cmd}\b", roff, re.M), f"no entry for {cmd}"
     for sub in ("service add", "service set", "service del", "service list", "backend add",
-                "backend del"):
-        assert sub in text
+                "backend del", "local add", "local del", "local list"):
+        assert f"\\fB{sub}\\fP" in roff, sub
     # the environment, the test hook and its fault points, the exit statuses
     for word in ("BGSWITCH_AUDIT_LOG", "BGSWITCH_FAULT", "/var/lib/bgswitch/audit.log"):
         assert word in text, word
     for point in _fault_points():
         assert point in text, point
-    missing = sorted(n for n in _getopt_long_names() | {"listen"} if f"--{n}" not in text)
-    assert not missing, f"options of user/*.c missing from the man page: {missing}"
-    for opt in ("-r", "-v", "-V", "-h", "-m", "-f", "-F", "-e", "-p", "-j", "-i", "-t", "-u",
-                "-c", "-l", "-g", "-vv", "-a", "-R", "-H", "-T", "-n", "-w", "-G", "-d", "-P",
-                "-S", "-N", "-b", "-l", "-M", "-s"):
-        assert re.search(rf"(^|[\s\"]){re.escape(opt)}\b", text, re.M), opt
-    # every option of every getopt table, documented as "-s, --long" (global ones too)
-    for func, table in _getopt_tables().items():
-        for short, long, _ in table:
-            tag = '.BR %s ", " %s' % (short.replace("-", "\\-"), long.replace("-", "\\-"))
-            assert re.search(rf"^{re.escape(tag)}( |$)", roff, re.M), (func, short, long)
     for path in ("/sys/fs/bpf/bgswitch", "bgs_config", "bgs_vips", "bgs_services", "bgs_switch",
                  "bgs_sets", "bgs_backends", "bgs_backend_addrs", "bgs_flows", "bgs_nexthops",
                  "bgs_ifaces", "bgs_stats", "bgs_drops", "bgs_backend_stats",
@@ -780,22 +727,14 @@ def test_packaging_man_documents_every_command_and_option():
         assert re.search(rf"^\.B {name}$", files, re.M), name
 
 
-def test_packaging_man_synopsis_has_every_command_and_option():
-    """The SYNOPSIS shows every command of user/main.c with its long options."""
-    with open(MAN) as f:
-        roff = f.read()
-    synopsis = re.search(r"^\.SH SYNOPSIS\n(.*?)^\.SH ", roff, re.M | re.S).group(1)
-    lines = synopsis.replace("\\-", "-").split(".br\n")
-    for cmd in COMMANDS:
-        assert any(re.search(rf"^\.B bgswitch {cmd}\b", ln, re.M) for ln in lines), cmd
-    tables = _getopt_tables()
-    for func, case in TABLES.items():
-        if case in (None, "*"):
-            continue
-        entry = next(ln for ln in lines if re.search(rf"^\.B bgswitch {case}\b", ln, re.M))
-        for _, long, _ in tables[func]:
-            if long != "--help":
-                assert long in entry, (case, long)
+def _fault_points():
+    """The names of the fault points (BGSWITCH_FAULT) in user/*.c."""
+    points = set()
+    for path in glob.glob(os.path.join(TOP, "user", "*.c")):
+        with open(path) as f:
+            points |= set(re.findall(r'fault_point\("([a-z-]+)"\)', f.read()))
+    assert points, "no fault points found in user/*.c"
+    return points
 
 
 def _c_names(path, array):
@@ -864,7 +803,7 @@ def test_packaging_man_documents_status_json_keys():
     assert {"flow_table", "evicted", "draining", "second_chance", "new_flows_per_s"} <= keys
     with open(MAN) as f:
         roff = f.read()
-    entry = re.search(r"^\.BR status .*?(?=^\.BR timeouts )", roff, re.M | re.S).group(0)
+    entry = _command_block(roff, "status")
     missing = sorted(k for k in keys
                      if not re.search(rf"^\.BR? {k}( |$)", entry.replace("\\-", "-"), re.M))
     assert not missing, f"status --json keys missing from the man page: {missing}"
@@ -942,20 +881,6 @@ def test_packaging_daemonset_manifest():
 
 
 # -- make install --------------------------------------------------------------------------------
-
-def _make(*args, check=True):
-    r = subprocess.run(["make", "--no-print-directory", "-C", TOP] + list(args),
-                       capture_output=True, text=True, timeout=600, env=_clean_env())
-    if check:
-        assert r.returncode == 0, f"make {' '.join(args)}:\n{r.stdout}{r.stderr}"
-    return r
-
-
-@pytest.fixture(scope="module")
-def built():
-    _make()
-    return os.path.join(TOP, ".output", "bgswitch")
-
 
 INSTALLED = {
     "usr/sbin/bgswitch": 0o755,

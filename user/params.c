@@ -220,6 +220,7 @@ int params_parse(const struct bgs_cmd_spec *spec, int argc, char **argv, void *c
 		err = check_positionals(spec, out);
 out:
 	opterr = saved;
+	optind = 0; /* a parser after this one (getopt_long) starts over */
 	return err;
 }
 

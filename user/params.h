@@ -29,11 +29,10 @@ struct bgs_opt {
 	char short_name; /* 0: none */
 	enum bgs_opt_type type;
 	size_t off; /* offsetof() the destination in the command's config struct */
-	const char *metavar; /* argument's name in help ("D", "PATH"), NULL for no argument */
-	const char *help; /* one line, no final period */
+	const char *metavar; /* argument's name in help ("D", "PATH"); NULL: the values' words */
+	const char *help; /* a phrase, no final period (--help fills it to 80 columns) */
 	const char *const *values; /* words it takes, for help and completion (.parse checks) */
-	const char
-		*complete; /* completion of the argument: NULL, "file", "dir", "iface", "service" */
+	const char *complete; /* how bash completes it: "file", "dir", "iface", "iface-list" */
 	__u64 min, max; /* BGS_OPT_U32 and BGS_OPT_DURATION bounds */
 	int (*parse)(const char *arg, void *dst); /* 0 or -EINVAL after one pr_warn line */
 	unsigned int where; /* BGS_OPT_LOCAL / BGS_OPT_FLEET; 0 means BGS_OPT_LOCAL */
@@ -43,14 +42,11 @@ struct bgs_opt {
 #define BGS_OPT_END { .name = NULL }
 /* clang-format on */
 
-#define BGS_STR(x) BGS_STR_(x) /* a number macro as a string, in help text */
-#define BGS_STR_(x) #x
-
 /* One positional argument (in order). */
 struct bgs_pos {
 	const char *name; /* "NAME", "IFACE", "blue|green", "VIP:PORT" */
 	const char *const *values; /* fixed words, or NULL */
-	const char *complete; /* NULL, "iface", "service", "file" */
+	const char *complete; /* "iface", "service", "file", or NULL */
 	bool optional;
 	bool many; /* the last one only: it takes the rest (one or more, none if optional) */
 };

@@ -163,16 +163,55 @@ static void gen_commands(FILE *f)
 	}
 	fprintf(f, "\"\n_bgswitch_global_opts=\"");
 	opt_words(f, params_find(""), 0, false);
+	fprintf(f, "\"\n_bgswitch_global_argopts=\"");
+	opt_words(f, params_find(""), 0, true);
 	fprintf(f, "\"\n\n");
+}
+
+static void join_words(FILE *f, const char *const *v)
+{
+	for (const char *const *w = v; w && *w; w++)
+		fprintf(f, "%s%s", w == v ? "" : " ", *w);
+}
+
+/* The tables as tab-separated lines, for the tests: "spec NAME LISTED SUMMARY", then its "opt
+ * SPEC LONG SHORT ARG WHERE VALUES COMPLETE" and "pos SPEC INDEX NAME OPTIONAL VALUES COMPLETE"
+ * lines (SPEC "" is the global options).
+ */
+static int gen_table(FILE *f)
+{
+	const struct bgs_opt *o;
+	const struct bgs_pos *p;
+	int i, n;
+
+	for (i = 0; bgs_cmd_specs[i]; i++) {
+		const struct bgs_cmd_spec *s = bgs_cmd_specs[i];
+
+		fprintf(f, "spec\t%s\t%d\t%s\n", s->name, listed(s), s->summary);
+		for (o = s->opts; o && o->name; o++) {
+			fprintf(f, "opt\t%s\t%s\t%c\t%d\t%u\t", s->name, o->name,
+				o->short_name ? o->short_name : '-', takes_arg(o), where(o));
+			join_words(f, o->values);
+			fprintf(f, "\t%s\n", o->complete ? o->complete : "");
+		}
+		for (p = s->pos, n = 0; p && p->name; p++, n++) {
+			fprintf(f, "pos\t%s\t%d\t%s\t%d\t", s->name, n, p->name, p->optional);
+			join_words(f, p->values);
+			fprintf(f, "\t%s\n", p->complete ? p->complete : "");
+		}
+	}
+	return ferror(f) ? -EIO : 0;
 }
 
 int do_gen(int argc, char **argv)
 {
+	if (argc == 2 && !strcmp(argv[1], "table"))
+		return gen_table(stdout);
 	if (argc == 2 && !strcmp(argv[1], "completion"))
 		return params_gen_completion(stdin, stdout);
 	if (argc == 2 && !strcmp(argv[1], "man"))
 		return params_gen_man(stdin, stdout);
-	pr_warn("usage: bgswitch __gen completion|man < TEMPLATE\n");
+	pr_warn("usage: bgswitch __gen table, or __gen completion|man < TEMPLATE\n");
 	return -EINVAL;
 }
 
@@ -192,10 +231,11 @@ static int gen_completion_specs(FILE *f)
 	for (i = 0; bgs_cmd_specs[i]; i++)
 		if (listed(bgs_cmd_specs[i]))
 			gen_spec_case(f, bgs_cmd_specs[i]);
-	fprintf(f, "\tesac\n}\n\n# How the value of option $2 of command $1 completes.\n"
-		   "_bgswitch_optarg()\n{\n\tcase \"$1 $2\" in\n");
+	fprintf(f,
+		"\tesac\n}\n\n# How the value of option $2 of command $1 (\"\": a global option)\n"
+		"# completes.\n_bgswitch_optarg()\n{\n\tcase \"$1 $2\" in\n");
 	for (i = 0; bgs_cmd_specs[i]; i++)
-		if (listed(bgs_cmd_specs[i]))
+		if (listed(bgs_cmd_specs[i]) || !*bgs_cmd_specs[i]->name)
 			gen_optarg_cases(f, bgs_cmd_specs[i]);
 	fprintf(f, "\tesac\n}\n\n# How positional argument $2 (from 0) of command $1 completes.\n"
 		   "_bgswitch_posarg()\n{\n\tcase \"$1 $2\" in\n");

@@ -65,8 +65,7 @@ static void fleet_section(const struct bgs_cmd_spec *spec, FILE *f)
 		fleet_only |= o->where == BGS_OPT_FLEET;
 	if (!fleet_only)
 		return;
-	fprintf(f,
-		"\nThe fleet form (the change is written to etcd; every node's agent applies it):\n");
+	fprintf(f, "\nThe fleet form, with --etcd (see Fleet in bgswitch(8)):\n");
 	for (o = spec->opts; o->name; o++)
 		if (o->where == BGS_OPT_FLEET)
 			opt_line(o, f);
