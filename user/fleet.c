@@ -226,7 +226,6 @@ static int fleet_parse(int argc, char **argv, const char *cmd, unsigned int allo
 	a->weight = -1;
 	a->table_size = BGS_TABLE_SIZE;
 	opterr = 0; /* one error line: ours */
-	optind = 0; /* glibc re-initialises getopt: the command may have parsed argv already */
 	while ((c = getopt_long(argc, argv, "E:x:C:c:k:IG:Wt:p:fdjw:l:M:s:m:h", fleet_long_opts,
 				NULL)) != -1) {
 		int r = fleet_conn_opt(&a->conn, c, optarg);

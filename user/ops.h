@@ -101,23 +101,23 @@ enum bgs_change_kind {
 	BGS_CH_SERVICE_ADD,
 	BGS_CH_SERVICE_SET,
 	BGS_CH_SERVICE_DEL,
-	BGS_CH_SERVICE_LIST,
 	BGS_CH_BACKEND_ADD,
 	BGS_CH_BACKEND_DEL,
+	BGS_CH_SERVICE_LIST, /* not a change: parsed like one, for its fleet form */
 };
 
 struct bgs_change {
 	enum bgs_change_kind kind;
 	char service[BGS_NAME_LEN];
-	const char *name; /* NAME as given, or NULL: a fleet document's key may be longer */
 	__s64 if_generation; /* -1: any */
 	const char *reason; /* --reason, or NULL */
-	bool help; /* --help: print the form's usage, change nothing */
 	/* the fleet form (--etcd): written as a document for the agents */
 	bool fleet;
 	struct fleet_conn conn;
 	bool wait;
 	__u64 timeout_ns;
+	const char *name; /* NAME as given, or NULL: a fleet document's key may be longer */
+	bool help; /* --help was given (and its usage printed): change nothing */
 	/* services and backends */
 	struct bgs_service_spec svc;
 	struct bgs_backend_spec be;
