@@ -11,7 +11,7 @@
 #include "log.h"
 #include "ops.h"
 
-/* ---- typed access to the maps of services and backends ---- */
+/* ---- typed access to the maps of services and backends: the only map calls of this file ---- */
 
 static bool backend_get(const struct bgs_state *st, __u32 slot, struct bgs_backend *be)
 {
@@ -29,9 +29,41 @@ static int vip_put(struct bgs_state *st, const struct bgs_vip_key *key, const st
 	return bpf_map_update_elem(st->fd[BGS_M_VIPS], key, vip, flags) ? -errno : 0;
 }
 
+static int vip_del(struct bgs_state *st, const struct bgs_vip_key *key)
+{
+	return bpf_map_delete_elem(st->fd[BGS_M_VIPS], key) ? -errno : 0;
+}
+
 static int service_put(struct bgs_state *st, __u32 svc, const struct bgs_service *rec)
 {
 	return bpf_map_update_elem(st->fd[BGS_M_SERVICES], &svc, rec, BPF_ANY) ? -errno : 0;
+}
+
+/* The service record in slot svc, visible (its VIP written) or not. */
+static bool service_record_get(const struct bgs_state *st, __u32 svc, struct bgs_service *rec)
+{
+	return !bpf_map_lookup_elem(st->fd[BGS_M_SERVICES], &svc, rec) && rec->name[0];
+}
+
+/* Every backend set of service svc (both colors, both halves of each double buffer) empty. */
+static int sets_clear(struct bgs_state *st, __u32 svc)
+{
+	struct bgs_set empty = { 0 };
+	__u32 i, idx;
+
+	for (i = 0; i < 4; i++) {
+		idx = (svc << 2) | i;
+		if (bpf_map_update_elem(st->fd[BGS_M_SETS], &idx, &empty, BPF_ANY))
+			return -errno;
+	}
+	return 0;
+}
+
+/* The services a backend address and port serve (a reply finds its flow under each). */
+static bool backend_ref_get(const struct bgs_state *st, const struct bgs_backend_addr *ba,
+			    struct bgs_backend_ref *ref)
+{
+	return !bpf_map_lookup_elem(st->fd[BGS_M_BACKEND_ADDRS], ba, ref);
 }
 
 static bool slot_matches(const struct bgs_backend *be, __u32 svc, __u8 color,
@@ -75,8 +107,7 @@ static bool service_record_named(const struct bgs_state *st, const char *name)
 	__u32 i;
 
 	for (i = 0; i < BGS_MAX_SERVICES; i++)
-		if (!bpf_map_lookup_elem(st->fd[BGS_M_SERVICES], &i, &rec) && rec.name[0] &&
-		    !strncmp(rec.name, name, BGS_NAME_LEN))
+		if (service_record_get(st, i, &rec) && !strncmp(rec.name, name, BGS_NAME_LEN))
 			return true;
 	return false;
 }
@@ -176,26 +207,24 @@ static int service_write(struct bgs_state *st, __u32 svc, const struct bgs_servi
 	struct bgs_switch sw = { .generation = 1, .share = 0 };
 	struct bgs_vip vip = { .svc = svc, .flags = rec->vip_flags };
 	struct bgs_vip_addr va = { .family = rec->vip.family };
-	struct bgs_set empty = { 0 };
-	__u32 i, idx;
 	int err;
 
 	err = slots_forget(st, svc);
-	for (i = 0; i < 4 && !err; i++) {
-		idx = (svc << 2) | i;
-		if (bpf_map_update_elem(st->fd[BGS_M_SETS], &idx, &empty, BPF_ANY))
-			goto map_err;
-	}
-	if (!err)
-		err = tables_clear(st, svc); /* an empty color needs none: it has no backend */
+	if (err)
+		return err;
+	err = sets_clear(st, svc);
+	if (err)
+		goto write_err;
+	err = tables_clear(st, svc); /* an empty color needs none: it has no backend */
 	if (err)
 		return err;
 	switch_write(st, svc, sw);
 	err = percpu_zero(st, BGS_M_SERVICE_STATS, svc, sizeof(struct bgs_service_stats));
 	if (err)
 		return err;
-	if (service_put(st, svc, rec))
-		goto map_err;
+	err = service_put(st, svc, rec);
+	if (err)
+		goto write_err;
 	memcpy(va.addr, rec->vip.addr, sizeof(va.addr));
 	err = refcount_add(st, BGS_M_VIP_ADDRS, &va, 1);
 	if (!err)
@@ -203,16 +232,12 @@ static int service_write(struct bgs_state *st, __u32 svc, const struct bgs_servi
 	if (err)
 		return err;
 	fault_point("service-add-before-vip");
-	if (vip_put(st, &rec->vip, &vip, BPF_ANY)) {
-		err = -errno;
-		refcount_add(st, BGS_M_VIP_ADDRS, &va, -1);
-		errno = -err;
-		goto map_err;
-	}
-	return 0;
-map_err:
-	err = -errno;
-	pr_warn("cannot write the service: %s\n", strerror(errno));
+	err = vip_put(st, &rec->vip, &vip, BPF_ANY);
+	if (!err)
+		return 0;
+	refcount_add(st, BGS_M_VIP_ADDRS, &va, -1);
+write_err:
+	pr_warn("cannot write the service: %s\n", strerror(-err));
 	return err;
 }
 
@@ -389,9 +414,9 @@ static int service_remove(struct bgs_state *st, __u32 svc, const struct bgs_serv
 	__u32 slot;
 	int err;
 
-	if (bpf_map_delete_elem(st->fd[BGS_M_VIPS], &rec->vip)) {
-		err = -errno;
-		pr_warn("cannot delete the VIP entry: %s\n", strerror(errno));
+	err = vip_del(st, &rec->vip);
+	if (err) {
+		pr_warn("cannot delete the VIP entry: %s\n", strerror(-err));
 		return err;
 	}
 	fault_point("service-del-after-vip");
@@ -569,8 +594,7 @@ static int backend_services_check(const struct backend_args *a)
 	ba.port = a->spec->ep.port;
 	ba.proto = a->rec.vip.proto;
 	ba.family = a->spec->ep.family;
-	if (bpf_map_lookup_elem(a->st->fd[BGS_M_BACKEND_ADDRS], &ba, &ref) ||
-	    ref.nsvc < BGS_ADDR_SVCS)
+	if (!backend_ref_get(a->st, &ba, &ref) || ref.nsvc < BGS_ADDR_SVCS)
 		return 0;
 	for (i = 0; i < ref.nsvc; i++)
 		if (ref.svc[i] == a->svc)
