@@ -268,6 +268,29 @@ def test_cli_backend_del_rerun_says_already_removed_and_exits_0(cli):
         cli("backend", "add", "web", "blue", be)
 
 
+LONGEST = "l" * 31  # the longest service name (BGS_NAME_LEN - 1)
+
+
+@pytest.mark.parametrize("args", [
+    ("service", "set", LONGEST + "x", "--table-size", "251"),
+    ("service", "del", LONGEST + "x", "--force"),
+    ("backend", "add", LONGEST + "x", "blue", "10.77.2.32:8081"),
+    ("backend", "del", LONGEST + "x", "blue", "10.77.2.31:8081", "--force"),
+], ids=["service-set", "service-del", "backend-add", "backend-del"])
+def test_cli_name_longer_than_any_service_names_none(cli, args):
+    """A NAME one character longer than the longest service name is no service, not the one its
+    first 31 characters name: refused in one line, that service untouched."""
+    cli("service", "add", LONGEST, "10.77.100.31:80")
+    try:
+        cli("backend", "add", LONGEST, "blue", "10.77.2.31:8081")
+        before = config(cli)
+        line = one_line_refusal(cli.run(*args), args)
+        assert "unknown service" in line, line
+        assert config(cli) == before
+    finally:
+        cli.run("service", "del", LONGEST, "--force")
+
+
 # -- JSON for every accepted name -------------------------------------------------------------
 
 # Names `service add` accepts (1 to 31 of A-Z a-z 0-9 . _ -, not starting with -) that a

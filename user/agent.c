@@ -9,9 +9,10 @@
  * unreachable the node keeps forwarding with what it applied last and the agent retries with
  * backoff (100 ms doubling to 5 s); the data plane never depends on the agent being alive.
  *
- * The agent owns every service of its pin root. It applies a document with the local commands
- * themselves (service add/del, backend add/del --drain, in process, each under the state lock)
- * and the color with agent_apply_switch(), the one place that reads or writes the switch word.
+ * The agent owns every service of its pin root. It applies a document with the operations the
+ * local commands run (ops.h: service add/set/del, backend add/del draining, each under the state
+ * lock, errors as values) and the color with agent_apply_switch(), the one place that reads or
+ * writes the switch word.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -98,32 +99,6 @@ static struct agent_svc *svc_get(struct agent *ag, const char *name, bool create
 	return free_one;
 }
 
-/* Run a local command in process: argv[0] is "bgswitch". */
-static int run_local(int (*cmd)(int, char **), char **argv)
-{
-	int argc = 0;
-
-	while (argv[argc])
-		argc++;
-	optind = 0; /* glibc re-initialises getopt */
-	return cmd(argc, argv);
-}
-
-/* The local service of that name, visible (its VIP entry written). */
-static bool local_find(const struct agent *ag, const char *name, __u32 *svc,
-		       struct bgs_service *rec)
-{
-	__u32 i;
-
-	for (i = 0; i < BGS_MAX_SERVICES; i++) {
-		if (service_get(&ag->st, i, rec) && !strncmp(rec->name, name, BGS_NAME_LEN)) {
-			*svc = i;
-			return true;
-		}
-	}
-	return false;
-}
-
 /* The one function of the agent that reads or writes struct bgs_switch (the data plane's
  * switch word): the local green share of service svc is made `share` (0: blue, 10000: green,
  * a split in between), under the state lock, with the semantics of a local flip or shift (the
@@ -155,35 +130,62 @@ static int agent_apply_switch(struct agent *ag, __u32 svc, __s32 share, __s32 *n
 	return err;
 }
 
-struct local_be {
-	struct bgs_endpoint ep;
-	__u16 weight;
-	bool wanted;
+/* One document being applied: what its changes need, and why one failed (one line). */
+struct apply {
+	struct agent *ag;
+	const struct fleet_service *s;
+	__u32 svc;
+	char reason[128];
+	char why[256];
 };
 
-/* The backends of one color of the local service: its current set. */
-static int local_backends(const struct agent *ag, __u32 svc, __u8 color, struct local_be *out,
-			  __u32 *n)
+/* A change of the document's service, with the agent's reason for the audit trail. */
+static void change_init(const struct apply *ap, struct bgs_change *ch, enum bgs_change_kind kind)
 {
-	struct bgs_backend be;
-	struct bgs_set set;
-	__u32 i;
+	memset(ch, 0, sizeof(*ch));
+	ch->kind = kind;
+	ch->if_generation = -1;
+	ch->reason = ap->reason;
+	snprintf(ch->service, sizeof(ch->service), "%s", ap->s->name);
+	snprintf(ch->svc.name, sizeof(ch->svc.name), "%s", ap->s->name);
+	snprintf(ch->be.service, sizeof(ch->be.service), "%s", ap->s->name);
+	ch->be.weight = -1;
+}
+
+/* Apply one change to the local state as a command does: the state opened afresh (the pins may
+ * be new since the last reconcile) and locked. A failure's message (the operation's error) goes
+ * to why.
+ */
+static int agent_change(struct agent *ag, const struct bgs_change *ch, char *why, size_t len)
+{
+	static const char *const done[] = {
+		[BGS_CH_SERVICE_ADD] = "added",	  [BGS_CH_SERVICE_SET] = "set",
+		[BGS_CH_SERVICE_DEL] = "deleted", [BGS_CH_BACKEND_ADD] = "added",
+		[BGS_CH_BACKEND_DEL] = "removed",
+	};
+	struct bgs_op op = { 0 };
+	struct bgs_state st;
 	int err;
 
-	*n = 0;
-	err = set_read(&ag->st, svc, color, &set);
-	if (err)
-		return err;
-	for (i = 0; i < set.count && i < BGS_MAX_BACKENDS; i++) {
-		if (bpf_map_lookup_elem(ag->st.fd[BGS_M_BACKENDS], &set.slot[i], &be))
-			continue;
-		memset(&out[*n], 0, sizeof(out[*n]));
-		memcpy(out[*n].ep.addr, be.addr, sizeof(be.addr));
-		out[*n].ep.port = be.port;
-		out[*n].ep.family = be.family;
-		out[*n].weight = be.weight;
-		(*n)++;
+	bgs_log_error_to(op.error, sizeof(op.error));
+	err = state_open(&st, true);
+	bgs_log_error_to(NULL, 0);
+	if (!err) {
+		err = bgs_change_apply(&st, ch, &op);
+		state_close(&st);
 	}
+	if (err) {
+		snprintf(why, len, "%s", op.error);
+		return err;
+	}
+	if (op.done == BGS_DONE_NOTHING && !op.did)
+		return 0;
+	if (ch->kind == BGS_CH_BACKEND_ADD || ch->kind == BGS_CH_BACKEND_DEL)
+		pr_info("agent %s: %s: %s backend %s %s\n", ag->node, ch->service,
+			color_name(ch->be.color), ch->addr_text,
+			op.done == BGS_DONE_REWEIGHED ? "reweighed" : done[ch->kind]);
+	else
+		pr_info("agent %s: service %s %s\n", ag->node, ch->service, done[ch->kind]);
 	return 0;
 }
 
@@ -196,216 +198,234 @@ static bool ep_eq(const struct bgs_endpoint *a, const struct bgs_endpoint *b)
 /* The backend is in the current set of that color of the local service. */
 static bool local_has(const struct agent *ag, __u32 svc, __u8 color, const struct bgs_endpoint *ep)
 {
-	struct local_be *lb = calloc(BGS_MAX_BACKENDS, sizeof(*lb));
+	struct bgs_backend_spec *lb = calloc(BGS_MAX_BACKENDS, sizeof(*lb));
 	bool found = false;
 	__u32 n = 0, j;
 
-	if (lb && !local_backends(ag, svc, color, lb, &n))
+	if (lb && !bgs_backends_read(&ag->st, svc, color, lb, &n))
 		for (j = 0; j < n && !found; j++)
 			found = ep_eq(&lb[j].ep, ep);
 	free(lb);
 	return found;
 }
 
-/* Bring one color's set to the document's: additions (add) or removals (!add, with --drain). */
-static int sync_color(struct agent *ag, const struct fleet_service *s, __u32 svc, __u8 color,
-		      bool add, char *reason)
+/* The backend is in that color of the document. */
+static bool doc_has(const struct fleet_service *s, __u8 color, const struct bgs_endpoint *ep)
 {
-	struct local_be *lb = calloc(BGS_MAX_BACKENDS, sizeof(*lb));
-	char name[BGS_NAME_LEN], addr[BGS_ADDRSTR_LEN], col[8], weight[16];
-	struct bgs_endpoint ep;
+	struct bgs_endpoint de;
+	__u32 i;
+
+	for (i = 0; i < s->nbe[color]; i++)
+		if (!parse_endpoint(s->be[color][i].addr, &de) && ep_eq(&de, ep))
+			return true;
+	return false;
+}
+
+/* Add the document's backends of one color that the local set lacks (or has with another
+ * weight). A backend moving from the other color is added once it has left it.
+ */
+static int sync_add(struct apply *ap, __u8 color)
+{
+	struct bgs_backend_spec *lb = calloc(BGS_MAX_BACKENDS, sizeof(*lb));
+	const struct fleet_service *s = ap->s;
+	struct bgs_change ch;
 	__u32 n = 0, i, j;
+	bool have;
 	int err;
 
 	if (!lb)
 		return -ENOMEM;
-	snprintf(name, sizeof(name), "%s", s->name);
-	snprintf(col, sizeof(col), "%s", color_name(color));
-	err = local_backends(ag, svc, color, lb, &n);
-	if (err)
-		goto out;
-	for (i = 0; i < s->nbe[color]; i++) {
-		bool have = false;
-
-		if (parse_endpoint(s->be[color][i].addr, &ep)) {
+	err = bgs_backends_read(&ap->ag->st, ap->svc, color, lb, &n);
+	for (i = 0; i < s->nbe[color] && !err; i++) {
+		change_init(ap, &ch, BGS_CH_BACKEND_ADD);
+		ch.be.color = color;
+		ch.be.weight = s->be[color][i].weight;
+		snprintf(ch.addr_text, sizeof(ch.addr_text), "%s", s->be[color][i].addr);
+		if (parse_endpoint(ch.addr_text, &ch.be.ep)) {
 			err = -EINVAL;
-			goto out;
+			break;
 		}
-		for (j = 0; j < n; j++) {
-			if (ep_eq(&lb[j].ep, &ep)) {
-				lb[j].wanted = true;
-				/* there with another weight: `backend add --weight` changes it */
-				have = lb[j].weight == s->be[color][i].weight;
-			}
-		}
-		/* A backend moving from the other color is added once it has left it. */
-		if (have || !add || local_has(ag, svc, !color, &ep))
+		for (j = 0, have = false; j < n; j++)
+			if (ep_eq(&lb[j].ep, &ch.be.ep))
+				have = lb[j].weight == ch.be.weight;
+		if (have || local_has(ap->ag, ap->svc, !color, &ch.be.ep))
 			continue;
-		snprintf(addr, sizeof(addr), "%s", s->be[color][i].addr);
-		snprintf(weight, sizeof(weight), "%u", s->be[color][i].weight);
-		{
-			char *argv[] = { "bgswitch", "add",  name,	 col,	 addr,
-					 "--weight", weight, "--reason", reason, NULL };
-
-			err = run_local(do_backend, argv);
-			if (err)
-				goto out;
-		}
+		err = agent_change(ap->ag, &ch, ap->why, sizeof(ap->why));
 	}
-	for (j = 0; j < n && !add; j++) {
-		if (lb[j].wanted)
-			continue;
-		fmt_endpoint(lb[j].ep.addr, lb[j].ep.port, lb[j].ep.family, addr, sizeof(addr));
-		{
-			char *argv[] = { "bgswitch", "del",	 name,	 col, addr,
-					 "--drain",  "--reason", reason, NULL };
-
-			err = run_local(do_backend, argv);
-			if (err)
-				goto out;
-		}
-	}
-out:
 	free(lb);
 	return err;
 }
 
-static int local_delete(struct agent *ag, const char *name, const char *why)
+/* Remove, with their flows draining, the local backends of one color the document lacks. */
+static int sync_del(struct apply *ap, __u8 color)
 {
-	char n[BGS_NAME_LEN], reason[128];
-	char *argv[] = { "bgswitch", "del", n, "--force", "--reason", reason, NULL };
+	struct bgs_backend_spec *lb = calloc(BGS_MAX_BACKENDS, sizeof(*lb));
+	struct bgs_change ch;
+	__u32 n = 0, j;
+	int err;
 
-	snprintf(n, sizeof(n), "%s", name);
-	snprintf(reason, sizeof(reason), "fleet agent %s: %s", ag->node, why);
-	return run_local(do_service, argv);
+	if (!lb)
+		return -ENOMEM;
+	err = bgs_backends_read(&ap->ag->st, ap->svc, color, lb, &n);
+	for (j = 0; j < n && !err; j++) {
+		if (doc_has(ap->s, color, &lb[j].ep))
+			continue;
+		change_init(ap, &ch, BGS_CH_BACKEND_DEL);
+		ch.be.color = color;
+		ch.be.ep = lb[j].ep;
+		ch.be.drain = true;
+		fmt_endpoint(lb[j].ep.addr, lb[j].ep.port, lb[j].ep.family, ch.addr_text,
+			     sizeof(ch.addr_text));
+		err = agent_change(ap->ag, &ch, ap->why, sizeof(ap->why));
+	}
+	free(lb);
+	return err;
+}
+
+/* Delete the local service (its flows cut); cause: why, for the audit trail. */
+static int local_delete(struct agent *ag, const char *name, const char *cause, char *why,
+			size_t len)
+{
+	struct bgs_change ch = { .kind = BGS_CH_SERVICE_DEL, .if_generation = -1 };
+	char reason[128];
+
+	snprintf(ch.service, sizeof(ch.service), "%s", name);
+	snprintf(ch.svc.name, sizeof(ch.svc.name), "%s", name);
+	ch.svc.force = true;
+	snprintf(reason, sizeof(reason), "fleet agent %s: %s", ag->node, cause);
+	ch.reason = reason;
+	return agent_change(ag, &ch, why, len);
 }
 
 /* Another local service with the VIP (address, port, protocol) of the document: a document the
  * node cannot take without first deleting its own service, so it is refused before any change.
  */
-static int vip_taken(const struct agent *ag, const struct fleet_service *s)
+static int vip_taken(struct apply *ap)
 {
+	const struct fleet_service *s = ap->s;
 	struct bgs_vip_key key = { .port = s->vip_ep.port,
 				   .proto = s->proto,
 				   .family = s->vip_ep.family };
 	struct bgs_service rec;
-	struct bgs_vip vip;
+	__u32 owner;
 
 	memcpy(key.addr, s->vip_ep.addr, sizeof(key.addr));
-	if (bpf_map_lookup_elem(ag->st.fd[BGS_M_VIPS], &key, &vip) ||
-	    !service_get(&ag->st, vip.svc, &rec) || !strncmp(rec.name, s->name, BGS_NAME_LEN))
+	if (!bgs_vip_owner(&ap->ag->st, &key, &owner) || !service_get(&ap->ag->st, owner, &rec) ||
+	    !strncmp(rec.name, s->name, BGS_NAME_LEN))
 		return 0;
-	pr_warn("%s/%s belongs to service '%s' on this node\n", s->vip, proto_name(s->proto),
-		rec.name);
+	snprintf(ap->why, sizeof(ap->why), "%s/%s belongs to service '%s' on this node", s->vip,
+		 proto_name(s->proto), rec.name);
+	pr_warn("%s\n", ap->why);
 	return -EEXIST;
+}
+
+/* The local service as the document defines it: added, or set, or deleted and added again
+ * when its VIP or --lb changed. ap->svc: its index.
+ */
+static int apply_service(struct apply *ap)
+{
+	const struct fleet_service *s = ap->s;
+	struct bgs_service rec;
+	struct bgs_change ch;
+	bool have;
+	int err;
+
+	err = vip_taken(ap);
+	if (err)
+		return err;
+	have = bgs_service_visible(&ap->ag->st, s->name, &ap->svc, &rec);
+	if (have && (rec.vip.family != s->vip_ep.family || rec.vip.port != s->vip_ep.port ||
+		     rec.vip.proto != s->proto || rec.lb != s->lb ||
+		     memcmp(rec.vip.addr, s->vip_ep.addr, sizeof(rec.vip.addr)))) {
+		err = local_delete(ap->ag, s->name, "its VIP or --lb changed", ap->why,
+				   sizeof(ap->why));
+		if (err)
+			return err;
+		have = false;
+	}
+	if (have && rec.vip_flags == s->vip_flags &&
+	    (s->lb != BGS_LB_MAGLEV || rec.table_size == s->table_size))
+		return 0;
+	change_init(ap, &ch, have ? BGS_CH_SERVICE_SET : BGS_CH_SERVICE_ADD);
+	snprintf(ch.addr_text, sizeof(ch.addr_text), "%s", s->vip);
+	ch.svc.vip = s->vip_ep;
+	ch.svc.proto = s->proto;
+	ch.svc.lb = s->lb;
+	ch.svc.table_size = s->table_size ? s->table_size : BGS_TABLE_SIZE;
+	ch.svc.vip_flags = s->vip_flags;
+	ch.svc.set_split = true;
+	ch.svc.set_table = s->lb == BGS_LB_MAGLEV; /* a modulo service has no table */
+	err = agent_change(ap->ag, &ch, ap->why, sizeof(ap->why));
+	if (!err && !have && !bgs_service_visible(&ap->ag->st, s->name, &ap->svc, &rec))
+		err = -ENOENT;
+	return err;
+}
+
+/* The document's green share, like a local flip or shift: never more new flows to a color that
+ * cannot take them. *share: the share in force afterwards.
+ */
+static int apply_share(struct apply *ap, __s32 *share)
+{
+	const struct fleet_service *s = ap->s;
+	struct bgs_set set;
+	__u8 to;
+	int err;
+
+	err = agent_apply_switch(ap->ag, ap->svc, -1, share);
+	if (err || *share == s->green_share)
+		return err;
+	to = s->green_share > *share ? BGS_GREEN : BGS_BLUE;
+	err = set_read(&ap->ag->st, ap->svc, to, &set);
+	if (!err && !set_takes_flows(&ap->ag->st, &set)) {
+		snprintf(ap->why, sizeof(ap->why),
+			 "%s: %s has no backends of weight above 0; not sending it more new flows",
+			 s->name, color_name(to));
+		pr_warn("%s\n", ap->why);
+		return -ENOENT;
+	}
+	if (!err)
+		err = agent_apply_switch(ap->ag, ap->svc, s->green_share, share);
+	return err;
 }
 
 /* Apply one (valid) document to the local state; idempotent. */
 static int apply_doc(struct agent *ag, const struct fleet_service *s)
 {
 	struct agent_svc *as = svc_get(ag, s->name, true);
-	char reason[128], proto[8], name[BGS_NAME_LEN], vip[BGS_ADDRSTR_LEN], lb[8], size[16],
-		split[8];
-	struct bgs_service rec;
-	struct bgs_endpoint ep;
-	char before[256];
-	__s32 share;
-	__u32 svc;
-	bool have;
+	struct apply ap = { .ag = ag, .s = s };
+	__s32 share = 0;
 	int err;
 
 	if (!as)
 		return -ENOSPC;
-	snprintf(before, sizeof(before), "%s", bgs_log_last_warn());
 	as->seen = true;
-	snprintf(reason, sizeof(reason), "fleet generation %lld via agent %s",
+	snprintf(ap.reason, sizeof(ap.reason), "fleet generation %lld via agent %s",
 		 (long long)s->generation, ag->node);
-	snprintf(name, sizeof(name), "%s", s->name);
-	snprintf(vip, sizeof(vip), "%s", s->vip);
-	snprintf(proto, sizeof(proto), "%s", proto_name(s->proto));
-	err = parse_endpoint(s->vip, &ep);
-	if (err)
-		goto out;
-	snprintf(lb, sizeof(lb), "%s", s->lb == BGS_LB_MODULO ? "modulo" : "maglev");
-	snprintf(size, sizeof(size), "%u", s->table_size ? s->table_size : BGS_TABLE_SIZE);
-	snprintf(split, sizeof(split), "%s",
-		 s->vip_flags & BGS_VIP_SPLIT_CLIENT ? "client" : "flow");
-	err = vip_taken(ag, s);
-	if (err)
-		goto out;
-	have = local_find(ag, s->name, &svc, &rec);
-	if (have &&
-	    (rec.vip.family != ep.family || rec.vip.port != ep.port || rec.vip.proto != s->proto ||
-	     memcmp(rec.vip.addr, ep.addr, sizeof(ep.addr)) || rec.lb != s->lb)) {
-		err = local_delete(ag, s->name, "its VIP or --lb changed");
-		if (err)
-			goto out;
-		have = false;
-	}
-	if (have && (rec.vip_flags != s->vip_flags ||
-		     (s->lb == BGS_LB_MAGLEV && rec.table_size != s->table_size))) {
-		char *argv[] = { "bgswitch",   "set", name,	  "--table-size", size,
-				 "--split-by", split, "--reason", reason,	  NULL };
-
-		if (s->lb != BGS_LB_MAGLEV) /* no table: only the split */
-			argv[3] = "--split-by", argv[4] = split, argv[5] = "--reason",
-			argv[6] = reason, argv[7] = NULL;
-		err = run_local(do_service, argv);
-		if (err)
-			goto out;
-	}
-	if (!have) {
-		char *argv[] = { "bgswitch",	 "add",	 name,	     vip,	   "--proto",
-				 proto,		 "--lb", lb,	     "--split-by", split,
-				 "--table-size", size,	 "--reason", reason,	   NULL };
-
-		if (s->lb != BGS_LB_MAGLEV) /* a modulo service takes no --table-size */
-			argv[10] = "--reason", argv[11] = reason, argv[12] = NULL;
-		err = run_local(do_service, argv);
-		if (err)
-			goto out;
-		if (!local_find(ag, s->name, &svc, &rec)) {
-			err = -ENOENT;
-			goto out;
-		}
-	}
+	err = apply_service(&ap);
 	/* New backends first, then the color, then the removals: a color is never left empty
-	 * while it takes new flows.
+	 * while it takes new flows. Last the backends that changed color, now out of their old one.
 	 */
-	err = sync_color(ag, s, svc, BGS_BLUE, true, reason);
 	if (!err)
-		err = sync_color(ag, s, svc, BGS_GREEN, true, reason);
-	if (err)
-		goto out;
-	err = agent_apply_switch(ag, svc, -1, &share);
-	if (!err && share != s->green_share) {
-		struct bgs_set set;
-		__u8 to = s->green_share > share ? BGS_GREEN : BGS_BLUE;
-
-		/* Like a local flip or shift: never more new flows to a color that cannot take
-		 * them.
-		 */
-		err = set_read(&ag->st, svc, to, &set);
-		if (!err && !set_takes_flows(&ag->st, &set)) {
-			pr_warn("%s: %s has no backends of weight above 0; not sending it more new "
-				"flows\n",
-				s->name, color_name(to));
-			err = -ENOENT;
-		}
+		err = sync_add(&ap, BGS_BLUE);
+	if (!err)
+		err = sync_add(&ap, BGS_GREEN);
+	if (!err)
+		err = apply_share(&ap, &share);
+	if (!err)
+		err = sync_del(&ap, BGS_BLUE);
+	if (!err)
+		err = sync_del(&ap, BGS_GREEN);
+	if (!err)
+		err = sync_add(&ap, BGS_BLUE);
+	if (!err)
+		err = sync_add(&ap, BGS_GREEN);
+	ag->dirty = true;
+	if (err) {
+		snprintf(as->error, sizeof(as->error), "generation %lld not applied: %s",
+			 (long long)s->generation, ap.why[0] ? ap.why : strerror(-err));
+		pr_warn("agent %s: %s: %s\n", ag->node, s->name, as->error);
+		return err;
 	}
-	if (!err)
-		err = agent_apply_switch(ag, svc, s->green_share, &share);
-	if (!err)
-		err = sync_color(ag, s, svc, BGS_BLUE, false, reason);
-	if (!err)
-		err = sync_color(ag, s, svc, BGS_GREEN, false, reason);
-	/* And the backends that changed color, now out of their old one. */
-	if (!err)
-		err = sync_color(ag, s, svc, BGS_BLUE, true, reason);
-	if (!err)
-		err = sync_color(ag, s, svc, BGS_GREEN, true, reason);
-	if (err)
-		goto out;
 	if (as->generation != s->generation) {
 		as->applied_us = fleet_now_us();
 		pr_info("agent %s: %s at fleet generation %lld (%s)\n", ag->node, s->name,
@@ -414,17 +434,7 @@ static int apply_doc(struct agent *ag, const struct fleet_service *s)
 	as->generation = s->generation;
 	as->share = share;
 	as->error[0] = '\0';
-out:
-	if (err) {
-		const char *w = bgs_log_last_warn();
-
-		snprintf(as->error, sizeof(as->error), "generation %lld not applied: %s",
-			 (long long)s->generation, *w && strcmp(w, before) ? w : strerror(-err));
-		as->error[strcspn(as->error, "\n")] = '\0';
-		pr_warn("agent %s: %s: %s\n", ag->node, s->name, as->error);
-	}
-	ag->dirty = true;
-	return err;
+	return 0;
 }
 
 /* A document from etcd (its key's name, value and mod_revision): decoded and checked whole, then
@@ -470,11 +480,13 @@ static void delete_svc(struct agent *ag, const char *name)
 {
 	struct agent_svc *as = svc_get(ag, name, false);
 	struct bgs_service rec;
+	char why[256] = "";
 	__u32 svc;
 
-	if (local_find(ag, name, &svc, &rec) && local_delete(ag, name, "deleted from the fleet")) {
+	if (bgs_service_visible(&ag->st, name, &svc, &rec) &&
+	    local_delete(ag, name, "deleted from the fleet", why, sizeof(why))) {
 		if (as)
-			snprintf(as->error, sizeof(as->error), "delete not applied");
+			snprintf(as->error, sizeof(as->error), "delete not applied: %s", why);
 		ag->dirty = true;
 		return;
 	}

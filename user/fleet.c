@@ -8,7 +8,6 @@
  * The agents on the nodes (agent.c) apply it; --wait waits until every live node reports it.
  */
 #include <errno.h>
-#include <getopt.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,24 +21,9 @@
 #include "log.h"
 #include "state.h"
 
-#define NS 1000000000ULL
 #define MS 1000000ULL
-#define WAIT_DEFAULT_NS FLEET_WAIT_DEFAULT_NS
 #define WAIT_POLL_NS (5 * MS)
 #define MAX_NODES 1024
-
-bool fleet_wanted(int argc, char **argv)
-{
-	int i;
-
-	for (i = 1; i < argc; i++) {
-		if (!strcmp(argv[i], "--"))
-			return false;
-		if (!strcmp(argv[i], "--etcd") || !strncmp(argv[i], "--etcd=", 7))
-			return true;
-	}
-	return false;
-}
 
 __u64 fleet_now_us(void)
 {
@@ -88,237 +72,19 @@ void fleet_key(char *buf, size_t len, const char *prefix, const char *kind, cons
 	snprintf(buf, len, "%s/%s/%s", prefix, kind, name ? name : "");
 }
 
-/* The connection options shared by the agent and the fleet commands: 1 if opt was one. */
-int fleet_conn_opt(struct fleet_conn *c, int opt, const char *arg)
-{
-	switch (opt) {
-	case 'E':
-		c->eo.endpoints = arg;
-		return 1;
-	case 'x':
-		if (fleet_check_prefix(arg))
-			return -EINVAL;
-		c->prefix = arg;
-		return 1;
-	case 'C':
-		c->eo.cacert = arg;
-		return 1;
-	case 'c':
-		c->eo.cert = arg;
-		return 1;
-	case 'k':
-		c->eo.key = arg;
-		return 1;
-	case 'I':
-		c->eo.insecure = true;
-		return 1;
-	default:
-		return 0;
-	}
-}
-
-/* ---- options ---- */
+/* ---- one fleet command: its connection and options ---- */
 
 struct fleet_args {
 	struct fleet_conn conn;
 	struct etcd e;
 	bool opened;
-	bool wait, force, drain, json;
+	bool wait, json;
 	__u64 timeout_ns;
 	__s64 if_gen;
 	const char *reason;
-	__u8 proto;
-	int weight; /* --weight, or -1 */
-	__u8 lb;
-	bool sized;
-	__u32 table_size, vip_flags;
-	int nargs;
-	char **args;
 };
 
 static void fleet_args_of(const struct bgs_change *ch, struct fleet_args *a);
-
-enum {
-	F_WAIT = 1,
-	F_FORCE = 2,
-	F_DRAIN = 4,
-	F_JSON = 8,
-	F_GEN = 16,
-	F_PROTO = 32,
-	F_WEIGHT = 64,
-	F_TABLE = 128, /* --lb, --table-size, --split-by */
-};
-
-static void fleet_usage(const char *cmd, unsigned int allowed)
-{
-	printf("Usage: bgswitch %s ... --etcd URL[,URL...] [options]\n"
-	       "\n"
-	       "The fleet form: the change is written to etcd (one conditional transaction) and\n"
-	       "every node's agent applies it. Options:\n"
-	       "  -E, --etcd URL[,URL...]  etcd endpoints (http:// only to loopback unless\n"
-	       "                           --insecure; https:// with --cacert)\n"
-	       "  -x, --prefix P           key prefix (default %s)\n"
-	       "  -C, --cacert FILE        CA certificate of the etcd servers\n"
-	       "  -c, --cert FILE          client certificate\n"
-	       "  -k, --key FILE           client key\n"
-	       "  -I, --insecure           allow plain http:// to a non-loopback address\n",
-	       cmd, FLEET_DEFAULT_PREFIX);
-	if (allowed & F_GEN)
-		printf("  -G, --if-generation G    change only if the fleet generation is G\n");
-	if (allowed & F_WAIT)
-		printf("  -W, --wait               wait until every live node has applied it\n"
-		       "  -t, --timeout D          how long to wait (default 30s)\n");
-	if (allowed & F_PROTO)
-		printf("  -p, --proto P            tcp (default) or udp\n");
-	if (allowed & F_TABLE)
-		printf("  -l, --lb maglev|modulo   how new flows are spread in a color (default maglev)\n"
-		       "  -M, --table-size M       Maglev table size, a prime (default %d)\n"
-		       "  -s, --split-by K         flow (default) or client\n",
-		       BGS_TABLE_SIZE);
-	if (allowed & F_WEIGHT)
-		printf("  -w, --weight W           the backend's weight, 0 to %d (default 1; on a\n"
-		       "                           backend there already: its new weight)\n",
-		       BGS_WEIGHT_MAX);
-	if (allowed & F_FORCE)
-		printf("  -f, --force              delete although nodes report live flows\n");
-	if (allowed & F_DRAIN)
-		printf("  -d, --drain              (the default in a fleet: flows drain)\n");
-	if (allowed & F_JSON)
-		printf("  -j, --json               machine-readable output\n");
-	printf("  -m, --reason TEXT        why (recorded in the document)\n"
-	       "  -h, --help               this help\n");
-}
-
-/* Parse the fleet options of one command; args[] are the positional arguments. Returns 1
- * after --help.
- */
-static int fleet_parse(int argc, char **argv, const char *cmd, unsigned int allowed,
-		       struct fleet_args *a)
-{
-	static const struct option fleet_long_opts[] = {
-		{ "etcd", required_argument, NULL, 'E' },
-		{ "prefix", required_argument, NULL, 'x' },
-		{ "cacert", required_argument, NULL, 'C' },
-		{ "cert", required_argument, NULL, 'c' },
-		{ "key", required_argument, NULL, 'k' },
-		{ "insecure", no_argument, NULL, 'I' },
-		{ "if-generation", required_argument, NULL, 'G' },
-		{ "wait", no_argument, NULL, 'W' },
-		{ "timeout", required_argument, NULL, 't' },
-		{ "proto", required_argument, NULL, 'p' },
-		{ "force", no_argument, NULL, 'f' },
-		{ "drain", no_argument, NULL, 'd' },
-		{ "json", no_argument, NULL, 'j' },
-		{ "weight", required_argument, NULL, 'w' },
-		{ "lb", required_argument, NULL, 'l' },
-		{ "table-size", required_argument, NULL, 'M' },
-		{ "split-by", required_argument, NULL, 's' },
-		{ "reason", required_argument, NULL, 'm' },
-		{ "help", no_argument, NULL, 'h' },
-		{ 0 },
-	};
-	unsigned int seen = 0;
-	int c;
-
-	memset(a, 0, sizeof(*a));
-	a->conn.prefix = FLEET_DEFAULT_PREFIX;
-	a->timeout_ns = WAIT_DEFAULT_NS;
-	a->if_gen = -1;
-	a->proto = IPPROTO_TCP;
-	a->weight = -1;
-	a->table_size = BGS_TABLE_SIZE;
-	opterr = 0; /* one error line: ours */
-	while ((c = getopt_long(argc, argv, "E:x:C:c:k:IG:Wt:p:fdjw:l:M:s:m:h", fleet_long_opts,
-				NULL)) != -1) {
-		int r = fleet_conn_opt(&a->conn, c, optarg);
-
-		if (r < 0)
-			return r;
-		if (r)
-			continue;
-		switch (c) {
-		case 'G':
-			if (parse_generation(optarg, &a->if_gen))
-				return -EINVAL;
-			seen |= F_GEN;
-			break;
-		case 'W':
-			a->wait = true;
-			seen |= F_WAIT;
-			break;
-		case 't':
-			if (parse_duration_ns(optarg, 0, 24 * 3600 * NS, &a->timeout_ns))
-				return -EINVAL;
-			seen |= F_WAIT;
-			break;
-		case 'p':
-			if (parse_proto(optarg, &a->proto))
-				return -EINVAL;
-			seen |= F_PROTO;
-			break;
-		case 'f':
-			a->force = true;
-			seen |= F_FORCE;
-			break;
-		case 'd':
-			a->drain = true;
-			seen |= F_DRAIN;
-			break;
-		case 'j':
-			a->json = true;
-			seen |= F_JSON;
-			break;
-		case 'l':
-			if (parse_lb(optarg, &a->lb))
-				return -EINVAL;
-			seen |= F_TABLE;
-			break;
-		case 'M':
-			if (parse_table_size(optarg, &a->table_size))
-				return -EINVAL;
-			a->sized = true;
-			seen |= F_TABLE;
-			break;
-		case 's':
-			if (parse_split_by(optarg, &a->vip_flags))
-				return -EINVAL;
-			seen |= F_TABLE;
-			break;
-		case 'w': {
-			__u16 w;
-
-			if (parse_weight(optarg, &w))
-				return -EINVAL;
-			a->weight = w;
-			seen |= F_WEIGHT;
-			break;
-		}
-		case 'm':
-			if (strlen(optarg) > 200) {
-				pr_warn("--reason: at most 200 characters\n");
-				return -EINVAL;
-			}
-			a->reason = optarg;
-			break;
-		case 'h':
-			fleet_usage(cmd, allowed);
-			return 1;
-		default:
-			pr_warn("'%s --etcd': unknown option '%s' (the fleet options only: see "
-				"'%s --etcd x --help')\n",
-				cmd, argv[optind - 1], cmd);
-			return -EINVAL;
-		}
-	}
-	if (seen & ~allowed) {
-		pr_warn("'%s --etcd': an option that only a local %s takes (see --help)\n", cmd,
-			cmd);
-		return -EINVAL;
-	}
-	a->nargs = argc - optind;
-	a->args = argv + optind;
-	return 0;
-}
 
 static int fleet_connect(struct fleet_args *a)
 {
@@ -743,40 +509,31 @@ static void fleet_args_of(const struct bgs_change *ch, struct fleet_args *a)
 	a->reason = ch->reason;
 }
 
-static int fleet_service_add(struct fleet_args *a, struct fleet_service *s)
+static int fleet_service_add(struct fleet_args *a, const struct bgs_change *ch,
+			     struct fleet_service *s)
 {
-	struct bgs_endpoint ep;
+	const struct bgs_service_spec *sp = &ch->svc;
 	__u64 t_us;
 	__s64 rev = 0;
 	int err;
 
-	if (a->nargs != 3)
-		return bad_args("service");
-	if (check_name(a->args[1]) || parse_endpoint(a->args[2], &ep))
-		return -EINVAL;
-	if (a->sized && a->lb == BGS_LB_MODULO) {
-		pr_warn("--table-size: a service with --lb modulo has no table\n");
-		return -EINVAL;
-	}
-	if (check_vip_addr(a->args[2], &ep))
-		return -EINVAL;
 	err = fleet_connect(a);
 	if (err)
 		return err;
-	err = doc_read(a, a->args[1], s, DOC_ANY);
+	err = doc_read(a, sp->name, s, DOC_ANY);
 	if (!err) {
-		pr_warn("service '%s' already exists in the fleet\n", a->args[1]);
+		pr_warn("service '%s' already exists in the fleet\n", sp->name);
 		return -EEXIST;
 	}
 	if (err != -ENOENT)
 		return err;
 	memset(s, 0, sizeof(*s));
-	snprintf(s->name, sizeof(s->name), "%s", a->args[1]);
-	snprintf(s->vip, sizeof(s->vip), "%s", a->args[2]);
-	s->proto = a->proto;
-	s->lb = a->lb;
-	s->table_size = a->lb == BGS_LB_MODULO ? 0 : a->table_size;
-	s->vip_flags = a->vip_flags;
+	snprintf(s->name, sizeof(s->name), "%s", sp->name);
+	snprintf(s->vip, sizeof(s->vip), "%s", ch->addr_text);
+	s->proto = sp->proto;
+	s->lb = sp->lb;
+	s->table_size = sp->lb == BGS_LB_MODULO ? 0 : sp->table_size;
+	s->vip_flags = sp->vip_flags;
 	s->generation = 1;
 	s->previous_share = -1;
 	err = doc_write(a, s, &t_us, &rev);
@@ -787,8 +544,10 @@ static int fleet_service_add(struct fleet_args *a, struct fleet_service *s)
 	return fleet_after(a, s->name, s->generation, t_us, rev);
 }
 
-static int fleet_service_del(struct fleet_args *a, struct fleet_service *s)
+static int fleet_service_del(struct fleet_args *a, const struct bgs_change *ch,
+			     struct fleet_service *s)
 {
+	const char *name = ch->name ? ch->name : ch->service; /* a key longer than a name too */
 	struct node_view *v = NULL;
 	char key[256];
 	size_t n = 0, i;
@@ -797,42 +556,39 @@ static int fleet_service_del(struct fleet_args *a, struct fleet_service *s)
 	bool ok = false;
 	int err;
 
-	if (a->nargs != 2)
-		return bad_args("service");
 	/* a document that is not valid can be deleted: one way out of it */
 	err = fleet_connect(a);
 	if (!err)
-		err = doc_read(a, a->args[1], s, DOC_WARN | DOC_ANY);
+		err = doc_read(a, name, s, DOC_WARN | DOC_ANY);
 	if (!err)
 		err = gen_check(a, s);
 	if (!err)
-		err = nodes_read(a, a->args[1], &v, &n);
+		err = nodes_read(a, name, &v, &n);
 	if (err)
 		return err;
 	for (i = 0; i < n; i++)
 		if (v[i].live && v[i].has_svc)
 			live += v[i].live_flows[BGS_BLUE] + v[i].live_flows[BGS_GREEN];
 	free(v);
-	if (live && !a->force) {
+	if (live && !ch->svc.force) {
 		pr_warn("service '%s' has %llu live flows on the nodes; --force deletes it and cuts "
 			"them\n",
 			s->name, (unsigned long long)live);
 		return -EBUSY;
 	}
-	fleet_key(key, sizeof(key), a->conn.prefix, "services", a->args[1]);
+	fleet_key(key, sizeof(key), a->conn.prefix, "services", name);
 	t_us = fleet_now_us();
 	err = etcd_txn_delete(&a->e, key, s->mod_rev, &ok, &rev);
 	if (err)
 		return unreachable(a, err);
 	if (!ok) {
 		pr_warn("%s: changed in etcd by someone else since it was read; nothing deleted\n",
-			a->args[1]);
+			name);
 		return BGS_ERR_GENERATION;
 	}
-	printf("service %s deleted from the fleet (etcd revision %lld)\n", a->args[1],
-	       (long long)rev);
+	printf("service %s deleted from the fleet (etcd revision %lld)\n", name, (long long)rev);
 	fflush(stdout);
-	return a->wait ? fleet_wait(a, a->args[1], -1, t_us) : 0;
+	return a->wait ? fleet_wait(a, name, -1, t_us) : 0;
 }
 
 static int fleet_service_list(struct fleet_args *a)
@@ -881,126 +637,115 @@ out:
 	return err;
 }
 
-int fleet_service(int argc, char **argv)
+/* The fleet form of service add, del and list: ch parsed, written as a document. */
+int fleet_service(const struct bgs_change *ch)
 {
 	struct fleet_service *s = calloc(1, sizeof(*s));
 	struct fleet_args a;
-	const char *sub = argc > 1 ? argv[1] : "";
-	int err;
+	int err = 0;
 
 	if (!s)
 		return -ENOMEM;
-	if (!strcmp(sub, "add"))
-		err = fleet_parse(argc, argv, "service add", F_PROTO | F_WAIT | F_TABLE, &a);
-	else if (!strcmp(sub, "del"))
-		err = fleet_parse(argc, argv, "service del", F_FORCE | F_GEN | F_WAIT, &a);
-	else if (!strcmp(sub, "list"))
-		err = fleet_parse(argc, argv, "service list", 0, &a);
+	fleet_args_of(ch, &a);
+	if (ch->kind == BGS_CH_SERVICE_ADD)
+		err = fleet_service_add(&a, ch, s);
+	else if (ch->kind == BGS_CH_SERVICE_DEL)
+		err = fleet_service_del(&a, ch, s);
 	else
-		err = fleet_parse(argc, argv, "service", 0, &a);
-	if (err)
-		goto out;
-	if (!strcmp(sub, "add"))
-		err = fleet_service_add(&a, s);
-	else if (!strcmp(sub, "del"))
-		err = fleet_service_del(&a, s);
-	else if (!strcmp(sub, "list"))
 		err = fleet_service_list(&a);
-	else
-		err = bad_args("service");
-out:
 	fleet_done(&a);
 	free(s);
 	return err > 0 ? 0 : err;
 }
 
-int fleet_backend(int argc, char **argv)
+/* The backend's place in the document: *pos its index in its color, or -1. A backend there
+ * already is refused unless it is an add of a new weight.
+ */
+static int fleet_backend_find(const struct bgs_change *ch, const struct fleet_service *s, int *pos)
 {
-	struct fleet_service *s = calloc(1, sizeof(*s));
-	struct bgs_endpoint ep, other;
-	struct fleet_args a;
-	const char *sub = argc > 1 ? argv[1] : "";
-	bool add = !strcmp(sub, "add");
-	__u64 t_us;
-	__s64 rev = 0;
+	const struct bgs_backend_spec *be = &ch->be;
+	bool add = ch->kind == BGS_CH_BACKEND_ADD;
+	struct bgs_endpoint other;
 	__u32 i, c;
-	__u8 color;
-	int err, pos = -1;
 
-	if (!s)
-		return -ENOMEM;
-	err = fleet_parse(argc, argv, add ? "backend add" : "backend del",
-			  F_GEN | F_WAIT | (add ? F_WEIGHT : F_DRAIN | F_FORCE), &a);
-	if (err)
-		goto out;
-	if ((!add && strcmp(sub, "del")) || a.nargs != 4) {
-		err = bad_args("backend");
-		goto out;
-	}
-	if (a.force) {
-		pr_warn("backend del --etcd: backends leave a fleet with --drain (their flows "
-			"finish); --force is for one node\n");
-		err = -EINVAL;
-		goto out;
-	}
-	if (parse_color(a.args[2], &color) || parse_endpoint(a.args[3], &ep)) {
-		err = -EINVAL;
-		goto out;
-	}
-	err = doc_open(&a, a.args[1], s);
-	if (err)
-		goto out;
-	if (add && (check_backend_addr(a.args[3], &ep) ||
-		    check_backend_of(a.args[3], &ep, &s->vip_ep, s->name))) {
-		err = -EINVAL;
-		goto out;
-	}
+	*pos = -1;
 	for (c = 0; c < BGS_NCOLORS; c++) {
 		for (i = 0; i < s->nbe[c]; i++) {
 			if (parse_endpoint(s->be[c][i].addr, &other) ||
-			    memcmp(other.addr, ep.addr, sizeof(ep.addr)) || other.port != ep.port)
+			    memcmp(other.addr, be->ep.addr, sizeof(be->ep.addr)) ||
+			    other.port != be->ep.port)
 				continue;
-			if (add &&
-			    (c != color || a.weight < 0 || s->be[c][i].weight == (__u32)a.weight)) {
-				pr_warn("%s is already a %s backend of '%s'\n", a.args[3],
+			if (add && (c != be->color || be->weight < 0 ||
+				    s->be[c][i].weight == (__u32)be->weight)) {
+				pr_warn("%s is already a %s backend of '%s'\n", ch->addr_text,
 					color_name(c), s->name);
-				err = -EEXIST;
-				goto out;
+				return -EEXIST;
 			}
-			if (c == color)
-				pos = i;
+			if (c == be->color)
+				*pos = i;
 		}
 	}
-	if (add && a.weight >= 0 && a.weight != 1 && s->lb == BGS_LB_MODULO) {
+	if (add && be->weight >= 0 && be->weight != 1 && s->lb == BGS_LB_MODULO) {
 		pr_warn("--weight: '%s' spreads flows by modulo (--lb modulo), without weights\n",
 			s->name);
-		err = -EINVAL;
-		goto out;
+		return -EINVAL;
 	}
-	if (add && pos >= 0) {
-		s->be[color][pos].weight = a.weight; /* a new weight for a backend there */
-	} else if (add) {
+	return 0;
+}
+
+/* The document with the backend added, reweighed or removed. */
+static int fleet_backend_edit(const struct bgs_change *ch, struct fleet_service *s, int pos)
+{
+	__u8 color = ch->be.color;
+	int weight = ch->be.weight;
+
+	if (ch->kind == BGS_CH_BACKEND_ADD && pos >= 0) {
+		s->be[color][pos].weight = weight; /* a new weight for a backend there */
+	} else if (ch->kind == BGS_CH_BACKEND_ADD) {
 		if (s->nbe[color] >= BGS_MAX_BACKENDS) {
 			pr_warn("%s of '%s' is full\n", color_name(color), s->name);
-			err = -ENOSPC;
-			goto out;
+			return -ENOSPC;
 		}
-		snprintf(s->be[color][s->nbe[color]].addr, BGS_ADDRSTR_LEN, "%s", a.args[3]);
-		s->be[color][s->nbe[color]++].weight = a.weight < 0 ? 1 : a.weight;
+		snprintf(s->be[color][s->nbe[color]].addr, BGS_ADDRSTR_LEN, "%s", ch->addr_text);
+		s->be[color][s->nbe[color]++].weight = weight < 0 ? 1 : weight;
 	} else {
 		if (pos < 0) {
-			pr_warn("%s is not a %s backend of '%s'\n", a.args[3], color_name(color),
-				s->name);
-			err = -ENOENT;
-			goto out;
+			pr_warn("%s is not a %s backend of '%s'\n", ch->addr_text,
+				color_name(color), s->name);
+			return -ENOENT;
 		}
 		s->be[color][pos] = s->be[color][--s->nbe[color]];
 	}
 	s->generation++;
-	err = doc_write(&a, s, &t_us, &rev);
+	return 0;
+}
+
+/* The fleet form of backend add and del: ch parsed, written as the service's next document. */
+int fleet_backend(const struct bgs_change *ch)
+{
+	struct fleet_service *s = calloc(1, sizeof(*s));
+	bool add = ch->kind == BGS_CH_BACKEND_ADD;
+	struct fleet_args a;
+	__u64 t_us;
+	__s64 rev = 0;
+	int err, pos = -1;
+
+	if (!s)
+		return -ENOMEM;
+	fleet_args_of(ch, &a);
+	err = doc_open(&a, ch->name ? ch->name : ch->service, s);
+	if (!err && add)
+		err = check_backend_of(ch->addr_text, &ch->be.ep, &s->vip_ep, s->name);
+	if (!err)
+		err = fleet_backend_find(ch, s, &pos);
+	if (!err)
+		err = fleet_backend_edit(ch, s, pos);
+	if (!err)
+		err = doc_write(&a, s, &t_us, &rev);
 	if (err)
 		goto out;
-	printf("%s: %s backend %s %s in the fleet\n", s->name, color_name(color), a.args[3],
+	printf("%s: %s backend %s %s in the fleet\n", s->name, color_name(ch->be.color),
+	       ch->addr_text,
 	       add && pos >= 0 ? "reweighed" :
 	       add	       ? "added" :
 				 "removed (its flows drain)");

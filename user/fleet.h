@@ -49,8 +49,6 @@ struct fleet_conn {
 	const char *prefix;
 };
 
-bool fleet_wanted(int argc, char **argv);
-int fleet_conn_opt(struct fleet_conn *c, int opt, const char *arg);
 int fleet_check_prefix(const char *prefix);
 int fleet_check_node(const char *node);
 void fleet_key(char *buf, size_t len, const char *prefix, const char *kind, const char *name);
@@ -69,7 +67,7 @@ int fleet_switch(const struct bgs_change *ch);
 /* The documents of name (NULL: every service) and what every node reports of them. */
 int fleet_status(const struct fleet_conn *conn, const char *name, bool json, bool wait,
 		 __u64 timeout_ns);
-int fleet_service(int argc, char **argv);
-int fleet_backend(int argc, char **argv);
+int fleet_service(const struct bgs_change *ch);
+int fleet_backend(const struct bgs_change *ch);
 
 #endif /* BGS_FLEET_H */

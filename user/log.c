@@ -28,6 +28,21 @@ void bgs_log_capture(char *buf, size_t len)
 		capture_buf[0] = '\0';
 }
 
+/* While set (bgs_log_error_to()), the first warning is also kept here: an operation's error. */
+static char *error_buf;
+static size_t error_len;
+
+/* Keep the first warning from now on in buf (as one line), besides printing it: an operation
+ * returns its error as a value. bgs_log_error_to(NULL, 0) ends it.
+ */
+void bgs_log_error_to(char *buf, size_t len)
+{
+	error_buf = len ? buf : NULL;
+	error_len = len;
+	if (error_buf)
+		error_buf[0] = '\0';
+}
+
 const char *bgs_log_last_warn(void)
 {
 	return last_warn;
@@ -85,6 +100,8 @@ void bgs_log(enum bgs_log_level level, const char *fmt, ...)
 		vsnprintf(raw, sizeof(raw), fmt, ap);
 		va_end(ap);
 		escape_line(raw, last_warn, sizeof(last_warn));
+		if (error_buf && !error_buf[0])
+			snprintf(error_buf, error_len, "%s", last_warn);
 		if (bgs_verbosity >= (int)level)
 			fprintf(stderr, "bgswitch: %s\n", last_warn);
 		return;

@@ -17,6 +17,7 @@ void bgs_log(enum bgs_log_level level, const char *fmt, ...) __attribute__((form
 void bgs_log_setup(int verbosity);
 const char *bgs_log_last_warn(void);
 void bgs_log_capture(char *buf, size_t len);
+void bgs_log_error_to(char *buf, size_t len);
 const char *bgs_log_kernel_msg(void);
 void bgs_log_kernel_msg_clear(void);
 
