@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: GPL-2.0
-/* exporter.c: `exporter`: the Prometheus /metrics endpoint, served by libmicrohttpd. */
+/* exporter.c: `exporter`: the Prometheus /metrics endpoint, served by libmicrohttpd (mhd.h). */
 #include <errno.h>
 #include <getopt.h>
 #include <pthread.h>
@@ -12,10 +12,9 @@
 #include <netinet/in.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
-#include <microhttpd.h>
-
 #include "commands.h"
 #include "log.h"
+#include "mhd.h"
 #include "snapshot.h"
 #include "state.h"
 #include "util.h"
@@ -656,6 +655,9 @@ int do_exporter(int argc, char **argv)
 	if (err)
 		return err;
 	state_close(&st);
+	err = mhd_load();
+	if (err)
+		return err;
 
 	/* Signals are taken by sigwait below; the server's threads inherit the mask. */
 	sigemptyset(&set);
