@@ -1,5 +1,7 @@
 /* SPDX-License-Identifier: GPL-2.0 */
-/* state.h: the pinned state under the pin root: opening, locking, and typed access to its maps. */
+/* state.h: the pinned state under the pin root: opening, locking, and typed access to its maps
+ * (state.c); walks of the flow table (flows.c); its garbage collection and repair (repair.c).
+ */
 #ifndef BGS_STATE_H
 #define BGS_STATE_H
 
@@ -91,6 +93,14 @@ int table_read(const struct bgs_state *st, __u32 svc, __u8 color, __u32 **table,
 bool set_takes_flows(const struct bgs_state *st, const struct bgs_set *set);
 
 void config_set_limits(struct bgs_config *cfg, __u32 rate, __u32 burst);
+int generation_check(const struct bgs_state *st, __u32 svc, const char *name, __s64 want);
+int percpu_sum(const struct bgs_state *st, enum bgs_map_id m, __u32 key, __u64 *out,
+	       size_t nfields);
+int vip_filter_add(struct bgs_state *st, const __u32 *addr);
+int refcount_add(const struct bgs_state *st, enum bgs_map_id m, const void *key, int delta);
+int percpu_zero(const struct bgs_state *st, enum bgs_map_id m, __u32 key, size_t value_size);
+
+/* flows.c */
 bool flow_live(const struct bgs_state *st, const struct bgs_conn_key *k, const struct bgs_flow *f,
 	       __u64 now);
 int flows_scan(const struct bgs_state *st,
@@ -100,18 +110,12 @@ int flows_census(const struct bgs_state *st, struct bgs_flow_census *c);
 int flows_delete_slot(struct bgs_state *st, __u32 slot, bool live_too, __u64 *deleted);
 int flows_collect(struct bgs_state *st, __u64 *deleted);
 
+/* repair.c */
 int slot_release(struct bgs_state *st, __u32 slot);
 int slots_forget(const struct bgs_state *st, __u32 svc);
 int slots_collect(struct bgs_state *st);
 int drain_settle(struct bgs_state *st);
 int state_repair(struct bgs_state *st);
-int generation_check(const struct bgs_state *st, __u32 svc, const char *name, __s64 want);
-
-int percpu_sum(const struct bgs_state *st, enum bgs_map_id m, __u32 key, __u64 *out,
-	       size_t nfields);
 int addrs_resync(struct bgs_state *st);
-int vip_filter_add(struct bgs_state *st, const __u32 *addr);
-int refcount_add(const struct bgs_state *st, enum bgs_map_id m, const void *key, int delta);
-int percpu_zero(const struct bgs_state *st, enum bgs_map_id m, __u32 key, size_t value_size);
 
 #endif /* BGS_STATE_H */
