@@ -713,7 +713,7 @@ static int cut_run(const char *action, const char *name, struct cut_opts *o, sha
 	err = audit_open(&au, action, o->reason);
 	if (err)
 		return err;
-	err = state_open(&st, true);
+	err = state_open_maps(&st, true, BGS_MAPS_CUTOVER);
 	if (err)
 		goto out;
 	opened = true;

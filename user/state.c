@@ -153,9 +153,35 @@ int state_check_layout(const struct bgs_config *cfg)
 	return 0;
 }
 
-int state_open(struct bgs_state *st, bool lock)
+/* Open the pinned maps of the mask (BGS_MAP_BIT of each; bgs_config and bgs_switch always), the
+ * others' fds staying -1. A command that opens what it touches saves a system call or two per
+ * map it does not: a flip needs 9 of the 23.
+ */
+static int state_open_fds(struct bgs_state *st, __u32 maps)
 {
 	char path[PATH_MAX];
+	int i, err;
+
+	for (i = 0; i < BGS_M_COUNT; i++) {
+		if (!(maps & BGS_MAP_BIT(i)))
+			continue;
+		err = state_pin_path(path, sizeof(path), bgs_map_names[i]);
+		if (err)
+			return err;
+		st->fd[i] = bpf_obj_get(path);
+		if (st->fd[i] < 0) {
+			err = -errno;
+			pr_warn("cannot open pinned map %s: %s (is the state complete? "
+				"'attach' recreates it)\n",
+				path, strerror(errno));
+			return err;
+		}
+	}
+	return 0;
+}
+
+int state_open_maps(struct bgs_state *st, bool lock, __u32 maps)
+{
 	__u32 zero = 0;
 	int i, err;
 
@@ -163,6 +189,7 @@ int state_open(struct bgs_state *st, bool lock)
 	for (i = 0; i < BGS_M_COUNT; i++)
 		st->fd[i] = -1;
 	st->lock_fd = -1;
+	st->index_fd = -1;
 	st->sw = MAP_FAILED;
 
 	err = state_need_root();
@@ -182,19 +209,9 @@ int state_open(struct bgs_state *st, bool lock)
 		if (err)
 			goto out;
 	}
-	for (i = 0; i < BGS_M_COUNT; i++) {
-		err = state_pin_path(path, sizeof(path), bgs_map_names[i]);
-		if (err)
-			goto out;
-		st->fd[i] = bpf_obj_get(path);
-		if (st->fd[i] < 0) {
-			err = -errno;
-			pr_warn("cannot open pinned map %s: %s (is the state complete? "
-				"'attach' recreates it)\n",
-				path, strerror(errno));
-			goto out;
-		}
-	}
+	err = state_open_fds(st, maps | BGS_MAP_BIT(BGS_M_CONFIG) | BGS_MAP_BIT(BGS_M_SWITCH));
+	if (err)
+		goto out;
 	if (bpf_map_lookup_elem(st->fd[BGS_M_CONFIG], &zero, &st->cfg)) {
 		err = -errno;
 		pr_warn("cannot read bgs_config: %s\n", strerror(errno));
@@ -216,10 +233,16 @@ int state_open(struct bgs_state *st, bool lock)
 		pr_warn("cannot count possible CPUs\n");
 		goto out;
 	}
+	svc_index_open(st);
 	return 0;
 out:
 	state_close(st);
 	return err;
+}
+
+int state_open(struct bgs_state *st, bool lock)
+{
+	return state_open_maps(st, lock, BGS_MAPS_ALL);
 }
 
 void state_close(struct bgs_state *st)
@@ -237,6 +260,9 @@ void state_close(struct bgs_state *st)
 	if (st->lock_fd >= 0)
 		close(st->lock_fd);
 	st->lock_fd = -1;
+	if (st->index_fd >= 0)
+		close(st->index_fd);
+	st->index_fd = -1;
 }
 
 struct bgs_switch switch_read(const struct bgs_state *st, __u32 svc)
@@ -269,7 +295,9 @@ bool service_get(const struct bgs_state *st, __u32 svc, struct bgs_service *out)
 	return !bpf_map_lookup_elem(st->fd[BGS_M_VIPS], &out->vip, &vip) && vip.svc == svc;
 }
 
-int service_find(const struct bgs_state *st, const char *name, __u32 *svc, struct bgs_service *out)
+/* One id after another, as the data plane numbers them: the first visible service of the name. */
+static int service_scan(const struct bgs_state *st, const char *name, __u32 *svc,
+			struct bgs_service *out)
 {
 	__u32 i;
 
@@ -279,8 +307,24 @@ int service_find(const struct bgs_state *st, const char *name, __u32 *svc, struc
 			return 0;
 		}
 	}
-	pr_warn("unknown service '%s'\n", name);
 	return -ENOENT;
+}
+
+/* A service by its name: through the service index (three system calls), and by a scan of the
+ * ids when the index has no entry for it or a stale one, which then sets the entry right.
+ */
+int service_find(const struct bgs_state *st, const char *name, __u32 *svc, struct bgs_service *out)
+{
+	if (!svc_index_get(st, name, svc) && service_get(st, *svc, out) &&
+	    !strncmp(out->name, name, BGS_NAME_LEN))
+		return 0;
+	if (service_scan(st, name, svc, out)) {
+		svc_index_forget(st, name);
+		pr_warn("unknown service '%s'\n", name);
+		return -ENOENT;
+	}
+	svc_index_set(st, name, *svc);
+	return 0;
 }
 
 int set_read(const struct bgs_state *st, __u32 svc, __u8 color, struct bgs_set *set)

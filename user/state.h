@@ -48,6 +48,21 @@ enum bgs_map_id {
 	BGS_M_COUNT,
 };
 
+#define BGS_MAP_BIT(m) (1U << (m))
+#define BGS_MAPS_ALL ((1U << BGS_M_COUNT) - 1)
+/* What flip, shift, rollout, rollback, check and drain touch (their checks, guard and drain). */
+#define BGS_MAPS_CUTOVER                                                                     \
+	(BGS_MAP_BIT(BGS_M_CONFIG) | BGS_MAP_BIT(BGS_M_VIPS) | BGS_MAP_BIT(BGS_M_SERVICES) | \
+	 BGS_MAP_BIT(BGS_M_SWITCH) | BGS_MAP_BIT(BGS_M_SETS) | BGS_MAP_BIT(BGS_M_BACKENDS) | \
+	 BGS_MAP_BIT(BGS_M_FLOWS) | BGS_MAP_BIT(BGS_M_BACKEND_STATS) |                       \
+	 BGS_MAP_BIT(BGS_M_LOCAL_COUNTS))
+_Static_assert(BGS_M_COUNT < 32, "a map mask is 32 bits");
+
+/* The service index: service name -> id, a hash map pinned beside the data plane's maps that no
+ * program reads (so no part of the map layout), made by the first command that opens the state.
+ */
+#define BGS_INDEX_NAME "bgs_svc_index"
+
 extern const char *const bgs_map_names[BGS_M_COUNT];
 extern const char *bgs_pin_root;
 
@@ -55,6 +70,7 @@ struct bgs_state {
 	int fd[BGS_M_COUNT];
 	__u64 *sw; /* bgs_switch, mmapped: one 64-bit word per service */
 	int lock_fd;
+	int index_fd; /* the service index, or -1: service_find() scans */
 	int ncpus;
 	struct bgs_config cfg;
 };
@@ -75,6 +91,7 @@ int state_need_root(void);
 int state_prepare_fs(bool *created);
 int state_lock(int *lock_fd);
 int state_open(struct bgs_state *st, bool lock);
+int state_open_maps(struct bgs_state *st, bool lock, __u32 maps);
 void state_close(struct bgs_state *st);
 int state_check_layout(const struct bgs_config *cfg);
 int state_pin_path(char *buf, size_t len, const char *name);
@@ -99,6 +116,12 @@ int percpu_sum(const struct bgs_state *st, enum bgs_map_id m, __u32 key, __u64 *
 int vip_filter_add(struct bgs_state *st, const __u32 *addr);
 int refcount_add(const struct bgs_state *st, enum bgs_map_id m, const void *key, int delta);
 int percpu_zero(const struct bgs_state *st, enum bgs_map_id m, __u32 key, size_t value_size);
+
+/* index.c */
+void svc_index_open(struct bgs_state *st);
+int svc_index_get(const struct bgs_state *st, const char *name, __u32 *svc);
+void svc_index_set(const struct bgs_state *st, const char *name, __u32 svc);
+void svc_index_forget(const struct bgs_state *st, const char *name);
 
 /* flows.c */
 bool flow_live(const struct bgs_state *st, const struct bgs_conn_key *k, const struct bgs_flow *f,
