@@ -138,11 +138,11 @@ vmlinux:
 # pipeline, measured side by side (without it, its column says "not measured"). bench-build builds
 # the command and the suite's helpers: the floor programs (same BPF flags as the data plane), a
 # ctypes library of tight BPF_PROG_TEST_RUN loops, the flip timer, an HTTP backend, a client,
-# and the connect() timer of the socket hooks.
+# the connect() timer of the socket hooks, and the commands' timer.
 BENCH_OUT := $(OUTPUT)/bench
 BENCH_RESULTS ?= bench-results
 BENCH_BINS := $(OUTPUT)/floor.bpf.o $(BENCH_OUT)/libbgsbench.so $(BENCH_OUT)/flipbench \
-	$(BENCH_OUT)/bench-httpd $(BENCH_OUT)/connload $(BENCH_OUT)/sockbench
+	$(BENCH_OUT)/bench-httpd $(BENCH_OUT)/connload $(BENCH_OUT)/sockbench $(BENCH_OUT)/cmdtime
 
 $(OUTPUT)/floor.bpf.o: bpf/floor.bpf.c $(VMLINUX) $(OUTPUT)/bpf-cflags | $(OUTPUT)
 	$(call msg,BPF,$@)
@@ -168,6 +168,10 @@ $(BENCH_OUT)/connload: tests/bench/connload.c | $(BENCH_OUT)
 	$(Q)$(CC) $(CFLAGS) $< -o $@
 
 $(BENCH_OUT)/sockbench: tests/bench/sockbench.c | $(BENCH_OUT)
+	$(call msg,CC,$@)
+	$(Q)$(CC) $(CFLAGS) $< -o $@
+
+$(BENCH_OUT)/cmdtime: tests/bench/cmdtime.c | $(BENCH_OUT)
 	$(call msg,CC,$@)
 	$(Q)$(CC) $(CFLAGS) $< -o $@
 
