@@ -4,7 +4,7 @@ table (table.txt, table.md) and PNG figures into the results folder.
 
     sudo make bench [KATRAN_OBJ=path]            # builds, then runs this with --out bench-results
     sudo /usr/bin/python3 tests/bench/bench.py --out DIR [--smoke] [--parts pkt,scale,...]
-                                               [--katran-obj path]
+                                               [--katran-obj path] [--ref-bgswitch path]
 
 Parts (all by default):
   pkt    per-packet cost with BPF_PROG_TEST_RUN against a floor program, the
@@ -32,7 +32,8 @@ Parts (all by default):
   cmd    `bgswitch flip`, `shift`, `rollback` (probes off), spawn to exit, beside
          /bin/true, `bgswitch -V`, socat to a unix echo server and HAProxy's
          runtime API (socat, `set weight`), idle and under load; a flip's
-         system calls (strace) and shared libraries (ldd)                   (cmdbench.py)
+         system calls (strace) and shared libraries (ldd); with --ref-bgswitch,
+         another build's flip, rollback and shift in the same rounds         (cmdbench.py)
 
 Every figure is the median of several runs, and every ratio is taken within one run, then
 its median over the runs is reported. Needs root; runs 5-10 minutes on 2 cores (--smoke:
@@ -152,7 +153,10 @@ CMD_NAMES = {"true": "/bin/true", "version": "`bgswitch -V` (its start alone)",
              "echo": "socat to a unix echo server", "flip": "`bgswitch flip web green`",
              "rollback": "`bgswitch rollback web`", "shift": "`bgswitch shift web green 10%`",
              "haproxy_flip": "HAProxy runtime API: 2 x set weight (a flip), socat",
-             "haproxy_shift": "HAProxy runtime API: 2 x set weight (10 %), socat"}
+             "haproxy_shift": "HAProxy runtime API: 2 x set weight (10 %), socat",
+             "ref_flip": "reference build (--ref-bgswitch): flip",
+             "ref_rollback": "reference build: rollback",
+             "ref_shift": "reference build: shift 10%"}
 
 
 def _cmd_rows(c: dict):
@@ -161,11 +165,16 @@ def _cmd_rows(c: dict):
     sec, losses = "7 commands, spawn to exit", []
     for cond, what in (("idle", "idle"), ("load", f"under {_k(c['rate'])} new conn/s")):
         for name, label in CMD_NAMES.items():
+            if name not in c[cond]:
+                continue  # no reference build
             v = c[cond][name]
             vs = ""
-            if "vs_haproxy" in v:
+            if name.startswith("ref_"):
+                vs = f"{v['vs_true']:.2f}x true, {v['vs_haproxy']:.2f}x HAProxy"
+            elif "vs_haproxy" in v:
                 vs = (f"{v['vs_true']:.2f}x true, {v['vs_echo']:.2f}x echo, "
-                      f"{v['vs_haproxy']:.2f}x HAProxy")
+                      f"{v['vs_haproxy']:.2f}x HAProxy"
+                      + (f", {v['vs_ref']:.2f}x reference" if "vs_ref" in v else ""))
                 if v["vs_haproxy"] > 1:
                     losses.append(f"{name} {cond} {v['vs_haproxy']:.2f}x")
             elif "vs_true" in v:
@@ -386,6 +395,9 @@ def main(argv=None) -> int:
                     help=f"comma-separated subset of {','.join(PARTS)}, or "
                     f"{','.join(EXTRA_PARTS)} (not run by default)")
     ap.add_argument("--no-plots", action="store_true")
+    ap.add_argument("--ref-bgswitch", metavar="PATH",
+                    help="another bgswitch build (the one before a change, say): part cmd "
+                    "times its flip, rollback and shift in the same rounds")
     ap.add_argument("--katran-obj", metavar="PATH",
                     help="Katran's balancer.bpf.o, built from its own source with its own "
                     "pipeline: measured side by side in parts pkt and mem")
@@ -452,7 +464,8 @@ def main(argv=None) -> int:
             topo = timed("topology", netbench.Topology, cleanup, prefix)
             if "cmd" in parts:
                 results["command"] = timed("cmd", cmdbench.part_cmd, cleanup, topo,
-                                           cfg["cmd_rounds"], cfg["cut_rate"])
+                                           cfg["cmd_rounds"], cfg["cut_rate"],
+                                           args.ref_bgswitch)
             if "flip" in parts:
                 results["cutover"] = timed("cutover", netbench.part_cutover, topo,
                                            cfg["cut_rounds"], cfg["cut_rate"], cfg["cut_ms"])

@@ -11,9 +11,10 @@ tests/bench/cmdtime runs every command in turn, one run each per round, so that 
 falls on all of them alike; idle, then under the cutover part's load (connload opening new
 connections through bgswitch at a fixed rate). Each command's figure is the median (and p99) of
 its runs; a ratio is the median over the rounds of the two commands' ratio in the round.
-One `strace -f -c` of a flip gives its system calls, `ldd` its shared libraries. And HAProxy's
-API from a process already running (connect, the two commands, the answer: what a client that
-stays up pays), for what process start costs either side.
+With --ref-bgswitch PATH (another build, the one before a change, say) its flip, rollback and
+shifts run in the same rounds. One `strace -f -c` of a flip gives its system calls, `ldd` its
+shared libraries; and HAProxy's API is timed from a process already running too (connect, the
+two commands, the answer: what a client that stays up pays), to show what process start costs.
 """
 
 import json
@@ -24,7 +25,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 from common import (BENCH_OUT, BGSWITCH, CONNLOAD, BenchError, Cleanup, end_process, log,
                     median, percentile, run)
@@ -37,6 +38,12 @@ CMDTIME = os.path.join(BENCH_OUT, "cmdtime")
 # 10 % to green, back to blue; the HAProxy ones likewise.
 COMMANDS = ("true", "version", "echo", "flip", "rollback", "shift", "shift_back",
             "haproxy_flip", "haproxy_back", "haproxy_shift", "haproxy_shift_back")
+# With a reference build (--ref-bgswitch: another bgswitch, the one before a change, say), its
+# flip, rollback and shifts run in the same rounds, after this build's.
+REF_COMMANDS = ("ref_flip", "ref_rollback", "ref_shift", "ref_shift_back")
+# cmdtime's groups (see cmdtime.c), each begun by one of these: the order of the groups turns
+# round by round, a group's commands (a change, then the ones that undo it) stay in order.
+GROUP_FIRST = ("true", "version", "echo", "flip", "haproxy_flip", "ref_flip")
 
 
 class EchoServer:
@@ -94,7 +101,7 @@ def _haproxy(cleanup: Cleanup, tmp: str) -> str:
     return sock
 
 
-def _argvs(root: str, tmp: str, echo: str, hsock: str) -> Dict[str, List[str]]:
+def _argvs(root: str, tmp: str, echo: str, hsock: str, ref: str) -> Dict[str, List[str]]:
     """Each command's cmdtime arguments ([--in FILE] ARGV)."""
     def infile(name: str, text: str) -> List[str]:
         path = os.path.join(tmp, name)
@@ -104,7 +111,13 @@ def _argvs(root: str, tmp: str, echo: str, hsock: str) -> Dict[str, List[str]]:
 
     bgs = [BGSWITCH, "--pin-root", root]
     hap = ["socat", "-", f"UNIX-CONNECT:{hsock}"]
-    return {
+    out = {f"ref_{k}": [ref, "--pin-root", root] + v
+           for k, v in (("flip", ["flip", "web", "green", "--no-check"]),
+                        ("rollback", ["rollback", "web", "--no-check"]),
+                        ("shift", ["shift", "web", "green", "10%", "--no-check"]),
+                        ("shift_back", ["shift", "web", "green", "0%", "--no-check"]))} \
+        if ref else {}
+    return out | {
         "true": ["/bin/true"],
         "version": [BGSWITCH, "-V"],
         "echo": infile("ping", "ping\n") + ["socat", "-", f"UNIX-CONNECT:{echo}"],
@@ -122,21 +135,21 @@ def _argvs(root: str, tmp: str, echo: str, hsock: str) -> Dict[str, List[str]]:
 
 def _cmdtime(argvs: Dict[str, List[str]], rounds: int) -> Dict[str, List[float]]:
     """{command: [ms per round]}."""
+    names = COMMANDS + (REF_COMMANDS if "ref_flip" in argvs else ())
     argv = [CMDTIME, str(rounds)]
-    for i, name in enumerate(COMMANDS):
-        argv += (["--"] if i else []) + argvs[name]
+    for i, name in enumerate(names):
+        argv += ([] if not i else ["---"] if name in GROUP_FIRST else ["--"]) + argvs[name]
     p = run(argv, timeout=600)
     ns = json.loads(p.stdout)["ns"]
-    return {name: [x / 1e6 for x in ns[i]] for i, name in enumerate(COMMANDS)}
+    return {name: [x / 1e6 for x in ns[i]] for i, name in enumerate(names)}
 
 
 def _summary(ms: Dict[str, List[float]]) -> Dict:
     """Medians, p99s, and the ratios (median over rounds of the per-round ratio)."""
-    both = {"shift": ms["shift"] + ms["shift_back"],
-            "haproxy_flip": ms["haproxy_flip"] + ms["haproxy_back"],
-            "haproxy_shift": ms["haproxy_shift"] + ms["haproxy_shift_back"]}
-    series = {k: both.get(k, v) for k, v in ms.items()
-              if k not in ("shift_back", "haproxy_back", "haproxy_shift_back")}
+    pairs = {"shift": "shift_back", "haproxy_flip": "haproxy_back",
+             "haproxy_shift": "haproxy_shift_back", "ref_shift": "ref_shift_back"}
+    series = {k: v + ms[pairs[k]] if k in pairs else v for k, v in ms.items()
+              if k not in pairs.values()}
     out = {k: {"median_ms": median(v), "p99_ms": percentile(v, 99), "min_ms": min(v)}
            for k, v in series.items()}
 
@@ -148,6 +161,10 @@ def _summary(ms: Dict[str, List[float]]) -> Dict:
         out[cmd]["vs_true"] = ratio(cmd, "true")
         out[cmd]["vs_echo"] = ratio(cmd, "echo")
         out[cmd]["vs_haproxy"] = ratio(cmd, hap)
+        if f"ref_{cmd}" in series:
+            out[cmd]["vs_ref"] = ratio(cmd, f"ref_{cmd}")
+            out[f"ref_{cmd}"]["vs_true"] = ratio(f"ref_{cmd}", "true")
+            out[f"ref_{cmd}"]["vs_haproxy"] = ratio(f"ref_{cmd}", hap)
     out["version"]["vs_true"] = ratio("version", "true")
     out["haproxy_flip"]["vs_echo"] = ratio("haproxy_flip", "echo")
     return out
@@ -190,7 +207,8 @@ def _syscalls(root: str, tmp: str) -> Dict:
             "libs": [ln.split()[0] for ln in libs]}
 
 
-def part_cmd(cleanup: Cleanup, t: Topology, rounds: int, rate: int) -> Dict:
+def part_cmd(cleanup: Cleanup, t: Topology, rounds: int, rate: int,
+             ref: Optional[str] = None) -> Dict:
     log(f"commands: {len(COMMANDS)} commands x {rounds} rounds, idle and under "
         f"{rate} new connections/s")
     root = t.attach("native")
@@ -200,9 +218,9 @@ def part_cmd(cleanup: Cleanup, t: Topology, rounds: int, rate: int) -> Dict:
     cleanup.push("echo server", echo.close)
     try:
         hsock = _haproxy(cleanup, tmp)
-        argvs = _argvs(root, tmp, echo.sock.getsockname(), hsock)
-        res = {"rounds": rounds, "rate": rate, "argv": {k: " ".join(v) for k, v in
-                                                         argvs.items()}}
+        argvs = _argvs(root, tmp, echo.sock.getsockname(), hsock, ref)
+        res = {"rounds": rounds, "rate": rate, "ref_bgswitch": ref,
+               "argv": {k: " ".join(v) for k, v in argvs.items()}}
         res.update(_syscalls(root, tmp))
         _cmdtime(argvs, 3)  # warm the page cache
         res["idle"] = _summary(_cmdtime(argvs, rounds))
