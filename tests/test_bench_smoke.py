@@ -73,6 +73,7 @@ def test_bench_smoke(tmp_path):
             assert cmd[cond][name]["median_ms"] > 0, (cond, name, cmd[cond])
         assert cmd[cond]["haproxy_api_ms"] > 0, cmd[cond]
     assert cmd["syscalls"] > cmd["bpf_calls"] > 0 and cmd["shared_libs"] > 0, cmd
+    assert cmd["service_id"] == cmd["services"] - 1, cmd  # the last id a scan would reach
     assert res["cutover"]["summary"]["failed"] == 0
     net = res["network"]["summary"]
     for key, v in net.items():

@@ -29,7 +29,8 @@ Parts (all by default):
          tracked flow (memlock growth over flow growth; Katran's too)     (microbench.py)
   local  connect() to a VIP through the cgroup socket hooks against connect()
          straight to the backend, UDP and TCP, as a ratio in one run       (localbench.py)
-  cmd    `bgswitch flip`, `shift`, `rollback` (probes off), spawn to exit, beside
+  cmd    `bgswitch flip`, `shift`, `rollback` (probes off) of the last of 1,000
+         services, spawn to exit, beside
          /bin/true, `bgswitch -V`, socat to a unix echo server and HAProxy's
          runtime API (socat, `set weight`), idle and under load; a flip's
          system calls (strace) and shared libraries (ldd); with --ref-bgswitch,
@@ -73,7 +74,7 @@ PROFILES = {
                  cut_rounds=5, cut_rate=20000, cut_ms=1200,
                  net_rounds=9, net_seconds=1, net_conns=32, net_flips=3, net_flip_seconds=1,
                  net_cases=list(netbench.CASES), state_flows=None, mem_flows=131072,
-                 local_rounds=7, local_iters=20000, cmd_rounds=200),
+                 local_rounds=7, local_iters=20000, cmd_rounds=200, cmd_services=1000),
     "smoke": dict(pkt_runs=2, pkt_calls=300, pkt_warmup=50, pkt_new_calls=300,
                   pkt_new_warmup=50, pkt_chunks=1,
                   scale_runs=2, scale_calls=300, scale_warmup=50, scale_flips=10000,
@@ -83,7 +84,7 @@ PROFILES = {
                   cut_rounds=1, cut_rate=10000, cut_ms=600,
                   net_rounds=1, net_seconds=1, net_conns=16, net_flips=2, net_flip_seconds=1,
                   net_cases=["direct", "native", "nft"], state_flows=65536, mem_flows=16384,
-                  local_rounds=2, local_iters=500, cmd_rounds=5),
+                  local_rounds=2, local_iters=500, cmd_rounds=5, cmd_services=10),
 }
 
 
@@ -150,8 +151,8 @@ def _pkt_rows(p: dict):
 
 
 CMD_NAMES = {"true": "/bin/true", "version": "`bgswitch -V` (its start alone)",
-             "echo": "socat to a unix echo server", "flip": "`bgswitch flip web green`",
-             "rollback": "`bgswitch rollback web`", "shift": "`bgswitch shift web green 10%`",
+             "echo": "socat to a unix echo server", "flip": "`bgswitch flip far green`",
+             "rollback": "`bgswitch rollback far`", "shift": "`bgswitch shift far green 10%`",
              "haproxy_flip": "HAProxy runtime API: 2 x set weight (a flip), socat",
              "haproxy_shift": "HAProxy runtime API: 2 x set weight (10 %), socat",
              "ref_flip": "reference build (--ref-bgswitch): flip",
@@ -163,6 +164,8 @@ def _cmd_rows(c: dict):
     """Part cmd's rows: every command idle and loaded; what the bgswitch ones cost against
     /bin/true, the echo server and HAProxy's runtime API; where they lose."""
     sec, losses = "7 commands, spawn to exit", []
+    yield (sec, "the service the bgswitch commands change", f"far, id {c['service_id']}",
+           f"the last of {c['services']} services", "")
     for cond, what in (("idle", "idle"), ("load", f"under {_k(c['rate'])} new conn/s")):
         for name, label in CMD_NAMES.items():
             if name not in c[cond]:
@@ -465,7 +468,7 @@ def main(argv=None) -> int:
             if "cmd" in parts:
                 results["command"] = timed("cmd", cmdbench.part_cmd, cleanup, topo,
                                            cfg["cmd_rounds"], cfg["cut_rate"],
-                                           args.ref_bgswitch)
+                                           cfg["cmd_services"], args.ref_bgswitch)
             if "flip" in parts:
                 results["cutover"] = timed("cutover", netbench.part_cutover, topo,
                                            cfg["cut_rounds"], cfg["cut_rate"], cfg["cut_ms"])

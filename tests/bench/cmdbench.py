@@ -1,7 +1,7 @@
 """Part "cmd" of the suite: what the commands an operator runs cost, from spawn to exit.
 
-`bgswitch flip`, `shift` and `rollback` (probes off: --no-check) on the topology's service,
-beside what any command costs (/bin/true, and `bgswitch -V`: bgswitch's own start), `socat` to a
+`bgswitch flip`, `shift` and `rollback` (probes off: --no-check) of the last of many services
+(the topology's, then fillers: its id the last a scan of the ids reaches), beside what any command costs (/bin/true, and `bgswitch -V`: bgswitch's own start), `socat` to a
 unix socket answered by a trivial echo server (a thread of this process), and HAProxy's runtime
 API doing the same job through socat (`set weight` of its two servers: all of a backend's
 traffic to the other one, or 10 % of it). HAProxy runs with a backend of the topology's two
@@ -44,6 +44,22 @@ REF_COMMANDS = ("ref_flip", "ref_rollback", "ref_shift", "ref_shift_back")
 # cmdtime's groups (see cmdtime.c), each begun by one of these: the order of the groups turns
 # round by round, a group's commands (a change, then the ones that undo it) stay in order.
 GROUP_FIRST = ("true", "version", "echo", "flip", "haproxy_flip", "ref_flip")
+# The service the commands change: the last of `services` (the topology's web first, then
+# fillers without backends), the id a scan of the service ids would reach last.
+SERVICE = "far"
+
+
+def _services(root: str, services: int) -> int:
+    """Fill the state up to `services` services, SERVICE last, with web's two backends.
+    Returns SERVICE's id."""
+    bgs = [BGSWITCH, "--pin-root", root]
+    for i in range(services - 2):
+        run(bgs + ["service", "add", f"f{i}", f"10.77.{i // 250}.{i % 250 + 1}:80"])
+    run(bgs + ["service", "add", SERVICE, "10.77.255.1:80"])
+    for color in ("blue", "green"):
+        addr, port = backend(color)
+        run(bgs + ["backend", "add", SERVICE, color, f"{addr}:{port}"])
+    return json.loads(run(bgs + ["status", SERVICE, "--json"]).stdout)["services"][0]["id"]
 
 
 class EchoServer:
@@ -111,20 +127,17 @@ def _argvs(root: str, tmp: str, echo: str, hsock: str, ref: str) -> Dict[str, Li
 
     bgs = [BGSWITCH, "--pin-root", root]
     hap = ["socat", "-", f"UNIX-CONNECT:{hsock}"]
-    out = {f"ref_{k}": [ref, "--pin-root", root] + v
-           for k, v in (("flip", ["flip", "web", "green", "--no-check"]),
-                        ("rollback", ["rollback", "web", "--no-check"]),
-                        ("shift", ["shift", "web", "green", "10%", "--no-check"]),
-                        ("shift_back", ["shift", "web", "green", "0%", "--no-check"]))} \
-        if ref else {}
+    changes = {"flip": ["flip", SERVICE, "green", "--no-check"],
+               "rollback": ["rollback", SERVICE, "--no-check"],
+               "shift": ["shift", SERVICE, "green", "10%", "--no-check"],
+               "shift_back": ["shift", SERVICE, "green", "0%", "--no-check"]}
+    out = {k: bgs + v for k, v in changes.items()}
+    if ref:
+        out |= {f"ref_{k}": [ref, "--pin-root", root] + v for k, v in changes.items()}
     return out | {
         "true": ["/bin/true"],
         "version": [BGSWITCH, "-V"],
         "echo": infile("ping", "ping\n") + ["socat", "-", f"UNIX-CONNECT:{echo}"],
-        "flip": bgs + ["flip", "web", "green", "--no-check"],
-        "rollback": bgs + ["rollback", "web", "--no-check"],
-        "shift": bgs + ["shift", "web", "green", "10%", "--no-check"],
-        "shift_back": bgs + ["shift", "web", "green", "0%", "--no-check"],
         "haproxy_flip": infile("h1", "set weight web/blue 0;set weight web/green 100\n") + hap,
         "haproxy_back": infile("h2", "set weight web/blue 100;set weight web/green 0\n") + hap,
         "haproxy_shift": infile("h3", "set weight web/blue 90;set weight web/green 10\n") + hap,
@@ -192,7 +205,7 @@ def _syscalls(root: str, tmp: str) -> Dict:
     """One flip (blue to green, a change: an "already green" does less) under strace -f -c: its
     system calls, in all and bpf() alone; and the shared libraries bgswitch loads (ldd)."""
     out = os.path.join(tmp, "strace.txt")
-    flip = [BGSWITCH, "--pin-root", root, "flip", "web"]
+    flip = [BGSWITCH, "--pin-root", root, "flip", SERVICE]
     run(["strace", "-f", "-c", "-o", out] + flip + ["green", "--no-check"])
     run(flip + ["blue", "--no-check"])  # back to where the rounds start
     total = bpf = 0
@@ -208,10 +221,10 @@ def _syscalls(root: str, tmp: str) -> Dict:
             "libs": [ln.split()[0] for ln in libs]}
 
 
-def part_cmd(cleanup: Cleanup, t: Topology, rounds: int, rate: int,
+def part_cmd(cleanup: Cleanup, t: Topology, rounds: int, rate: int, services: int,
              ref: Optional[str] = None) -> Dict:
-    log(f"commands: {len(COMMANDS)} commands x {rounds} rounds, idle and under "
-        f"{rate} new connections/s")
+    log(f"commands: {services} services, {len(COMMANDS)} commands x {rounds} rounds, idle and "
+        f"under {rate} new connections/s")
     root = t.attach("native")
     tmp = tempfile.mkdtemp(prefix=f"{t.prefix}-cmd-")
     cleanup.push(f"folder {tmp}", lambda: subprocess.run(["rm", "-rf", tmp], check=False))
@@ -220,7 +233,8 @@ def part_cmd(cleanup: Cleanup, t: Topology, rounds: int, rate: int,
     try:
         hsock = _haproxy(cleanup, tmp)
         argvs = _argvs(root, tmp, echo.sock.getsockname(), hsock, ref)
-        res = {"rounds": rounds, "rate": rate, "ref_bgswitch": ref,
+        res = {"rounds": rounds, "rate": rate, "ref_bgswitch": ref, "services": services,
+               "service_id": _services(root, services),
                "argv": {k: " ".join(v) for k, v in argvs.items()}}
         res.update(_syscalls(root, tmp))
         _cmdtime(argvs, 3)  # warm the page cache
