@@ -37,7 +37,7 @@ Parts (all by default):
          another build's flip, rollback and shift in the same rounds         (cmdbench.py)
 
 Every figure is the median of several runs, and every ratio is taken within one run, then
-its median over the runs is reported. Needs root; runs 5-10 minutes on 2 cores (--smoke:
+its median over the runs is reported. Needs root; runs 7-13 minutes on 2 cores (--smoke:
 seconds, minimal counts, for tests/test_bench_smoke.py). Everything it creates is named
 bgsb<4 hex digits>-* and removed on exit, on errors and on SIGINT/SIGTERM too.
 """
@@ -61,7 +61,7 @@ import pktbench  # noqa: E402
 
 PARTS = ("pkt", "scale", "flip", "net", "mem", "local", "cmd")
 EXTRA_PARTS = ("factors",)  # run only when asked for (--parts)
-TIME_LIMIT_S = 1800  # a hard stop, far above the expected 5-10 minutes
+TIME_LIMIT_S = 1800  # a hard stop, far above the expected 7-13 minutes
 
 PROFILES = {
     "full": dict(pkt_runs=7, pkt_calls=20000, pkt_warmup=2000, pkt_new_calls=10000,
