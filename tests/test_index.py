@@ -1,7 +1,7 @@
 """The service index (user/index.c): bgs_svc_index, service name -> id, a hint that commands
 check on every use. Whatever it holds, missing, stale or pointing nowhere, a command must act on
-the service of that name and set the entry right; a deleted service must stay unknown; and
-`detach --purge` removes it with the rest of the state.
+the service of that name and set the entry right; a deleted service must stay unknown; `service
+add` sets the new service's entry; and `detach --purge` removes it with the rest of the state.
 
 Topology and style as tests/test_ops.py (tests/netns.py); every test attaches bgswitch afresh
 with a pin root of its own and purges it afterwards.
@@ -118,6 +118,12 @@ def test_index_deleted_service_stays_unknown_and_readded_one_is_found(sw):
     sw("flip", "web", "--no-check")
     assert sw.service("web")["active"] == "green"
     assert index_entry(sw, "web") == new_id
+
+
+def test_index_service_add_sets_the_new_entry(sw):
+    sw("service", "add", "fresh", f"10.0.0.103:{VIP_PORT}")
+    entry = index_entry(sw, "fresh")  # read before any command could look it up
+    assert entry is not None and entry == ids(sw)["fresh"]
 
 
 def test_index_purge_removes_it(sw):

@@ -224,6 +224,7 @@ static int service_add(int argc, char **argv)
 		refcount_add(&st, BGS_M_VIP_ADDRS, &va, -1);
 		goto map_err;
 	}
+	svc_index_set(&st, rec.name, svc); /* the next command finds it without a scan */
 	if (lb == BGS_LB_MAGLEV)
 		pr_info("service %s: %s/%s, active blue, maglev %u, generation 1\n", rec.name,
 			fmt_endpoint(ep.addr, ep.port, ep.family, ebuf, sizeof(ebuf)),
