@@ -38,11 +38,13 @@ def test_bench_smoke(tmp_path):
     lines = p.stdout.strip().splitlines()
     assert lines[0].startswith("bgswitch benchmark:"), p.stdout[:500]
     for section in ("[1 per packet]", "[2 as things grow]", "[3 the flip]",
-                    "[4 network path]", "[5 memory]", "[6 local clients]"):
+                    "[4 network path]", "[5 memory]", "[6 local clients]",
+                    "[7 commands, spawn to exit]"):
         assert section in lines, f"{section} missing from the table:\n{p.stdout}"
 
     res = json.loads((out / "results.json").read_text())
-    for key in ("per_packet", "scale", "flip", "cutover", "network", "memory", "local"):
+    for key in ("per_packet", "scale", "flip", "cutover", "network", "memory", "local",
+                "command"):
         assert res.get(key), f"results.json has no {key}"
     pkt = res["per_packet"]["summary"]
     for fam in (4, 6):
@@ -64,6 +66,14 @@ def test_bench_smoke(tmp_path):
         v = res["local"][proto]
         assert v["vip_ns"] > 0 and v["direct_ns"] > 0 and v["bare_ns"] > 0, v
     assert res["local"]["local_live_after"] == 0, res["local"]  # every socket released
+    cmd = res["command"]
+    for cond in ("idle", "load"):
+        for name in ("true", "version", "echo", "flip", "rollback", "shift", "haproxy_flip",
+                     "haproxy_shift"):
+            assert cmd[cond][name]["median_ms"] > 0, (cond, name, cmd[cond])
+        assert cmd[cond]["haproxy_api_ms"] > 0, cmd[cond]
+    assert cmd["syscalls"] > cmd["bpf_calls"] > 0 and cmd["shared_libs"] > 0, cmd
+    assert cmd["service_id"] == cmd["services"] - 1, cmd  # the last id a scan would reach
     assert res["cutover"]["summary"]["failed"] == 0
     net = res["network"]["summary"]
     for key, v in net.items():

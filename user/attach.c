@@ -907,6 +907,8 @@ static int purge_pins(void)
 		if (unlink(path) && errno != ENOENT)
 			err = -errno;
 	}
+	state_pin_path(path, sizeof(path), BGS_INDEX_NAME);
+	unlink(path);
 	state_pin_path(path, sizeof(path), BGS_PROG_DIR "/bgs_ingress");
 	unlink(path);
 	state_pin_path(path, sizeof(path), BGS_PROG_DIR "/bgs_egress");

@@ -177,7 +177,7 @@ static int cut_local(const struct cut_cmd *c, const char *action)
 	err = audit_open(&au, action, c->ch.reason);
 	if (err)
 		return err;
-	err = state_open(&st, true);
+	err = state_open_maps(&st, true, BGS_MAPS_CUTOVER);
 	if (err)
 		goto out;
 	opened = true;

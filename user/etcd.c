@@ -9,9 +9,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <arpa/inet.h>
-#include <dlfcn.h>
 #include <curl/curl.h>
 
+#include "dl.h"
 #include "etcd.h"
 #include "log.h"
 
@@ -51,26 +51,13 @@ static int curl_load(void)
 		"curl_multi_perform", "curl_multi_poll",       "curl_multi_info_read",
 		"curl_multi_cleanup",
 	};
-	void **slot = (void **)&cu;
 	static void *lib;
-	size_t i;
 
 	if (lib)
 		return 0;
-	lib = dlopen(CURL_SONAME, RTLD_NOW | RTLD_LOCAL);
-	if (!lib) {
-		pr_warn("cannot load libcurl (%s): %s\n", CURL_SONAME, dlerror());
+	if (dl_load(CURL_SONAME, "libcurl", names, sizeof(names) / sizeof(names[0]), (void **)&cu,
+		    &lib))
 		return -ENOENT;
-	}
-	for (i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
-		slot[i] = dlsym(lib, names[i]);
-		if (!slot[i]) {
-			pr_warn("libcurl (%s) lacks %s\n", CURL_SONAME, names[i]);
-			dlclose(lib);
-			lib = NULL;
-			return -ENOENT;
-		}
-	}
 	return cu.global_init(CURL_GLOBAL_DEFAULT) ? -EIO : 0;
 }
 

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: GPL-2.0
-/* exporter.c: `exporter`: the Prometheus /metrics endpoint, served by libmicrohttpd. */
+/* exporter.c: `exporter`: the Prometheus /metrics endpoint, served by libmicrohttpd (mhd.h). */
 #include <errno.h>
 #include <pthread.h>
 #include <signal.h>
@@ -12,10 +12,9 @@
 #include <netinet/in.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
-#include <microhttpd.h>
-
 #include "commands.h"
 #include "log.h"
+#include "mhd.h"
 #include "specs.h"
 #include "snapshot.h"
 #include "state.h"
@@ -713,5 +712,8 @@ int do_exporter(int argc, char **argv)
 	if (err)
 		return err;
 	state_close(&st);
+	err = mhd_load();
+	if (err)
+		return err;
 	return exporter_serve(&a);
 }

@@ -233,8 +233,10 @@ static int service_write(struct bgs_state *st, __u32 svc, const struct bgs_servi
 		return err;
 	fault_point("service-add-before-vip");
 	err = vip_put(st, &rec->vip, &vip, BPF_ANY);
-	if (!err)
+	if (!err) {
+		svc_index_set(st, rec->name, svc); /* the next command finds it without a scan */
 		return 0;
+	}
 	refcount_add(st, BGS_M_VIP_ADDRS, &va, -1);
 write_err:
 	pr_warn("cannot write the service: %s\n", strerror(-err));

@@ -1,5 +1,7 @@
 /* SPDX-License-Identifier: GPL-2.0 */
-/* state.h: the pinned state under the pin root: opening, locking, and typed access to its maps. */
+/* state.h: the pinned state under the pin root: opening, locking, and typed access to its maps
+ * (state.c); walks of the flow table (flows.c); its garbage collection and repair (repair.c).
+ */
 #ifndef BGS_STATE_H
 #define BGS_STATE_H
 
@@ -46,6 +48,21 @@ enum bgs_map_id {
 	BGS_M_COUNT,
 };
 
+#define BGS_MAP_BIT(m) (1U << (m))
+#define BGS_MAPS_ALL ((1U << BGS_M_COUNT) - 1)
+/* What flip, shift, rollout, rollback, check and drain touch (their checks, guard and drain). */
+#define BGS_MAPS_CUTOVER                                                                     \
+	(BGS_MAP_BIT(BGS_M_CONFIG) | BGS_MAP_BIT(BGS_M_VIPS) | BGS_MAP_BIT(BGS_M_SERVICES) | \
+	 BGS_MAP_BIT(BGS_M_SWITCH) | BGS_MAP_BIT(BGS_M_SETS) | BGS_MAP_BIT(BGS_M_BACKENDS) | \
+	 BGS_MAP_BIT(BGS_M_FLOWS) | BGS_MAP_BIT(BGS_M_BACKEND_STATS) |                       \
+	 BGS_MAP_BIT(BGS_M_LOCAL_COUNTS))
+_Static_assert(BGS_M_COUNT < 32, "a map mask is 32 bits");
+
+/* The service index: service name -> id, a hash map pinned beside the data plane's maps that no
+ * program reads (so no part of the map layout), made by the first command that opens the state.
+ */
+#define BGS_INDEX_NAME "bgs_svc_index"
+
 extern const char *const bgs_map_names[BGS_M_COUNT];
 extern const char *bgs_pin_root;
 
@@ -53,6 +70,7 @@ struct bgs_state {
 	int fd[BGS_M_COUNT];
 	__u64 *sw; /* bgs_switch, mmapped: one 64-bit word per service */
 	int lock_fd;
+	int index_fd; /* the service index, or -1: service_find() scans */
 	int ncpus;
 	struct bgs_config cfg;
 };
@@ -73,6 +91,7 @@ int state_need_root(void);
 int state_prepare_fs(bool *created);
 int state_lock(int *lock_fd);
 int state_open(struct bgs_state *st, bool lock);
+int state_open_maps(struct bgs_state *st, bool lock, __u32 maps);
 void state_close(struct bgs_state *st);
 int state_check_layout(const struct bgs_config *cfg);
 int state_pin_path(char *buf, size_t len, const char *name);
@@ -91,6 +110,20 @@ int table_read(const struct bgs_state *st, __u32 svc, __u8 color, __u32 **table,
 bool set_takes_flows(const struct bgs_state *st, const struct bgs_set *set);
 
 void config_set_limits(struct bgs_config *cfg, __u32 rate, __u32 burst);
+int generation_check(const struct bgs_state *st, __u32 svc, const char *name, __s64 want);
+int percpu_sum(const struct bgs_state *st, enum bgs_map_id m, __u32 key, __u64 *out,
+	       size_t nfields);
+int vip_filter_add(struct bgs_state *st, const __u32 *addr);
+int refcount_add(const struct bgs_state *st, enum bgs_map_id m, const void *key, int delta);
+int percpu_zero(const struct bgs_state *st, enum bgs_map_id m, __u32 key, size_t value_size);
+
+/* index.c */
+void svc_index_open(struct bgs_state *st);
+int svc_index_get(const struct bgs_state *st, const char *name, __u32 *svc);
+void svc_index_set(const struct bgs_state *st, const char *name, __u32 svc);
+void svc_index_forget(const struct bgs_state *st, const char *name);
+
+/* flows.c */
 bool flow_live(const struct bgs_state *st, const struct bgs_conn_key *k, const struct bgs_flow *f,
 	       __u64 now);
 int flows_scan(const struct bgs_state *st,
@@ -100,18 +133,12 @@ int flows_census(const struct bgs_state *st, struct bgs_flow_census *c);
 int flows_delete_slot(struct bgs_state *st, __u32 slot, bool live_too, __u64 *deleted);
 int flows_collect(struct bgs_state *st, __u64 *deleted);
 
+/* repair.c */
 int slot_release(struct bgs_state *st, __u32 slot);
 int slots_forget(const struct bgs_state *st, __u32 svc);
 int slots_collect(struct bgs_state *st);
 int drain_settle(struct bgs_state *st);
 int state_repair(struct bgs_state *st);
-int generation_check(const struct bgs_state *st, __u32 svc, const char *name, __s64 want);
-
-int percpu_sum(const struct bgs_state *st, enum bgs_map_id m, __u32 key, __u64 *out,
-	       size_t nfields);
 int addrs_resync(struct bgs_state *st);
-int vip_filter_add(struct bgs_state *st, const __u32 *addr);
-int refcount_add(const struct bgs_state *st, enum bgs_map_id m, const void *key, int delta);
-int percpu_zero(const struct bgs_state *st, enum bgs_map_id m, __u32 key, size_t value_size);
 
 #endif /* BGS_STATE_H */

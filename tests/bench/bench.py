@@ -4,7 +4,7 @@ table (table.txt, table.md) and PNG figures into the results folder.
 
     sudo make bench [KATRAN_OBJ=path]            # builds, then runs this with --out bench-results
     sudo /usr/bin/python3 tests/bench/bench.py --out DIR [--smoke] [--parts pkt,scale,...]
-                                               [--katran-obj path]
+                                               [--katran-obj path] [--ref-bgswitch path]
 
 Parts (all by default):
   pkt    per-packet cost with BPF_PROG_TEST_RUN against a floor program, the
@@ -29,9 +29,15 @@ Parts (all by default):
          tracked flow (memlock growth over flow growth; Katran's too)     (microbench.py)
   local  connect() to a VIP through the cgroup socket hooks against connect()
          straight to the backend, UDP and TCP, as a ratio in one run       (localbench.py)
+  cmd    `bgswitch flip`, `shift`, `rollback` (probes off) of the last of 1,000
+         services, spawn to exit, beside
+         /bin/true, `bgswitch -V`, socat to a unix echo server and HAProxy's
+         runtime API (socat, `set weight`), idle and under load; a flip's
+         system calls (strace) and shared libraries (ldd); with --ref-bgswitch,
+         another build's flip, rollback and shift in the same rounds         (cmdbench.py)
 
 Every figure is the median of several runs, and every ratio is taken within one run, then
-its median over the runs is reported. Needs root; runs 5-10 minutes on 2 cores (--smoke:
+its median over the runs is reported. Needs root; runs 7-13 minutes on 2 cores (--smoke:
 seconds, minimal counts, for tests/test_bench_smoke.py). Everything it creates is named
 bgsb<4 hex digits>-* and removed on exit, on errors and on SIGINT/SIGTERM too.
 """
@@ -47,14 +53,15 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from common import (BGSWITCH, BPFFS, CONNLOAD, FLIPBENCH, FLOOR_OBJ, HTTPD, LIBBENCH,  # noqa
                     BenchError, Cleanup, log, machine, new_run_prefix, run)
+import cmdbench  # noqa: E402
 import localbench  # noqa: E402
 import microbench  # noqa: E402
 import netbench  # noqa: E402
 import pktbench  # noqa: E402
 
-PARTS = ("pkt", "scale", "flip", "net", "mem", "local")
+PARTS = ("pkt", "scale", "flip", "net", "mem", "local", "cmd")
 EXTRA_PARTS = ("factors",)  # run only when asked for (--parts)
-TIME_LIMIT_S = 1800  # a hard stop, far above the expected 5-10 minutes
+TIME_LIMIT_S = 1800  # a hard stop, far above the expected 7-13 minutes
 
 PROFILES = {
     "full": dict(pkt_runs=7, pkt_calls=20000, pkt_warmup=2000, pkt_new_calls=10000,
@@ -67,7 +74,7 @@ PROFILES = {
                  cut_rounds=5, cut_rate=20000, cut_ms=1200,
                  net_rounds=9, net_seconds=1, net_conns=32, net_flips=3, net_flip_seconds=1,
                  net_cases=list(netbench.CASES), state_flows=None, mem_flows=131072,
-                 local_rounds=7, local_iters=20000),
+                 local_rounds=7, local_iters=20000, cmd_rounds=200, cmd_services=1000),
     "smoke": dict(pkt_runs=2, pkt_calls=300, pkt_warmup=50, pkt_new_calls=300,
                   pkt_new_warmup=50, pkt_chunks=1,
                   scale_runs=2, scale_calls=300, scale_warmup=50, scale_flips=10000,
@@ -77,7 +84,7 @@ PROFILES = {
                   cut_rounds=1, cut_rate=10000, cut_ms=600,
                   net_rounds=1, net_seconds=1, net_conns=16, net_flips=2, net_flip_seconds=1,
                   net_cases=["direct", "native", "nft"], state_flows=65536, mem_flows=16384,
-                  local_rounds=2, local_iters=500),
+                  local_rounds=2, local_iters=500, cmd_rounds=5, cmd_services=10),
 }
 
 
@@ -141,6 +148,52 @@ def _pkt_rows(p: dict):
                      f"balancer_ingress {kat['verified_insns']:,}"
                      if kat and prog == "bgs_ingress" else ""))
     return rows
+
+
+CMD_NAMES = {"true": "/bin/true", "version": "`bgswitch -V` (its start alone)",
+             "echo": "socat to a unix echo server", "flip": "`bgswitch flip far green`",
+             "rollback": "`bgswitch rollback far`", "shift": "`bgswitch shift far green 10%`",
+             "haproxy_flip": "HAProxy runtime API: 2 x set weight (a flip), socat",
+             "haproxy_shift": "HAProxy runtime API: 2 x set weight (10 %), socat",
+             "ref_flip": "reference build (--ref-bgswitch): flip",
+             "ref_rollback": "reference build: rollback",
+             "ref_shift": "reference build: shift 10%"}
+
+
+def _cmd_rows(c: dict):
+    """Part cmd's rows: every command idle and loaded; what the bgswitch ones cost against
+    /bin/true, the echo server and HAProxy's runtime API; where they lose."""
+    sec, losses = "7 commands, spawn to exit", []
+    yield (sec, "the service the bgswitch commands change", f"far, id {c['service_id']}",
+           f"the last of {c['services']} services", "")
+    for cond, what in (("idle", "idle"), ("load", f"under {_k(c['rate'])} new conn/s")):
+        for name, label in CMD_NAMES.items():
+            if name not in c[cond]:
+                continue  # no reference build
+            v = c[cond][name]
+            vs = ""
+            if name.startswith("ref_"):
+                vs = f"{v['vs_true']:.2f}x true, {v['vs_haproxy']:.2f}x HAProxy"
+            elif "vs_haproxy" in v:
+                vs = (f"{v['vs_true']:.2f}x true, {v['vs_echo']:.2f}x echo, "
+                      f"{v['vs_haproxy']:.2f}x HAProxy"
+                      + (f", {v['vs_ref']:.2f}x reference" if "vs_ref" in v else ""))
+                if v["vs_haproxy"] > 1:
+                    losses.append(f"{name} {cond} {v['vs_haproxy']:.2f}x")
+            elif "vs_true" in v:
+                vs = f"{v['vs_true']:.2f}x true"
+            elif "vs_echo" in v:
+                vs = f"{v['vs_echo']:.2f}x echo"
+            rows_ms = f"{v['median_ms']:.2f} / {v['p99_ms']:.2f} ms"
+            yield (sec, f"{what}: {label}, median / p99", rows_ms, vs,
+                   "--no-check" if name in ("flip", "rollback", "shift") else "")
+        yield (sec, f"{what}: HAProxy runtime API from a running process (a flip), median",
+               f"{c[cond]['haproxy_api_ms']:.2f} ms", "no process start", "")
+    yield (sec, "cases where a bgswitch command costs more than HAProxy's API",
+           f"{len(losses)} of 6", "", ", ".join(losses) or "none")
+    yield (sec, "a flip: system calls (strace -f -c), bpf() among them, shared libraries",
+           f"{c['syscalls']} / {c['bpf_calls']} / {c['shared_libs']}", "",
+           ", ".join(os.path.basename(x) for x in c["libs"]))
 
 
 def table_rows(res: dict):
@@ -255,6 +308,8 @@ def table_rows(res: dict):
             rows.append((sec, f"{proto.upper()} {what}: to the backend, hooks attached / none",
                          f"{v['direct_ns']:.0f} / {v['bare_ns']:.0f} ns",
                          f"{v['direct_over_bare']:.2f}x no hooks", ""))
+    if res.get("command"):
+        rows += _cmd_rows(res["command"])
     if res.get("memory"):
         m = res["memory"]
         sec = "5 memory"
@@ -303,15 +358,18 @@ def _check_environment(parts, katran_obj) -> None:
         need += [LIBBENCH, FLOOR_OBJ, FLIPBENCH]
     if "local" in parts:
         need.append(localbench.SOCKBENCH)
-    if "net" in parts or "flip" in parts:
+    if {"net", "flip", "cmd"} & set(parts):
         need += [HTTPD, CONNLOAD]
+    if "cmd" in parts:
+        need.append(cmdbench.CMDTIME)
     missing = [p for p in need if not os.path.exists(p)]
     if missing:
         raise BenchError(f"missing {', '.join(missing)}: run 'make bench-build'")
-    if "net" in parts:
-        for tool in ("wrk", "nft", "taskset"):
-            if run(["sh", "-c", f"command -v {tool}"], check=False).returncode:
-                raise BenchError(f"{tool} not found: run scripts/install-deps.sh")
+    tools = ({"wrk", "nft", "taskset"} if "net" in parts else set()) | (
+        {"socat", "haproxy", "strace", "ldd"} if "cmd" in parts else set())
+    for tool in sorted(tools):
+        if run(["sh", "-c", f"command -v {tool}"], check=False).returncode:
+            raise BenchError(f"{tool} not found: run scripts/install-deps.sh")
     if katran_obj and not os.path.isfile(katran_obj):
         raise BenchError(f"KATRAN_OBJ {katran_obj}: no such file")
     if not os.path.ismount(BPFFS):
@@ -340,6 +398,9 @@ def main(argv=None) -> int:
                     help=f"comma-separated subset of {','.join(PARTS)}, or "
                     f"{','.join(EXTRA_PARTS)} (not run by default)")
     ap.add_argument("--no-plots", action="store_true")
+    ap.add_argument("--ref-bgswitch", metavar="PATH",
+                    help="another bgswitch build (the one before a change, say): part cmd "
+                    "times its flip, rollback and shift in the same rounds")
     ap.add_argument("--katran-obj", metavar="PATH",
                     help="Katran's balancer.bpf.o, built from its own source with its own "
                     "pipeline: measured side by side in parts pkt and mem")
@@ -402,8 +463,12 @@ def main(argv=None) -> int:
         if "local" in parts:
             results["local"] = timed("local", localbench.part_local, cleanup, prefix,
                                      cfg["local_rounds"], cfg["local_iters"])
-        if "flip" in parts or "net" in parts:
+        if {"flip", "net", "cmd"} & set(parts):
             topo = timed("topology", netbench.Topology, cleanup, prefix)
+            if "cmd" in parts:
+                results["command"] = timed("cmd", cmdbench.part_cmd, cleanup, topo,
+                                           cfg["cmd_rounds"], cfg["cut_rate"],
+                                           cfg["cmd_services"], args.ref_bgswitch)
             if "flip" in parts:
                 results["cutover"] = timed("cutover", netbench.part_cutover, topo,
                                            cfg["cut_rounds"], cfg["cut_rate"], cfg["cut_ms"])
