@@ -3,7 +3,7 @@ check on every use. Whatever it holds, missing, stale or pointing nowhere, a com
 the service of that name and set the entry right; a deleted service must stay unknown; `service
 add` sets the new service's entry; and `detach --purge` removes it with the rest of the state.
 
-Topology and style as tests/test_ops.py (tests/netns.py); every test attaches bgswitch afresh
+Topology and style as tests/test_ops.py (tests/lib/netns.py); every test attaches bgswitch afresh
 with a pin root of its own and purges it afterwards.
 
 Run as root: /usr/bin/pytest -q tests/test_index.py   (BGSWITCH=path picks another binary)
@@ -16,9 +16,9 @@ import sys
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import bpfsys  # noqa: E402
-import model  # noqa: E402
-from netns import NODE_IFACE, VIP_PORT, one_line_error  # noqa: E402
+from lib import bpfsys  # noqa: E402
+from lib import model  # noqa: E402
+from lib.netns import NODE_IFACE, VIP_PORT, one_line_error  # noqa: E402
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces, BPF)")
 
