@@ -800,6 +800,10 @@ def cmd_down(args):
 
 
 def main():
+    # Run as a script (the demo): the same spawn check as the test session's.
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from lib import programs
+    programs.install()
     ap = argparse.ArgumentParser(description="bgswitch test topology")
     sub = ap.add_subparsers(dest="cmd", required=True)
     up = sub.add_parser("up", help="build the topology and start the servers")
