@@ -799,16 +799,19 @@ def test_packaging_man_documents_status_json_keys():
 
 
 def test_packaging_man_documents_audit_actions():
-    """Every action the audit trail writes (audit_open()'s literal actions, and cutover.c's
-    cut_actions[] for flip, shift and rollback) is named in the man page's Audit trail."""
+    """Every action the audit trail writes (audit_open()'s literal actions, ops_service.c's
+    op_begin() actions, and cutover.c's cut_actions[] for flip, shift and rollback) is named in
+    the man page's Audit trail."""
     actions = set()
     for path in glob.glob(os.path.join(TOP, "user", "*.c")):
         with open(path) as f:
             src = f.read()
         actions |= set(re.findall(r'audit_open\(&?\w+, "([a-z-]+)"', src))
+        actions |= set(re.findall(r'op_begin\(\w+, &?\w+, "([a-z-]+)"', src))
         table = re.search(r"\bcut_actions\[\] = \{(.*?)\};", src, re.S)
         actions |= set(re.findall(r'\] = "([a-z-]+)"', table.group(1) if table else ""))
-    assert {"flip", "shift", "rollout", "rollback", "service-set"} <= actions, actions
+    assert {"flip", "shift", "rollout", "rollback", "service-add", "service-set", "service-del",
+            "backend-add", "backend-del"} <= actions, actions
     with open(MAN) as f:
         roff = f.read()
     section = re.search(r"^\.SS Audit trail\n(.*?)^\.S[SH] ", roff, re.M | re.S).group(1)
